@@ -1,0 +1,65 @@
+"""kproc: the Linux kernel's kthread API (kernel/kthread.c, Linux 6.15) on real processes.
+
+Every kthread is an OS process forked by a ``kthreadd`` process; task state,
+flags and completions live in shared memory; waits use futexes (or POSIX
+semaphores).  This module exports the names of SPEC §3 and nothing else; the
+mechanisms live in the private ``kproc._*`` modules, one per mechanism.
+"""
+
+from ._errors import KthreadError, KernelWarning
+from ._runtime import Runtime, start, shutdown
+from ._task import Task, TaskState
+from ._control import (
+    NUMA_NO_NODE, kthread_create, kthread_create_on_node, kthread_create_on_cpu,
+    kthread_run, kthread_run_on_cpu, wake_up_process, kthread_bind, kthread_bind_mask,
+    kthread_affine_preferred, kthread_stop, kthread_stop_put, kthread_park,
+    kthread_unpark, kthread_set_per_cpu, kthread_is_per_cpu, kthread_data,
+    kthread_probe_data, kthread_func, get_kthread_comm, get_task_struct,
+    put_task_struct, task_state,
+)
+from ._kthread import (
+    current, kthread_should_stop, kthread_should_park, kthread_should_stop_or_park,
+    kthread_parkme, kthread_exit, kthread_complete_and_exit,
+)
+from ._sched import (
+    set_current_state, schedule, schedule_timeout, schedule_timeout_interruptible,
+    msleep, msleep_interruptible,
+)
+from ._completion import (
+    Completion, init_completion, reinit_completion, complete, complete_all,
+    wait_for_completion, wait_for_completion_timeout, wait_for_completion_interruptible,
+    wait_for_completion_killable, try_wait_for_completion, completion_done,
+)
+
+TASK_RUNNING = TaskState.TASK_RUNNING
+TASK_INTERRUPTIBLE = TaskState.TASK_INTERRUPTIBLE
+TASK_UNINTERRUPTIBLE = TaskState.TASK_UNINTERRUPTIBLE
+TASK_PARKED = TaskState.TASK_PARKED
+TASK_DEAD = TaskState.TASK_DEAD
+TASK_NEW = TaskState.TASK_NEW
+TASK_FROZEN = TaskState.TASK_FROZEN
+
+KTHREAD_IS_PER_CPU = 0
+KTHREAD_SHOULD_STOP = 1
+KTHREAD_SHOULD_PARK = 2
+
+__all__ = [
+    "KthreadError", "KernelWarning", "Runtime", "start", "shutdown", "Task",
+    "NUMA_NO_NODE", "kthread_create", "kthread_create_on_node", "kthread_create_on_cpu",
+    "kthread_run", "kthread_run_on_cpu", "wake_up_process", "kthread_bind",
+    "kthread_bind_mask", "kthread_affine_preferred", "kthread_stop", "kthread_stop_put",
+    "kthread_park", "kthread_unpark", "kthread_set_per_cpu", "kthread_is_per_cpu",
+    "kthread_data", "kthread_probe_data", "kthread_func", "get_kthread_comm",
+    "get_task_struct", "put_task_struct", "task_state",
+    "current", "kthread_should_stop", "kthread_should_park", "kthread_should_stop_or_park",
+    "kthread_parkme", "kthread_exit", "kthread_complete_and_exit",
+    "set_current_state", "schedule", "schedule_timeout", "schedule_timeout_interruptible",
+    "msleep", "msleep_interruptible",
+    "Completion", "init_completion", "reinit_completion", "complete", "complete_all",
+    "wait_for_completion", "wait_for_completion_timeout",
+    "wait_for_completion_interruptible", "wait_for_completion_killable",
+    "try_wait_for_completion", "completion_done",
+    "TASK_RUNNING", "TASK_INTERRUPTIBLE", "TASK_UNINTERRUPTIBLE", "TASK_PARKED",
+    "TASK_DEAD", "TASK_NEW", "TASK_FROZEN",
+    "KTHREAD_IS_PER_CPU", "KTHREAD_SHOULD_STOP", "KTHREAD_SHOULD_PARK",
+]

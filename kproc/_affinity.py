@@ -1,0 +1,64 @@
+"""CPU affinity of kthreads (kernel: kthread_fetch_affinity, kthread_affine_node,
+__kthread_bind_mask, do_set_cpus_allowed).
+
+Masks are recorded in the task slot (``bound``, ``preferred``) and applied
+with ``os.sched_setaffinity``.  What is applied is always the recorded mask
+restricted to CPUs that really exist and are online here
+(``Topology.applicable``): a CPU of a fake sysfs tree that the host lacks, or
+an offline CPU, is recorded and shown, not applied; CPU hotplug re-applies
+recorded masks when CPUs come up.
+"""
+
+import os
+
+from . import _layout as L
+
+__all__ = ["apply_mask", "fetch_affinity", "kthread_affine_node", "record_mask",
+           "recorded_mask"]
+
+T = L.TASK
+
+
+def apply_mask(rt, pid, mask):
+    """Apply ``mask`` (restricted to usable CPUs) to ``pid``; return what was applied.
+
+    Nothing is applied when none of the CPUs is usable (e.g. binding to an
+    offline CPU): the binding then waits for the CPU to come up.
+    """
+    usable = rt.topology.applicable(mask)
+    if usable:
+        try:
+            os.sched_setaffinity(pid, usable)
+        except (ProcessLookupError, PermissionError):
+            return frozenset()
+        except OSError:
+            return frozenset()
+    return usable
+
+
+def record_mask(rt, base, field, mask):
+    off = base + getattr(T, field)
+    rt.buf[off:off + L.CPUMASK_BYTES] = L.mask_to_bytes(mask)
+
+
+def recorded_mask(rt, base, field):
+    off = base + getattr(T, field)
+    return L.bytes_to_mask(rt.buf[off:off + L.CPUMASK_BYTES])
+
+
+def fetch_affinity(rt, base):
+    """kthread_fetch_affinity(): preferred (or node) CPUs ∩ housekeeping, or housekeeping."""
+    hk = rt.housekeeping()
+    if rt.mem.load32(base + T.flags) & L.KF_PREFERRED:
+        pref = recorded_mask(rt, base, "preferred")
+    else:
+        node = L.unpack_field(rt.buf, base, T, "node")
+        if node < 0:
+            return hk
+        pref = rt.topology.cpumask_of_node(node)
+    return (pref & hk) or hk
+
+
+def kthread_affine_node(rt, base):
+    """kthread_affine_node(): a kthread's own affinity after its first wake-up."""
+    apply_mask(rt, 0, fetch_affinity(rt, base))

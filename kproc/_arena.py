@@ -1,0 +1,266 @@
+"""The shared-memory arena of one runtime.
+
+One arena per runtime holds everything the processes of the runtime share:
+the header (with the kthread create list and the arena lock), the task table,
+per-task blobs (name, pickled threadfn and data, traceback), the user
+completion pool and room for workers and works.  It is sized once, at
+``start()``.
+
+Where it lives: an anonymous ``memfd`` (mode 0600), never a name in
+``/dev/shm``.  The owner creates it and hands the descriptor to kthreadd,
+which the kthreads inherit by fork; the memory goes away with the last
+process that maps it, whoever dies and however.  That is how "nothing is
+left in /dev/shm on any exit path" holds by construction.  Other users cannot
+reach it (opening ``/proc/PID/fd/N`` needs ptrace rights over a process of
+the runtime), so everything in it was written by a process of the runtime:
+that is the condition under which kproc unpickles blobs.
+
+Slots (tasks, completions) carry a generation bumped at each allocation: a
+handle holds (index, generation) and every use compares them, so a stale
+handle raises instead of touching the slot's new occupant.
+
+The arena lock is a robust process-shared mutex: if its holder dies the next
+locker gets it (EOWNERDEAD is taken as "recovered").  Critical sections under
+it only link or unlink slots and are written so that a half-done one leaves
+nothing worse than a slot that looks busy.
+"""
+
+import contextlib
+import mmap
+import os
+import secrets
+
+from . import _layout as L
+from ._errors import KthreadError, stale
+
+__all__ = ["Arena", "ArenaParams", "load_mem_class"]
+
+
+def load_mem_class():
+    """Return ``kproc._native.Mem`` or None when the extension is not built.
+
+    ``KPROC_NATIVE=0`` forces the pure-Python fallback (used by its tests).
+    """
+    if os.environ.get("KPROC_NATIVE") == "0":
+        return None
+    try:
+        from . import _native
+    except ImportError:
+        return None
+    return _native.Mem if hasattr(_native, "Mem") else None
+
+
+class ArenaParams:
+    """Sizes an arena is built with; offsets of each region derive from them."""
+
+    WORK_BYTES = 256      # room per work item (kthread_work + delayed timer)
+    WORKER_BYTES = 512    # room per worker (struct kthread_worker)
+
+    def __init__(self, max_kthreads, max_completions, max_works):
+        self.max_kthreads = max_kthreads
+        self.max_completions = max_completions
+        self.max_works = max_works
+        off = L.HEADER.size
+        self.tasks = off
+        off += max_kthreads * L.TASK.size
+        off = L.align(off, 4096)
+        self.blobs = off
+        off += max_kthreads * L.BLOB_SIZE
+        self.comps = off
+        off += max_completions * L.USERCOMP.size
+        off = L.align(off, 4096)
+        self.workers = off
+        off += max_kthreads * self.WORKER_BYTES
+        self.works = off
+        off += max_works * self.WORK_BYTES
+        self.size = L.align(off, 4096)
+
+
+class Arena:
+    """A mapped arena plus the accessors every other module uses.
+
+    Attributes: ``fd`` (memfd), ``buf`` (the mmap), ``mem`` (atomics object),
+    ``params`` (:class:`ArenaParams`), ``runtime_id``.
+    """
+
+    def __init__(self, fd, buf, mem, params):
+        self.fd = fd
+        self.buf = buf
+        self.mem = mem
+        self.params = params
+        self.runtime_id = mem.load64(L.HEADER.runtime_id) & 0xFFFFFFFFFFFFFFFF
+        self.lock_off = L.HEADER.lock
+
+    # -- creation and attachment -------------------------------------------------
+
+    @classmethod
+    def create(cls, max_kthreads, max_completions, max_works, backend_code):
+        """Create a fresh arena (owner side).  Context: caller; Raises: OSError."""
+        params = ArenaParams(max_kthreads, max_completions, max_works)
+        fd = os.memfd_create("kproc-arena", os.MFD_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o600)
+            os.ftruncate(fd, params.size)
+            buf = mmap.mmap(fd, params.size, mmap.MAP_SHARED,
+                            mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        mem = cls._make_mem(buf, fd)
+        H = L.HEADER
+        mem.store64(H.runtime_id, secrets.randbits(63))
+        mem.store32(H.max_kthreads, max_kthreads)
+        mem.store32(H.max_completions, max_completions)
+        mem.store32(H.max_works, max_works)
+        mem.store32(H.backend, backend_code)
+        mem.store32(H.owner_pid, os.getpid())
+        mem.mutex_init(H.lock)
+        mem.store64(H.magic, L.MAGIC)
+        return cls(fd, buf, mem, params)
+
+    @classmethod
+    def attach(cls, fd):
+        """Map an existing arena from its descriptor (kthreadd, ``kproc ps``)."""
+        size = os.fstat(fd).st_size
+        buf = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        mem = cls._make_mem(buf, fd)
+        if mem.load64(L.HEADER.magic) != L.MAGIC:
+            raise KthreadError(22, "not a kproc arena")
+        H = L.HEADER
+        params = ArenaParams(mem.load32(H.max_kthreads), mem.load32(H.max_completions),
+                             mem.load32(H.max_works))
+        return cls(fd, buf, mem, params)
+
+    @staticmethod
+    def _make_mem(buf, fd):
+        native = load_mem_class()
+        if native is not None:
+            return native(buf)
+        from ._pymem import PyMem
+        return PyMem(buf, fd)
+
+    def close(self):
+        """Unmap and close (the memory lives on in other processes)."""
+        self.mem = None
+        try:
+            self.buf.close()
+        except BufferError:
+            pass  # a Mem export is still alive somewhere; the mapping dies with us
+        os.close(self.fd)
+
+    # -- the arena lock ----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def locked(self):
+        """Hold the arena lock (robust: a dead holder's lock is recovered)."""
+        self.mem.mutex_lock(self.lock_off)
+        try:
+            yield
+        finally:
+            self.mem.mutex_unlock(self.lock_off)
+
+    # -- header ------------------------------------------------------------------
+
+    def hget(self, name):
+        return L.unpack_field(self.buf, 0, L.HEADER, name)
+
+    def hset(self, name, value):
+        L.pack_field(self.buf, 0, L.HEADER, name, value)
+
+    # -- task table --------------------------------------------------------------
+
+    def task_off(self, idx):
+        """Byte offset of task slot ``idx``."""
+        return self.params.tasks + idx * L.TASK.size
+
+    def blob_off(self, idx):
+        """Byte offset of task slot ``idx``'s blob."""
+        return self.params.blobs + idx * L.BLOB_SIZE
+
+    def alloc_task(self):
+        """Take a free task slot, or recycle the longest-dead unpinned one.
+
+        Context: arena lock held.  Return: (index, generation).
+        Raises: KthreadError(ENOMEM) when every slot is live or pinned.
+        """
+        mem, T, n = self.mem, L.TASK, self.params.max_kthreads
+        hint = self.hget("task_hint")
+        for i in range(n):
+            idx = (hint + i) % n
+            if mem.load32(self.task_off(idx) + T.slot) == L.SLOT_FREE:
+                self.hset("task_hint", (idx + 1) % n)
+                return idx, self._claim_task(idx)
+        best, best_death = -1, None
+        for idx in range(n):
+            base = self.task_off(idx)
+            if (mem.load32(base + T.slot) == L.SLOT_DEAD and mem.load32(base + T.refs) == 0):
+                death = mem.load64(base + T.death)
+                if best_death is None or death < best_death:
+                    best, best_death = idx, death
+        if best < 0:
+            raise KthreadError(12, f"kthread table full: all {n} slots are live or pinned "
+                               "(start the runtime with a larger max_kthreads)")
+        return best, self._claim_task(best)
+
+    def _claim_task(self, idx):
+        base = self.task_off(idx)
+        mem, T = self.mem, L.TASK
+        gen = (mem.load32(base + T.gen) + 1) & 0xFFFFFFFF or 1
+        self.buf[base:base + T.size] = bytes(T.size)
+        mem.store32(base + T.gen, gen)
+        mem.store32(base + T.slot, L.SLOT_CREATING)
+        for name in ("cpu", "node"):
+            L.pack_field(self.buf, base, T, name, -1)
+        return gen
+
+    def free_task(self, idx):
+        """Return a slot that never became a kthread.  Context: arena lock held."""
+        self.mem.store32(self.task_off(idx) + L.TASK.slot, L.SLOT_FREE)
+
+    def check_task(self, idx, gen):
+        """Raise if (idx, gen) no longer names the slot's occupant; return its offset."""
+        base = self.task_off(idx)
+        if self.mem.load32(base + L.TASK.gen) != gen or \
+                self.mem.load32(base + L.TASK.slot) == L.SLOT_FREE:
+            raise stale("task")
+        return base
+
+    def next_death(self):
+        """Advance and return the death clock.  Context: arena lock held."""
+        return self.mem.fetch_add64(L.HEADER.death_clock, 1) + 1
+
+    # -- user completion pool -----------------------------------------------------
+
+    def comp_slot_off(self, idx):
+        return self.params.comps + idx * L.USERCOMP.size
+
+    def alloc_completion(self, owner_pid):
+        """Take a free completion slot.  Return (index, generation, completion offset).
+
+        Raises: KthreadError(ENOMEM) when the pool is exhausted.
+        """
+        mem, U, n = self.mem, L.USERCOMP, self.params.max_completions
+        with self.locked():
+            hint = self.hget("comp_hint")
+            for i in range(n):
+                idx = (hint + i) % n
+                base = self.comp_slot_off(idx)
+                if mem.load32(base + U.inuse) == 0:
+                    self.hset("comp_hint", (idx + 1) % n)
+                    gen = (mem.load32(base + U.gen) + 1) & 0xFFFFFFFF or 1
+                    self.buf[base + U.comp:base + U.comp + L.COMPLETION.size] = \
+                        bytes(L.COMPLETION.size)
+                    mem.store32(base + U.gen, gen)
+                    L.pack_field(self.buf, base, U, "owner", owner_pid)
+                    mem.store32(base + U.inuse, 1)
+                    return idx, gen, base + U.comp
+        raise KthreadError(12, f"completion pool full ({n} completions in use)")
+
+    def free_completion(self, idx, gen):
+        """Release a completion slot if (idx, gen) still owns it."""
+        base = self.comp_slot_off(idx)
+        mem = self.mem
+        with self.locked():
+            if mem.load32(base + L.USERCOMP.gen) == gen:
+                mem.store32(base + L.USERCOMP.inuse, 0)
+                mem.store32(base + L.USERCOMP.gen, (gen + 1) & 0xFFFFFFFF or 1)

@@ -1,0 +1,264 @@
+"""Completions in shared memory (kernel: kernel/sched/completion.c).
+
+A completion is a 16-byte record (``done``, ``seq``, ``sleepers``): ``complete``
+adds one to ``done`` and wakes one sleeper, ``complete_all`` sets it to
+UINT_MAX (every present and future waiter passes until ``reinit``), a wait
+takes one.  The hot path (try, spin, futex) is one call into the backend.
+
+User completions (:class:`Completion`) live in a pool of generation-checked
+slots; the process that created one owns it and frees its slot when the
+object is garbage collected; pickled copies handed to other processes name
+the same slot and raise once it is freed.  Internal completions (a task's
+``done``, ``parked``, ``exited``) live in the task slot.
+
+Every blocking wait ticks (``TICK_NS``) to check its peers: the runtime
+(kthreadd alive) and, for internal waits, a caller-supplied ``peer`` check,
+so a dead peer ends the wait instead of hanging it.  Interruptible and
+killable waits in a kthread publish the futex word they sleep on so that
+kthread_stop() can wake them (``_sched.notify_signal``).
+"""
+
+import collections
+import errno
+import math
+import os
+import time
+
+from . import _layout as L
+from ._errors import KthreadError, stale
+from ._runtime import get_runtime, current_runtime, TICK_NS
+from ._task import TaskState
+
+__all__ = ["Completion", "init_completion", "reinit_completion", "complete", "complete_all",
+           "wait_for_completion", "wait_for_completion_timeout",
+           "wait_for_completion_interruptible", "wait_for_completion_killable",
+           "try_wait_for_completion", "completion_done", "wait_at", "ERESTARTSYS"]
+
+ERESTARTSYS = 512
+C = L.COMPLETION
+T = L.TASK
+
+# Slots of completions collected while the arena lock may be held by this very
+# thread (GC can run anywhere): freed at the next allocation instead.
+_pending_free = collections.deque()
+
+
+class Completion:
+    """A completion in shared memory (DECLARE_COMPLETION / init_completion).
+
+    Picklable: any process of the runtime can complete or wait on it.
+    Raises (constructor): KthreadError(ENOMEM) when the pool is full.
+    """
+
+    __slots__ = ("_rt", "_idx", "_gen", "_off", "_gen_off", "_owner", "__weakref__")
+
+    def __init__(self):
+        rt = get_runtime()
+        while _pending_free:
+            prt, idx, gen = _pending_free.popleft()
+            if prt is rt and not rt.closed:
+                rt.arena.free_completion(idx, gen)
+        idx, gen, off = rt.arena.alloc_completion(os.getpid())
+        self._bind(rt, idx, gen, off)
+        self._owner = os.getpid()
+
+    def _bind(self, rt, idx, gen, off):
+        self._rt = rt
+        self._idx = idx
+        self._gen = gen
+        self._off = off
+        self._gen_off = rt.arena.comp_slot_off(idx) + L.USERCOMP.gen
+
+    def __del__(self):
+        try:
+            if self._owner == os.getpid() and not self._rt.closed:
+                _pending_free.append((self._rt, self._idx, self._gen))
+        except AttributeError:
+            pass
+
+    def __reduce__(self):
+        return (_restore_completion, (self._rt.runtime_id, self._idx, self._gen))
+
+    def __repr__(self):
+        try:
+            done = self._rt.mem.load32(_check(self))
+            return f"<Completion done={'ALL' if done == 0xFFFFFFFF else done}>"
+        except KthreadError:
+            return "<Completion (stale)>"
+
+
+def _restore_completion(runtime_id, idx, gen):
+    rt = current_runtime()
+    if rt is None or rt.runtime_id != runtime_id:
+        import pickle
+        raise pickle.UnpicklingError("a kproc.Completion can only be unpickled in a "
+                                     "process of the runtime that created it")
+    c = Completion.__new__(Completion)
+    c._bind(rt, idx, gen, rt.arena.comp_slot_off(idx) + L.USERCOMP.comp)
+    c._owner = None
+    return c
+
+
+def _check(c):
+    """Offset of ``c``'s record; raises if ``c`` is not a live Completion."""
+    if not isinstance(c, Completion):
+        raise TypeError(f"expected a kproc.Completion, not {type(c).__name__}")
+    rt = c._rt
+    if rt.closed or rt.mem.load32(c._gen_off) != c._gen:
+        raise stale("completion")
+    return c._off
+
+
+def init_completion(c):
+    """init_completion(): reset ``c`` to not done.  Context: any; no waiter may be
+    sleeping on it (as in the kernel)."""
+    c._rt.mem.store32(_check(c), 0)
+
+
+def reinit_completion(c):
+    """reinit_completion(): reset ``done`` to 0 (after complete_all). Context: any."""
+    c._rt.mem.store32(_check(c), 0)
+
+
+def complete(c):
+    """complete(): let one waiter (present or future) through.  Context: any; never blocks."""
+    c._rt.waits.completion_complete(_check(c), False)
+
+
+def complete_all(c):
+    """complete_all(): let every present and future waiter through until reinit.
+
+    Context: any; never blocks.
+    """
+    c._rt.waits.completion_complete(_check(c), True)
+
+
+def try_wait_for_completion(c):
+    """try_wait_for_completion(): take ``c`` if done, without blocking.
+
+    Return: True if taken, False if it was not done.
+    """
+    return c._rt.waits.completion_try(_check(c))
+
+
+def completion_done(c):
+    """completion_done(): True if a wait on ``c`` would not block."""
+    return c._rt.waits.completion_done(_check(c))
+
+
+def wait_for_completion(c):
+    """wait_for_completion(): wait (uninterruptibly) until ``c`` is completed.
+
+    Context: any process of the runtime; blocks.
+    Raises: KthreadError(ESRCH) if kthreadd dies meanwhile; KeyboardInterrupt
+    and signal-handler exceptions propagate.
+    """
+    off = _check(c)
+    rt = c._rt
+    if rt.waits.completion_try(off):
+        return
+    wait_at(rt, off, None, "uninterruptible", _live(c))
+
+
+def wait_for_completion_timeout(c, timeout):
+    """wait_for_completion_timeout(): wait at most ``timeout`` seconds.
+
+    Return: seconds left (> 0) if completed, 0 on timeout.
+    Raises: ValueError for a negative/NaN timeout.
+    """
+    _check_timeout(timeout)
+    off = _check(c)
+    rt = c._rt
+    start = time.monotonic()
+    if rt.waits.completion_try(off):
+        return max(timeout, 1e-9)
+    if wait_at(rt, off, timeout, "uninterruptible", _live(c)) is None:
+        return 0
+    return max(timeout - (time.monotonic() - start), 1e-9)
+
+
+def wait_for_completion_interruptible(c):
+    """wait_for_completion_interruptible(): as wait_for_completion, but in a
+    kthread kthread_stop() ends it.
+
+    Return: 0 when completed, -ERESTARTSYS (-512) when interrupted.
+    """
+    off = _check(c)
+    rt = c._rt
+    if rt.waits.completion_try(off):
+        return 0
+    return wait_at(rt, off, None, "interruptible", _live(c))
+
+
+def wait_for_completion_killable(c):
+    """wait_for_completion_killable(): like the interruptible wait (kthread_stop()
+    is the only "fatal signal" a kthread receives).
+
+    Return: 0 when completed, -ERESTARTSYS (-512) when interrupted.
+    """
+    off = _check(c)
+    rt = c._rt
+    if rt.waits.completion_try(off):
+        return 0
+    return wait_at(rt, off, None, "killable", _live(c))
+
+
+def _live(c):
+    """A peer check for user completions: raise once ``c`` is freed."""
+    def check():
+        _check(c)
+    return check
+
+
+def _check_timeout(timeout):
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
+
+
+def wait_at(rt, off, timeout, mode, peer=None):
+    """Wait on the completion record at ``off``; the slow path of every wait.
+
+    @timeout: seconds or None.  @mode: "uninterruptible", "interruptible" or
+    "killable".  @peer: called every tick; raises or returns a value to end
+    the wait early (that value is returned).
+    Return: 0 when acquired; -ERESTARTSYS when interrupted by kthread_stop();
+    None on timeout; whatever ``peer`` returned if not None.
+    """
+    mem, waits = rt.mem, rt.waits
+    seq_off = off + C.seq
+    me = rt.self_base
+    interruptible = mode != "uninterruptible" and me is not None
+    deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
+    if me is not None:
+        mem.store32(me + T.state, TaskState.TASK_INTERRUPTIBLE if interruptible
+                    else TaskState.TASK_UNINTERRUPTIBLE)
+        if interruptible:
+            mem.store32(me + T.wait_off, seq_off)
+    try:
+        while True:
+            snap = mem.load32(seq_off)
+            if interruptible and mem.load32(me + T.flags) & L.KF_SHOULD_STOP:
+                return 0 if waits.completion_try(off) else -ERESTARTSYS
+            if deadline is None:
+                tick = TICK_NS
+            else:
+                left = deadline - time.monotonic_ns()
+                if left <= 0:
+                    return 0 if waits.completion_try(off) else None
+                tick = min(left, TICK_NS)
+            result = waits.completion_wait(off, snap, tick)
+            if result == 1:
+                return 0
+            if result == 0:
+                rt.check_alive()
+                if peer is not None:
+                    verdict = peer()
+                    if verdict is not None:
+                        return verdict
+    finally:
+        if me is not None:
+            if interruptible:
+                mem.store32(me + T.wait_off, 0)
+            mem.store32(me + T.state, TaskState.TASK_RUNNING)

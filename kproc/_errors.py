@@ -1,0 +1,58 @@
+"""Errors and warnings of kproc, and the one "can't happen" helper.
+
+The kernel's ``ERR_PTR`` returns become :class:`KthreadError`, an ``OSError``
+carrying the errno; ``WARN_ON`` becomes a :class:`KernelWarning`.  Internal
+invariants that must never break go through :func:`warn_on_once`, which raises
+instead of warning when ``KPROC_STRICT=1`` (the test suite sets it), so a
+broken invariant fails a test instead of scrolling by.
+"""
+
+import errno
+import os
+import warnings
+
+__all__ = ["KthreadError", "KernelWarning", "warn_on_once", "kernel_warn"]
+
+
+class KthreadError(OSError):
+    """An error the kernel would return as an ERR_PTR or a negative errno.
+
+    ``.errno`` holds the positive errno (``errno.ENOMEM``, ``errno.ESRCH``...).
+    """
+
+    def __init__(self, err, message):
+        super().__init__(err, message)
+
+
+class KernelWarning(UserWarning):
+    """What the kernel reports with WARN_ON: misuse that kproc refused or survived."""
+
+
+_warned_once = set()
+
+
+def kernel_warn(message, stacklevel=3):
+    """Report API misuse the way WARN_ON does: a :class:`KernelWarning`."""
+    warnings.warn(message, KernelWarning, stacklevel=stacklevel)
+
+
+def warn_on_once(condition, message):
+    """WARN_ON_ONCE for kproc's own invariants ("can't happen").
+
+    Return: ``condition``, so it can be used as ``if warn_on_once(x, ...)``.
+    Raises: ``AssertionError`` when ``KPROC_STRICT=1`` and the condition holds.
+    """
+    if not condition:
+        return False
+    if os.environ.get("KPROC_STRICT") == "1":
+        raise AssertionError("kproc invariant broken: " + message)
+    if message not in _warned_once:
+        _warned_once.add(message)
+        warnings.warn("kproc invariant broken: " + message, KernelWarning, stacklevel=3)
+    return True
+
+
+def stale(what):
+    """The error raised for a handle whose slot was recycled or freed."""
+    return KthreadError(errno.ESRCH, f"stale {what} handle: the object it named is gone "
+                        "(its slot was freed or recycled); nothing was touched")

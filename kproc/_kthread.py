@@ -1,0 +1,318 @@
+"""The kthread side: the body every kthread runs, and the in-kthread API.
+
+:func:`kthread_main` is what a freshly forked child of kthreadd runs (kernel:
+``kthread()``): it arms PR_SET_PDEATHSIG, names itself, resets scheduling and
+affinity, unpickles its threadfn and data, then *publishes* itself with the
+create hand-off (kernel: ``xchg(&create->done, NULL)``: if the creator gave
+up, the child exits instead), completes ``done`` and sleeps in
+TASK_UNINTERRUPTIBLE until its first wake-up.  Then: ``started``, node
+affinity unless bound or preferred, and unless KTHREAD_SHOULD_STOP is
+already set, ``__kthread_parkme()`` and ``threadfn(data)``.  The result is
+written to the slot and ``exited`` is completed before the process leaves
+(kthreadd reaps it and marks the slot dead).
+
+An exception escaping threadfn is printed to stderr with the kthread's name
+and kept (``Task.exception``); the result is then ``-EFAULT``.  A kthread
+that dies without a result (a signal, ``os._exit``) gets ``-EOWNERDEAD``,
+recorded by kthreadd, with the signal in ``Task.exit_signal``.
+"""
+
+import errno
+import os
+import pickle
+import signal
+import sys
+import traceback
+
+from . import _layout as L
+from . import _sched
+from ._task import Task, TaskState
+
+__all__ = ["kthread_main", "current", "kthread_should_stop", "kthread_should_park",
+           "kthread_should_stop_or_park", "kthread_parkme", "kthread_exit",
+           "kthread_complete_and_exit", "read_blob", "write_blob", "read_name",
+           "read_traceback", "store_traceback", "EXCEPTION_RESULT"]
+
+T = L.TASK
+EXCEPTION_RESULT = -errno.EFAULT
+_FN_LEN = 4
+
+
+class _KthreadExit(BaseException):
+    """Raised by kthread_exit() to unwind to kthread_main (not an Exception)."""
+
+    def __init__(self, result):
+        super().__init__(result)
+        self.result = result
+
+
+# -- blobs ---------------------------------------------------------------------------
+
+def write_blob(arena, idx, base, name_bytes, fn_pickle, data_pickle):
+    """Store name and payload in slot ``idx``'s blob (creator side)."""
+    blob = arena.blob_off(idx)
+    buf = arena.buf
+    buf[blob:blob + len(name_bytes)] = name_bytes
+    p = blob + L.NAME_MAX
+    buf[p:p + _FN_LEN] = len(fn_pickle).to_bytes(_FN_LEN, "little")
+    p += _FN_LEN
+    buf[p:p + len(fn_pickle)] = fn_pickle
+    p += len(fn_pickle)
+    buf[p:p + len(data_pickle)] = data_pickle
+    L.pack_field(buf, base, T, "name_len", len(name_bytes))
+    L.pack_field(buf, base, T, "payload_len", _FN_LEN + len(fn_pickle) + len(data_pickle))
+
+
+def read_blob(arena, idx, base):
+    """Return (name, threadfn pickle, data pickle) of slot ``idx``."""
+    blob = arena.blob_off(idx)
+    buf = arena.buf
+    name = read_name(arena, idx, base)
+    total = L.unpack_field(buf, base, T, "payload_len")
+    p = blob + L.NAME_MAX
+    fn_len = int.from_bytes(buf[p:p + _FN_LEN], "little")
+    fn = bytes(buf[p + _FN_LEN:p + _FN_LEN + fn_len])
+    data = bytes(buf[p + _FN_LEN + fn_len:p + total])
+    return name, fn, data
+
+
+def read_name(arena, idx, base):
+    """Full name of slot ``idx`` (get_kthread_comm)."""
+    blob = arena.blob_off(idx)
+    n = L.unpack_field(arena.buf, base, T, "name_len")
+    return bytes(arena.buf[blob:blob + n]).decode("utf-8", "replace")
+
+
+def store_traceback(arena, base, text):
+    """Keep (the tail of) a traceback text in the slot's blob."""
+    idx = (base - arena.params.tasks) // T.size
+    raw = text.encode("utf-8", "replace")[-L.TB_MAX:]
+    off = arena.blob_off(idx) + L.BLOB_SIZE - L.TB_MAX
+    arena.buf[off:off + len(raw)] = raw
+    L.pack_field(arena.buf, base, T, "tb_len", len(raw))
+
+
+def read_traceback(arena, idx, base):
+    """The traceback text kept for slot ``idx``, or None."""
+    n = L.unpack_field(arena.buf, base, T, "tb_len")
+    if not n:
+        return None
+    off = arena.blob_off(idx) + L.BLOB_SIZE - L.TB_MAX
+    return bytes(arena.buf[off:off + n]).decode("utf-8", "replace")
+
+
+# -- the kthread body ------------------------------------------------------------
+
+_self_data = None       # (threadfn, data) as this kthread received them
+
+
+def kthread_main(rt, idx, gen, close_fds):
+    """Body of a forked kthread (kernel: kthread()).  Never returns."""
+    global _self_data
+    from . import _sys
+    from ._runtime import install
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        _sys.set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != rt.kthreadd_pid:
+            os._exit(0)        # kthreadd died between fork and prctl
+        for fd in close_fds:
+            os.close(fd)
+        arena, mem = rt.arena, rt.mem
+        base = arena.task_off(idx)
+        rt.role = "kthread"
+        rt.self_idx, rt.self_gen, rt.self_base = idx, gen, base
+        install(rt)
+        name, fn_pickle, data_pickle = read_blob(arena, idx, base)
+        _sys.set_comm(name)
+        _sys.reset_scheduling()
+        try:
+            threadfn = pickle.loads(fn_pickle)
+            data = pickle.loads(data_pickle)
+        except BaseException as exc:
+            _fail_publish(rt, base, f"kthread {name!r}: cannot load threadfn/data: "
+                          + "".join(traceback.format_exception_only(type(exc), exc)).strip())
+        _self_data = (threadfn, data)
+        _publish(rt, base)
+    except SystemExit:
+        raise
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    _run(rt, base, name, threadfn, data)
+
+
+def _fail_publish(rt, base, text):
+    mem = rt.mem
+    if mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_FAILED) == \
+            L.HANDOFF_WAITING:
+        mem.store64(base + T.result, -errno.EINVAL)
+        store_traceback(rt.arena, base, text)
+        rt.waits.completion_complete(base + T.done, False)
+    _exit_now(0)
+
+
+def _publish(rt, base):
+    """Tell the creator we exist, then sleep until the first wake-up."""
+    mem = rt.mem
+    mem.store32(base + T.state, TaskState.TASK_UNINTERRUPTIBLE)
+    L.pack_field(rt.buf, base, T, "pid", os.getpid())
+    mem.store32(base + T.slot, L.SLOT_LIVE)
+    if mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_PUBLISHED) != \
+            L.HANDOFF_WAITING:
+        # The creator was killed while waiting: nobody will ever wake us.
+        mem.store32(base + T.exit_kind, L.EXIT_ABANDONED)
+        _exit_now(0)
+    rt.waits.completion_complete(base + T.done, False)
+    _sched._sleep(rt, base, None)
+
+
+def _run(rt, base, name, threadfn, data):
+    mem = rt.mem
+    mem.fetch_or32(base + T.flags, L.KF_STARTED)
+    flags = mem.load32(base + T.flags)
+    if not flags & (L.KF_NO_SETAFFINITY | L.KF_PREFERRED):
+        from ._affinity import kthread_affine_node
+        kthread_affine_node(rt, base)
+    result, kind = -errno.EINTR, L.EXIT_NEVER_RAN
+    try:
+        if not mem.load32(base + T.flags) & L.KF_SHOULD_STOP:
+            parkme(rt, base)
+            kind = L.EXIT_RETURNED
+            ret = threadfn(data)
+            result = _as_result(ret)
+    except _KthreadExit as ex:
+        result, kind = ex.result, L.EXIT_EXITED
+    except BaseException:
+        text = traceback.format_exc()
+        sys.stderr.write(f"kproc: kthread {name!r} (pid {os.getpid()}) died: {text}")
+        store_traceback(rt.arena, base, text)
+        result, kind = EXCEPTION_RESULT, L.EXIT_EXCEPTION
+    _finish(rt, base, result, kind)
+
+
+def _as_result(ret):
+    if ret is None:
+        return 0
+    if isinstance(ret, int):
+        if not -(1 << 63) <= ret < (1 << 63):
+            raise OverflowError(f"threadfn returned {ret}, which does not fit in a long")
+        return int(ret)
+    raise TypeError(f"threadfn must return an int (or None), not {type(ret).__name__}")
+
+
+def _finish(rt, base, result, kind):
+    """kthread_exit(): publish the result, complete ``exited``, leave."""
+    mem = rt.mem
+    mem.store64(base + T.result, result)
+    mem.store32(base + T.exit_kind, kind)
+    mem.fetch_or32(base + T.flags, L.KF_EXITING)
+    mem.store32(base + T.state, TaskState.TASK_DEAD)
+    mem.store32(base + T.slot, L.SLOT_EXITING)
+    rt.waits.completion_complete(base + T.exited, True)
+    _exit_now(0)
+
+
+def _exit_now(code):
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:
+            pass
+    os._exit(code)
+
+
+# -- in-kthread API ------------------------------------------------------------------
+
+def current():
+    """The calling kthread's Task, or None when not called from a kthread.
+
+    Context: any.
+    """
+    from ._runtime import current_runtime
+    rt = current_runtime()
+    if rt is None or rt.self_base is None:
+        return None
+    return Task(rt, rt.self_idx, rt.self_gen)
+
+
+def kthread_should_stop():
+    """kthread_should_stop(): has kthread_stop() been called on us?
+
+    Context: kthread.  Return: bool.  Raises: RuntimeError outside a kthread.
+    """
+    rt, base = _sched.need_current("kthread_should_stop")
+    return bool(rt.mem.load32(base + T.flags) & L.KF_SHOULD_STOP)
+
+
+def kthread_should_park():
+    """kthread_should_park(): has kthread_park() been called on us?
+
+    Context: kthread.  Return: bool.
+    """
+    rt, base = _sched.need_current("kthread_should_park")
+    return bool(rt.mem.load32(base + T.flags) & L.KF_SHOULD_PARK)
+
+
+def kthread_should_stop_or_park():
+    """kthread_should_stop_or_park(): either of the two.  Context: kthread."""
+    rt, base = _sched.need_current("kthread_should_stop_or_park")
+    return bool(rt.mem.load32(base + T.flags) & (L.KF_SHOULD_STOP | L.KF_SHOULD_PARK))
+
+
+def parkme(rt, base):
+    """__kthread_parkme(): park while KTHREAD_SHOULD_PARK is set.
+
+    TASK_PARKED is published *before* ``parked`` is completed, so that
+    kthread_park()'s wait_task_inactive sees it (the kernel's ordering).
+    """
+    mem = rt.mem
+    while True:
+        mem.store32(base + T.state, TaskState.TASK_PARKED)
+        if not mem.load32(base + T.flags) & L.KF_SHOULD_PARK:
+            break
+        rt.waits.completion_complete(base + T.parked, False)
+        _sched._sleep(rt, base, None)
+    mem.store32(base + T.state, TaskState.TASK_RUNNING)
+
+
+def kthread_parkme():
+    """kthread_parkme(): park until kthread_unpark() if asked to.
+
+    Context: kthread; blocks while parked.
+    """
+    rt, base = _sched.need_current("kthread_parkme")
+    parkme(rt, base)
+
+
+def kthread_exit(result):
+    """kthread_exit(): end the calling kthread now with ``result``.  Does not return.
+
+    Implemented by raising a BaseException that unwinds to the kthread body
+    (``finally`` blocks run; ``except Exception`` does not catch it).
+    Context: kthread.  Raises: TypeError for a non-int result.
+    """
+    _sched.need_current("kthread_exit")
+    if isinstance(result, bool) or not isinstance(result, int):
+        raise TypeError(f"result must be an int, not {type(result).__name__}")
+    raise _KthreadExit(_as_result(result))
+
+
+def kthread_complete_and_exit(comp, code):
+    """kthread_complete_and_exit(): complete ``comp`` (if not None), then exit with ``code``.
+
+    Context: kthread.  Does not return.
+    """
+    from ._completion import complete
+    _sched.need_current("kthread_complete_and_exit")
+    if isinstance(code, bool) or not isinstance(code, int):
+        raise TypeError(f"code must be an int, not {type(code).__name__}")
+    if comp is not None:
+        complete(comp)
+    raise _KthreadExit(_as_result(code))
+
+
+def self_data():
+    """(threadfn, data) as this kthread received them, or None."""
+    return _self_data

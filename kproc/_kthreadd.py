@@ -1,0 +1,309 @@
+"""kthreadd: the process that forks every kthread (kernel: kthreadd()).
+
+Started by ``start()`` as a fresh interpreter.  It reads its bootstrap (the
+caller's ``sys.path``, preload list, backend...) from a pipe, attaches the
+arena, resets its own scheduling policy and affinity (housekeeping CPUs),
+ignores asynchronous signals as the kernel's kthreadd does, preloads modules,
+freezes the GC heap (so forked kthreads share it copy-on-write instead of
+dirtying it), reports "ok" and serves:
+
+* the create list (``kthread_create_list``): pop every request, fork a
+  kthread for each (``create_kthread``);
+* SIGCHLD: reap kthreads and record how each ended (result, exception,
+  signal), complete their ``exited`` and ``parked`` completions so nobody
+  waits on a dead task, and abandon pending creates of a dead creator;
+* EOF on the alive pipe (the owner died or shut down): kill every kthread,
+  reap them and exit.
+
+It waits in ``select`` on three descriptors (eventfd, alive pipe, SIGCHLD
+wake-up pipe), so it is single-threaded and forking is safe.
+"""
+
+import errno
+import gc
+import importlib
+import os
+import pickle
+import select
+import signal
+import sys
+
+from . import _layout as L
+from ._arena import Arena
+from . import _kthread, _affinity, _completion, _control  # noqa: F401  preloaded for forks
+
+# Asynchronous signals kthreadd ignores (and kthreads inherit ignored), like
+# ignore_signals(current) in the kernel's kthreadd.  Synchronous faults keep
+# their default action.
+IGNORED_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2",
+                   "SIGPIPE", "SIGALRM", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGVTALRM",
+                   "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPOLL")
+
+KILLED_RESULT = -errno.EOWNERDEAD
+
+
+def main():
+    """Entry point: ``python -c 'import kproc._kthreadd as k; k.main()' --arena=N ...``."""
+    fds = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if arg.startswith("--"))
+    fds = {k: int(v) for k, v in fds.items()}
+    ready = fds["ready"]
+    try:
+        daemon = Kthreadd(fds)
+    except BaseException as exc:  # report why, then die: start() raises it
+        import traceback
+        msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+        os.write(ready, (msg.replace("\n", " ") + "\n").encode())
+        os._exit(1)
+    os.write(ready, b"ok\n")
+    os.close(ready)
+    daemon.serve()
+
+
+class Kthreadd:
+    """kthreadd's state: the arena, its children and the descriptors it waits on."""
+
+    def __init__(self, fds):
+        from . import _sys
+        _sys.set_comm("kthreadd")
+        for name in IGNORED_SIGNALS:
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_IGN)
+        with os.fdopen(fds["boot"], "rb") as f:
+            boot = pickle.load(f)
+        sys.path[:] = boot["sys_path"]
+        if boot["kproc_parent"] not in sys.path:
+            sys.path.append(boot["kproc_parent"])
+        self.boot = boot
+        self.wake_fd = fds["wake"]
+        self.alive_fd = fds["alive"]
+        self.arena = Arena.attach(fds["arena"])
+        self.rt = self._make_runtime(boot)
+        self.children = {}          # pid -> (slot index, generation)
+        self.inflight = {}          # slot index -> creator pid, until published
+        self.main_prepared = False
+        _sys.reset_scheduling()
+        self._set_allowed_and_affinity()
+        for mod in boot["preload"]:
+            importlib.import_module(mod)
+        self.sig_r, sig_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.sig_w = sig_w
+        signal.set_wakeup_fd(sig_w)
+        signal.signal(signal.SIGCHLD, _noop)
+        self.arena.mem.store32(L.HEADER.kthreadd_pid, os.getpid())
+        self.arena.mem.store32(L.HEADER.alive, 1)
+        gc.collect()
+        gc.freeze()
+
+    def _make_runtime(self, boot):
+        from . import _runtime
+        from ._topology import Topology
+        from ._wait import FutexWaits, PosixWaits
+        mem = self.arena.mem
+        if boot["backend"] == "posix":
+            import posix_ipc
+            sems = [posix_ipc.Semaphore(n) for n in boot["sem_names"]]
+            for n in boot["sem_names"]:
+                try:
+                    posix_ipc.unlink_semaphore(n)
+                except posix_ipc.ExistentialError:
+                    pass
+            waits = PosixWaits(mem, sems, L.HEADER.posix_waiters)
+        else:
+            waits = FutexWaits(mem, mem.load32(L.HEADER.spin_ns))
+        rt = _runtime.Runtime(self.arena, waits, "kthreadd", self.wake_fd, os.getpid(),
+                              Topology(boot["sysfs_root"]), boot["trace"])
+        rt.owner_pid = boot["owner_pid"]
+        _runtime.install(rt)
+        return rt
+
+    def _set_allowed_and_affinity(self):
+        """Record the CPUs kthreadd may use and move onto the housekeeping ones.
+
+        The kernel intersects a requested affinity with the cpuset, so asking
+        for every host CPU and reading back yields what is allowed here.
+        """
+        topo = self.rt.topology
+        host = topo.host_cpus()
+        try:
+            os.sched_setaffinity(0, host)
+        except OSError:
+            pass
+        allowed = set(os.sched_getaffinity(0))
+        allowed |= topo.possible() - host      # modelled CPUs of a fake tree
+        off = L.HEADER.allowed
+        self.arena.buf[off:off + L.CPUMASK_BYTES] = L.mask_to_bytes(allowed)
+        mask = topo.applicable(self.rt.housekeeping())
+        if mask:
+            os.sched_setaffinity(0, mask)
+
+    # -- main loop ---------------------------------------------------------------
+
+    def serve(self):
+        """Serve creates and reap until the owner goes away; never returns."""
+        while True:
+            try:
+                ready, _, _ = select.select([self.wake_fd, self.alive_fd, self.sig_r], [], [])
+            except InterruptedError:
+                continue
+            if self.alive_fd in ready and not os.read(self.alive_fd, 4096):
+                self.teardown()
+            if self.sig_r in ready:
+                _drain(self.sig_r)
+            self.reap()
+            if self.wake_fd in ready:
+                _drain(self.wake_fd)
+                self.serve_creates()
+
+    def serve_creates(self):
+        """Pop every pending create request and fork a kthread for each."""
+        arena, mem, T = self.arena, self.arena.mem, L.TASK
+        with arena.locked():
+            head = arena.hget("create_head")
+            arena.hset("create_head", 0)
+            arena.hset("create_tail", 0)
+        while head:
+            idx = head - 1
+            base = arena.task_off(idx)
+            head = mem.load32(base + T.next)
+            if mem.load32(base + T.handoff) == L.HANDOFF_ABANDONED:
+                with arena.locked():
+                    arena.free_task(idx)
+                continue
+            self.create_kthread(idx, base)
+
+    def create_kthread(self, idx, base):
+        """Fork the kthread for slot ``idx`` (kernel: create_kthread)."""
+        arena, mem, T = self.arena, self.arena.mem, L.TASK
+        gen = mem.load32(base + T.gen)
+        self._prepare_threadfn(idx, base)
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            self._fail_create(base, -exc.errno, f"fork failed: {exc}")
+            return
+        if pid == 0:
+            from ._kthread import kthread_main
+            kthread_main(self.rt, idx, gen, self._child_closes())   # never returns
+            os._exit(1)
+        self.children[pid] = (idx, gen)
+        self.inflight[idx] = L.unpack_field(arena.buf, base, T, "creator")
+
+    def _prepare_threadfn(self, idx, base):
+        """Import threadfn's module here once, so that every later fork has it."""
+        from ._kthread import read_blob
+        try:
+            fn_pickle = read_blob(self.arena, idx, base)[1]
+            if b"__main__" in fn_pickle and not self.main_prepared:
+                self.main_prepared = True
+                import multiprocessing.spawn
+                multiprocessing.spawn.prepare(self.boot["main"])
+            pickle.loads(fn_pickle)
+        except BaseException:
+            pass  # the kthread itself reports the failure to its creator
+
+    def _child_closes(self):
+        return (self.alive_fd, self.sig_r, self.sig_w)
+
+    def _fail_create(self, base, err, text):
+        from ._kthread import store_traceback
+        mem, T = self.arena.mem, L.TASK
+        if mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_FAILED) != \
+                L.HANDOFF_WAITING:
+            return
+        mem.store64(base + T.result, err)
+        store_traceback(self.arena, base, text)
+        self.rt.waits.completion_complete(base + T.done, False)
+
+    # -- reaping -----------------------------------------------------------------
+
+    def reap(self):
+        """Reap every exited kthread and record how it ended."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            entry = self.children.pop(pid, None)
+            if entry is not None:
+                self._record_exit(pid, status, *entry)
+            self._abandon_creates_of(pid)
+
+    def _record_exit(self, pid, status, idx, gen):
+        arena, mem, T = self.arena, self.arena.mem, L.TASK
+        base = arena.task_off(idx)
+        self.inflight.pop(idx, None)
+        if mem.load32(base + T.gen) != gen:
+            return
+        waits = self.rt.waits
+        handoff = mem.load32(base + T.handoff)
+        if handoff == L.HANDOFF_WAITING:
+            self._fail_create(base, -errno.ECHILD,
+                              f"kthread died before it was published (status {status})")
+            handoff = L.HANDOFF_FAILED
+        if mem.load32(base + T.slot) != L.SLOT_EXITING:
+            # Died without writing a result: killed, or left behind kproc's back.
+            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+            L.pack_field(arena.buf, base, T, "signal", sig)
+            mem.store64(base + T.result, KILLED_RESULT)
+            mem.store32(base + T.exit_kind, L.EXIT_SIGNALED if sig else L.EXIT_LOST)
+        mem.fetch_or32(base + T.flags, L.KF_EXITING)
+        mem.store32(base + T.state, 0x80)      # TASK_DEAD
+        mem.store32(base + T.sleeping, 0)
+        with arena.locked():
+            if handoff == L.HANDOFF_ABANDONED and mem.load32(base + T.refs) == 0:
+                arena.free_task(idx)
+            else:
+                mem.store64(base + T.death, arena.next_death())
+                mem.store32(base + T.slot, L.SLOT_DEAD)
+        waits.completion_complete(base + T.exited, True)
+        waits.completion_complete(base + T.parked, True)
+
+    def _abandon_creates_of(self, pid):
+        """A creator died: its pending creates are abandoned (kernel: xchg(&done, NULL))."""
+        arena, mem, T = self.arena, self.arena.mem, L.TASK
+        for idx, creator in list(self.inflight.items()):
+            base = arena.task_off(idx)
+            if mem.load32(base + T.handoff) != L.HANDOFF_WAITING:
+                del self.inflight[idx]
+            elif creator == pid:
+                mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_ABANDONED)
+                del self.inflight[idx]
+        with arena.locked():
+            head = arena.hget("create_head")
+            while head:
+                base = arena.task_off(head - 1)
+                if L.unpack_field(arena.buf, base, T, "creator") == pid:
+                    mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_ABANDONED)
+                head = mem.load32(base + T.next)
+
+    def teardown(self):
+        """The owner is gone: kill every kthread, reap them, and exit."""
+        self.arena.mem.store32(L.HEADER.alive, 0)
+        for pid in list(self.children):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, 0)
+            except ChildProcessError:
+                break
+            entry = self.children.pop(pid, None)
+            if entry is not None:
+                self._record_exit(pid, status, *entry)
+        os._exit(0)
+
+
+def _noop(signum, frame):
+    pass
+
+
+def _drain(fd):
+    try:
+        while os.read(fd, 4096):
+            pass
+    except (BlockingIOError, InterruptedError):
+        pass

@@ -1,0 +1,184 @@
+"""Shared-memory record layouts, defined once.
+
+Every record that lives in the arena is described here as a :class:`Record`:
+an ordered list of named fields with ``struct`` formats, laid out with natural
+alignment.  Code reads ``TASK.pid`` (a byte offset inside the record) instead
+of a magic number, and the arena places whole records at fixed strides.
+
+Records:
+
+* ``HEADER``     one per arena: identity, sizes, kthreadd's pid, the arena
+                 lock, the kthread create list (kernel: ``kthread_create_list``).
+* ``TASK``       one per kthread slot: the kernel's ``struct kthread`` plus the
+                 parts of ``task_struct`` kproc models (state, flags, pid, cpu).
+* ``COMPLETION`` 16 bytes: ``done`` / ``seq`` (the futex word) / ``sleepers``.
+* ``USERCOMP``   a slot of the user completion pool: generation, owner, and a
+                 ``COMPLETION``.
+"""
+
+import struct
+
+__all__ = ["Record", "HEADER", "TASK", "COMPLETION", "USERCOMP", "CPUMASK_BYTES",
+           "MAGIC", "align"]
+
+MAGIC = 0x4B50524F43303031  # "KPROC001"
+CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
+
+_SIZES = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
+
+
+def align(n, a):
+    """Round ``n`` up to a multiple of ``a``."""
+    return (n + a - 1) // a * a
+
+
+class Record:
+    """A fixed-size shared-memory record with named byte offsets.
+
+    ``fields`` is a sequence of ``(name, fmt)`` where fmt is a ``struct`` code
+    (``I`` u32, ``i`` s32, ``Q`` u64, ``q`` s64) or ``("bytes", n)`` for a raw
+    area, aligned to 8.  Attributes named after fields hold their offsets.
+    """
+
+    def __init__(self, name, fields, size_align=8):
+        self.name = name
+        self.formats = {}
+        off = 0
+        for fname, fmt in fields:
+            if isinstance(fmt, tuple):
+                size, al = fmt[1], 8
+            else:
+                size = al = _SIZES[fmt]
+            off = align(off, al)
+            setattr(self, fname, off)
+            self.formats[fname] = fmt
+            off += size
+        self.size = align(off, size_align)
+
+    def __repr__(self):
+        return f"<Record {self.name} size={self.size}>"
+
+
+COMPLETION = Record("completion", [
+    ("done", "I"), ("seq", "I"), ("sleepers", "I"), ("reserved", "I"),
+], size_align=16)
+
+# Mutex size is the host's pthread_mutex_t; 64 bytes covers glibc and musl.
+MUTEX_BYTES = 64
+
+HEADER = Record("header", [
+    ("magic", "Q"),
+    ("runtime_id", "Q"),
+    ("max_kthreads", "I"),
+    ("max_completions", "I"),
+    ("max_works", "I"),
+    ("backend", "I"),
+    ("owner_pid", "i"),
+    ("kthreadd_pid", "i"),
+    ("alive", "I"),            # 1 while kthreadd serves, 0 once it is going away
+    ("spin_ns", "I"),
+    ("create_head", "I"),      # kthread_create_list: slot index + 1, 0 = empty
+    ("create_tail", "I"),
+    ("task_hint", "I"),
+    ("comp_hint", "I"),
+    ("death_clock", "Q"),      # orders dead slots for recycling, oldest first
+    ("lock", ("bytes", MUTEX_BYTES)),          # kthread_create_lock + table lock
+    ("posix_waiters", ("bytes", 4 * 64)),      # posix backend: waiters per channel
+    ("allowed", ("bytes", CPUMASK_BYTES)),  # CPUs kthreadd may use (cpuset)
+], size_align=4096)
+
+TASK = Record("task", [
+    ("gen", "I"),              # bumped at every allocation: stale handles mismatch
+    ("slot", "I"),             # SLOT_* below
+    ("refs", "I"),             # get_task_struct() pins
+    ("state", "I"),            # TASK_* (kernel values)
+    ("wake_seq", "I"),         # futex word schedule() sleeps on
+    ("flags", "I"),            # KF_* bits
+    ("wait_off", "I"),         # futex word of an interruptible wait, 0 = none
+    ("sleeping", "I"),         # 1 while really asleep (wait_task_inactive)
+    ("pid", "i"),
+    ("cpu", "i"),
+    ("node", "i"),
+    ("creator", "i"),          # pid that asked for the create
+    ("handoff", "I"),          # HANDOFF_*: the kernel's xchg(&create->done, NULL)
+    ("next", "I"),             # create list link: slot index + 1
+    ("exit_kind", "I"),        # EXIT_*
+    ("signal", "i"),           # signal that killed it, 0 if none
+    ("result", "q"),
+    ("death", "Q"),            # death_clock value at reap
+    ("create_ns", "Q"),
+    ("name_len", "I"),
+    ("payload_len", "I"),
+    ("tb_len", "I"),
+    ("done", ("bytes", COMPLETION.size)),     # create->done
+    ("parked", ("bytes", COMPLETION.size)),
+    ("exited", ("bytes", COMPLETION.size)),
+    ("bound", ("bytes", CPUMASK_BYTES)),      # kthread_bind_mask(): PF_NO_SETAFFINITY
+    ("preferred", ("bytes", CPUMASK_BYTES)),  # kthread_affine_preferred()
+], size_align=64)
+
+USERCOMP = Record("usercomp", [
+    ("gen", "I"), ("inuse", "I"), ("owner", "i"), ("pad", "I"),
+    ("comp", ("bytes", COMPLETION.size)),
+], size_align=32)
+
+# Per-task blob area: name, pickled (threadfn, data), traceback text.
+BLOB_SIZE = 64 * 1024
+TB_MAX = 8 * 1024
+NAME_MAX = 1024
+PAYLOAD_MAX = BLOB_SIZE - TB_MAX - NAME_MAX
+
+# TASK.slot values
+SLOT_FREE, SLOT_CREATING, SLOT_LIVE, SLOT_EXITING, SLOT_DEAD = range(5)
+
+# TASK.handoff values: who owns a pending create (kernel: xchg(&create->done, NULL))
+HANDOFF_WAITING, HANDOFF_PUBLISHED, HANDOFF_ABANDONED, HANDOFF_FAILED = range(4)
+
+# TASK.exit_kind values
+(EXIT_NONE, EXIT_RETURNED, EXIT_EXITED, EXIT_EXCEPTION, EXIT_SIGNALED,
+ EXIT_NEVER_RAN, EXIT_ABANDONED, EXIT_LOST) = range(8)
+
+# TASK.flags bits.  The first three mirror enum KTHREAD_BITS.
+KF_IS_PER_CPU = 1 << 0
+KF_SHOULD_STOP = 1 << 1
+KF_SHOULD_PARK = 1 << 2
+KF_STARTED = 1 << 8          # kthread->started
+KF_NO_SETAFFINITY = 1 << 9   # PF_NO_SETAFFINITY (kthread_bind)
+KF_PREFERRED = 1 << 10       # kthread->preferred_affinity != NULL
+KF_EXITING = 1 << 11         # PF_EXITING
+KF_FREEZABLE = 1 << 12       # set_freezable()
+KF_TIMED_SLEEP = 1 << 13     # in schedule_timeout(): kthread_stop does not end
+                             # an uninterruptible timed sleep (SPEC §4)
+KF_WORKER = 1 << 14          # runs kthread_worker_fn
+
+
+def mask_to_bytes(cpus):
+    """Encode a CPU set as a CPUMASK_BYTES little-endian bitmap."""
+    bits = 0
+    for c in cpus:
+        bits |= 1 << c
+    return bits.to_bytes(CPUMASK_BYTES, "little")
+
+
+def bytes_to_mask(raw):
+    """Decode a CPUMASK_BYTES bitmap into a frozenset."""
+    bits = int.from_bytes(raw, "little")
+    out = []
+    cpu = 0
+    while bits:
+        if bits & 1:
+            out.append(cpu)
+        bits >>= 1
+        cpu += 1
+    return frozenset(out)
+
+
+def pack_field(buf, base, record, name, value):
+    """Store a scalar field ``name`` of ``record`` at ``base`` (non-atomic)."""
+    struct.pack_into("=" + record.formats[name], buf, base + getattr(record, name), value)
+
+
+def unpack_field(buf, base, record, name):
+    """Load a scalar field ``name`` of ``record`` at ``base`` (non-atomic)."""
+    return struct.unpack_from("=" + record.formats[name], buf,
+                              base + getattr(record, name))[0]

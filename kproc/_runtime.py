@@ -1,0 +1,408 @@
+"""The runtime: one arena, one kthreadd, and this process's view of them.
+
+``start()`` builds a runtime: it creates the arena (``_arena``), picks the
+wait backend (``_wait``), and starts kthreadd as a fresh interpreter (exec'd,
+not forked from the caller) that inherits the arena's memfd, the eventfd that
+wakes it (kernel: ``wake_up_process(kthreadd_task)``), and the read end of an
+*alive pipe* whose write end only the owner holds.  When the owner dies,
+however it dies, kthreadd reads EOF, kills every kthread and exits; kthreads
+carry ``PR_SET_PDEATHSIG(SIGKILL)`` so a killed kthreadd takes them along.
+
+Every process of a runtime has exactly one :class:`Runtime` object, in one of
+three roles: ``owner`` (the process that called ``start()``), ``kthreadd``, or
+``kthread`` (inherited by fork from kthreadd, with ``self_idx`` naming its own
+task slot).  The first API call in a process with no runtime starts a default
+one implicitly.
+
+Liveness: blocking waits tick every ``TICK_NS`` and call
+:meth:`Runtime.check_alive`, so the death of kthreadd ends them with
+``KthreadError(ESRCH)`` within a tick instead of hanging.
+"""
+
+import atexit
+import errno
+import multiprocessing.spawn
+import os
+import pickle
+import select
+import subprocess
+import sys
+import threading
+import time
+
+from . import _layout as L
+from ._arena import Arena, load_mem_class
+from ._errors import KthreadError
+from ._wait import FutexWaits, PosixWaits, POSIX_CHANNELS, default_spin_ns
+
+__all__ = ["Runtime", "start", "shutdown", "get_runtime", "current_runtime", "TICK_NS"]
+
+TICK_NS = 100_000_000          # how often a blocking wait checks its peers
+BACKENDS = {"futex": 1, "posix": 2}
+DEFAULT_MAX_KTHREADS = 1024
+DEFAULT_MAX_WORKS = 4096
+START_TIMEOUT = 30.0
+
+_lock = threading.RLock()
+_runtime = None
+
+
+class Runtime:
+    """One process's handle on a runtime.  Use :func:`start` to make one.
+
+    Attributes: ``arena``, ``mem``, ``waits`` (backend), ``role``, ``wake_fd``
+    (kthreadd's eventfd), ``kthreadd_pid``, ``topology``, ``self_idx`` /
+    ``self_gen`` / ``self_base`` (kthreads only), ``trace`` (path or None).
+    """
+
+    def __init__(self, arena, waits, role, wake_fd, kthreadd_pid, topology, trace=None):
+        self.arena = arena
+        self.mem = arena.mem
+        self.buf = arena.buf
+        self.waits = waits
+        self.role = role
+        self.wake_fd = wake_fd
+        self.kthreadd_pid = kthreadd_pid
+        self.topology = topology
+        self.trace = trace
+        self.self_idx = None
+        self.self_gen = None
+        self.self_base = None
+        self.popen = None          # owner: the kthreadd process
+        self.alive_w = None        # owner: write end of the alive pipe
+        self.closed = False
+        self.local = threading.local()
+
+    @property
+    def runtime_id(self):
+        return self.arena.runtime_id
+
+    @property
+    def backend(self):
+        """Name of the wait backend, ``"futex"`` or ``"posix"``."""
+        return self.waits.name
+
+    # -- liveness ----------------------------------------------------------------
+
+    def check_alive(self):
+        """Raise ``KthreadError(ESRCH)`` if this runtime's kthreadd is gone.
+
+        Context: any process of the runtime; does not block.
+        """
+        if self.closed:
+            raise KthreadError(errno.ESRCH, "the kproc runtime was shut down")
+        if self.role == "owner":
+            dead = self.popen.poll() is not None
+        elif self.role == "kthread":
+            dead = os.getppid() != self.kthreadd_pid
+        else:
+            dead = False
+        if not dead and self.mem.load32(L.HEADER.alive) == 0 and self.role != "kthreadd":
+            dead = True
+        if dead:
+            raise KthreadError(errno.ESRCH, "kthreadd died: the kproc runtime is gone")
+
+    def wake_kthreadd(self):
+        """Kick kthreadd to look at the create list (kernel: wake_up_process(kthreadd))."""
+        try:
+            os.eventfd_write(self.wake_fd, 1)
+        except BlockingIOError:
+            pass  # counter saturated: kthreadd has a wake-up pending anyway
+
+    def allowed(self):
+        """CPUs kthreadd may use (its cpuset), as recorded at start."""
+        off = L.HEADER.allowed
+        return L.bytes_to_mask(self.buf[off:off + L.CPUMASK_BYTES])
+
+    def housekeeping(self):
+        """housekeeping_cpumask(HK_TYPE_KTHREAD): online − isolated − nohz_full, ∩ allowed."""
+        return self.topology.housekeeping(self.allowed())
+
+    # -- teardown ----------------------------------------------------------------
+
+    def shutdown(self, timeout=5.0):
+        """Stop kthreadd (which kills the remaining kthreads) and release everything.
+
+        Context: the owner process.  Kthreads still alive are killed, not
+        stopped: call kthread_stop() on those whose result matters first.
+        Idempotent.  Raises: KthreadError(EPERM) from another process.
+        """
+        if self.closed:
+            return
+        if self.role != "owner":
+            raise KthreadError(errno.EPERM, "only the process that called kproc.start() "
+                               "can shut the runtime down")
+        self.closed = True
+        try:
+            if self.alive_w is not None:
+                os.close(self.alive_w)
+                self.alive_w = None
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        finally:
+            self.waits.close()
+            os.close(self.wake_fd)
+            self.arena.close()
+            _forget(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+
+    def __repr__(self):
+        return (f"<kproc.Runtime {self.role} backend={self.backend} "
+                f"kthreadd={self.kthreadd_pid}{' closed' if self.closed else ''}>")
+
+
+def _forget(rt):
+    global _runtime
+    with _lock:
+        if _runtime is rt:
+            _runtime = None
+
+
+def current_runtime():
+    """This process's runtime, or None."""
+    return _runtime
+
+
+def get_runtime():
+    """This process's runtime, starting a default one if there is none.
+
+    Context: any.  Raises: whatever :func:`start` raises.
+    """
+    rt = _runtime
+    if rt is not None and not rt.closed:
+        return rt
+    with _lock:
+        if _runtime is None or _runtime.closed:
+            start()
+        return _runtime
+
+
+def _choose_backend(backend):
+    if backend is None:
+        backend = os.environ.get("KPROC_BACKEND") or None
+    have_native = load_mem_class() is not None
+    if backend is None:
+        backend = "futex" if have_native else "posix"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be None, 'futex' or 'posix', not {backend!r}")
+    if backend == "futex" and not have_native:
+        raise ValueError("backend 'futex' needs the kproc._native extension, which is not "
+                         "built here; run 'make venv' or use backend='posix'")
+    return backend
+
+
+def _check_int(name, value, lo, hi):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be between {lo} and {hi}, not {value}")
+
+
+def start(*, max_kthreads=DEFAULT_MAX_KTHREADS, max_works=DEFAULT_MAX_WORKS, backend=None,
+          sysfs_root="/sys", preload=(), trace=None):
+    """Start a kproc runtime: the arena and its kthreadd.
+
+    @max_kthreads: task table size (kthreads alive or not yet recycled at once).
+    @max_works: work item slots (and user completions: max(1024, max_works)).
+    @backend: ``"futex"`` (default when the C extension is built), ``"posix"``;
+              None reads ``KPROC_BACKEND``.
+    @sysfs_root: where CPU topology and hotplug files are read (``fake_sysfs``).
+    @preload: module names kthreadd imports once, so that forks are cheap.
+    @trace: path of a Chrome trace-event JSON file to write, or None
+            (``KPROC_TRACE`` is read when None).
+
+    Context: any process that has no runtime yet; blocks until kthreadd runs
+    (tens of milliseconds).
+    Return: the :class:`Runtime` (a context manager that shuts it down).
+    Raises: ``KthreadError(EBUSY)`` if this process already has a runtime;
+    ``TypeError``/``ValueError`` on bad arguments; ``OSError`` from the OS;
+    ``RuntimeError`` if not on Linux.
+    """
+    global _runtime
+    if not sys.platform.startswith("linux"):
+        raise RuntimeError("kproc runs on Linux only (it needs fork, memfd, futexes, "
+                           f"sched_setaffinity and sysfs); this is {sys.platform}")
+    _check_int("max_kthreads", max_kthreads, 1, 1 << 16)
+    _check_int("max_works", max_works, 1, 1 << 22)
+    backend = _choose_backend(backend)
+    if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
+        raise TypeError("preload must be an iterable of module names")
+    if not isinstance(sysfs_root, (str, os.PathLike)):
+        raise TypeError("sysfs_root must be a path")
+    sysfs_root = os.path.abspath(os.fspath(sysfs_root))
+    from ._topology import Topology
+    topology = Topology(sysfs_root)
+    if not topology.possible():
+        raise ValueError(f"{sysfs_root} holds no CPU topology "
+                         "(devices/system/cpu/possible is missing or empty)")
+    if trace is None:
+        trace = os.environ.get("KPROC_TRACE") or None
+    with _lock:
+        if _runtime is not None and not _runtime.closed:
+            raise KthreadError(errno.EBUSY, "this process already has a kproc runtime "
+                               f"({_runtime!r}); shut it down first")
+        _runtime = _start_owner(max_kthreads, max_works, backend, sysfs_root,
+                                tuple(preload), trace, topology)
+        return _runtime
+
+
+def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, topology):
+    arena = Arena.create(max_kthreads, max(1024, max_works), max_works, BACKENDS[backend])
+    sem_names = []
+    fds = []
+    try:
+        wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fds.append(wake_fd)
+        alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+        boot_r, boot_w = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        fds += [alive_r, alive_w, boot_r, boot_w, ready_r, ready_w]
+        if backend == "posix":
+            waits = PosixWaits(arena.mem, _create_semaphores(sem_names), L.HEADER.posix_waiters)
+        else:
+            waits = FutexWaits(arena.mem, default_spin_ns())
+        arena.mem.store32(L.HEADER.spin_ns, waits.spin_ns)
+        boot = {
+            "sys_path": list(sys.path),
+            "kproc_parent": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "preload": preload,
+            "main": _main_preparation(),
+            "backend": backend,
+            "sem_names": sem_names,
+            "sysfs_root": sysfs_root,
+            "trace": trace,
+            "owner_pid": os.getpid(),
+        }
+        fdargs = dict(arena=arena.fd, wake=wake_fd, alive=alive_r, boot=boot_r, ready=ready_w)
+        code = ("import sys; sys.path.insert(0, {!r}); import kproc._kthreadd as k; "
+                "k.main()").format(boot["kproc_parent"])
+        argv = [sys.executable, "-c", code] + [f"--{k}={v}" for k, v in fdargs.items()]
+        popen = subprocess.Popen(argv, pass_fds=tuple(fdargs.values()), cwd=os.getcwd(),
+                                 env=dict(os.environ), stdin=subprocess.DEVNULL)
+        for fd in (alive_r, boot_r, ready_w):
+            os.close(fd)
+            fds.remove(fd)
+        with open(boot_w, "wb", closefd=True) as f:
+            fds.remove(boot_w)
+            pickle.dump(boot, f)
+        status = _read_ready(ready_r, popen)
+        os.close(ready_r)
+        fds.remove(ready_r)
+        if status != b"ok":
+            popen.kill()
+            popen.wait()
+            raise KthreadError(errno.ECHILD, "kthreadd failed to start: "
+                               + status.decode(errors="replace"))
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        _unlink_semaphores(sem_names)
+        arena.close()
+        raise
+    _unlink_semaphores(sem_names)
+    rt = Runtime(arena, waits, "owner", wake_fd, popen.pid, topology, trace)
+    rt.popen = popen
+    rt.alive_w = alive_w
+    atexit.register(_atexit_shutdown, rt)
+    return rt
+
+
+def _read_ready(fd, popen):
+    deadline = time.monotonic() + START_TIMEOUT
+    chunks = []
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return b"timed out waiting for kthreadd"
+        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
+        if ready:
+            data = os.read(fd, 65536)
+            if not data:
+                return b"".join(chunks) or b"kthreadd exited during start-up"
+            chunks.append(data)
+            if b"".join(chunks).endswith(b"\n"):
+                return b"".join(chunks).rstrip(b"\n")
+        elif popen.poll() is not None:
+            return b"".join(chunks) or f"kthreadd exited with {popen.returncode}".encode()
+
+
+def _main_preparation():
+    """What kthreadd needs to import ``__main__`` as forkserver does (lazily)."""
+    try:
+        data = multiprocessing.spawn.get_preparation_data("kthreadd")
+    except Exception:
+        return {}
+    return {k: v for k, v in data.items() if k in ("init_main_from_name", "init_main_from_path")}
+
+
+def _create_semaphores(names):
+    import posix_ipc
+    tag = f"/kproc-{os.getpid()}-{os.urandom(4).hex()}"
+    sems = []
+    for i in range(POSIX_CHANNELS):
+        name = f"{tag}-{i}"
+        sems.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0))
+        names.append(name)
+    return sems
+
+
+def _unlink_semaphores(names):
+    """Remove the semaphores' names: the open ones live on, nothing stays in /dev/shm."""
+    import posix_ipc
+    for name in names:
+        try:
+            posix_ipc.unlink_semaphore(name)
+        except posix_ipc.ExistentialError:
+            pass
+
+
+def _atexit_shutdown(rt):
+    if not rt.closed and rt.role == "owner" and rt.popen is not None:
+        try:
+            rt.shutdown()
+        except Exception:
+            pass
+
+
+def shutdown():
+    """Shut down this process's runtime, if it owns one (see :meth:`Runtime.shutdown`).
+
+    Context: the owner process.  No-op when there is no runtime.
+    """
+    rt = _runtime
+    if rt is not None:
+        rt.shutdown()
+
+
+def _after_fork_in_child():
+    # A plain fork of a runtime process is not part of the runtime: it must not
+    # keep the owner's alive pipe open (kthreadd would outlive the owner).
+    global _runtime
+    rt = _runtime
+    if rt is None or rt.role not in ("owner",):
+        return
+    if rt.alive_w is not None:
+        try:
+            os.close(rt.alive_w)
+        except OSError:
+            pass
+        rt.alive_w = None
+    rt.role = "forked"
+    _runtime = rt
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def install(rt):
+    """Make ``rt`` this process's runtime (kthreadd and kthreads)."""
+    global _runtime
+    _runtime = rt

@@ -1,0 +1,244 @@
+"""Task states, sleeping and waking (kernel: schedule(), try_to_wake_up()).
+
+Each kthread publishes its state in its task slot and sleeps on its own
+``wake_seq`` word.  The kernel's lost-wake-up-free pattern holds::
+
+    set_current_state(TASK_INTERRUPTIBLE)      # store state
+    if not condition: schedule()               # sleeps only while state != RUNNING
+
+because :func:`wake_up_state` changes the *state* first (compare-and-swap to
+TASK_RUNNING) and only then bumps ``wake_seq`` and wakes the futex, while
+:func:`schedule` snapshots ``wake_seq`` *before* reading the state: a wake-up
+between ``set_current_state`` and ``schedule`` leaves the state RUNNING and
+``schedule`` returns at once; one that lands after the snapshot makes the
+futex wait return.
+
+kthread_stop()'s notification (the kernel's TIF_NOTIFY_SIGNAL) is
+``KTHREAD_SHOULD_STOP`` itself: once set, interruptible sleeps return at once
+(``signal_pending()``).  :func:`notify_signal` also bumps the futex word an
+interruptible wait published in ``wait_off``, so such a wait wakes now.
+Uninterruptible timed sleeps (``msleep``, ``schedule_timeout`` in
+TASK_UNINTERRUPTIBLE) run to their end, as SPEC §4 requires; an untimed
+uninterruptible ``schedule()`` is woken (it could not end otherwise).
+"""
+
+import errno
+import math
+import time
+
+from . import _layout as L
+from ._errors import KthreadError
+from ._task import TaskState, TASK_NORMAL
+
+__all__ = ["wake_up_state", "wake_up_process_raw", "notify_signal", "need_current",
+           "set_current_state", "schedule", "schedule_timeout",
+           "schedule_timeout_interruptible", "schedule_timeout_uninterruptible",
+           "msleep", "msleep_interruptible", "signal_pending"]
+
+T = L.TASK
+RUNNING = TaskState.TASK_RUNNING
+INTERRUPTIBLE = TaskState.TASK_INTERRUPTIBLE
+UNINTERRUPTIBLE = TaskState.TASK_UNINTERRUPTIBLE
+PARKED = TaskState.TASK_PARKED
+FROZEN = TaskState.TASK_FROZEN
+SETTABLE_STATES = (RUNNING, INTERRUPTIBLE, UNINTERRUPTIBLE)
+
+
+def need_current(fn_name):
+    """(runtime, own slot offset) of the calling kthread.
+
+    Raises: RuntimeError when not called from a kthread.
+    """
+    from ._runtime import current_runtime
+    rt = current_runtime()
+    if rt is None or rt.self_base is None:
+        raise RuntimeError(f"{fn_name}() must be called from a kthread (a process created "
+                           "by kthread_create/kthread_run); it was called from a process "
+                           "that is not one")
+    return rt, rt.self_base
+
+
+def wake_up_state(rt, base, mask, stop_wake=False):
+    """try_to_wake_up(): move a task sleeping in a state of ``mask`` to RUNNING.
+
+    ``stop_wake`` is kthread_stop()'s wake: it leaves an uninterruptible
+    *timed* sleep alone.  Return: True if the task was woken.
+    """
+    mem = rt.mem
+    while True:
+        state = mem.load32(base + T.state)
+        if not state & mask:
+            return False
+        if stop_wake and state == UNINTERRUPTIBLE and \
+                mem.load32(base + T.flags) & L.KF_TIMED_SLEEP:
+            return False
+        if mem.cmpxchg32(base + T.state, state, RUNNING) == state:
+            break
+    mem.fetch_add32(base + T.wake_seq, 1)
+    rt.waits.wake(base + T.wake_seq)
+    return True
+
+
+def wake_up_process_raw(rt, base):
+    """wake_up_process() on a slot: wake TASK_NORMAL sleepers."""
+    return wake_up_state(rt, base, TASK_NORMAL)
+
+
+def notify_signal(rt, base):
+    """Wake the interruptible wait the task published in ``wait_off``, if any."""
+    off = rt.mem.load32(base + T.wait_off)
+    if off:
+        rt.mem.fetch_add32(off, 1)
+        rt.waits.wake(off)
+
+
+def signal_pending(rt, base):
+    """signal_pending(): kthread_stop() was called on this kthread."""
+    return bool(rt.mem.load32(base + T.flags) & L.KF_SHOULD_STOP)
+
+
+def set_current_state(state):
+    """set_current_state(): publish the calling kthread's state.
+
+    @state: TASK_RUNNING, TASK_INTERRUPTIBLE or TASK_UNINTERRUPTIBLE.
+    Context: kthread.  Raises: ValueError on another state; RuntimeError
+    outside a kthread.
+    """
+    if state not in SETTABLE_STATES or isinstance(state, bool):
+        raise ValueError("state must be TASK_RUNNING, TASK_INTERRUPTIBLE or "
+                         f"TASK_UNINTERRUPTIBLE, not {state!r}")
+    rt, base = need_current("set_current_state")
+    rt.mem.store32(base + T.state, int(state))
+
+
+def _sleep(rt, base, deadline_ns):
+    """Sleep until woken (state RUNNING), signalled, or ``deadline_ns`` passes.
+
+    Return: True if the deadline passed (the task is then set RUNNING, as the
+    kernel's process_timeout() wakes it).
+    """
+    mem, waits = rt.mem, rt.waits
+    seq_off = base + T.wake_seq
+    while True:
+        seq = mem.load32(seq_off)
+        state = mem.load32(base + T.state)
+        if state == RUNNING:
+            return False
+        if state == INTERRUPTIBLE and signal_pending(rt, base):
+            mem.cmpxchg32(base + T.state, state, RUNNING)
+            continue
+        if deadline_ns is None:
+            timeout = -1
+        else:
+            timeout = deadline_ns - time.monotonic_ns()
+            if timeout <= 0:
+                mem.cmpxchg32(base + T.state, state, RUNNING)
+                if mem.load32(base + T.state) == RUNNING:
+                    return True
+                continue
+        mem.store32(base + T.sleeping, 1)
+        try:
+            waits.wait(seq_off, seq, timeout, spin=state not in (PARKED, FROZEN))
+        finally:
+            mem.store32(base + T.sleeping, 0)
+
+
+def schedule():
+    """schedule(): sleep in the current state until woken.
+
+    Returns at once if the state is TASK_RUNNING, or TASK_INTERRUPTIBLE with
+    kthread_stop() pending.  Context: kthread; may block forever.
+    """
+    rt, base = need_current("schedule")
+    _sleep(rt, base, None)
+
+
+def _check_seconds(name, seconds):
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(seconds).__name__}")
+    if math.isnan(seconds) or seconds < 0:
+        raise ValueError(f"{name} must be >= 0 seconds, not {seconds}")
+
+
+def schedule_timeout(seconds):
+    """schedule_timeout(): sleep in the current state for at most ``seconds``.
+
+    Context: kthread.  Return: seconds left (0.0 if the time ran out).
+    ``math.inf`` sleeps like schedule() and returns inf.
+    Raises: ValueError for a negative or NaN timeout; TypeError.
+    """
+    _check_seconds("timeout", seconds)
+    rt, base = need_current("schedule_timeout")
+    if math.isinf(seconds):
+        _sleep(rt, base, None)
+        return math.inf
+    deadline = time.monotonic_ns() + int(seconds * 1e9)
+    timed = rt.mem.load32(base + T.state) == UNINTERRUPTIBLE
+    if timed:
+        rt.mem.fetch_or32(base + T.flags, L.KF_TIMED_SLEEP)
+    try:
+        if _sleep(rt, base, deadline):
+            return 0.0
+    finally:
+        if timed:
+            rt.mem.fetch_and32(base + T.flags, ~L.KF_TIMED_SLEEP & 0xFFFFFFFF)
+    return max(0.0, (deadline - time.monotonic_ns()) / 1e9)
+
+
+def schedule_timeout_interruptible(seconds):
+    """schedule_timeout() in TASK_INTERRUPTIBLE (ended early by kthread_stop()).
+
+    Context: kthread.  Return: seconds left, 0.0 on timeout.
+    """
+    _check_seconds("timeout", seconds)
+    set_current_state(INTERRUPTIBLE)
+    return schedule_timeout(seconds)
+
+
+def schedule_timeout_uninterruptible(seconds):
+    """schedule_timeout() in TASK_UNINTERRUPTIBLE.  Context: kthread."""
+    _check_seconds("timeout", seconds)
+    set_current_state(UNINTERRUPTIBLE)
+    return schedule_timeout(seconds)
+
+
+def _check_ms(ms):
+    if isinstance(ms, bool) or not isinstance(ms, (int, float)):
+        raise TypeError(f"msecs must be a number, not {type(ms).__name__}")
+    if math.isnan(ms) or ms < 0 or math.isinf(ms):
+        raise ValueError(f"msecs must be a finite number >= 0, not {ms}")
+
+
+def msleep(ms):
+    """msleep(): sleep ``ms`` milliseconds, uninterruptibly (runs to its end).
+
+    Context: kthread, or any process (where it is a plain sleep).
+    """
+    _check_ms(ms)
+    from ._runtime import current_runtime
+    rt = current_runtime()
+    if rt is None or rt.self_base is None:
+        time.sleep(ms / 1000)
+        return
+    deadline = time.monotonic() + ms / 1000
+    while (left := deadline - time.monotonic()) > 0:
+        schedule_timeout_uninterruptible(left)
+
+
+def msleep_interruptible(ms):
+    """msleep_interruptible(): sleep up to ``ms`` ms; kthread_stop() ends it early.
+
+    Context: kthread, or any process (a plain sleep there).
+    Return: milliseconds left (int, rounded up), 0 if the sleep ran out.
+    """
+    _check_ms(ms)
+    from ._runtime import current_runtime
+    rt = current_runtime()
+    if rt is None or rt.self_base is None:
+        time.sleep(ms / 1000)
+        return 0
+    deadline = time.monotonic() + ms / 1000
+    while (left := deadline - time.monotonic()) > 0 and not signal_pending(rt, rt.self_base):
+        schedule_timeout_interruptible(left)
+    left = deadline - time.monotonic()
+    return max(0, math.ceil(left * 1000)) if signal_pending(rt, rt.self_base) else 0

@@ -1,0 +1,51 @@
+"""Process-level system calls Python's os module lacks (prctl), via ctypes.
+
+Kept out of the C extension on purpose: they are not on a hot path, and the
+posix backend must work where the extension is not built.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import signal
+
+__all__ = ["set_comm", "set_pdeathsig", "reset_scheduling", "TASK_COMM_LEN"]
+
+TASK_COMM_LEN = 16
+PR_SET_PDEATHSIG = 1
+PR_SET_NAME = 15
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong,
+                        ctypes.c_ulong]
+
+
+def _prctl(option, arg2):
+    if _libc.prctl(option, arg2, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def comm_of(name):
+    """The kernel's comm for ``name``: at most TASK_COMM_LEN-1 bytes of UTF-8."""
+    raw = name.encode("utf-8", "replace")[:TASK_COMM_LEN - 1]
+    return raw.decode("utf-8", "ignore")
+
+
+def set_comm(name):
+    """Set this process's comm (what ps and /proc/PID/comm show)."""
+    buf = ctypes.create_string_buffer(comm_of(name).encode("utf-8"), TASK_COMM_LEN)
+    _prctl(PR_SET_NAME, ctypes.addressof(buf))
+
+
+def set_pdeathsig(sig=signal.SIGKILL):
+    """Ask the kernel to send ``sig`` to this process when its parent dies."""
+    _prctl(PR_SET_PDEATHSIG, int(sig))
+
+
+def reset_scheduling():
+    """SCHED_OTHER, priority 0 (kernel: sched_setscheduler_nocheck(SCHED_NORMAL))."""
+    try:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except OSError:
+        pass

@@ -1,0 +1,146 @@
+"""Task handles and task states (kernel: struct task_struct, struct kthread).
+
+A :class:`Task` names one slot of the task table by (runtime id, index,
+generation).  It is picklable, so any process of the runtime can be handed
+one; every use re-checks the generation, so a handle whose slot was recycled
+raises ``KthreadError(ESRCH)`` and never touches the new occupant.
+
+A slot is recycled only when it is needed for a new kthread, its kthread is
+dead and reaped, and nobody pins it with ``get_task_struct()``; until then
+``kthread_stop()`` on a kthread that already exited still returns its result.
+"""
+
+import enum
+import errno
+import pickle
+
+from . import _layout as L
+from ._errors import KthreadError
+
+__all__ = ["Task", "TaskState", "resolve", "TASK_STATES"]
+
+
+class TaskState(enum.IntEnum):
+    """Task states, with the kernel's values (include/linux/sched.h)."""
+    TASK_RUNNING = 0x0000
+    TASK_INTERRUPTIBLE = 0x0001
+    TASK_UNINTERRUPTIBLE = 0x0002
+    TASK_PARKED = 0x0040
+    TASK_DEAD = 0x0080
+    TASK_NEW = 0x0800
+    TASK_FROZEN = 0x8000
+
+
+TASK_STATES = {s.value: s for s in TaskState}
+TASK_NORMAL = TaskState.TASK_INTERRUPTIBLE | TaskState.TASK_UNINTERRUPTIBLE
+
+
+class KthreadBit(enum.IntEnum):
+    """Bit numbers of enum KTHREAD_BITS."""
+    KTHREAD_IS_PER_CPU = 0
+    KTHREAD_SHOULD_STOP = 1
+    KTHREAD_SHOULD_PARK = 2
+
+
+class Task:
+    """Handle on a kthread.  Attributes read live from shared memory.
+
+    ``pid``, ``comm`` (name cut to 15 bytes), ``name`` (full name), ``cpu``,
+    ``exit_signal`` (signal that killed it, 0 if none), ``exception``
+    (traceback text if threadfn raised, else None), ``exit_result`` (result
+    once it has exited, else None).
+    """
+
+    __slots__ = ("_rt", "_idx", "_gen", "_base")
+
+    def __init__(self, rt, idx, gen):
+        self._rt = rt
+        self._idx = idx
+        self._gen = gen
+        self._base = rt.arena.task_off(idx)
+
+    def _check(self):
+        return self._rt.arena.check_task(self._idx, self._gen)
+
+    def _field(self, name):
+        base = self._check()
+        return L.unpack_field(self._rt.buf, base, L.TASK, name)
+
+    @property
+    def pid(self):
+        return self._field("pid")
+
+    @property
+    def name(self):
+        from ._kthread import read_name
+        self._check()
+        return read_name(self._rt.arena, self._idx, self._base)
+
+    @property
+    def comm(self):
+        from ._sys import comm_of
+        return comm_of(self.name)
+
+    @property
+    def cpu(self):
+        """The CPU it is bound to as per-CPU / on-CPU kthread, or -1."""
+        return self._field("cpu")
+
+    @property
+    def exit_signal(self):
+        return self._field("signal")
+
+    @property
+    def exception(self):
+        from ._kthread import read_traceback
+        base = self._check()
+        if L.unpack_field(self._rt.buf, base, L.TASK, "exit_kind") != L.EXIT_EXCEPTION:
+            return None
+        return read_traceback(self._rt.arena, self._idx, base)
+
+    @property
+    def exit_result(self):
+        base = self._check()
+        if self._rt.mem.load32(base + L.TASK.slot) not in (L.SLOT_EXITING, L.SLOT_DEAD):
+            return None
+        return self._rt.mem.load64(base + L.TASK.result)
+
+    def __reduce__(self):
+        return (_restore_task, (self._rt.runtime_id, self._idx, self._gen))
+
+    def __eq__(self, other):
+        return (isinstance(other, Task) and other._rt is self._rt
+                and other._idx == self._idx and other._gen == self._gen)
+
+    def __hash__(self):
+        return hash((self._rt.runtime_id, self._idx, self._gen))
+
+    def __repr__(self):
+        try:
+            state = TASK_STATES.get(self._field("state"), "?")
+            return f"<Task {self.name!r} pid={self.pid} {getattr(state, 'name', state)}>"
+        except KthreadError:
+            return f"<Task slot={self._idx} gen={self._gen} (stale)>"
+
+
+def _restore_task(runtime_id, idx, gen):
+    from ._runtime import current_runtime
+    rt = current_runtime()
+    if rt is None or rt.runtime_id != runtime_id:
+        raise pickle.UnpicklingError("a kproc.Task can only be unpickled in a process of "
+                                     "the runtime that created it")
+    return Task(rt, idx, gen)
+
+
+def resolve(task, what="task"):
+    """Check a Task argument; return (runtime, slot offset).
+
+    Raises: TypeError if not a Task; KthreadError(ESRCH) if stale or of a
+    runtime that is gone.
+    """
+    if not isinstance(task, Task):
+        raise TypeError(f"{what} must be a kproc.Task, not {type(task).__name__}")
+    rt = task._rt
+    if rt.closed:
+        raise KthreadError(errno.ESRCH, "the task's kproc runtime was shut down")
+    return rt, task._check()

@@ -1,0 +1,169 @@
+"""Wait backends: how a process sleeps on a 32-bit word of the arena.
+
+Two backends share one interface (kernel analogue: the wait-queue / futex
+layer under ``schedule()`` and ``wait_for_completion()``):
+
+* :class:`FutexWaits` (``"futex"``, the default where ``kproc._native`` is
+  built): spin briefly on the word, then ``FUTEX_WAIT``; completions are
+  acquired and completed in C.
+* :class:`PosixWaits` (``"posix"``): named POSIX semaphores (``posix_ipc``)
+  used as a small hashed table of wait channels, like the kernel's hashed
+  wait-queue table.  A waiter registers in its channel, re-checks the word and
+  sleeps on the channel's semaphore; a waker changes the word first, then
+  posts once per registered waiter.  Waiters of other words sharing a channel
+  wake spuriously and sleep again.
+
+Both are free of lost wake-ups by the same Dekker pairing: the sleeper
+publishes itself (``sleepers``/channel count) and then reads the word; the
+waker writes the word and then reads the sleeper count.  Sequentially
+consistent atomics guarantee that at least one side sees the other.
+
+Return conventions (shared): ``wait`` -> True (changed or woken) / False
+(timeout); ``completion_wait`` -> 1 acquired, 0 timeout, 2 woken without
+acquiring (re-check and call again).
+"""
+
+import os
+
+from ._layout import COMPLETION
+
+__all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns"]
+
+POSIX_CHANNELS = 64
+UINT_MAX = 0xFFFFFFFF
+
+
+def default_spin_ns():
+    """Spin budget before sleeping: ``KPROC_SPIN_US`` or 50 µs, 0 on one CPU.
+
+    Spinning pays only when waker and waiter can run at the same time: on a
+    VM a futex wake of a halted vCPU costs ~40 µs, a spin hand-off ~0.1 µs.
+    With a single usable CPU spinning only delays the peer.
+    """
+    env = os.environ.get("KPROC_SPIN_US")
+    if env is not None:
+        return max(0, int(float(env) * 1000))
+    if len(os.sched_getaffinity(0)) < 2:
+        return 0
+    return 50_000
+
+
+class FutexWaits:
+    """The futex backend (needs ``kproc._native``)."""
+
+    name = "futex"
+
+    def __init__(self, mem, spin_ns):
+        self.mem = mem
+        self.spin_ns = spin_ns
+        self._wait_change = mem.wait_change
+        self.completion_try = mem.completion_try
+        self.completion_done = mem.completion_done
+        self.completion_complete = mem.completion_complete
+
+    def wait(self, off, expected, timeout_ns, spin=True):
+        """Sleep while the word at ``off`` equals ``expected``."""
+        return self._wait_change(off, expected, timeout_ns,
+                                 self.spin_ns if spin else 0) == 0
+
+    def wake(self, off, n=0x7FFFFFFF):
+        """Wake up to ``n`` sleepers of the word at ``off``."""
+        self.mem.futex_wake(off, n)
+
+    def completion_wait(self, off, snap, timeout_ns):
+        """One attempt at acquiring the completion at ``off`` (see module doc)."""
+        return self.mem.completion_wait(off, snap, timeout_ns, self.spin_ns)
+
+    def close(self):
+        pass
+
+
+class PosixWaits:
+    """The POSIX-semaphore backend: hashed wait channels over ``posix_ipc``."""
+
+    name = "posix"
+
+    def __init__(self, mem, semaphores, waiters_off):
+        self.mem = mem
+        self.spin_ns = 0
+        self.sems = semaphores
+        self.waiters_off = waiters_off
+
+    def _channel(self, off):
+        return ((off >> 2) * 2654435761 >> 7) % len(self.sems)
+
+    def wait(self, off, expected, timeout_ns, spin=True):
+        """Sleep while the word at ``off`` equals ``expected``."""
+        import posix_ipc
+        mem = self.mem
+        ch = self._channel(off)
+        count_off = self.waiters_off + 4 * ch
+        mem.fetch_add32(count_off, 1)
+        try:
+            if mem.load32(off) != expected:
+                return True
+            timeout = None if timeout_ns < 0 else timeout_ns / 1e9
+            try:
+                self.sems[ch].acquire(timeout)
+            except posix_ipc.BusyError:
+                return mem.load32(off) != expected
+            except posix_ipc.SignalError:
+                pass  # the Python-level handler runs when we return
+            return True
+        finally:
+            mem.fetch_add32(count_off, -1)
+
+    def wake(self, off, n=0x7FFFFFFF):
+        """Post once per sleeper registered in ``off``'s channel."""
+        ch = self._channel(off)
+        waiters = self.mem.load32(self.waiters_off + 4 * ch)
+        sem = self.sems[ch]
+        for _ in range(waiters):
+            sem.release()
+
+    def completion_try(self, off):
+        """try_wait_for_completion on the record at ``off``."""
+        mem = self.mem
+        while True:
+            done = mem.load32(off)
+            if done == UINT_MAX:
+                return True
+            if done == 0:
+                return False
+            if mem.cmpxchg32(off, done, done - 1) == done:
+                return True
+
+    def completion_done(self, off):
+        """completion_done on the record at ``off``."""
+        return self.mem.load32(off) != 0
+
+    def completion_complete(self, off, all=False):
+        """complete / complete_all on the record at ``off``."""
+        mem = self.mem
+        if all:
+            mem.store32(off, UINT_MAX)
+        else:
+            while True:
+                done = mem.load32(off)
+                if done >= UINT_MAX - 1:
+                    break
+                if mem.cmpxchg32(off, done, done + 1) == done:
+                    break
+        mem.fetch_add32(off + COMPLETION.seq, 1)
+        self.wake(off + COMPLETION.seq)
+
+    def completion_wait(self, off, snap, timeout_ns):
+        """One attempt at acquiring the completion at ``off`` (see module doc)."""
+        if self.completion_try(off):
+            return 1
+        woken = self.wait(off + COMPLETION.seq, snap, timeout_ns)
+        if self.completion_try(off):
+            return 1
+        return 2 if woken else 0
+
+    def close(self):
+        for sem in self.sems:
+            try:
+                sem.close()
+            except Exception:
+                pass
