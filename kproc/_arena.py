@@ -50,6 +50,14 @@ def load_mem_class():
     return _native.Mem if hasattr(_native, "Mem") else None
 
 
+class TableFull(KthreadError):
+    """ENOMEM from a table; ``.exiting`` says a slot is about to be reaped."""
+
+    def __init__(self, exiting, message):
+        super().__init__(12, message)
+        self.exiting = exiting
+
+
 class ArenaParams:
     """Sizes an arena is built with; offsets of each region derive from them."""
 
@@ -190,16 +198,19 @@ class Arena:
             if mem.load32(self.task_off(idx) + T.slot) == L.SLOT_FREE:
                 self.hset("task_hint", (idx + 1) % n)
                 return idx, self._claim_task(idx)
-        best, best_death = -1, None
+        best, best_death, exiting = -1, None, False
         for idx in range(n):
             base = self.task_off(idx)
-            if (mem.load32(base + T.slot) == L.SLOT_DEAD and mem.load32(base + T.refs) == 0):
+            slot = mem.load32(base + T.slot)
+            if slot == L.SLOT_DEAD and mem.load32(base + T.refs) == 0:
                 death = mem.load64(base + T.death)
                 if best_death is None or death < best_death:
                     best, best_death = idx, death
+            elif slot == L.SLOT_EXITING:
+                exiting = True
         if best < 0:
-            raise KthreadError(12, f"kthread table full: all {n} slots are live or pinned "
-                               "(start the runtime with a larger max_kthreads)")
+            raise TableFull(exiting, f"kthread table full: all {n} slots are live or "
+                            "pinned (start the runtime with a larger max_kthreads)")
         return best, self._claim_task(best)
 
     def _claim_task(self, idx):

@@ -25,6 +25,7 @@ import time
 from . import _layout as L
 from . import _sched
 from ._affinity import apply_mask, fetch_affinity, record_mask
+from ._arena import TableFull
 from ._completion import wait_at
 from ._errors import KthreadError, kernel_warn
 from ._runtime import get_runtime
@@ -138,7 +139,7 @@ def _create(rt, raw_name, fn_pickle, data_pickle, node):
     from ._kthread import write_blob
     arena, mem = rt.arena, rt.mem
     with arena.locked():
-        idx, gen = arena.alloc_task()
+        idx, gen = _alloc_task(rt)
         base = arena.task_off(idx)
         write_blob(arena, idx, base, raw_name, fn_pickle, data_pickle)
         L.pack_field(rt.buf, base, T, "node", node)
@@ -166,6 +167,27 @@ def _create(rt, raw_name, fn_pickle, data_pickle, node):
         text = read_traceback(arena, idx, base) or "kthread creation failed"
         raise KthreadError(err, text)
     return task
+
+
+def _alloc_task(rt):
+    """alloc_task(), waiting out slots whose kthread exited but is not reaped yet.
+
+    kthread_stop() returns as soon as the kthread has exited; kthreadd reaps
+    it a moment later.  A full table with such a slot is only briefly full.
+    Context: arena lock held (released while waiting).
+    """
+    deadline = time.monotonic() + 1.0
+    while True:
+        try:
+            return rt.arena.alloc_task()
+        except TableFull as exc:
+            if not exc.exiting or time.monotonic() > deadline:
+                raise
+        rt.mem.mutex_unlock(rt.arena.lock_off)
+        try:
+            time.sleep(0.0005)
+        finally:
+            rt.mem.mutex_lock(rt.arena.lock_off)
 
 
 def _abandon(rt, base, task):

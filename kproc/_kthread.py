@@ -203,7 +203,12 @@ def _as_result(ret):
 
 
 def _finish(rt, base, result, kind):
-    """kthread_exit(): publish the result, complete ``exited``, leave."""
+    """kthread_exit(): publish the result, complete ``exited``, leave.
+
+    Output is flushed first, so that what the kthread printed is out before
+    kthread_stop() returns.
+    """
+    _flush_stdio()
     mem = rt.mem
     mem.store64(base + T.result, result)
     mem.store32(base + T.exit_kind, kind)
@@ -214,12 +219,16 @@ def _finish(rt, base, result, kind):
     _exit_now(0)
 
 
-def _exit_now(code):
+def _flush_stdio():
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
+
+
+def _exit_now(code):
+    _flush_stdio()
     os._exit(code)
 
 

@@ -158,7 +158,9 @@ def stop_other(task):
 
 def create_child(args):
     comp, = args
-    child = kproc.kthread_run(ret_value, 11, "grandchild")
+    done = kproc.Completion()
+    child = kproc.kthread_run(complete_then_return, (done, 11), "grandchild")
+    kproc.wait_for_completion(done)
     rc = kproc.kthread_stop(child)
     kproc.complete(comp)
     return rc
