@@ -112,17 +112,20 @@ def _check(c):
 def init_completion(c):
     """init_completion(): reset ``c`` to not done.  Context: any; no waiter may be
     sleeping on it (as in the kernel)."""
-    c._rt.mem.store32(_check(c), 0)
+    off = _check(c)
+    c._rt.mem.store32(off, 0)
 
 
 def reinit_completion(c):
     """reinit_completion(): reset ``done`` to 0 (after complete_all). Context: any."""
-    c._rt.mem.store32(_check(c), 0)
+    off = _check(c)
+    c._rt.mem.store32(off, 0)
 
 
 def complete(c):
     """complete(): let one waiter (present or future) through.  Context: any; never blocks."""
-    c._rt.waits.completion_complete(_check(c), False)
+    off = _check(c)
+    c._rt.waits.completion_complete(off, False)
 
 
 def complete_all(c):
@@ -130,7 +133,8 @@ def complete_all(c):
 
     Context: any; never blocks.
     """
-    c._rt.waits.completion_complete(_check(c), True)
+    off = _check(c)
+    c._rt.waits.completion_complete(off, True)
 
 
 def try_wait_for_completion(c):
@@ -138,12 +142,14 @@ def try_wait_for_completion(c):
 
     Return: True if taken, False if it was not done.
     """
-    return c._rt.waits.completion_try(_check(c))
+    off = _check(c)
+    return c._rt.waits.completion_try(off)
 
 
 def completion_done(c):
     """completion_done(): True if a wait on ``c`` would not block."""
-    return c._rt.waits.completion_done(_check(c))
+    off = _check(c)
+    return c._rt.waits.completion_done(off)
 
 
 def wait_for_completion(c):

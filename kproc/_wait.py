@@ -24,6 +24,7 @@ acquiring (re-check and call again).
 """
 
 import os
+import signal
 
 from ._layout import COMPLETION
 
@@ -31,6 +32,9 @@ __all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns"]
 
 POSIX_CHANNELS = 64
 UINT_MAX = 0xFFFFFFFF
+SIGNAL_SLICE_NS = 100_000_000
+_BLOCKED = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP, signal.SIGSEGV,
+                                     signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
 
 
 def default_spin_ns():
@@ -93,7 +97,15 @@ class PosixWaits:
         return ((off >> 2) * 2654435761 >> 7) % len(self.sems)
 
     def wait(self, off, expected, timeout_ns, spin=True):
-        """Sleep while the word at ``off`` equals ``expected``."""
+        """Sleep while the word at ``off`` equals ``expected``.
+
+        posix_ipc runs Python signal handlers itself on EINTR and replaces any
+        exception they raise (but KeyboardInterrupt) with its SignalError, so
+        a handler's exception would be lost.  Signals are therefore blocked
+        around the semaphore wait, which is cut into slices of at most
+        SIGNAL_SLICE_NS: handlers run in Python, at most one slice late.
+        A slice that ends reports a wake-up (callers re-check).
+        """
         import posix_ipc
         mem = self.mem
         ch = self._channel(off)
@@ -102,13 +114,15 @@ class PosixWaits:
         try:
             if mem.load32(off) != expected:
                 return True
-            timeout = None if timeout_ns < 0 else timeout_ns / 1e9
+            sliced = timeout_ns < 0 or timeout_ns > SIGNAL_SLICE_NS
+            timeout = SIGNAL_SLICE_NS / 1e9 if sliced else timeout_ns / 1e9
+            old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
             try:
                 self.sems[ch].acquire(timeout)
             except posix_ipc.BusyError:
-                return mem.load32(off) != expected
-            except posix_ipc.SignalError:
-                pass  # the Python-level handler runs when we return
+                return sliced or mem.load32(off) != expected
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, old)
             return True
         finally:
             mem.fetch_add32(count_off, -1)
