@@ -1,0 +1,63 @@
+"""The ``kproc`` command line: ``kproc ps`` (and the subcommands later issues add)."""
+
+import argparse
+import json
+import sys
+
+__all__ = ["main"]
+
+
+def _cmd_ps(args):
+    from ._ps import find_runtimes, format_table, snapshot
+    runtimes = []
+    for pid, fd in find_runtimes():
+        try:
+            runtimes.append(snapshot(pid, fd))
+        except (OSError, ValueError):
+            continue   # exited meanwhile, or not ours to read
+    if args.json:
+        json.dump(runtimes, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_table(runtimes))
+    return 0
+
+
+def _cmd_bench(args):
+    import runpy
+    argv = ["benchmarks"] + (["--quick"] if args.quick else []) + \
+        (["--json", args.json] if args.json else [])
+    old = sys.argv
+    sys.argv = argv
+    try:
+        runpy.run_module("benchmarks", run_name="__main__")
+    except ModuleNotFoundError:
+        print("kproc bench: the benchmarks package is not importable here; run it "
+              "from a source checkout (make bench)", file=sys.stderr)
+        return 2
+    finally:
+        sys.argv = old
+    return 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="kproc", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    ps = sub.add_parser("ps", help="kthreadd and kthreads of every runtime of this user")
+    ps.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    ps.set_defaults(func=_cmd_ps)
+    bench = sub.add_parser("bench", help="the latency suite (SPEC §7)")
+    bench.add_argument("--quick", action="store_true", help="short runs")
+    bench.add_argument("--json", metavar="PATH", help="also write results as JSON")
+    bench.set_defaults(func=_cmd_bench)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``kproc`` command.  Return: exit status."""
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,127 @@
+"""``kproc ps``: kthreadd and its kthreads for every runtime of this user.
+
+Runtimes are found by their kthreadd processes (comm ``kthreadd``, started
+with ``kproc._kthreadd``, same user).  Each arena is mapped *read-only* from
+``/proc/<kthreadd>/fd/<N>`` (the memfd is not in any namespace, and only the
+same user, or root, may open it), and read without taking any lock: the
+table is a snapshot, possibly torn for a kthread changing state meanwhile.
+"""
+
+import mmap
+import os
+import re
+
+import psutil
+
+from . import _layout as L
+from ._task import TASK_STATES
+
+__all__ = ["find_runtimes", "snapshot", "format_table"]
+
+FLAG_NAMES = [(L.KF_IS_PER_CPU, "P"), (L.KF_SHOULD_STOP, "S"), (L.KF_SHOULD_PARK, "K"),
+              (L.KF_NO_SETAFFINITY, "B"), (L.KF_PREFERRED, "A"), (L.KF_FREEZABLE, "F"),
+              (L.KF_WORKER, "W"), (L.KF_EXITING, "X")]
+SLOT_NAMES = {L.SLOT_CREATING: "creating", L.SLOT_LIVE: "live", L.SLOT_EXITING: "exiting",
+              L.SLOT_DEAD: "dead"}
+
+
+def find_runtimes():
+    """kthreadd processes of kproc runtimes owned by this user: [(pid, arena fd)]."""
+    uid = os.getuid()
+    found = []
+    for proc in psutil.process_iter(["name", "cmdline", "uids"]):
+        info = proc.info
+        if info["name"] != "kthreadd" or not info["cmdline"]:
+            continue
+        if uid != 0 and info["uids"] and info["uids"].real != uid:
+            continue
+        cmd = " ".join(info["cmdline"])
+        m = re.search(r"--arena=(\d+)", cmd)
+        if "kproc._kthreadd" in cmd and m:
+            found.append((proc.pid, int(m.group(1))))
+    return found
+
+
+def _map(pid, fd):
+    path = f"/proc/{pid}/fd/{fd}"
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        return mmap.mmap(f.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ)
+
+
+def _cpulist(cpus):
+    from ._topology import format_cpulist
+    return format_cpulist(cpus)
+
+
+def snapshot(pid, fd):
+    """Read one runtime: a dict with kthreadd's pid and one dict per kthread."""
+    buf = _map(pid, fd)
+    try:
+        H, T = L.HEADER, L.TASK
+        if L.unpack_field(buf, 0, H, "magic") != L.MAGIC:
+            raise ValueError(f"process {pid} holds no kproc arena at fd {fd}")
+        n = L.unpack_field(buf, 0, H, "max_kthreads")
+        from ._arena import ArenaParams
+        params = ArenaParams(n, L.unpack_field(buf, 0, H, "max_completions"),
+                             L.unpack_field(buf, 0, H, "max_works"))
+        backend = {1: "futex", 2: "posix"}.get(L.unpack_field(buf, 0, H, "backend"), "?")
+        tasks = []
+        for idx in range(n):
+            base = params.tasks + idx * T.size
+            slot = L.unpack_field(buf, base, T, "slot")
+            if slot not in (L.SLOT_LIVE, L.SLOT_CREATING):
+                continue
+            tasks.append(_task_row(buf, params, idx, base, slot))
+        return {"kthreadd": pid, "owner": L.unpack_field(buf, 0, H, "owner_pid"),
+                "backend": backend, "max_kthreads": n, "kthreads": tasks}
+    finally:
+        buf.close()
+
+
+def _task_row(buf, params, idx, base, slot):
+    T = L.TASK
+    pid = L.unpack_field(buf, base, T, "pid")
+    flags = L.unpack_field(buf, base, T, "flags")
+    state = L.unpack_field(buf, base, T, "state")
+    name_len = L.unpack_field(buf, base, T, "name_len")
+    blob = params.blobs + idx * L.BLOB_SIZE
+    name = bytes(buf[blob:blob + name_len]).decode("utf-8", "replace")
+    cpu_now, affinity = None, None
+    if pid > 0:
+        try:
+            proc = psutil.Process(pid)
+            cpu_now = proc.cpu_num()
+            affinity = sorted(proc.cpu_affinity())
+        except (psutil.Error, OSError):
+            pass
+    return {
+        "pid": pid, "cpu": cpu_now, "affinity": affinity,
+        "state": getattr(TASK_STATES.get(state), "name", hex(state)),
+        "flags": "".join(ch for bit, ch in FLAG_NAMES if flags & bit) or "-",
+        "name": name, "slot": SLOT_NAMES.get(slot, str(slot)),
+        "bound_cpu": L.unpack_field(buf, base, T, "cpu"),
+    }
+
+
+def format_table(runtimes):
+    """Render snapshots as a text table (one block per runtime)."""
+    lines = []
+    for rt in runtimes:
+        lines.append(f"runtime: kthreadd {rt['kthreadd']}  owner {rt['owner']}  "
+                     f"backend {rt['backend']}  kthreads {len(rt['kthreads'])}"
+                     f"/{rt['max_kthreads']}")
+        lines.append(f"  {'PID':>7} {'CPU':>3} {'AFFINITY':<10} {'STATE':<20} "
+                     f"{'FLAGS':<6} NAME")
+        lines.append(f"  {rt['kthreadd']:>7} {'-':>3} {'-':<10} {'(kthreadd)':<20} "
+                     f"{'-':<6} kthreadd")
+        for t in rt["kthreads"]:
+            aff = _cpulist(t["affinity"]) if t["affinity"] is not None else "?"
+            cpu = "?" if t["cpu"] is None else t["cpu"]
+            lines.append(f"  {t['pid']:>7} {cpu:>3} {aff:<10} {t['state']:<20} "
+                         f"{t['flags']:<6} {t['name']}")
+    if not runtimes:
+        lines.append("no kproc runtime is running for this user")
+    lines.append("flags: P per-CPU, S should stop, K should park, B bound, "
+                 "A preferred affinity, F freezable, W worker, X exiting")
+    return "\n".join(lines)

@@ -1,0 +1,50 @@
+"""`kproc ps` (SPEC §6)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+import kproc
+import kfuncs
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def _ps(*args):
+    out = subprocess.run([sys.executable, "-m", "kproc", "ps", *args], capture_output=True,
+                         text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    return out.stdout
+
+
+def test_ps_json_lists_kthreads_with_state_flags_and_affinity(rt):
+    started = kproc.Completion()
+    loop = kproc.kthread_run(kfuncs.loop_until_stop, started, "ps-loop")
+    kproc.wait_for_completion(started)
+    parked = kproc.kthread_create_on_cpu(kfuncs.ret_value, 0, 0, "ps-cpu/%u")
+    kproc.kthread_park(parked)
+    runtimes = [r for r in json.loads(_ps("--json")) if r["kthreadd"] == rt.kthreadd_pid]
+    assert len(runtimes) == 1
+    rows = {t["name"]: t for t in runtimes[0]["kthreads"]}
+    assert rows["ps-loop"]["pid"] == loop.pid
+    assert rows["ps-loop"]["state"] == "TASK_INTERRUPTIBLE"
+    assert rows["ps-cpu/0"]["state"] == "TASK_PARKED"
+    assert rows["ps-cpu/0"]["affinity"] == [0]
+    assert "K" in rows["ps-cpu/0"]["flags"] and "B" in rows["ps-cpu/0"]["flags"]
+    kproc.kthread_stop(loop)
+    kproc.kthread_stop(parked)
+
+
+def test_ps_table_names_kthreadd_and_kthreads(rt):
+    task = kproc.kthread_create(kfuncs.ret_value, 0, "ps-table-me")
+    text = _ps()
+    assert f"kthreadd {rt.kthreadd_pid}" in text
+    assert "ps-table-me" in text and "TASK_UNINTERRUPTIBLE" in text
+    kproc.kthread_stop(task)
+
+
+def test_ps_without_runtime_says_so():
+    text = _ps()
+    assert "no kproc runtime" in text or "runtime:" in text   # other users' runtimes aside
