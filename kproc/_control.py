@@ -161,7 +161,8 @@ def _create(rt, raw_name, fn_pickle, data_pickle, node):
         _abandon(rt, base, task)
         raise
     mem.fetch_add32(base + T.refs, -1)
-    if mem.load32(base + T.handoff) != L.HANDOFF_PUBLISHED:
+    if mem.cmpxchg32(base + T.handoff, L.HANDOFF_PUBLISHED, L.HANDOFF_TAKEN) != \
+            L.HANDOFF_PUBLISHED:
         from ._kthread import read_traceback
         err = -mem.load64(base + T.result) or errno.EAGAIN
         text = read_traceback(arena, idx, base) or "kthread creation failed"

@@ -252,8 +252,8 @@ class Kthreadd:
         mem.store32(base + T.state, 0x80)      # TASK_DEAD
         mem.store32(base + T.sleeping, 0)
         with arena.locked():
-            if handoff == L.HANDOFF_ABANDONED and mem.load32(base + T.refs) == 0:
-                arena.free_task(idx)
+            if handoff == L.HANDOFF_ABANDONED:
+                arena.free_task(idx)       # nobody ever held a handle on it
             else:
                 mem.store64(base + T.death, arena.next_death())
                 mem.store32(base + T.slot, L.SLOT_DEAD)
@@ -261,14 +261,25 @@ class Kthreadd:
         waits.completion_complete(base + T.parked, True)
 
     def _abandon_creates_of(self, pid):
-        """A creator died: its pending creates are abandoned (kernel: xchg(&done, NULL))."""
+        """A creator died: abandon its creates (kernel: xchg(&create->done, NULL)).
+
+        A request not yet served is skipped; a kthread not yet published exits
+        by itself when it sees ABANDONED; one published but never *taken* by
+        its creator (who died first) would sleep forever unseen, so it is
+        stopped here: it exits with -EINTR and its slot is freed.
+        """
         arena, mem, T = self.arena, self.arena.mem, L.TASK
         for idx, creator in list(self.inflight.items()):
             base = arena.task_off(idx)
-            if mem.load32(base + T.handoff) != L.HANDOFF_WAITING:
+            handoff = mem.load32(base + T.handoff)
+            if handoff not in (L.HANDOFF_WAITING, L.HANDOFF_PUBLISHED):
                 del self.inflight[idx]
             elif creator == pid:
-                mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_ABANDONED)
+                if mem.cmpxchg32(base + T.handoff, handoff, L.HANDOFF_ABANDONED) == \
+                        L.HANDOFF_PUBLISHED:
+                    mem.fetch_or32(base + T.flags, L.KF_SHOULD_STOP)
+                    from ._sched import wake_up_process_raw
+                    wake_up_process_raw(self.rt, base)
                 del self.inflight[idx]
         with arena.locked():
             head = arena.hget("create_head")

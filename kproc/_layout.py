@@ -131,8 +131,10 @@ PAYLOAD_MAX = BLOB_SIZE - TB_MAX - NAME_MAX
 # TASK.slot values
 SLOT_FREE, SLOT_CREATING, SLOT_LIVE, SLOT_EXITING, SLOT_DEAD = range(5)
 
-# TASK.handoff values: who owns a pending create (kernel: xchg(&create->done, NULL))
-HANDOFF_WAITING, HANDOFF_PUBLISHED, HANDOFF_ABANDONED, HANDOFF_FAILED = range(4)
+# TASK.handoff values: who owns a pending create (kernel: xchg(&create->done, NULL)).
+# TAKEN: the creator returned with the Task; until then a dead creator's
+# kthread is an orphan that kthreadd stops.
+HANDOFF_WAITING, HANDOFF_PUBLISHED, HANDOFF_ABANDONED, HANDOFF_FAILED, HANDOFF_TAKEN = range(5)
 
 # TASK.exit_kind values
 (EXIT_NONE, EXIT_RETURNED, EXIT_EXITED, EXIT_EXCEPTION, EXIT_SIGNALED,

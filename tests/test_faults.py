@@ -139,6 +139,8 @@ def test_sigkill_of_owner_leaves_no_process_and_no_shm(backend):
     finally:
         owner.kill()
         owner.wait()
+        owner.stdin.close()
+        owner.stdout.close()
 
 
 def test_interrupted_create_is_abandoned_and_leaves_no_orphan(rt):

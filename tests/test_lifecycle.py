@@ -138,6 +138,7 @@ def test_kthreads_see_callers_env_cwd_and_path_at_start(tmp_path, monkeypatch):
     with kproc.start():
         task = kproc.kthread_run(kfuncs.report_env, ("KPROC_TEST_ENV", str(tmp_path),
                                                      os.path.dirname(kfuncs.__file__)), "env")
+        wait_until(lambda: kproc.task_state(task) == kproc.TASK_DEAD)
         assert kproc.kthread_stop(task) == 1
 
 

@@ -1,0 +1,298 @@
+"""CPU topology from sysfs (kernel: cpu_possible_mask, cpu_present_mask,
+cpu_online_mask, housekeeping_cpumask(HK_TYPE_KTHREAD), cpu_to_node,
+cpumask_of_node) and the fake sysfs trees kproc can run on.
+
+Everything is read from ``{sysfs_root}/devices/system/{cpu,node}`` on every
+call: nothing is cached, because CPU hotplug (by kproc or by anyone else)
+changes the masks underneath.  Reads are a handful of small files.
+
+A *fake tree* (``fake_sysfs()``) is a folder laid out like sysfs, for
+machines where hotplug is not allowed and for experiments with more CPUs or
+nodes than the host has.  On a fake tree the online mask is derived from the
+per-CPU ``cpuN/online`` files (cpu0, which has none, is always online), so a
+shell writing ``0 > cpu3/online`` is seen exactly as on real sysfs.  CPUs of a
+fake tree that the host lacks are *modelled*: masks naming them are recorded
+but only the part that exists and is online here is applied
+(:meth:`Topology.applicable`).
+"""
+
+import errno
+import os
+import time
+
+__all__ = ["Topology", "parse_cpulist", "format_cpulist", "fake_sysfs", "REAL_ROOT"]
+
+REAL_ROOT = "/sys"
+FAKE_MARKER = ".kproc-fake-sysfs"
+
+
+def parse_cpulist(text):
+    """Parse the kernel's cpulist format ("0-3,5,8-11:2/4") into a frozenset.
+
+    Empty text and "(null)" give the empty set.  Raises: ValueError on garbage.
+    """
+    text = text.strip()
+    if not text or text == "(null)":
+        return frozenset()
+    cpus = set()
+    try:
+        for part in text.split(","):
+            rng, _, stride = part.partition(":")
+            lo, _, hi = rng.partition("-")
+            lo, hi = int(lo), int(hi) if hi else int(lo)
+            if lo < 0 or hi < lo:
+                raise ValueError(part)
+            if stride:
+                used, _, group = stride.partition("/")
+                used, group = int(used), int(group)
+                cpus.update(c for c in range(lo, hi + 1) if (c - lo) % group < used)
+            else:
+                cpus.update(range(lo, hi + 1))
+    except ValueError:
+        raise ValueError(f"not a CPU list: {text!r}") from None
+    return frozenset(cpus)
+
+
+def format_cpulist(cpus):
+    """Format CPUs as the kernel does ("0-3,5")."""
+    cpus = sorted(cpus)
+    out, i = [], 0
+    while i < len(cpus):
+        j = i
+        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+            j += 1
+        out.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def _read(path, default=None):
+    try:
+        with open(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        if default is None:
+            raise
+        return default
+
+
+class Topology:
+    """The CPU topology under ``sysfs_root`` (default ``/sys``); see module doc."""
+
+    def __init__(self, sysfs_root=REAL_ROOT):
+        self.root = os.path.abspath(os.fspath(sysfs_root))
+        self.cpu_dir = os.path.join(self.root, "devices/system/cpu")
+        self.node_dir = os.path.join(self.root, "devices/system/node")
+        self.is_fake = self.root != REAL_ROOT
+
+    def _mask(self, name):
+        return parse_cpulist(_read(os.path.join(self.cpu_dir, name), ""))
+
+    def possible(self):
+        """cpu_possible_mask."""
+        return self._mask("possible")
+
+    def present(self):
+        """cpu_present_mask (possible, when the file is missing)."""
+        return self._mask("present") or self.possible()
+
+    def online(self):
+        """cpu_online_mask (on a fake tree: from the per-CPU online files)."""
+        if not self.is_fake:
+            return self._mask("online")
+        return frozenset(c for c in self.possible() if self.is_online(c))
+
+    def isolated(self):
+        return self._mask("isolated")
+
+    def nohz_full(self):
+        return self._mask("nohz_full")
+
+    def online_file(self, cpu):
+        return os.path.join(self.cpu_dir, f"cpu{cpu}", "online")
+
+    def hotpluggable(self, cpu):
+        """True if ``cpu`` has an ``online`` file (cpu0 often has none)."""
+        return os.path.exists(self.online_file(cpu))
+
+    def is_online(self, cpu):
+        """Whether ``cpu`` is online (a CPU without an online file is)."""
+        if not self.is_fake:
+            return cpu in self._mask("online")
+        text = _read(self.online_file(cpu), "1")
+        return text.strip() == "1" and cpu in self.possible()
+
+    def housekeeping(self, allowed=None):
+        """housekeeping_cpumask(HK_TYPE_KTHREAD): online − isolated − nohz_full,
+        ∩ ``allowed``; falls back to online ∩ allowed, then online, if empty."""
+        online = self.online()
+        hk = online - self.isolated() - self.nohz_full()
+        if allowed is not None:
+            return (hk & allowed) or (online & allowed) or online
+        return hk or online
+
+    def nodes(self):
+        """NUMA nodes: {node: cpus}.  Without a node directory, node 0 = possible."""
+        nodes = {}
+        try:
+            names = os.listdir(self.node_dir)
+        except FileNotFoundError:
+            names = []
+        for name in names:
+            if name.startswith("node") and name[4:].isdigit():
+                nodes[int(name[4:])] = parse_cpulist(
+                    _read(os.path.join(self.node_dir, name, "cpulist"), ""))
+        return nodes or {0: self.possible()}
+
+    def cpu_to_node(self, cpu):
+        """cpu_to_node(): the node holding ``cpu`` (0 if none says)."""
+        for node, cpus in sorted(self.nodes().items()):
+            if cpu in cpus:
+                return node
+        return 0
+
+    def cpumask_of_node(self, node):
+        """cpumask_of_node(): CPUs of ``node``; NUMA_NO_NODE (-1) → cpu_online_mask.
+
+        Raises: ValueError for a node that does not exist.
+        """
+        if node == -1:
+            return self.online()
+        nodes = self.nodes()
+        if node not in nodes:
+            raise ValueError(f"node {node} does not exist (nodes: {sorted(nodes)})")
+        return nodes[node]
+
+    @staticmethod
+    def host_cpus():
+        """CPUs this host really has (real sysfs), whatever the tree."""
+        return parse_cpulist(_read(os.path.join(REAL_ROOT, "devices/system/cpu/possible"),
+                                   "")) or frozenset(range(os.cpu_count() or 1))
+
+    @staticmethod
+    def host_online():
+        return parse_cpulist(_read(os.path.join(REAL_ROOT, "devices/system/cpu/online"), ""))
+
+    def applicable(self, mask):
+        """The part of ``mask`` that ``os.sched_setaffinity`` can be given here:
+        CPUs that exist and are online on the host (and in this tree)."""
+        usable = frozenset(mask) & self.host_online()
+        if self.is_fake:
+            usable &= self.online() | (self.host_cpus() - self.possible())
+        return usable
+
+    def check_possible(self, cpu):
+        """Raise ValueError/TypeError unless ``cpu`` is a possible CPU number."""
+        if isinstance(cpu, bool) or not isinstance(cpu, int):
+            raise TypeError(f"a CPU number must be an int, not {type(cpu).__name__}")
+        possible = self.possible()
+        if cpu not in possible:
+            raise ValueError(f"CPU {cpu} is not possible on this system "
+                             f"(possible: {format_cpulist(possible)})")
+
+    def check_mask(self, cpus):
+        """A non-empty frozenset of possible CPUs from ``cpus``, or raise."""
+        try:
+            mask = frozenset(cpus)
+        except TypeError:
+            raise TypeError("cpus must be an iterable of CPU numbers") from None
+        if not mask:
+            raise ValueError("cpus must not be empty")
+        for cpu in mask:
+            self.check_possible(cpu)
+        return mask
+
+    def set_online(self, cpu, online, retries=20):
+        """Write ``cpuN/online`` (1 or 0) and check it took.
+
+        Return: True if the state changed, False if it already was so.
+        Raises: ValueError (not possible, not hot-pluggable, last online CPU);
+        PermissionError (real sysfs without root); OSError if it did not take.
+        """
+        self.check_possible(cpu)
+        online = bool(online)
+        if not self.hotpluggable(cpu):
+            raise ValueError(f"CPU {cpu} is not hot-pluggable (no {self.online_file(cpu)})")
+        if self.is_online(cpu) == online:
+            return False
+        if not online and self.online() == {cpu}:
+            raise ValueError(f"CPU {cpu} is the last online CPU; refusing to offline it")
+        if not self.is_fake and os.geteuid() != 0:
+            raise PermissionError(errno.EPERM, f"CPU hotplug through {self.online_file(cpu)} "
+                                  "needs root (or use a fake sysfs tree: kproc.fake_sysfs)")
+        for attempt in range(retries):
+            try:
+                with open(self.online_file(cpu), "w") as f:
+                    f.write("1" if online else "0")
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EBUSY, errno.EAGAIN) or attempt == retries - 1:
+                    raise
+                time.sleep(0.001 * (attempt + 1))
+        if self.is_fake:
+            self._rewrite_online()
+        if self.is_online(cpu) != online:
+            raise OSError(errno.EIO, f"CPU {cpu} did not go {'on' if online else 'off'}line")
+        return True
+
+    def _rewrite_online(self):
+        with open(os.path.join(self.cpu_dir, "online"), "w") as f:
+            f.write(format_cpulist(self.online()) + "\n")
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def fake_sysfs(path, *, possible, online=None, nodes=None, isolated=(), nohz_full=()):
+    """Build a sysfs-like CPU tree in ``path`` for ``start(sysfs_root=path)``.
+
+    @possible: CPU numbers, or an int n for CPUs 0..n-1.  @online: CPUs online
+    (default: all possible; cpu0 always is).  @nodes: {node: cpus} covering
+    each possible CPU exactly once (default {0: possible}).  @isolated,
+    @nohz_full: CPUs excluded from housekeeping.
+    Return: ``path``.  Raises: ValueError on inconsistent arguments or a
+    non-empty folder that is not a fake tree.
+    """
+    possible = frozenset(range(possible)) if isinstance(possible, int) else frozenset(possible)
+    if not possible or any(isinstance(c, bool) or not isinstance(c, int) or c < 0
+                           for c in possible):
+        raise ValueError("possible must name at least one CPU, as non-negative ints")
+    if 0 not in possible:
+        raise ValueError("CPU 0 must be possible (it is never hot-pluggable)")
+    online = possible if online is None else frozenset(online) | {0}
+    nodes = {0: possible} if nodes is None else {n: frozenset(c) for n, c in nodes.items()}
+    for name, mask in (("online", online), ("isolated", frozenset(isolated)),
+                       ("nohz_full", frozenset(nohz_full))):
+        if not mask <= possible:
+            raise ValueError(f"{name} CPUs {sorted(mask - possible)} are not possible")
+    covered = [c for cpus in nodes.values() for c in cpus]
+    if sorted(covered) != sorted(possible):
+        raise ValueError("nodes must hold every possible CPU exactly once")
+    path = os.path.abspath(os.fspath(path))
+    if os.path.isdir(path) and os.listdir(path) and \
+            not os.path.exists(os.path.join(path, FAKE_MARKER)):
+        raise ValueError(f"{path} is not empty and is not a fake sysfs tree")
+    cpu_dir = os.path.join(path, "devices/system/cpu")
+    _write(os.path.join(path, FAKE_MARKER), "made by kproc.fake_sysfs\n")
+    _write(os.path.join(cpu_dir, "possible"), format_cpulist(possible) + "\n")
+    _write(os.path.join(cpu_dir, "present"), format_cpulist(possible) + "\n")
+    _write(os.path.join(cpu_dir, "online"), format_cpulist(online) + "\n")
+    _write(os.path.join(cpu_dir, "isolated"), format_cpulist(isolated) + "\n")
+    _write(os.path.join(cpu_dir, "nohz_full"),
+           (format_cpulist(nohz_full) or "(null)") + "\n")
+    _write(os.path.join(cpu_dir, "kernel_max"), f"{max(possible)}\n")
+    for cpu in sorted(possible):
+        if cpu:
+            _write(os.path.join(cpu_dir, f"cpu{cpu}", "online"),
+                   "1\n" if cpu in online else "0\n")
+        else:
+            os.makedirs(os.path.join(cpu_dir, "cpu0"), exist_ok=True)
+    node_dir = os.path.join(path, "devices/system/node")
+    _write(os.path.join(node_dir, "possible"), format_cpulist(nodes) + "\n")
+    _write(os.path.join(node_dir, "online"), format_cpulist(nodes) + "\n")
+    for node, cpus in nodes.items():
+        _write(os.path.join(node_dir, f"node{node}", "cpulist"), format_cpulist(cpus) + "\n")
+    return path
