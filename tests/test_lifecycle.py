@@ -181,6 +181,7 @@ def test_data_func_and_probe(rt):
     assert kproc.kthread_func(task) is kfuncs.data_identity
     assert kproc.kthread_probe_data("not a task") is None
     kproc.wake_up_process(task)
+    wait_until(lambda: kproc.task_state(task) == kproc.TASK_DEAD)
     assert kproc.kthread_stop(task) == 1       # the kthread sees the very object it got
 
 
