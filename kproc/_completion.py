@@ -161,7 +161,8 @@ def wait_for_completion(c):
     """
     off = _check(c)
     rt = c._rt
-    if rt.waits.completion_try(off):
+    # Fast path: try, then spin (timeout 0: no sleep) before the full wait loop.
+    if rt.waits.completion_wait(off, rt.mem.load32(off + C.seq), 0) == 1:
         return
     wait_at(rt, off, None, "uninterruptible", _live(c))
 

@@ -42,14 +42,26 @@ def default_spin_ns():
 
     Spinning pays only when waker and waiter can run at the same time: on a
     VM a futex wake of a halted vCPU costs ~40 µs, a spin hand-off ~0.1 µs.
-    With a single usable CPU spinning only delays the peer.
+    With a single online CPU spinning only delays the peer.  (The caller's
+    own affinity does not matter: a caller pinned to CPU 0 talking to a
+    kthread on CPU 1 is exactly the case spinning is for.)
     """
     env = os.environ.get("KPROC_SPIN_US")
     if env is not None:
         return max(0, int(float(env) * 1000))
-    if len(os.sched_getaffinity(0)) < 2:
+    if len(os.sched_getaffinity(0) | _online_cpus()) < 2:
         return 0
     return 50_000
+
+
+def _online_cpus():
+    try:
+        with open("/sys/devices/system/cpu/online") as f:
+            text = f.read()
+    except OSError:
+        return set()
+    from ._topology import parse_cpulist
+    return parse_cpulist(text)
 
 
 class FutexWaits:

@@ -1,0 +1,1 @@
+"""kproc benchmarks: every comparison side by side in one run (SPEC §7)."""

@@ -1,0 +1,104 @@
+"""``python -m benchmarks [--quick] [--json PATH]``: the kproc latency suite.
+
+Every comparison runs side by side in one invocation and is printed as a table
+of p50, p99 and the ratio of each p50 to kproc's.  Two-process figures are
+pinned: caller on CPU 0, peer on CPU 1.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+from ._stats import progress, summarize, table
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+FLOOR = os.path.join(HERE, "c", "futex_floor")
+
+
+def run_case(name, n, timeout=600):
+    root = os.path.dirname(HERE)
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-m", "benchmarks._cases", name, str(n)],
+                         capture_output=True, text=True, timeout=timeout, env=env, cwd=root)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark case {name} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def c_floor(n, spin_ns):
+    if not os.path.exists(FLOOR):
+        subprocess.run(["cc", "-O2", "-o", FLOOR, FLOOR + ".c"], check=True)
+    out = subprocess.run([FLOOR, str(n), str(spin_ns), "0", "1"], capture_output=True,
+                         text=True, check=True, timeout=300)
+    return [int(x) for x in out.stdout.split()]
+
+
+def pingpong(quick, results):
+    n = 5000 if quick else 50000
+    rows = []
+    cases = [("kproc futex", "pingpong_kproc_futex", n),
+             ("kproc posix", "pingpong_kproc_posix", n // 5),
+             ("multiprocessing.Event", "pingpong_mp_event", n // 5),
+             ("posix_ipc semaphores", "pingpong_posix_ipc", n // 5),
+             ("os.pipe", "pingpong_pipe", n // 5)]
+    with progress(len(cases) + 2, "ping-pong") as bar:
+        for label, case, rounds in cases:
+            rows.append(summarize(label, run_case(case, rounds)))
+            bar.update()
+        rows.append(summarize("C futex floor (spin 50 µs)", c_floor(n, 50_000)))
+        bar.update()
+        rows.append(summarize("C futex floor (no spin)", c_floor(n // 5, 0)))
+        bar.update()
+    table("Completion ping-pong round trip (caller CPU 0, peer CPU 1)", rows, "kproc futex")
+    results["pingpong"] = rows
+
+
+def cycle(quick, results):
+    n = 200 if quick else 2000
+    cases = [("kproc create→wake→stop", "cycle_kproc", n),
+             ("kproc, caller touched 2 GB", "cycle_kproc_2g", n // 2),
+             ("os.fork+waitpid (small Python)", "cycle_fork", n),
+             ("os.fork+waitpid (2 GB caller)", "cycle_fork_2g", max(10, n // 20)),
+             ("multiprocessing fork", "cycle_mp_fork", n // 2),
+             ("multiprocessing forkserver", "cycle_mp_forkserver", n // 4),
+             ("multiprocessing spawn", "cycle_mp_spawn", max(10, n // 20))]
+    rows = []
+    with progress(len(cases), "create cycle") as bar:
+        for label, case, rounds in cases:
+            rows.append(summarize(label, run_case(case, rounds), "ms", 1e6))
+            bar.update()
+    table("Create → wake → stop (one process per cycle)", rows, "kproc create→wake→stop")
+    results["cycle"] = rows
+
+
+def scale(quick, results):
+    count = 4096
+    created, stopped, uss = run_case("scale", count, timeout=900)
+    print(f"\nScale: {count} kthreads created and parked in {created / 1e9:.2f} s "
+          f"({created / count / 1e6:.2f} ms each), all stopped in {stopped / 1e9:.2f} s; "
+          f"USS per parked kthread {uss / 1024:.0f} KiB")
+    results["scale"] = {"count": count, "create_park_s": created / 1e9,
+                        "stop_all_s": stopped / 1e9, "uss_kib": uss / 1024}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="benchmarks", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="short runs (< 2 minutes)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--only", choices=["pingpong", "cycle", "scale"], action="append")
+    args = parser.parse_args(argv)
+    results = {"quick": args.quick, "cpus": os.cpu_count()}
+    for name, fn in (("pingpong", pingpong), ("cycle", cycle), ("scale", scale)):
+        if not args.only or name in args.only:
+            fn(args.quick, results)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        print(f"\nresults written to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
