@@ -106,19 +106,28 @@ def read_traceback(arena, idx, base):
 _self_data = None       # (threadfn, data) as this kthread received them
 
 
-def kthread_main(rt, idx, gen, close_fds):
-    """Body of a forked kthread (kernel: kthread()).  Never returns."""
+def after_fork(rt, close_fds):
+    """First thing a child of kthreadd does: drop kthreadd's signal plumbing and
+    descriptors, and die with kthreadd (PR_SET_PDEATHSIG)."""
+    from . import _sys
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    _sys.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != rt.kthreadd_pid:
+        os._exit(0)        # kthreadd died between fork and prctl
+    for fd in close_fds:
+        os.close(fd)
+
+
+def kthread_main(rt, idx, gen):
+    """Body of a kthread, once assigned its slot (kernel: kthread()).  Never returns.
+
+    Context: a child of kthreadd, after :func:`after_fork`.
+    """
     global _self_data
     from . import _sys
     from ._runtime import install
     try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        _sys.set_pdeathsig(signal.SIGKILL)
-        if os.getppid() != rt.kthreadd_pid:
-            os._exit(0)        # kthreadd died between fork and prctl
-        for fd in close_fds:
-            os.close(fd)
         arena, mem = rt.arena, rt.mem
         base = arena.task_off(idx)
         rt.role = "kthread"

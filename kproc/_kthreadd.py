@@ -15,6 +15,15 @@ dirtying it), reports "ok" and serves:
 * EOF on the alive pipe (the owner died or shut down): kill every kthread,
   reap them and exit.
 
+Spare children.  A fork costs kthreadd ~1-1.5 ms; to keep it off the
+creator's path kthreadd keeps ``KPROC_SPARES`` (default 2) children forked in
+advance, each blocked reading its own pipe.  A create hands a spare its slot
+(8 bytes: index, generation) and the spare becomes the kthread; kthreadd forks
+a replacement when no request is pending.  Spares forked before kthreadd
+imported a new module (threadfn's module, ``__main__``) lack it, so they are
+discarded when that happens.  Spares are named ``kproc-spare`` and die with
+kthreadd like kthreads.
+
 It waits in ``select`` on three descriptors (eventfd, alive pipe, SIGCHLD
 wake-up pipe), so it is single-threaded and forking is safe.
 """
@@ -26,11 +35,12 @@ import os
 import pickle
 import select
 import signal
+import struct
 import sys
 
 from . import _layout as L
 from ._arena import Arena
-from . import _kthread, _affinity, _completion, _control  # noqa: F401  preloaded for forks
+from . import _kthread, _affinity, _completion, _control, _sys  # noqa: F401  preloaded
 
 # Asynchronous signals kthreadd ignores (and kthreads inherit ignored), like
 # ignore_signals(current) in the kernel's kthreadd.  Synchronous faults keep
@@ -63,7 +73,6 @@ class Kthreadd:
     """kthreadd's state: the arena, its children and the descriptors it waits on."""
 
     def __init__(self, fds):
-        from . import _sys
         _sys.set_comm("kthreadd")
         for name in IGNORED_SIGNALS:
             if hasattr(signal, name):
@@ -81,6 +90,9 @@ class Kthreadd:
         self.children = {}          # pid -> (slot index, generation)
         self.inflight = {}          # slot index -> creator pid, until published
         self.main_prepared = False
+        self.spares = []            # (pid, write end of its assignment pipe)
+        self.spare_target = int(os.environ.get("KPROC_SPARES", "2"))
+        self.spare_modules = len(sys.modules)
         _sys.reset_scheduling()
         self._set_allowed_and_affinity()
         for mod in boot["preload"]:
@@ -141,9 +153,14 @@ class Kthreadd:
     def serve(self):
         """Serve creates and reap until the owner goes away; never returns."""
         while True:
+            short = len(self.spares) < self.spare_target
             try:
-                ready, _, _ = select.select([self.wake_fd, self.alive_fd, self.sig_r], [], [])
+                ready, _, _ = select.select([self.wake_fd, self.alive_fd, self.sig_r], [], [],
+                                            0 if short else None)
             except InterruptedError:
+                continue
+            if not ready and short:
+                self.fork_spare()      # only when no request is pending
                 continue
             if self.alive_fd in ready and not os.read(self.alive_fd, 4096):
                 self.teardown()
@@ -172,21 +189,71 @@ class Kthreadd:
             self.create_kthread(idx, base)
 
     def create_kthread(self, idx, base):
-        """Fork the kthread for slot ``idx`` (kernel: create_kthread)."""
+        """Start the kthread for slot ``idx`` (kernel: create_kthread): hand the
+        slot to a spare child, or fork one now if there is none."""
         arena, mem, T = self.arena, self.arena.mem, L.TASK
         gen = mem.load32(base + T.gen)
         self._prepare_threadfn(idx, base)
-        try:
-            pid = os.fork()
-        except OSError as exc:
-            self._fail_create(base, -exc.errno, f"fork failed: {exc}")
-            return
-        if pid == 0:
-            from ._kthread import kthread_main
-            kthread_main(self.rt, idx, gen, self._child_closes())   # never returns
-            os._exit(1)
+        if len(sys.modules) != self.spare_modules:
+            self.discard_spares()
+        pid = self._assign_spare(idx, gen)
+        if pid is None:
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                self._fail_create(base, -exc.errno, f"fork failed: {exc}")
+                return
+            if pid == 0:
+                _kthread.after_fork(self.rt, self._child_closes())
+                _kthread.kthread_main(self.rt, idx, gen)   # never returns
+                os._exit(1)
         self.children[pid] = (idx, gen)
         self.inflight[idx] = L.unpack_field(arena.buf, base, T, "creator")
+
+    def _assign_spare(self, idx, gen):
+        while self.spares:
+            pid, wfd = self.spares.pop(0)
+            try:
+                os.write(wfd, struct.pack("=II", idx, gen))
+                return pid
+            except OSError:
+                continue            # that spare died: try the next one
+            finally:
+                os.close(wfd)
+        return None
+
+    def fork_spare(self):
+        """Fork one spare child, blocked until it is handed a slot."""
+        r, w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = os.fork()
+        except OSError:
+            os.close(r)
+            os.close(w)
+            self.spare_target = len(self.spares)   # out of processes: stop trying
+            return
+        if pid == 0:
+            _kthread.after_fork(self.rt, self._child_closes() + (w,) +
+                                tuple(fd for _, fd in self.spares))
+            _sys.set_comm("kproc-spare")
+            data = b""
+            while len(data) < 8:
+                chunk = os.read(r, 8 - len(data))
+                if not chunk:
+                    os._exit(0)                     # discarded
+                data += chunk
+            os.close(r)
+            _kthread.kthread_main(self.rt, *struct.unpack("=II", data))
+            os._exit(1)
+        os.close(r)
+        self.spares.append((pid, w))
+        self.spare_modules = len(sys.modules)
+
+    def discard_spares(self):
+        """Let every spare exit (they read EOF); they are reaped as usual."""
+        for _, wfd in self.spares:
+            os.close(wfd)
+        self.spares = []
 
     def _prepare_threadfn(self, idx, base):
         """Import threadfn's module here once, so that every later fork has it."""
@@ -292,6 +359,9 @@ class Kthreadd:
     def teardown(self):
         """The owner is gone: kill every kthread, reap them, and exit."""
         self.arena.mem.store32(L.HEADER.alive, 0)
+        for pid, _ in self.spares:
+            self.children.setdefault(pid, None)
+        self.discard_spares()
         for pid in list(self.children):
             try:
                 os.kill(pid, signal.SIGKILL)

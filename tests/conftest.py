@@ -38,6 +38,20 @@ def wait_until(predicate, timeout=2.0, interval=0.002, message=None):
         time.sleep(interval)
 
 
+def live_kthreads(rt):
+    """kthreadd's children that are kthreads (not spares), alive."""
+    out = []
+    for p in psutil.Process(rt.kthreadd_pid).children():
+        try:
+            # a spare just forked is still named kthreadd until it renames itself
+            if p.status() != psutil.STATUS_ZOMBIE and \
+                    p.name() not in ("kproc-spare", "kthreadd"):
+                out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
 @pytest.fixture
 def rt(request):
     """A fresh runtime on the backend named by KPROC_BACKEND, shut down afterwards."""

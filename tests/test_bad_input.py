@@ -9,12 +9,13 @@ import pytest
 
 import kproc
 import kfuncs
+from conftest import live_kthreads
 
 pytestmark = pytest.mark.timeout(30)
 
 
 def _kthreads(rt):
-    return psutil.Process(rt.kthreadd_pid).children()
+    return live_kthreads(rt)
 
 
 def test_non_callable_threadfn(rt):
@@ -140,8 +141,11 @@ def test_stale_task_handle_raises_and_never_touches_new_occupant():
 
 def test_full_task_table_is_enomem_and_harms_nothing():
     with kproc.start(max_kthreads=2):
-        a = kproc.kthread_run(kfuncs.loop_until_stop, None, "a")
-        b = kproc.kthread_run(kfuncs.loop_until_stop, None, "b")
+        sa, sb = kproc.Completion(), kproc.Completion()
+        a = kproc.kthread_run(kfuncs.loop_until_stop, sa, "a")
+        b = kproc.kthread_run(kfuncs.loop_until_stop, sb, "b")
+        kproc.wait_for_completion(sa)
+        kproc.wait_for_completion(sb)
         with pytest.raises(kproc.KthreadError) as ei:
             kproc.kthread_create(kfuncs.ret_value, 0, "c")
         assert ei.value.errno == errno.ENOMEM

@@ -14,7 +14,7 @@ import pytest
 
 import kproc
 import kfuncs
-from conftest import wait_until
+from conftest import live_kthreads, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -158,8 +158,7 @@ def test_interrupted_create_is_abandoned_and_leaves_no_orphan(rt):
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         os.kill(rt.kthreadd_pid, signal.SIGCONT)
-    kthreadd = psutil.Process(rt.kthreadd_pid)
-    wait_until(lambda: not [p for p in kthreadd.children() if p.status() != "zombie"], 2.0)
+    wait_until(lambda: not live_kthreads(rt), 2.0)
     t = kproc.kthread_create(kfuncs.ret_value, 0, "next")     # the runtime still works
     assert kproc.kthread_stop(t) == -errno.EINTR
 
@@ -175,6 +174,5 @@ def test_creator_killed_while_waiting_leaves_no_orphan(rt):
     finally:
         os.kill(rt.kthreadd_pid, signal.SIGCONT)
     assert kproc.kthread_stop(creator) == -errno.EOWNERDEAD
-    kthreadd = psutil.Process(rt.kthreadd_pid)
-    wait_until(lambda: not [p for p in kthreadd.children() if p.status() != "zombie"], 2.0,
+    wait_until(lambda: not live_kthreads(rt), 2.0,
                message="an abandoned create produced an orphan kthread")
