@@ -50,7 +50,8 @@ class Completion:
     Raises (constructor): KthreadError(ENOMEM) when the pool is full.
     """
 
-    __slots__ = ("_rt", "_idx", "_gen", "_off", "_gen_off", "_owner", "__weakref__")
+    __slots__ = ("_rt", "_idx", "_gen", "_off", "_gen_off", "_owner", "_complete",
+                 "_wait", "_spin", "__weakref__")
 
     def __init__(self):
         rt = get_runtime()
@@ -68,6 +69,11 @@ class Completion:
         self._gen = gen
         self._off = off
         self._gen_off = rt.arena.comp_slot_off(idx) + L.USERCOMP.gen
+        # Cached for the hot path (complete / wait_for_completion): one call
+        # each, the generation check included (the handle raises once stale).
+        self._complete = rt.waits.completion_complete
+        self._wait = rt.waits.raw_completion_wait()
+        self._spin = rt.waits.spin_ns
 
     def __del__(self):
         try:
@@ -124,8 +130,9 @@ def reinit_completion(c):
 
 def complete(c):
     """complete(): let one waiter (present or future) through.  Context: any; never blocks."""
-    off = _check(c)
-    c._rt.waits.completion_complete(off, False)
+    if c.__class__ is not Completion or c._rt.closed or \
+            c._complete(c._off, False, c._gen_off, c._gen) < 0:
+        _check(c)                     # raises the right error
 
 
 def complete_all(c):
@@ -159,12 +166,15 @@ def wait_for_completion(c):
     Raises: KthreadError(ESRCH) if kthreadd dies meanwhile; KeyboardInterrupt
     and signal-handler exceptions propagate.
     """
-    off = _check(c)
-    rt = c._rt
+    if c.__class__ is not Completion or c._rt.closed:
+        _check(c)                     # raises the right error
     # Fast path: try, then spin (timeout 0: no sleep) before the full wait loop.
-    if rt.waits.completion_wait(off, rt.mem.load32(off + C.seq), 0) == 1:
+    got = c._wait(c._off, -1, 0, c._spin, c._gen_off, c._gen)
+    if got == 1:
         return
-    wait_at(rt, off, None, "uninterruptible", _live(c))
+    if got < 0:
+        _check(c)
+    wait_at(c._rt, c._off, None, "uninterruptible", _live(c))
 
 
 def wait_for_completion_timeout(c, timeout):

@@ -149,8 +149,8 @@ KF_NO_SETAFFINITY = 1 << 9   # PF_NO_SETAFFINITY (kthread_bind)
 KF_PREFERRED = 1 << 10       # kthread->preferred_affinity != NULL
 KF_EXITING = 1 << 11         # PF_EXITING
 KF_FREEZABLE = 1 << 12       # set_freezable()
-KF_TIMED_SLEEP = 1 << 13     # in schedule_timeout(): kthread_stop does not end
-                             # an uninterruptible timed sleep (SPEC §4)
+KF_UNTIMED_SLEEP = 1 << 13   # in an untimed schedule(): the only uninterruptible
+                             # sleep kthread_stop() wakes (SPEC §4)
 KF_WORKER = 1 << 14          # runs kthread_worker_fn
 
 

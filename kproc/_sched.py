@@ -19,7 +19,10 @@ kthread_stop()'s notification (the kernel's TIF_NOTIFY_SIGNAL) is
 interruptible wait published in ``wait_off``, so such a wait wakes now.
 Uninterruptible timed sleeps (``msleep``, ``schedule_timeout`` in
 TASK_UNINTERRUPTIBLE) run to their end, as SPEC §4 requires; an untimed
-uninterruptible ``schedule()`` is woken (it could not end otherwise).
+uninterruptible ``schedule()`` is woken (it could not end otherwise).  The
+untimed sleeper marks itself (KF_UNTIMED_SLEEP) and then checks
+KTHREAD_SHOULD_STOP, while the stopper sets the bit and then looks for the
+mark: one of them always sees the other, so the wake-up cannot be lost.
 """
 
 import errno
@@ -61,8 +64,8 @@ def need_current(fn_name):
 def wake_up_state(rt, base, mask, stop_wake=False):
     """try_to_wake_up(): move a task sleeping in a state of ``mask`` to RUNNING.
 
-    ``stop_wake`` is kthread_stop()'s wake: it leaves an uninterruptible
-    *timed* sleep alone.  Return: True if the task was woken.
+    ``stop_wake`` is kthread_stop()'s wake: in TASK_UNINTERRUPTIBLE it wakes
+    only an untimed schedule().  Return: True if the task was woken.
     """
     mem = rt.mem
     while True:
@@ -70,7 +73,7 @@ def wake_up_state(rt, base, mask, stop_wake=False):
         if not state & mask:
             return False
         if stop_wake and state == UNINTERRUPTIBLE and \
-                mem.load32(base + T.flags) & L.KF_TIMED_SLEEP:
+                not mem.load32(base + T.flags) & L.KF_UNTIMED_SLEEP:
             return False
         if mem.cmpxchg32(base + T.state, state, RUNNING) == state:
             break
@@ -118,13 +121,25 @@ def _sleep(rt, base, deadline_ns):
     kernel's process_timeout() wakes it).
     """
     mem, waits = rt.mem, rt.waits
+    if deadline_ns is None:
+        mem.fetch_or32(base + T.flags, L.KF_UNTIMED_SLEEP)
+    try:
+        return _sleep_loop(rt, base, deadline_ns)
+    finally:
+        if deadline_ns is None:
+            mem.fetch_and32(base + T.flags, ~L.KF_UNTIMED_SLEEP & 0xFFFFFFFF)
+
+
+def _sleep_loop(rt, base, deadline_ns):
+    mem, waits = rt.mem, rt.waits
     seq_off = base + T.wake_seq
     while True:
         seq = mem.load32(seq_off)
         state = mem.load32(base + T.state)
         if state == RUNNING:
             return False
-        if state == INTERRUPTIBLE and signal_pending(rt, base):
+        if (state == INTERRUPTIBLE or (state == UNINTERRUPTIBLE and deadline_ns is None)) \
+                and signal_pending(rt, base):
             mem.cmpxchg32(base + T.state, state, RUNNING)
             continue
         if deadline_ns is None:
@@ -173,15 +188,8 @@ def schedule_timeout(seconds):
         _sleep(rt, base, None)
         return math.inf
     deadline = time.monotonic_ns() + int(seconds * 1e9)
-    timed = rt.mem.load32(base + T.state) == UNINTERRUPTIBLE
-    if timed:
-        rt.mem.fetch_or32(base + T.flags, L.KF_TIMED_SLEEP)
-    try:
-        if _sleep(rt, base, deadline):
-            return 0.0
-    finally:
-        if timed:
-            rt.mem.fetch_and32(base + T.flags, ~L.KF_TIMED_SLEEP & 0xFFFFFFFF)
+    if _sleep(rt, base, deadline):
+        return 0.0
     return max(0.0, (deadline - time.monotonic_ns()) / 1e9)
 
 

@@ -90,6 +90,10 @@ class FutexWaits:
         """One attempt at acquiring the completion at ``off`` (see module doc)."""
         return self.mem.completion_wait(off, snap, timeout_ns, self.spin_ns)
 
+    def raw_completion_wait(self):
+        """``f(off, snap, timeout_ns, spin_ns, gen_off, gen)`` for the hot path."""
+        return self.mem.completion_wait
+
     def close(self):
         pass
 
@@ -163,9 +167,14 @@ class PosixWaits:
         """completion_done on the record at ``off``."""
         return self.mem.load32(off) != 0
 
-    def completion_complete(self, off, all=False):
-        """complete / complete_all on the record at ``off``."""
+    def completion_complete(self, off, all=False, gen_off=-1, gen=0):
+        """complete / complete_all on the record at ``off``.
+
+        Return: 0; -1 (nothing done) if the u32 at ``gen_off`` is not ``gen``.
+        """
         mem = self.mem
+        if gen_off >= 0 and mem.load32(gen_off) != gen:
+            return -1
         if all:
             mem.store32(off, UINT_MAX)
         else:
@@ -177,6 +186,18 @@ class PosixWaits:
                     break
         mem.fetch_add32(off + COMPLETION.seq, 1)
         self.wake(off + COMPLETION.seq)
+        return 0
+
+    def raw_completion_wait(self):
+        """``f(off, snap, timeout_ns, spin_ns, gen_off, gen)`` for the hot path."""
+        return self._checked_wait
+
+    def _checked_wait(self, off, snap, timeout_ns, spin_ns=0, gen_off=-1, gen=0):
+        if gen_off >= 0 and self.mem.load32(gen_off) != gen:
+            return -1
+        if snap < 0:
+            snap = self.mem.load32(off + COMPLETION.seq)
+        return self.completion_wait(off, snap, timeout_ns)
 
     def completion_wait(self, off, snap, timeout_ns):
         """One attempt at acquiring the completion at ``off`` (see module doc)."""

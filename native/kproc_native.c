@@ -373,14 +373,40 @@ static PyObject *Mem_completion_done(ARGS)
     return PyBool_FromLong(__atomic_load_n(c, __ATOMIC_SEQ_CST) != 0);
 }
 
+/*
+ * Optional generation check (args gen_off, gen): the record is only touched
+ * if the u32 at gen_off still holds gen.  1 ok, 0 stale, -1 exception set.
+ */
+static int gen_ok(MemObject *m, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at_arg)
+{
+    uint32_t *g, gen;
+    long long gen_off;
+    if (nargs <= at_arg)
+        return 1;
+    gen_off = PyLong_AsLongLong(args[at_arg]);
+    if (gen_off == -1 && PyErr_Occurred())
+        return -1;
+    if (gen_off < 0)
+        return 1;
+    if (nargs <= at_arg + 1) {
+        PyErr_SetString(PyExc_TypeError, "gen_off needs gen");
+        return -1;
+    }
+    if (!(g = at(m, args[at_arg], 4)) || !get_u32(args[at_arg + 1], &gen))
+        return -1;
+    return __atomic_load_n(g, __ATOMIC_SEQ_CST) == gen;
+}
+
 static PyObject *Mem_completion_complete(ARGS)
 {
     uint32_t *c;
-    int all = 0;
-    if (!nargs_ok(nargs, 1, 2, "completion_complete") || !(c = completion_at(self, args[0])))
+    int all = 0, ok;
+    if (!nargs_ok(nargs, 1, 4, "completion_complete") || !(c = completion_at(self, args[0])))
         return NULL;
     if (nargs > 1 && (all = PyObject_IsTrue(args[1])) < 0)
         return NULL;
+    if ((ok = gen_ok(self, args, nargs, 2)) <= 0)
+        return ok < 0 ? NULL : PyLong_FromLong(-1);
     if (all) {
         __atomic_store_n(&c[0], UINT_ALL, __ATOMIC_SEQ_CST);
     } else {
@@ -393,25 +419,30 @@ static PyObject *Mem_completion_complete(ARGS)
     __atomic_fetch_add(&c[1], 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&c[2], __ATOMIC_SEQ_CST) > 0)
         futex(&c[1], FUTEX_WAKE, all ? INT_MAX : 1, NULL, 0);
-    Py_RETURN_NONE;
+    return PyLong_FromLong(0);
 }
 
 /*
- * completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0) ->
- *   1 acquired, 0 timed out, 2 woken (or seq moved) without acquiring.
+ * completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, gen_off=-1, gen=0) ->
+ *   1 acquired, 0 timed out, 2 woken (or seq moved) without acquiring,
+ *   -1 stale (generation mismatch; nothing touched).
+ * A negative seq_snapshot means "read it now".
  */
 static PyObject *Mem_completion_wait(ARGS)
 {
     uint32_t *c, snap;
-    int64_t deadline = -1, spin_ns = 0;
-    int rc, got = 0, moved = 0;
-    if (!nargs_ok(nargs, 2, 4, "completion_wait") || !(c = completion_at(self, args[0])) ||
-        !get_u32(args[1], &snap))
+    int64_t deadline = -1, spin_ns = 0, snap_arg;
+    int rc, got = 0, moved = 0, ok;
+    if (!nargs_ok(nargs, 2, 6, "completion_wait") || !(c = completion_at(self, args[0])) ||
+        !get_i64(args[1], &snap_arg))
         return NULL;
     if (nargs > 2 && (deadline = deadline_of(args[2])) == -2)
         return NULL;
     if (nargs > 3 && !get_i64(args[3], &spin_ns))
         return NULL;
+    if ((ok = gen_ok(self, args, nargs, 4)) <= 0)
+        return ok < 0 ? NULL : PyLong_FromLong(-1);
+    snap = snap_arg < 0 ? __atomic_load_n(&c[1], __ATOMIC_SEQ_CST) : (uint32_t)snap_arg;
     if (completion_try(c))
         return PyLong_FromLong(1);
     if (spin_ns > 0) {
@@ -555,8 +586,8 @@ static PyMethodDef Mem_methods[] = {
     M(wait_change, "wait_change(off, expected, timeout_ns=-1, spin_ns=0) -> 0 changed/woken, 2 timeout"),
     M(completion_try, "completion_try(off) -> bool"),
     M(completion_done, "completion_done(off) -> bool"),
-    M(completion_complete, "completion_complete(off, all=False)"),
-    M(completion_wait, "completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0) -> 1 acquired, 0 timeout, 2 woken"),
+    M(completion_complete, "completion_complete(off, all=False, gen_off=-1, gen=0) -> 0, -1 if stale"),
+    M(completion_wait, "completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, gen_off=-1, gen=0) -> 1 acquired, 0 timeout, 2 woken, -1 stale"),
     M(mutex_init, "mutex_init(off): robust, process-shared, error-checking"),
     M(mutex_lock, "mutex_lock(off, timeout_ns=-1) -> 0 locked, 1 owner died (recovered), 2 timeout"),
     M(mutex_unlock, "mutex_unlock(off)"),
