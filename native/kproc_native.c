@@ -16,9 +16,11 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <string.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
@@ -623,8 +625,35 @@ static PyObject *mod_monotonic_ns(PyObject *mod, PyObject *unused)
     return PyLong_FromLongLong(mono_ns());
 }
 
+/* set_pdeathsig(sig): PR_SET_PDEATHSIG. */
+static PyObject *mod_set_pdeathsig(PyObject *mod, PyObject *arg)
+{
+    long sig = PyLong_AsLong(arg);
+    if (sig == -1 && PyErr_Occurred())
+        return NULL;
+    if (prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
+/* set_comm(bytes): PR_SET_NAME (the kernel keeps the first 15 bytes). */
+static PyObject *mod_set_comm(PyObject *mod, PyObject *arg)
+{
+    char name[16] = {0};
+    char *raw;
+    Py_ssize_t len;
+    if (PyBytes_AsStringAndSize(arg, &raw, &len) < 0)
+        return NULL;
+    memcpy(name, raw, len > 15 ? 15 : len);
+    if (prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0) != 0)
+        return PyErr_SetFromErrno(PyExc_OSError);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef module_methods[] = {
     {"monotonic_ns", mod_monotonic_ns, METH_NOARGS, "CLOCK_MONOTONIC in ns"},
+    {"set_pdeathsig", mod_set_pdeathsig, METH_O, "prctl(PR_SET_PDEATHSIG, sig)"},
+    {"set_comm", mod_set_comm, METH_O, "prctl(PR_SET_NAME, name[:15])"},
     {NULL, NULL, 0, NULL},
 };
 
