@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 
-from ._stats import progress, summarize, table
+from ._stats import plot, progress, summarize, table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 FLOOR = os.path.join(HERE, "c", "futex_floor")
@@ -87,16 +87,27 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs (< 2 minutes)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--png", metavar="PATH", default="benchmarks-latency.png",
+                        help="latency CDFs as a PNG where matplotlib is installed "
+                             "(default: %(default)s)")
     parser.add_argument("--only", choices=["pingpong", "cycle", "scale"], action="append")
     args = parser.parse_args(argv)
     results = {"quick": args.quick, "cpus": os.cpu_count()}
     for name, fn in (("pingpong", pingpong), ("cycle", cycle), ("scale", scale)):
         if not args.only or name in args.only:
             fn(args.quick, results)
+    sections = {"Completion ping-pong round trip": results.get("pingpong"),
+                "Create → wake → stop": results.get("cycle")}
+    sections = {k: v for k, v in sections.items() if v}
+    if sections and args.png and plot(sections, args.png):
+        print(f"\nlatency distributions written to {args.png}")
     if args.json:
+        for rows in sections.values():
+            for row in rows:
+                row.pop("samples", None)
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-        print(f"\nresults written to {args.json}")
+        print(f"results written to {args.json}")
     return 0
 
 

@@ -14,6 +14,7 @@ def pct(samples, q):
 
 def summarize(name, samples_ns, unit="µs", scale=1e3):
     return {"name": name, "n": len(samples_ns), "unit": unit,
+            "samples": [x / scale for x in samples_ns],
             "p50": pct(samples_ns, 50) / scale, "p99": pct(samples_ns, 99) / scale,
             "mean": statistics.fmean(samples_ns) / scale if samples_ns else float("nan")}
 
@@ -29,6 +30,36 @@ def table(title, rows, ref_name):
         print(f"  {r['name']:<34} {r['p50']:>8.2f} {r['unit']:<2} {r['p99']:>8.2f} "
               f"{r['unit']:<2} {ratio:>20.2f}x")
     sys.stdout.flush()
+
+
+def plot(sections, path):
+    """Write a PNG with one panel of latency CDFs per section, if matplotlib is here.
+
+    @sections: {title: rows from summarize()}.  Return: True if written.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, axes = plt.subplots(len(sections), 1, figsize=(9, 4 * len(sections)))
+    axes = [axes] if len(sections) == 1 else list(axes)
+    for ax, (title, rows) in zip(axes, sections.items()):
+        for r in rows:
+            xs = sorted(r["samples"])
+            if xs:
+                ax.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], label=r["name"])
+        ax.set_xscale("log")
+        ax.set_xlabel(rows[0]["unit"] if rows else "")
+        ax.set_ylabel("fraction ≤ x")
+        ax.set_title(title)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 @contextlib.contextmanager
