@@ -19,7 +19,6 @@ kthread_stop() can wake them (``_sched.notify_signal``).
 """
 
 import collections
-import errno
 import math
 import os
 import time

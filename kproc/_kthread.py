@@ -128,7 +128,7 @@ def kthread_main(rt, idx, gen):
     from . import _sys
     from ._runtime import install
     try:
-        arena, mem = rt.arena, rt.mem
+        arena = rt.arena
         base = arena.task_off(idx)
         rt.role = "kthread"
         rt.self_idx, rt.self_gen, rt.self_base = idx, gen, base

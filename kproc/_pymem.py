@@ -100,7 +100,8 @@ class PyMem:
     def mutex_lock(self, off, timeout_ns=-1):
         deadline = None if timeout_ns < 0 else time.monotonic() + timeout_ns / 1e9
         tlock = self._mutex_tlocks.setdefault(off, threading.Lock())
-        if not tlock.acquire(timeout=-1 if deadline is None else max(0.0, deadline - time.monotonic())):
+        wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
+        if not tlock.acquire(timeout=wait):
             return 2
         while True:
             try:

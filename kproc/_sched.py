@@ -25,12 +25,10 @@ KTHREAD_SHOULD_STOP, while the stopper sets the bit and then looks for the
 mark: one of them always sees the other, so the wake-up cannot be lost.
 """
 
-import errno
 import math
 import time
 
 from . import _layout as L
-from ._errors import KthreadError
 from ._task import TaskState, TASK_NORMAL
 
 __all__ = ["wake_up_state", "wake_up_process_raw", "notify_signal", "need_current",
@@ -120,7 +118,7 @@ def _sleep(rt, base, deadline_ns):
     Return: True if the deadline passed (the task is then set RUNNING, as the
     kernel's process_timeout() wakes it).
     """
-    mem, waits = rt.mem, rt.waits
+    mem = rt.mem
     if deadline_ns is None:
         mem.fetch_or32(base + T.flags, L.KF_UNTIMED_SLEEP)
     try:

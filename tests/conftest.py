@@ -52,6 +52,18 @@ def live_kthreads(rt):
     return out
 
 
+def run_started(threadfn, args, name, state=None):
+    """kthread_run(threadfn, args + (started,)); wait until it completed
+    ``started`` and, if given, until it sleeps in ``state``.  Return: the Task."""
+    started = kproc.Completion()
+    task = kproc.kthread_run(threadfn, tuple(args) + (started,), name)
+    kproc.wait_for_completion(started)
+    if state is not None:
+        wait_until(lambda: kproc.task_state(task) == state,
+                   message=lambda: f"{name} never reached {state!r}")
+    return task
+
+
 @pytest.fixture
 def rt(request):
     """A fresh runtime on the backend named by KPROC_BACKEND, shut down afterwards."""

@@ -4,7 +4,6 @@ import errno
 import math
 import pickle
 
-import psutil
 import pytest
 
 import kproc
@@ -126,7 +125,7 @@ def test_bad_state(rt):
 
 
 def test_stale_task_handle_raises_and_never_touches_new_occupant():
-    with kproc.start(max_kthreads=1) as rt:
+    with kproc.start(max_kthreads=1):
         old = kproc.kthread_create(kfuncs.ret_value, 1, "old")
         assert kproc.kthread_stop(old) == -errno.EINTR
         new = kproc.kthread_create(kfuncs.ret_value, 2, "new")   # recycles the slot

@@ -11,7 +11,7 @@ import pytest
 
 import kproc
 import kfuncs
-from conftest import wait_until
+from conftest import run_started, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -63,35 +63,28 @@ def test_completion_crosses_processes_both_ways(rt):
 
 
 def test_stop_interrupts_wait_for_completion_interruptible(rt):
-    comp, started = kproc.Completion(), kproc.Completion()
-    task = kproc.kthread_run(kfuncs.wait_interruptible, (comp, started), "wi")
-    kproc.wait_for_completion(started)
-    wait_until(lambda: kproc.task_state(task) == kproc.TASK_INTERRUPTIBLE)
+    comp = kproc.Completion()
+    task = run_started(kfuncs.wait_interruptible, (comp,), "wi", kproc.TASK_INTERRUPTIBLE)
     assert kproc.kthread_stop(task) == -512          # -ERESTARTSYS
 
 
 def test_stop_interrupts_wait_for_completion_killable(rt):
-    comp, started = kproc.Completion(), kproc.Completion()
-    task = kproc.kthread_run(kfuncs.wait_killable, (comp, started), "wk")
-    kproc.wait_for_completion(started)
-    wait_until(lambda: kproc.task_state(task) == kproc.TASK_INTERRUPTIBLE)
+    comp = kproc.Completion()
+    task = run_started(kfuncs.wait_killable, (comp,), "wk", kproc.TASK_INTERRUPTIBLE)
     assert kproc.kthread_stop(task) == -512
 
 
 def test_interruptible_wait_that_completes_returns_zero(rt):
-    comp, started = kproc.Completion(), kproc.Completion()
-    task = kproc.kthread_run(kfuncs.wait_interruptible, (comp, started), "wi0")
-    kproc.wait_for_completion(started)
+    comp = kproc.Completion()
+    task = run_started(kfuncs.wait_interruptible, (comp,), "wi0")
     kproc.complete(comp)
     wait_until(lambda: kproc.task_state(task) == kproc.TASK_DEAD)
     assert kproc.kthread_stop(task) == 0
 
 
 def test_stop_waits_out_an_uninterruptible_wait_for_completion(rt):
-    comp, started = kproc.Completion(), kproc.Completion()
-    task = kproc.kthread_run(kfuncs.wait_uninterruptible, (comp, started), "wu")
-    kproc.wait_for_completion(started)
-    wait_until(lambda: kproc.task_state(task) == kproc.TASK_UNINTERRUPTIBLE)
+    comp = kproc.Completion()
+    task = run_started(kfuncs.wait_uninterruptible, (comp,), "wu", kproc.TASK_UNINTERRUPTIBLE)
     timer = threading.Timer(0.3, kproc.complete, (comp,))
     timer.start()
     t0 = time.monotonic()
@@ -101,18 +94,13 @@ def test_stop_waits_out_an_uninterruptible_wait_for_completion(rt):
 
 
 def test_stop_waits_out_msleep(rt):
-    started = kproc.Completion()
-    task = kproc.kthread_run(kfuncs.msleep_then_return, (400, started), "ms")
-    kproc.wait_for_completion(started)
-    wait_until(lambda: kproc.task_state(task) == kproc.TASK_UNINTERRUPTIBLE)
+    task = run_started(kfuncs.msleep_then_return, (400,), "ms", kproc.TASK_UNINTERRUPTIBLE)
     assert kproc.kthread_stop(task) >= 400
 
 
 def test_stop_cuts_msleep_interruptible_short(rt):
-    started = kproc.Completion()
-    task = kproc.kthread_run(kfuncs.msleep_interruptible_ret, (10_000, started), "msi")
-    kproc.wait_for_completion(started)
-    wait_until(lambda: kproc.task_state(task) == kproc.TASK_INTERRUPTIBLE)
+    task = run_started(kfuncs.msleep_interruptible_ret,
+                       (10_000,), "msi", kproc.TASK_INTERRUPTIBLE)
     t0 = time.monotonic()
     left = kproc.kthread_stop(task)
     assert time.monotonic() - t0 < 1.0
@@ -120,40 +108,29 @@ def test_stop_cuts_msleep_interruptible_short(rt):
 
 
 def test_stop_cuts_schedule_timeout_interruptible_short(rt):
-    started = kproc.Completion()
-    task = kproc.kthread_run(kfuncs.schedule_timeout_state,
-                             (kproc.TASK_INTERRUPTIBLE, 10.0, started), "sti")
-    kproc.wait_for_completion(started)
-    wait_until(lambda: kproc.task_state(task) == kproc.TASK_INTERRUPTIBLE)
+    task = run_started(kfuncs.schedule_timeout_state,
+                       (kproc.TASK_INTERRUPTIBLE, 10.0), "sti", kproc.TASK_INTERRUPTIBLE)
     assert kproc.kthread_stop(task) > 8000
 
 
 def test_stop_waits_out_schedule_timeout_uninterruptible(rt):
-    started = kproc.Completion()
-    task = kproc.kthread_run(kfuncs.schedule_timeout_state,
-                             (kproc.TASK_UNINTERRUPTIBLE, 0.4, started), "stu")
-    kproc.wait_for_completion(started)
-    wait_until(lambda: kproc.task_state(task) == kproc.TASK_UNINTERRUPTIBLE)
+    task = run_started(kfuncs.schedule_timeout_state,
+                       (kproc.TASK_UNINTERRUPTIBLE, 0.4), "stu", kproc.TASK_UNINTERRUPTIBLE)
     t0 = time.monotonic()
     assert kproc.kthread_stop(task) == 0          # ran out: 0 ms left
     assert time.monotonic() - t0 > 0.2
 
 
 def test_wake_up_process_ends_schedule_timeout_early(rt):
-    started = kproc.Completion()
-    task = kproc.kthread_run(kfuncs.schedule_timeout_state,
-                             (kproc.TASK_UNINTERRUPTIBLE, 10.0, started), "stw")
-    kproc.wait_for_completion(started)
-    wait_until(lambda: kproc.task_state(task) == kproc.TASK_UNINTERRUPTIBLE)
+    task = run_started(kfuncs.schedule_timeout_state,
+                       (kproc.TASK_UNINTERRUPTIBLE, 10.0), "stw", kproc.TASK_UNINTERRUPTIBLE)
     assert kproc.wake_up_process(task) is True
     wait_until(lambda: kproc.task_state(task) == kproc.TASK_DEAD)
     assert kproc.kthread_stop(task) > 8000
 
 
 def test_foreign_blocking_call_is_not_interrupted(rt):
-    started = kproc.Completion()
-    task = kproc.kthread_run(kfuncs.time_sleep, (0.3, started), "foreign")
-    kproc.wait_for_completion(started)
+    task = run_started(kfuncs.time_sleep, (0.3,), "foreign")
     t0 = time.monotonic()
     assert kproc.kthread_stop(task) == 9
     assert time.monotonic() - t0 > 0.15

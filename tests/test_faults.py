@@ -14,7 +14,7 @@ import pytest
 
 import kproc
 import kfuncs
-from conftest import live_kthreads, wait_until
+from conftest import live_kthreads, run_started, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -47,9 +47,7 @@ def test_sigkill_running_kthread(rt):
 
 
 def test_sigkill_sleeping_kthread_while_stop_waits(rt):
-    started = kproc.Completion()
-    task = kproc.kthread_run(kfuncs.msleep_then_return, (5000, started), "sleepy")
-    kproc.wait_for_completion(started)
+    task = run_started(kfuncs.msleep_then_return, (5000,), "sleepy")
     threading.Timer(0.2, os.kill, (task.pid, signal.SIGKILL)).start()
     _killed_result_checks(task)
 
@@ -62,9 +60,7 @@ def test_sigkill_parked_kthread(rt):
 
 
 def test_park_waiter_returns_when_target_dies(rt):
-    started = kproc.Completion()
-    task = kproc.kthread_run(kfuncs.time_sleep, (30, started), "noparks")
-    kproc.wait_for_completion(started)
+    task = run_started(kfuncs.time_sleep, (30,), "noparks")
     threading.Timer(0.2, os.kill, (task.pid, signal.SIGKILL)).start()
     t0 = time.monotonic()
     assert kproc.kthread_park(task) == -errno.ENOSYS
@@ -72,9 +68,7 @@ def test_park_waiter_returns_when_target_dies(rt):
 
 
 def test_sigkill_kthreadd_ends_every_wait_and_kills_kthreads(rt):
-    started = kproc.Completion()
-    task = kproc.kthread_run(kfuncs.time_sleep, (30, started), "orphan?")
-    kproc.wait_for_completion(started)
+    task = run_started(kfuncs.time_sleep, (30,), "orphan?")
     pid = task.pid
     c = kproc.Completion()
     errors = []

@@ -3,7 +3,6 @@
 import errno
 import os
 import pickle
-import time
 
 import psutil
 import pytest
