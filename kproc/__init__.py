@@ -25,6 +25,11 @@ from ._sched import (
     set_current_state, schedule, schedule_timeout, schedule_timeout_interruptible,
     msleep, msleep_interruptible,
 )
+from ._cpumask import (
+    cpu_possible_mask, cpu_present_mask, cpu_online_mask, housekeeping_cpumask,
+    cpu_to_node, cpumask_of_node,
+)
+from ._topology import fake_sysfs
 from ._completion import (
     Completion, init_completion, reinit_completion, complete, complete_all,
     wait_for_completion, wait_for_completion_timeout, wait_for_completion_interruptible,
@@ -59,6 +64,8 @@ __all__ = [
     "wait_for_completion", "wait_for_completion_timeout",
     "wait_for_completion_interruptible", "wait_for_completion_killable",
     "try_wait_for_completion", "completion_done",
+    "cpu_possible_mask", "cpu_present_mask", "cpu_online_mask", "housekeeping_cpumask",
+    "cpu_to_node", "cpumask_of_node", "fake_sysfs",
     "TASK_RUNNING", "TASK_INTERRUPTIBLE", "TASK_UNINTERRUPTIBLE", "TASK_PARKED",
     "TASK_DEAD", "TASK_NEW", "TASK_FROZEN",
     "KTHREAD_IS_PER_CPU", "KTHREAD_SHOULD_STOP", "KTHREAD_SHOULD_PARK",
