@@ -1,50 +1,86 @@
-# kproc: `make test` sets everything up from scratch (venv, deps, C extension) and runs
-# the whole suite on both wait backends; `make bench` runs the quick benchmark suite.
+# kproc: `make test` sets everything up from scratch (venv, dependencies, the C
+# extension) and runs the whole suite on both wait backends; `make bench` runs
+# the quick benchmark suite.  Needs only python3 (with venv), a C compiler and
+# make: everything else goes into .venv.  Stamps in .venv keep reruns cheap.
+
 PYTHON ?= python3
+ifeq ($(origin CC),default)
+CC := gcc
+endif
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.stamp-deps
+PIP := $(PY) -m pip --disable-pip-version-check
+PYTEST := $(PY) -m pytest -p no:cacheprovider -q $(PYTEST_ARGS)
+BACKEND ?= futex
+
+DEPS_STAMP := $(VENV)/.stamp-deps
+BENCH_STAMP := $(VENV)/.stamp-bench
 EXT_STAMP := $(VENV)/.stamp-ext
+NATIVE_SRC := $(wildcard native/*.c native/*.h)
 FLOOR := benchmarks/c/futex_floor
+CWARN := -Wall -Wextra
 
 .DEFAULT_GOAL := help
-.PHONY: help venv ext test test-fast test-futex test-posix bench clean
+.PHONY: help venv ext test test-fast test-futex test-posix bench floor check-c clean FORCE
 
-help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+help: ## list the targets (PYTEST_ARGS=... is passed to pytest, BACKEND=... to test-fast)
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml setup.py
+$(DEPS_STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test,bench]'
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
 	touch $@
 
-$(EXT_STAMP): $(STAMP) native/kproc_native.c setup.py
+# Rebuilt when a source changes, and whenever the built module has gone.
+ifeq ($(wildcard kproc/_native*.so),)
+$(EXT_STAMP): FORCE
+endif
+$(EXT_STAMP): $(DEPS_STAMP) $(NATIVE_SRC) setup.py
 	$(PY) setup.py -q build_ext --inplace
-	$(PY) -c "import kproc._native as n; print('kproc._native built:', n.Mem)"
 	touch $@
 
-venv: $(EXT_STAMP) ## create .venv, install dependencies, build and import the C extension
+venv: $(EXT_STAMP) ## create .venv, install kproc[test] editable, build kproc._native in place and import it
+	$(PY) -c "import kproc._native"
 
 ext: $(EXT_STAMP) ## (re)build the C extension in place
 
-test: venv ## the whole suite, futex backend then posix backend
-	KPROC_BACKEND=futex $(PY) -m pytest -q
-	KPROC_BACKEND=posix $(PY) -m pytest -q
+check-c: $(DEPS_STAMP) ## compile the C sources with -Werror (developer check)
+	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror \
+		-I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+		native/kproc_native.c
+	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror benchmarks/c/futex_floor.c
 
-test-futex: venv ## the suite on the futex backend only
-	KPROC_BACKEND=futex $(PY) -m pytest -q
+test: venv ## the whole suite twice: KPROC_BACKEND=futex, then KPROC_BACKEND=posix
+	@rc=0; for backend in futex posix; do \
+		echo "== KPROC_BACKEND=$$backend"; \
+		KPROC_BACKEND=$$backend $(PYTEST) || rc=1; \
+	done; exit $$rc
 
-test-posix: venv ## the suite on the posix backend only
-	KPROC_BACKEND=posix $(PY) -m pytest -q
+test-fast: venv ## the whole suite once, on BACKEND (default futex)
+	KPROC_BACKEND=$(BACKEND) $(PYTEST)
 
-test-fast: test-futex ## alias: one backend
+test-futex: venv ## the whole suite once, on the futex backend
+	KPROC_BACKEND=futex $(PYTEST)
+
+test-posix: venv ## the whole suite once, on the posix backend
+	KPROC_BACKEND=posix $(PYTEST)
+
+$(BENCH_STAMP): $(DEPS_STAMP)
+	$(PIP) install -q -e '.[bench]'
+	touch $@
 
 $(FLOOR): benchmarks/c/futex_floor.c
-	$(CC) -O2 -Wall -o $@ $< -lpthread
+	$(CC) -O2 -std=gnu11 $(CWARN) -o $@ $<
 
-bench: venv $(FLOOR) ## quick benchmark suite (under 2 minutes), printed as tables
+floor: $(FLOOR) ## build the C futex floor (benchmarks/c/futex_floor)
+
+bench: venv $(BENCH_STAMP) $(FLOOR) ## the quick benchmark suite, printed as tables
 	$(PY) -m benchmarks --quick
 
-clean: ## remove the venv and build products
-	rm -rf $(VENV) build *.egg-info kproc/*.so $(FLOOR)
+clean: ## remove .venv and every build product
+	rm -rf $(VENV) build *.egg-info kproc/_native*.so $(FLOOR)
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+FORCE:

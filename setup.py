@@ -1,14 +1,21 @@
-"""Build the C extension kproc._native (metadata lives in pyproject.toml)."""
+"""Build the C extension kproc._native (project metadata lives in pyproject.toml)."""
+
+import sys
 
 from setuptools import Extension, setup
 
+if not sys.platform.startswith("linux"):
+    sys.exit("kproc runs on Linux only (futexes, memfd, /proc, sysfs); "
+             f"this is {sys.platform}")
+
 setup(
+    packages=["kproc"],
     ext_modules=[
         Extension(
             "kproc._native",
             sources=["native/kproc_native.c"],
-            extra_compile_args=["-O2", "-Wall", "-Wextra", "-Wno-unused-parameter",
-                                "-Wno-missing-field-initializers", "-std=gnu11"],
+            depends=["setup.py"],
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
             libraries=["pthread"],
         )
     ],

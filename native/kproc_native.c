@@ -1,31 +1,42 @@
 /*
- * kproc._native: futexes, atomics and a robust mutex over a shared buffer.
+ * kproc._native: atomics, futexes, completions and a robust mutex over a
+ * shared buffer.
  *
- * Only system calls and atomic instructions live here; every policy (what a
- * wake-up means, how long to spin, when to give up) is decided in Python.
- * A Mem object holds a writable buffer (the arena's mmap) for its lifetime;
- * its methods take byte offsets, checked for bounds and alignment.
+ * Only system calls and atomic instructions live here.  Every policy (what a
+ * wake-up means, how long to spin, when to give up, what an errno means) is
+ * decided in Python; see kproc/_wait.py and kproc/_completion.py.
  *
- * Blocking calls release the GIL around the syscall only, compute one
- * absolute CLOCK_MONOTONIC deadline on entry, and on EINTR run Python's
- * signal handlers (PyErr_CheckSignals) and give up if one raised, else retry
- * with the same deadline.  A timeout is a return value, not an exception.
+ * A Mem object holds a writable buffer export (the arena's mmap, MAP_SHARED
+ * across processes) for its whole lifetime, so the memory cannot go away
+ * under a call that released the GIL.  Methods take byte offsets, checked for
+ * bounds and natural alignment (ValueError).  Atomics are sequentially
+ * consistent.  Futexes are shared (no FUTEX_PRIVATE_FLAG): the waiter and the
+ * waker are different processes.
+ *
+ * Blocking calls try once holding the GIL, release it only around the spin
+ * and the syscall, compute one absolute CLOCK_MONOTONIC deadline on entry,
+ * and on EINTR run Python's signal handlers (PyErr_CheckSignals) and give up
+ * if one raised, else retry with the same deadline.  A timeout is a return
+ * value, not an exception; any other failure is OSError(errno).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
 #include <errno.h>
 #include <limits.h>
-#include <string.h>
 #include <linux/futex.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
-#define UINT_ALL 0xFFFFFFFFu
+#define DONE_ALL UINT32_MAX             /* completion.done after complete_all */
+#define SPIN_CLOCK_EVERY 64             /* spin iterations between clock reads */
+#define MUTEX_SLICE_NS 50000000LL       /* mutex_lock: run signal handlers this often */
+#define NO_DEADLINE (-1)
 
 #if defined(__x86_64__) || defined(__i386__)
 #define cpu_relax() __builtin_ia32_pause()
@@ -35,14 +46,27 @@
 #define cpu_relax() do { } while (0)
 #endif
 
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+#define CAS(p, expp, v) __atomic_compare_exchange_n((p), (expp), (v), 0, \
+                                                    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
-    char *base;
+    char *base;                         /* NULL until __init__ succeeded */
     Py_ssize_t size;
 } MemObject;
 
-/* -- helpers ------------------------------------------------------------- */
+/* A completion record, 16 bytes, 8-aligned (layout shared with kproc/_layout.py). */
+struct completion {
+    uint32_t done;                      /* count; DONE_ALL after complete_all */
+    uint32_t seq;                       /* the futex word, bumped by every complete */
+    uint32_t sleepers;                  /* waiters inside (or about to enter) FUTEX_WAIT */
+    uint32_t reserved;
+};
+
+/* -- clock and syscalls -------------------------------------------------- */
 
 static int64_t mono_ns(void)
 {
@@ -57,35 +81,68 @@ static void ns_to_ts(int64_t ns, struct timespec *ts)
     ts->tv_nsec = ns % 1000000000LL;
 }
 
-static void *at(MemObject *m, PyObject *arg, int width)
+static long futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts,
+                  uint32_t val3)
+{
+    return syscall(SYS_futex, uaddr, op, val, ts, NULL, val3);
+}
+
+static int futex_wake_n(uint32_t *word, int n)
+{
+    return (int)futex(word, FUTEX_WAKE, (uint32_t)n, NULL, 0);
+}
+
+static PyObject *errno_error(int err)
+{
+    errno = err;
+    return PyErr_SetFromErrno(PyExc_OSError);
+}
+
+/* -- argument parsing (hot path: no PyArg_Parse*) ------------------------ */
+
+static int nargs_ok(Py_ssize_t nargs, Py_ssize_t lo, Py_ssize_t hi, const char *name)
+{
+    if (nargs >= lo && nargs <= hi)
+        return 1;
+    if (lo == hi)
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd arguments (%zd given)",
+                     name, lo, nargs);
+    else
+        PyErr_Format(PyExc_TypeError, "%s() takes %zd to %zd arguments (%zd given)",
+                     name, lo, hi, nargs);
+    return 0;
+}
+
+/* Address of @len bytes at offset @arg, @align-aligned, or NULL (ValueError set). */
+static void *at_len(MemObject *m, PyObject *arg, Py_ssize_t len, int align)
 {
     Py_ssize_t off = PyLong_AsSsize_t(arg);
     if (off == -1 && PyErr_Occurred())
         return NULL;
-    if (off < 0 || off > m->size - width || (off % width) != 0) {
-        PyErr_Format(PyExc_ValueError, "offset %zd out of bounds or not %d-aligned "
-                     "(buffer size %zd)", off, width, m->size);
+    if (off < 0 || off > m->size - len) {
+        PyErr_Format(PyExc_ValueError, "offset %zd: %zd bytes there are out of bounds "
+                     "(buffer size %zd)", off, len, m->size);
+        return NULL;
+    }
+    if (((uintptr_t)(m->base + off)) % (uintptr_t)align) {
+        PyErr_Format(PyExc_ValueError, "offset %zd is not %d-aligned", off, align);
         return NULL;
     }
     return m->base + off;
 }
 
-static int nargs_ok(Py_ssize_t nargs, Py_ssize_t lo, Py_ssize_t hi, const char *name)
+static void *at(MemObject *m, PyObject *arg, int width)
 {
-    if (nargs < lo || nargs > hi) {
-        PyErr_Format(PyExc_TypeError, "%s() takes %zd to %zd arguments (%zd given)",
-                     name, lo, hi, nargs);
-        return 0;
-    }
-    return 1;
+    return at_len(m, arg, width, width);
 }
 
+/* Any int: taken mod 2**32 (so fetch_add32(off, -1) decrements). */
 static int get_u32(PyObject *o, uint32_t *out)
 {
     long long v = PyLong_AsLongLong(o);
     if (v == -1 && PyErr_Occurred())
         return 0;
-    *out = (uint32_t)v;          /* wraps: fetch_add32(off, -1) works */
+    *out = (uint32_t)v;
     return 1;
 }
 
@@ -98,21 +155,41 @@ static int get_i64(PyObject *o, int64_t *out)
     return 1;
 }
 
-static long futex(uint32_t *uaddr, int op, uint32_t val, const struct timespec *ts,
-                  uint32_t val3)
+/*
+ * Absolute CLOCK_MONOTONIC deadline for a relative @timeout_obj in ns:
+ * negative means none (NO_DEADLINE).  Return 0, or -1 with an exception set.
+ */
+static int get_deadline(PyObject *timeout_obj, int64_t *deadline)
 {
-    return syscall(SYS_futex, uaddr, op, val, ts, NULL, val3);
+    int64_t t, now;
+    if (!get_i64(timeout_obj, &t))
+        return -1;
+    if (t < 0) {
+        *deadline = NO_DEADLINE;
+        return 0;
+    }
+    now = mono_ns();
+    *deadline = t > INT64_MAX - now ? NO_DEADLINE : now + t;
+    return 0;
 }
 
-/* -- Mem type ------------------------------------------------------------ */
+/* End of a spin of @spin_ns starting now, never past @deadline. */
+static int64_t spin_end(int64_t spin_ns, int64_t deadline)
+{
+    int64_t end = mono_ns() + spin_ns;
+    return (deadline != NO_DEADLINE && deadline < end) ? deadline : end;
+}
 
-static int Mem_init(MemObject *self, PyObject *args, PyObject *kw)
+/* -- Mem: construction --------------------------------------------------- */
+
+static int Mem_init(MemObject *self, PyObject *args, PyObject *kwds)
 {
     PyObject *obj;
-    if (!PyArg_ParseTuple(args, "O:Mem", &obj))
+    static char *kwlist[] = {"buffer", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "O:Mem", kwlist, &obj))
         return -1;
     if (self->base) {
-        PyErr_SetString(PyExc_RuntimeError, "Mem already initialised");
+        PyErr_SetString(PyExc_RuntimeError, "Mem is already initialised");
         return -1;
     }
     if (PyObject_GetBuffer(obj, &self->view, PyBUF_WRITABLE) < 0)
@@ -131,21 +208,34 @@ static void Mem_dealloc(MemObject *self)
 
 #define ARGS MemObject *self, PyObject *const *args, Py_ssize_t nargs
 
+/* Every method but __init__ needs the buffer. */
+#define NEED_BUFFER()                                                         \
+    do {                                                                      \
+        if (!self->base) {                                                    \
+            PyErr_SetString(PyExc_ValueError, "Mem was not initialised");     \
+            return NULL;                                                      \
+        }                                                                     \
+    } while (0)
+
+/* -- Mem: 32-bit atomics (unsigned) -------------------------------------- */
+
 static PyObject *Mem_load32(ARGS)
 {
     uint32_t *p;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 1, 1, "load32") || !(p = at(self, args[0], 4)))
         return NULL;
-    return PyLong_FromUnsignedLong(__atomic_load_n(p, __ATOMIC_SEQ_CST));
+    return PyLong_FromUnsignedLong(LOAD(p));
 }
 
 static PyObject *Mem_store32(ARGS)
 {
     uint32_t *p, v;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 2, 2, "store32") || !(p = at(self, args[0], 4)) ||
         !get_u32(args[1], &v))
         return NULL;
-    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
+    STORE(p, v);
     Py_RETURN_NONE;
 }
 
@@ -153,6 +243,7 @@ static PyObject *Mem_store32(ARGS)
 static PyObject *Mem_##NAME(ARGS)                                             \
 {                                                                             \
     uint32_t *p, v;                                                           \
+    NEED_BUFFER();                                                            \
     if (!nargs_ok(nargs, 2, 2, #NAME) || !(p = at(self, args[0], 4)) ||       \
         !get_u32(args[1], &v))                                                \
         return NULL;                                                          \
@@ -166,29 +257,33 @@ RMW32(fetch_and32, __atomic_fetch_and(p, v, __ATOMIC_SEQ_CST))
 static PyObject *Mem_cmpxchg32(ARGS)
 {
     uint32_t *p, expected, desired;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 3, 3, "cmpxchg32") || !(p = at(self, args[0], 4)) ||
         !get_u32(args[1], &expected) || !get_u32(args[2], &desired))
         return NULL;
-    __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
-                                __ATOMIC_SEQ_CST);
-    return PyLong_FromUnsignedLong(expected);   /* the value that was there */
+    CAS(p, &expected, desired);         /* on failure, expected := the value there */
+    return PyLong_FromUnsignedLong(expected);
 }
+
+/* -- Mem: 64-bit atomics (signed) ---------------------------------------- */
 
 static PyObject *Mem_load64(ARGS)
 {
     int64_t *p;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 1, 1, "load64") || !(p = at(self, args[0], 8)))
         return NULL;
-    return PyLong_FromLongLong(__atomic_load_n(p, __ATOMIC_SEQ_CST));
+    return PyLong_FromLongLong(LOAD(p));
 }
 
 static PyObject *Mem_store64(ARGS)
 {
     int64_t *p, v;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 2, 2, "store64") || !(p = at(self, args[0], 8)) ||
         !get_i64(args[1], &v))
         return NULL;
-    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
+    STORE(p, v);
     Py_RETURN_NONE;
 }
 
@@ -196,29 +291,44 @@ static PyObject *Mem_store64(ARGS)
 static PyObject *Mem_##NAME(ARGS)                                             \
 {                                                                             \
     int64_t *p, v;                                                            \
+    NEED_BUFFER();                                                            \
     if (!nargs_ok(nargs, 2, 2, #NAME) || !(p = at(self, args[0], 8)) ||       \
         !get_i64(args[1], &v))                                                \
         return NULL;                                                          \
     return PyLong_FromLongLong(EXPR);                                         \
 }
 RMW64(xchg64, __atomic_exchange_n(p, v, __ATOMIC_SEQ_CST))
-RMW64(fetch_add64, __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST))
+
+/* Signed overflow wraps (two's complement), done on the unsigned type. */
+static PyObject *Mem_fetch_add64(ARGS)
+{
+    int64_t *p, v;
+    NEED_BUFFER();
+    if (!nargs_ok(nargs, 2, 2, "fetch_add64") || !(p = at(self, args[0], 8)) ||
+        !get_i64(args[1], &v))
+        return NULL;
+    return PyLong_FromLongLong((int64_t)__atomic_fetch_add((uint64_t *)p, (uint64_t)v,
+                                                           __ATOMIC_SEQ_CST));
+}
 
 static PyObject *Mem_cmpxchg64(ARGS)
 {
     int64_t *p, expected, desired;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 3, 3, "cmpxchg64") || !(p = at(self, args[0], 8)) ||
         !get_i64(args[1], &expected) || !get_i64(args[2], &desired))
         return NULL;
-    __atomic_compare_exchange_n(p, &expected, desired, 0, __ATOMIC_SEQ_CST,
-                                __ATOMIC_SEQ_CST);
+    CAS(p, &expected, desired);
     return PyLong_FromLongLong(expected);
 }
 
+/* -- Mem: futexes -------------------------------------------------------- */
+
 /*
- * Sleep on *word while it equals @expected, until @deadline (-1: none).
- * Return 0 woken/changed, 1 value differed, 2 timed out, -1 exception set.
- * Called with the GIL held; releases it around the syscall.
+ * Sleep on @word while it holds @expected, until @deadline (NO_DEADLINE: none).
+ * Return 0 woken (or spurious), 1 the word did not hold @expected, 2 timed
+ * out, -1 exception set (a signal handler raised, or OSError).
+ * Called with the GIL held; releases it around the syscall only.
  */
 static int futex_wait_until(uint32_t *word, uint32_t expected, int64_t deadline)
 {
@@ -226,14 +336,15 @@ static int futex_wait_until(uint32_t *word, uint32_t expected, int64_t deadline)
         struct timespec ts;
         long rc;
         int err;
-        if (deadline >= 0) {
+        if (deadline != NO_DEADLINE) {
             if (mono_ns() >= deadline)
-                return __atomic_load_n(word, __ATOMIC_SEQ_CST) == expected ? 2 : 1;
+                return LOAD(word) == expected ? 2 : 1;
             ns_to_ts(deadline, &ts);
         }
         Py_BEGIN_ALLOW_THREADS
-        rc = futex(word, FUTEX_WAIT_BITSET, expected, deadline >= 0 ? &ts : NULL,
-                   FUTEX_BITSET_MATCH_ANY);
+        /* FUTEX_WAIT_BITSET: the timeout is absolute, on CLOCK_MONOTONIC. */
+        rc = futex(word, FUTEX_WAIT_BITSET, expected,
+                   deadline != NO_DEADLINE ? &ts : NULL, FUTEX_BITSET_MATCH_ANY);
         err = errno;
         Py_END_ALLOW_THREADS
         if (rc == 0)
@@ -242,34 +353,25 @@ static int futex_wait_until(uint32_t *word, uint32_t expected, int64_t deadline)
             return 1;
         if (err == ETIMEDOUT)
             return 2;
-        if (err == EINTR) {
-            if (PyErr_CheckSignals() < 0)
-                return -1;
-            continue;
+        if (err != EINTR) {
+            errno_error(err);
+            return -1;
         }
-        errno = err;
-        PyErr_SetFromErrno(PyExc_OSError);
-        return -1;
+        if (PyErr_CheckSignals() < 0)
+            return -1;
     }
-}
-
-static int64_t deadline_of(PyObject *timeout_obj)
-{
-    long long t = PyLong_AsLongLong(timeout_obj);
-    if (t == -1 && PyErr_Occurred())
-        return -2;
-    return t < 0 ? -1 : mono_ns() + t;
 }
 
 static PyObject *Mem_futex_wait(ARGS)
 {
     uint32_t *p, expected;
-    int64_t deadline = -1;
+    int64_t deadline = NO_DEADLINE;
     int rc;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 2, 3, "futex_wait") || !(p = at(self, args[0], 4)) ||
         !get_u32(args[1], &expected))
         return NULL;
-    if (nargs > 2 && (deadline = deadline_of(args[2])) == -2)
+    if (nargs > 2 && get_deadline(args[2], &deadline) < 0)
         return NULL;
     rc = futex_wait_until(p, expected, deadline);
     return rc < 0 ? NULL : PyLong_FromLong(rc);
@@ -278,33 +380,36 @@ static PyObject *Mem_futex_wait(ARGS)
 static PyObject *Mem_futex_wake(ARGS)
 {
     uint32_t *p;
-    long n, rc;
+    long n;
+    int rc;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 2, 2, "futex_wake") || !(p = at(self, args[0], 4)))
         return NULL;
     n = PyLong_AsLong(args[1]);
     if (n == -1 && PyErr_Occurred())
         return NULL;
-    rc = futex(p, FUTEX_WAKE, n > INT_MAX ? INT_MAX : (uint32_t)n, NULL, 0);
+    if (n < 0) {
+        PyErr_SetString(PyExc_ValueError, "futex_wake: n must be >= 0");
+        return NULL;
+    }
+    rc = futex_wake_n(p, n > INT_MAX ? INT_MAX : (int)n);
     if (rc < 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return errno_error(errno);
     return PyLong_FromLong(rc);
 }
 
-/* Spin (GIL released) up to @spin_ns while *word == expected. 1 if it changed. */
-static int spin_while_equal(uint32_t *word, uint32_t expected, int64_t spin_ns)
+/* Spin (GIL released) while *word == expected, until @end. 1 if it changed. */
+static int spin_while_equal(uint32_t *word, uint32_t expected, int64_t end)
 {
     int changed = 0;
-    if (spin_ns <= 0)
-        return 0;
     Py_BEGIN_ALLOW_THREADS
-    int64_t end = mono_ns() + spin_ns;
     for (unsigned i = 1;; i++) {
-        if (__atomic_load_n(word, __ATOMIC_SEQ_CST) != expected) {
+        if (LOAD(word) != expected) {
             changed = 1;
             break;
         }
         cpu_relax();
-        if ((i & 63) == 0 && mono_ns() >= end)
+        if (i % SPIN_CLOCK_EVERY == 0 && mono_ns() >= end)
             break;
     }
     Py_END_ALLOW_THREADS
@@ -314,18 +419,19 @@ static int spin_while_equal(uint32_t *word, uint32_t expected, int64_t spin_ns)
 static PyObject *Mem_wait_change(ARGS)
 {
     uint32_t *p, expected;
-    int64_t deadline = -1, spin_ns = 0;
+    int64_t deadline = NO_DEADLINE, spin_ns = 0;
     int rc;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 2, 4, "wait_change") || !(p = at(self, args[0], 4)) ||
         !get_u32(args[1], &expected))
         return NULL;
-    if (nargs > 2 && (deadline = deadline_of(args[2])) == -2)
+    if (nargs > 2 && get_deadline(args[2], &deadline) < 0)
         return NULL;
     if (nargs > 3 && !get_i64(args[3], &spin_ns))
         return NULL;
-    if (__atomic_load_n(p, __ATOMIC_SEQ_CST) != expected)
+    if (LOAD(p) != expected)
         return PyLong_FromLong(0);
-    if (spin_while_equal(p, expected, spin_ns))
+    if (spin_ns > 0 && spin_while_equal(p, expected, spin_end(spin_ns, deadline)))
         return PyLong_FromLong(0);
     rc = futex_wait_until(p, expected, deadline);
     if (rc < 0)
@@ -333,35 +439,57 @@ static PyObject *Mem_wait_change(ARGS)
     return PyLong_FromLong(rc == 2 ? 2 : 0);
 }
 
-/* -- completions: done u32 @0, seq u32 @4 (futex word), sleepers u32 @8 --- */
+/* -- Mem: completions ---------------------------------------------------- */
 
-static int completion_try(uint32_t *done)
+/* try_wait_for_completion(): take one count, or pass if complete_all. */
+static int completion_try(struct completion *c)
 {
-    uint32_t v = __atomic_load_n(done, __ATOMIC_SEQ_CST);
+    uint32_t v = LOAD(&c->done);
     for (;;) {
-        if (v == UINT_ALL)
+        if (v == DONE_ALL)
             return 1;
         if (v == 0)
             return 0;
-        if (__atomic_compare_exchange_n(done, &v, v - 1, 0, __ATOMIC_SEQ_CST,
-                                        __ATOMIC_SEQ_CST))
+        if (CAS(&c->done, &v, v - 1))   /* on failure v is reloaded */
             return 1;
     }
 }
 
-static uint32_t *completion_at(MemObject *m, PyObject *arg)
+static struct completion *completion_at(MemObject *m, PyObject *arg)
 {
-    uint32_t *p = at(m, arg, 8);
-    if (p && (char *)(p + 4) > m->base + m->size) {
-        PyErr_SetString(PyExc_ValueError, "completion record out of bounds");
-        return NULL;
+    return at_len(m, arg, sizeof(struct completion), 8);
+}
+
+/*
+ * Optional generation check (arguments gen_off, gen at @first): the record is
+ * only touched if the u32 at gen_off still holds gen, so that a stale handle
+ * never acts on a recycled slot.  gen_off < 0 (the default) skips it.
+ * Return 1 go on, 0 stale, -1 exception set.
+ */
+static int gen_ok(MemObject *m, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t first)
+{
+    uint32_t *g, gen;
+    long long gen_off;
+    if (nargs <= first)
+        return 1;
+    gen_off = PyLong_AsLongLong(args[first]);
+    if (gen_off == -1 && PyErr_Occurred())
+        return -1;
+    if (gen_off < 0)
+        return 1;
+    if (nargs <= first + 1) {
+        PyErr_SetString(PyExc_TypeError, "gen_off needs gen");
+        return -1;
     }
-    return p;
+    if (!(g = at(m, args[first], 4)) || !get_u32(args[first + 1], &gen))
+        return -1;
+    return LOAD(g) == gen;
 }
 
 static PyObject *Mem_completion_try(ARGS)
 {
-    uint32_t *c;
+    struct completion *c;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 1, 1, "completion_try") || !(c = completion_at(self, args[0])))
         return NULL;
     return PyBool_FromLong(completion_try(c));
@@ -369,113 +497,111 @@ static PyObject *Mem_completion_try(ARGS)
 
 static PyObject *Mem_completion_done(ARGS)
 {
-    uint32_t *c;
+    struct completion *c;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 1, 1, "completion_done") || !(c = completion_at(self, args[0])))
         return NULL;
-    return PyBool_FromLong(__atomic_load_n(c, __ATOMIC_SEQ_CST) != 0);
+    return PyBool_FromLong(LOAD(&c->done) != 0);
 }
 
 /*
- * Optional generation check (args gen_off, gen): the record is only touched
- * if the u32 at gen_off still holds gen.  1 ok, 0 stale, -1 exception set.
+ * complete() / complete_all().  The order prevents a lost wake-up against
+ * completion_wait(): done is published first, then seq moves (a waiter about
+ * to FUTEX_WAIT on its older seq snapshot gets EAGAIN), then sleepers is read
+ * (a waiter that incremented it before our read is woken; one that
+ * increments it after re-tries done before sleeping, and sees ours).
  */
-static int gen_ok(MemObject *m, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t at_arg)
-{
-    uint32_t *g, gen;
-    long long gen_off;
-    if (nargs <= at_arg)
-        return 1;
-    gen_off = PyLong_AsLongLong(args[at_arg]);
-    if (gen_off == -1 && PyErr_Occurred())
-        return -1;
-    if (gen_off < 0)
-        return 1;
-    if (nargs <= at_arg + 1) {
-        PyErr_SetString(PyExc_TypeError, "gen_off needs gen");
-        return -1;
-    }
-    if (!(g = at(m, args[at_arg], 4)) || !get_u32(args[at_arg + 1], &gen))
-        return -1;
-    return __atomic_load_n(g, __ATOMIC_SEQ_CST) == gen;
-}
-
 static PyObject *Mem_completion_complete(ARGS)
 {
-    uint32_t *c;
+    struct completion *c;
     int all = 0, ok;
-    if (!nargs_ok(nargs, 1, 4, "completion_complete") || !(c = completion_at(self, args[0])))
+    NEED_BUFFER();
+    if (!nargs_ok(nargs, 1, 4, "completion_complete") ||
+        !(c = completion_at(self, args[0])))
         return NULL;
     if (nargs > 1 && (all = PyObject_IsTrue(args[1])) < 0)
         return NULL;
     if ((ok = gen_ok(self, args, nargs, 2)) <= 0)
         return ok < 0 ? NULL : PyLong_FromLong(-1);
     if (all) {
-        __atomic_store_n(&c[0], UINT_ALL, __ATOMIC_SEQ_CST);
+        STORE(&c->done, DONE_ALL);
     } else {
-        uint32_t v = __atomic_load_n(&c[0], __ATOMIC_SEQ_CST);
-        while (v < UINT_ALL - 1 &&
-               !__atomic_compare_exchange_n(&c[0], &v, v + 1, 0, __ATOMIC_SEQ_CST,
-                                            __ATOMIC_SEQ_CST))
+        /* Saturate below DONE_ALL: counting up must never mean complete_all. */
+        uint32_t v = LOAD(&c->done);
+        while (v < DONE_ALL - 1 && !CAS(&c->done, &v, v + 1))
             ;
     }
-    __atomic_fetch_add(&c[1], 1, __ATOMIC_SEQ_CST);
-    if (__atomic_load_n(&c[2], __ATOMIC_SEQ_CST) > 0)
-        futex(&c[1], FUTEX_WAKE, all ? INT_MAX : 1, NULL, 0);
+    __atomic_fetch_add(&c->seq, 1, __ATOMIC_SEQ_CST);
+    if (LOAD(&c->sleepers) > 0)
+        futex_wake_n(&c->seq, all ? INT_MAX : 1);
     return PyLong_FromLong(0);
 }
 
 /*
- * completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, gen_off=-1, gen=0) ->
- *   1 acquired, 0 timed out, 2 woken (or seq moved) without acquiring,
- *   -1 stale (generation mismatch; nothing touched).
- * A negative seq_snapshot means "read it now".
+ * Spin (GIL released) until @end: 1 acquired, 2 seq moved without acquiring,
+ * 0 nothing happened.
+ */
+static int completion_spin(struct completion *c, uint32_t snap, int64_t end)
+{
+    int rc = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (unsigned i = 1;; i++) {
+        if (LOAD(&c->done) != 0 && completion_try(c)) {
+            rc = 1;
+            break;
+        }
+        if (LOAD(&c->seq) != snap) {
+            rc = completion_try(c) ? 1 : 2;
+            break;
+        }
+        cpu_relax();
+        if (i % SPIN_CLOCK_EVERY == 0 && mono_ns() >= end)
+            break;
+    }
+    Py_END_ALLOW_THREADS
+    return rc;
+}
+
+/*
+ * completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, gen_off=-1, gen=0)
+ *   -> 1 acquired, 0 timed out, 2 woken (or seq moved) without acquiring,
+ *      -1 stale (generation mismatch; nothing touched).
+ *
+ * @seq_snapshot must have been read before the caller checked its own
+ * wake-up conditions: any complete() after that read moves seq, so the
+ * FUTEX_WAIT below returns at once instead of sleeping through it.  A
+ * negative snapshot means "read it now" (for callers with no condition of
+ * their own).
  */
 static PyObject *Mem_completion_wait(ARGS)
 {
-    uint32_t *c, snap;
-    int64_t deadline = -1, spin_ns = 0, snap_arg;
-    int rc, got = 0, moved = 0, ok;
-    if (!nargs_ok(nargs, 2, 6, "completion_wait") || !(c = completion_at(self, args[0])) ||
-        !get_i64(args[1], &snap_arg))
+    struct completion *c;
+    uint32_t snap;
+    int64_t deadline = NO_DEADLINE, spin_ns = 0, snap_arg;
+    int rc, ok;
+    NEED_BUFFER();
+    if (!nargs_ok(nargs, 2, 6, "completion_wait") ||
+        !(c = completion_at(self, args[0])) || !get_i64(args[1], &snap_arg))
         return NULL;
-    if (nargs > 2 && (deadline = deadline_of(args[2])) == -2)
+    if (nargs > 2 && get_deadline(args[2], &deadline) < 0)
         return NULL;
     if (nargs > 3 && !get_i64(args[3], &spin_ns))
         return NULL;
     if ((ok = gen_ok(self, args, nargs, 4)) <= 0)
         return ok < 0 ? NULL : PyLong_FromLong(-1);
-    snap = snap_arg < 0 ? __atomic_load_n(&c[1], __ATOMIC_SEQ_CST) : (uint32_t)snap_arg;
+    snap = snap_arg < 0 ? LOAD(&c->seq) : (uint32_t)snap_arg;
     if (completion_try(c))
         return PyLong_FromLong(1);
-    if (spin_ns > 0) {
-        Py_BEGIN_ALLOW_THREADS
-        int64_t end = mono_ns() + spin_ns;
-        for (unsigned i = 1;; i++) {
-            if (__atomic_load_n(&c[0], __ATOMIC_SEQ_CST) != 0 && completion_try(c)) {
-                got = 1;
-                break;
-            }
-            if (__atomic_load_n(&c[1], __ATOMIC_SEQ_CST) != snap) {
-                moved = 1;
-                break;
-            }
-            cpu_relax();
-            if ((i & 63) == 0 && mono_ns() >= end)
-                break;
-        }
-        Py_END_ALLOW_THREADS
-        if (got)
-            return PyLong_FromLong(1);
-        if (moved)
-            return PyLong_FromLong(completion_try(c) ? 1 : 2);
-    }
-    __atomic_fetch_add(&c[2], 1, __ATOMIC_SEQ_CST);
+    if (spin_ns > 0 && (rc = completion_spin(c, snap, spin_end(spin_ns, deadline))) != 0)
+        return PyLong_FromLong(rc);
+    /* Announce ourselves before the last try, so a complete() after it wakes us. */
+    __atomic_fetch_add(&c->sleepers, 1, __ATOMIC_SEQ_CST);
     if (completion_try(c)) {
-        __atomic_fetch_sub(&c[2], 1, __ATOMIC_SEQ_CST);
+        __atomic_fetch_sub(&c->sleepers, 1, __ATOMIC_SEQ_CST);
         return PyLong_FromLong(1);
     }
-    rc = futex_wait_until(&c[1], snap, deadline);
-    __atomic_fetch_sub(&c[2], 1, __ATOMIC_SEQ_CST);
+    rc = futex_wait_until(&c->seq, snap, deadline);
+    __atomic_fetch_sub(&c->sleepers, 1, __ATOMIC_SEQ_CST);   /* also on exceptions */
     if (rc < 0)
         return NULL;
     if (completion_try(c))
@@ -483,16 +609,11 @@ static PyObject *Mem_completion_wait(ARGS)
     return PyLong_FromLong(rc == 2 ? 0 : 2);
 }
 
-/* -- robust process-shared mutex ----------------------------------------- */
+/* -- Mem: robust process-shared mutex ------------------------------------ */
 
 static pthread_mutex_t *mutex_at(MemObject *m, PyObject *arg)
 {
-    char *p = at(m, arg, 8);
-    if (p && p + sizeof(pthread_mutex_t) > m->base + m->size) {
-        PyErr_SetString(PyExc_ValueError, "mutex out of bounds");
-        return NULL;
-    }
-    return (pthread_mutex_t *)p;
+    return at_len(m, arg, sizeof(pthread_mutex_t), 8);
 }
 
 static PyObject *Mem_mutex_init(ARGS)
@@ -500,39 +621,61 @@ static PyObject *Mem_mutex_init(ARGS)
     pthread_mutex_t *mx;
     pthread_mutexattr_t attr;
     int rc;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 1, 1, "mutex_init") || !(mx = mutex_at(self, args[0])))
         return NULL;
-    pthread_mutexattr_init(&attr);
-    pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
-    pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK);
-    rc = pthread_mutex_init(mx, &attr);
+    if ((rc = pthread_mutexattr_init(&attr)) != 0)
+        return errno_error(rc);
+    /* A holder that dies leaves EOWNERDEAD to the next locker, not a hang. */
+    if (!(rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED)) &&
+        !(rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST)) &&
+        !(rc = pthread_mutexattr_settype(&attr, PTHREAD_MUTEX_ERRORCHECK)))
+        rc = pthread_mutex_init(mx, &attr);
     pthread_mutexattr_destroy(&attr);
-    if (rc) {
-        errno = rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
+    if (rc)
+        return errno_error(rc);
     Py_RETURN_NONE;
 }
 
-/* mutex_lock(off, timeout_ns=-1) -> 0 locked, 1 locked (previous owner died), 2 timeout */
+/* 0 locked, 1 locked and made consistent after its owner died, -1 OSError set. */
+static int mutex_acquired(pthread_mutex_t *mx, int rc)
+{
+    if (rc == EOWNERDEAD) {
+        if ((rc = pthread_mutex_consistent(mx)) == 0)
+            return 1;
+        pthread_mutex_unlock(mx);
+    }
+    if (rc) {
+        errno_error(rc);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * mutex_lock(off, timeout_ns=-1) -> 0 locked, 1 locked (previous owner died,
+ * state made consistent: the caller repairs what it protects), 2 timed out.
+ * pthread_mutex_clocklock is not interrupted by signals, so it sleeps in
+ * slices of MUTEX_SLICE_NS with the GIL re-taken between them to run Python
+ * signal handlers (Ctrl-C).
+ */
 static PyObject *Mem_mutex_lock(ARGS)
 {
     pthread_mutex_t *mx;
-    int64_t deadline = -1;
+    int64_t deadline = NO_DEADLINE;
     int rc;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 1, 2, "mutex_lock") || !(mx = mutex_at(self, args[0])))
         return NULL;
-    if (nargs > 1 && (deadline = deadline_of(args[1])) == -2)
+    if (nargs > 1 && get_deadline(args[1], &deadline) < 0)
         return NULL;
     rc = pthread_mutex_trylock(mx);
     while (rc == EBUSY) {
-        /* Slices of at most 50 ms, so that Python signal handlers run. */
-        int64_t now = mono_ns(), until = now + 50000000LL;
+        int64_t now = mono_ns(), until = now + MUTEX_SLICE_NS;
         struct timespec ts;
-        if (deadline >= 0 && now >= deadline)
+        if (deadline != NO_DEADLINE && now >= deadline)
             return PyLong_FromLong(2);
-        if (deadline >= 0 && deadline < until)
+        if (deadline != NO_DEADLINE && deadline < until)
             until = deadline;
         ns_to_ts(until, &ts);
         Py_BEGIN_ALLOW_THREADS
@@ -544,59 +687,59 @@ static PyObject *Mem_mutex_lock(ARGS)
             rc = EBUSY;
         }
     }
-    if (rc == EOWNERDEAD) {
-        pthread_mutex_consistent(mx);
-        return PyLong_FromLong(1);
-    }
-    if (rc) {
-        errno = rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    return PyLong_FromLong(0);
+    rc = mutex_acquired(mx, rc);
+    return rc < 0 ? NULL : PyLong_FromLong(rc);
 }
 
 static PyObject *Mem_mutex_unlock(ARGS)
 {
     pthread_mutex_t *mx;
     int rc;
+    NEED_BUFFER();
     if (!nargs_ok(nargs, 1, 1, "mutex_unlock") || !(mx = mutex_at(self, args[0])))
         return NULL;
-    rc = pthread_mutex_unlock(mx);
-    if (rc) {
-        errno = rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
+    if ((rc = pthread_mutex_unlock(mx)) != 0)
+        return errno_error(rc);       /* EPERM: not the owner */
     Py_RETURN_NONE;
 }
 
+/* -- Mem: type ----------------------------------------------------------- */
+
 #define M(NAME, DOC) {#NAME, (PyCFunction)(void (*)(void))Mem_##NAME, METH_FASTCALL, DOC}
 static PyMethodDef Mem_methods[] = {
-    M(load32, "load32(off) -> u32"),
-    M(store32, "store32(off, v)"),
+    M(load32, "load32(off) -> int: the u32 at off"),
+    M(store32, "store32(off, v): store v mod 2**32"),
     M(xchg32, "xchg32(off, v) -> old"),
     M(cmpxchg32, "cmpxchg32(off, expected, new) -> old (success iff old == expected)"),
-    M(fetch_add32, "fetch_add32(off, delta) -> old (wraps mod 2**32)"),
+    M(fetch_add32, "fetch_add32(off, delta) -> old (delta may be negative; wraps mod 2**32)"),
     M(fetch_or32, "fetch_or32(off, mask) -> old"),
     M(fetch_and32, "fetch_and32(off, mask) -> old"),
-    M(load64, "load64(off) -> s64"),
+    M(load64, "load64(off) -> int: the s64 at off"),
     M(store64, "store64(off, v)"),
     M(xchg64, "xchg64(off, v) -> old"),
-    M(cmpxchg64, "cmpxchg64(off, expected, new) -> old"),
-    M(fetch_add64, "fetch_add64(off, delta) -> old"),
-    M(futex_wait, "futex_wait(off, expected, timeout_ns=-1) -> 0 woken, 1 differed, 2 timeout"),
-    M(futex_wake, "futex_wake(off, n) -> number woken"),
-    M(wait_change, "wait_change(off, expected, timeout_ns=-1, spin_ns=0) -> 0 changed/woken, 2 timeout"),
-    M(completion_try, "completion_try(off) -> bool"),
-    M(completion_done, "completion_done(off) -> bool"),
-    M(completion_complete, "completion_complete(off, all=False, gen_off=-1, gen=0) -> 0, -1 if stale"),
-    M(completion_wait, "completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, gen_off=-1, gen=0) -> 1 acquired, 0 timeout, 2 woken, -1 stale"),
-    M(mutex_init, "mutex_init(off): robust, process-shared, error-checking"),
-    M(mutex_lock, "mutex_lock(off, timeout_ns=-1) -> 0 locked, 1 owner died (recovered), 2 timeout"),
-    M(mutex_unlock, "mutex_unlock(off)"),
+    M(cmpxchg64, "cmpxchg64(off, expected, new) -> old (success iff old == expected)"),
+    M(fetch_add64, "fetch_add64(off, delta) -> old (wraps)"),
+    M(futex_wait, "futex_wait(off, expected, timeout_ns=-1) -> 0 woken (or spurious), "
+                  "1 the word did not hold expected, 2 timed out"),
+    M(futex_wake, "futex_wake(off, n) -> number woken (n = INT_MAX: all)"),
+    M(wait_change, "wait_change(off, expected, timeout_ns=-1, spin_ns=0) -> 0 the word "
+                   "differs from expected or a wake-up came, 2 timed out"),
+    M(completion_try, "completion_try(off) -> bool: try_wait_for_completion"),
+    M(completion_done, "completion_done(off) -> bool: done != 0"),
+    M(completion_complete, "completion_complete(off, all=False, gen_off=-1, gen=0) -> 0; "
+                           "-1 (nothing done) if the u32 at gen_off is not gen"),
+    M(completion_wait, "completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, "
+                       "gen_off=-1, gen=0) -> 1 acquired, 0 timed out, 2 woken or seq "
+                       "moved without acquiring, -1 stale generation; seq_snapshot < 0: "
+                       "read it now"),
+    M(mutex_init, "mutex_init(off): a robust, process-shared, error-checking mutex"),
+    M(mutex_lock, "mutex_lock(off, timeout_ns=-1) -> 0 locked, 1 locked and the "
+                  "previous owner died (made consistent), 2 timed out"),
+    M(mutex_unlock, "mutex_unlock(off); OSError (EPERM) if not the owner"),
     {NULL, NULL, 0, NULL},
 };
 
-static PyObject *Mem_get_size(MemObject *self, void *closure)
+static PyObject *Mem_get_size(MemObject *self, void *Py_UNUSED(closure))
 {
     return PyLong_FromSsize_t(self->size);
 }
@@ -611,8 +754,8 @@ static PyTypeObject MemType = {
     .tp_name = "kproc._native.Mem",
     .tp_basicsize = sizeof(MemObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Mem(buffer): atomics, futexes and robust mutexes at byte offsets of a "
-              "writable buffer (kept exported for the object's lifetime).",
+    .tp_doc = "Mem(buffer): atomics, futexes, completions and robust mutexes at byte "
+              "offsets of a writable buffer, kept exported for the object's lifetime.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Mem_init,
     .tp_dealloc = (destructor)Mem_dealloc,
@@ -620,47 +763,71 @@ static PyTypeObject MemType = {
     .tp_getset = Mem_getset,
 };
 
-static PyObject *mod_monotonic_ns(PyObject *mod, PyObject *unused)
+/* -- module -------------------------------------------------------------- */
+
+static PyObject *mod_monotonic_ns(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(arg))
 {
     return PyLong_FromLongLong(mono_ns());
 }
 
-/* set_pdeathsig(sig): PR_SET_PDEATHSIG. */
-static PyObject *mod_set_pdeathsig(PyObject *mod, PyObject *arg)
+static PyObject *mod_set_pdeathsig(PyObject *Py_UNUSED(mod), PyObject *arg)
 {
     long sig = PyLong_AsLong(arg);
     if (sig == -1 && PyErr_Occurred())
         return NULL;
     if (prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return errno_error(errno);
     Py_RETURN_NONE;
 }
 
-/* set_comm(bytes): PR_SET_NAME (the kernel keeps the first 15 bytes). */
-static PyObject *mod_set_comm(PyObject *mod, PyObject *arg)
+static PyObject *mod_set_comm(PyObject *Py_UNUSED(mod), PyObject *arg)
 {
-    char name[16] = {0};
+    char name[16] = {0};                /* TASK_COMM_LEN, NUL included */
     char *raw;
     Py_ssize_t len;
     if (PyBytes_AsStringAndSize(arg, &raw, &len) < 0)
         return NULL;
-    memcpy(name, raw, len > 15 ? 15 : len);
+    memcpy(name, raw, len > 15 ? 15 : (size_t)len);
     if (prctl(PR_SET_NAME, (unsigned long)name, 0, 0, 0) != 0)
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return errno_error(errno);
     Py_RETURN_NONE;
 }
 
 static PyMethodDef module_methods[] = {
-    {"monotonic_ns", mod_monotonic_ns, METH_NOARGS, "CLOCK_MONOTONIC in ns"},
-    {"set_pdeathsig", mod_set_pdeathsig, METH_O, "prctl(PR_SET_PDEATHSIG, sig)"},
-    {"set_comm", mod_set_comm, METH_O, "prctl(PR_SET_NAME, name[:15])"},
+    {"monotonic_ns", mod_monotonic_ns, METH_NOARGS,
+     "monotonic_ns() -> int: CLOCK_MONOTONIC in ns (the clock of every deadline here)"},
+    {"set_pdeathsig", mod_set_pdeathsig, METH_O, "set_pdeathsig(sig): prctl(PR_SET_PDEATHSIG)"},
+    {"set_comm", mod_set_comm, METH_O, "set_comm(name: bytes): prctl(PR_SET_NAME), 15 bytes"},
     {NULL, NULL, 0, NULL},
 };
 
+PyDoc_STRVAR(module_doc,
+"Atomics, futexes, completions and a robust mutex over shared memory.\n"
+"\n"
+"Mem(buffer) wraps a writable buffer (an mmap shared by every process of a\n"
+"runtime) and offers, at byte offsets checked for bounds and alignment\n"
+"(ValueError):\n"
+"\n"
+"- 32-bit unsigned and 64-bit signed sequentially consistent atomics;\n"
+"- shared futexes: futex_wait (absolute CLOCK_MONOTONIC deadline),\n"
+"  futex_wake, and wait_change (spin, then futex_wait);\n"
+"- completions (16-byte records: done, seq, sleepers, reserved) with the\n"
+"  kernel's counting semantics, free of lost wake-ups when the caller passes\n"
+"  a seq snapshot read before it checked its own conditions;\n"
+"- robust process-shared pthread mutexes (MUTEX_SIZE bytes, 8-aligned).\n"
+"\n"
+"Timeouts are relative ns (negative: none) and are return values, not\n"
+"exceptions.  Blocking calls release the GIL and let signal handlers raise\n"
+"(KeyboardInterrupt).  Only syscalls and atomics live here: the policy (what a\n"
+"wake-up means, how long to spin, what an errno means) lives in Python.\n"
+"HAVE_FUTEX is True so that callers can feature-detect this module.");
+
 static struct PyModuleDef moduledef = {
-    PyModuleDef_HEAD_INIT, "kproc._native",
-    "Futexes, atomics and a robust mutex over shared memory (policy lives in Python).",
-    -1, module_methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "kproc._native",
+    .m_doc = module_doc,
+    .m_size = -1,
+    .m_methods = module_methods,
 };
 
 PyMODINIT_FUNC PyInit__native(void)
@@ -672,11 +839,19 @@ PyMODINIT_FUNC PyInit__native(void)
     if (!m)
         return NULL;
     Py_INCREF(&MemType);
-    if (PyModule_AddObject(m, "Mem", (PyObject *)&MemType) < 0 ||
-        PyModule_AddIntConstant(m, "MUTEX_SIZE", (sizeof(pthread_mutex_t) + 7) & ~7) < 0 ||
-        PyModule_AddIntConstant(m, "HAVE_FUTEX", 1) < 0) {
-        Py_DECREF(m);
-        return NULL;
+    if (PyModule_AddObject(m, "Mem", (PyObject *)&MemType) < 0) {
+        Py_DECREF(&MemType);
+        goto fail;
+    }
+    if (PyModule_AddIntConstant(m, "MUTEX_SIZE", (sizeof(pthread_mutex_t) + 7) & ~(size_t)7) < 0)
+        goto fail;
+    Py_INCREF(Py_True);
+    if (PyModule_AddObject(m, "HAVE_FUTEX", Py_True) < 0) {
+        Py_DECREF(Py_True);
+        goto fail;
     }
     return m;
+fail:
+    Py_DECREF(m);
+    return NULL;
 }
