@@ -113,6 +113,51 @@ static int nargs_ok(Py_ssize_t nargs, Py_ssize_t lo, Py_ssize_t hi, const char *
     return 0;
 }
 
+/*
+ * For the methods with optional parameters (which may be named): spread the
+ * positional and keyword arguments over @out[0..hi) in parameter order, NULL
+ * where one was not given (its default applies).  The first @lo are required.
+ * Return 1, or 0 with TypeError set.
+ */
+static int parse_args(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames,
+                      const char *fname, const char *const names[], Py_ssize_t lo,
+                      Py_ssize_t hi, PyObject **out)
+{
+    Py_ssize_t i, k, nkw = kwnames ? PyTuple_GET_SIZE(kwnames) : 0;
+    if (nargs > hi) {
+        PyErr_Format(PyExc_TypeError, "%s() takes at most %zd arguments (%zd given)",
+                     fname, hi, nargs);
+        return 0;
+    }
+    for (i = 0; i < hi; i++)
+        out[i] = i < nargs ? args[i] : NULL;
+    for (k = 0; k < nkw; k++) {
+        PyObject *key = PyTuple_GET_ITEM(kwnames, k);
+        for (i = 0; i < hi; i++)
+            if (PyUnicode_CompareWithASCIIString(key, names[i]) == 0)
+                break;
+        if (i == hi) {
+            PyErr_Format(PyExc_TypeError, "%s() got an unexpected keyword argument '%U'",
+                         fname, key);
+            return 0;
+        }
+        if (out[i]) {
+            PyErr_Format(PyExc_TypeError, "%s() got multiple values for argument '%s'",
+                         fname, names[i]);
+            return 0;
+        }
+        out[i] = args[nargs + k];
+    }
+    for (i = 0; i < lo; i++) {
+        if (!out[i]) {
+            PyErr_Format(PyExc_TypeError, "%s() missing required argument '%s'",
+                         fname, names[i]);
+            return 0;
+        }
+    }
+    return 1;
+}
+
 /* Address of @len bytes at offset @arg, @align-aligned, or NULL (ValueError set). */
 static void *at_len(MemObject *m, PyObject *arg, Py_ssize_t len, int align)
 {
@@ -157,11 +202,16 @@ static int get_i64(PyObject *o, int64_t *out)
 
 /*
  * Absolute CLOCK_MONOTONIC deadline for a relative @timeout_obj in ns:
- * negative means none (NO_DEADLINE).  Return 0, or -1 with an exception set.
+ * negative, None or not given (NULL) means none (NO_DEADLINE).
+ * Return 0, or -1 with an exception set.
  */
 static int get_deadline(PyObject *timeout_obj, int64_t *deadline)
 {
     int64_t t, now;
+    if (!timeout_obj || timeout_obj == Py_None) {
+        *deadline = NO_DEADLINE;
+        return 0;
+    }
     if (!get_i64(timeout_obj, &t))
         return -1;
     if (t < 0) {
@@ -207,6 +257,7 @@ static void Mem_dealloc(MemObject *self)
 }
 
 #define ARGS MemObject *self, PyObject *const *args, Py_ssize_t nargs
+#define KWARGS ARGS, PyObject *kwnames
 
 /* Every method but __init__ needs the buffer. */
 #define NEED_BUFFER()                                                         \
@@ -362,16 +413,17 @@ static int futex_wait_until(uint32_t *word, uint32_t expected, int64_t deadline)
     }
 }
 
-static PyObject *Mem_futex_wait(ARGS)
+static PyObject *Mem_futex_wait(KWARGS)
 {
+    static const char *const names[] = {"off", "expected", "timeout_ns"};
+    PyObject *a[3];
     uint32_t *p, expected;
-    int64_t deadline = NO_DEADLINE;
+    int64_t deadline;
     int rc;
     NEED_BUFFER();
-    if (!nargs_ok(nargs, 2, 3, "futex_wait") || !(p = at(self, args[0], 4)) ||
-        !get_u32(args[1], &expected))
-        return NULL;
-    if (nargs > 2 && get_deadline(args[2], &deadline) < 0)
+    if (!parse_args(args, nargs, kwnames, "futex_wait", names, 2, 3, a) ||
+        !(p = at(self, a[0], 4)) || !get_u32(a[1], &expected) ||
+        get_deadline(a[2], &deadline) < 0)
         return NULL;
     rc = futex_wait_until(p, expected, deadline);
     return rc < 0 ? NULL : PyLong_FromLong(rc);
@@ -416,18 +468,17 @@ static int spin_while_equal(uint32_t *word, uint32_t expected, int64_t end)
     return changed;
 }
 
-static PyObject *Mem_wait_change(ARGS)
+static PyObject *Mem_wait_change(KWARGS)
 {
+    static const char *const names[] = {"off", "expected", "timeout_ns", "spin_ns"};
+    PyObject *a[4];
     uint32_t *p, expected;
-    int64_t deadline = NO_DEADLINE, spin_ns = 0;
+    int64_t deadline, spin_ns = 0;
     int rc;
     NEED_BUFFER();
-    if (!nargs_ok(nargs, 2, 4, "wait_change") || !(p = at(self, args[0], 4)) ||
-        !get_u32(args[1], &expected))
-        return NULL;
-    if (nargs > 2 && get_deadline(args[2], &deadline) < 0)
-        return NULL;
-    if (nargs > 3 && !get_i64(args[3], &spin_ns))
+    if (!parse_args(args, nargs, kwnames, "wait_change", names, 2, 4, a) ||
+        !(p = at(self, a[0], 4)) || !get_u32(a[1], &expected) ||
+        get_deadline(a[2], &deadline) < 0 || (a[3] && !get_i64(a[3], &spin_ns)))
         return NULL;
     if (LOAD(p) != expected)
         return PyLong_FromLong(0);
@@ -461,27 +512,27 @@ static struct completion *completion_at(MemObject *m, PyObject *arg)
 }
 
 /*
- * Optional generation check (arguments gen_off, gen at @first): the record is
- * only touched if the u32 at gen_off still holds gen, so that a stale handle
- * never acts on a recycled slot.  gen_off < 0 (the default) skips it.
- * Return 1 go on, 0 stale, -1 exception set.
+ * Optional generation check (arguments gen_off, gen; NULL: not given): the
+ * record is only touched if the u32 at gen_off still holds gen, so that a
+ * stale handle never acts on a recycled slot.  gen_off < 0 (the default)
+ * skips it.  Return 1 go on, 0 stale, -1 exception set.
  */
-static int gen_ok(MemObject *m, PyObject *const *args, Py_ssize_t nargs, Py_ssize_t first)
+static int gen_ok(MemObject *m, PyObject *gen_off_obj, PyObject *gen_obj)
 {
     uint32_t *g, gen;
     long long gen_off;
-    if (nargs <= first)
+    if (!gen_off_obj)
         return 1;
-    gen_off = PyLong_AsLongLong(args[first]);
+    gen_off = PyLong_AsLongLong(gen_off_obj);
     if (gen_off == -1 && PyErr_Occurred())
         return -1;
     if (gen_off < 0)
         return 1;
-    if (nargs <= first + 1) {
+    if (!gen_obj) {
         PyErr_SetString(PyExc_TypeError, "gen_off needs gen");
         return -1;
     }
-    if (!(g = at(m, args[first], 4)) || !get_u32(args[first + 1], &gen))
+    if (!(g = at(m, gen_off_obj, 4)) || !get_u32(gen_obj, &gen))
         return -1;
     return LOAD(g) == gen;
 }
@@ -511,17 +562,17 @@ static PyObject *Mem_completion_done(ARGS)
  * (a waiter that incremented it before our read is woken; one that
  * increments it after re-tries done before sleeping, and sees ours).
  */
-static PyObject *Mem_completion_complete(ARGS)
+static PyObject *Mem_completion_complete(KWARGS)
 {
+    static const char *const names[] = {"off", "all", "gen_off", "gen"};
+    PyObject *a[4];
     struct completion *c;
     int all = 0, ok;
     NEED_BUFFER();
-    if (!nargs_ok(nargs, 1, 4, "completion_complete") ||
-        !(c = completion_at(self, args[0])))
+    if (!parse_args(args, nargs, kwnames, "completion_complete", names, 1, 4, a) ||
+        !(c = completion_at(self, a[0])) || (a[1] && (all = PyObject_IsTrue(a[1])) < 0))
         return NULL;
-    if (nargs > 1 && (all = PyObject_IsTrue(args[1])) < 0)
-        return NULL;
-    if ((ok = gen_ok(self, args, nargs, 2)) <= 0)
+    if ((ok = gen_ok(self, a[2], a[3])) <= 0)
         return ok < 0 ? NULL : PyLong_FromLong(-1);
     if (all) {
         STORE(&c->done, DONE_ALL);
@@ -573,21 +624,21 @@ static int completion_spin(struct completion *c, uint32_t snap, int64_t end)
  * negative snapshot means "read it now" (for callers with no condition of
  * their own).
  */
-static PyObject *Mem_completion_wait(ARGS)
+static PyObject *Mem_completion_wait(KWARGS)
 {
+    static const char *const names[] = {"off", "seq_snapshot", "timeout_ns", "spin_ns",
+                                        "gen_off", "gen"};
+    PyObject *a[6];
     struct completion *c;
     uint32_t snap;
-    int64_t deadline = NO_DEADLINE, spin_ns = 0, snap_arg;
+    int64_t deadline, spin_ns = 0, snap_arg;
     int rc, ok;
     NEED_BUFFER();
-    if (!nargs_ok(nargs, 2, 6, "completion_wait") ||
-        !(c = completion_at(self, args[0])) || !get_i64(args[1], &snap_arg))
+    if (!parse_args(args, nargs, kwnames, "completion_wait", names, 2, 6, a) ||
+        !(c = completion_at(self, a[0])) || !get_i64(a[1], &snap_arg) ||
+        get_deadline(a[2], &deadline) < 0 || (a[3] && !get_i64(a[3], &spin_ns)))
         return NULL;
-    if (nargs > 2 && get_deadline(args[2], &deadline) < 0)
-        return NULL;
-    if (nargs > 3 && !get_i64(args[3], &spin_ns))
-        return NULL;
-    if ((ok = gen_ok(self, args, nargs, 4)) <= 0)
+    if ((ok = gen_ok(self, a[4], a[5])) <= 0)
         return ok < 0 ? NULL : PyLong_FromLong(-1);
     snap = snap_arg < 0 ? LOAD(&c->seq) : (uint32_t)snap_arg;
     if (completion_try(c))
@@ -659,15 +710,16 @@ static int mutex_acquired(pthread_mutex_t *mx, int rc)
  * slices of MUTEX_SLICE_NS with the GIL re-taken between them to run Python
  * signal handlers (Ctrl-C).
  */
-static PyObject *Mem_mutex_lock(ARGS)
+static PyObject *Mem_mutex_lock(KWARGS)
 {
+    static const char *const names[] = {"off", "timeout_ns"};
+    PyObject *a[2];
     pthread_mutex_t *mx;
-    int64_t deadline = NO_DEADLINE;
+    int64_t deadline;
     int rc;
     NEED_BUFFER();
-    if (!nargs_ok(nargs, 1, 2, "mutex_lock") || !(mx = mutex_at(self, args[0])))
-        return NULL;
-    if (nargs > 1 && get_deadline(args[1], &deadline) < 0)
+    if (!parse_args(args, nargs, kwnames, "mutex_lock", names, 1, 2, a) ||
+        !(mx = mutex_at(self, a[0])) || get_deadline(a[1], &deadline) < 0)
         return NULL;
     rc = pthread_mutex_trylock(mx);
     while (rc == EBUSY) {
@@ -705,7 +757,10 @@ static PyObject *Mem_mutex_unlock(ARGS)
 
 /* -- Mem: type ----------------------------------------------------------- */
 
+/* Positional-only methods (the hot atomics), and those taking keywords too. */
 #define M(NAME, DOC) {#NAME, (PyCFunction)(void (*)(void))Mem_##NAME, METH_FASTCALL, DOC}
+#define MK(NAME, DOC) {#NAME, (PyCFunction)(void (*)(void))Mem_##NAME, \
+                       METH_FASTCALL | METH_KEYWORDS, DOC}
 static PyMethodDef Mem_methods[] = {
     M(load32, "load32(off) -> int: the u32 at off"),
     M(store32, "store32(off, v): store v mod 2**32"),
@@ -719,21 +774,21 @@ static PyMethodDef Mem_methods[] = {
     M(xchg64, "xchg64(off, v) -> old"),
     M(cmpxchg64, "cmpxchg64(off, expected, new) -> old (success iff old == expected)"),
     M(fetch_add64, "fetch_add64(off, delta) -> old (wraps)"),
-    M(futex_wait, "futex_wait(off, expected, timeout_ns=-1) -> 0 woken (or spurious), "
+    MK(futex_wait, "futex_wait(off, expected, timeout_ns=-1) -> 0 woken (or spurious), "
                   "1 the word did not hold expected, 2 timed out"),
     M(futex_wake, "futex_wake(off, n) -> number woken (n = INT_MAX: all)"),
-    M(wait_change, "wait_change(off, expected, timeout_ns=-1, spin_ns=0) -> 0 the word "
+    MK(wait_change, "wait_change(off, expected, timeout_ns=-1, spin_ns=0) -> 0 the word "
                    "differs from expected or a wake-up came, 2 timed out"),
     M(completion_try, "completion_try(off) -> bool: try_wait_for_completion"),
     M(completion_done, "completion_done(off) -> bool: done != 0"),
-    M(completion_complete, "completion_complete(off, all=False, gen_off=-1, gen=0) -> 0; "
+    MK(completion_complete, "completion_complete(off, all=False, gen_off=-1, gen=0) -> 0; "
                            "-1 (nothing done) if the u32 at gen_off is not gen"),
-    M(completion_wait, "completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, "
+    MK(completion_wait, "completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, "
                        "gen_off=-1, gen=0) -> 1 acquired, 0 timed out, 2 woken or seq "
                        "moved without acquiring, -1 stale generation; seq_snapshot < 0: "
                        "read it now"),
     M(mutex_init, "mutex_init(off): a robust, process-shared, error-checking mutex"),
-    M(mutex_lock, "mutex_lock(off, timeout_ns=-1) -> 0 locked, 1 locked and the "
+    MK(mutex_lock, "mutex_lock(off, timeout_ns=-1) -> 0 locked, 1 locked and the "
                   "previous owner died (made consistent), 2 timed out"),
     M(mutex_unlock, "mutex_unlock(off); OSError (EPERM) if not the owner"),
     {NULL, NULL, 0, NULL},

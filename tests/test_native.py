@@ -1,162 +1,581 @@
-"""kproc._native: atomics, futexes, completions, robust mutex (STYLE: C wraps syscalls)."""
+"""kproc._native: the contract of every Mem method, on real processes where it matters.
 
+The memory is an anonymous ``MAP_SHARED`` mmap, shared with children forked
+by the test, so futexes here are the shared (not private) kind, as in the
+arena.  Children always leave through ``os._exit`` and are reaped by the
+parent, killed first if they outlive their timeout.  Waits on another
+process go through observable state (a counter, ``sleepers``, the value a
+futex_wake returns), never through sleeps.
+"""
+
+import contextlib
+import errno
 import mmap
 import os
 import signal
+import sys
 import time
+import traceback
 
 import pytest
 
-native = pytest.importorskip("kproc._native")
+from conftest import wait_until
+from kproc._layout import COMPLETION
+
+native = pytest.importorskip("kproc._native", reason="the C extension is not built")
 pytestmark = pytest.mark.timeout(30)
+
+INT_MAX = 2**31 - 1
+U32_MAX = 2**32 - 1
+DONE_ALL = U32_MAX
+SEC = 1_000_000_000
+MS = 1_000_000
+
+# Byte offsets in the test page.
+WORD = 0            # a futex word
+FLAG = 4            # a hand-shake word between parent and child
+COUNT32 = 8
+COUNT64 = 16
+COMP = 64           # a completion record
+COMP2 = 96          # another one
+GEN = 128           # a generation word for the gen_off checks
+MUTEX = 256
 
 
 @pytest.fixture
 def mem():
-    buf = mmap.mmap(-1, 4096)          # MAP_SHARED | MAP_ANONYMOUS: shared across fork
-    yield native.Mem(buf)      # the mapping goes when the last Mem export does
+    # MAP_SHARED | MAP_ANONYMOUS: shared with forked children.  The mapping
+    # lives as long as the Mem exporting it.
+    return native.Mem(mmap.mmap(-1, 4096))
 
 
-def _child(fn):
-    """Run fn() in a forked child; return its exit status."""
-    pid = os.fork()
-    if pid == 0:
-        try:
-            fn()
-        finally:
-            os._exit(0)
-    return pid
+class Child:
+    """``fn()`` in a forked child.  Its exit status is fn's return value (an
+    int, None meaning 0), or 99 if it raised (the traceback goes to stderr)."""
+
+    def __init__(self, fn):
+        self.status = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            code = 99
+            try:
+                code = fn() or 0
+            except BaseException:
+                traceback.print_exc()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+
+    def _reaped(self):
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid:
+            self.status = os.waitstatus_to_exitcode(status)
+        return pid
+
+    def join(self, timeout=10.0):
+        """Reap the child and return its exit status; SIGKILL it after ``timeout``."""
+        if self.status is None:
+            try:
+                wait_until(self._reaped, timeout, interval=0.001,
+                           message=f"child {self.pid} still running after {timeout}s")
+            except AssertionError:
+                os.kill(self.pid, signal.SIGKILL)
+                os.waitpid(self.pid, 0)
+                self.status = -signal.SIGKILL
+                raise
+        return self.status
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if self.status is None:
+            if exc_type is None:
+                self.join()
+            else:                       # the test failed: do not wait for the child
+                with contextlib.suppress(AssertionError):
+                    self.join(0)
 
 
-def _reap(pid, timeout=5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return status
-        time.sleep(0.001)
-    os.kill(pid, signal.SIGKILL)
-    os.waitpid(pid, 0)
-    raise AssertionError("child did not finish")
+def wake_until_woken(mem, off, n=1, timeout=5.0):
+    """futex_wake(off, n) until it reports a sleeper woken (the peer is asleep)."""
+    return wait_until(lambda: mem.futex_wake(off, n), timeout,
+                      message="nobody ever slept on the futex")
 
 
-def test_atomics_32(mem):
-    mem.store32(8, 5)
-    assert mem.load32(8) == 5
-    assert mem.fetch_add32(8, -6) == 5 and mem.load32(8) == 0xFFFFFFFF   # wraps
-    assert mem.xchg32(8, 3) == 0xFFFFFFFF
-    assert mem.cmpxchg32(8, 4, 9) == 3 and mem.load32(8) == 3            # failed CAS
-    assert mem.cmpxchg32(8, 3, 9) == 3 and mem.load32(8) == 9
-    assert mem.fetch_or32(8, 6) == 9 and mem.load32(8) == 15
-    assert mem.fetch_and32(8, 4) == 15 and mem.load32(8) == 4
+@contextlib.contextmanager
+def sigalrm(handler, delay, interval=0.0):
+    """Run ``handler`` on SIGALRM after ``delay`` s (then every ``interval`` s).
+
+    pytest-timeout also uses SIGALRM: its handler and the time left on its
+    timer are put back on the way out.
+    """
+    old_handler = signal.signal(signal.SIGALRM, handler)
+    old_left, _ = signal.getitimer(signal.ITIMER_REAL)
+    start = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, delay, interval)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+        if old_left:
+            signal.setitimer(signal.ITIMER_REAL,
+                             max(old_left - (time.monotonic() - start), 0.001))
 
 
-def test_atomics_64(mem):
-    mem.store64(16, -5)
-    assert mem.load64(16) == -5
-    assert mem.fetch_add64(16, 10) == -5 and mem.load64(16) == 5
-    assert mem.cmpxchg64(16, 5, 1 << 40) == 5 and mem.load64(16) == 1 << 40
-    assert mem.xchg64(16, 0) == 1 << 40
+def raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
-@pytest.mark.parametrize("call", [lambda m: m.load32(2), lambda m: m.load32(4096),
-                                  lambda m: m.load64(4), lambda m: m.store32(-4, 0),
-                                  lambda m: m.completion_try(4)])
-def test_bounds_and_alignment(mem, call):
+# -- the module and the Mem object -------------------------------------------
+
+def test_module_constants_and_clock():
+    assert native.HAVE_FUTEX is True
+    assert native.MUTEX_SIZE % 8 == 0 and native.MUTEX_SIZE >= 24
+    assert abs(native.monotonic_ns() - time.monotonic_ns()) < 50 * MS
+    assert "policy" in native.__doc__
+
+
+def test_mem_keeps_its_buffer_exported():
+    buf = mmap.mmap(-1, 4096)
+    m = native.Mem(buf)
+    assert m.size == 4096
+    with pytest.raises(BufferError):
+        buf.close()
+    del m
+    buf.close()
+
+
+def test_mem_needs_a_writable_buffer():
+    with pytest.raises(BufferError):
+        native.Mem(b"read-only")
+
+
+def test_completion_record_layout_matches_python():
+    assert (COMPLETION.size, COMPLETION.done, COMPLETION.seq, COMPLETION.sleepers) == \
+        (16, 0, 4, 8)
+
+
+# -- atomics ------------------------------------------------------------------
+
+def test_atomics_32_return_the_old_value_and_wrap(mem):
+    mem.store32(COUNT32, 5)
+    assert mem.load32(COUNT32) == 5
+    assert mem.fetch_add32(COUNT32, -6) == 5 and mem.load32(COUNT32) == U32_MAX
+    assert mem.fetch_add32(COUNT32, 1) == U32_MAX and mem.load32(COUNT32) == 0
+    assert mem.xchg32(COUNT32, 3) == 0 and mem.load32(COUNT32) == 3
+    assert mem.fetch_or32(COUNT32, 0x80000004) == 3 and mem.load32(COUNT32) == 0x80000007
+    assert mem.fetch_and32(COUNT32, 6) == 0x80000007 and mem.load32(COUNT32) == 6
+    mem.store32(COUNT32, -1)
+    assert mem.load32(COUNT32) == U32_MAX
+
+
+def test_cmpxchg32_succeeds_iff_old_equals_expected(mem):
+    mem.store32(COUNT32, 3)
+    assert mem.cmpxchg32(COUNT32, 4, 9) == 3 and mem.load32(COUNT32) == 3
+    assert mem.cmpxchg32(COUNT32, 3, 9) == 3 and mem.load32(COUNT32) == 9
+    assert mem.cmpxchg32(COUNT32, 9, U32_MAX) == 9 and mem.load32(COUNT32) == U32_MAX
+
+
+def test_atomics_64_are_signed_and_wrap(mem):
+    mem.store64(COUNT64, -5)
+    assert mem.load64(COUNT64) == -5
+    assert mem.fetch_add64(COUNT64, 10) == -5 and mem.load64(COUNT64) == 5
+    assert mem.fetch_add64(COUNT64, -7) == 5 and mem.load64(COUNT64) == -2
+    assert mem.cmpxchg64(COUNT64, 5, 1) == -2 and mem.load64(COUNT64) == -2
+    assert mem.cmpxchg64(COUNT64, -2, 1 << 40) == -2 and mem.load64(COUNT64) == 1 << 40
+    assert mem.xchg64(COUNT64, 2**63 - 1) == 1 << 40
+    assert mem.fetch_add64(COUNT64, 1) == 2**63 - 1 and mem.load64(COUNT64) == -2**63
+
+
+def test_fetch_add_is_atomic_across_processes(mem):
+    rounds = 5000
+
+    def add():
+        for _ in range(rounds):
+            mem.fetch_add32(COUNT32, 1)
+            mem.fetch_add64(COUNT64, -1)
+    with Child(add) as a, Child(add) as b:
+        add()
+        assert a.join() == 0 and b.join() == 0
+    assert mem.load32(COUNT32) == 3 * rounds
+    assert mem.load64(COUNT64) == -3 * rounds
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m.load32(2),                      # misaligned
+    lambda m: m.load32(4096),                   # past the end
+    lambda m: m.store32(-4, 0),                 # negative
+    lambda m: m.load64(4),                      # 4-aligned is not 8-aligned
+    lambda m: m.cmpxchg64(4096 - 4, 0, 0),
+    lambda m: m.futex_wait(2, 0, 0),
+    lambda m: m.wait_change(4096, 0, 0),
+    lambda m: m.futex_wake(1, 1),
+    lambda m: m.completion_try(4),              # records are 8-aligned
+    lambda m: m.completion_complete(4096 - 8),  # 16 bytes do not fit
+    lambda m: m.completion_wait(4096 - 8, 0, 0),
+    lambda m: m.mutex_init(4096 - 8),
+    lambda m: m.mutex_lock(4),
+    lambda m: m.futex_wake(WORD, -1),           # a negative count
+])
+def test_bad_offsets_raise_value_error(mem, call):
     with pytest.raises(ValueError):
         call(mem)
 
 
-def test_futex_wait_timeout_and_eagain(mem):
-    t0 = time.monotonic()
-    assert mem.futex_wait(0, 0, 20_000_000) == 2
-    assert 0.019 < time.monotonic() - t0 < 0.5
-    assert mem.futex_wait(0, 1, -1) == 1
+@pytest.mark.parametrize("call", [
+    lambda m: m.load32(),
+    lambda m: m.store32(0),
+    lambda m: m.load32("0"),
+    lambda m: m.load32(off=0),                  # the atomics are positional-only
+    lambda m: m.futex_wait(0, 0, -1, 0),
+    lambda m: m.futex_wait(0, 0, timeout=0),
+    lambda m: m.futex_wait(0, 0, -1, timeout_ns=0),
+    lambda m: m.completion_wait(COMP),
+    lambda m: m.completion_complete(COMP, False, GEN),     # gen_off needs gen
+])
+def test_bad_arguments_raise_type_error(mem, call):
+    with pytest.raises(TypeError):
+        call(mem)
 
 
-def test_futex_wake_from_another_process(mem):
-    pid = _child(lambda: (time.sleep(0.05), mem.store32(0, 1), mem.futex_wake(0, 1)))
-    assert mem.wait_change(0, 0, 5_000_000_000) == 0
-    assert mem.load32(0) == 1
-    _reap(pid)
+def test_optional_parameters_can_be_named(mem):
+    assert mem.futex_wait(WORD, 0, timeout_ns=0) == 2
+    assert mem.futex_wait(off=WORD, expected=1) == 1
+    assert mem.wait_change(WORD, 0, spin_ns=1000, timeout_ns=0) == 2
+    assert mem.completion_complete(COMP, all=True) == 0
+    assert mem.completion_wait(COMP, seq_snapshot=-1, timeout_ns=None) == 1
+    mem.mutex_init(MUTEX)
+    assert mem.mutex_lock(MUTEX, timeout_ns=None) == 0
+    mem.mutex_unlock(MUTEX)
 
 
-def test_wait_change_spins_then_sleeps(mem):
-    t0 = time.monotonic()
-    assert mem.wait_change(0, 0, 30_000_000, 1_000_000) == 2
-    assert time.monotonic() - t0 >= 0.029
-    mem.store32(0, 7)
-    assert mem.wait_change(0, 0, -1, 1_000_000) == 0
+# -- futex_wait / futex_wake ----------------------------------------------------
+
+def test_futex_wait_times_out_at_its_deadline(mem):
+    t0 = time.monotonic_ns()
+    assert mem.futex_wait(WORD, 0, 20 * MS) == 2
+    late = time.monotonic_ns() - t0 - 20 * MS
+    assert 0 <= late < 500 * MS
 
 
-def test_completion_counting(mem):
-    assert not mem.completion_done(64)
-    mem.completion_complete(64)
-    mem.completion_complete(64)
-    assert mem.completion_wait(64, mem.load32(68), 1_000_000) == 1
-    assert mem.completion_try(64)
-    assert mem.completion_wait(64, mem.load32(68), 1_000_000) == 0
-    mem.completion_complete(64, True)
-    assert all(mem.completion_try(64) for _ in range(5))
+def test_futex_wait_zero_timeout_does_not_sleep(mem):
+    assert mem.futex_wait(WORD, 0, 0) == 2
+    assert mem.futex_wait(WORD, 1, 0) == 1
 
 
-def test_completion_wait_reports_seq_bump_without_acquiring(mem):
-    snap = mem.load32(68)
-    mem.fetch_add32(68, 1)
-    assert mem.completion_wait(64, snap, 1_000_000_000) == 2
+def test_futex_wait_returns_1_when_the_word_differs(mem):
+    mem.store32(WORD, 5)
+    assert mem.futex_wait(WORD, 0) == 1
 
 
-def test_completion_ping_pong_across_processes(mem):
+def test_futex_wake_without_sleepers_returns_0(mem):
+    assert mem.futex_wake(WORD, INT_MAX) == 0
+
+
+def test_futex_wake_wakes_a_sleeper_in_another_process(mem):
+    with Child(lambda: mem.futex_wait(WORD, 0, 10 * SEC)) as child:
+        assert wake_until_woken(mem, WORD) == 1
+        assert child.join() == 0                    # futex_wait returned 0: woken
+
+
+def test_futex_wait_is_woken_from_another_process(mem):
+    with Child(lambda: 0 if wake_until_woken(mem, WORD) == 1 else 1) as child:
+        assert mem.futex_wait(WORD, 0, 10 * SEC) == 0
+        assert child.join() == 0
+
+
+def test_futex_wake_int_max_wakes_every_sleeper(mem):
+    def sleeper():
+        return mem.futex_wait(WORD, 0, 10 * SEC)
+    with Child(sleeper) as a, Child(sleeper) as b:
+        woken = [0]
+
+        def both_woken():
+            woken[0] += mem.futex_wake(WORD, INT_MAX)
+            return woken[0] == 2
+        wait_until(both_woken, 5.0)
+        assert a.join() == 0 and b.join() == 0
+
+
+# -- wait_change ----------------------------------------------------------------
+
+def test_wait_change_returns_at_once_when_the_word_differs(mem):
+    mem.store32(WORD, 7)
+    assert mem.wait_change(WORD, 0) == 0
+    assert mem.wait_change(WORD, 0, 0, 1 * MS) == 0
+
+
+def test_wait_change_spins_then_sleeps_then_times_out(mem):
+    t0 = time.monotonic_ns()
+    assert mem.wait_change(WORD, 0, 30 * MS, 1 * MS) == 2
+    assert time.monotonic_ns() - t0 >= 30 * MS
+
+
+def test_wait_change_spin_stops_at_the_deadline(mem):
+    t0 = time.monotonic_ns()
+    assert mem.wait_change(WORD, 0, 5 * MS, 10 * SEC) == 2
+    assert time.monotonic_ns() - t0 < 2 * SEC
+
+
+def test_wait_change_sees_a_store_from_another_process_while_spinning(mem):
+    # No futex_wake: only the spin (or the word check before sleeping) sees it.
+    def store():
+        wait_until(lambda: mem.load32(FLAG), 5.0)
+        mem.store32(WORD, 1)
+    with Child(store) as child:
+        mem.store32(FLAG, 1)
+        assert mem.wait_change(WORD, 0, 10 * SEC, 10 * SEC) == 0
+        assert mem.load32(WORD) == 1
+        assert child.join() == 0
+
+
+def test_wait_change_returns_0_when_woken_without_a_change(mem):
+    with Child(lambda: 0 if wake_until_woken(mem, WORD) == 1 else 1) as child:
+        assert mem.wait_change(WORD, 0, 10 * SEC) == 0
+        assert mem.load32(WORD) == 0
+        assert child.join() == 0
+
+
+# -- completions ----------------------------------------------------------------
+
+def _sleepers(mem, off=COMP):
+    return mem.load32(off + COMPLETION.sleepers)
+
+
+def _seq(mem, off=COMP):
+    return mem.load32(off + COMPLETION.seq)
+
+
+def _acquire(mem, off, timeout_ns=10 * SEC, spin_ns=0):
+    """The caller's loop: 1 acquired, 0 timed out; 2 means try again."""
+    while True:
+        rc = mem.completion_wait(off, _seq(mem, off), timeout_ns, spin_ns)
+        if rc != 2:
+            return rc
+
+
+def test_a_fresh_completion_is_not_done(mem):
+    assert not mem.completion_done(COMP)
+    assert not mem.completion_try(COMP)
+    assert mem.completion_wait(COMP, _seq(mem), 0) == 0
+
+
+def test_complete_counts_one_waiter_each(mem):
+    assert mem.completion_complete(COMP) == 0
+    mem.completion_complete(COMP)
+    assert mem.completion_done(COMP) and mem.load32(COMP) == 2
+    assert mem.completion_wait(COMP, _seq(mem), 1 * MS) == 1
+    assert mem.completion_try(COMP)
+    assert not mem.completion_done(COMP)
+    t0 = time.monotonic_ns()
+    assert mem.completion_wait(COMP, _seq(mem), 10 * MS) == 0
+    assert time.monotonic_ns() - t0 >= 10 * MS
+    assert _sleepers(mem) == 0
+
+
+def test_complete_bumps_seq(mem):
+    mem.completion_complete(COMP)
+    mem.completion_complete(COMP, True)
+    assert _seq(mem) == 2
+
+
+def test_complete_saturates_below_complete_all(mem):
+    mem.store32(COMP, DONE_ALL - 1)
+    mem.completion_complete(COMP)
+    assert mem.load32(COMP) == DONE_ALL - 1
+    assert mem.completion_try(COMP) and mem.load32(COMP) == DONE_ALL - 2
+
+
+def test_complete_all_lets_every_future_waiter_through(mem):
+    mem.completion_complete(COMP, all=True)
+    assert all(mem.completion_try(COMP) for _ in range(5))
+    assert mem.completion_wait(COMP, _seq(mem), 0) == 1
+    mem.completion_complete(COMP)               # complete after complete_all: still all
+    assert mem.load32(COMP) == DONE_ALL and mem.completion_done(COMP)
+
+
+def test_complete_all_wakes_every_present_waiter(mem):
+    def waiter():
+        return _acquire(mem, COMP) != 1
+    with Child(waiter) as a, Child(waiter) as b:
+        wait_until(lambda: _sleepers(mem) == 2, 5.0)
+        mem.completion_complete(COMP, True)
+        assert a.join() == 0 and b.join() == 0
+    assert _sleepers(mem) == 0 and mem.load32(COMP) == DONE_ALL
+
+
+def test_complete_lets_sleepers_through_one_per_count(mem):
+    def waiter():
+        return _acquire(mem, COMP) != 1
+    with Child(waiter) as a, Child(waiter) as b:
+        wait_until(lambda: _sleepers(mem) == 2, 5.0)
+        mem.completion_complete(COMP)
+        wait_until(lambda: mem.load32(COMP) == 0, 5.0)     # one took it
+        mem.completion_complete(COMP)
+        assert a.join() == 0 and b.join() == 0
+    assert mem.load32(COMP) == 0 and _sleepers(mem) == 0
+
+
+def test_completion_wait_reports_a_seq_bump_without_acquiring(mem):
+    snap = _seq(mem)
+    mem.fetch_add32(COMP + COMPLETION.seq, 1)
+    assert mem.completion_wait(COMP, snap, 1 * SEC) == 2
+    assert mem.completion_wait(COMP, snap, 1 * SEC, 1 * MS) == 2
+
+
+def test_completion_wait_returns_2_when_another_process_bumps_seq(mem):
+    def bump():
+        wait_until(lambda: _sleepers(mem) == 1, 5.0)
+        mem.fetch_add32(COMP + COMPLETION.seq, 1)
+        return 0 if mem.futex_wake(COMP + COMPLETION.seq, INT_MAX) == 1 else 1
+    with Child(bump) as child:
+        assert mem.completion_wait(COMP, _seq(mem), 10 * SEC) == 2
+        assert child.join() == 0
+    assert _sleepers(mem) == 0 and not mem.completion_done(COMP)
+
+
+def test_completion_wait_negative_snapshot_reads_seq_now(mem):
+    mem.fetch_add32(COMP + COMPLETION.seq, 5)
+    assert mem.completion_wait(COMP, -1, 1 * MS) == 0
+
+
+def test_completion_generation_check_refuses_a_stale_record(mem):
+    mem.store32(GEN, 7)
+    assert mem.completion_complete(COMP, False, GEN, 6) == -1
+    assert not mem.completion_done(COMP) and _seq(mem) == 0
+    assert mem.completion_complete(COMP, False, GEN, 7) == 0
+    assert mem.completion_wait(COMP, -1, 0, 0, GEN, 6) == -1
+    assert mem.completion_done(COMP)
+    assert mem.completion_wait(COMP, -1, 0, 0, GEN, 7) == 1
+
+
+@pytest.mark.parametrize("spin_ns", [0, 50_000], ids=["sleep", "spin"])
+def test_completion_ping_pong_across_processes(mem, spin_ns):
     rounds = 1000
 
-    def child():
+    def pong():
         for _ in range(rounds):
-            while mem.completion_wait(64, mem.load32(68), 2_000_000_000, 20_000) != 1:
-                pass
-            mem.completion_complete(80)
-    pid = _child(child)
-    for _ in range(rounds):
-        mem.completion_complete(64)
-        while mem.completion_wait(80, mem.load32(84), 2_000_000_000, 20_000) != 1:
-            pass
-    assert _reap(pid) == 0
-    assert mem.load32(72) == 0 and mem.load32(88) == 0     # no sleepers left
+            if _acquire(mem, COMP, 5 * SEC, spin_ns) != 1:
+                return 1
+            mem.completion_complete(COMP2)
+        return 0
+    with Child(pong) as child:
+        for _ in range(rounds):
+            mem.completion_complete(COMP)
+            assert _acquire(mem, COMP2, 5 * SEC, spin_ns) == 1
+        assert child.join() == 0
+    for off in (COMP, COMP2):
+        assert mem.load32(off) == 0 and _sleepers(mem, off) == 0
+        assert _seq(mem, off) == rounds
 
 
-def test_signal_exception_interrupts_blocking_calls(mem):
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        for call in (lambda: mem.futex_wait(0, 0), lambda: mem.wait_change(0, 0),
-                     lambda: mem.completion_wait(64, mem.load32(68))):
-            signal.setitimer(signal.ITIMER_REAL, 0.05)
-            with pytest.raises(KeyboardInterrupt):
-                call()
-        assert mem.load32(72) == 0          # sleepers decremented on the way out
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
+# -- signals ----------------------------------------------------------------------
+
+@contextlib.contextmanager
+def mutex_held_by_child(mem):
+    """A child holds MUTEX until the ``release()`` this yields is called (or
+    the block ends)."""
+    mem.mutex_init(MUTEX)
+
+    def hold():
+        mem.mutex_lock(MUTEX)
+        mem.store32(FLAG, 1)
+        while mem.load32(FLAG) != 2:
+            mem.futex_wait(FLAG, 1, 5 * SEC)
+        mem.mutex_unlock(MUTEX)
+
+    def release():
+        mem.store32(FLAG, 2)
+        mem.futex_wake(FLAG, 1)
+    with Child(hold) as child:
+        wait_until(lambda: mem.load32(FLAG) == 1, 5.0)
+        try:
+            yield release
+        finally:
+            release()
+        assert child.join() == 0
+
+
+@pytest.mark.parametrize("call", [
+    lambda m: m.futex_wait(WORD, 0),
+    lambda m: m.wait_change(WORD, 0, -1, 1 * MS),
+    lambda m: m.completion_wait(COMP, _seq(m)),
+    lambda m: m.completion_wait(COMP, _seq(m), 10 * SEC, 1 * MS),
+], ids=["futex_wait", "wait_change", "completion_wait", "completion_wait_spin"])
+def test_a_raising_signal_handler_interrupts_a_blocked_wait(mem, call):
+    with sigalrm(raise_keyboard_interrupt, 0.05), pytest.raises(KeyboardInterrupt):
+        call(mem)
+    assert _sleepers(mem) == 0
+
+
+def test_a_raising_signal_handler_interrupts_a_blocked_mutex_lock(mem):
+    with mutex_held_by_child(mem):
+        t0 = time.monotonic()
+        with sigalrm(raise_keyboard_interrupt, 0.05), pytest.raises(KeyboardInterrupt):
+            mem.mutex_lock(MUTEX)
+        assert time.monotonic() - t0 < 5.0
+    assert mem.mutex_lock(MUTEX, 0) == 0
+    mem.mutex_unlock(MUTEX)
+
+
+def test_signals_that_do_not_raise_keep_the_same_deadline(mem):
+    caught = []
+    with sigalrm(lambda signum, frame: caught.append(signum), 0.01, 0.01):
+        t0 = time.monotonic_ns()
+        assert mem.futex_wait(WORD, 0, 100 * MS) == 2
+        assert mem.completion_wait(COMP, _seq(mem), 100 * MS) == 0
+        elapsed = time.monotonic_ns() - t0
+    assert caught
+    assert 200 * MS <= elapsed < 2 * SEC
+    assert _sleepers(mem) == 0
+
+
+# -- robust mutex -------------------------------------------------------------------
+
+def test_mutex_lock_and_unlock(mem):
+    mem.mutex_init(MUTEX)
+    assert mem.mutex_lock(MUTEX) == 0
+    mem.mutex_unlock(MUTEX)
+    assert mem.mutex_lock(MUTEX, 0) == 0
+    mem.mutex_unlock(MUTEX)
+
+
+def test_mutex_relock_by_its_owner_raises_edeadlk(mem):
+    mem.mutex_init(MUTEX)
+    mem.mutex_lock(MUTEX)
+    with pytest.raises(OSError) as info:
+        mem.mutex_lock(MUTEX)
+    assert info.value.errno == errno.EDEADLK
+    mem.mutex_unlock(MUTEX)
 
 
 def test_robust_mutex_survives_a_dead_holder(mem):
-    mem.mutex_init(256)
-    pid = _child(lambda: mem.mutex_lock(256))     # exits holding it
-    _reap(pid)
-    assert mem.mutex_lock(256, 1_000_000_000) == 1   # owner died, recovered
-    mem.mutex_unlock(256)
-    assert mem.mutex_lock(256) == 0
-    mem.mutex_unlock(256)
+    mem.mutex_init(MUTEX)
+    with Child(lambda: mem.mutex_lock(MUTEX)) as child:    # exits holding it
+        assert child.join() == 0
+    assert mem.mutex_lock(MUTEX, 1 * SEC) == 1             # owner died, made consistent
+    mem.mutex_unlock(MUTEX)
+    assert mem.mutex_lock(MUTEX) == 0
+    mem.mutex_unlock(MUTEX)
+    assert mem.mutex_lock(MUTEX, 0) == 0
+    mem.mutex_unlock(MUTEX)
 
 
-def test_mutex_timeout_and_foreign_unlock(mem):
-    mem.mutex_init(256)
-    r, w = os.pipe()
-    pid = _child(lambda: (mem.mutex_lock(256), os.write(w, b"x"), time.sleep(0.5)))
-    os.read(r, 1)
-    assert mem.mutex_lock(256, 20_000_000) == 2
-    with pytest.raises(OSError):
-        mem.mutex_unlock(256)
-    _reap(pid)
-    os.close(r)
-    os.close(w)
+def test_mutex_lock_times_out_and_a_non_owner_cannot_unlock(mem):
+    with mutex_held_by_child(mem):
+        t0 = time.monotonic_ns()
+        assert mem.mutex_lock(MUTEX, 20 * MS) == 2
+        assert 20 * MS <= time.monotonic_ns() - t0 < 2 * SEC
+        assert mem.mutex_lock(MUTEX, 0) == 2
+        with pytest.raises(OSError) as info:
+            mem.mutex_unlock(MUTEX)
+        assert info.value.errno == errno.EPERM
+
+
+def test_mutex_lock_waits_for_the_holder_to_unlock(mem):
+    with mutex_held_by_child(mem) as release:
+        release()
+        assert mem.mutex_lock(MUTEX, 5 * SEC) == 0
+        mem.mutex_unlock(MUTEX)
