@@ -16,8 +16,10 @@
  * Blocking calls try once holding the GIL, release it only around the spin
  * and the syscall, compute one absolute CLOCK_MONOTONIC deadline on entry,
  * and on EINTR run Python's signal handlers (PyErr_CheckSignals) and give up
- * if one raised, else retry with the same deadline.  A timeout is a return
- * value, not an exception; any other failure is OSError(errno).
+ * if one raised, else retry with the same deadline.  A spin (spin_ns) runs in
+ * full and the deadline bounds the sleep after it, so timeout_ns=0 with a
+ * spin means "spin, never sleep".  A timeout is a return value, not an
+ * exception; any other failure is OSError(errno).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -223,11 +225,15 @@ static int get_deadline(PyObject *timeout_obj, int64_t *deadline)
     return 0;
 }
 
-/* End of a spin of @spin_ns starting now, never past @deadline. */
-static int64_t spin_end(int64_t spin_ns, int64_t deadline)
+/*
+ * End of a spin of @spin_ns starting now.  The deadline does not cut it
+ * short: it bounds the sleep that follows, so timeout_ns=0 with spin_ns > 0
+ * means "spin, but never sleep" (the callers' fast path).
+ */
+static int64_t spin_end(int64_t spin_ns)
 {
-    int64_t end = mono_ns() + spin_ns;
-    return (deadline != NO_DEADLINE && deadline < end) ? deadline : end;
+    int64_t now = mono_ns();
+    return spin_ns > INT64_MAX - now ? INT64_MAX : now + spin_ns;
 }
 
 /* -- Mem: construction --------------------------------------------------- */
@@ -482,7 +488,7 @@ static PyObject *Mem_wait_change(KWARGS)
         return NULL;
     if (LOAD(p) != expected)
         return PyLong_FromLong(0);
-    if (spin_ns > 0 && spin_while_equal(p, expected, spin_end(spin_ns, deadline)))
+    if (spin_ns > 0 && spin_while_equal(p, expected, spin_end(spin_ns)))
         return PyLong_FromLong(0);
     rc = futex_wait_until(p, expected, deadline);
     if (rc < 0)
@@ -643,7 +649,7 @@ static PyObject *Mem_completion_wait(KWARGS)
     snap = snap_arg < 0 ? LOAD(&c->seq) : (uint32_t)snap_arg;
     if (completion_try(c))
         return PyLong_FromLong(1);
-    if (spin_ns > 0 && (rc = completion_spin(c, snap, spin_end(spin_ns, deadline))) != 0)
+    if (spin_ns > 0 && (rc = completion_spin(c, snap, spin_end(spin_ns))) != 0)
         return PyLong_FromLong(rc);
     /* Announce ourselves before the last try, so a complete() after it wakes us. */
     __atomic_fetch_add(&c->sleepers, 1, __ATOMIC_SEQ_CST);
@@ -778,7 +784,8 @@ static PyMethodDef Mem_methods[] = {
                   "1 the word did not hold expected, 2 timed out"),
     M(futex_wake, "futex_wake(off, n) -> number woken (n = INT_MAX: all)"),
     MK(wait_change, "wait_change(off, expected, timeout_ns=-1, spin_ns=0) -> 0 the word "
-                   "differs from expected or a wake-up came, 2 timed out"),
+                    "differs from expected or a wake-up came, 2 timed out; the spin runs "
+                    "in full, the timeout bounds the sleep after it"),
     M(completion_try, "completion_try(off) -> bool: try_wait_for_completion"),
     M(completion_done, "completion_done(off) -> bool: done != 0"),
     MK(completion_complete, "completion_complete(off, all=False, gen_off=-1, gen=0) -> 0; "
@@ -786,7 +793,7 @@ static PyMethodDef Mem_methods[] = {
     MK(completion_wait, "completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, "
                        "gen_off=-1, gen=0) -> 1 acquired, 0 timed out, 2 woken or seq "
                        "moved without acquiring, -1 stale generation; seq_snapshot < 0: "
-                       "read it now"),
+                       "read it now; the spin runs in full, the timeout bounds the sleep"),
     M(mutex_init, "mutex_init(off): a robust, process-shared, error-checking mutex"),
     MK(mutex_lock, "mutex_lock(off, timeout_ns=-1) -> 0 locked, 1 locked and the "
                   "previous owner died (made consistent), 2 timed out"),
@@ -871,10 +878,12 @@ PyDoc_STRVAR(module_doc,
 "  a seq snapshot read before it checked its own conditions;\n"
 "- robust process-shared pthread mutexes (MUTEX_SIZE bytes, 8-aligned).\n"
 "\n"
-"Timeouts are relative ns (negative: none) and are return values, not\n"
-"exceptions.  Blocking calls release the GIL and let signal handlers raise\n"
-"(KeyboardInterrupt).  Only syscalls and atomics live here: the policy (what a\n"
-"wake-up means, how long to spin, what an errno means) lives in Python.\n"
+"Timeouts are relative ns (negative or None: none), bound the sleep that\n"
+"follows any spin, and are return values, not exceptions.  Blocking calls\n"
+"release the GIL and let signal handlers raise (KeyboardInterrupt).\n"
+"\n"
+"Only syscalls and atomics live here: the policy (what a wake-up means, how\n"
+"long to spin, what an errno means) lives in Python.\n"
 "HAVE_FUTEX is True so that callers can feature-detect this module.");
 
 static struct PyModuleDef moduledef = {
