@@ -167,9 +167,10 @@ def create_child(args):
 
 
 def create_and_hang(args):
-    """Asks for a kthread (kthreadd is stopped by the test), never returns."""
-    started, = args
-    kproc.complete(started)
+    """Once ``go`` is completed, asks for a kthread (the test has stopped kthreadd
+    by then, so the request stays queued); never returns."""
+    go, = args
+    kproc.wait_for_completion(go)
     kproc.kthread_create(ret_value, 1, "never-born")
     return 0
 

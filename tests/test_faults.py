@@ -158,11 +158,13 @@ def test_interrupted_create_is_abandoned_and_leaves_no_orphan(rt):
 
 
 def test_creator_killed_while_waiting_leaves_no_orphan(rt):
-    started = kproc.Completion()
-    creator = kproc.kthread_run(kfuncs.create_and_hang, (started,), "creator")
-    kproc.wait_for_completion(started)
+    # kthreadd is stopped *before* the creator asks, so the request is certainly
+    # still queued when the creator dies (kthreadd serves a create in ~0.2 ms).
+    go = kproc.Completion()
+    creator = kproc.kthread_run(kfuncs.create_and_hang, (go,), "creator")
     os.kill(rt.kthreadd_pid, signal.SIGSTOP)
     try:
+        kproc.complete(go)
         wait_until(lambda: rt.arena.hget("create_head") != 0, 2.0)
         os.kill(creator.pid, signal.SIGKILL)
     finally:
