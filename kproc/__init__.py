@@ -30,6 +30,21 @@ from ._cpumask import (
     cpu_to_node, cpumask_of_node,
 )
 from ._topology import fake_sysfs
+from ._work import KthreadWorker, KthreadWork, KthreadDelayedWork
+from ._kworker import (
+    KTW_FREEZABLE, kthread_create_worker, kthread_create_worker_on_node,
+    kthread_create_worker_on_cpu, kthread_init_worker, kthread_worker_fn,
+    kthread_destroy_worker, kthread_init_work, kthread_init_delayed_work,
+)
+from ._worker import (
+    kthread_queue_work, kthread_flush_work, kthread_flush_worker,
+    kthread_cancel_work_sync, kthread_cancel_delayed_work_sync,
+)
+from ._delayed import kthread_queue_delayed_work, kthread_mod_delayed_work
+from ._freezer import (
+    freeze_kthreads, thaw_kthreads, set_freezable, freezing, try_to_freeze,
+    kthread_freezable_should_stop,
+)
 from ._completion import (
     Completion, init_completion, reinit_completion, complete, complete_all,
     wait_for_completion, wait_for_completion_timeout, wait_for_completion_interruptible,
@@ -64,6 +79,14 @@ __all__ = [
     "wait_for_completion", "wait_for_completion_timeout",
     "wait_for_completion_interruptible", "wait_for_completion_killable",
     "try_wait_for_completion", "completion_done",
+    "KthreadWorker", "KthreadWork", "KthreadDelayedWork", "KTW_FREEZABLE",
+    "kthread_create_worker", "kthread_create_worker_on_node", "kthread_create_worker_on_cpu",
+    "kthread_init_worker", "kthread_worker_fn", "kthread_destroy_worker",
+    "kthread_init_work", "kthread_init_delayed_work", "kthread_queue_work",
+    "kthread_queue_delayed_work", "kthread_mod_delayed_work", "kthread_flush_work",
+    "kthread_flush_worker", "kthread_cancel_work_sync", "kthread_cancel_delayed_work_sync",
+    "freeze_kthreads", "thaw_kthreads", "set_freezable", "freezing", "try_to_freeze",
+    "kthread_freezable_should_stop",
     "cpu_possible_mask", "cpu_present_mask", "cpu_online_mask", "housekeeping_cpumask",
     "cpu_to_node", "cpumask_of_node", "fake_sysfs",
     "TASK_RUNNING", "TASK_INTERRUPTIBLE", "TASK_UNINTERRUPTIBLE", "TASK_PARKED",

@@ -63,6 +63,8 @@ class ArenaParams:
 
     WORK_BYTES = 256      # room per work item (kthread_work + delayed timer)
     WORKER_BYTES = 512    # room per worker (struct kthread_worker)
+    # Pages of the memfd are only allocated when touched, so the work blobs
+    # (max_works x WORK_BLOB) cost address space, not memory, until used.
 
     def __init__(self, max_kthreads, max_completions, max_works):
         self.max_kthreads = max_kthreads
@@ -81,6 +83,9 @@ class ArenaParams:
         off += max_kthreads * self.WORKER_BYTES
         self.works = off
         off += max_works * self.WORK_BYTES
+        off = L.align(off, 4096)
+        self.work_blobs = off
+        off += max_works * L.WORK_BLOB
         self.size = L.align(off, 4096)
 
 
@@ -123,8 +128,10 @@ class Arena:
         mem.store32(H.backend, backend_code)
         mem.store32(H.owner_pid, os.getpid())
         mem.mutex_init(H.lock)
+        arena = cls(fd, buf, mem, params)
+        arena._init_work_stack()
         mem.store64(H.magic, L.MAGIC)
-        return cls(fd, buf, mem, params)
+        return arena
 
     @classmethod
     def attach(cls, fd):
@@ -275,3 +282,113 @@ class Arena:
             if mem.load32(base + L.USERCOMP.gen) == gen:
                 mem.store32(base + L.USERCOMP.inuse, 0)
                 mem.store32(base + L.USERCOMP.gen, (gen + 1) & 0xFFFFFFFF or 1)
+
+    # -- workers and works -----------------------------------------------------------
+
+    def worker_off(self, idx):
+        """Byte offset of worker slot ``idx``."""
+        return self.params.workers + idx * self.params.WORKER_BYTES
+
+    def worker_idx(self, off):
+        """Worker slot index of the record at byte offset ``off``."""
+        return (off - self.params.workers) // self.params.WORKER_BYTES
+
+    def work_off(self, idx):
+        """Byte offset of work slot ``idx``."""
+        return self.params.works + idx * self.params.WORK_BYTES
+
+    def work_blob_off(self, idx):
+        """Byte offset of work slot ``idx``'s blob (pickled func and data)."""
+        return self.params.work_blobs + idx * L.WORK_BLOB
+
+    def _init_work_stack(self):
+        mem, W = self.mem, L.WORK
+        n = self.params.max_works
+        for idx in range(n):
+            mem.store32(self.work_off(idx) + W.next, idx + 2 if idx + 1 < n else 0)
+        self.hset("work_free", 1 if n else 0)
+
+    def alloc_work(self, owner_pid, kind):
+        """Pop a free work slot.  Return (index, generation) or None when none is free.
+
+        Context: any; takes the arena lock.
+        """
+        mem, W = self.mem, L.WORK
+        with self.locked():
+            top = self.hget("work_free")
+            if not top:
+                return None
+            base = self.work_off(top - 1)
+            self.hset("work_free", mem.load32(base + W.next))
+            gen = (mem.load32(base + W.gen) + 1) & 0xFFFFFFFF or 1
+            self.buf[base:base + W.size] = bytes(W.size)
+            mem.store32(base + W.gen, gen)
+            mem.store32(base + W.kind, kind)
+            L.pack_field(self.buf, base, W, "owner", owner_pid)
+            mem.store32(base + W.inuse, 1)
+            return top - 1, gen
+
+    def free_work(self, idx, gen):
+        """Push work slot ``idx`` back if (idx, gen) still owns it.  Return True if freed.
+
+        Context: any; takes the arena lock.  The caller knows the work is on no list.
+        """
+        mem, W = self.mem, L.WORK
+        base = self.work_off(idx)
+        with self.locked():
+            if mem.load32(base + W.gen) != gen or not mem.load32(base + W.inuse):
+                return False
+            mem.store32(base + W.inuse, 0)
+            mem.store32(base + W.gen, (gen + 1) & 0xFFFFFFFF or 1)
+            mem.store32(base + W.next, self.hget("work_free"))
+            self.hset("work_free", idx + 1)
+            return True
+
+    def check_work(self, idx, gen):
+        """Raise if (idx, gen) no longer names the work slot's occupant; return its offset."""
+        base = self.work_off(idx)
+        if self.mem.load32(base + L.WORK.gen) != gen or \
+                not self.mem.load32(base + L.WORK.inuse):
+            raise stale("work")
+        return base
+
+    def alloc_worker(self, owner_pid):
+        """Take a free worker slot.  Return (index, generation).
+
+        Raises: KthreadError(ENOMEM) when every worker slot is in use.
+        """
+        mem, K = self.mem, L.WORKER
+        n = self.params.max_kthreads
+        with self.locked():
+            hint = self.hget("worker_hint")
+            for i in range(n):
+                idx = (hint + i) % n
+                base = self.worker_off(idx)
+                if not mem.load32(base + K.inuse):
+                    self.hset("worker_hint", (idx + 1) % n)
+                    gen = (mem.load32(base + K.gen) + 1) & 0xFFFFFFFF or 1
+                    self.buf[base:base + K.size] = bytes(K.size)
+                    mem.mutex_init(base + K.lock)
+                    mem.store32(base + K.gen, gen)
+                    L.pack_field(self.buf, base, K, "owner", owner_pid)
+                    mem.store32(base + K.inuse, 1)
+                    return idx, gen
+        raise KthreadError(12, f"worker table full: all {n} worker slots are in use "
+                           "(start the runtime with a larger max_kthreads)")
+
+    def free_worker(self, idx, gen):
+        """Release worker slot ``idx`` if (idx, gen) still owns it."""
+        mem, K = self.mem, L.WORKER
+        base = self.worker_off(idx)
+        with self.locked():
+            if mem.load32(base + K.gen) == gen and mem.load32(base + K.inuse):
+                mem.store32(base + K.inuse, 0)
+                mem.store32(base + K.gen, (gen + 1) & 0xFFFFFFFF or 1)
+
+    def check_worker(self, idx, gen):
+        """Raise if (idx, gen) no longer names the worker slot's occupant; return its offset."""
+        base = self.worker_off(idx)
+        if self.mem.load32(base + L.WORKER.gen) != gen or \
+                not self.mem.load32(base + L.WORKER.inuse):
+            raise stale("worker")
+        return base

@@ -444,6 +444,9 @@ def _stop(rt, base):
         _unpark(rt, base)
         _sched.notify_signal(rt, base)
         _sched.wake_up_state(rt, base, _sched.TASK_NORMAL, stop_wake=True)
+        if mem.load32(base + T.state) == _sched.FROZEN:
+            from ._freezer import kick_frozen
+            kick_frozen(rt)
         wait_at(rt, base + T.exited, None, "uninterruptible")
         return mem.load64(base + T.result)
     finally:

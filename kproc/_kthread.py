@@ -331,6 +331,25 @@ def kthread_complete_and_exit(comp, code):
     raise _KthreadExit(_as_result(code))
 
 
+_main_prepared = False
+
+
+def prepare_main(rt):
+    """Import the caller's ``__main__`` here, as forkserver does, once per process.
+
+    Context: kthreadd or a kthread (anything that unpickles functions the
+    caller defined in its main script).  Return: True if it was imported now.
+    """
+    global _main_prepared
+    prep = getattr(rt, "main_prep", None)
+    if _main_prepared or not prep:
+        return False
+    _main_prepared = True
+    import multiprocessing.spawn
+    multiprocessing.spawn.prepare(prep)
+    return True
+
+
 def self_data():
     """(threadfn, data) as this kthread received them, or None."""
     return _self_data

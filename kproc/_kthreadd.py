@@ -125,6 +125,7 @@ class Kthreadd:
         rt = _runtime.Runtime(self.arena, waits, "kthreadd", self.wake_fd, os.getpid(),
                               Topology(boot["sysfs_root"]), boot["trace"])
         rt.owner_pid = boot["owner_pid"]
+        rt.main_prep = boot["main"]
         _runtime.install(rt)
         return rt
 
@@ -264,8 +265,7 @@ class Kthreadd:
             fn_pickle = read_blob(self.arena, idx, base)[1]
             if b"__main__" in fn_pickle and not self.main_prepared:
                 self.main_prepared = True
-                import multiprocessing.spawn
-                multiprocessing.spawn.prepare(self.boot["main"])
+                _kthread.prepare_main(self.rt)
             pickle.loads(fn_pickle)
         except BaseException:
             pass  # the kthread itself reports the failure to its creator

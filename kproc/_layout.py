@@ -14,12 +14,17 @@ Records:
 * ``COMPLETION`` 16 bytes: ``done`` / ``seq`` (the futex word) / ``sleepers``.
 * ``USERCOMP``   a slot of the user completion pool: generation, owner, and a
                  ``COMPLETION``.
+* ``WORKER``     one per worker slot: ``struct kthread_worker`` (lock, work
+                 list, delayed-work timer list, current work, counters).
+* ``WORK``       one per work slot: ``struct kthread_work`` / ``kthread_delayed_work``
+                 (list node, worker, canceling, timer expiry, flush completion);
+                 its pickled (func, data) lives in the slot's work blob.
 """
 
 import struct
 
-__all__ = ["Record", "HEADER", "TASK", "COMPLETION", "USERCOMP", "CPUMASK_BYTES",
-           "MAGIC", "align"]
+__all__ = ["Record", "HEADER", "TASK", "COMPLETION", "USERCOMP", "WORKER", "WORK",
+           "CPUMASK_BYTES", "MAGIC", "align"]
 
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
@@ -82,6 +87,10 @@ HEADER = Record("header", [
     ("task_hint", "I"),
     ("comp_hint", "I"),
     ("death_clock", "Q"),      # orders dead slots for recycling, oldest first
+    ("work_free", "I"),        # free work slots: a stack linked through WORK.next
+    ("worker_hint", "I"),
+    ("freezing", "I"),         # pm_freezing: freeze_kthreads() in force
+    ("freeze_seq", "I"),       # futex word frozen kthreads sleep on
     ("lock", ("bytes", MUTEX_BYTES)),          # kthread_create_lock + table lock
     ("posix_waiters", ("bytes", 4 * 64)),      # posix backend: waiters per channel
     ("allowed", ("bytes", CPUMASK_BYTES)),  # CPUs kthreadd may use (cpuset)
@@ -121,6 +130,58 @@ USERCOMP = Record("usercomp", [
     ("gen", "I"), ("inuse", "I"), ("owner", "i"), ("pad", "I"),
     ("comp", ("bytes", COMPLETION.size)),
 ], size_align=32)
+
+WORKER = Record("worker", [
+    ("gen", "I"),              # bumped at every allocation
+    ("inuse", "I"),
+    ("flags", "I"),            # KTW_* (kthread_worker->flags)
+    ("owner", "i"),            # pid of the process that allocated it
+    ("task", "I"),             # worker->task: task slot index + 1, 0 = none
+    ("task_gen", "I"),
+    ("current", "I"),          # worker->current_work: work slot index + 1
+    ("head", "I"),             # work_list (work slot index + 1)
+    ("tail", "I"),
+    ("thead", "I"),            # delayed_work_list, sorted by expiry: the timers
+    ("ttail", "I"),
+    ("depth", "I"),            # works on work_list (flush markers excluded)
+    ("ndelayed", "I"),         # works on the timer list
+    ("pad", "I"),
+    ("executed", "Q"),         # works run so far
+    ("errors", "Q"),           # works that raised
+    ("lock", ("bytes", MUTEX_BYTES)),   # worker->lock (robust)
+], size_align=64)
+
+WORK = Record("work", [
+    ("gen", "I"),
+    ("inuse", "I"),
+    ("kind", "I"),             # WK_*
+    ("flags", "I"),            # WF_*
+    ("owner", "i"),            # pid whose handle owns the slot
+    ("worker", "I"),           # work->worker: worker slot index + 1, 0 = never queued
+    ("worker_gen", "I"),
+    ("where", "I"),            # ON_*: which list work->node is on
+    ("prev", "I"),             # work->node (slot index + 1)
+    ("next", "I"),             # also the free-stack link
+    ("canceling", "I"),        # work->canceling
+    ("version", "I"),          # bumped by kthread_init_work(): workers re-read func
+    ("flushers", "I"),         # flush markers waiting for a timer-pending work
+    ("payload_len", "I"),
+    ("tb_len", "I"),
+    ("pad", "I"),
+    ("expires", "q"),          # timer->expires, CLOCK_MONOTONIC ns
+    ("runs", "Q"),             # times executed
+    ("flow", "Q"),             # trace flow id of the pending queueing
+    ("done", ("bytes", COMPLETION.size)),   # flush marker: kthread_flush_work's fwork.done
+], size_align=64)
+
+WORK_BLOB = 8 * 1024          # pickled (func, data) + the tail of the last traceback
+WORK_TB_MAX = 2 * 1024
+WORK_PAYLOAD_MAX = WORK_BLOB - WORK_TB_MAX
+
+# WORK.kind / WORK.where / WORK.flags
+WK_WORK, WK_DELAYED, WK_FLUSH = 1, 2, 3
+ON_NONE, ON_WORKLIST, ON_TIMER = 0, 1, 2
+WF_ORPHAN = 1 << 0            # its owning handle is gone: freed once idle
 
 # Per-task blob area: name, pickled (threadfn, data), traceback text.
 BLOB_SIZE = 64 * 1024

@@ -10,11 +10,12 @@ import ctypes.util
 import os
 import signal
 
-__all__ = ["set_comm", "set_pdeathsig", "reset_scheduling", "TASK_COMM_LEN"]
+__all__ = ["set_comm", "set_pdeathsig", "reset_scheduling", "set_timerslack", "TASK_COMM_LEN"]
 
 TASK_COMM_LEN = 16
 PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
+PR_SET_TIMERSLACK = 29
 
 try:
     from . import _native
@@ -66,3 +67,17 @@ def reset_scheduling():
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except OSError:
         pass
+
+
+def set_timerslack(ns):
+    """Set this process's timer slack (how late the kernel may fire its timers).
+
+    Through ``/proc/self/timerslack_ns`` (no ctypes in a fresh fork), else prctl.
+    """
+    try:
+        with open("/proc/self/timerslack_ns", "w") as f:
+            f.write(str(int(ns)))
+        return
+    except OSError:
+        pass
+    _prctl(PR_SET_TIMERSLACK, int(ns))

@@ -1,0 +1,249 @@
+"""Creating, running and destroying kthread workers (kernel: kthread_create_worker*,
+kthread_init_worker, kthread_worker_fn, kthread_destroy_worker, kthread_init_work).
+
+A worker made by ``kthread_create_worker*()`` is a worker slot plus a kthread
+running :func:`kthread_worker_fn` on it, woken at once (bound first for
+``_on_cpu``).  ``kthread_init_worker()`` + ``kthread_run(kthread_worker_fn,
+worker, ...)`` is the same by hand.  Teardown mirrors setup:
+``kthread_destroy_worker()`` flushes, stops the kthread, warns about (and
+unlinks) whatever is still queued, then frees the slot, after which every
+handle on the worker, and every work last queued on it, raises.
+"""
+
+import errno
+
+from . import _layout as L
+from ._errors import KthreadError, kernel_warn
+from ._work import KthreadWorker, KTW_FREEZABLE, resolve_worker, resolve_work
+from ._worker import Locked, unlink, kthread_flush_worker, _own_worker
+
+__all__ = ["kthread_create_worker", "kthread_create_worker_on_node",
+           "kthread_create_worker_on_cpu", "kthread_init_worker", "kthread_worker_fn",
+           "kthread_destroy_worker", "kthread_init_work", "kthread_init_delayed_work",
+           "KTW_FREEZABLE"]
+
+K = L.WORKER
+W = L.WORK
+T = L.TASK
+KTW_ALL = KTW_FREEZABLE
+WORKER_TIMERSLACK_NS = 1000    # timers of delayed works fire at most ~1 µs late
+
+
+def _check_flags(flags):
+    if isinstance(flags, bool) or not isinstance(flags, int):
+        raise TypeError(f"flags must be an int (0 or KTW_FREEZABLE), not {type(flags).__name__}")
+    if flags & ~KTW_ALL or flags < 0:
+        raise ValueError(f"unknown worker flags {flags:#x} (only KTW_FREEZABLE is defined)")
+
+
+def kthread_init_worker(worker):
+    """kthread_init_worker - (re)initialise a worker: empty lists, no flags, no task.
+
+    @worker: a KthreadWorker, typically fresh (``KthreadWorker()``), to be run
+    by ``kthread_run(kthread_worker_fn, worker, name)``.
+    Context: any process of the runtime.  Return: None.
+    Raises: TypeError; KthreadError(ESRCH) for a destroyed worker;
+    KthreadError(EBUSY) if a kthread is serving it or works are queued on it.
+    """
+    rt, kbase = resolve_worker(worker)
+    mem = rt.mem
+    with Locked(rt, kbase):
+        if mem.load32(kbase + K.task) or mem.load32(kbase + K.head) or \
+                mem.load32(kbase + K.thead):
+            raise KthreadError(errno.EBUSY, "kthread_init_worker() on a worker that has a "
+                               "kthread or queued works; destroy it instead")
+        for name in ("flags", "current", "depth", "ndelayed"):
+            mem.store32(kbase + getattr(K, name), 0)
+        mem.store64(kbase + K.executed, 0)
+        mem.store64(kbase + K.errors, 0)
+
+
+def kthread_worker_fn(worker):
+    """kthread_worker_fn - the threadfn of a worker's kthread: run its works until stopped.
+
+    Sleeps while the list is empty (until the first delayed work expires, if
+    any); runs each work's ``func(work)``; reports a work that raises (the
+    traceback, with the worker's name, goes to stderr and is kept in
+    ``work.exception``) and goes on.  A KTW_FREEZABLE worker freezes between
+    works.  Context: a kthread (pass it as the threadfn, the worker as data).
+    Return: 0 when kthread_stop() ends it.
+    Raises: RuntimeError outside a kthread; TypeError.
+    """
+    from ._sched import need_current
+    from ._kthread import read_name
+    from . import _sys, _freezer
+    rt, tbase = need_current("kthread_worker_fn")
+    wrt, kbase = resolve_worker(worker)
+    if wrt is not rt:
+        raise ValueError("the worker belongs to another kproc runtime")
+    mem = rt.mem
+    with Locked(rt, kbase):
+        t = mem.load32(kbase + K.task)
+        if t and rt.arena.task_off(t - 1) != tbase:
+            kernel_warn("kthread_worker_fn(): the worker already has another kthread",
+                        stacklevel=2)
+        mem.store32(kbase + K.task, rt.self_idx + 1)
+        mem.store32(kbase + K.task_gen, rt.self_gen)
+    mem.fetch_or32(tbase + T.flags, L.KF_WORKER)
+    try:
+        _sys.set_timerslack(WORKER_TIMERSLACK_NS)
+    except OSError:
+        pass
+    if mem.load32(kbase + K.flags) & KTW_FREEZABLE:
+        _freezer.set_freezable_at(rt, tbase)
+    from ._worker import worker_loop
+    return worker_loop(rt, kbase, tbase, read_name(rt.arena, rt.self_idx, tbase))
+
+
+def kthread_create_worker_on_node(flags, node, namefmt, *args):
+    """kthread_create_worker_on_node - create a worker and its kthread, and wake it.
+
+    @flags: 0 or KTW_FREEZABLE; @node: NUMA node for the kthread's affinity
+    (NUMA_NO_NODE: housekeeping CPUs); @namefmt, @args: its name.
+    Context: any process of the runtime; blocks while the kthread is created.
+    Return: the KthreadWorker.
+    Raises: TypeError/ValueError (bad flags, node, name); KthreadError(ENOMEM)
+    (tables full), or what kthread_create_on_node() raises.
+    """
+    from ._control import kthread_create_on_node, wake_up_process
+    _check_flags(flags)
+    worker = KthreadWorker()
+    task = _attach_task(worker, flags,
+                        lambda: kthread_create_on_node(kthread_worker_fn, worker, node,
+                                                       namefmt, *args))
+    wake_up_process(task)
+    return worker
+
+
+def _attach_task(worker, flags, create):
+    """Create the worker's kthread (not woken) and record it as worker->task."""
+    rt, kbase = resolve_worker(worker)
+    mem = rt.mem
+    mem.store32(kbase + K.flags, flags)
+    try:
+        task = create()
+    except BaseException:
+        worker._owner = False
+        rt.arena.free_worker(worker._idx, worker._gen)
+        raise
+    with Locked(rt, kbase):
+        mem.store32(kbase + K.task, task._idx + 1)
+        mem.store32(kbase + K.task_gen, task._gen)
+    return task
+
+
+def kthread_create_worker(flags, namefmt, *args):
+    """kthread_create_worker - kthread_create_worker_on_node(flags, NUMA_NO_NODE, ...).
+
+    Context, Return, Raises: as kthread_create_worker_on_node().
+    """
+    from ._control import NUMA_NO_NODE
+    return kthread_create_worker_on_node(flags, NUMA_NO_NODE, namefmt, *args)
+
+
+def kthread_create_worker_on_cpu(cpu, flags, namefmt):
+    """kthread_create_worker_on_cpu - create a worker bound to @cpu (and its node).
+
+    @namefmt gets the CPU number as its one argument (e.g. ``"helper/%u"``).
+    Context: any process of the runtime; blocks while the kthread is created.
+    Return: the KthreadWorker, its kthread bound to @cpu and woken.
+    Raises: ValueError (CPU not possible, bad name, bad flags); TypeError;
+    KthreadError(ENOMEM).
+    """
+    from ._control import kthread_create_on_node, kthread_bind, wake_up_process
+    from ._runtime import get_runtime
+    _check_flags(flags)
+    rt = get_runtime()
+    if isinstance(cpu, bool) or not isinstance(cpu, int):
+        raise TypeError(f"cpu must be an int, not {type(cpu).__name__}")
+    rt.topology.check_possible(cpu)
+    node = rt.topology.cpu_to_node(cpu)
+    worker = KthreadWorker()
+    task = _attach_task(worker, flags,
+                        lambda: kthread_create_on_node(kthread_worker_fn, worker, node,
+                                                       namefmt, cpu))
+    kthread_bind(task, cpu)
+    wake_up_process(task)
+    return worker
+
+
+def kthread_destroy_worker(worker):
+    """kthread_destroy_worker - flush, stop and free a worker.
+
+    Waits for the works queued so far, stops the kthread, and warns
+    (KernelWarning) about works still queued or delayed, which are unlinked
+    (their flushers released).  Afterwards the worker and works last queued on
+    it raise until kthread_init_work().
+    Context: any process of the runtime but the worker's own kthread; blocks.
+    Return: None.  A worker with no kthread: KernelWarning, nothing done.
+    Raises: TypeError; KthreadError(ESRCH) for a destroyed worker.
+    """
+    from ._control import kthread_stop
+    rt, kbase = resolve_worker(worker)
+    task = worker.task
+    if task is None:
+        kernel_warn("kthread_destroy_worker(): the worker has no kthread", stacklevel=2)
+        return
+    if _own_worker(rt, kbase):
+        kernel_warn("kthread_destroy_worker() called from the worker's own kthread; "
+                    "not destroying", stacklevel=2)
+        return
+    try:
+        kthread_flush_worker(worker)
+    except KthreadError as exc:
+        if exc.errno != errno.ESRCH:
+            raise                       # its kthread died: nothing left to flush
+    try:
+        kthread_stop(task)
+    except KthreadError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+    left = _unlink_all(rt, kbase)
+    if left:
+        kernel_warn(f"kthread_destroy_worker(): {left} work(s) were still queued or "
+                    "delayed; they were dropped", stacklevel=2)
+    worker._owner = False
+    rt.arena.free_worker(worker._idx, worker._gen)
+
+
+def _unlink_all(rt, kbase):
+    from ._delayed import complete_flushers
+    mem = rt.mem
+    left = 0
+    with Locked(rt, kbase) as lk:
+        for head_f, tail_f in ((K.head, K.tail), (K.thead, K.ttail)):
+            while (idx := mem.load32(kbase + head_f)):
+                base = rt.arena.work_off(idx - 1)
+                unlink(rt, kbase, head_f, tail_f, idx)
+                if mem.load32(base + W.kind) == L.WK_FLUSH:
+                    rt.waits.completion_complete(base + W.done, True)
+                    continue
+                left += 1
+                complete_flushers(lk, idx)
+                if mem.load32(base + W.flags) & L.WF_ORPHAN:
+                    rt.arena.free_work(idx - 1, mem.load32(base + W.gen))
+        mem.store32(kbase + K.task, 0)
+        mem.store32(kbase + K.current, 0)
+        lk.wake = False
+    return left
+
+
+def kthread_init_work(work, func):
+    """kthread_init_work - (re)initialise @work to run @func, tied to no worker.
+
+    Context: any process of the runtime.  Return: None.
+    Raises: TypeError; KthreadError(EBUSY) if the work is pending or running;
+    KthreadError(ESRCH) for a stale work.
+    """
+    resolve_work(work)
+    work._reinit(func)
+
+
+def kthread_init_delayed_work(dwork, func):
+    """kthread_init_delayed_work - kthread_init_work() for a KthreadDelayedWork.
+
+    Raises: TypeError if @dwork is not a KthreadDelayedWork; as kthread_init_work().
+    """
+    resolve_work(dwork, "dwork", delayed=True)
+    dwork._reinit(func)
+
