@@ -97,7 +97,7 @@ class PyMem:
     def mutex_init(self, off):
         self._check(off, 4)
 
-    def mutex_lock(self, off, timeout_ns=-1):
+    def mutex_lock(self, off, timeout_ns=-1, spin_ns=0):
         deadline = None if timeout_ns < 0 else time.monotonic() + timeout_ns / 1e9
         tlock = self._mutex_tlocks.setdefault(off, threading.Lock())
         wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())

@@ -124,7 +124,8 @@ class KthreadWork:
     """
 
     _kind = L.WK_WORK
-    __slots__ = ("_rt", "_idx", "_gen", "_owner", "_func", "_data", "_version", "__weakref__")
+    __slots__ = ("_rt", "_idx", "_gen", "_off", "_owner", "_func", "_data", "_version",
+                 "__weakref__")
 
     def __init__(self, func, data=None):
         raw = _pickle_payload(_pickle_func(func), data)
@@ -140,6 +141,7 @@ class KthreadWork:
                                    f"{rt.arena.params.max_works} works are in use (start "
                                    "the runtime with a larger max_works)")
         self._rt, (self._idx, self._gen) = rt, got
+        self._off = rt.arena.work_off(self._idx)
         self._owner = True
         _write_payload(rt, self._idx, raw)
         self._func, self._data, self._version = func, data, 0
@@ -148,6 +150,7 @@ class KthreadWork:
     def _attach(cls, rt, idx, gen):
         self = object.__new__(cls)
         self._rt, self._idx, self._gen, self._owner = rt, idx, gen, False
+        self._off = rt.arena.work_off(idx)
         self._func = self._data = self._version = None
         return self
 
@@ -246,14 +249,11 @@ def work_handle_for_exec(rt, idx, gen, cache):
     """The handle a worker passes to ``func``, cached per slot and version."""
     base = rt.arena.work_off(idx)
     version = rt.mem.load32(base + W.version)
-    hit = cache.get(idx)
-    if hit is not None and hit._gen == gen and hit._version == version:
-        return hit
     cls = KthreadDelayedWork if rt.mem.load32(base + W.kind) == L.WK_DELAYED else KthreadWork
     handle = cls._attach(rt, idx, gen)
     handle._func, handle._data = _read_payload(rt, idx, base)
     handle._version = version
-    cache[idx] = handle
+    cache[idx + 1] = handle
     return handle
 
 
@@ -280,19 +280,21 @@ class KthreadWorker:
     Context: any process of the runtime.  Raises: KthreadError(ENOMEM).
     """
 
-    __slots__ = ("_rt", "_idx", "_gen", "_owner", "__weakref__")
+    __slots__ = ("_rt", "_idx", "_gen", "_off", "_owner", "__weakref__")
 
     def __init__(self):
         rt = _runtime()
         drain_deferred_frees()
         self._rt = rt
         self._idx, self._gen = rt.arena.alloc_worker(os.getpid())
+        self._off = rt.arena.worker_off(self._idx)
         self._owner = True
 
     @classmethod
     def _attach(cls, rt, idx, gen):
         self = object.__new__(cls)
         self._rt, self._idx, self._gen, self._owner = rt, idx, gen, False
+        self._off = rt.arena.worker_off(idx)
         return self
 
     def _base(self):

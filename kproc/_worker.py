@@ -44,8 +44,9 @@ from . import _layout as L
 from . import _trace
 from ._errors import KthreadError, kernel_warn
 from ._task import TaskState
-from ._work import (KthreadWork, resolve_work, resolve_worker, work_handle_for_exec,
-                    store_work_traceback)
+from ._sched import wake_up_state, _sleep
+from ._work import (KthreadWork, KthreadWorker, resolve_work, resolve_worker,
+                    work_handle_for_exec, store_work_traceback)
 
 __all__ = ["Locked", "kthread_queue_work", "kthread_flush_work", "kthread_flush_worker",
            "kthread_cancel_work_sync", "kthread_cancel_delayed_work_sync",
@@ -73,7 +74,7 @@ class Locked:
         self.rt, self.mem, self.kbase, self.wake = rt, rt.mem, kbase, False
 
     def __enter__(self):
-        self.mem.mutex_lock(self.kbase + K.lock)
+        self.mem.mutex_lock(self.kbase + K.lock, -1, lock_spin_ns())
         return self
 
     def __exit__(self, *exc):
@@ -82,9 +83,20 @@ class Locked:
             wake_worker(self.rt, self.kbase)
 
 
+_lock_spin = None
+
+
+def lock_spin_ns():
+    """How long a busy worker lock is retried before sleeping (the wait spin budget)."""
+    global _lock_spin
+    if _lock_spin is None:
+        from ._wait import default_spin_ns
+        _lock_spin = min(default_spin_ns(), 20_000)
+    return _lock_spin
+
+
 def wake_worker(rt, kbase):
     """wake_up_process(worker->task), if the worker has a live task."""
-    from ._sched import wake_up_state
     mem = rt.mem
     t = mem.load32(kbase + K.task)
     if not t:
@@ -192,7 +204,6 @@ def cancel_work_locked(lk, idx):
 
     Context: worker lock held.  Return: True if it was pending.
     """
-    from ._delayed import complete_flushers
     rt, mem, kbase = lk.rt, lk.mem, lk.kbase
     base = _wo(rt, idx)
     where = mem.load32(base + W.where)
@@ -203,7 +214,7 @@ def cancel_work_locked(lk, idx):
     if where == L.ON_TIMER:
         unlink(rt, kbase, K.thead, K.ttail, idx)
         mem.fetch_add32(kbase + K.ndelayed, -1)
-        complete_flushers(lk, idx)
+        _delayed.complete_flushers(lk, idx)
         return True
     return False
 
@@ -257,15 +268,65 @@ def kthread_queue_work(worker, work):
     Raises: TypeError; KthreadError(ESRCH) for a destroyed worker, a stale
     work, or a work last queued on a destroyed worker.
     """
+    # The fast path: handles valid, work idle or tied to this worker, no timer
+    # due, tracing off.  Everything else goes through _queue_work_checked().
+    try:
+        rt = worker._rt
+        mem = rt.mem
+        kbase, base = worker._off, work._off
+        fast = (type(worker) is KthreadWorker and isinstance(work, KthreadWork)
+                and work._rt is rt and not rt.closed and not _trace.ENABLED
+                and mem.load32(kbase) == worker._gen and mem.load32(base) == work._gen
+                and mem.load32(kbase + K.inuse) and mem.load32(base + W.inuse))
+    except AttributeError:
+        fast = False
+    if not fast:
+        return _queue_work_checked(worker, work)
+    widx = worker._idx + 1
+    tied = mem.load32(base + W.worker)
+    if tied and (tied != widx or mem.load32(base + W.worker_gen) != worker._gen):
+        return _queue_work_checked(worker, work)
+    idx = work._idx + 1
+    lock = kbase + K.lock
+    mem.mutex_lock(lock, -1, _lock_spin if _lock_spin is not None else lock_spin_ns())
+    try:
+        if mem.load32(kbase + K.thead):
+            mem.mutex_unlock(lock)
+            lock = None
+            return _queue_work_checked(worker, work)
+        if mem.load32(base + W.where) or mem.load32(base + W.canceling):
+            return False
+        # link_before(..., tail) inlined
+        prev = mem.load32(kbase + K.tail)
+        mem.store32(base + W.next, 0)
+        mem.store32(base + W.prev, prev)
+        mem.store32(kbase + K.tail, idx)
+        if prev:
+            mem.store32(rt.arena.work_off(prev - 1) + W.next, idx)
+        else:
+            mem.store32(kbase + K.head, idx)
+        mem.store32(base + W.where, L.ON_WORKLIST)
+        mem.store32(base + W.worker, widx)
+        mem.store32(base + W.worker_gen, worker._gen)
+        mem.fetch_add32(kbase + K.depth, 1)
+        wake = not mem.load32(kbase + K.current)
+    finally:
+        if lock is not None:
+            mem.mutex_unlock(lock)
+    if wake:
+        wake_worker(rt, kbase)
+    return True
+
+
+def _queue_work_checked(worker, work):
     rt, kbase = resolve_worker(worker)
     wrt, base = resolve_work(work)
     _same_runtime(rt, wrt, "work")
-    from ._delayed import run_timers
     if work_owner_check(rt, base, kbase, "kthread_queue_work"):
         return False
     mem = rt.mem
     with Locked(rt, kbase) as lk:
-        run_timers(lk)
+        _delayed.run_timers(lk)
         if mem.load32(base + W.where) != L.ON_NONE or mem.load32(base + W.canceling):
             return False
         insert_work(lk, work._idx + 1)
@@ -349,13 +410,12 @@ def kthread_flush_work(work):
 
 
 def _flush_work_at(rt, kbase, idx, fn_name):
-    from ._delayed import run_timers, add_flusher
     mem = rt.mem
     base = _wo(rt, idx)
     midx, mgen = _alloc_marker(rt)
     own = _own_worker(rt, kbase)
     with Locked(rt, kbase) as lk:
-        run_timers(lk)
+        _delayed.run_timers(lk)
         where = mem.load32(base + W.where)
         if where == L.ON_WORKLIST:
             pos = mem.load32(base + W.next) or -1
@@ -367,7 +427,7 @@ def _flush_work_at(rt, kbase, idx, fn_name):
             pos = None
         if pos is not None and not own:
             if pos == "timer":
-                add_flusher(lk, idx, midx + 1)
+                _delayed.add_flusher(lk, idx, midx + 1)
             else:
                 insert_work(lk, midx + 1, max(pos, 0))
     if pos is None or own:
@@ -404,11 +464,10 @@ def _cancel_sync(work, is_dwork, fn_name):
     kbase = work_worker_base(rt, base)
     if kbase is None:
         return False
-    from ._delayed import run_timers
     mem = rt.mem
     idx = work._idx + 1
     with Locked(rt, kbase) as lk:
-        run_timers(lk)
+        _delayed.run_timers(lk)
         ret = cancel_work_locked(lk, idx)
         if mem.load32(kbase + K.current) != idx:
             _free_if_orphan_locked(rt, base, work._idx, kbase)
@@ -558,26 +617,33 @@ def _reinit_locked(rt, base, idx, raw, write_payload):
 
 # -- the worker's side ------------------------------------------------------------------
 
-def _next_work_locked(lk, prev_idx):
-    """Pop the next work to run (markers completed on the way) and set current_work.
+def _pop_locked(rt, kbase, prev_idx):
+    """Finish ``prev_idx``, pop the next work to run and make it current_work.
 
-    Context: worker lock held.  Return: work index + 1, or 0.  Also frees
-    ``prev_idx`` if it became an idle orphan.
+    Flush markers met on the way are completed here, under the lock.  Also
+    frees ``prev_idx`` if it became an idle orphan.
+    Context: worker lock held, the worker's kthread.  Return: index + 1, or 0.
     """
-    from ._delayed import run_timers
-    rt, mem, kbase = lk.rt, lk.mem, lk.kbase
-    run_timers(lk, wake=False)
+    mem = rt.mem
+    work_off = rt.arena.work_off
     if prev_idx:
-        pbase = _wo(rt, prev_idx)
         mem.store32(kbase + K.current, 0)
-        _free_if_orphan_locked(rt, pbase, prev_idx - 1, kbase)
+        pbase = work_off(prev_idx - 1)
+        if mem.load32(pbase + W.flags) & L.WF_ORPHAN:
+            _free_if_orphan_locked(rt, pbase, prev_idx - 1, kbase)
     while True:
         idx = mem.load32(kbase + K.head)
         if not idx:
-            mem.store32(kbase + K.current, 0)
             return 0
-        base = _wo(rt, idx)
-        unlink(rt, kbase, K.head, K.tail, idx)
+        base = work_off(idx - 1)
+        after = mem.load32(base + W.next)       # list_del_init of the head, inlined
+        mem.store32(kbase + K.head, after)
+        if after:
+            mem.store32(work_off(after - 1) + W.prev, 0)
+        else:
+            mem.store32(kbase + K.tail, 0)
+        mem.store32(base + W.next, 0)
+        mem.store32(base + W.where, L.ON_NONE)
         if mem.load32(base + W.kind) == L.WK_FLUSH:
             rt.waits.completion_complete(base + W.done, True)
             continue
@@ -591,30 +657,38 @@ def worker_loop(rt, kbase, tbase, name):
 
     Return: 0 when kthread_stop() ends it.  Context: the worker's kthread.
     """
-    from ._delayed import next_expiry
-    from . import _freezer, _sched
     mem = rt.mem
+    lock = kbase + K.lock
+    spin = lock_spin_ns()
+    lk = Locked(rt, kbase)
     cache = {}
     idx = 0
     freezable = bool(mem.load32(kbase + K.flags) & 1)
     while True:
-        mem.store32(tbase + T.state, INTERRUPTIBLE)
+        mem.store32(tbase + T.state, INTERRUPTIBLE)      # pairs with wake_worker()
         if mem.load32(tbase + T.flags) & L.KF_SHOULD_STOP:
             mem.store32(tbase + T.state, RUNNING)
             with Locked(rt, kbase):
                 if idx:
                     mem.store32(kbase + K.current, 0)
-                    _free_if_orphan_locked(rt, _wo(rt, idx), idx - 1, kbase)
+                    _free_if_orphan_locked(rt, rt.arena.work_off(idx - 1), idx - 1, kbase)
                 mem.store32(kbase + K.task, 0)
             return 0
-        with Locked(rt, kbase) as lk:
-            idx = _next_work_locked(lk, idx)
-            deadline = None if idx else next_expiry(lk)
+        deadline = None
+        mem.mutex_lock(lock, -1, spin)
+        try:
+            if mem.load32(kbase + K.thead):
+                _delayed.run_timers(lk, wake=False)
+            idx = _pop_locked(rt, kbase, idx)
+            if not idx and mem.load32(kbase + K.thead):
+                deadline = _delayed.next_expiry(lk)
+        finally:
+            mem.mutex_unlock(lock)
         if idx:
             mem.store32(tbase + T.state, RUNNING)
             _execute(rt, kbase, idx, name, cache)
         elif not (freezable and _freezer.freezing_at(rt, tbase)):
-            _sched._sleep(rt, tbase, deadline)
+            _sleep(rt, tbase, deadline)
         else:
             mem.store32(tbase + T.state, RUNNING)
         if freezable:
@@ -623,13 +697,15 @@ def worker_loop(rt, kbase, tbase, name):
 
 def _execute(rt, kbase, idx, name, cache):
     mem = rt.mem
-    base = _wo(rt, idx)
-    gen = mem.load32(base + W.gen)
-    try:
-        handle = work_handle_for_exec(rt, idx - 1, gen, cache)
-    except Exception:
-        _report(rt, kbase, idx, name, None)
-        return
+    base = rt.arena.work_off(idx - 1)
+    gen = mem.load32(base)
+    handle = cache.get(idx)
+    if handle is None or handle._gen != gen or handle._version != mem.load32(base + W.version):
+        try:
+            handle = work_handle_for_exec(rt, idx - 1, gen, cache)
+        except Exception:
+            _report(rt, kbase, idx, name, None)
+            return
     traced = _trace.ENABLED
     if traced:
         fname = getattr(handle._func, "__qualname__", "?")
@@ -652,3 +728,7 @@ def _report(rt, kbase, idx, name, handle):
                      f"raised: {text}")
     store_work_traceback(rt, idx - 1, text)
     rt.mem.fetch_add64(kbase + K.errors, 1)
+
+
+from . import _delayed  # noqa: E402  (it builds on the primitives above)
+from . import _freezer  # noqa: E402

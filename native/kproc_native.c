@@ -718,16 +718,30 @@ static int mutex_acquired(pthread_mutex_t *mx, int rc)
  */
 static PyObject *Mem_mutex_lock(KWARGS)
 {
-    static const char *const names[] = {"off", "timeout_ns"};
-    PyObject *a[2];
+    static const char *const names[] = {"off", "timeout_ns", "spin_ns"};
+    PyObject *a[3];
     pthread_mutex_t *mx;
-    int64_t deadline;
+    int64_t deadline, spin_ns = 0;
     int rc;
     NEED_BUFFER();
-    if (!parse_args(args, nargs, kwnames, "mutex_lock", names, 1, 2, a) ||
+    if (!parse_args(args, nargs, kwnames, "mutex_lock", names, 1, 3, a) ||
         !(mx = mutex_at(self, a[0])) || get_deadline(a[1], &deadline) < 0)
         return NULL;
+    if (a[2] && a[2] != Py_None && (spin_ns = PyLong_AsLongLong(a[2])) == -1 && PyErr_Occurred())
+        return NULL;
     rc = pthread_mutex_trylock(mx);
+    if (rc == EBUSY && spin_ns > 0) {
+        /* A robust mutex never spins in glibc: a contended lock sleeps in the
+         * kernel at once, and waking a halted vCPU costs tens of µs.  Critical
+         * sections here are a few µs, so trying again for a while first wins. */
+        int64_t until = mono_ns() + spin_ns;
+        unsigned n = 0;
+        do {
+            for (int i = 0; i < 32; i++)
+                cpu_relax();
+            rc = pthread_mutex_trylock(mx);
+        } while (rc == EBUSY && ((++n & 15) || mono_ns() < until));
+    }
     while (rc == EBUSY) {
         int64_t now = mono_ns(), until = now + MUTEX_SLICE_NS;
         struct timespec ts;
@@ -795,8 +809,9 @@ static PyMethodDef Mem_methods[] = {
                        "moved without acquiring, -1 stale generation; seq_snapshot < 0: "
                        "read it now; the spin runs in full, the timeout bounds the sleep"),
     M(mutex_init, "mutex_init(off): a robust, process-shared, error-checking mutex"),
-    MK(mutex_lock, "mutex_lock(off, timeout_ns=-1) -> 0 locked, 1 locked and the "
-                  "previous owner died (made consistent), 2 timed out"),
+    MK(mutex_lock, "mutex_lock(off, timeout_ns=-1, spin_ns=0) -> 0 locked, 1 locked and "
+                  "the previous owner died (made consistent), 2 timed out; a busy lock is "
+                  "retried for spin_ns before sleeping"),
     M(mutex_unlock, "mutex_unlock(off); OSError (EPERM) if not the owner"),
     {NULL, NULL, 0, NULL},
 };
