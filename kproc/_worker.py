@@ -722,10 +722,10 @@ def _execute(rt, kbase, idx, name, cache):
 
 def _report(rt, kbase, idx, name, handle):
     """A work raised: print the traceback with the worker's name, keep it, go on."""
-    text = traceback.format_exc()
     what = getattr(getattr(handle, "_func", None), "__qualname__", "a work")
-    sys.stderr.write(f"kproc: work {what} on worker {name!r} (pid {os.getpid()}) "
-                     f"raised: {text}")
+    text = (f"kproc: work {what} on worker {name!r} (pid {os.getpid()}) raised:\n"
+            + traceback.format_exc())
+    sys.stderr.write(text)
     store_work_traceback(rt, idx - 1, text)
     rt.mem.fetch_add64(kbase + K.errors, 1)
 
