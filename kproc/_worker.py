@@ -453,6 +453,7 @@ def kthread_flush_worker(worker):
         return
     midx, mgen = _alloc_marker(rt)
     with Locked(rt, kbase) as lk:
+        _delayed.run_timers(lk)          # expired works were queued before us
         insert_work(lk, midx + 1)
     wait_marker(rt, kbase, midx, mgen)
 

@@ -109,6 +109,14 @@ def cancel_from_kthread(args):
     return 1 if kproc.kthread_cancel_work_sync(work) else 0
 
 
+def flush_from_kthread(args):
+    """kthread_flush_work from a kthread; return 1 once it returned."""
+    work, started = args
+    kproc.complete(started)
+    kproc.kthread_flush_work(work)
+    return 1
+
+
 def hammer_mod_cancel(args):
     """mod/cancel the same delayed work in a loop (the 2021 race); return iterations."""
     worker, dwork, n, go = args
