@@ -146,7 +146,8 @@ def _not_frozen(rt):
     for base, idx in _freezable_live(rt):
         state = mem.load32(base + T.state)
         flags = mem.load32(base + T.flags)
-        if state == FROZEN or state == TaskState.TASK_PARKED or not flags & L.KF_STARTED:
+        never_woken = not flags & L.KF_STARTED and state != RUNNING
+        if state == FROZEN or state == TaskState.TASK_PARKED or never_woken:
             continue
         todo.append((base, idx))
         wake_up_state(rt, base, TASK_NORMAL)     # freeze_task(): let it see freezing

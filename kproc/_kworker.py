@@ -129,6 +129,10 @@ def _attach_task(worker, flags, create):
     with Locked(rt, kbase):
         mem.store32(kbase + K.task, task._idx + 1)
         mem.store32(kbase + K.task_gen, task._gen)
+    if flags & KTW_FREEZABLE:
+        # Freezable from birth, so a freeze_kthreads() right after the create
+        # cannot miss it (kthread_worker_fn's set_freezable() comes later).
+        mem.fetch_or32(rt.arena.task_off(task._idx) + T.flags, L.KF_FREEZABLE)
     return task
 
 
