@@ -316,13 +316,25 @@ class KthreadWorker:
     def flags(self):
         return self._field("flags")
 
+    def _timers_fired(self):
+        """Fire due timers first, so counters read as in the kernel (see _delayed)."""
+        from ._worker import Locked
+        from ._delayed import run_timers
+        base = self._base()
+        if self._rt.mem.load32(base + K.thead):
+            with Locked(self._rt, base) as lk:
+                run_timers(lk)
+        return base
+
     @property
     def queued(self):
-        return self._field("depth")
+        """Works on the work list (due timers included), flush markers excluded."""
+        return self._rt.mem.load32(self._timers_fired() + K.depth)
 
     @property
     def delayed(self):
-        return self._field("ndelayed")
+        """Delayed works whose timer has not expired yet."""
+        return self._rt.mem.load32(self._timers_fired() + K.ndelayed)
 
     @property
     def executed(self):
