@@ -230,6 +230,9 @@ CASES = {
     "scale": scale,
 }
 
+from ._worker_cases import CASES as _WORKER_CASES  # noqa: E402
+CASES.update(_WORKER_CASES)
+
 if __name__ == "__main__":
     name, n = sys.argv[1], int(sys.argv[2])
     samples = CASES[name](n)

@@ -681,19 +681,74 @@ def worker_loop(rt, kbase, tbase, name):
             if mem.load32(kbase + K.thead):
                 _delayed.run_timers(lk, wake=False)
             idx = _pop_locked(rt, kbase, idx)
-            if not idx and mem.load32(kbase + K.thead):
+            first = 0 if idx else mem.load32(kbase + K.thead)
+            if first:
                 deadline = _delayed.next_expiry(lk)
+                first_gen = mem.load32(rt.arena.work_off(first - 1))
         finally:
             mem.mutex_unlock(lock)
+        if first:
+            _prefetch(rt, kbase, first, first_gen, name, cache)
         if idx:
             mem.store32(tbase + T.state, RUNNING)
             _execute(rt, kbase, idx, name, cache)
         elif not (freezable and _freezer.freezing_at(rt, tbase)):
-            _sleep(rt, tbase, deadline)
+            _timer_sleep(rt, tbase, deadline)
         else:
             mem.store32(tbase + T.state, RUNNING)
         if freezable:
             _freezer.try_to_freeze_at(rt, tbase)
+
+
+def timer_spin_ns():
+    """How long before a timer's expiry an idle worker wakes to spin (0: never).
+
+    Waking a halted vCPU from a timer costs tens of µs on a VM; waking this
+    much earlier and spinning on the wake word until the expiry removes that
+    from a delayed work's lateness, for at most this much CPU per timer.
+    ``KPROC_TIMER_SPIN_US`` sets it; 0 on a single CPU or the posix backend.
+    """
+    global _timer_spin
+    if _timer_spin is None:
+        from ._wait import default_spin_ns
+        env = os.environ.get("KPROC_TIMER_SPIN_US")
+        _timer_spin = int(float(env) * 1000) if env is not None else \
+            (100_000 if default_spin_ns() else 0)
+    return _timer_spin
+
+
+_timer_spin = None
+
+
+def _timer_sleep(rt, tbase, deadline):
+    """schedule() until woken or ``deadline`` (the first timer), waking early to spin."""
+    spin = timer_spin_ns() if deadline is not None and rt.waits.name == "futex" else 0
+    if not spin:
+        _sleep(rt, tbase, deadline)
+        return
+    mem = rt.mem
+    seq = mem.load32(tbase + T.wake_seq)
+    if deadline - time.monotonic_ns() > spin and not _sleep(rt, tbase, deadline - spin):
+        return                                    # woken before the timer: go look
+    mem.store32(tbase + T.state, RUNNING)
+    left = deadline - time.monotonic_ns()
+    if left > 0:
+        mem.wait_change(tbase + T.wake_seq, seq, 0, left)
+
+
+def _prefetch(rt, kbase, idx, gen, name, cache):
+    """Unpickle the first timer's work while idle, so it starts sooner at expiry.
+
+    A work's payload only changes through kthread_init_work(), which bumps its
+    version, so a handle loaded now stays good (the cache checks gen/version).
+    """
+    handle = cache.get(idx)
+    if handle is not None and handle._gen == gen:
+        return
+    try:
+        work_handle_for_exec(rt, idx - 1, gen, cache)
+    except Exception:
+        pass                      # _execute reports it when the work runs
 
 
 def _execute(rt, kbase, idx, name, cache):
