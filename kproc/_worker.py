@@ -45,6 +45,7 @@ from . import _trace
 from ._errors import KthreadError, kernel_warn
 from ._task import TaskState
 from ._sched import wake_up_state, _sleep
+from ._kthread import parkme
 from ._work import (KthreadWork, KthreadWorker, resolve_work, resolve_worker,
                     work_handle_for_exec, store_work_traceback)
 
@@ -667,7 +668,13 @@ def worker_loop(rt, kbase, tbase, name):
     freezable = bool(mem.load32(kbase + K.flags) & 1)
     while True:
         mem.store32(tbase + T.state, INTERRUPTIBLE)      # pairs with wake_worker()
-        if mem.load32(tbase + T.flags) & L.KF_SHOULD_STOP:
+        flags = mem.load32(tbase + T.flags)
+        if flags & L.KF_SHOULD_PARK and not flags & L.KF_SHOULD_STOP:
+            # Not in the kernel's kthread_worker_fn (kthread_park() on a worker
+            # would hang there): parked between works, works wait on the list.
+            parkme(rt, tbase)
+            continue
+        if flags & L.KF_SHOULD_STOP:
             mem.store32(tbase + T.state, RUNNING)
             with Locked(rt, kbase):
                 if idx:
