@@ -43,7 +43,7 @@ import traceback
 from . import _layout as L
 from . import _trace
 from ._errors import KthreadError, kernel_warn
-from ._task import TaskState
+from ._task import TaskState, TASK_NORMAL
 from ._sched import wake_up_state, _sleep
 from ._kthread import parkme
 from ._work import (KthreadWork, KthreadWorker, resolve_work, resolve_worker,
@@ -94,6 +94,31 @@ def lock_spin_ns():
         from ._wait import default_spin_ns
         _lock_spin = min(default_spin_ns(), 20_000)
     return _lock_spin
+
+
+def fast_paths(rt):
+    """(work_queue, work_pop) of the C extension for ``rt``, or (None, None).
+
+    Set up once per runtime and process: the C side learns where workers,
+    works and tasks live (``Mem.wq_setup``).
+    """
+    fp = getattr(rt, "_wq_fast", None)
+    if fp is None:
+        mem = rt.mem
+        fp = (None, None)
+        if hasattr(mem, "wq_setup"):
+            p = rt.arena.params
+            mem.wq_setup([
+                p.works, p.WORK_BYTES, p.max_works, p.tasks, T.size, p.max_kthreads,
+                K.size,
+                K.gen, K.lock, K.head, K.tail, K.thead, K.current, K.depth, K.task, K.task_gen,
+                W.gen, W.where, W.prev, W.next, W.worker, W.worker_gen, W.canceling,
+                W.kind, W.flags,
+                T.gen, T.state, T.wake_seq, T.sleeping,
+                L.ON_WORKLIST, L.WK_FLUSH, L.WF_ORPHAN, int(TASK_NORMAL)])
+            fp = (mem.work_queue, mem.work_pop)
+        rt._wq_fast = fp
+    return fp
 
 
 def wake_worker(rt, kbase):
@@ -270,7 +295,29 @@ def kthread_queue_work(worker, work):
     work, or a work last queued on a destroyed worker.
     """
     # The fast path: handles valid, work idle or tied to this worker, no timer
-    # due, tracing off.  Everything else goes through _queue_work_checked().
+    # armed, tracing off.  Everything else goes through _queue_work_checked().
+    try:
+        rt = worker._rt
+        cq = rt._wq_fast[0] if hasattr(rt, "_wq_fast") else fast_paths(rt)[0]
+        if cq is not None and type(worker) is KthreadWorker and work._rt is rt and \
+                isinstance(work, KthreadWork) and not rt.closed and not _trace.ENABLED:
+            r = cq(worker._off, work._off, worker._idx + 1, worker._gen, work._gen,
+                   _lock_spin if _lock_spin is not None else lock_spin_ns(),
+                   rt.waits.name == "futex")
+            if r > 0:
+                if r == 2 and rt.waits.name != "futex":
+                    wake_worker(rt, worker._off)
+                return True
+            if r == 0:
+                return False
+            return _queue_work_checked(worker, work)
+    except AttributeError:
+        return _queue_work_checked(worker, work)
+    return _queue_work_py(worker, work)
+
+
+def _queue_work_py(worker, work):
+    """kthread_queue_work()'s fast path without the C extension."""
     try:
         rt = worker._rt
         mem = rt.mem
@@ -663,6 +710,7 @@ def worker_loop(rt, kbase, tbase, name):
     lock = kbase + K.lock
     spin = lock_spin_ns()
     lk = Locked(rt, kbase)
+    cpop = fast_paths(rt)[1]
     cache = {}
     idx = 0
     freezable = bool(mem.load32(kbase + K.flags) & 1)
@@ -683,6 +731,24 @@ def worker_loop(rt, kbase, tbase, name):
                 mem.store32(kbase + K.task, 0)
             return 0
         deadline = None
+        if cpop is not None:
+            nxt = cpop(kbase, idx, spin)
+            if nxt > 0:
+                idx = nxt
+                mem.store32(tbase + T.state, RUNNING)
+                _execute(rt, kbase, idx, name, cache)
+                if freezable:
+                    _freezer.try_to_freeze_at(rt, tbase)
+                continue
+            if nxt == 0:
+                idx = 0
+                if not (freezable and _freezer.freezing_at(rt, tbase)):
+                    _sleep(rt, tbase, None)
+                else:
+                    mem.store32(tbase + T.state, RUNNING)
+                if freezable:
+                    _freezer.try_to_freeze_at(rt, tbase)
+                continue
         mem.mutex_lock(lock, -1, spin)
         try:
             if mem.load32(kbase + K.thead):

@@ -620,3 +620,18 @@ def test_mutex_lock_waits_for_the_holder_to_unlock(mem):
         release()
         assert mem.mutex_lock(MUTEX, 5 * SEC) == 0
         mem.mutex_unlock(MUTEX)
+
+
+# -- kthread_worker fast paths --------------------------------------------------------
+
+def test_work_fast_paths_need_wq_setup_first():
+    buf = bytearray(4096)
+    mem = native.Mem(buf)
+    with pytest.raises(RuntimeError, match="wq_setup"):
+        mem.work_queue(0, 0, 1, 1, 1, 0, False)
+    with pytest.raises(RuntimeError, match="wq_setup"):
+        mem.work_pop(0, 0, 0)
+    with pytest.raises(ValueError):
+        mem.wq_setup([0, 1, 2])
+    with pytest.raises(ValueError, match="beyond"):
+        mem.wq_setup([0, 128, 1000] + [0] * 30)
