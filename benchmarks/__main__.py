@@ -83,6 +83,67 @@ def scale(quick, results):
                         "stop_all_s": stopped / 1e9, "uss_kib": uss / 1024}
 
 
+def workers(quick, results):
+    """Dispatch latency, no-op throughput and delayed-work lateness (issue #3)."""
+    n = 2000 if quick else 20000
+    rows_one, rows_rt = [], []
+    cases = [("kproc worker", "dispatch_kproc", n),
+             ("ProcessPoolExecutor", "dispatch_ppe", max(200, n // 10)),
+             ("multiprocessing.Pool", "dispatch_pool", max(200, n // 10))]
+    with progress(len(cases), "dispatch") as bar:
+        for label, case, rounds in cases:
+            s = run_case(case, rounds)
+            half = len(s) // 2
+            rows_one.append(summarize(label, s[:half]))
+            rows_rt.append(summarize(label + " (round trip)", s[half:]))
+            bar.update()
+    table("Work dispatch, queue → start of execution (caller CPU 0, worker CPU 1)",
+          rows_one + rows_rt, "kproc worker")
+    ppe_rt = next(r for r in rows_rt if r["name"].startswith("ProcessPool"))
+    print(f"  kproc dispatch p50 is 1/{ppe_rt['p50'] / rows_one[0]['p50']:.0f} of "
+          "ProcessPoolExecutor's round trip (target: 1/30 or better)")
+    results["dispatch"] = rows_one + rows_rt
+
+    count = 100_000 if quick else 1_000_000
+    tcases = [("kproc, 1 producer", "throughput_kproc", count),
+              ("kproc, caller + 2 kthreads", "throughput_kproc_3", count),
+              ("ProcessPoolExecutor.submit", "throughput_ppe", count // 20),
+              ("multiprocessing.Pool.apply_async", "throughput_pool", count // 20)]
+    trows = []
+    with progress(len(tcases), "throughput") as bar:
+        for label, case, c in tcases:
+            elapsed, done = run_case(case, c)
+            trows.append({"name": label, "works_per_s": done / elapsed * 1e9, "n": done})
+            bar.update()
+    print("\nNo-op work throughput, one worker (caller CPU 0, worker CPU 1)")
+    ref = trows[0]["works_per_s"]
+    for r in trows:
+        r["ratio_to_kproc"] = r["works_per_s"] / ref
+        print(f"  {r['name']:<34} {r['works_per_s']:>12,.0f} /s {r['ratio_to_kproc']:>10.3f}x")
+    results["throughput"] = trows
+
+    lcount = 2000
+    lcases = [("kproc delayed work", "lateness_kproc"),
+              ("threading.Timer", "lateness_timer"),
+              ("cyclictest (SCHED_OTHER)", "lateness_cyclictest")]
+    lrows = []
+    with progress(len(lcases), "lateness") as bar:
+        for label, case in lcases:
+            s = run_case(case, lcount)
+            if s:
+                lrows.append(summarize(label, s))
+            bar.update()
+    table(f"Delayed-work lateness, {lcount} timers 1 ms apart (worker CPU 1)", lrows,
+          "kproc delayed work")
+    cyc = next((r for r in lrows if r["name"].startswith("cyclictest")), None)
+    if cyc:
+        print(f"  kproc / cyclictest: p50 {lrows[0]['p50'] / cyc['p50']:.2f}x, "
+              f"p99 {lrows[0]['p99'] / cyc['p99']:.2f}x (target: 2x or better)")
+    else:
+        print("  cyclictest not installed (Debian package rt-tests): no floor to compare")
+    results["lateness"] = lrows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs (< 2 minutes)")
@@ -90,14 +151,18 @@ def main(argv=None):
     parser.add_argument("--png", metavar="PATH", default="benchmarks-latency.png",
                         help="latency CDFs as a PNG where matplotlib is installed "
                              "(default: %(default)s)")
-    parser.add_argument("--only", choices=["pingpong", "cycle", "scale"], action="append")
+    parser.add_argument("--only", choices=["pingpong", "cycle", "scale", "workers"],
+                        action="append")
     args = parser.parse_args(argv)
     results = {"quick": args.quick, "cpus": os.cpu_count()}
-    for name, fn in (("pingpong", pingpong), ("cycle", cycle), ("scale", scale)):
+    for name, fn in (("pingpong", pingpong), ("cycle", cycle), ("scale", scale),
+                     ("workers", workers)):
         if not args.only or name in args.only:
             fn(args.quick, results)
     sections = {"Completion ping-pong round trip": results.get("pingpong"),
-                "Create → wake → stop": results.get("cycle")}
+                "Create → wake → stop": results.get("cycle"),
+                "Work dispatch": results.get("dispatch"),
+                "Delayed-work lateness": results.get("lateness")}
     sections = {k: v for k, v in sections.items() if v}
     if sections and args.png and plot(sections, args.png):
         print(f"\nlatency distributions written to {args.png}")
