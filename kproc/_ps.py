@@ -9,7 +9,10 @@ table is a snapshot, possibly torn for a kthread changing state meanwhile.
 
 import mmap
 import os
+import pickletools
 import re
+import struct
+import time
 
 import psutil
 
@@ -66,13 +69,16 @@ def snapshot(pid, fd):
         params = ArenaParams(n, L.unpack_field(buf, 0, H, "max_completions"),
                              L.unpack_field(buf, 0, H, "max_works"))
         backend = {1: "futex", 2: "posix"}.get(L.unpack_field(buf, 0, H, "backend"), "?")
+        workers = _workers(buf, params)
         tasks = []
         for idx in range(n):
             base = params.tasks + idx * T.size
             slot = L.unpack_field(buf, base, T, "slot")
             if slot not in (L.SLOT_LIVE, L.SLOT_CREATING):
                 continue
-            tasks.append(_task_row(buf, params, idx, base, slot))
+            row = _task_row(buf, params, idx, base, slot)
+            row["worker"] = workers.get((idx + 1, L.unpack_field(buf, base, T, "gen")))
+            tasks.append(row)
         return {"kthreadd": pid, "owner": L.unpack_field(buf, 0, H, "owner_pid"),
                 "backend": backend, "max_kthreads": n, "kthreads": tasks}
     finally:
@@ -104,6 +110,55 @@ def _task_row(buf, params, idx, base, slot):
     }
 
 
+def _workers(buf, params):
+    """{(task index + 1, task gen): worker counters} for every worker with a kthread."""
+    K, W = L.WORKER, L.WORK
+    out = {}
+    now = time.monotonic_ns()
+    for idx in range(params.max_kthreads):
+        base = params.workers + idx * params.WORKER_BYTES
+        if not L.unpack_field(buf, base, K, "inuse"):
+            continue
+        task = L.unpack_field(buf, base, K, "task")
+        if not task:
+            continue
+        due = 0                     # expired timers count as queued (see _delayed)
+        t = L.unpack_field(buf, base, K, "thead")
+        while t and due <= params.max_works:
+            wbase = params.works + (t - 1) * params.WORK_BYTES
+            if L.unpack_field(buf, wbase, W, "expires") > now:
+                break
+            due += 1
+            t = L.unpack_field(buf, wbase, W, "next")
+        cur = L.unpack_field(buf, base, K, "current")
+        out[(task, L.unpack_field(buf, base, K, "task_gen"))] = {
+            "queued": L.unpack_field(buf, base, K, "depth") + due,
+            "delayed": L.unpack_field(buf, base, K, "ndelayed") - due,
+            "executed": L.unpack_field(buf, base, K, "executed"),
+            "errors": L.unpack_field(buf, base, K, "errors"),
+            "current": _work_func_name(buf, params, cur - 1) if cur else None,
+        }
+    return out
+
+
+def _work_func_name(buf, params, idx):
+    """``module.qualname`` of a work's func, read from its pickle *without* unpickling
+    (pickletools only parses: nothing from shared memory is executed here)."""
+    W = L.WORK
+    wbase = params.works + idx * params.WORK_BYTES
+    n = L.unpack_field(buf, wbase, W, "payload_len")
+    off = params.work_blobs + idx * L.WORK_BLOB
+    try:
+        outer = bytes(buf[off:off + min(n, L.WORK_PAYLOAD_MAX)])
+        func_pickle = next(arg for op, arg, _ in pickletools.genops(outer)
+                           if isinstance(arg, bytes))
+        strings = [arg for op, arg, _ in pickletools.genops(func_pickle)
+                   if isinstance(arg, str)]
+        return ".".join(strings[:2]) if len(strings) >= 2 else f"#{idx}"
+    except (StopIteration, ValueError, struct.error, EOFError):
+        return f"#{idx}"
+
+
 def format_table(runtimes):
     """Render snapshots as a text table (one block per runtime)."""
     lines = []
@@ -112,16 +167,22 @@ def format_table(runtimes):
                      f"backend {rt['backend']}  kthreads {len(rt['kthreads'])}"
                      f"/{rt['max_kthreads']}")
         lines.append(f"  {'PID':>7} {'CPU':>3} {'AFFINITY':<10} {'STATE':<20} "
-                     f"{'FLAGS':<6} NAME")
+                     f"{'FLAGS':<6} {'QUEUED':>6} {'EXECUTED':>9} NAME  [CURRENT WORK]")
         lines.append(f"  {rt['kthreadd']:>7} {'-':>3} {'-':<10} {'(kthreadd)':<20} "
-                     f"{'-':<6} kthreadd")
+                     f"{'-':<6} {'-':>6} {'-':>9} kthreadd")
         for t in rt["kthreads"]:
             aff = _cpulist(t["affinity"]) if t["affinity"] is not None else "?"
             cpu = "?" if t["cpu"] is None else t["cpu"]
+            w = t.get("worker")
+            queued = f"{w['queued']}" + (f"+{w['delayed']}d" if w["delayed"] else "") \
+                if w else "-"
+            executed = f"{w['executed']}" if w else "-"
+            current = f"  [{w['current']}]" if w and w["current"] else ""
             lines.append(f"  {t['pid']:>7} {cpu:>3} {aff:<10} {t['state']:<20} "
-                         f"{t['flags']:<6} {t['name']}")
+                         f"{t['flags']:<6} {queued:>6} {executed:>9} {t['name']}{current}")
     if not runtimes:
         lines.append("no kproc runtime is running for this user")
     lines.append("flags: P per-CPU, S should stop, K should park, B bound, "
-                 "A preferred affinity, F freezable, W worker, X exiting")
+                 "A preferred affinity, F freezable, W worker, X exiting; "
+                 "QUEUED: works on a worker's list (+N delayed: timers pending)")
     return "\n".join(lines)

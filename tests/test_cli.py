@@ -48,3 +48,30 @@ def test_ps_table_names_kthreadd_and_kthreads(rt):
 def test_ps_without_runtime_says_so():
     text = _ps()
     assert "no kproc runtime" in text or "runtime:" in text   # other users' runtimes aside
+
+
+def test_ps_shows_a_workers_queue_current_work_and_executed(rt):
+    import wfuncs
+    w = kproc.kthread_create_worker(0, "ps-worker")
+    try:
+        started, release = kproc.Completion(), kproc.Completion()
+        kproc.kthread_queue_work(w, kproc.KthreadWork(wfuncs.noop))
+        kproc.kthread_flush_worker(w)
+        kproc.kthread_queue_work(w, kproc.KthreadWork(wfuncs.block, (started, release)))
+        kproc.wait_for_completion(started)
+        pending = [kproc.KthreadWork(wfuncs.noop) for _ in range(3)]
+        for p in pending:
+            kproc.kthread_queue_work(w, p)
+        dwork = kproc.KthreadDelayedWork(wfuncs.noop)
+        kproc.kthread_queue_delayed_work(w, dwork, 100)
+        runtimes = [r for r in json.loads(_ps("--json")) if r["kthreadd"] == rt.kthreadd_pid]
+        row = next(t for t in runtimes[0]["kthreads"] if t["name"] == "ps-worker")
+        assert "W" in row["flags"]
+        assert row["worker"]["queued"] == 3 and row["worker"]["delayed"] == 1
+        assert row["worker"]["executed"] == 1
+        assert row["worker"]["current"] == "wfuncs.block"
+        assert "[wfuncs.block]" in _ps()
+        kproc.complete(release)
+        kproc.kthread_cancel_delayed_work_sync(dwork)
+    finally:
+        kproc.kthread_destroy_worker(w)
