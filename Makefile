@@ -21,7 +21,7 @@ FLOOR := benchmarks/c/futex_floor
 CWARN := -Wall -Wextra
 
 .DEFAULT_GOAL := help
-.PHONY: help venv ext test test-fast test-futex test-posix bench floor check-c clean FORCE
+.PHONY: help venv ext test test-fast test-futex test-posix bench floor check-c clean rt-tests FORCE
 
 help: ## list the targets (PYTEST_ARGS=... is passed to pytest, BACKEND=... to test-fast)
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -76,8 +76,16 @@ $(FLOOR): benchmarks/c/futex_floor.c
 
 floor: $(FLOOR) ## build the C futex floor (benchmarks/c/futex_floor)
 
-bench: venv $(BENCH_STAMP) $(FLOOR) ## the quick benchmark suite, printed as tables
+bench: venv $(BENCH_STAMP) $(FLOOR) rt-tests ## the quick benchmark suite, printed as tables
 	$(PY) -m benchmarks --quick
+
+# cyclictest is the floor delayed-work lateness is compared with; installing it
+# needs root and apt, so without them the benchmark says it is missing instead.
+rt-tests: ## install cyclictest (Debian rt-tests) when root and missing
+	@command -v cyclictest >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		command -v apt-get >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q rt-tests >/dev/null 2>&1 || \
+		echo "rt-tests not installed: the lateness benchmark runs without cyclictest"; }
 
 clean: ## remove .venv and every build product
 	rm -rf $(VENV) build *.egg-info kproc/_native*.so $(FLOOR)

@@ -28,7 +28,7 @@ import os
 import pickle
 
 from . import _layout as L
-from ._errors import KthreadError, stale
+from ._errors import KthreadError
 
 __all__ = ["KthreadWorker", "KthreadWork", "KthreadDelayedWork", "resolve_work",
            "resolve_worker", "drain_deferred_frees", "work_handle_for_exec",
@@ -401,9 +401,3 @@ def resolve_worker(worker, what="worker"):
             raise KthreadError(errno.ESRCH, "the worker was destroyed (stale "
                                "KthreadWorker handle); nothing was touched") from None
         raise
-
-
-def stale_work_worker():
-    """The error for a work last queued on a worker that has been destroyed."""
-    return stale("work's worker: the work was last queued on a destroyed worker; "
-                 "kthread_init_work() it before using it again (its")

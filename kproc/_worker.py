@@ -640,7 +640,6 @@ def reinit_work(work, raw_payload):
     """
     from ._work import _write_payload
     rt, base = resolve_work(work)
-    mem = rt.mem
     try:
         kbase = work_worker_base(rt, base)
     except KthreadError:
