@@ -26,7 +26,8 @@ def _cmd_ps(args):
 def _cmd_bench(args):
     import runpy
     argv = ["benchmarks"] + (["--quick"] if args.quick else []) + \
-        (["--json", args.json] if args.json else [])
+        (["--json", args.json] if args.json else []) + \
+        [x for name in args.only or () for x in ("--only", name)]
     old = sys.argv
     sys.argv = argv
     try:
@@ -49,6 +50,8 @@ def build_parser():
     bench = sub.add_parser("bench", help="the latency suite (SPEC §7)")
     bench.add_argument("--quick", action="store_true", help="short runs")
     bench.add_argument("--json", metavar="PATH", help="also write results as JSON")
+    bench.add_argument("--only", action="append", metavar="SUITE",
+                       help="pingpong, cycle, scale or workers (repeatable)")
     bench.set_defaults(func=_cmd_bench)
     return parser
 
