@@ -233,8 +233,9 @@ def lateness_kproc(count):
             target = base + i * SPACING_NS
             kproc.kthread_queue_delayed_work(worker, d, (target - time.monotonic_ns()) / 1e9)
             due.append(target)
-        while worker.delayed or worker.queued:
-            time.sleep(0.01)
+        # Sleep past the last expiry rather than poll: a poll would take the
+        # worker lock (and fire timers) from CPU 0 while the worker runs them.
+        time.sleep(max(0.0, (due[-1] - time.monotonic_ns()) / 1e9) + 0.05)
         kproc.kthread_flush_worker(worker)
         out = [stamps.view[i] - due[i] for i in range(count)]
         kproc.kthread_destroy_worker(worker)

@@ -115,7 +115,8 @@ def fast_paths(rt):
                 W.gen, W.where, W.prev, W.next, W.worker, W.worker_gen, W.canceling,
                 W.kind, W.flags,
                 T.gen, T.state, T.wake_seq, T.sleeping,
-                L.ON_WORKLIST, L.WK_FLUSH, L.WF_ORPHAN, int(TASK_NORMAL)])
+                L.ON_WORKLIST, L.WK_FLUSH, L.WF_ORPHAN, int(TASK_NORMAL),
+                K.ttail, K.ndelayed, W.expires, W.flushers])
             fp = (mem.work_queue, mem.work_pop)
         rt._wq_fast = fp
     return fp
@@ -730,7 +731,7 @@ def worker_loop(rt, kbase, tbase, name):
                 mem.store32(kbase + K.task, 0)
             return 0
         deadline = None
-        if cpop is not None:
+        if cpop is not None and not _trace.ENABLED:
             nxt = cpop(kbase, idx, spin)
             if nxt > 0:
                 idx = nxt

@@ -66,6 +66,7 @@ enum wq_field {
     WQ_W_CANCELING, WQ_W_KIND, WQ_W_FLAGS,
     WQ_T_GEN, WQ_T_STATE, WQ_T_WAKE_SEQ, WQ_T_SLEEPING,
     WQ_ON_WORKLIST, WQ_WK_FLUSH, WQ_WF_ORPHAN, WQ_TASK_NORMAL,
+    WQ_K_TTAIL, WQ_K_NDELAYED, WQ_W_EXPIRES, WQ_W_FLUSHERS,
     WQ_NFIELDS
 };
 
@@ -951,11 +952,58 @@ static PyObject *Mem_work_queue(ARGS)
 }
 
 /*
+ * kthread_delayed_work_timer_fn() for every expired timer of the worker, under
+ * its lock: move the work to the tail of the work list.  Return 0; 1 if one
+ * needs the Python path (being cancelled, or flushers wait on it: nothing
+ * moved from there on); -1 if the list is corrupt.
+ */
+static int wq_fire_timers(MemObject *self, Py_ssize_t kbase)
+{
+    uint32_t t, next, tail;
+    Py_ssize_t toff, noff, tail_off;
+    int64_t now = 0;
+    while ((t = LOAD(U32(kbase + WQ(K_THEAD))))) {
+        if ((toff = wq_work(self, t)) < 0)
+            return -1;
+        if (!now)
+            now = mono_ns();
+        if (LOAD((int64_t *)(self->base + toff + WQ(W_EXPIRES))) > now)
+            return 0;
+        if (LOAD(U32(toff + WQ(W_CANCELING))) || LOAD(U32(toff + WQ(W_FLUSHERS))))
+            return 1;
+        next = LOAD(U32(toff + WQ(W_NEXT)));
+        noff = next ? wq_work(self, next) : 0;
+        tail = LOAD(U32(kbase + WQ(K_TAIL)));
+        tail_off = tail ? wq_work(self, tail) : 0;
+        if (noff < 0 || tail_off < 0)
+            return -1;
+        STORE(U32(kbase + WQ(K_THEAD)), next);            /* off the timer list */
+        if (next)
+            STORE(U32(noff + WQ(W_PREV)), 0);
+        else
+            STORE(U32(kbase + WQ(K_TTAIL)), 0);
+        __atomic_fetch_sub(U32(kbase + WQ(K_NDELAYED)), 1, __ATOMIC_SEQ_CST);
+        STORE(U32(toff + WQ(W_NEXT)), 0);                   /* onto the work list */
+        STORE(U32(toff + WQ(W_PREV)), tail);
+        STORE(U32(kbase + WQ(K_TAIL)), t);
+        if (tail)
+            STORE(U32(tail_off + WQ(W_NEXT)), t);
+        else
+            STORE(U32(kbase + WQ(K_HEAD)), t);
+        STORE(U32(toff + WQ(W_WHERE)), (uint32_t)WQ(ON_WORKLIST));
+        __atomic_fetch_add(U32(kbase + WQ(K_DEPTH)), 1, __ATOMIC_SEQ_CST);
+    }
+    return 0;
+}
+
+/*
  * work_pop(kbase, prev_idx1, spin_ns) -> the worker's side: finish @prev_idx1
  * (clear current_work), pop the head of the work list and make it current.
- * Return: its index + 1; 0 if the list is empty (current_work cleared);
- * -1 take the slow path (a timer is armed, the head is a flush marker, the
- * previous work is an orphan to free, or the lock stayed busy).
+ * Expired timers are fired first (wq_fire_timers).
+ * Return: its index + 1; 0 if both lists are empty (current_work cleared);
+ * -1 take the slow path (the list is empty but a timer is armed -- the caller
+ * computes its sleep --, the head is a flush marker, a due timer needs the
+ * Python path, the previous work is an orphan to free, or the lock stayed busy).
  */
 static PyObject *Mem_work_pop(ARGS)
 {
@@ -979,9 +1027,15 @@ static PyObject *Mem_work_pop(ARGS)
     mx = (pthread_mutex_t *)(self->base + kbase + WQ(K_LOCK));
     if ((rc = wq_trylock(mx, spin_ns)) <= 0)
         return rc < 0 ? NULL : PyLong_FromLong(-1);
+    if ((rc = wq_fire_timers(self, kbase)) != 0) {
+        pthread_mutex_unlock(mx);
+        if (rc < 0)
+            return PyErr_Format(PyExc_RuntimeError, "timer list corrupt");
+        return PyLong_FromLong(-1);
+    }
     head = LOAD(U32(kbase + WQ(K_HEAD)));
     hoff = head ? wq_work(self, head) : 0;
-    if (LOAD(U32(kbase + WQ(K_THEAD))) || hoff < 0 ||
+    if (hoff < 0 || (!head && LOAD(U32(kbase + WQ(K_THEAD)))) ||
         (head && LOAD(U32(hoff + WQ(W_KIND))) == (uint32_t)WQ(WK_FLUSH))) {
         pthread_mutex_unlock(mx);
         return PyLong_FromLong(-1);

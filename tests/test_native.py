@@ -634,4 +634,4 @@ def test_work_fast_paths_need_wq_setup_first():
     with pytest.raises(ValueError):
         mem.wq_setup([0, 1, 2])
     with pytest.raises(ValueError, match="beyond"):
-        mem.wq_setup([0, 128, 1000] + [0] * 30)
+        mem.wq_setup([0, 128, 1000] + [0] * 34)
