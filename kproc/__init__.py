@@ -30,6 +30,10 @@ from ._cpumask import (
     cpu_to_node, cpumask_of_node,
 )
 from ._topology import fake_sysfs
+from ._cpuhp import cpu_down, cpu_up, cpuhp_setup_state, cpuhp_remove_state
+from ._smpboot import (
+    SmpHotplugThread, smpboot_register_percpu_thread, smpboot_unregister_percpu_thread,
+)
 from ._work import KthreadWorker, KthreadWork, KthreadDelayedWork
 from ._kworker import (
     KTW_FREEZABLE, kthread_create_worker, kthread_create_worker_on_node,
@@ -89,6 +93,8 @@ __all__ = [
     "kthread_freezable_should_stop",
     "cpu_possible_mask", "cpu_present_mask", "cpu_online_mask", "housekeeping_cpumask",
     "cpu_to_node", "cpumask_of_node", "fake_sysfs",
+    "cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_remove_state", "SmpHotplugThread",
+    "smpboot_register_percpu_thread", "smpboot_unregister_percpu_thread",
     "TASK_RUNNING", "TASK_INTERRUPTIBLE", "TASK_UNINTERRUPTIBLE", "TASK_PARKED",
     "TASK_DEAD", "TASK_NEW", "TASK_FROZEN",
     "KTHREAD_IS_PER_CPU", "KTHREAD_SHOULD_STOP", "KTHREAD_SHOULD_PARK",

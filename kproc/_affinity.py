@@ -62,3 +62,54 @@ def fetch_affinity(rt, base):
 def kthread_affine_node(rt, base):
     """kthread_affine_node(): a kthread's own affinity after its first wake-up."""
     apply_mask(rt, 0, fetch_affinity(rt, base))
+
+
+def _live_slots(rt):
+    """Offsets of every live kthread slot (published, not exiting)."""
+    mem, arena = rt.mem, rt.arena
+    for idx in range(arena.params.max_kthreads):
+        base = arena.task_off(idx)
+        if mem.load32(base + T.slot) == L.SLOT_LIVE and \
+                not mem.load32(base + T.flags) & L.KF_EXITING:
+            yield base
+
+
+def kthreads_online_cpu(rt, cpu):
+    """kthreads_online_cpu(): re-apply affinities now that ``cpu`` is online.
+
+    Node-affine and preferred-affine kthreads get kthread_fetch_affinity()
+    again (housekeeping now holds ``cpu``); bound kthreads whose recorded
+    mask names ``cpu`` get that mask applied (a binding to an offline CPU
+    waits for this moment).  Context: the cpuhp kthread.  Return: how many
+    kthreads were re-affined.
+    """
+    mem, n = rt.mem, 0
+    for base in _live_slots(rt):
+        flags = mem.load32(base + T.flags)
+        pid = L.unpack_field(rt.buf, base, T, "pid")
+        if flags & L.KF_NO_SETAFFINITY:
+            bound = recorded_mask(rt, base, "bound")
+            if cpu in bound:
+                apply_mask(rt, pid, bound)
+                n += 1
+        elif flags & (L.KF_STARTED | L.KF_PREFERRED):
+            apply_mask(rt, pid, fetch_affinity(rt, base))
+            n += 1
+    return n
+
+
+def kthreads_offline_cpu(rt, cpu):
+    """Keep node- and preferred-affine kthreads off ``cpu``, which went offline.
+
+    On real sysfs the scheduler already does so; on a fake tree the host CPU
+    stays up, so the affinity is narrowed here.  Bound kthreads are left to
+    the scheduler (and to kthread_unpark(), which re-binds per-CPU ones).
+    Context: the cpuhp kthread.  Return: how many kthreads were re-affined.
+    """
+    mem, n = rt.mem, 0
+    for base in _live_slots(rt):
+        flags = mem.load32(base + T.flags)
+        if not flags & L.KF_NO_SETAFFINITY and flags & (L.KF_STARTED | L.KF_PREFERRED):
+            apply_mask(rt, L.unpack_field(rt.buf, base, T, "pid"), fetch_affinity(rt, base))
+            n += 1
+    return n

@@ -24,7 +24,7 @@ Records:
 import struct
 
 __all__ = ["Record", "HEADER", "TASK", "COMPLETION", "USERCOMP", "WORKER", "WORK",
-           "CPUMASK_BYTES", "MAGIC", "align"]
+           "HOTPLUG", "SMPBOOT", "CPUMASK_BYTES", "MAGIC", "align"]
 
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
@@ -213,6 +213,40 @@ KF_FREEZABLE = 1 << 12       # set_freezable()
 KF_UNTIMED_SLEEP = 1 << 13   # in an untimed schedule(): the only uninterruptible
                              # sleep kthread_stop() wakes (SPEC §4)
 KF_WORKER = 1 << 14          # runs kthread_worker_fn
+
+
+# CPU hotplug (kproc._cpuhp, kproc._smpboot): one HOTPLUG record, then the
+# request and reply areas, then MAX_SMPBOOT registrations of per-CPU threads.
+HOTPLUG = Record("hotplug", [
+    ("state", "I"),            # HP_* below: is there a cpuhp kthread
+    ("starter", "i"),          # pid creating it (HP_STARTING)
+    ("task_idx", "I"),         # the cpuhp kthread: task slot index + 1
+    ("task_gen", "I"),
+    ("owner", "i"),            # pid holding the request lock, 0 = free (cpu_add_remove_lock)
+    ("pending", "I"),          # 1: a request waits in the request area
+    ("busy", "I"),             # 1 while cpuhp serves a request
+    ("netlink", "I"),          # 1 if cpuhp watches kobject uevents, 0 if it polls
+    ("req_len", "I"),
+    ("rep_len", "I"),
+    ("events", "Q"),           # changes made by someone else, handled after the fact
+    ("event_ns", "Q"),         # CLOCK_MONOTONIC when the last one was noticed
+    ("teardown_ns", "Q"),      # phases of the last cpu_down/cpu_up served
+    ("write_ns", "Q"),
+    ("startup_ns", "Q"),
+    ("req", ("bytes", COMPLETION.size)),      # cpuhp sleeps on it (requests, uevents)
+    ("done", ("bytes", COMPLETION.size)),     # the requester sleeps on it
+    ("known", ("bytes", CPUMASK_BYTES)),      # CPUs whose startup callbacks have run
+], size_align=64)
+HP_NONE, HP_STARTING, HP_RUNNING = range(3)
+HP_MSG_MAX = 8 * 1024          # request and reply areas, each
+MAX_SMPBOOT = 32               # registered SmpHotplugThreads at once
+SMPBOOT_CPUS = CPUMASK_BYTES * 8
+
+# One registration: its per-CPU store (task slot index + 1, generation) per CPU.
+SMPBOOT = Record("smpboot", [
+    ("gen", "I"), ("inuse", "I"),
+    ("store", ("bytes", SMPBOOT_CPUS * 8)),
+], size_align=64)
 
 
 def mask_to_bytes(cpus):

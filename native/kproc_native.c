@@ -28,6 +28,7 @@
 #include <limits.h>
 #include <linux/futex.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/prctl.h>
@@ -1167,11 +1168,23 @@ static PyObject *mod_set_comm(PyObject *Py_UNUSED(mod), PyObject *arg)
     Py_RETURN_NONE;
 }
 
+static PyObject *mod_getcpu(PyObject *self, PyObject *noargs)
+{
+    int cpu;
+    (void)self;
+    (void)noargs;
+    cpu = sched_getcpu();
+    if (cpu < 0)
+        return errno_error(errno);
+    return PyLong_FromLong(cpu);
+}
+
 static PyMethodDef module_methods[] = {
     {"monotonic_ns", mod_monotonic_ns, METH_NOARGS,
      "monotonic_ns() -> int: CLOCK_MONOTONIC in ns (the clock of every deadline here)"},
     {"set_pdeathsig", mod_set_pdeathsig, METH_O, "set_pdeathsig(sig): prctl(PR_SET_PDEATHSIG)"},
     {"set_comm", mod_set_comm, METH_O, "set_comm(name: bytes): prctl(PR_SET_NAME), 15 bytes"},
+    {"getcpu", mod_getcpu, METH_NOARGS, "getcpu() -> int: sched_getcpu(), the CPU running us"},
     {NULL, NULL, 0, NULL},
 };
 
