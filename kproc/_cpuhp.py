@@ -338,6 +338,7 @@ def invoke(fn, cpu, *args):
     except Exception:
         sys.stderr.write(f"kproc: cpuhp: callback {getattr(fn, '__qualname__', fn)!r} "
                          f"for CPU {cpu} raised:\n{traceback.format_exc()}")
+        sys.stderr.flush()
         return CALLBACK_EXCEPTION
     if ret is None:
         return 0

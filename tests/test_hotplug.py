@@ -1,0 +1,396 @@
+"""CPU hotplug (SPEC §3 "CPU topology and hotplug", §4 "Hotplug"): cpuhp states,
+cpu_down/cpu_up with rollback, smpboot per-CPU threads, affinities following
+hotplug, changes made by someone else.
+
+Every test runs on a fake sysfs tree, and again on the real /sys when this
+runs as root with a writable ``cpuN/online`` (``KPROC_REAL_HOTPLUG=0`` turns
+that off).  Each test brings every CPU back online in ``finally``.
+"""
+
+import errno
+import os
+import signal
+
+import pytest
+
+import kproc
+from conftest import run_started, wait_until
+import hpfuncs
+
+pytestmark = pytest.mark.timeout(60)
+
+REAL_CPU_DIR = "/sys/devices/system/cpu"
+
+
+def real_hotplug_cpu():
+    """A CPU whose real online file we may write, or None."""
+    if os.environ.get("KPROC_REAL_HOTPLUG", "1") == "0" or os.geteuid() != 0:
+        return None
+    for cpu in sorted(kproc._topology.Topology().possible() - {0}):
+        path = f"{REAL_CPU_DIR}/cpu{cpu}/online"
+        if os.access(path, os.W_OK):
+            return cpu
+    return None
+
+
+def all_online(root):
+    """Write 1 to every online file under ``root`` that says 0."""
+    cpu_dir = os.path.join(root, "devices/system/cpu")
+    for name in os.listdir(cpu_dir):
+        path = os.path.join(cpu_dir, name, "online")
+        if name[3:].isdigit() and os.path.exists(path):
+            with open(path) as f:
+                if f.read().strip() == "1":
+                    continue
+            with open(path, "w") as f:
+                f.write("1")
+    if root != "/sys":
+        kproc._topology.Topology(root)._rewrite_online()
+
+
+MODES = ["fake"] + (["real"] if real_hotplug_cpu() is not None else [])
+
+
+class Hotplug:
+    """What a test needs: the runtime, the CPU it toggles, where callbacks log."""
+
+    def __init__(self, rt, root, cpu, logdir):
+        self.rt, self.root, self.cpu, self.logdir = rt, root, cpu, logdir
+
+    def log(self):
+        return hpfuncs.read_log(self.logdir)
+
+    def clear(self):
+        try:
+            os.unlink(os.path.join(self.logdir, "log"))
+        except FileNotFoundError:
+            pass
+
+    def fail(self, what, cpu):
+        open(os.path.join(self.logdir, f"fail-{what}-{cpu}"), "w").close()
+
+    def write_online(self, value):
+        with open(os.path.join(self.root, f"devices/system/cpu/cpu{self.cpu}/online"),
+                  "w") as f:
+            f.write(str(value))
+
+    def online(self):
+        return self.rt.topology.is_online(self.cpu)
+
+
+@pytest.fixture(params=MODES)
+def hp(request, tmp_path, monkeypatch):
+    if request.param == "real":
+        root, cpu = "/sys", real_hotplug_cpu()
+    else:
+        root = kproc.fake_sysfs(tmp_path / "sys", possible=4)
+        cpu = 1
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    monkeypatch.setenv("KPROC_HP_DIR", str(logdir))
+    monkeypatch.setenv("KPROC_HP_SYSFS", root)
+    all_online(root)
+    runtime = kproc.start(sysfs_root=root)
+    try:
+        yield Hotplug(runtime, root, cpu, str(logdir))
+    finally:
+        try:
+            runtime.shutdown()
+        finally:
+            all_online(root)
+
+
+def _state(task):
+    return kproc.task_state(task)
+
+
+def _states(hp):
+    a = kproc.cpuhp_setup_state("test:a", hpfuncs.up_a, hpfuncs.down_a)
+    b = kproc.cpuhp_setup_state("test:b", hpfuncs.up_b, hpfuncs.down_b)
+    c = kproc.cpuhp_setup_state("test:c", hpfuncs.up_c, hpfuncs.down_c)
+    assert a > 0 and b > a and c > b
+    hp.clear()
+    return a, b, c
+
+
+# -- topology --------------------------------------------------------------------------
+
+def test_masks_and_hotpluggable(hp):
+    assert kproc.cpu_online_mask() <= kproc.cpu_present_mask() <= kproc.cpu_possible_mask()
+    assert hp.cpu in kproc.cpu_online_mask()
+    assert kproc.housekeeping_cpumask() <= kproc.cpu_online_mask()
+    node = kproc.cpu_to_node(hp.cpu)
+    assert hp.cpu in kproc.cpumask_of_node(node)
+    assert not hp.rt.topology.hotpluggable(0)
+
+
+def test_isolated_and_nohz_full_leave_housekeeping(tmp_path):
+    root = kproc.fake_sysfs(tmp_path / "sys", possible=4, isolated={2}, nohz_full={3},
+                            nodes={0: {0, 1}, 1: {2, 3}})
+    with kproc.start(sysfs_root=root):
+        assert kproc.housekeeping_cpumask() <= {0, 1}
+        assert kproc.cpu_to_node(3) == 1 and kproc.cpumask_of_node(1) == {2, 3}
+
+
+# -- cpu_down / cpu_up and states --------------------------------------------------------
+
+def test_teardown_in_reverse_before_write_startup_in_order_after(hp):
+    _states(hp)
+    try:
+        assert kproc.cpu_down(hp.cpu) == 0
+        assert not hp.online() and hp.cpu not in kproc.cpu_online_mask()
+        assert hp.log() == [("down_c", str(hp.cpu), "1"), ("down_b", str(hp.cpu), "1"),
+                            ("down_a", str(hp.cpu), "1")]
+        hp.clear()
+        assert kproc.cpu_up(hp.cpu) == 0
+        assert hp.online()
+        assert hp.log() == [("up_a", str(hp.cpu), "1"), ("up_b", str(hp.cpu), "1"),
+                            ("up_c", str(hp.cpu), "1")]
+    finally:
+        all_online(hp.root)
+
+
+def test_already_in_that_state_returns_1(hp):
+    assert kproc.cpu_up(hp.cpu) == 1
+    try:
+        assert kproc.cpu_down(hp.cpu) == 0
+        assert kproc.cpu_down(hp.cpu) == 1
+    finally:
+        all_online(hp.root)
+
+
+def test_teardown_failure_rolls_back_and_keeps_cpu_online(hp):
+    _states(hp)
+    hp.fail("down_b", hp.cpu)
+    assert kproc.cpu_down(hp.cpu) == -errno.EINVAL
+    assert hp.online()
+    assert [w for w, *_ in hp.log()] == ["down_c", "down_b", "up_c"]
+
+
+def test_startup_failure_rolls_back_and_offlines(hp):
+    _states(hp)
+    try:
+        assert kproc.cpu_down(hp.cpu) == 0
+        hp.clear()
+        hp.fail("up_b", hp.cpu)
+        assert kproc.cpu_up(hp.cpu) == -errno.EINVAL
+        assert [w for w, *_ in hp.log()] == ["up_a", "up_b", "down_a"]
+        assert not hp.online()
+    finally:
+        all_online(hp.root)
+
+
+def test_setup_state_runs_startup_on_online_cpus_and_rolls_back(hp):
+    online = sorted(kproc.cpu_online_mask())
+    a = kproc.cpuhp_setup_state("test:a", hpfuncs.up_a, hpfuncs.down_a)
+    assert [int(c) for w, c, _ in hp.log()] == online
+    hp.clear()
+    hp.fail("up_b", online[-1])
+    assert kproc.cpuhp_setup_state("test:b", hpfuncs.up_b, hpfuncs.down_b) == -errno.EINVAL
+    assert [(w, int(c)) for w, c, _ in hp.log()] == \
+        [("up_b", c) for c in online] + [("down_b", c) for c in reversed(online[:-1])]
+    hp.clear()
+    kproc.cpuhp_remove_state(a)
+    assert [(w, int(c)) for w, c, _ in hp.log()] == [("down_a", c) for c in reversed(online)]
+    with pytest.raises(ValueError):
+        kproc.cpuhp_remove_state(a)
+
+
+def test_callback_that_raises_fails_with_efault(hp):
+    assert kproc.cpuhp_setup_state("test:raise", hpfuncs.raises, None) == -errno.EFAULT
+
+
+def test_bad_input_raises_before_anything_changes(hp):
+    with pytest.raises(ValueError, match="not possible"):
+        kproc.cpu_down(4096)
+    with pytest.raises(ValueError, match="not hot-pluggable"):
+        kproc.cpu_down(0)
+    with pytest.raises(TypeError):
+        kproc.cpu_up(True)
+    with pytest.raises(TypeError):
+        kproc.cpu_up("1")
+    with pytest.raises(TypeError, match="module level"):
+        kproc.cpuhp_setup_state("x", lambda cpu: 0, None)
+    with pytest.raises(TypeError):
+        kproc.cpuhp_setup_state("", hpfuncs.up_a, None)
+    with pytest.raises(TypeError):
+        kproc.cpuhp_remove_state("1000")
+    with pytest.raises(ValueError, match="%u"):
+        kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "name")
+    with pytest.raises(TypeError):
+        kproc.SmpHotplugThread(hpfuncs.never, 3, "x/%u")
+    with pytest.raises(TypeError):
+        kproc.smpboot_register_percpu_thread(object())
+    assert hp.log() == [] and hp.online()
+
+
+def test_refuses_to_offline_the_last_online_cpu(tmp_path):
+    root = kproc.fake_sysfs(tmp_path / "sys", possible=2, online={0, 1})
+    with open(os.path.join(root, "devices/system/cpu/cpu0/online"), "w") as f:
+        f.write("0")       # a tree where cpu0 is hot-pluggable, and offline
+    kproc._topology.Topology(root)._rewrite_online()
+    with kproc.start(sysfs_root=root):
+        with pytest.raises(ValueError, match="last online CPU"):
+            kproc.cpu_down(1)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="needs a non-root user")
+def test_real_sysfs_needs_root():
+    with kproc.start():
+        with pytest.raises(PermissionError):
+            kproc.cpu_down(1)
+
+
+# -- smpboot ------------------------------------------------------------------------
+
+def _ht(**kw):
+    return kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hptest/%u",
+                                  setup=hpfuncs.setup, cleanup=hpfuncs.cleanup,
+                                  park=hpfuncs.park, unpark=hpfuncs.unpark, **kw)
+
+
+def test_percpu_threads_park_on_down_and_come_back_bound(hp):
+    ht = _ht(create=hpfuncs.create)
+    assert kproc.smpboot_register_percpu_thread(ht) == 0
+    try:
+        for cpu in kproc.cpu_online_mask():
+            task = ht.task(cpu)
+            assert task is not None and kproc.kthread_is_per_cpu(task)
+            assert task.comm == f"hptest/{cpu}"
+            wait_until(lambda: ("setup", str(cpu), "1") in hp.log())
+            if cpu in hp.rt.topology.host_online():      # not a modelled CPU
+                assert os.sched_getaffinity(task.pid) == {cpu}
+        task = ht.task(hp.cpu)
+        assert kproc.cpu_down(hp.cpu) == 0
+        assert _state(task) == kproc.TASK_PARKED
+        assert ("park", str(hp.cpu), "1") in hp.log()
+        assert kproc.cpu_up(hp.cpu) == 0
+        assert ht.task(hp.cpu) == task
+        assert os.sched_getaffinity(task.pid) == {hp.cpu}
+        wait_until(lambda: ("unpark", str(hp.cpu), "1") in hp.log())
+        wait_until(lambda: _state(task) == kproc.TASK_INTERRUPTIBLE)
+    finally:
+        all_online(hp.root)
+        kproc.smpboot_unregister_percpu_thread(ht)
+    assert ("cleanup1", str(hp.cpu), "1") in hp.log()
+    assert ht.task(hp.cpu) is None
+    wait_until(lambda: _state(task) == kproc.TASK_DEAD)
+
+
+def test_cpu_coming_up_later_gets_its_thread(hp):
+    ht = _ht()
+    try:
+        assert kproc.cpu_down(hp.cpu) == 0
+        assert kproc.smpboot_register_percpu_thread(ht) == 0
+        assert ht.task(hp.cpu) is None
+        assert kproc.cpu_up(hp.cpu) == 0
+        task = ht.task(hp.cpu)
+        assert task is not None and os.sched_getaffinity(task.pid) == {hp.cpu}
+        wait_until(lambda: ("setup", str(hp.cpu), "1") in hp.log())
+    finally:
+        all_online(hp.root)
+        kproc.smpboot_unregister_percpu_thread(ht)
+
+
+def test_register_twice_and_unregister_unknown(hp):
+    ht = _ht()
+    with pytest.raises(ValueError):
+        kproc.smpboot_unregister_percpu_thread(ht)
+    assert kproc.smpboot_register_percpu_thread(ht) == 0
+    with pytest.raises(kproc.KthreadError):
+        kproc.smpboot_register_percpu_thread(ht)
+    kproc.smpboot_unregister_percpu_thread(ht)
+
+
+def test_unregister_stops_a_parked_thread_of_an_offline_cpu(hp):
+    ht = _ht()
+    assert kproc.smpboot_register_percpu_thread(ht) == 0
+    task = ht.task(hp.cpu)
+    try:
+        assert kproc.cpu_down(hp.cpu) == 0
+        kproc.smpboot_unregister_percpu_thread(ht)
+        assert ("cleanup0", str(hp.cpu), "0") in hp.log()
+        assert _state(task) == kproc.TASK_DEAD
+    finally:
+        all_online(hp.root)
+
+
+# -- affinities ----------------------------------------------------------------------
+
+def test_preferred_affinity_follows_hotplug(hp):
+    started = kproc.Completion()
+    task = kproc.kthread_create(hpfuncs.preferred_loop, started, "pref")
+    assert kproc.kthread_affine_preferred(task, {hp.cpu}) == 0
+    kproc.wake_up_process(task)
+    kproc.wait_for_completion(started)
+    try:
+        assert os.sched_getaffinity(task.pid) == {hp.cpu}
+        assert kproc.cpu_down(hp.cpu) == 0
+        assert hp.cpu not in os.sched_getaffinity(task.pid)
+        assert kproc.cpu_up(hp.cpu) == 0
+        assert os.sched_getaffinity(task.pid) == {hp.cpu}
+    finally:
+        all_online(hp.root)
+        kproc.kthread_stop(task)
+
+
+def test_node_affinity_follows_hotplug(tmp_path):
+    root = kproc.fake_sysfs(tmp_path / "sys", possible=2, nodes={0: {0}, 1: {1}})
+    with kproc.start(sysfs_root=root):
+        started = kproc.Completion()
+        task = kproc.kthread_create_on_node(hpfuncs.preferred_loop, started, 1, "node1")
+        kproc.wake_up_process(task)
+        kproc.wait_for_completion(started)
+        wait_until(lambda: os.sched_getaffinity(task.pid) == {1})
+        assert kproc.cpu_down(1) == 0
+        assert os.sched_getaffinity(task.pid) == {0}
+        assert kproc.cpu_up(1) == 0
+        assert os.sched_getaffinity(task.pid) == {1}
+        kproc.kthread_stop(task)
+
+
+# -- changes made by someone else -------------------------------------------------------
+
+def test_external_offline_parks_and_online_rebinds(hp):
+    _states(hp)
+    ht = _ht()
+    assert kproc.smpboot_register_percpu_thread(ht) == 0
+    task = ht.task(hp.cpu)
+    try:
+        hp.clear()
+        hp.write_online(0)
+        if hp.root != "/sys":
+            hp.rt.topology._rewrite_online()
+        wait_until(lambda: _state(task) == kproc.TASK_PARKED, 2.0)
+        wait_until(lambda: [w for w, *_ in hp.log() if w != "setup"][:4] ==
+                   ["down_c", "down_b", "down_a", "park"],
+                   message=lambda: f"log: {hp.log()}")
+        hp.clear()
+        hp.write_online(1)
+        wait_until(lambda: _state(task) == kproc.TASK_INTERRUPTIBLE and
+                   ("unpark", str(hp.cpu), "1") in hp.log() and
+                   ("up_c", str(hp.cpu), "1") in hp.log(), 2.0)
+        assert os.sched_getaffinity(task.pid) == {hp.cpu}
+        assert [w for w, *_ in hp.log() if w.startswith("up_")] == ["up_a", "up_b", "up_c"]
+        assert kproc._cpuhp.hotplug_stats()["events"] >= 2
+    finally:
+        all_online(hp.root)
+        kproc.smpboot_unregister_percpu_thread(ht)
+
+
+# -- faults ---------------------------------------------------------------------------
+
+def test_killed_cpuhp_is_replaced(hp):
+    assert kproc.cpuhp_setup_state("test:a", hpfuncs.up_a, hpfuncs.down_a) > 0
+    stats = kproc._cpuhp
+    idx = hp.rt.mem.load32(stats.hp_base(hp.rt) + stats.H.task_idx) - 1
+    pid = kproc._layout.unpack_field(hp.rt.buf, hp.rt.arena.task_off(idx),
+                                     kproc._layout.TASK, "pid")
+    os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: stats._cpuhp_dead(hp.rt))
+    try:
+        assert kproc.cpu_down(hp.cpu) == 0      # a fresh cpuhp, without the old states
+        assert kproc.cpu_up(hp.cpu) == 0
+    finally:
+        all_online(hp.root)
+    assert [w for w, *_ in hp.log()] == ["up_a"] * len(kproc.cpu_online_mask())
