@@ -12,6 +12,10 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST := $(PY) -m pytest -p no:cacheprovider -q $(PYTEST_ARGS)
 BACKEND ?= futex
+# The hotplug stress test (stress-ng --cpu-online beside per-CPU threads) runs
+# 30 s by default; the test targets run its short form.
+KPROC_HP_STRESS_SECONDS ?= 10
+export KPROC_HP_STRESS_SECONDS
 
 DEPS_STAMP := $(VENV)/.stamp-deps
 BENCH_STAMP := $(VENV)/.stamp-bench
@@ -21,7 +25,7 @@ FLOOR := benchmarks/c/futex_floor
 CWARN := -Wall -Wextra
 
 .DEFAULT_GOAL := help
-.PHONY: help venv ext test test-fast test-futex test-posix bench floor check-c clean rt-tests FORCE
+.PHONY: help venv ext test test-fast test-futex test-posix bench floor check-c clean rt-tests stress-ng FORCE
 
 help: ## list the targets (PYTEST_ARGS=... is passed to pytest, BACKEND=... to test-fast)
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -52,19 +56,19 @@ check-c: $(DEPS_STAMP) ## compile the C sources with -Werror (developer check)
 		native/kproc_native.c
 	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror benchmarks/c/futex_floor.c
 
-test: venv ## the whole suite twice: KPROC_BACKEND=futex, then KPROC_BACKEND=posix
+test: venv stress-ng ## the whole suite twice: KPROC_BACKEND=futex, then KPROC_BACKEND=posix
 	@rc=0; for backend in futex posix; do \
 		echo "== KPROC_BACKEND=$$backend"; \
 		KPROC_BACKEND=$$backend $(PYTEST) || rc=1; \
 	done; exit $$rc
 
-test-fast: venv ## the whole suite once, on BACKEND (default futex)
+test-fast: venv stress-ng ## the whole suite once, on BACKEND (default futex)
 	KPROC_BACKEND=$(BACKEND) $(PYTEST)
 
-test-futex: venv ## the whole suite once, on the futex backend
+test-futex: venv stress-ng ## the whole suite once, on the futex backend
 	KPROC_BACKEND=futex $(PYTEST)
 
-test-posix: venv ## the whole suite once, on the posix backend
+test-posix: venv stress-ng ## the whole suite once, on the posix backend
 	KPROC_BACKEND=posix $(PYTEST)
 
 $(BENCH_STAMP): $(DEPS_STAMP)
@@ -86,6 +90,14 @@ rt-tests: ## install cyclictest (Debian rt-tests) when root and missing
 		command -v apt-get >/dev/null 2>&1 && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q rt-tests >/dev/null 2>&1 || \
 		echo "rt-tests not installed: the lateness benchmark runs without cyclictest"; }
+
+# stress-ng --cpu-online drives the hotplug stress test; it needs root and apt
+# to install, and real hotplug to run, so the test skips (saying why) without.
+stress-ng: ## install stress-ng (for the hotplug stress test) when root and missing
+	@command -v stress-ng >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+		command -v apt-get >/dev/null 2>&1 && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q stress-ng >/dev/null 2>&1 || \
+		echo "stress-ng not installed: the hotplug stress test will be skipped"; }
 
 clean: ## remove .venv and every build product
 	rm -rf $(VENV) build *.egg-info kproc/_native*.so $(FLOOR)
