@@ -53,6 +53,8 @@ def build_parser():
     bench.add_argument("--only", action="append", metavar="SUITE",
                        help="pingpong, cycle, scale or workers (repeatable)")
     bench.set_defaults(func=_cmd_bench)
+    from ._hotplug_cli import add_parser as add_hotplug_parser
+    add_hotplug_parser(sub)
     return parser
 
 

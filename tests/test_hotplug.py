@@ -394,3 +394,52 @@ def test_killed_cpuhp_is_replaced(hp):
     finally:
         all_online(hp.root)
     assert [w for w, *_ in hp.log()] == ["up_a"] * len(kproc.cpu_online_mask())
+
+
+# -- kproc hotplug -------------------------------------------------------------------
+
+def _cli(args, **kw):
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(kproc.__file__)))
+    return subprocess.Popen([sys.executable, "-m", "kproc", "hotplug"] + args, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def test_cli_cycle_prints_percentiles_and_leaves_cpus_online(tmp_path):
+    import json
+    root = kproc.fake_sysfs(tmp_path / "sys", possible=2)
+    out, err = _cli(["cycle", "1", "--count", "3", "--threads", "2", "--preferred", "1",
+                     "--sysfs-root", root, "--json"]).communicate(timeout=50)
+    data = json.loads(out)
+    assert data["ms"]["down"]["n"] == 3 and data["ms"]["back"]["n"] == 6, err
+    assert data["ms"]["up"]["p50"] > 0 and data["ms"]["lost"] == 0
+    assert kproc._topology.Topology(root).online() == {0, 1}
+    out, _ = _cli(["status", "--sysfs-root", root, "--json"]).communicate(timeout=50)
+    assert [c["hotpluggable"] for c in json.loads(out)["cpus"]] == [False, True]
+
+
+def test_cli_ctrl_c_brings_the_cpu_back_online(tmp_path):
+    root = kproc.fake_sysfs(tmp_path / "sys", possible=2)
+    topo = kproc._topology.Topology(root)
+    proc = _cli(["cycle", "1", "--count", "100000", "--sysfs-root", root])
+    try:
+        wait_until(lambda: not topo.is_online(1), 20.0, interval=0.0005)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert topo.online() == {0, 1}
+
+
+def test_cli_rejects_cpu0_and_missing_cpu(tmp_path):
+    root = kproc.fake_sysfs(tmp_path / "sys", possible=2)
+    proc = _cli(["down", "0", "--sysfs-root", root])
+    _, err = proc.communicate(timeout=50)
+    assert proc.returncode == 1 and "not hot-pluggable" in err
+    proc = _cli(["down", "--sysfs-root", root])
+    proc.communicate(timeout=50)
+    assert proc.returncode == 2

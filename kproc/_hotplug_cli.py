@@ -1,0 +1,315 @@
+"""``kproc hotplug status | down N | up N | cycle N --count K``: timed hotplug
+experiments (and the measurement the hotplug benchmark reuses).
+
+``cycle`` registers per-CPU threads (``--threads`` registrations of an
+smpboot thread set) and ``--preferred`` preferred-affine kthreads on CPU N,
+then takes N down and up K times, timing each cpu_down / cpu_up, the part
+spent in teardown (parking per-CPU threads) and startup (unparking,
+re-binding, re-affining), and how long each per-CPU thread of N took to be
+back on N after cpu_up began (its ``unpark`` callback reports from N).
+
+Every CPU a command touches is back online when it ends, also on an error,
+Ctrl-C or SIGTERM (``finally``, with SIGTERM/SIGHUP turned into
+KeyboardInterrupt); ``down N`` alone leaves N offline, as asked, when it
+succeeds.
+"""
+
+import json
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+__all__ = ["add_parser", "cycle_experiment", "percentiles"]
+
+ENV_DIR = "KPROC_HOTPLUG_CLI_DIR"
+
+
+# -- callbacks (module level: the kthreads and cpuhp import them) -------------------
+
+def _never(cpu):
+    return False
+
+
+def _nothing(cpu):
+    pass
+
+
+def _back(cpu):
+    """unpark callback: record when this per-CPU thread runs again, and where."""
+    from ._smpboot import getcpu
+    now, on = time.monotonic_ns(), getcpu()
+    path = os.path.join(os.environ[ENV_DIR], f"back-{cpu}-{os.getpid()}")
+    with open(path + ".tmp", "w") as f:
+        f.write(f"{now} {on}")
+    os.replace(path + ".tmp", path)
+
+
+def _idle(_):
+    import kproc
+    while not kproc.kthread_should_stop():
+        kproc.schedule_timeout_interruptible(1.0)
+    return 0
+
+
+# -- helpers -----------------------------------------------------------------------
+
+def percentiles(samples_ns):
+    """{p50, p99, n} in milliseconds."""
+    s = sorted(samples_ns)
+    if not s:
+        return {"p50": None, "p99": None, "n": 0}
+    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))] / 1e6   # noqa: E731
+    return {"p50": pick(0.50), "p99": pick(0.99), "n": len(s)}
+
+
+class _Restore:
+    """Bring every touched CPU online on exit, whatever ends the command."""
+
+    def __init__(self, topology):
+        self.topology = topology
+        self.touched = set()
+        self.old = {}
+
+    def __enter__(self):
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            self.old[sig] = signal.signal(sig, _interrupt)
+        return self
+
+    def __exit__(self, *exc):
+        import kproc
+        from ._runtime import current_runtime
+        try:
+            for cpu in sorted(self.touched):
+                if self.topology.is_online(cpu):
+                    continue
+                rt = current_runtime()
+                if rt is not None and not rt.closed:
+                    try:
+                        kproc.cpu_up(cpu)           # callbacks run: threads come back
+                    except Exception:
+                        pass
+                if not self.topology.is_online(cpu):
+                    self.topology.set_online(cpu, True)
+        finally:
+            for sig, handler in self.old.items():
+                signal.signal(sig, handler)
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def _wait_back(directory, cpu, pids, since_ns, timeout=2.0):
+    """Per pid: ns from ``since_ns`` until its unpark callback ran on ``cpu``."""
+    out = {}
+    deadline = time.monotonic() + timeout
+    while len(out) < len(pids) and time.monotonic() < deadline:
+        for pid in pids:
+            if pid in out:
+                continue
+            try:
+                with open(os.path.join(directory, f"back-{cpu}-{pid}")) as f:
+                    ns, on = map(int, f.read().split())
+            except (FileNotFoundError, ValueError):
+                continue
+            if ns >= since_ns and on == cpu:
+                out[pid] = ns - since_ns
+        time.sleep(0.0002)
+    return out
+
+
+def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None):
+    """Take ``cpu`` down and up ``count`` times in the current runtime.
+
+    @threads: SmpHotplugThread registrations (one thread per online CPU
+    each); @preferred: kthreads preferring ``cpu`` (kthread_affine_preferred).
+    Context: the owner of a runtime; the caller restores CPUs on failure.
+    Return: {"down", "up", "park", "unpark", "write_down", "write_up", "back"}:
+    lists of ns, plus "lost": per-CPU threads that were not back within 2 s.
+    """
+    import kproc
+    from ._cpuhp import hotplug_stats
+    hts, tasks = [], []
+    res = {k: [] for k in ("down", "up", "park", "unpark", "write_down", "write_up",
+                           "back")}
+    res["lost"] = 0
+    try:
+        for _ in range(threads):
+            ht = kproc.SmpHotplugThread(_never, _nothing, "hpcycle/%u", unpark=_back)
+            rc = kproc.smpboot_register_percpu_thread(ht)
+            if rc:
+                raise OSError(-rc, f"smpboot_register_percpu_thread: {os.strerror(-rc)}")
+            hts.append(ht)
+        for i in range(preferred):
+            task = kproc.kthread_create(_idle, None, "hppref/%d", i)
+            kproc.kthread_affine_preferred(task, {cpu})
+            kproc.wake_up_process(task)
+            tasks.append(task)
+        for _ in range(count):
+            t0 = time.monotonic_ns()
+            rc = kproc.cpu_down(cpu)
+            t1 = time.monotonic_ns()
+            if rc:
+                raise OSError(-rc if rc < 0 else 0, f"cpu_down({cpu}) returned {rc}")
+            st = hotplug_stats()
+            res["down"].append(t1 - t0)
+            res["park"].append(st["teardown_ns"])
+            res["write_down"].append(st["write_ns"])
+            t2 = time.monotonic_ns()
+            rc = kproc.cpu_up(cpu)
+            t3 = time.monotonic_ns()
+            if rc:
+                raise OSError(-rc if rc < 0 else 0, f"cpu_up({cpu}) returned {rc}")
+            st = hotplug_stats()
+            res["up"].append(t3 - t2)
+            res["unpark"].append(st["startup_ns"])
+            res["write_up"].append(st["write_ns"])
+            pids = [ht.task(cpu).pid for ht in hts]
+            back = _wait_back(os.environ[ENV_DIR], cpu, pids, t2)
+            res["back"].extend(back.values())
+            res["lost"] += len(pids) - len(back)
+            if progress:
+                progress()
+    finally:
+        for task in tasks:
+            kproc.kthread_stop(task)
+        for ht in hts:
+            kproc.smpboot_unregister_percpu_thread(ht)
+    return res
+
+
+# -- commands ---------------------------------------------------------------------------
+
+def _status(args, topology):
+    rows = []
+    online, isolated, nohz = topology.online(), topology.isolated(), topology.nohz_full()
+    for cpu in sorted(topology.possible()):
+        rows.append({"cpu": cpu, "online": cpu in online, "present": cpu in topology.present(),
+                     "hotpluggable": topology.hotpluggable(cpu),
+                     "node": topology.cpu_to_node(cpu), "isolated": cpu in isolated,
+                     "nohz_full": cpu in nohz})
+    hk = sorted(topology.housekeeping())
+    if args.json:
+        json.dump({"sysfs_root": topology.root, "cpus": rows, "housekeeping": hk},
+                  sys.stdout, indent=2)
+        print()
+        return 0
+    from ._topology import format_cpulist
+    print(f"sysfs root {topology.root}: online {format_cpulist(online)}, "
+          f"housekeeping {format_cpulist(hk)}")
+    print(f"{'CPU':>4} {'online':>7} {'hotplug':>8} {'node':>5} {'isolated':>9} {'nohz_full':>10}")
+    for r in rows:
+        print(f"{r['cpu']:>4} {('yes' if r['online'] else 'no'):>7} "
+              f"{('yes' if r['hotpluggable'] else 'no'):>8} {r['node']:>5} "
+              f"{('yes' if r['isolated'] else ''):>9} {('yes' if r['nohz_full'] else ''):>10}")
+    return 0
+
+
+def _single(args, rt, restore):
+    import kproc
+    from ._cpuhp import hotplug_stats
+    down = args.action == "down"
+    restore.touched.add(args.cpu)
+    t0 = time.monotonic_ns()
+    rc = kproc.cpu_down(args.cpu) if down else kproc.cpu_up(args.cpu)
+    elapsed = time.monotonic_ns() - t0
+    st = hotplug_stats()
+    out = {"cpu": args.cpu, "action": args.action, "result": rc, "ms": elapsed / 1e6,
+           "callbacks_ms": (st["teardown_ns"] if down else st["startup_ns"]) / 1e6,
+           "write_ms": st["write_ns"] / 1e6}
+    if rc == 0 and down:
+        restore.touched.discard(args.cpu)     # offline is what was asked for
+    if args.json:
+        json.dump(out, sys.stdout, indent=2)
+        print()
+    else:
+        verdict = {0: "done", 1: "already " + ("offline" if down else "online")}.get(
+            rc, f"failed and rolled back: {os.strerror(-rc) if rc < 0 else rc}")
+        print(f"cpu_{args.action}({args.cpu}): {verdict} in {out['ms']:.2f} ms "
+              f"(sysfs write {out['write_ms']:.2f} ms, callbacks {out['callbacks_ms']:.2f} ms)")
+    return 0 if rc in (0, 1) else 1
+
+
+def _cycle(args, rt, restore):
+    restore.touched.add(args.cpu)
+    res = cycle_experiment(args.cpu, args.count, args.threads, args.preferred)
+    summary = {k: percentiles(v) for k, v in res.items() if k != "lost"}
+    summary["lost"] = res["lost"]
+    if args.json:
+        json.dump({"cpu": args.cpu, "count": args.count, "threads": args.threads,
+                   "preferred": args.preferred, "ms": summary}, sys.stdout, indent=2)
+        print()
+        return 0
+    print(f"CPU {args.cpu}: {args.count} offline/online cycles, {args.threads} per-CPU "
+          f"thread registration(s), {args.preferred} preferred-affine kthread(s)")
+    labels = [("down", "cpu_down total"), ("park", "  teardown (parking)"),
+              ("write_down", "  sysfs write 0"), ("up", "cpu_up total"),
+              ("write_up", "  sysfs write 1"), ("unpark", "  startup (unpark, re-affine)"),
+              ("back", "per-CPU thread back on its CPU")]
+    print(f"  {'':<32} {'p50 ms':>9} {'p99 ms':>9} {'n':>6}")
+    for key, label in labels:
+        s = summary[key]
+        if s["n"]:
+            print(f"  {label:<32} {s['p50']:>9.3f} {s['p99']:>9.3f} {s['n']:>6}")
+    if res["lost"]:
+        print(f"  {res['lost']} per-CPU thread(s) were not back on CPU {args.cpu} within 2 s")
+    return 0
+
+
+def run(args):
+    """Entry point of ``kproc hotplug``.  Return: exit status."""
+    import kproc
+    from ._topology import Topology
+    topology = Topology(args.sysfs_root)
+    if args.action == "status":
+        return _status(args, topology)
+    tmp = tempfile.mkdtemp(prefix="kproc-hotplug-")
+    os.environ[ENV_DIR] = tmp
+    try:
+        with _Restore(topology) as restore:
+            with kproc.start(sysfs_root=args.sysfs_root) as rt:
+                try:
+                    if args.action == "cycle":
+                        return _cycle(args, rt, restore)
+                    return _single(args, rt, restore)
+                finally:
+                    restore.__exit__()      # while the runtime (and its cpuhp) lives
+    except KeyboardInterrupt:
+        print("kproc hotplug: interrupted; every CPU touched is online again",
+              file=sys.stderr)
+        return 130
+    except (ValueError, PermissionError, OSError) as exc:
+        print(f"kproc hotplug: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def add_parser(sub):
+    """Add the ``hotplug`` subcommand to an argparse subparsers object."""
+    p = sub.add_parser("hotplug", help="CPU hotplug: status and timed experiments")
+    p.add_argument("action", choices=["status", "down", "up", "cycle"])
+    p.add_argument("cpu", nargs="?", type=int, help="CPU number (down, up, cycle)")
+    p.add_argument("--count", type=int, default=10, help="cycles (cycle; default 10)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="per-CPU thread registrations during cycle (default 1)")
+    p.add_argument("--preferred", type=int, default=0,
+                   help="kthreads preferring the CPU during cycle (default 0)")
+    p.add_argument("--sysfs-root", default="/sys", help="a fake tree (kproc.fake_sysfs)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=_checked)
+    return p
+
+
+def _checked(args):
+    if args.action != "status" and args.cpu is None:
+        print(f"kproc hotplug {args.action}: a CPU number is needed", file=sys.stderr)
+        return 2
+    if args.count < 1 or args.threads < 0 or args.preferred < 0:
+        print("kproc hotplug: --count must be >= 1, --threads and --preferred >= 0",
+              file=sys.stderr)
+        return 2
+    return run(args)
