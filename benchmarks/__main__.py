@@ -144,6 +144,49 @@ def workers(quick, results):
     results["lateness"] = lrows
 
 
+def hotplug(quick, results):
+    """cpu_down/cpu_up vs the raw sysfs write, and external-change detection (root only)."""
+    from ._hotplug_cases import hotplug_cpu
+    cpu = hotplug_cpu()
+    if cpu is None:
+        print("\nHotplug: skipped (needs root and a writable cpuN/online)")
+        return
+    n = 20 if quick else 100
+    with progress(3, "hotplug") as bar:
+        raw = run_case("hotplug_raw", n)
+        bar.update()
+        kp = run_case("hotplug_kproc", n)
+        bar.update()
+        det = run_case("hotplug_detect", n)
+        bar.update()
+    rows = [summarize("raw sysfs write 0", raw["down"], "ms", 1e6),
+            summarize("kproc cpu_down", kp["down"], "ms", 1e6),
+            summarize("  teardown (4 per-CPU parked)", kp["park"], "ms", 1e6),
+            summarize("raw sysfs write 1", raw["up"], "ms", 1e6),
+            summarize("kproc cpu_up", kp["up"], "ms", 1e6),
+            summarize("  startup (unpark, re-affine)", kp["unpark"], "ms", 1e6),
+            summarize("  per-CPU thread back on CPU", kp["back"], "ms", 1e6)]
+    table(f"CPU {cpu} hotplug: 4 SmpHotplugThread registrations (8 per-CPU threads on "
+          "2 CPUs, 4 on the CPU cycled) + 4 preferred-affine kthreads", rows,
+          "raw sysfs write 0")
+    for verb, k, r, w in (("down", 1, 0, "write_down"), ("up", 4, 3, "write_up")):
+        extra = rows[k]["p50"] - rows[r]["p50"]
+        own = sorted(t - x for t, x in zip(kp[verb], kp[w]))
+        own50, own99 = own[len(own) // 2] / 1e6, own[min(len(own) - 1, len(own) * 99 // 100)] / 1e6
+        print(f"  cpu_{verb}: p50 = raw write + {extra:.2f} ms; beyond its own sysfs write "
+              f"p50 {own50:.2f} ms, p99 {own99:.2f} ms (target: + 5 ms or less)")
+        results[f"hotplug_{verb}_overhead_ms"] = {"vs_raw_p50": extra, "own_p50": own50,
+                                                  "own_p99": own99}
+    drows = [summarize("external change noticed", det["noticed"], "ms", 1e6),
+             summarize("  per-CPU thread parked/running", det["handled"], "ms", 1e6)]
+    table("External hotplug (raw write behind kproc's back; "
+          f"{'netlink uevents' if det['netlink'] else 'polling'}), from the write's return",
+          drows, "external change noticed")
+    print(f"  noticed p50 {drows[0]['p50']:.2f} ms (target: 20 ms or less)")
+    results["hotplug"] = rows
+    results["hotplug_detect"] = drows
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="benchmarks", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="short runs (< 2 minutes)")
@@ -151,18 +194,19 @@ def main(argv=None):
     parser.add_argument("--png", metavar="PATH", default="benchmarks-latency.png",
                         help="latency CDFs as a PNG where matplotlib is installed "
                              "(default: %(default)s)")
-    parser.add_argument("--only", choices=["pingpong", "cycle", "scale", "workers"],
+    parser.add_argument("--only", choices=["pingpong", "cycle", "scale", "workers", "hotplug"],
                         action="append")
     args = parser.parse_args(argv)
     results = {"quick": args.quick, "cpus": os.cpu_count()}
     for name, fn in (("pingpong", pingpong), ("cycle", cycle), ("scale", scale),
-                     ("workers", workers)):
+                     ("workers", workers), ("hotplug", hotplug)):
         if not args.only or name in args.only:
             fn(args.quick, results)
     sections = {"Completion ping-pong round trip": results.get("pingpong"),
                 "Create → wake → stop": results.get("cycle"),
                 "Work dispatch": results.get("dispatch"),
-                "Delayed-work lateness": results.get("lateness")}
+                "Delayed-work lateness": results.get("lateness"),
+                "CPU hotplug": results.get("hotplug")}
     sections = {k: v for k, v in sections.items() if v}
     if sections and args.png and plot(sections, args.png):
         print(f"\nlatency distributions written to {args.png}")

@@ -232,6 +232,8 @@ CASES = {
 
 from ._worker_cases import CASES as _WORKER_CASES  # noqa: E402
 CASES.update(_WORKER_CASES)
+from ._hotplug_cases import CASES as _HOTPLUG_CASES  # noqa: E402
+CASES.update(_HOTPLUG_CASES)
 
 if __name__ == "__main__":
     name, n = sys.argv[1], int(sys.argv[2])

@@ -51,7 +51,7 @@ def build_parser():
     bench.add_argument("--quick", action="store_true", help="short runs")
     bench.add_argument("--json", metavar="PATH", help="also write results as JSON")
     bench.add_argument("--only", action="append", metavar="SUITE",
-                       help="pingpong, cycle, scale or workers (repeatable)")
+                       help="pingpong, cycle, scale, workers or hotplug (repeatable)")
     bench.set_defaults(func=_cmd_bench)
     from ._hotplug_cli import add_parser as add_hotplug_parser
     add_hotplug_parser(sub)

@@ -1,0 +1,114 @@
+"""Hotplug cases (root and a hot-pluggable CPU only): ``python -m benchmarks._cases NAME N``.
+
+* ``hotplug_raw``: the floor, ``N`` offline/online cycles of the sysfs write
+  alone (Topology.set_online: write, read back).
+* ``hotplug_kproc``: ``N`` cycles of cpu_down/cpu_up with 4 SmpHotplugThread
+  registrations (on 2 CPUs: 8 per-CPU threads, 4 of them on the CPU cycled)
+  and 4 kthreads preferring that CPU.
+* ``hotplug_detect``: ``N`` changes made by a raw write behind kproc's back;
+  how long after the write returned cpuhp noticed it, and until the per-CPU
+  thread of the CPU was parked (offline) or running again (online).
+
+Each prints a JSON object of sample lists (ns); every CPU is online at the end.
+"""
+
+import os
+import time
+
+CPU_DIR = "/sys/devices/system/cpu"
+
+
+def hotplug_cpu():
+    """The first CPU whose real online file is writable, or None."""
+    if os.geteuid() != 0:
+        return None
+    from kproc._topology import Topology
+    for cpu in sorted(Topology().possible() - {0}):
+        if os.access(f"{CPU_DIR}/cpu{cpu}/online", os.W_OK):
+            return cpu
+    return None
+
+
+def _restore(cpu):
+    from kproc._topology import Topology
+    Topology().set_online(cpu, True)
+
+
+def hotplug_raw(n):
+    from kproc._topology import Topology
+    cpu, topo = hotplug_cpu(), Topology()
+    out = {"down": [], "up": []}
+    try:
+        for _ in range(n):
+            t0 = time.monotonic_ns()
+            topo.set_online(cpu, False)
+            t1 = time.monotonic_ns()
+            topo.set_online(cpu, True)
+            t2 = time.monotonic_ns()
+            out["down"].append(t1 - t0)
+            out["up"].append(t2 - t1)
+    finally:
+        _restore(cpu)
+    return out
+
+
+def hotplug_kproc(n):
+    import tempfile
+    import kproc
+    from kproc import _hotplug_cli as cli
+    cpu = hotplug_cpu()
+    os.environ[cli.ENV_DIR] = tempfile.mkdtemp(prefix="kproc-bench-hp-")
+    try:
+        with kproc.start():
+            res = cli.cycle_experiment(cpu, n, threads=4, preferred=4)
+            kproc.cpu_up(cpu)
+    finally:
+        _restore(cpu)
+        import shutil
+        shutil.rmtree(os.environ[cli.ENV_DIR], ignore_errors=True)
+    return res
+
+
+def _never(cpu):
+    return False
+
+
+def _nothing(cpu):
+    pass
+
+
+def hotplug_detect(n):
+    import kproc
+    from kproc._cpuhp import hotplug_stats
+    cpu = hotplug_cpu()
+    out = {"noticed": [], "handled": [], "netlink": None}
+    path = f"{CPU_DIR}/cpu{cpu}/online"
+    try:
+        with kproc.start():
+            ht = kproc.SmpHotplugThread(_never, _nothing, "hpdetect/%u")
+            kproc.smpboot_register_percpu_thread(ht)
+            task = ht.task(cpu)
+            out["netlink"] = hotplug_stats()["netlink"]
+            for i in range(2 * n):
+                online = i % 2 == 1
+                events = hotplug_stats()["events"]
+                with open(path, "w") as f:
+                    f.write("1" if online else "0")
+                t0 = time.monotonic_ns()
+                deadline = time.monotonic() + 2.0
+                while hotplug_stats()["events"] == events and time.monotonic() < deadline:
+                    pass
+                out["noticed"].append(hotplug_stats()["event_ns"] - t0)
+                want = kproc.TASK_INTERRUPTIBLE if online else kproc.TASK_PARKED
+                while kproc.task_state(task) != want and time.monotonic() < deadline:
+                    pass
+                out["handled"].append(time.monotonic_ns() - t0)
+                time.sleep(0.02)
+            kproc.smpboot_unregister_percpu_thread(ht)
+    finally:
+        _restore(cpu)
+    return out
+
+
+CASES = {"hotplug_raw": hotplug_raw, "hotplug_kproc": hotplug_kproc,
+         "hotplug_detect": hotplug_detect}
