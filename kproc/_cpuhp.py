@@ -527,9 +527,12 @@ class Cpuhp:
         mem.store32(hp + H.busy, 1)
         mem.store32(hp + H.pending, 0)
         n = mem.load32(hp + H.req_len)
+        raw = bytes(rt.buf[rt.arena.params.hp_req:rt.arena.params.hp_req + n])
         try:
-            op, args = pickle.loads(bytes(rt.buf[rt.arena.params.hp_req:
-                                                 rt.arena.params.hp_req + n]))
+            if b"_main__" in raw:     # __main__ or __mp_main__
+                from ._kthread import prepare_main
+                prepare_main(rt)          # callbacks from the caller's script
+            op, args = pickle.loads(raw)
             reply = ("ok", self.serve(op, args))
         except (ValueError, TypeError, OSError, KthreadError) as exc:
             reply = ("raise", (type(exc), exc.args))

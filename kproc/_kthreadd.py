@@ -262,8 +262,9 @@ class Kthreadd:
         """Import threadfn's module here once, so that every later fork has it."""
         from ._kthread import read_blob
         try:
-            fn_pickle = read_blob(self.arena, idx, base)[1]
-            if b"__main__" in fn_pickle and not self.main_prepared:
+            _, fn_pickle, data_pickle = read_blob(self.arena, idx, base)
+            if (b"__main__" in fn_pickle or b"_main__" in data_pickle) and \
+                    not self.main_prepared:
                 self.main_prepared = True
                 _kthread.prepare_main(self.rt)
             pickle.loads(fn_pickle)
