@@ -142,6 +142,9 @@ class Runtime:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+            if self.trace:
+                from . import _trace
+                _trace.merge(self.trace)
         finally:
             self.waits.close()
             os.close(self.wake_fd)
@@ -309,6 +312,9 @@ def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, t
         raise
     _unlink_semaphores(sem_names)
     rt = Runtime(arena, waits, "owner", wake_fd, popen.pid, topology, trace)
+    if trace:
+        from . import _trace
+        _trace.setup(rt, trace)
     rt.popen = popen
     rt.alive_w = alive_w
     atexit.register(_atexit_shutdown, rt)
