@@ -198,3 +198,29 @@ def test_work_queued_by_a_kthread_and_delayed_work_are_traced(tmp_path):
     starts = [e for e in events if e["name"] == "sched_kthread_work_execute_start"]
     assert len(starts) == 2 and {e["pid"] for e in starts} == {wpid}
     assert {e["args"]["work"] for e in starts} == {e["args"]["work"] for e in queued}
+
+
+def test_bad_trace_paths_are_refused_before_anything_starts(tmp_path):
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(TypeError):
+        kproc.start(trace=3)
+    with pytest.raises(ValueError, match="does not exist"):
+        kproc.start(trace=str(tmp_path / "missing" / "run.json"))
+    with pytest.raises(ValueError, match="folder"):
+        kproc.start(trace=str(tmp_path))
+    assert not (tmp_path / "missing").exists()
+    assert set(os.listdir("/dev/shm")) <= before
+
+
+def test_trace_summary_cli_refuses_a_file_that_is_not_a_trace(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "bad.json"
+    bad.write_text("[1, 2]")
+    out = subprocess.run([sys.executable, "-m", "kproc", "trace", "summary", str(bad)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2 and "not a Chrome trace-event JSON" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "kproc", "trace", "summary",
+                          str(tmp_path / "none.json")], capture_output=True, text=True,
+                         timeout=30)
+    assert out.returncode == 2 and "none.json" in out.stderr
