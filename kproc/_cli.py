@@ -41,6 +41,21 @@ def _cmd_bench(args):
     return 0
 
 
+def _cmd_trace(args):
+    from ._trace_cli import summarize, format_summary
+    try:
+        summary = summarize(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"kproc trace: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        json.dump(summary, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(format_summary(summary))
+    return 0
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="kproc", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -55,6 +70,12 @@ def build_parser():
     bench.set_defaults(func=_cmd_bench)
     from ._hotplug_cli import add_parser as add_hotplug_parser
     add_hotplug_parser(sub)
+    trace = sub.add_parser("trace", help="read trace files written with start(trace=...)")
+    tsub = trace.add_subparsers(dest="trace_command", required=True)
+    summary = tsub.add_parser("summary", help="events and work times per kthread")
+    summary.add_argument("file", help="a trace JSON file")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of text")
+    summary.set_defaults(func=_cmd_trace)
     return parser
 
 

@@ -23,7 +23,7 @@ import pickle
 import time
 
 from . import _layout as L
-from . import _sched
+from . import _sched, _trace
 from ._affinity import apply_mask, fetch_affinity, record_mask
 from ._arena import TableFull
 from ._completion import wait_at
@@ -167,7 +167,15 @@ def _create(rt, raw_name, fn_pickle, data_pickle, node):
         err = -mem.load64(base + T.result) or errno.EAGAIN
         text = read_traceback(arena, idx, base) or "kthread creation failed"
         raise KthreadError(err, text)
+    if _trace.ENABLED:
+        _trace_event(rt, base, idx, "create", creator=os.getpid())
     return task
+
+
+def _trace_event(rt, base, idx, event, **args):
+    from ._kthread import read_name
+    _trace.lifecycle(event, L.unpack_field(rt.buf, base, T, "pid"),
+                     read_name(rt.arena, idx, base), **args)
 
 
 def _alloc_task(rt):
@@ -251,7 +259,10 @@ def wake_up_process(task):
     not asleep (running, parked, dead).
     """
     rt, base = resolve(task)
-    return _sched.wake_up_process_raw(rt, base)
+    woken = _sched.wake_up_process_raw(rt, base)
+    if woken and _trace.ENABLED:
+        _trace_event(rt, base, task._idx, "wake")
+    return woken
 
 
 def _inactive_new(rt, base, fn_name):
@@ -409,6 +420,8 @@ def kthread_park(task):
         if mem.load32(base + T.slot) in (L.SLOT_EXITING, L.SLOT_DEAD):
             return -errno.ENOSYS
         kernel_warn("kthread_park(): kthread did not go to sleep parked", stacklevel=3)
+    if _trace.ENABLED:
+        _trace_event(rt, base, task._idx, "park")
     return 0
 
 
@@ -418,6 +431,8 @@ def kthread_unpark(task):
     A per-CPU kthread is re-bound to its CPU first.  Context: any; never blocks.
     """
     rt, base = resolve(task)
+    if _trace.ENABLED and rt.mem.load32(base + T.flags) & L.KF_SHOULD_PARK:
+        _trace_event(rt, base, task._idx, "unpark")
     _unpark(rt, base)
 
 
@@ -471,7 +486,14 @@ def kthread_stop(task):
     if rt.self_base == base:
         raise KthreadError(errno.EDEADLK, "kthread_stop() on the calling kthread would "
                            "wait for itself; return from threadfn or call kthread_exit()")
-    return _stop(rt, base)
+    if not _trace.ENABLED:
+        return _stop(rt, base)
+    from ._kthread import read_name
+    pid = L.unpack_field(rt.buf, base, T, "pid")
+    _trace.kthread_stop(pid, read_name(rt.arena, task._idx, base))
+    ret = _stop(rt, base)
+    _trace.kthread_stop_ret(ret, pid)
+    return ret
 
 
 def kthread_stop_put(task):

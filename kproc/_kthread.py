@@ -25,7 +25,7 @@ import sys
 import traceback
 
 from . import _layout as L
-from . import _sched
+from . import _sched, _trace
 from ._task import Task, TaskState
 
 __all__ = ["kthread_main", "current", "kthread_should_stop", "kthread_should_park",
@@ -136,6 +136,9 @@ def kthread_main(rt, idx, gen):
         name, fn_pickle, data_pickle = read_blob(arena, idx, base)
         _sys.set_comm(name)
         _sys.reset_scheduling()
+        if _trace.ENABLED:
+            _trace.after_fork()
+            _trace.name_process(name)
         try:
             threadfn = pickle.loads(fn_pickle)
             data = pickle.loads(data_pickle)
@@ -218,6 +221,10 @@ def _finish(rt, base, result, kind):
     kthread_stop() returns.
     """
     _flush_stdio()
+    if _trace.ENABLED:
+        _trace.lifecycle("exit", os.getpid(), read_name(rt.arena, rt.self_idx, base),
+                         result=result)
+        _trace.flush()
     mem = rt.mem
     mem.store64(base + T.result, result)
     mem.store32(base + T.exit_kind, kind)

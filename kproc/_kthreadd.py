@@ -127,6 +127,9 @@ class Kthreadd:
         rt.owner_pid = boot["owner_pid"]
         rt.main_prep = boot["main"]
         _runtime.install(rt)
+        if boot["trace"]:
+            from . import _trace
+            _trace.setup(rt, boot["trace"])
         return rt
 
     def _set_allowed_and_affinity(self):
@@ -378,6 +381,9 @@ class Kthreadd:
             entry = self.children.pop(pid, None)
             if entry is not None:
                 self._record_exit(pid, status, *entry)
+        from . import _trace
+        if _trace.ENABLED:
+            _trace.flush()
         os._exit(0)
 
 

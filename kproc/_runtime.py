@@ -142,6 +142,9 @@ class Runtime:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
                 self.popen.wait()
+            if self.trace:
+                from . import _trace
+                _trace.merge(self.trace)
         finally:
             self.waits.close()
             os.close(self.wake_fd)
@@ -245,6 +248,8 @@ def start(*, max_kthreads=DEFAULT_MAX_KTHREADS, max_works=DEFAULT_MAX_WORKS, bac
                          "(devices/system/cpu/possible is missing or empty)")
     if trace is None:
         trace = os.environ.get("KPROC_TRACE") or None
+    if trace is not None:
+        trace = _check_trace_path(trace)
     with _lock:
         if _runtime is not None and not _runtime.closed:
             raise KthreadError(errno.EBUSY, "this process already has a kproc runtime "
@@ -252,6 +257,20 @@ def start(*, max_kthreads=DEFAULT_MAX_KTHREADS, max_works=DEFAULT_MAX_WORKS, bac
         _runtime = _start_owner(max_kthreads, max_works, backend, sysfs_root,
                                 tuple(preload), trace, topology)
         return _runtime
+
+
+def _check_trace_path(trace):
+    """The trace file's absolute path; its folder must exist and be writable."""
+    if not isinstance(trace, (str, os.PathLike)) or not os.fspath(trace):
+        raise TypeError(f"trace must be a file path, not {trace!r}")
+    trace = os.path.abspath(os.fspath(trace))
+    folder = os.path.dirname(trace)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"trace={trace!r}: folder {folder!r} does not exist or is "
+                         "not writable")
+    if os.path.isdir(trace):
+        raise ValueError(f"trace={trace!r} is a folder, not a file")
+    return trace
 
 
 def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, topology):
@@ -309,6 +328,9 @@ def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, t
         raise
     _unlink_semaphores(sem_names)
     rt = Runtime(arena, waits, "owner", wake_fd, popen.pid, topology, trace)
+    if trace:
+        from . import _trace
+        _trace.setup(rt, trace)
     rt.popen = popen
     rt.alive_w = alive_w
     atexit.register(_atexit_shutdown, rt)

@@ -1,47 +1,202 @@
-"""Trace events (SPEC §3 "Tracing") -- interface stub, filled in by the trace work.
+"""Trace events (SPEC §3 "Tracing"): the kernel's kthread tracepoints as Chrome trace JSON.
 
-Callers test the module-level ``ENABLED`` flag before calling anything here,
-so tracing costs one attribute load when it is off::
+Enabled by ``start(trace="run.json")`` or ``KPROC_TRACE=run.json``; off by
+default, and then every call site costs one attribute load (callers test
+``_trace.ENABLED`` before calling anything here).
 
-    if _trace.ENABLED:
-        _trace.work_queue_work(worker_pid, worker_comm, work_id, func_name, flow_id)
+Events, with the kernel's names and fields (include/trace/events/sched.h):
+``sched_kthread_stop`` (comm, pid), ``sched_kthread_stop_ret`` (ret),
+``sched_kthread_work_queue_work`` (work, function, worker),
+``sched_kthread_work_execute_start`` / ``_end`` (work, function), plus the
+lifecycle instants ``kthread_create``, ``kthread_wake``, ``kthread_park``,
+``kthread_unpark``, ``kthread_exit``.  Each lands on the track of the kthread
+it is about (pid = tid = the kthread's real pid, named after it), so Perfetto
+shows one track per kthread; a work's execution is a slice on its worker's
+track, joined to the queueing by a flow arrow.
 
-Every function below may be called from any process of the runtime.
+How: every process of the runtime buffers its events in memory and appends
+them, one JSON array per line, to ``<path>.d/<pid>.jsonl`` when the buffer
+fills, before a kthread exits, and at shutdown; the owner's ``shutdown()``
+merges the files into ``path`` and removes the folder.  A kthread killed by
+SIGKILL loses the events it had not written yet (at most BUFFER_EVENTS).
+Timestamps are CLOCK_MONOTONIC, one clock for every process.
 """
 
-__all__ = ["ENABLED", "setup", "lifecycle", "kthread_stop", "kthread_stop_ret",
-           "work_queue_work", "work_execute_start", "work_execute_end", "flush"]
+import json
+import os
+import time
+
+__all__ = ["ENABLED", "setup", "after_fork", "name_process", "lifecycle", "kthread_stop",
+           "kthread_stop_ret", "work_queue_work", "work_execute_start", "work_execute_end",
+           "flush", "merge"]
 
 ENABLED = False
+BUFFER_EVENTS = 4096
+
+_dir = None
+_buf = []
+_pid = 0
+
+
+def _us():
+    return time.monotonic_ns() / 1000.0
 
 
 def setup(rt, path):
-    """Enable tracing in this process for runtime ``rt``, writing to ``path``."""
+    """Enable tracing in this process for runtime ``rt``, writing to ``path``.
+
+    Context: the owner (at start) and kthreadd; kthreads inherit it by fork.
+    """
+    global ENABLED, _dir, _pid
+    _dir = os.fspath(path) + ".d"
+    os.makedirs(_dir, mode=0o700, exist_ok=True)
+    _pid = os.getpid()
+    _buf.clear()
+    ENABLED = True
+    name_process(rt.role if rt.role != "owner" else "kproc caller")
+
+
+def after_fork():
+    """In a new kthread: drop the buffer inherited from kthreadd, adopt our pid."""
+    global _pid
+    if ENABLED:
+        _buf.clear()
+        _pid = os.getpid()
+
+
+def name_process(comm, pid=None):
+    """Metadata naming a track: process and thread ``pid`` (default: ours) are ``comm``."""
+    pid = pid or _pid
+    for kind in ("process_name", "thread_name"):
+        _buf.append({"ph": "M", "name": kind, "pid": pid, "tid": pid,
+                     "args": {"name": comm}})
+
+
+def _emit(event):
+    _buf.append(event)
+    if len(_buf) >= BUFFER_EVENTS:
+        flush()
+
+
+def _instant(name, pid, args):
+    _emit({"name": name, "cat": "kthread", "ph": "i", "s": "t", "ts": _us(),
+           "pid": pid, "tid": pid, "args": args})
 
 
 def lifecycle(event, pid, comm, **args):
-    """A lifecycle instant event: ``event`` in create, wake, park, unpark, exit."""
+    """A lifecycle instant ``kthread_<event>`` on kthread ``pid``'s track.
+
+    @event: create, wake, park, unpark or exit.  A create also names the track.
+    """
+    if event == "create":
+        name_process(comm, pid)
+    _instant("kthread_" + event, pid, dict(args, comm=comm, pid=pid))
 
 
 def kthread_stop(pid, comm):
-    """The kernel's ``sched_kthread_stop`` (comm, pid)."""
+    """The kernel's ``sched_kthread_stop`` (comm, pid), on the stopped kthread's track."""
+    _instant("sched_kthread_stop", pid, {"comm": comm, "pid": pid})
 
 
-def kthread_stop_ret(ret):
-    """The kernel's ``sched_kthread_stop_ret`` (ret)."""
+def kthread_stop_ret(ret, pid=0):
+    """The kernel's ``sched_kthread_stop_ret`` (ret), on the stopped kthread's track."""
+    _instant("sched_kthread_stop_ret", pid or _pid, {"ret": ret})
 
 
 def work_queue_work(worker_pid, worker_comm, work_id, func_name, flow_id):
-    """The kernel's ``sched_kthread_work_queue_work``; ``flow_id`` links it to execution."""
+    """The kernel's ``sched_kthread_work_queue_work``, on the queueing process's track,
+    with the start of the flow that ends at the execution."""
+    ts = _us()
+    args = {"work": work_id, "function": func_name, "worker": worker_pid,
+            "worker_comm": worker_comm}
+    _emit({"name": "sched_kthread_work_queue_work", "cat": "kthread_work", "ph": "X",
+           "ts": ts, "dur": 1.0, "pid": _pid, "tid": _pid, "args": args})
+    _emit({"name": "work", "cat": "kthread_work", "ph": "s", "id": flow_id, "ts": ts,
+           "pid": _pid, "tid": _pid})
 
 
 def work_execute_start(work_id, func_name, flow_id):
-    """The kernel's ``sched_kthread_work_execute_start``, in the worker's process."""
+    """``sched_kthread_work_execute_start``: opens the work's slice on the worker's track."""
+    ts = _us()
+    args = {"work": work_id, "function": func_name}
+    _emit({"name": func_name, "cat": "kthread_work", "ph": "B", "ts": ts, "pid": _pid,
+           "tid": _pid, "args": args})
+    _emit({"name": "sched_kthread_work_execute_start", "cat": "kthread_work", "ph": "i",
+           "s": "t", "ts": ts, "pid": _pid, "tid": _pid, "args": args})
+    if flow_id:
+        _emit({"name": "work", "cat": "kthread_work", "ph": "f", "bp": "e", "id": flow_id,
+               "ts": ts, "pid": _pid, "tid": _pid})
 
 
 def work_execute_end(work_id, func_name):
-    """The kernel's ``sched_kthread_work_execute_end``, in the worker's process."""
+    """``sched_kthread_work_execute_end``: closes the work's slice."""
+    ts = _us()
+    args = {"work": work_id, "function": func_name}
+    _emit({"name": "sched_kthread_work_execute_end", "cat": "kthread_work", "ph": "i",
+           "s": "t", "ts": ts, "pid": _pid, "tid": _pid, "args": args})
+    _emit({"name": func_name, "cat": "kthread_work", "ph": "E", "ts": ts, "pid": _pid,
+           "tid": _pid})
 
 
 def flush():
-    """Write this process's buffered events out (called before a kthread exits)."""
+    """Append this process's buffered events to its file.  Context: any; never raises."""
+    if not _buf or _dir is None:
+        return
+    # One JSON array per flush: one call into the C encoder for the whole buffer.
+    lines = json.dumps(_buf, separators=(",", ":")) + "\n"
+    _buf.clear()
+    try:
+        fd = os.open(os.path.join(_dir, f"{os.getpid()}.jsonl"),
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            os.write(fd, lines.encode())
+        finally:
+            os.close(fd)
+    except OSError:
+        pass
+
+
+def merge(path):
+    """Owner, at shutdown: merge every process's events into ``path``; disable tracing.
+
+    Return: the number of events written.
+    """
+    global ENABLED, _dir
+    flush()
+    d = os.fspath(path) + ".d"
+    events = []
+    try:
+        names = sorted(os.listdir(d))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        full = os.path.join(d, name)
+        with open(full) as f:
+            for line in f:
+                line = line.strip()
+                if line:
+                    try:
+                        events.extend(json.loads(line))
+                    except ValueError:
+                        pass        # a line torn by a killed process
+        os.unlink(full)
+    try:
+        os.rmdir(d)
+    except OSError:
+        pass
+    meta = _dedup_meta([e for e in events if e.get("ph") == "M"])
+    rest = sorted((e for e in events if e.get("ph") != "M"), key=lambda e: e["ts"])
+    tmp = os.fspath(path) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"traceEvents": meta + rest, "displayTimeUnit": "ns"}, f)
+    os.replace(tmp, path)
+    ENABLED, _dir = False, None
+    return len(meta) + len(rest)
+
+
+def _dedup_meta(meta):
+    """Keep the last name given to each (pid, kind): a kthread renames kthreadd's fork."""
+    last = {}
+    for e in meta:
+        last[(e["pid"], e["tid"], e["name"])] = e
+    return list(last.values())

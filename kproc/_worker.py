@@ -211,6 +211,9 @@ def insert_work(lk, idx, before=0):
         lk.wake = True
 
 
+_worker_comms = {}      # (task slot + 1, pid) -> comm, for trace events
+
+
 def _trace_queue(rt, kbase, idx, base):
     mem = rt.mem
     flow = (time.monotonic_ns() ^ (idx << 44)) & ((1 << 53) - 1)
@@ -220,8 +223,10 @@ def _trace_queue(rt, kbase, idx, base):
     if t:
         tbase = rt.arena.task_off(t - 1)
         pid = L.unpack_field(rt.buf, tbase, T, "pid")
-        from ._kthread import read_name
-        comm = read_name(rt.arena, t - 1, tbase)
+        comm = _worker_comms.get((t, pid))
+        if comm is None:
+            from ._kthread import read_name
+            comm = _worker_comms[(t, pid)] = read_name(rt.arena, t - 1, tbase)
     _trace.work_queue_work(pid, comm, _work_id(idx - 1, mem.load32(base + W.gen)),
                            _func_name(rt, idx), flow)
 
@@ -766,6 +771,8 @@ def worker_loop(rt, kbase, tbase, name):
             mem.store32(tbase + T.state, RUNNING)
             _execute(rt, kbase, idx, name, cache)
         elif not (freezable and _freezer.freezing_at(rt, tbase)):
+            if _trace.ENABLED:
+                _trace.flush()          # idle: a kthread killed at shutdown loses nothing
             _timer_sleep(rt, tbase, deadline)
         else:
             mem.store32(tbase + T.state, RUNNING)

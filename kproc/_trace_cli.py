@@ -1,0 +1,62 @@
+"""``kproc trace summary FILE [--json]``: what a trace file holds, per kthread.
+
+Per track (kthread, kthreadd, caller): its name, how many events of each kind,
+how many works it executed; and the works' execution times (p50, p99, max).
+"""
+
+import json
+from collections import Counter, defaultdict
+
+__all__ = ["summarize", "format_summary"]
+
+
+def _pct(values, q):
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q / 100 * len(s)))]
+
+
+def summarize(path):
+    """Read a kproc trace file.  Return: {"tracks": [...], "works": {...}}.
+
+    Raises: OSError, ValueError (not a Chrome trace-event JSON object).
+    """
+    with open(path) as f:
+        doc = json.load(f)
+    if not isinstance(doc, dict) or "traceEvents" not in doc:
+        raise ValueError(f"{path} is not a Chrome trace-event JSON file")
+    names, counts = {}, defaultdict(Counter)
+    open_slices, durations, per_track = defaultdict(list), [], Counter()
+    for e in doc["traceEvents"]:
+        pid = e.get("pid")
+        if e.get("ph") == "M":
+            if e.get("name") == "thread_name":
+                names[pid] = e["args"]["name"]
+            continue
+        counts[pid][e.get("name")] += 1
+        if e.get("ph") == "B":
+            open_slices[pid].append(e["ts"])
+        elif e.get("ph") == "E" and open_slices[pid]:
+            durations.append(e["ts"] - open_slices[pid].pop())
+            per_track[pid] += 1
+    tracks = [{"pid": pid, "name": names.get(pid, "?"), "works": per_track[pid],
+               "events": dict(counts[pid])} for pid in sorted(set(names) | set(counts))]
+    works = {"count": len(durations), "p50_us": _pct(durations, 50),
+             "p99_us": _pct(durations, 99), "max_us": max(durations) if durations else None}
+    return {"tracks": tracks, "works": works}
+
+
+def format_summary(summary):
+    """Render summarize()'s result as text."""
+    lines = [f"  {'PID':>7} {'NAME':<18} {'WORKS':>6} EVENTS"]
+    for t in summary["tracks"]:
+        ev = ", ".join(f"{k} {v}" for k, v in sorted(t["events"].items()))
+        lines.append(f"  {t['pid']:>7} {t['name']:<18} {t['works']:>6} {ev}")
+    w = summary["works"]
+    if w["count"]:
+        lines.append(f"works executed: {w['count']}, time p50 {w['p50_us']:.1f} µs, "
+                     f"p99 {w['p99_us']:.1f} µs, max {w['max_us']:.1f} µs")
+    else:
+        lines.append("works executed: 0")
+    return "\n".join(lines)
