@@ -130,3 +130,10 @@ def preferred_loop(started):
     while not kproc.kthread_should_stop():
         kproc.schedule_timeout_interruptible(1.0)
     return 0
+
+
+def hotplug_forever(cpu):
+    """threadfn: cycle ``cpu`` down and up until killed."""
+    while True:
+        kproc.cpu_down(cpu)
+        kproc.cpu_up(cpu)

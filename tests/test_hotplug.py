@@ -396,6 +396,30 @@ def test_killed_cpuhp_is_replaced(hp):
     assert [w for w, *_ in hp.log()] == ["up_a"] * len(kproc.cpu_online_mask())
 
 
+def test_caller_killed_mid_request_leaves_hotplug_usable(hp):
+    task = kproc.kthread_run(hpfuncs.hotplug_forever, hp.cpu, "hpcaller")
+    stats = kproc._cpuhp
+    wait_until(lambda: hp.rt.mem.load32(stats.hp_base(hp.rt) + stats.H.owner) == task.pid,
+               10.0, interval=0.0002)
+    os.kill(task.pid, signal.SIGKILL)
+    try:
+        assert kproc.kthread_stop(task) == -errno.EOWNERDEAD
+        kproc.cpu_up(hp.cpu)                  # steals the dead caller's lock
+        assert hp.online() and kproc.cpu_down(hp.cpu) == 0 and kproc.cpu_up(hp.cpu) == 0
+    finally:
+        all_online(hp.root)
+
+
+def test_killed_kthreadd_ends_a_hotplug_call(hp):
+    import time
+    assert kproc.cpuhp_setup_state("test:a", hpfuncs.up_a, hpfuncs.down_a) > 0
+    os.kill(hp.rt.kthreadd_pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    with pytest.raises(kproc.KthreadError):
+        kproc.cpu_down(hp.cpu)
+    assert time.monotonic() - t0 < 1.5
+
+
 # -- kproc hotplug -------------------------------------------------------------------
 
 def _cli(args, **kw):
