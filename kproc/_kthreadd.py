@@ -324,14 +324,17 @@ class Kthreadd:
         mem.fetch_or32(base + T.flags, L.KF_EXITING)
         mem.store32(base + T.state, 0x80)      # TASK_DEAD
         mem.store32(base + T.sleeping, 0)
+        # Complete before the slot can be recycled: once it is DEAD (or FREE) with no
+        # refs, a creator may claim it, and a late complete would end the new
+        # occupant's kthread_stop() before it ran.
+        waits.completion_complete(base + T.exited, True)
+        waits.completion_complete(base + T.parked, True)
         with arena.locked():
             if handoff == L.HANDOFF_ABANDONED:
                 arena.free_task(idx)       # nobody ever held a handle on it
             else:
                 mem.store64(base + T.death, arena.next_death())
                 mem.store32(base + T.slot, L.SLOT_DEAD)
-        waits.completion_complete(base + T.exited, True)
-        waits.completion_complete(base + T.parked, True)
 
     def _abandon_creates_of(self, pid):
         """A creator died: abandon its creates (kernel: xchg(&create->done, NULL)).

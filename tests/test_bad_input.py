@@ -138,6 +138,17 @@ def test_stale_task_handle_raises_and_never_touches_new_occupant():
         assert kproc.kthread_stop(new) == -errno.EINTR
 
 
+def test_a_recycled_slot_is_not_completed_by_its_previous_occupant_reaping():
+    """kthreadd's reaping of the old occupant must not end the new one's kthread_stop()."""
+    results = []
+    for i in range(30):         # the race is at a fresh runtime's first recycling
+        with kproc.start(max_kthreads=1):
+            for j in range(2):
+                t = kproc.kthread_create(kfuncs.ret_value, j, "recycled")
+                results.append(kproc.kthread_stop(t))
+    assert results == [-errno.EINTR] * 60
+
+
 def test_full_task_table_is_enomem_and_harms_nothing():
     with kproc.start(max_kthreads=2):
         sa, sb = kproc.Completion(), kproc.Completion()
