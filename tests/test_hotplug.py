@@ -234,11 +234,21 @@ def test_refuses_to_offline_the_last_online_cpu(tmp_path):
             kproc.cpu_down(1)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="needs a non-root user")
 def test_real_sysfs_needs_root():
+    """Not root: a clear PermissionError and no change.  As root, the caller drops its
+    effective uid to nobody's for the call (the real uid stays root to take it back)."""
     with kproc.start():
-        with pytest.raises(PermissionError):
-            kproc.cpu_down(1)
+        online = kproc.cpu_online_mask()
+        was_root = os.geteuid() == 0
+        if was_root:
+            os.seteuid(65534)
+        try:
+            with pytest.raises(PermissionError, match="root"):
+                kproc.cpu_down(max(online))
+        finally:
+            if was_root:
+                os.seteuid(0)
+        assert kproc.cpu_online_mask() == online
 
 
 # -- smpboot ------------------------------------------------------------------------
