@@ -317,6 +317,9 @@ def test_unregister_stops_a_parked_thread_of_an_offline_cpu(hp):
     assert kproc.smpboot_register_percpu_thread(ht) == 0
     task = ht.task(hp.cpu)
     try:
+        # setup has run, so cleanup is due (the kernel skips cleanup for a thread
+        # parked again before its loop ever ran: status HP_THREAD_NONE)
+        wait_until(lambda: ("setup", str(hp.cpu), "1") in hp.log())
         assert kproc.cpu_down(hp.cpu) == 0
         kproc.smpboot_unregister_percpu_thread(ht)
         assert ("cleanup0", str(hp.cpu), "0") in hp.log()
