@@ -16,6 +16,11 @@ import os
 import time
 
 CPU_DIR = "/sys/devices/system/cpu"
+# s before each offline and each online, in both loops: the kernel's own work after a
+# hotplug (sched domains, RCU, per-CPU kworkers) slows a write that follows at once, and
+# the two loops would otherwise follow at different distances (kproc's waits for its
+# per-CPU threads to be back; the raw loop does not).
+SETTLE = float(os.environ.get("KPROC_BENCH_HP_SETTLE", "0.03"))
 
 
 def hotplug_cpu():
@@ -40,13 +45,16 @@ def hotplug_raw(n):
     out = {"down": [], "up": []}
     try:
         for _ in range(n):
+            time.sleep(SETTLE)
             t0 = time.monotonic_ns()
             topo.set_online(cpu, False)
             t1 = time.monotonic_ns()
+            time.sleep(SETTLE)
+            t1b = time.monotonic_ns()
             topo.set_online(cpu, True)
             t2 = time.monotonic_ns()
             out["down"].append(t1 - t0)
-            out["up"].append(t2 - t1)
+            out["up"].append(t2 - t1b)
     finally:
         _restore(cpu)
     return out
@@ -60,7 +68,7 @@ def hotplug_kproc(n):
     os.environ[cli.ENV_DIR] = tempfile.mkdtemp(prefix="kproc-bench-hp-")
     try:
         with kproc.start():
-            res = cli.cycle_experiment(cpu, n, threads=4, preferred=4)
+            res = cli.cycle_experiment(cpu, n, threads=4, preferred=4, settle=SETTLE)
             kproc.cpu_up(cpu)
     finally:
         _restore(cpu)

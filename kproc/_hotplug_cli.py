@@ -121,11 +121,12 @@ def _wait_back(directory, cpu, pids, since_ns, timeout=2.0):
     return out
 
 
-def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None):
+def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None, settle=0.0):
     """Take ``cpu`` down and up ``count`` times in the current runtime.
 
     @threads: SmpHotplugThread registrations (one thread per online CPU
-    each); @preferred: kthreads preferring ``cpu`` (kthread_affine_preferred).
+    each); @preferred: kthreads preferring ``cpu`` (kthread_affine_preferred);
+    @settle: seconds slept before each cpu_down and each cpu_up (not timed).
     Context: the owner of a runtime; the caller restores CPUs on failure.
     Return: {"down", "up", "park", "unpark", "write_down", "write_up", "back"}:
     lists of ns, plus "lost": per-CPU threads that were not back within 2 s.
@@ -149,6 +150,7 @@ def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None):
             kproc.wake_up_process(task)
             tasks.append(task)
         for _ in range(count):
+            time.sleep(settle)
             t0 = time.monotonic_ns()
             rc = kproc.cpu_down(cpu)
             t1 = time.monotonic_ns()
@@ -158,6 +160,7 @@ def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None):
             res["down"].append(t1 - t0)
             res["park"].append(st["teardown_ns"])
             res["write_down"].append(st["write_ns"])
+            time.sleep(settle)
             t2 = time.monotonic_ns()
             rc = kproc.cpu_up(cpu)
             t3 = time.monotonic_ns()
@@ -235,7 +238,8 @@ def _single(args, rt, restore):
 
 def _cycle(args, rt, restore):
     restore.touched.add(args.cpu)
-    res = cycle_experiment(args.cpu, args.count, args.threads, args.preferred)
+    res = cycle_experiment(args.cpu, args.count, args.threads, args.preferred,
+                           settle=args.settle / 1000.0)
     summary = {k: percentiles(v) for k, v in res.items() if k != "lost"}
     summary["lost"] = res["lost"]
     if args.json:
@@ -298,6 +302,10 @@ def add_parser(sub):
                    help="per-CPU thread registrations during cycle (default 1)")
     p.add_argument("--preferred", type=int, default=0,
                    help="kthreads preferring the CPU during cycle (default 0)")
+    p.add_argument("--settle", type=float, default=0.0, metavar="MS",
+                   help="pause before each offline and each online during cycle, so "
+                        "one action is not slowed by the kernel's work after the last "
+                        "(default 0)")
     p.add_argument("--sysfs-root", default="/sys", help="a fake tree (kproc.fake_sysfs)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=_checked)
@@ -308,8 +316,9 @@ def _checked(args):
     if args.action != "status" and args.cpu is None:
         print(f"kproc hotplug {args.action}: a CPU number is needed", file=sys.stderr)
         return 2
-    if args.count < 1 or args.threads < 0 or args.preferred < 0:
-        print("kproc hotplug: --count must be >= 1, --threads and --preferred >= 0",
-              file=sys.stderr)
+    if args.count < 1 or args.threads < 0 or args.preferred < 0 or \
+            not 0 <= args.settle <= 10000:
+        print("kproc hotplug: --count must be >= 1, --threads and --preferred >= 0, "
+              "--settle between 0 and 10000 ms", file=sys.stderr)
         return 2
     return run(args)

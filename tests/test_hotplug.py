@@ -10,6 +10,7 @@ that off).  Each test brings every CPU back online in ``finally``.
 import errno
 import os
 import signal
+import time
 
 import pytest
 
@@ -480,3 +481,47 @@ def test_cli_rejects_cpu0_and_missing_cpu(tmp_path):
     proc = _cli(["down", "--sysfs-root", root])
     proc.communicate(timeout=50)
     assert proc.returncode == 2
+
+
+def test_cli_cycle_settles_before_each_action_and_refuses_bad_settle(tmp_path):
+    import json
+    root = kproc.fake_sysfs(tmp_path / "sys", possible=2)
+    t0 = time.monotonic()
+    out, err = _cli(["cycle", "1", "--count", "2", "--settle", "150", "--sysfs-root", root,
+                     "--json"]).communicate(timeout=50)
+    assert json.loads(out)["ms"]["down"]["n"] == 2, err
+    assert time.monotonic() - t0 >= 4 * 0.150       # two pauses per cycle
+    for bad in ("-1", "20000"):
+        proc = _cli(["cycle", "1", "--settle", bad, "--sysfs-root", root])
+        _, err = proc.communicate(timeout=50)
+        assert proc.returncode == 2 and "--settle" in err
+
+
+# -- the uevent filter ---------------------------------------------------------------
+
+def test_uevent_filter_passes_only_cpu_online_and_offline():
+    """The classic BPF program, run by the kernel on a datagram socket pair."""
+    import socket
+    from kproc._cpuhp import _attach_cpu_uevent_filter
+    rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        _attach_cpu_uevent_filter(rx)
+        rx.settimeout(0.5)
+        sent = [b"add@/devices/virtual/cpuid/cpu1\0ACTION=add",
+                b"online@/devices/system/cpu/cpu1\0ACTION=online",
+                b"online@/devices/system/memory/memory3\0ACTION=online",
+                b"offline@/devices/system/cpu/cpu12\0ACTION=offline",
+                b"offline@/devices/system/cp",
+                b"remove@/devices/virtual/msr/msr1\0ACTION=remove"]
+        for msg in sent:
+            tx.send(msg)
+        got = []
+        try:
+            while True:
+                got.append(rx.recv(256))
+        except socket.timeout:
+            pass
+        assert got == [sent[1], sent[3]]
+    finally:
+        rx.close()
+        tx.close()
