@@ -28,21 +28,12 @@ def apply_mask(rt, pid, mask):
     usable = rt.topology.applicable(mask)
     if usable:
         try:
-            _set_affinity(pid, usable)
+            os.sched_setaffinity(pid, usable)
+        except (ProcessLookupError, PermissionError):
+            return frozenset()
         except OSError:
             return frozenset()
     return usable
-
-
-def _set_affinity(pid, mask):
-    """sched_setaffinity unless ``pid`` already has ``mask``.
-
-    Reading is ~1 µs; setting right after a CPU came online waits ~1 ms for the
-    kernel's own follow-up work, and the kernel (cgroup v2) has usually restored
-    the mask by itself then.
-    """
-    if os.sched_getaffinity(pid) != mask:
-        os.sched_setaffinity(pid, mask)
 
 
 def record_mask(rt, base, field, mask):
@@ -109,7 +100,7 @@ class _Snapshot:
         mask = mask & self.usable
         if mask:
             try:
-                _set_affinity(pid, mask)
+                os.sched_setaffinity(pid, mask)
             except OSError:
                 pass
 
