@@ -115,19 +115,22 @@ class _Snapshot:
                 pass
 
 
-def kthreads_online_cpu(rt, cpu):
+def kthreads_online_cpu(rt, cpu, rebound=frozenset()):
     """kthreads_online_cpu(): re-apply affinities now that ``cpu`` is online.
 
     Node-affine and preferred-affine kthreads get kthread_fetch_affinity()
     again (housekeeping now holds ``cpu``); bound kthreads whose recorded
     mask names ``cpu`` get that mask applied (a binding to an offline CPU
-    waits for this moment).  Context: the cpuhp kthread.  Return: how many
+    waits for this moment), except the pids in ``rebound``, which their
+    unpark has just bound.  Context: the cpuhp kthread.  Return: how many
     kthreads were re-affined.
     """
     mem, n, snap = rt.mem, 0, _Snapshot(rt)
     for base in _live_slots(rt):
         flags = mem.load32(base + T.flags)
         pid = L.unpack_field(rt.buf, base, T, "pid")
+        if pid in rebound:
+            continue
         if flags & L.KF_NO_SETAFFINITY:
             bound = recorded_mask(rt, base, "bound")
             if cpu in bound:

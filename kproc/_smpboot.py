@@ -169,6 +169,7 @@ class Smpboot:
 
     def __init__(self, rt):
         self.rt = rt
+        self.rebound = set()       # pids bound by the last startup()'s unparks
         self.regs = {}              # slot -> SmpHotplugThread
 
     def _slot_off(self, slot):
@@ -244,9 +245,15 @@ class Smpboot:
         task = ht.task(cpu)
         if task is not None and not ht.selfparking:
             kthread_unpark(task)
+            self.rebound.add(task.pid)
 
     def startup(self, cpu):
-        """smpboot_create_threads + smpboot_unpark_threads for ``cpu``."""
+        """smpboot_create_threads + smpboot_unpark_threads for ``cpu``.
+
+        The pids re-bound to ``cpu`` by their unpark are left in ``rebound``,
+        so the affinity pass that follows does not bind them a second time.
+        """
+        self.rebound = set()
         for slot, ht in list(self.regs.items()):
             rc = self._create(slot, ht, cpu)
             if rc < 0:
