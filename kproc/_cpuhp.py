@@ -486,13 +486,22 @@ class Cpuhp:
         self.dyn.remove(st)
 
     def sync(self):
-        """Run the callbacks for CPUs someone else took down or brought up."""
+        """Run the callbacks for CPUs someone else took down or brought up.
+
+        A CPU that went down and came back between two looks is caught by
+        the binding its per-CPU threads lost (Smpboot.bounced): it gets its
+        teardowns and then its startups, as if both changes had been seen.
+        """
         from ._affinity import kthreads_offline_cpu
-        online = self.rt.topology.online()
-        if online == self.known:
+        topo = self.rt.topology
+        online = topo.online()
+        bounced = set()
+        if not topo.is_fake and self.smpboot.regs:
+            bounced = {cpu for cpu in self.known & online if self.smpboot.bounced(cpu)}
+        if online == self.known and not bounced:
             return
         now = time.monotonic_ns()
-        for cpu in sorted(self.known - online):
+        for cpu in sorted((self.known - online) | bounced):
             self.run_teardowns(cpu, self.states())
             self.known = self.known - {cpu}
             kthreads_offline_cpu(self.rt, cpu)
@@ -571,11 +580,25 @@ class Cpuhp:
         mem.store32(hp + H.netlink, int(watching))
         mem.store32(hp + H.state, L.HP_RUNNING)
         tick = POLL_SAFETY if watching else POLL_FAKE
+        retry = False
         while not kthread_should_stop():
-            wait_at(rt, hp + H.req, tick, "interruptible")
+            wait_at(rt, hp + H.req, POLL_FAKE if retry else tick, "interruptible")
             self.handle_request()
-            self.sync()
+            retry = not self._sync_or_warn(retry)
         return 0
+
+    def _sync_or_warn(self, retrying):
+        """sync(), surviving its failure: cpuhp must outlive one bad pass (a sysfs
+        read failing in the middle of someone else's hotplug).  It warns once per
+        failing streak and is retried at the next (short) tick.  Return: success."""
+        try:
+            self.sync()
+            return True
+        except Exception:
+            if not retrying:
+                sys.stderr.write("kproc: cpuhp: catching up with a hotplug change failed; "
+                                 "retrying:\n" + traceback.format_exc())
+            return False
 
 
 CPU_UEVENT_PREFIXES = (b"online@/devices/system/cpu/cpu", b"offline@/devices/system/cpu/cpu")

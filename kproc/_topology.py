@@ -66,14 +66,25 @@ def format_cpulist(cpus):
     return ",".join(out)
 
 
+# A sysfs read racing a CPU hotplug can fail for a moment (seen: EPERM from a node's
+# cpulist while stress-ng --cpu-online runs); such reads are retried.
+_TRANSIENT = (errno.EPERM, errno.EBUSY, errno.EAGAIN, errno.EINTR)
+READ_RETRIES = 20
+
+
 def _read(path, default=None):
-    try:
-        with open(path) as f:
-            return f.read()
-    except FileNotFoundError:
-        if default is None:
-            raise
-        return default
+    for attempt in range(READ_RETRIES):
+        try:
+            with open(path) as f:
+                return f.read()
+        except FileNotFoundError:
+            if default is None:
+                raise
+            return default
+        except OSError as exc:
+            if exc.errno not in _TRANSIENT or attempt == READ_RETRIES - 1:
+                raise
+            time.sleep(0.0005 * (attempt + 1))
 
 
 class Topology:

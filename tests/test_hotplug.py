@@ -371,6 +371,8 @@ def test_external_offline_parks_and_online_rebinds(hp):
     assert kproc.smpboot_register_percpu_thread(ht) == 0
     task = ht.task(hp.cpu)
     try:
+        # the loop has run (status ACTIVE), so the park callback is due
+        wait_until(lambda: ("setup", str(hp.cpu), "1") in hp.log())
         hp.clear()
         hp.write_online(0)
         if hp.root != "/sys":
@@ -525,3 +527,38 @@ def test_uevent_filter_passes_only_cpu_online_and_offline():
     finally:
         rx.close()
         tx.close()
+
+
+def test_cpuhp_outlives_a_failing_catch_up(tmp_path, monkeypatch):
+    """A sysfs read failing while cpuhp catches up with an outside change (seen for
+    real: EPERM from a node's cpulist under stress-ng) must not end cpuhp."""
+    root = kproc.fake_sysfs(tmp_path / "sys", possible=4, nodes={0: {0, 1, 2, 3}})
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    monkeypatch.setenv("KPROC_HP_DIR", str(logdir))
+    monkeypatch.setenv("KPROC_HP_SYSFS", root)
+    cpulist = os.path.join(root, "devices/system/node/node0/cpulist")
+    topo = kproc._topology.Topology(root)
+    with kproc.start(sysfs_root=root):
+        ht = _ht()
+        assert kproc.smpboot_register_percpu_thread(ht) == 0
+        task = ht.task(1)
+        try:
+            os.rename(cpulist, cpulist + ".saved")
+            os.mkdir(cpulist)                       # reading it now fails (EISDIR)
+            with open(os.path.join(root, "devices/system/cpu/cpu1/online"), "w") as f:
+                f.write("0")
+            topo._rewrite_online()
+            wait_until(lambda: _state(task) == kproc.TASK_PARKED, 2.0)
+            time.sleep(0.05)                        # several failing passes
+            assert kproc._cpuhp.hotplug_stats()["running"]
+            os.rmdir(cpulist)
+            os.rename(cpulist + ".saved", cpulist)
+            assert kproc.cpu_up(1) == 0             # cpuhp still serves
+            wait_until(lambda: _state(task) == kproc.TASK_INTERRUPTIBLE, 2.0)
+        finally:
+            if os.path.isdir(cpulist):
+                os.rmdir(cpulist)
+                os.rename(cpulist + ".saved", cpulist)
+            all_online(root)
+            kproc.smpboot_unregister_percpu_thread(ht)

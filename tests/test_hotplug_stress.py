@@ -31,17 +31,33 @@ pytestmark = [
 ]
 
 
+_last_seen = []
+
+
 def _consistent(ht, cpus):
     """Each thread parked iff its CPU is offline, and bound to it when online."""
     online = kproc.cpu_online_mask()
     for cpu in cpus:
         task = ht.task(cpu)
-        parked = kproc.task_state(task) == kproc.TASK_PARKED
+        state = kproc.task_state(task)
+        parked = state == kproc.TASK_PARKED
+        aff = os.sched_getaffinity(task.pid) if cpu in online else None
+        _last_seen[:] = [f"cpu {cpu}: online {cpu in online}, state {state!r}, "
+                         f"affinity {aff}"]
         if (cpu in online) == parked:
             return False
-        if cpu in online and os.sched_getaffinity(task.pid) != {cpu}:
+        if cpu in online and aff != {cpu}:
             return False
     return True
+
+
+def _seen():
+    rt = kproc._runtime.get_runtime()
+    hp = kproc._cpuhp.hp_base(rt)
+    known = kproc._layout.bytes_to_mask(
+        rt.buf[hp + kproc._cpuhp.H.known:hp + kproc._cpuhp.H.known + kproc._layout.CPUMASK_BYTES])
+    return (f"; last seen: {''.join(_last_seen)}; cpuhp known {sorted(known)}, "
+            f"stats {kproc._cpuhp.hotplug_stats()}")
 
 
 def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch):
@@ -59,13 +75,19 @@ def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch):
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             samples = 0
             while stress.poll() is None:
-                wait_until(lambda: _consistent(ht, cpus), 1.0,
-                           message="a per-CPU thread's state does not follow its CPU")
+                try:
+                    wait_until(lambda: _consistent(ht, cpus), 1.0)
+                except AssertionError:
+                    raise AssertionError("a per-CPU thread's state does not follow its "
+                                         "CPU" + _seen()) from None
                 samples += 1
                 time.sleep(0.1)
             all_online("/sys")
-            wait_until(lambda: _consistent(ht, cpus), 2.0,
-                       message="per-CPU threads did not come back after stress-ng")
+            try:
+                wait_until(lambda: _consistent(ht, cpus), 2.0)
+            except AssertionError:
+                raise AssertionError("per-CPU threads did not come back after "
+                                     "stress-ng" + _seen()) from None
             events = kproc._cpuhp.hotplug_stats()["events"]
             kproc.smpboot_unregister_percpu_thread(ht)
     finally:
