@@ -48,6 +48,7 @@ from . import _layout as L
 from ._completion import wait_at
 from ._errors import KthreadError
 from ._runtime import get_runtime
+from ._topology import _read as _read_sysfs
 
 __all__ = ["cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_remove_state", "request",
            "hp_base", "hotplug_stats", "ensure_cpuhp"]
@@ -55,6 +56,7 @@ __all__ = ["cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_remove_state", "req
 H = L.HOTPLUG
 T = L.TASK
 NETLINK_KOBJECT_UEVENT = 15
+UEVENT_SEQNUM = "/sys/kernel/uevent_seqnum"
 POLL_FAKE = 0.005          # s: poll tick where no uevent can tell us
 POLL_SAFETY = 0.1          # s: poll tick beside netlink (a missed uevent)
 MAX_DYN_STATES = 40        # as the kernel's CPUHP_AP_ONLINE_DYN range
@@ -362,6 +364,13 @@ class Cpuhp:
         self.known = rt.topology.online()
         self._store_known()
         self.sock = None
+        # Offline uevents not yet looked at, as (SEQNUM, cpu), appended by the
+        # listener thread; and per CPU the uevent_seqnum when cpuhp last saw
+        # it offline (or took it offline): an offline uevent numbered after
+        # that, for a CPU online now and in known, is a down-and-up missed.
+        self.offline_events = []
+        self.events_lock = threading.Lock()
+        self.offline_seen = {}
 
     def states(self):
         return self.builtin + self.dyn
@@ -424,6 +433,7 @@ class Cpuhp:
         except OSError as exc:
             self.run_startups(cpu, self.states())
             return -(exc.errno or errno.EIO)
+        self._took_offline(cpu)
         self.known = self.known - {cpu}
         self._store_known()
         t2 = time.monotonic_ns()
@@ -446,6 +456,7 @@ class Cpuhp:
         if rc < 0:
             try:
                 topo.set_online(cpu, False)
+                self._took_offline(cpu)
             except OSError:
                 pass
             return rc
@@ -489,15 +500,17 @@ class Cpuhp:
         """Run the callbacks for CPUs someone else took down or brought up.
 
         A CPU that went down and came back between two looks is caught by
+        an offline uevent numbered after cpuhp last saw it offline, or by
         the binding its per-CPU threads lost (Smpboot.bounced): it gets its
         teardowns and then its startups, as if both changes had been seen.
         """
         from ._affinity import kthreads_offline_cpu
         topo = self.rt.topology
+        seq = self._seqnum()
         online = topo.online()
-        bounced = set()
+        bounced = self._missed_bounces(seq, online)
         if not topo.is_fake and self.smpboot.regs:
-            bounced = {cpu for cpu in self.known & online if self.smpboot.bounced(cpu)}
+            bounced |= {cpu for cpu in self.known & online if self.smpboot.bounced(cpu)}
         if online == self.known and not bounced:
             return
         now = time.monotonic_ns()
@@ -511,6 +524,37 @@ class Cpuhp:
         self._store_known()
         L.pack_field(self.rt.buf, self.hp, H, "event_ns", now)
         self.rt.mem.fetch_add32(self.hp + H.events, 1)
+
+    def _seqnum(self):
+        """/sys/kernel/uevent_seqnum, or None (no uevents watched, fake tree)."""
+        if self.sock is None:
+            return None
+        try:
+            return int(_read_sysfs(UEVENT_SEQNUM))
+        except (OSError, ValueError):
+            return None
+
+    def _missed_bounces(self, seq, online):
+        """CPUs online and known whose offline uevent cpuhp has not seen yet."""
+        with self.events_lock:
+            pending, self.offline_events = self.offline_events, []
+        if seq is not None:
+            for cpu in self.rt.topology.possible() - online:
+                self.offline_seen[cpu] = seq        # seen offline now
+        return {cpu for number, cpu in pending
+                if number > self.offline_seen.get(cpu, 0) and cpu in online and
+                cpu in self.known}
+
+    def _took_offline(self, cpu):
+        """After cpuhp's own offline write: its uevent is not someone else's."""
+        seq = self._seqnum()
+        if seq is not None:
+            self.offline_seen[cpu] = seq
+
+    def note_offline_uevent(self, number, cpu):
+        """From the listener thread: an ``offline@`` uevent of ``cpu``."""
+        with self.events_lock:
+            self.offline_events.append((number, cpu))
 
     def serve(self, op, args):
         if op == OP_DOWN:
@@ -569,7 +613,10 @@ class Cpuhp:
             return False
         _attach_cpu_uevent_filter(sock)
         self.sock = sock
-        threading.Thread(target=_uevent_thread, args=(self.rt, sock), daemon=True,
+        seq = self._seqnum() or 0
+        for cpu in self.rt.topology.possible():
+            self.offline_seen[cpu] = seq        # older uevents are not ours to judge
+        threading.Thread(target=_uevent_thread, args=(self, sock), daemon=True,
                          name="cpuhp-uevent").start()
         return True
 
@@ -641,8 +688,23 @@ def _attach_cpu_uevent_filter(sock):
         pass        # unfiltered: correct, a little slower (the kernel copied prog)
 
 
-def _uevent_thread(rt, sock):
-    """Kick cpuhp on every CPU online/offline uevent."""
+def _parse_offline_uevent(msg):
+    """(SEQNUM, cpu) of an ``offline@/devices/system/cpu/cpuN`` uevent, else None."""
+    fields = msg.split(b"\0")
+    head = fields[0]
+    if not head.startswith(CPU_UEVENT_PREFIXES[1]):
+        return None
+    try:
+        cpu = int(head[len(CPU_UEVENT_PREFIXES[1]):])
+        number = next(int(f[7:]) for f in fields if f.startswith(b"SEQNUM="))
+    except (ValueError, StopIteration):
+        return None
+    return number, cpu
+
+
+def _uevent_thread(cpuhp, sock):
+    """Kick cpuhp on every CPU online/offline uevent; note the offline ones."""
+    rt = cpuhp.rt
     off = hp_base(rt) + H.req
     while True:
         try:
@@ -651,7 +713,10 @@ def _uevent_thread(rt, sock):
             continue
         except OSError:
             return
-        if msg.startswith((b"online@/devices/system/cpu/", b"offline@/devices/system/cpu/")):
+        if msg.startswith(CPU_UEVENT_PREFIXES):
+            offline = _parse_offline_uevent(msg)
+            if offline is not None:
+                cpuhp.note_offline_uevent(*offline)
             rt.waits.completion_complete(off, False)
 
 

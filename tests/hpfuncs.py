@@ -46,6 +46,12 @@ def up_a(cpu):
     return log("up_a", cpu)
 
 
+def slow_up(cpu):
+    """A startup that keeps cpuhp busy for 0.3 s."""
+    time.sleep(0.3)
+    return 0
+
+
 def down_a(cpu):
     return log("down_a", cpu)
 

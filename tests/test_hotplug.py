@@ -388,7 +388,7 @@ def test_external_offline_parks_and_online_rebinds(hp):
                    ("up_c", str(hp.cpu), "1") in hp.log(), 2.0)
         assert os.sched_getaffinity(task.pid) == {hp.cpu}
         assert [w for w, *_ in hp.log() if w.startswith("up_")] == ["up_a", "up_b", "up_c"]
-        assert kproc._cpuhp.hotplug_stats()["events"] >= 2
+        wait_until(lambda: kproc._cpuhp.hotplug_stats()["events"] >= 2)   # counted at the pass's end
     finally:
         all_online(hp.root)
         kproc.smpboot_unregister_percpu_thread(ht)
@@ -562,3 +562,35 @@ def test_cpuhp_outlives_a_failing_catch_up(tmp_path, monkeypatch):
                 os.rename(cpulist + ".saved", cpulist)
             all_online(root)
             kproc.smpboot_unregister_percpu_thread(ht)
+
+
+@pytest.mark.skipif(real_hotplug_cpu() is None, reason="needs real hotplug (root, cpuN/online)")
+def test_a_quick_outside_down_and_up_is_not_missed(tmp_path, monkeypatch):
+    """Taken down and brought back while cpuhp is busy, with no per-CPU thread to
+    show it: the offline uevent, numbered after cpuhp last saw the CPU offline, still
+    gets the CPU its teardowns and startups after the fact."""
+    import threading
+    monkeypatch.setenv("KPROC_HP_DIR", str(tmp_path))
+    monkeypatch.setenv("KPROC_HP_SYSFS", "/sys")
+    cpu = real_hotplug_cpu()
+    online_file = f"{REAL_CPU_DIR}/cpu{cpu}/online"
+    all_online("/sys")
+    with kproc.start():
+        try:
+            assert kproc.cpuhp_setup_state("test:a", hpfuncs.up_a, hpfuncs.down_a) > 0
+            busy = threading.Thread(target=kproc.cpuhp_setup_state,
+                                    args=("test:slow", hpfuncs.slow_up, None))
+            busy.start()
+            time.sleep(0.1)                       # cpuhp is inside slow_up now
+            for value in ("0", "1"):
+                with open(online_file, "w") as f:
+                    f.write(value)
+            busy.join(10)
+            def bounce():
+                entries = [(w, c) for w, c, _ in hpfuncs.read_log(str(tmp_path))]
+                down = ("down_a", str(cpu))
+                return down in entries and ("up_a", str(cpu)) in entries[entries.index(down):]
+            wait_until(bounce, 5.0,
+                       message=lambda: f"log: {hpfuncs.read_log(str(tmp_path))}")
+        finally:
+            all_online("/sys")
