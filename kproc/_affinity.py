@@ -19,21 +19,20 @@ __all__ = ["apply_mask", "fetch_affinity", "kthread_affine_node", "record_mask",
 T = L.TASK
 
 
-def apply_mask(rt, pid, mask):
+def apply_mask(rt, pid, mask, usable=None):
     """Apply ``mask`` (restricted to usable CPUs) to ``pid``; return what was applied.
 
     Nothing is applied when none of the CPUs is usable (e.g. binding to an
     offline CPU): the binding then waits for the CPU to come up.
+    @usable: Topology.usable() if the caller already has it.
     """
-    usable = rt.topology.applicable(mask)
-    if usable:
+    mask = frozenset(mask) & (rt.topology.usable() if usable is None else usable)
+    if mask:
         try:
-            os.sched_setaffinity(pid, usable)
-        except (ProcessLookupError, PermissionError):
-            return frozenset()
+            os.sched_setaffinity(pid, mask)
         except OSError:
             return frozenset()
-    return usable
+    return mask
 
 
 def record_mask(rt, base, field, mask):
@@ -46,16 +45,21 @@ def recorded_mask(rt, base, field):
     return L.bytes_to_mask(rt.buf[off:off + L.CPUMASK_BYTES])
 
 
-def fetch_affinity(rt, base):
-    """kthread_fetch_affinity(): preferred (or node) CPUs ∩ housekeeping, or housekeeping."""
-    hk = rt.housekeeping()
+def fetch_affinity(rt, base, hk=None, nodes=None):
+    """kthread_fetch_affinity(): preferred (or node) CPUs ∩ housekeeping, or housekeeping.
+
+    @hk, @nodes: housekeeping_cpumask() and Topology.nodes() if the caller
+    already read them (one read for a whole pass over the task table).
+    """
+    hk = rt.housekeeping() if hk is None else hk
     if rt.mem.load32(base + T.flags) & L.KF_PREFERRED:
         pref = recorded_mask(rt, base, "preferred")
     else:
         node = L.unpack_field(rt.buf, base, T, "node")
         if node < 0:
             return hk
-        pref = rt.topology.cpumask_of_node(node)
+        pref = rt.topology.cpumask_of_node(node) if nodes is None else \
+            nodes.get(node, frozenset())
     return (pref & hk) or hk
 
 
@@ -88,31 +92,16 @@ class _Snapshot:
     """Topology read once for a whole re-affining pass (sysfs reads cost ~50 µs)."""
 
     def __init__(self, rt):
-        topo = rt.topology
+        self.rt = rt
         self.hk = rt.housekeeping()
-        self.nodes = topo.nodes()
-        self.usable = topo.host_online()
-        if topo.is_fake:
-            self.usable &= topo.online() | (topo.host_cpus() - topo.possible())
+        self.nodes = rt.topology.nodes()
+        self.usable = rt.topology.usable()
 
-    def fetch(self, rt, base, flags):
-        """kthread_fetch_affinity() on the snapshot."""
-        if flags & L.KF_PREFERRED:
-            pref = recorded_mask(rt, base, "preferred")
-        else:
-            node = L.unpack_field(rt.buf, base, T, "node")
-            if node < 0:
-                return self.hk
-            pref = self.nodes.get(node, frozenset())
-        return (pref & self.hk) or self.hk
+    def fetch(self, base):
+        return fetch_affinity(self.rt, base, self.hk, self.nodes)
 
     def apply(self, pid, mask):
-        mask = mask & self.usable
-        if mask:
-            try:
-                os.sched_setaffinity(pid, mask)
-            except OSError:
-                pass
+        apply_mask(self.rt, pid, mask, self.usable)
 
 
 def kthreads_online_cpu(rt, cpu, rebound=frozenset()):
@@ -137,7 +126,7 @@ def kthreads_online_cpu(rt, cpu, rebound=frozenset()):
                 snap.apply(pid, bound)
                 n += 1
         elif flags & (L.KF_STARTED | L.KF_PREFERRED):
-            snap.apply(pid, snap.fetch(rt, base, flags))
+            snap.apply(pid, snap.fetch(base))
             n += 1
     return n
 
@@ -154,6 +143,6 @@ def kthreads_offline_cpu(rt, cpu):
     for base in _live_slots(rt):
         flags = mem.load32(base + T.flags)
         if not flags & L.KF_NO_SETAFFINITY and flags & (L.KF_STARTED | L.KF_PREFERRED):
-            snap.apply(L.unpack_field(rt.buf, base, T, "pid"), snap.fetch(rt, base, flags))
+            snap.apply(L.unpack_field(rt.buf, base, T, "pid"), snap.fetch(base))
             n += 1
     return n

@@ -184,13 +184,17 @@ class Topology:
     def host_online():
         return parse_cpulist(_read(os.path.join(REAL_ROOT, "devices/system/cpu/online"), ""))
 
-    def applicable(self, mask):
-        """The part of ``mask`` that ``os.sched_setaffinity`` can be given here:
-        CPUs that exist and are online on the host (and in this tree)."""
-        usable = frozenset(mask) & self.host_online()
+    def usable(self):
+        """The CPUs ``os.sched_setaffinity`` can be given here: those that exist
+        and are online on the host (and in this tree)."""
+        usable = self.host_online()
         if self.is_fake:
             usable &= self.online() | (self.host_cpus() - self.possible())
         return usable
+
+    def applicable(self, mask):
+        """The part of ``mask`` that ``os.sched_setaffinity`` can be given here."""
+        return frozenset(mask) & self.usable()
 
     def check_possible(self, cpu):
         """Raise ValueError/TypeError unless ``cpu`` is a possible CPU number."""
