@@ -222,15 +222,8 @@ def hotplug_stats():
 # -- argument checks (in the caller, before anything changes) -------------------------
 
 def _check_hotplug_cpu(rt, cpu):
-    topo = rt.topology
-    topo.check_possible(cpu)
-    if not topo.hotpluggable(cpu):
-        raise ValueError(f"CPU {cpu} is not hot-pluggable (it has no "
-                         f"{topo.online_file(cpu)})")
-    if not topo.is_fake and os.geteuid() != 0:
-        raise PermissionError(errno.EPERM, f"CPU hotplug through {topo.online_file(cpu)} "
-                              "needs root (or start the runtime on a fake sysfs tree: "
-                              "kproc.fake_sysfs)")
+    rt.topology.check_hotpluggable(cpu)
+    rt.topology.check_may_write(cpu)
 
 
 def _check_callback(name, fn):
@@ -265,8 +258,7 @@ def cpu_down(cpu):
     """
     rt = get_runtime()
     _check_hotplug_cpu(rt, cpu)
-    if rt.topology.online() == {cpu}:
-        raise ValueError(f"CPU {cpu} is the last online CPU; refusing to offline it")
+    rt.topology.check_not_last(cpu)
     return request(OP_DOWN, cpu)
 
 
@@ -347,6 +339,20 @@ def invoke(fn, cpu, *args):
     return ret if isinstance(ret, int) and not isinstance(ret, bool) else -errno.EINVAL
 
 
+def _run_with_rollback(cpu, steps):
+    """Run each ``(do, undo)`` of ``steps`` for ``cpu`` until one fails; then the
+    undos of those done, newest first.  Return: 0, or the failing callback's rc."""
+    done = []
+    for do, undo in steps:
+        rc = invoke(do, cpu)
+        if rc < 0:
+            for back in reversed(done):
+                invoke(back, cpu)
+            return rc
+        done.append(undo)
+    return 0
+
+
 class Cpuhp:
     """The state the cpuhp kthread owns (kernel: cpuhp_hp_states, cpu_online_mask)."""
 
@@ -391,27 +397,11 @@ class Cpuhp:
 
     def run_teardowns(self, cpu, states):
         """Teardowns in reverse; on failure, startups of those done.  Return: rc."""
-        done = []
-        for st in reversed(states):
-            rc = invoke(st.teardown, cpu)
-            if rc < 0:
-                for back in reversed(done):
-                    invoke(back.startup, cpu)
-                return rc
-            done.append(st)
-        return 0
+        return _run_with_rollback(cpu, [(st.teardown, st.startup) for st in reversed(states)])
 
     def run_startups(self, cpu, states):
         """Startups in order; on failure, teardowns of those done.  Return: rc."""
-        done = []
-        for st in states:
-            rc = invoke(st.startup, cpu)
-            if rc < 0:
-                for back in reversed(done):
-                    invoke(back.teardown, cpu)
-                return rc
-            done.append(st)
-        return 0
+        return _run_with_rollback(cpu, [(st.startup, st.teardown) for st in states])
 
     # -- operations -----------------------------------------------------------
 
@@ -421,8 +411,7 @@ class Cpuhp:
         self.sync()
         if not topo.is_online(cpu):
             return 1
-        if topo.online() == {cpu}:
-            raise ValueError(f"CPU {cpu} is the last online CPU; refusing to offline it")
+        topo.check_not_last(cpu)
         t0 = time.monotonic_ns()
         rc = self.run_teardowns(cpu, self.states())
         t1 = time.monotonic_ns()

@@ -217,6 +217,25 @@ class Topology:
             self.check_possible(cpu)
         return mask
 
+    def check_hotpluggable(self, cpu):
+        """Raise TypeError/ValueError unless ``cpu`` is possible and hot-pluggable."""
+        self.check_possible(cpu)
+        if not self.hotpluggable(cpu):
+            raise ValueError(f"CPU {cpu} is not hot-pluggable (it has no "
+                             f"{self.online_file(cpu)})")
+
+    def check_may_write(self, cpu):
+        """Raise PermissionError if ``cpuN/online`` is real sysfs and we are not root."""
+        if not self.is_fake and os.geteuid() != 0:
+            raise PermissionError(errno.EPERM, f"CPU hotplug through {self.online_file(cpu)} "
+                                  "needs root (or start the runtime on a fake sysfs tree: "
+                                  "kproc.fake_sysfs)")
+
+    def check_not_last(self, cpu):
+        """Raise ValueError if ``cpu`` is the only online CPU (it must not go offline)."""
+        if self.online() == {cpu}:
+            raise ValueError(f"CPU {cpu} is the last online CPU; refusing to offline it")
+
     def set_online(self, cpu, online, retries=20):
         """Write ``cpuN/online`` (1 or 0) and check it took.
 
@@ -224,17 +243,13 @@ class Topology:
         Raises: ValueError (not possible, not hot-pluggable, last online CPU);
         PermissionError (real sysfs without root); OSError if it did not take.
         """
-        self.check_possible(cpu)
+        self.check_hotpluggable(cpu)
         online = bool(online)
-        if not self.hotpluggable(cpu):
-            raise ValueError(f"CPU {cpu} is not hot-pluggable (no {self.online_file(cpu)})")
         if self.is_online(cpu) == online:
             return False
-        if not online and self.online() == {cpu}:
-            raise ValueError(f"CPU {cpu} is the last online CPU; refusing to offline it")
-        if not self.is_fake and os.geteuid() != 0:
-            raise PermissionError(errno.EPERM, f"CPU hotplug through {self.online_file(cpu)} "
-                                  "needs root (or use a fake sysfs tree: kproc.fake_sysfs)")
+        if not online:
+            self.check_not_last(cpu)
+        self.check_may_write(cpu)
         for attempt in range(retries):
             try:
                 with open(self.online_file(cpu), "w") as f:
