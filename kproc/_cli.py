@@ -7,6 +7,16 @@ import sys
 __all__ = ["main"]
 
 
+def _print_result(result, as_json, render):
+    """Print ``result`` as indented JSON, or as the text ``render(result)``.  Return: 0."""
+    if as_json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render(result))
+    return 0
+
+
 def _cmd_ps(args):
     from ._ps import find_runtimes, format_table, snapshot
     runtimes = []
@@ -15,12 +25,7 @@ def _cmd_ps(args):
             runtimes.append(snapshot(pid, fd))
         except (OSError, ValueError):
             continue   # exited meanwhile, or not ours to read
-    if args.json:
-        json.dump(runtimes, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(format_table(runtimes))
-    return 0
+    return _print_result(runtimes, args.json, format_table)
 
 
 def _cmd_bench(args):
@@ -48,12 +53,7 @@ def _cmd_trace(args):
     except (OSError, ValueError) as exc:
         print(f"kproc trace: {exc}", file=sys.stderr)
         return 2
-    if args.json:
-        json.dump(summary, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(format_summary(summary))
-    return 0
+    return _print_result(summary, args.json, format_summary)
 
 
 def build_parser():

@@ -121,6 +121,24 @@ def _wait_back(directory, cpu, pids, since_ns, timeout=2.0):
     return out
 
 
+def _timed(action, cpu, settle, res, verb, part, part_field):
+    """After ``settle`` s, run cpu_down/cpu_up; append its time, its callbacks' part
+    and its sysfs write to ``res``.  Return: when it began (ns).  Raises: OSError
+    unless it changed the CPU."""
+    from ._cpuhp import hotplug_stats
+    time.sleep(settle)
+    t0 = time.monotonic_ns()
+    rc = action(cpu)
+    t1 = time.monotonic_ns()
+    if rc:
+        raise OSError(-rc if rc < 0 else 0, f"cpu_{verb}({cpu}) returned {rc}")
+    st = hotplug_stats()
+    res[verb].append(t1 - t0)
+    res[part].append(st[part_field])
+    res["write_" + verb].append(st["write_ns"])
+    return t0
+
+
 def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None, settle=0.0):
     """Take ``cpu`` down and up ``count`` times in the current runtime.
 
@@ -132,7 +150,6 @@ def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None, settle=0
     lists of ns, plus "lost": per-CPU threads that were not back within 2 s.
     """
     import kproc
-    from ._cpuhp import hotplug_stats
     hts, tasks = [], []
     res = {k: [] for k in ("down", "up", "park", "unpark", "write_down", "write_up",
                            "back")}
@@ -150,26 +167,8 @@ def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None, settle=0
             kproc.wake_up_process(task)
             tasks.append(task)
         for _ in range(count):
-            time.sleep(settle)
-            t0 = time.monotonic_ns()
-            rc = kproc.cpu_down(cpu)
-            t1 = time.monotonic_ns()
-            if rc:
-                raise OSError(-rc if rc < 0 else 0, f"cpu_down({cpu}) returned {rc}")
-            st = hotplug_stats()
-            res["down"].append(t1 - t0)
-            res["park"].append(st["teardown_ns"])
-            res["write_down"].append(st["write_ns"])
-            time.sleep(settle)
-            t2 = time.monotonic_ns()
-            rc = kproc.cpu_up(cpu)
-            t3 = time.monotonic_ns()
-            if rc:
-                raise OSError(-rc if rc < 0 else 0, f"cpu_up({cpu}) returned {rc}")
-            st = hotplug_stats()
-            res["up"].append(t3 - t2)
-            res["unpark"].append(st["startup_ns"])
-            res["write_up"].append(st["write_ns"])
+            _timed(kproc.cpu_down, cpu, settle, res, "down", "park", "teardown_ns")
+            t2 = _timed(kproc.cpu_up, cpu, settle, res, "up", "unpark", "startup_ns")
             pids = [ht.task(cpu).pid for ht in hts]
             back = _wait_back(os.environ[ENV_DIR], cpu, pids, t2)
             res["back"].extend(back.values())
