@@ -48,6 +48,7 @@ from . import _layout as L
 from ._completion import wait_at
 from ._errors import KthreadError
 from ._runtime import get_runtime
+from ._sys import pid_alive
 from ._topology import _read as _read_sysfs
 
 __all__ = ["cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_remove_state", "request",
@@ -72,16 +73,6 @@ OP_SETUP, OP_REMOVE, OP_DOWN, OP_UP, OP_REGISTER, OP_UNREGISTER, OP_PING = range
 def hp_base(rt):
     """Offset of the HOTPLUG record."""
     return rt.arena.params.hotplug
-
-
-def _pid_alive(pid):
-    if pid <= 0:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
-    except OSError:
-        return False
 
 
 def _cpuhp_dead(rt):
@@ -109,7 +100,7 @@ def ensure_cpuhp(rt):
         if state == L.HP_RUNNING and not _cpuhp_dead(rt):
             return
         if state == L.HP_RUNNING or (state == L.HP_STARTING and
-                                     not _pid_alive(mem.load32(hp + H.starter))):
+                                     not pid_alive(mem.load32(hp + H.starter))):
             mem.cmpxchg32(hp + H.state, state, L.HP_NONE)     # dead: start again
             continue
         if state == L.HP_NONE and mem.cmpxchg32(hp + H.state, L.HP_NONE,
@@ -132,7 +123,7 @@ def _lock(rt):
     mem, hp, me = rt.mem, hp_base(rt), os.getpid()
     while True:
         owner = mem.load32(hp + H.owner)
-        if owner == 0 or not _pid_alive(owner if owner < 1 << 31 else owner - (1 << 32)):
+        if owner == 0 or not pid_alive(owner):
             if mem.cmpxchg32(hp + H.owner, owner, me) == owner:
                 return
             continue

@@ -81,3 +81,15 @@ def set_timerslack(ns):
     except OSError:
         pass
     _prctl(PR_SET_TIMERSLACK, int(ns))
+
+
+def pid_alive(pid):
+    """True if process ``pid`` exists and is not a zombie (a killed child its
+    parent has not reaped yet counts as dead).  Context: any."""
+    if pid <= 0:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
+    except OSError:
+        return False

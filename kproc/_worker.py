@@ -45,6 +45,7 @@ from . import _trace
 from ._errors import KthreadError, kernel_warn
 from ._task import TaskState, TASK_NORMAL
 from ._sched import wake_up_state, _sleep
+from ._sys import pid_alive
 from ._kthread import parkme
 from ._work import (KthreadWork, KthreadWorker, resolve_work, resolve_worker,
                     work_handle_for_exec, store_work_traceback)
@@ -610,16 +611,6 @@ def release_work(rt, idx, gen):
             mem.fetch_or32(base + W.flags, L.WF_ORPHAN)
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_works(rt):
     """Reclaim idle work slots whose owner process died (the table is full).
 
@@ -634,7 +625,7 @@ def sweep_works(rt):
             continue
         owner = L.unpack_field(rt.buf, base, W, "owner")
         if owner not in dead:
-            dead[owner] = not _pid_alive(owner)
+            dead[owner] = not pid_alive(owner)
         if dead[owner] or mem.load32(base + W.flags) & L.WF_ORPHAN:
             release_work(rt, idx, mem.load32(base + W.gen))
 
