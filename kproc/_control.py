@@ -172,10 +172,14 @@ def _create(rt, raw_name, fn_pickle, data_pickle, node):
     return task
 
 
-def _trace_event(rt, base, idx, event, **args):
+def _pid_comm(rt, base, idx):
+    """The pid and name of the kthread in slot ``idx``, for trace events."""
     from ._kthread import read_name
-    _trace.lifecycle(event, L.unpack_field(rt.buf, base, T, "pid"),
-                     read_name(rt.arena, idx, base), **args)
+    return L.unpack_field(rt.buf, base, T, "pid"), read_name(rt.arena, idx, base)
+
+
+def _trace_event(rt, base, idx, event, **args):
+    _trace.lifecycle(event, *_pid_comm(rt, base, idx), **args)
 
 
 def _alloc_task(rt):
@@ -488,9 +492,8 @@ def kthread_stop(task):
                            "wait for itself; return from threadfn or call kthread_exit()")
     if not _trace.ENABLED:
         return _stop(rt, base)
-    from ._kthread import read_name
-    pid = L.unpack_field(rt.buf, base, T, "pid")
-    _trace.kthread_stop(pid, read_name(rt.arena, task._idx, base))
+    pid, comm = _pid_comm(rt, base, task._idx)
+    _trace.kthread_stop(pid, comm)
     ret = _stop(rt, base)
     _trace.kthread_stop_ret(ret, pid)
     return ret
