@@ -378,7 +378,7 @@ class Cpuhp:
 
     def _affine_online(self, cpu):
         from ._affinity import kthreads_online_cpu
-        kthreads_online_cpu(self.rt, cpu, self.smpboot.rebound)
+        kthreads_online_cpu(self.rt, cpu, self.smpboot.unparked_pids(cpu))
         return 0
 
     def _affine_offline(self, cpu):

@@ -169,7 +169,6 @@ class Smpboot:
 
     def __init__(self, rt):
         self.rt = rt
-        self.rebound = set()       # pids bound by the last startup()'s unparks
         self.regs = {}              # slot -> SmpHotplugThread
 
     def _slot_off(self, slot):
@@ -245,7 +244,12 @@ class Smpboot:
         task = ht.task(cpu)
         if task is not None and not ht.selfparking:
             kthread_unpark(task)
-            self.rebound.add(task.pid)
+
+    def unparked_pids(self, cpu):
+        """Pids of the per-CPU threads of ``cpu`` that startup() unparks (and so
+        re-binds), for the affinity pass that follows not to bind them again."""
+        return {ht.task(cpu).pid for ht in self.regs.values()
+                if not ht.selfparking and ht.task(cpu) is not None}
 
     def bounced(self, cpu):
         """True if a per-CPU thread of ``cpu``, unparked, has lost its binding.
@@ -271,12 +275,7 @@ class Smpboot:
         return False
 
     def startup(self, cpu):
-        """smpboot_create_threads + smpboot_unpark_threads for ``cpu``.
-
-        The pids re-bound to ``cpu`` by their unpark are left in ``rebound``,
-        so the affinity pass that follows does not bind them a second time.
-        """
-        self.rebound = set()
+        """smpboot_create_threads + smpboot_unpark_threads for ``cpu``."""
         for slot, ht in list(self.regs.items()):
             rc = self._create(slot, ht, cpu)
             if rc < 0:
