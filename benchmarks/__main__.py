@@ -165,6 +165,7 @@ def hotplug(quick, results):
             summarize("raw sysfs write 1", raw["up"], "ms", 1e6),
             summarize("kproc cpu_up", kp["up"], "ms", 1e6),
             summarize("  startup (unpark, re-affine)", kp["unpark"], "ms", 1e6),
+            summarize("  same syscalls, plain process", raw["floor"], "ms", 1e6),
             summarize("  per-CPU thread back on CPU", kp["back"], "ms", 1e6)]
     table(f"CPU {cpu} hotplug: 4 SmpHotplugThread registrations (8 per-CPU threads on "
           "2 CPUs, 4 on the CPU cycled) + 4 preferred-affine kthreads", rows,
@@ -177,6 +178,8 @@ def hotplug(quick, results):
               f"p50 {own50:.2f} ms, p99 {own99:.2f} ms (target: + 5 ms or less)")
         results[f"hotplug_{verb}_overhead_ms"] = {"vs_raw_p50": extra, "own_p50": own50,
                                                   "own_p99": own99}
+    print(f"  cpu_up startup p50 {rows[5]['p50']:.2f} ms against {rows[6]['p50']:.2f} ms for "
+          "the same system calls from a plain process right after a raw online")
     drows = [summarize("external change noticed", det["noticed"], "ms", 1e6),
              summarize("  per-CPU thread parked/running", det["handled"], "ms", 1e6)]
     table("External hotplug (raw write behind kproc's back; "

@@ -1,7 +1,8 @@
 """Hotplug cases (root and a hot-pluggable CPU only): ``python -m benchmarks._cases NAME N``.
 
 * ``hotplug_raw``: the floor, ``N`` offline/online cycles of the sysfs write
-  alone (Topology.set_online: write, read back).
+  alone (Topology.set_online: write, read back); after each online, the system
+  calls of kproc's startup made by a plain process (its floor).
 * ``hotplug_kproc``: ``N`` cycles of cpu_down/cpu_up with 4 SmpHotplugThread
   registrations (on 2 CPUs: 8 per-CPU threads, 4 of them on the CPU cycled)
   and 4 kthreads preferring that CPU.
@@ -13,6 +14,7 @@ Each prints a JSON object of sample lists (ns); every CPU is online at the end.
 """
 
 import os
+import signal
 import time
 
 CPU_DIR = "/sys/devices/system/cpu"
@@ -39,10 +41,37 @@ def _restore(cpu):
     Topology().set_online(cpu, True)
 
 
+def _bound_children(cpu, count):
+    """``count`` children bound to ``cpu``, each answering a byte on a pipe."""
+    kids = []
+    for _ in range(count):
+        r, w = os.pipe()
+        r2, w2 = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.sched_setaffinity(0, {cpu})
+                while os.read(r, 1):
+                    os.write(w2, b"x")
+            finally:
+                os._exit(0)
+        os.close(r)
+        os.close(w2)
+        kids.append((pid, w, r2))
+    return kids
+
+
 def hotplug_raw(n):
+    """The raw writes; and, right after each online, the floor of kproc's startup:
+    the same system calls made by a plain process (re-bind and wake 4 children
+    bound to the CPU, like the per-CPU threads; re-affine 4 others, like the
+    preferred kthreads), timed as kproc's startup is: until the calls returned."""
+    import subprocess
     from kproc._topology import Topology
     cpu, topo = hotplug_cpu(), Topology()
-    out = {"down": [], "up": []}
+    out = {"down": [], "up": [], "floor": []}
+    kids = _bound_children(cpu, 4)
+    others = [subprocess.Popen(["sleep", "3600"]) for _ in range(4)]
     try:
         for _ in range(n):
             time.sleep(SETTLE)
@@ -53,10 +82,26 @@ def hotplug_raw(n):
             t1b = time.monotonic_ns()
             topo.set_online(cpu, True)
             t2 = time.monotonic_ns()
+            for pid, w, _ in kids:
+                os.sched_setaffinity(pid, {cpu})
+                os.write(w, b"x")
+            for p in others:
+                os.sched_setaffinity(p.pid, {cpu})
+            out["floor"].append(time.monotonic_ns() - t2)
+            for _, _, r2 in kids:
+                os.read(r2, 1)
             out["down"].append(t1 - t0)
             out["up"].append(t2 - t1b)
     finally:
         _restore(cpu)
+        for pid, w, r2 in kids:
+            os.kill(pid, signal.SIGKILL)     # a sibling may hold its pipe open
+            os.waitpid(pid, 0)
+            os.close(w)
+            os.close(r2)
+        for p in others:
+            p.kill()
+            p.wait()
     return out
 
 
