@@ -9,7 +9,6 @@ if not sys.platform.startswith("linux"):
              f"this is {sys.platform}")
 
 setup(
-    packages=["kproc"],
     ext_modules=[
         Extension(
             "kproc._native",

@@ -29,7 +29,7 @@ def hotplug_cpu():
     """The first CPU whose real online file is writable, or None."""
     if os.geteuid() != 0:
         return None
-    from kproc._topology import Topology
+    from kproc._core.topology import Topology
     for cpu in sorted(Topology().possible() - {0}):
         if os.access(f"{CPU_DIR}/cpu{cpu}/online", os.W_OK):
             return cpu
@@ -37,7 +37,7 @@ def hotplug_cpu():
 
 
 def _restore(cpu):
-    from kproc._topology import Topology
+    from kproc._core.topology import Topology
     Topology().set_online(cpu, True)
 
 
@@ -67,7 +67,7 @@ def hotplug_raw(n):
     bound to the CPU, like the per-CPU threads; re-affine 4 others, like the
     preferred kthreads), timed as kproc's startup is: until the calls returned."""
     import subprocess
-    from kproc._topology import Topology
+    from kproc._core.topology import Topology
     cpu, topo = hotplug_cpu(), Topology()
     out = {"down": [], "up": [], "floor": []}
     kids = _bound_children(cpu, 4)
@@ -108,7 +108,7 @@ def hotplug_raw(n):
 def hotplug_kproc(n):
     import tempfile
     import kproc
-    from kproc import _hotplug_cli as cli
+    from kproc._cli import hotplug as cli
     cpu = hotplug_cpu()
     os.environ[cli.ENV_DIR] = tempfile.mkdtemp(prefix="kproc-bench-hp-")
     try:
@@ -132,7 +132,7 @@ def _nothing(cpu):
 
 def hotplug_detect(n):
     import kproc
-    from kproc._cpuhp import hotplug_stats
+    from kproc._hotplug.cpuhp import hotplug_stats
     cpu = hotplug_cpu()
     out = {"noticed": [], "handled": [], "netlink": None}
     path = f"{CPU_DIR}/cpu{cpu}/online"

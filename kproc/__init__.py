@@ -6,10 +6,10 @@ semaphores).  This module exports the names of SPEC §3 and nothing else; the
 mechanisms live in the private ``kproc._*`` modules, one per mechanism.
 """
 
-from ._errors import KthreadError, KernelWarning
-from ._runtime import Runtime, start, shutdown
-from ._task import Task, TaskState
-from ._control import (
+from ._core.errors import KthreadError, KernelWarning
+from ._core.runtime import Runtime, start, shutdown
+from ._sched.task import Task, TaskState
+from ._kthread.control import (
     NUMA_NO_NODE, kthread_create, kthread_create_on_node, kthread_create_on_cpu,
     kthread_run, kthread_run_on_cpu, wake_up_process, kthread_bind, kthread_bind_mask,
     kthread_affine_preferred, kthread_stop, kthread_stop_put, kthread_park,
@@ -17,39 +17,39 @@ from ._control import (
     kthread_probe_data, kthread_func, get_kthread_comm, get_task_struct,
     put_task_struct, task_state,
 )
-from ._kthread import (
+from ._kthread.body import (
     current, kthread_should_stop, kthread_should_park, kthread_should_stop_or_park,
     kthread_parkme, kthread_exit, kthread_complete_and_exit,
 )
-from ._sched import (
+from ._sched.schedule import (
     set_current_state, schedule, schedule_timeout, schedule_timeout_interruptible,
     msleep, msleep_interruptible,
 )
-from ._cpumask import (
+from ._hotplug.cpumask import (
     cpu_possible_mask, cpu_present_mask, cpu_online_mask, housekeeping_cpumask,
     cpu_to_node, cpumask_of_node,
 )
-from ._topology import fake_sysfs
-from ._cpuhp import cpu_down, cpu_up, cpuhp_setup_state, cpuhp_remove_state
-from ._smpboot import (
+from ._core.topology import fake_sysfs
+from ._hotplug.cpuhp import cpu_down, cpu_up, cpuhp_setup_state, cpuhp_remove_state
+from ._hotplug.smpboot import (
     SmpHotplugThread, smpboot_register_percpu_thread, smpboot_unregister_percpu_thread,
 )
-from ._work import KthreadWorker, KthreadWork, KthreadDelayedWork
-from ._kworker import (
+from ._workqueue.handles import KthreadWorker, KthreadWork, KthreadDelayedWork
+from ._workqueue.worker import (
     KTW_FREEZABLE, kthread_create_worker, kthread_create_worker_on_node,
     kthread_create_worker_on_cpu, kthread_init_worker, kthread_worker_fn,
     kthread_destroy_worker, kthread_init_work, kthread_init_delayed_work,
 )
-from ._worker import (
+from ._workqueue.lists import (
     kthread_queue_work, kthread_flush_work, kthread_flush_worker,
     kthread_cancel_work_sync, kthread_cancel_delayed_work_sync,
 )
-from ._delayed import kthread_queue_delayed_work, kthread_mod_delayed_work
+from ._workqueue.delayed import kthread_queue_delayed_work, kthread_mod_delayed_work
 from ._freezer import (
     freeze_kthreads, thaw_kthreads, set_freezable, freezing, try_to_freeze,
     kthread_freezable_should_stop,
 )
-from ._completion import (
+from ._sched.completion import (
     Completion, init_completion, reinit_completion, complete, complete_all,
     wait_for_completion, wait_for_completion_timeout, wait_for_completion_interruptible,
     wait_for_completion_killable, try_wait_for_completion, completion_done,

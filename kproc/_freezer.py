@@ -27,9 +27,9 @@ import errno
 import math
 import time
 
-from . import _layout as L
-from ._errors import KthreadError
-from ._task import TaskState, TASK_NORMAL
+from ._core import layout as L
+from ._core.errors import KthreadError
+from ._sched.task import TaskState, TASK_NORMAL
 
 __all__ = ["freeze_kthreads", "thaw_kthreads", "set_freezable", "freezing",
            "try_to_freeze", "kthread_freezable_should_stop", "freezing_at",
@@ -52,7 +52,7 @@ def freezing_at(rt, base):
 
 def refrigerator(rt, base, check_stop):
     """__refrigerator(): sleep in TASK_FROZEN while freezing.  Return: True if frozen."""
-    from ._runtime import TICK_NS
+    from ._core.runtime import TICK_NS
     mem, waits = rt.mem, rt.waits
     frozen = False
     while True:
@@ -81,7 +81,7 @@ def set_freezable_at(rt, base):
 
 
 def _me(fn_name):
-    from ._sched import need_current
+    from ._sched.schedule import need_current
     return need_current(fn_name)
 
 
@@ -140,7 +140,7 @@ def _freezable_live(rt):
 
 
 def _not_frozen(rt):
-    from ._sched import wake_up_state
+    from ._sched.schedule import wake_up_state
     mem = rt.mem
     todo = []
     for base, idx in _freezable_live(rt):
@@ -163,8 +163,8 @@ def freeze_kthreads(timeout=DEFAULT_FREEZE_TIMEOUT):
     Raises: TypeError/ValueError for a bad timeout; KthreadError(EBUSY) naming
     the kthreads that did not freeze in time (everything is thawed again first).
     """
-    from ._runtime import get_runtime
-    from ._kthread import read_name
+    from ._core.runtime import get_runtime
+    from ._kthread.body import read_name
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
     if math.isnan(timeout) or timeout < 0:
@@ -193,7 +193,7 @@ def thaw_kthreads():
 
     Context: any process of the runtime.  Return: None.
     """
-    from ._runtime import get_runtime
+    from ._core.runtime import get_runtime
     rt = get_runtime()
     rt.mem.store32(H.freezing, 0)
     kick_frozen(rt)

@@ -71,8 +71,8 @@ def test_bind_to_impossible_cpu_changes_nothing(rt):
         kproc.kthread_bind_mask(task, [])
     with pytest.raises(TypeError):
         kproc.kthread_bind_mask(task, 3)
-    assert not rt.mem.load32(task._base + kproc._layout.TASK.flags) & \
-        kproc._layout.KF_NO_SETAFFINITY
+    assert not rt.mem.load32(task._base + kproc._core.layout.TASK.flags) & \
+        kproc._core.layout.KF_NO_SETAFFINITY
     kproc.kthread_stop(task)
 
 

@@ -45,7 +45,7 @@ def test_binding_to_a_modelled_cpu_is_recorded_not_applied(fake_rt):
     modelled = max(set(range(8)) - host - {0})
     task = kproc.kthread_create(kfuncs.affinity_mask, None, "modelled")
     kproc.kthread_bind(task, modelled)                      # possible: accepted
-    assert kproc._affinity.recorded_mask(fake_rt, task._base, "bound") == {modelled}
+    assert kproc._kthread.affinity.recorded_mask(fake_rt, task._base, "bound") == {modelled}
     assert os.sched_getaffinity(task.pid) <= host           # nothing impossible applied
     kproc.kthread_stop(task)
 

@@ -27,7 +27,7 @@ def real_hotplug_cpu():
     """A CPU whose real online file we may write, or None."""
     if os.environ.get("KPROC_REAL_HOTPLUG", "1") == "0" or os.geteuid() != 0:
         return None
-    for cpu in sorted(kproc._topology.Topology().possible() - {0}):
+    for cpu in sorted(kproc._core.topology.Topology().possible() - {0}):
         path = f"{REAL_CPU_DIR}/cpu{cpu}/online"
         if os.access(path, os.W_OK):
             return cpu
@@ -46,7 +46,7 @@ def all_online(root):
             with open(path, "w") as f:
                 f.write("1")
     if root != "/sys":
-        kproc._topology.Topology(root)._rewrite_online()
+        kproc._core.topology.Topology(root)._rewrite_online()
 
 
 MODES = ["fake"] + (["real"] if real_hotplug_cpu() is not None else [])
@@ -229,7 +229,7 @@ def test_refuses_to_offline_the_last_online_cpu(tmp_path):
     root = kproc.fake_sysfs(tmp_path / "sys", possible=2, online={0, 1})
     with open(os.path.join(root, "devices/system/cpu/cpu0/online"), "w") as f:
         f.write("0")       # a tree where cpu0 is hot-pluggable, and offline
-    kproc._topology.Topology(root)._rewrite_online()
+    kproc._core.topology.Topology(root)._rewrite_online()
     with kproc.start(sysfs_root=root):
         with pytest.raises(ValueError, match="last online CPU"):
             kproc.cpu_down(1)
@@ -388,7 +388,7 @@ def test_external_offline_parks_and_online_rebinds(hp):
                    ("up_c", str(hp.cpu), "1") in hp.log(), 2.0)
         assert os.sched_getaffinity(task.pid) == {hp.cpu}
         assert [w for w, *_ in hp.log() if w.startswith("up_")] == ["up_a", "up_b", "up_c"]
-        wait_until(lambda: kproc._cpuhp.hotplug_stats()["events"] >= 2)   # counted at the pass's end
+        wait_until(lambda: kproc._hotplug.cpuhp.hotplug_stats()["events"] >= 2)   # counted at the pass's end
     finally:
         all_online(hp.root)
         kproc.smpboot_unregister_percpu_thread(ht)
@@ -398,10 +398,10 @@ def test_external_offline_parks_and_online_rebinds(hp):
 
 def test_killed_cpuhp_is_replaced(hp):
     assert kproc.cpuhp_setup_state("test:a", hpfuncs.up_a, hpfuncs.down_a) > 0
-    stats = kproc._cpuhp
+    stats = kproc._hotplug.cpuhp
     idx = hp.rt.mem.load32(stats.hp_base(hp.rt) + stats.H.task_idx) - 1
-    pid = kproc._layout.unpack_field(hp.rt.buf, hp.rt.arena.task_off(idx),
-                                     kproc._layout.TASK, "pid")
+    pid = kproc._core.layout.unpack_field(hp.rt.buf, hp.rt.arena.task_off(idx),
+                                     kproc._core.layout.TASK, "pid")
     os.kill(pid, signal.SIGKILL)
     wait_until(lambda: stats._cpuhp_dead(hp.rt))
     try:
@@ -414,7 +414,7 @@ def test_killed_cpuhp_is_replaced(hp):
 
 def test_caller_killed_mid_request_leaves_hotplug_usable(hp):
     task = kproc.kthread_run(hpfuncs.hotplug_forever, hp.cpu, "hpcaller")
-    stats = kproc._cpuhp
+    stats = kproc._hotplug.cpuhp
     wait_until(lambda: hp.rt.mem.load32(stats.hp_base(hp.rt) + stats.H.owner) == task.pid,
                10.0, interval=0.0002)
     os.kill(task.pid, signal.SIGKILL)
@@ -454,14 +454,14 @@ def test_cli_cycle_prints_percentiles_and_leaves_cpus_online(tmp_path):
     data = json.loads(out)
     assert data["ms"]["down"]["n"] == 3 and data["ms"]["back"]["n"] == 6, err
     assert data["ms"]["up"]["p50"] > 0 and data["ms"]["lost"] == 0
-    assert kproc._topology.Topology(root).online() == {0, 1}
+    assert kproc._core.topology.Topology(root).online() == {0, 1}
     out, _ = _cli(["status", "--sysfs-root", root, "--json"]).communicate(timeout=50)
     assert [c["hotpluggable"] for c in json.loads(out)["cpus"]] == [False, True]
 
 
 def test_cli_ctrl_c_brings_the_cpu_back_online(tmp_path):
     root = kproc.fake_sysfs(tmp_path / "sys", possible=2)
-    topo = kproc._topology.Topology(root)
+    topo = kproc._core.topology.Topology(root)
     proc = _cli(["cycle", "1", "--count", "100000", "--sysfs-root", root])
     try:
         wait_until(lambda: not topo.is_online(1), 20.0, interval=0.0005)
@@ -504,7 +504,7 @@ def test_cli_cycle_settles_before_each_action_and_refuses_bad_settle(tmp_path):
 def test_uevent_filter_passes_only_cpu_online_and_offline():
     """The classic BPF program, run by the kernel on a datagram socket pair."""
     import socket
-    from kproc._cpuhp import _attach_cpu_uevent_filter
+    from kproc._hotplug.cpuhp import _attach_cpu_uevent_filter
     rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         _attach_cpu_uevent_filter(rx)
@@ -538,7 +538,7 @@ def test_cpuhp_outlives_a_failing_catch_up(tmp_path, monkeypatch):
     monkeypatch.setenv("KPROC_HP_DIR", str(logdir))
     monkeypatch.setenv("KPROC_HP_SYSFS", root)
     cpulist = os.path.join(root, "devices/system/node/node0/cpulist")
-    topo = kproc._topology.Topology(root)
+    topo = kproc._core.topology.Topology(root)
     with kproc.start(sysfs_root=root):
         ht = _ht()
         assert kproc.smpboot_register_percpu_thread(ht) == 0
@@ -551,7 +551,7 @@ def test_cpuhp_outlives_a_failing_catch_up(tmp_path, monkeypatch):
             topo._rewrite_online()
             wait_until(lambda: _state(task) == kproc.TASK_PARKED, 2.0)
             time.sleep(0.05)                        # several failing passes
-            assert kproc._cpuhp.hotplug_stats()["running"]
+            assert kproc._hotplug.cpuhp.hotplug_stats()["running"]
             os.rmdir(cpulist)
             os.rename(cpulist + ".saved", cpulist)
             assert kproc.cpu_up(1) == 0             # cpuhp still serves

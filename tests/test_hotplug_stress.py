@@ -52,18 +52,18 @@ def _consistent(ht, cpus):
 
 
 def _seen():
-    rt = kproc._runtime.get_runtime()
-    hp = kproc._cpuhp.hp_base(rt)
-    known = kproc._layout.bytes_to_mask(
-        rt.buf[hp + kproc._cpuhp.H.known:hp + kproc._cpuhp.H.known + kproc._layout.CPUMASK_BYTES])
+    rt = kproc._core.runtime.get_runtime()
+    hp = kproc._hotplug.cpuhp.hp_base(rt)
+    known = kproc._core.layout.bytes_to_mask(
+        rt.buf[hp + kproc._hotplug.cpuhp.H.known:hp + kproc._hotplug.cpuhp.H.known + kproc._core.layout.CPUMASK_BYTES])
     return (f"; last seen: {''.join(_last_seen)}; cpuhp known {sorted(known)}, "
-            f"stats {kproc._cpuhp.hotplug_stats()}")
+            f"stats {kproc._hotplug.cpuhp.hotplug_stats()}")
 
 
 def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch):
     monkeypatch.setenv("KPROC_HP_DIR", str(tmp_path))
     all_online("/sys")
-    cpus = sorted(kproc._topology.Topology().online())
+    cpus = sorted(kproc._core.topology.Topology().online())
     ht = kproc.SmpHotplugThread(hpfuncs.always, hpfuncs.where_am_i, "hpstress/%u",
                                 park=hpfuncs.save_runs, cleanup=hpfuncs.save_runs)
     stress = None
@@ -88,7 +88,7 @@ def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch):
             except AssertionError:
                 raise AssertionError("per-CPU threads did not come back after "
                                      "stress-ng" + _seen()) from None
-            events = kproc._cpuhp.hotplug_stats()["events"]
+            events = kproc._hotplug.cpuhp.hotplug_stats()["events"]
             kproc.smpboot_unregister_percpu_thread(ht)
     finally:
         if stress is not None and stress.poll() is None:

@@ -211,11 +211,11 @@ def test_functions_from_main_work_like_forkserver(tmp_path):
 
 
 def test_implicit_default_runtime_starts_on_first_call():
-    assert kproc._runtime.current_runtime() is None
+    assert kproc._core.runtime.current_runtime() is None
     task = kproc.kthread_run(kfuncs.ret_value, 8, "implicit")
     wait_until(lambda: kproc.task_state(task) == kproc.TASK_DEAD)
     assert kproc.kthread_stop(task) == 8
-    assert kproc._runtime.current_runtime() is not None
+    assert kproc._core.runtime.current_runtime() is not None
 
 
 def test_start_twice_is_refused(rt):

@@ -22,7 +22,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from conftest import wait_until
-from kproc._layout import COMPLETION
+from kproc._core.layout import COMPLETION
 
 native = pytest.importorskip("kproc._native", reason="the C extension is not built")
 pytestmark = pytest.mark.timeout(30)

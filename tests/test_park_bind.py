@@ -23,7 +23,7 @@ def test_park_waits_until_parked_and_unpark_resumes(rt):
     task = _running_loop()
     assert kproc.kthread_park(task) == 0
     assert kproc.task_state(task) == kproc.TASK_PARKED
-    assert rt.mem.load32(task._base + kproc._layout.TASK.sleeping) == 1
+    assert rt.mem.load32(task._base + kproc._core.layout.TASK.sleeping) == 1
     kproc.kthread_unpark(task)
     wait_until(lambda: kproc.task_state(task) != kproc.TASK_PARKED)
     assert kproc.kthread_park(task) == 0           # parks again after an unpark

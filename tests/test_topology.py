@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from kproc._topology import Topology, fake_sysfs, format_cpulist, parse_cpulist
+from kproc._core.topology import Topology, fake_sysfs, format_cpulist, parse_cpulist
 
 pytestmark = pytest.mark.timeout(30)
 

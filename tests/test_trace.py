@@ -9,7 +9,7 @@ import pytest
 import kproc
 import kfuncs
 import wfuncs
-from kproc import _trace
+from kproc._core import trace as _trace
 from conftest import wait_until
 
 

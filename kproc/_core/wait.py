@@ -26,7 +26,7 @@ acquiring (re-check and call again).
 import os
 import signal
 
-from ._layout import COMPLETION
+from .layout import COMPLETION
 
 __all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns"]
 
@@ -60,7 +60,7 @@ def _online_cpus():
             text = f.read()
     except OSError:
         return set()
-    from ._topology import parse_cpulist
+    from .topology import parse_cpulist
     return parse_cpulist(text)
 
 

@@ -40,14 +40,14 @@ import sys
 import time
 import traceback
 
-from . import _layout as L
-from . import _trace
-from ._errors import KthreadError, kernel_warn
-from ._task import TaskState, TASK_NORMAL
-from ._sched import wake_up_state, _sleep
-from ._sys import pid_alive
-from ._kthread import parkme
-from ._work import (KthreadWork, KthreadWorker, resolve_work, resolve_worker,
+from .._core import layout as L
+from .._core import trace as _trace
+from .._core.errors import KthreadError, kernel_warn
+from .._sched.task import TaskState, TASK_NORMAL
+from .._sched.schedule import wake_up_state, _sleep
+from .._core.syscalls import pid_alive
+from .._kthread.body import parkme
+from .handles import (KthreadWork, KthreadWorker, resolve_work, resolve_worker,
                     work_handle_for_exec, store_work_traceback)
 
 __all__ = ["Locked", "kthread_queue_work", "kthread_flush_work", "kthread_flush_worker",
@@ -92,7 +92,7 @@ def lock_spin_ns():
     """How long a busy worker lock is retried before sleeping (the wait spin budget)."""
     global _lock_spin
     if _lock_spin is None:
-        from ._wait import default_spin_ns
+        from .._core.wait import default_spin_ns
         _lock_spin = min(default_spin_ns(), 20_000)
     return _lock_spin
 
@@ -183,7 +183,7 @@ def _work_id(idx, gen):
 
 
 def _func_name(rt, idx):
-    from ._work import _read_payload
+    from .handles import _read_payload
     try:
         func, _ = _read_payload(rt, idx - 1, _wo(rt, idx))
         return getattr(func, "__qualname__", repr(func))
@@ -226,7 +226,7 @@ def _trace_queue(rt, kbase, idx, base):
         pid = L.unpack_field(rt.buf, tbase, T, "pid")
         comm = _worker_comms.get((t, pid))
         if comm is None:
-            from ._kthread import read_name
+            from .._kthread.body import read_name
             comm = _worker_comms[(t, pid)] = read_name(rt.arena, t - 1, tbase)
     _trace.work_queue_work(pid, comm, _work_id(idx - 1, mem.load32(base + W.gen)),
                            _func_name(rt, idx), flow)
@@ -391,7 +391,7 @@ def _queue_work_checked(worker, work):
 # -- flushing ----------------------------------------------------------------------------
 
 def _alloc_marker(rt):
-    from ._work import drain_deferred_frees
+    from .handles import drain_deferred_frees
     drain_deferred_frees()
     got = rt.arena.alloc_work(os.getpid(), L.WK_FLUSH)
     if got is None:
@@ -432,7 +432,7 @@ def _worker_dead_check(rt, kbase):
 
 def wait_marker(rt, kbase, midx, mgen):
     """Wait for flush marker ``midx`` to be run, then free it (kthread_flush_work's wait)."""
-    from ._completion import wait_at
+    from .._sched.completion import wait_at
     mbase = rt.arena.work_off(midx)
     try:
         wait_at(rt, mbase + W.done, None, "uninterruptible", peer=_worker_dead_check(rt, kbase))
@@ -635,7 +635,7 @@ def reinit_work(work, raw_payload):
 
     Raises: KthreadError(EBUSY) if the work is pending or running.
     """
-    from ._work import _write_payload
+    from .handles import _write_payload
     rt, base = resolve_work(work)
     try:
         kbase = work_worker_base(rt, base)
@@ -781,7 +781,7 @@ def timer_spin_ns():
     """
     global _timer_spin
     if _timer_spin is None:
-        from ._wait import default_spin_ns
+        from .._core.wait import default_spin_ns
         env = os.environ.get("KPROC_TIMER_SPIN_US")
         _timer_spin = int(float(env) * 1000) if env is not None else \
             (100_000 if default_spin_ns() else 0)
@@ -857,5 +857,5 @@ def _report(rt, kbase, idx, name, handle):
     rt.mem.fetch_add64(kbase + K.errors, 1)
 
 
-from . import _delayed  # noqa: E402  (it builds on the primitives above)
-from . import _freezer  # noqa: E402
+from . import delayed as _delayed  # noqa: E402  (it builds on the primitives above)
+from .. import _freezer  # noqa: E402

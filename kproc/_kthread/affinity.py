@@ -11,7 +11,7 @@ recorded masks when CPUs come up.
 
 import os
 
-from . import _layout as L
+from .._core import layout as L
 
 __all__ = ["apply_mask", "fetch_affinity", "kthread_affine_node", "record_mask",
            "recorded_mask"]

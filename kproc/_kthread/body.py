@@ -24,9 +24,10 @@ import signal
 import sys
 import traceback
 
-from . import _layout as L
-from . import _sched, _trace
-from ._task import Task, TaskState
+from .._core import layout as L
+from .._sched import schedule as _sched
+from .._core import trace as _trace
+from .._sched.task import Task, TaskState
 
 __all__ = ["kthread_main", "current", "kthread_should_stop", "kthread_should_park",
            "kthread_should_stop_or_park", "kthread_parkme", "kthread_exit",
@@ -109,7 +110,7 @@ _self_data = None       # (threadfn, data) as this kthread received them
 def after_fork(rt, close_fds):
     """First thing a child of kthreadd does: drop kthreadd's signal plumbing and
     descriptors, and die with kthreadd (PR_SET_PDEATHSIG)."""
-    from . import _sys
+    from .._core import syscalls as _sys
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _sys.set_pdeathsig(signal.SIGKILL)
@@ -125,8 +126,8 @@ def kthread_main(rt, idx, gen):
     Context: a child of kthreadd, after :func:`after_fork`.
     """
     global _self_data
-    from . import _sys
-    from ._runtime import install
+    from .._core import syscalls as _sys
+    from .._core.runtime import install
     try:
         arena = rt.arena
         base = arena.task_off(idx)
@@ -185,7 +186,7 @@ def _run(rt, base, name, threadfn, data):
     mem.fetch_or32(base + T.flags, L.KF_STARTED)
     flags = mem.load32(base + T.flags)
     if not flags & (L.KF_NO_SETAFFINITY | L.KF_PREFERRED):
-        from ._affinity import kthread_affine_node
+        from .affinity import kthread_affine_node
         kthread_affine_node(rt, base)
     result, kind = -errno.EINTR, L.EXIT_NEVER_RAN
     try:
@@ -255,7 +256,7 @@ def current():
 
     Context: any.
     """
-    from ._runtime import current_runtime
+    from .._core.runtime import current_runtime
     rt = current_runtime()
     if rt is None or rt.self_base is None:
         return None
@@ -329,7 +330,7 @@ def kthread_complete_and_exit(comp, code):
 
     Context: kthread.  Does not return.
     """
-    from ._completion import complete
+    from .._sched.completion import complete
     _sched.need_current("kthread_complete_and_exit")
     if isinstance(code, bool) or not isinstance(code, int):
         raise TypeError(f"code must be an int, not {type(code).__name__}")

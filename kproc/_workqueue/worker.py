@@ -12,10 +12,10 @@ handle on the worker, and every work last queued on it, raises.
 
 import errno
 
-from . import _layout as L
-from ._errors import KthreadError, kernel_warn
-from ._work import KthreadWorker, KTW_FREEZABLE, resolve_worker, resolve_work
-from ._worker import Locked, unlink, kthread_flush_worker, _own_worker
+from .._core import layout as L
+from .._core.errors import KthreadError, kernel_warn
+from .handles import KthreadWorker, KTW_FREEZABLE, resolve_worker, resolve_work
+from .lists import Locked, unlink, kthread_flush_worker, _own_worker
 
 __all__ = ["kthread_create_worker", "kthread_create_worker_on_node",
            "kthread_create_worker_on_cpu", "kthread_init_worker", "kthread_worker_fn",
@@ -69,9 +69,10 @@ def kthread_worker_fn(worker):
     Return: 0 when kthread_stop() ends it.
     Raises: RuntimeError outside a kthread; TypeError.
     """
-    from ._sched import need_current
-    from ._kthread import read_name
-    from . import _sys, _freezer
+    from .._sched.schedule import need_current
+    from .._kthread.body import read_name
+    from .._core import syscalls as _sys
+    from .. import _freezer
     rt, tbase = need_current("kthread_worker_fn")
     wrt, kbase = resolve_worker(worker)
     if wrt is not rt:
@@ -91,7 +92,7 @@ def kthread_worker_fn(worker):
         pass
     if mem.load32(kbase + K.flags) & KTW_FREEZABLE:
         _freezer.set_freezable_at(rt, tbase)
-    from ._worker import worker_loop
+    from .lists import worker_loop
     return worker_loop(rt, kbase, tbase, read_name(rt.arena, rt.self_idx, tbase))
 
 
@@ -105,7 +106,7 @@ def kthread_create_worker_on_node(flags, node, namefmt, *args):
     Raises: TypeError/ValueError (bad flags, node, name); KthreadError(ENOMEM)
     (tables full), or what kthread_create_on_node() raises.
     """
-    from ._control import kthread_create_on_node, wake_up_process
+    from .._kthread.control import kthread_create_on_node, wake_up_process
     _check_flags(flags)
     worker = KthreadWorker()
     task = _attach_task(worker, flags,
@@ -141,7 +142,7 @@ def kthread_create_worker(flags, namefmt, *args):
 
     Context, Return, Raises: as kthread_create_worker_on_node().
     """
-    from ._control import NUMA_NO_NODE
+    from .._kthread.control import NUMA_NO_NODE
     return kthread_create_worker_on_node(flags, NUMA_NO_NODE, namefmt, *args)
 
 
@@ -154,8 +155,8 @@ def kthread_create_worker_on_cpu(cpu, flags, namefmt):
     Raises: ValueError (CPU not possible, bad name, bad flags); TypeError;
     KthreadError(ENOMEM).
     """
-    from ._control import kthread_create_on_node, kthread_bind, wake_up_process
-    from ._runtime import get_runtime
+    from .._kthread.control import kthread_create_on_node, kthread_bind, wake_up_process
+    from .._core.runtime import get_runtime
     _check_flags(flags)
     rt = get_runtime()
     if isinstance(cpu, bool) or not isinstance(cpu, int):
@@ -182,7 +183,7 @@ def kthread_destroy_worker(worker):
     Return: None.  A worker with no kthread: KernelWarning, nothing done.
     Raises: TypeError; KthreadError(ESRCH) for a destroyed worker.
     """
-    from ._control import kthread_stop
+    from .._kthread.control import kthread_stop
     rt, kbase = resolve_worker(worker)
     task = worker.task
     if task is None:
@@ -211,7 +212,7 @@ def kthread_destroy_worker(worker):
 
 
 def _unlink_all(rt, kbase):
-    from ._delayed import complete_flushers
+    from .delayed import complete_flushers
     mem = rt.mem
     left = 0
     with Locked(rt, kbase) as lk:

@@ -1,7 +1,7 @@
 """``kproc ps``: kthreadd and its kthreads for every runtime of this user.
 
 Runtimes are found by their kthreadd processes (comm ``kthreadd``, started
-with ``kproc._kthreadd``, same user).  Each arena is mapped *read-only* from
+with ``kproc._kthread.kthreadd``, same user).  Each arena is mapped *read-only* from
 ``/proc/<kthreadd>/fd/<N>`` (the memfd is not in any namespace, and only the
 same user, or root, may open it), and read without taking any lock: the
 table is a snapshot, possibly torn for a kthread changing state meanwhile.
@@ -16,8 +16,8 @@ import time
 
 import psutil
 
-from . import _layout as L
-from ._task import TASK_STATES
+from .._core import layout as L
+from .._sched.task import TASK_STATES
 
 __all__ = ["find_runtimes", "snapshot", "format_table"]
 
@@ -40,7 +40,7 @@ def find_runtimes():
             continue
         cmd = " ".join(info["cmdline"])
         m = re.search(r"--arena=(\d+)", cmd)
-        if "kproc._kthreadd" in cmd and m:
+        if "kproc._kthread.kthreadd" in cmd and m:
             found.append((proc.pid, int(m.group(1))))
     return found
 
@@ -53,7 +53,7 @@ def _map(pid, fd):
 
 
 def _cpulist(cpus):
-    from ._topology import format_cpulist
+    from .._core.topology import format_cpulist
     return format_cpulist(cpus)
 
 
@@ -65,7 +65,7 @@ def snapshot(pid, fd):
         if L.unpack_field(buf, 0, H, "magic") != L.MAGIC:
             raise ValueError(f"process {pid} holds no kproc arena at fd {fd}")
         n = L.unpack_field(buf, 0, H, "max_kthreads")
-        from ._arena import ArenaParams
+        from .._core.arena import ArenaParams
         params = ArenaParams(n, L.unpack_field(buf, 0, H, "max_completions"),
                              L.unpack_field(buf, 0, H, "max_works"))
         backend = {1: "futex", 2: "posix"}.get(L.unpack_field(buf, 0, H, "backend"), "?")

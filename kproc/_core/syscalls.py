@@ -18,7 +18,7 @@ PR_SET_NAME = 15
 PR_SET_TIMERSLACK = 29
 
 try:
-    from . import _native
+    from .. import _native
 except ImportError:
     _native = None
 if not hasattr(_native, "set_comm") or os.environ.get("KPROC_NATIVE") == "0":

@@ -28,8 +28,8 @@ mark: one of them always sees the other, so the wake-up cannot be lost.
 import math
 import time
 
-from . import _layout as L
-from ._task import TaskState, TASK_NORMAL
+from .._core import layout as L
+from .task import TaskState, TASK_NORMAL
 
 __all__ = ["wake_up_state", "wake_up_process_raw", "notify_signal", "need_current",
            "set_current_state", "schedule", "schedule_timeout",
@@ -50,7 +50,7 @@ def need_current(fn_name):
 
     Raises: RuntimeError when not called from a kthread.
     """
-    from ._runtime import current_runtime
+    from .._core.runtime import current_runtime
     rt = current_runtime()
     if rt is None or rt.self_base is None:
         raise RuntimeError(f"{fn_name}() must be called from a kthread (a process created "
@@ -225,7 +225,7 @@ def msleep(ms):
     Context: kthread, or any process (where it is a plain sleep).
     """
     _check_ms(ms)
-    from ._runtime import current_runtime
+    from .._core.runtime import current_runtime
     rt = current_runtime()
     if rt is None or rt.self_base is None:
         time.sleep(ms / 1000)
@@ -242,7 +242,7 @@ def msleep_interruptible(ms):
     Return: milliseconds left (int, rounded up), 0 if the sleep ran out.
     """
     _check_ms(ms)
-    from ._runtime import current_runtime
+    from .._core.runtime import current_runtime
     rt = current_runtime()
     if rt is None or rt.self_base is None:
         time.sleep(ms / 1000)

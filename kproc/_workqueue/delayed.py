@@ -25,10 +25,10 @@ Mirrors: ``kthread_queue_delayed_work``, ``__kthread_queue_delayed_work``,
 import math
 import time
 
-from . import _layout as L
-from ._worker import (Locked, insert_work, link_before, unlink, cancel_work_locked,
+from .._core import layout as L
+from .lists import (Locked, insert_work, link_before, unlink, cancel_work_locked,
                       work_owner_check, work_worker_base, _same_runtime)
-from ._work import resolve_work, resolve_worker
+from .handles import resolve_work, resolve_worker
 
 __all__ = ["kthread_queue_delayed_work", "kthread_mod_delayed_work", "run_timers",
            "next_expiry", "add_flusher", "complete_flushers"]

@@ -38,9 +38,13 @@ import signal
 import struct
 import sys
 
-from . import _layout as L
-from ._arena import Arena
-from . import _kthread, _affinity, _completion, _control, _sys  # noqa: F401  preloaded
+from .._core import layout as L
+from .._core.arena import Arena
+from . import body as _kthread
+from . import affinity as _affinity
+from .._sched import completion as _completion
+from . import control as _control
+from .._core import syscalls as _sys  # noqa: F401  preloaded
 
 # Asynchronous signals kthreadd ignores (and kthreads inherit ignored), like
 # ignore_signals(current) in the kernel's kthreadd.  Synchronous faults keep
@@ -53,7 +57,7 @@ KILLED_RESULT = -errno.EOWNERDEAD
 
 
 def main():
-    """Entry point: ``python -c 'import kproc._kthreadd as k; k.main()' --arena=N ...``."""
+    """Entry point: ``python -c 'import kproc._kthread.kthreadd as k; k.main()' --arena=N ...``."""
     fds = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if arg.startswith("--"))
     fds = {k: int(v) for k, v in fds.items()}
     ready = fds["ready"]
@@ -107,9 +111,9 @@ class Kthreadd:
         gc.freeze()
 
     def _make_runtime(self, boot):
-        from . import _runtime
-        from ._topology import Topology
-        from ._wait import FutexWaits, PosixWaits
+        from .._core import runtime as _runtime
+        from .._core.topology import Topology
+        from .._core.wait import FutexWaits, PosixWaits
         mem = self.arena.mem
         if boot["backend"] == "posix":
             import posix_ipc
@@ -128,7 +132,7 @@ class Kthreadd:
         rt.main_prep = boot["main"]
         _runtime.install(rt)
         if boot["trace"]:
-            from . import _trace
+            from .._core import trace as _trace
             _trace.setup(rt, boot["trace"])
         return rt
 
@@ -263,7 +267,7 @@ class Kthreadd:
 
     def _prepare_threadfn(self, idx, base):
         """Import threadfn's module here once, so that every later fork has it."""
-        from ._kthread import read_blob
+        from .body import read_blob
         try:
             _, fn_pickle, data_pickle = read_blob(self.arena, idx, base)
             if (b"__main__" in fn_pickle or b"_main__" in data_pickle) and \
@@ -278,7 +282,7 @@ class Kthreadd:
         return (self.alive_fd, self.sig_r, self.sig_w)
 
     def _fail_create(self, base, err, text):
-        from ._kthread import store_traceback
+        from .body import store_traceback
         mem, T = self.arena.mem, L.TASK
         if mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_FAILED) != \
                 L.HANDOFF_WAITING:
@@ -354,7 +358,7 @@ class Kthreadd:
                 if mem.cmpxchg32(base + T.handoff, handoff, L.HANDOFF_ABANDONED) == \
                         L.HANDOFF_PUBLISHED:
                     mem.fetch_or32(base + T.flags, L.KF_SHOULD_STOP)
-                    from ._sched import wake_up_process_raw
+                    from .._sched.schedule import wake_up_process_raw
                     wake_up_process_raw(self.rt, base)
                 del self.inflight[idx]
         with arena.locked():
@@ -384,7 +388,7 @@ class Kthreadd:
             entry = self.children.pop(pid, None)
             if entry is not None:
                 self._record_exit(pid, status, *entry)
-        from . import _trace
+        from .._core import trace as _trace
         if _trace.ENABLED:
             _trace.flush()
         os._exit(0)

@@ -215,7 +215,7 @@ KF_UNTIMED_SLEEP = 1 << 13   # in an untimed schedule(): the only uninterruptibl
 KF_WORKER = 1 << 14          # runs kthread_worker_fn
 
 
-# CPU hotplug (kproc._cpuhp, kproc._smpboot): one HOTPLUG record, then the
+# CPU hotplug (kproc._hotplug.cpuhp, kproc._hotplug.smpboot): one HOTPLUG record, then the
 # request and reply areas, then MAX_SMPBOOT registrations of per-CPU threads.
 HOTPLUG = Record("hotplug", [
     ("state", "I"),            # HP_* below: is there a cpuhp kthread

@@ -30,10 +30,10 @@ import sys
 import threading
 import time
 
-from . import _layout as L
-from ._arena import Arena, load_mem_class
-from ._errors import KthreadError
-from ._wait import FutexWaits, PosixWaits, POSIX_CHANNELS, default_spin_ns
+from . import layout as L
+from .arena import Arena, load_mem_class
+from .errors import KthreadError
+from .wait import FutexWaits, PosixWaits, POSIX_CHANNELS, default_spin_ns
 
 __all__ = ["Runtime", "start", "shutdown", "get_runtime", "current_runtime", "TICK_NS"]
 
@@ -143,7 +143,7 @@ class Runtime:
                 self.popen.kill()
                 self.popen.wait()
             if self.trace:
-                from . import _trace
+                from . import trace as _trace
                 _trace.merge(self.trace)
         finally:
             self.waits.close()
@@ -241,7 +241,7 @@ def start(*, max_kthreads=DEFAULT_MAX_KTHREADS, max_works=DEFAULT_MAX_WORKS, bac
     if not isinstance(sysfs_root, (str, os.PathLike)):
         raise TypeError("sysfs_root must be a path")
     sysfs_root = os.path.abspath(os.fspath(sysfs_root))
-    from ._topology import Topology
+    from .topology import Topology
     topology = Topology(sysfs_root)
     if not topology.possible():
         raise ValueError(f"{sysfs_root} holds no CPU topology "
@@ -301,7 +301,7 @@ def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, t
             "owner_pid": os.getpid(),
         }
         fdargs = dict(arena=arena.fd, wake=wake_fd, alive=alive_r, boot=boot_r, ready=ready_w)
-        code = ("import sys; sys.path.insert(0, {!r}); import kproc._kthreadd as k; "
+        code = ("import sys; sys.path.insert(0, {!r}); import kproc._kthread.kthreadd as k; "
                 "k.main()").format(boot["kproc_parent"])
         argv = [sys.executable, "-c", code] + [f"--{k}={v}" for k, v in fdargs.items()]
         popen = subprocess.Popen(argv, pass_fds=tuple(fdargs.values()), cwd=os.getcwd(),
@@ -329,7 +329,7 @@ def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, t
     _unlink_semaphores(sem_names)
     rt = Runtime(arena, waits, "owner", wake_fd, popen.pid, topology, trace)
     if trace:
-        from . import _trace
+        from . import trace as _trace
         _trace.setup(rt, trace)
     rt.popen = popen
     rt.alive_w = alive_w

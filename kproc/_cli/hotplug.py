@@ -39,7 +39,7 @@ def _nothing(cpu):
 
 def _back(cpu):
     """unpark callback: record when this per-CPU thread runs again, and where."""
-    from ._smpboot import getcpu
+    from .._hotplug.smpboot import getcpu
     now, on = time.monotonic_ns(), getcpu()
     path = os.path.join(os.environ[ENV_DIR], f"back-{cpu}-{os.getpid()}")
     with open(path + ".tmp", "w") as f:
@@ -80,7 +80,7 @@ class _Restore:
 
     def __exit__(self, *exc):
         import kproc
-        from ._runtime import current_runtime
+        from .._core.runtime import current_runtime
         try:
             for cpu in sorted(self.touched):
                 if self.topology.is_online(cpu):
@@ -125,7 +125,7 @@ def _timed(action, cpu, settle, res, verb, part, part_field):
     """After ``settle`` s, run cpu_down/cpu_up; append its time, its callbacks' part
     and its sysfs write to ``res``.  Return: when it began (ns).  Raises: OSError
     unless it changed the CPU."""
-    from ._cpuhp import hotplug_stats
+    from .._hotplug.cpuhp import hotplug_stats
     time.sleep(settle)
     t0 = time.monotonic_ns()
     rc = action(cpu)
@@ -199,7 +199,7 @@ def _status(args, topology):
                   sys.stdout, indent=2)
         print()
         return 0
-    from ._topology import format_cpulist
+    from .._core.topology import format_cpulist
     print(f"sysfs root {topology.root}: online {format_cpulist(online)}, "
           f"housekeeping {format_cpulist(hk)}")
     print(f"{'CPU':>4} {'online':>7} {'hotplug':>8} {'node':>5} {'isolated':>9} {'nohz_full':>10}")
@@ -212,7 +212,7 @@ def _status(args, topology):
 
 def _single(args, rt, restore):
     import kproc
-    from ._cpuhp import hotplug_stats
+    from .._hotplug.cpuhp import hotplug_stats
     down = args.action == "down"
     restore.touched.add(args.cpu)
     t0 = time.monotonic_ns()
@@ -265,7 +265,7 @@ def _cycle(args, rt, restore):
 def run(args):
     """Entry point of ``kproc hotplug``.  Return: exit status."""
     import kproc
-    from ._topology import Topology
+    from .._core.topology import Topology
     topology = Topology(args.sysfs_root)
     if args.action == "status":
         return _status(args, topology)

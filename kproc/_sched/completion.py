@@ -23,10 +23,10 @@ import math
 import os
 import time
 
-from . import _layout as L
-from ._errors import KthreadError, stale
-from ._runtime import get_runtime, current_runtime, TICK_NS
-from ._task import TaskState
+from .._core import layout as L
+from .._core.errors import KthreadError, stale
+from .._core.runtime import get_runtime, current_runtime, TICK_NS
+from .task import TaskState
 
 __all__ = ["Completion", "init_completion", "reinit_completion", "complete", "complete_all",
            "wait_for_completion", "wait_for_completion_timeout",

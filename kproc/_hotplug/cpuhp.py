@@ -44,12 +44,12 @@ import threading
 import time
 import traceback
 
-from . import _layout as L
-from ._completion import wait_at
-from ._errors import KthreadError
-from ._runtime import get_runtime
-from ._sys import pid_alive
-from ._topology import _read as _read_sysfs
+from .._core import layout as L
+from .._sched.completion import wait_at
+from .._core.errors import KthreadError
+from .._core.runtime import get_runtime
+from .._core.syscalls import pid_alive
+from .._core.topology import _read as _read_sysfs
 
 __all__ = ["cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_remove_state", "request",
            "hp_base", "hotplug_stats", "ensure_cpuhp"]
@@ -92,7 +92,7 @@ def ensure_cpuhp(rt):
     Context: any process of the runtime but cpuhp; blocks (one kthread
     creation the first time).  Raises: KthreadError from the creation.
     """
-    from ._control import kthread_run
+    from .._kthread.control import kthread_run
     mem, hp = rt.mem, hp_base(rt)
     deadline = time.monotonic() + START_TIMEOUT
     while True:
@@ -218,7 +218,7 @@ def _check_hotplug_cpu(rt, cpu):
 
 
 def _check_callback(name, fn):
-    from ._control import _pickle_threadfn
+    from .._kthread.control import _pickle_threadfn
     if fn is None:
         return
     if not callable(fn):
@@ -348,7 +348,7 @@ class Cpuhp:
     """The state the cpuhp kthread owns (kernel: cpuhp_hp_states, cpu_online_mask)."""
 
     def __init__(self, rt):
-        from ._smpboot import Smpboot
+        from .smpboot import Smpboot
         self.rt = rt
         self.hp = hp_base(rt)
         self.smpboot = Smpboot(rt)
@@ -377,7 +377,7 @@ class Cpuhp:
         self.rt.buf[off:off + L.CPUMASK_BYTES] = L.mask_to_bytes(self.known)
 
     def _affine_online(self, cpu):
-        from ._affinity import kthreads_online_cpu
+        from .._kthread.affinity import kthreads_online_cpu
         kthreads_online_cpu(self.rt, cpu, self.smpboot.unparked_pids(cpu))
         return 0
 
@@ -397,7 +397,7 @@ class Cpuhp:
     # -- operations -----------------------------------------------------------
 
     def down(self, cpu):
-        from ._affinity import kthreads_offline_cpu
+        from .._kthread.affinity import kthreads_offline_cpu
         topo = self.rt.topology
         self.sync()
         if not topo.is_online(cpu):
@@ -484,7 +484,7 @@ class Cpuhp:
         the binding its per-CPU threads lost (Smpboot.bounced): it gets its
         teardowns and then its startups, as if both changes had been seen.
         """
-        from ._affinity import kthreads_offline_cpu
+        from .._kthread.affinity import kthreads_offline_cpu
         topo = self.rt.topology
         seq = self._seqnum()
         online = topo.online()
@@ -563,7 +563,7 @@ class Cpuhp:
         raw = bytes(rt.buf[rt.arena.params.hp_req:rt.arena.params.hp_req + n])
         try:
             if b"_main__" in raw:     # __main__ or __mp_main__
-                from ._kthread import prepare_main
+                from .._kthread.body import prepare_main
                 prepare_main(rt)          # callbacks from the caller's script
             op, args = pickle.loads(raw)
             reply = ("ok", self.serve(op, args))
@@ -601,7 +601,7 @@ class Cpuhp:
         return True
 
     def loop(self):
-        from ._kthread import kthread_should_stop
+        from .._kthread.body import kthread_should_stop
         rt, mem, hp = self.rt, self.rt.mem, self.hp
         watching = self.start_watch()
         mem.store32(hp + H.netlink, int(watching))

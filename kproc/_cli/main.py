@@ -18,7 +18,7 @@ def _print_result(result, as_json, render):
 
 
 def _cmd_ps(args):
-    from ._ps import find_runtimes, format_table, snapshot
+    from .ps import find_runtimes, format_table, snapshot
     runtimes = []
     for pid, fd in find_runtimes():
         try:
@@ -47,7 +47,7 @@ def _cmd_bench(args):
 
 
 def _cmd_trace(args):
-    from ._trace_cli import summarize, format_summary
+    from .trace import summarize, format_summary
     try:
         summary = summarize(args.file)
     except (OSError, ValueError) as exc:
@@ -68,7 +68,7 @@ def build_parser():
     bench.add_argument("--only", action="append", metavar="SUITE",
                        help="pingpong, cycle, scale, workers or hotplug (repeatable)")
     bench.set_defaults(func=_cmd_bench)
-    from ._hotplug_cli import add_parser as add_hotplug_parser
+    from .hotplug import add_parser as add_hotplug_parser
     add_hotplug_parser(sub)
     trace = sub.add_parser("trace", help="read trace files written with start(trace=...)")
     tsub = trace.add_subparsers(dest="trace_command", required=True)

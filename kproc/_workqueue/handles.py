@@ -27,8 +27,8 @@ import errno
 import os
 import pickle
 
-from . import _layout as L
-from ._errors import KthreadError
+from .._core import layout as L
+from .._core.errors import KthreadError
 
 __all__ = ["KthreadWorker", "KthreadWork", "KthreadDelayedWork", "resolve_work",
            "resolve_worker", "drain_deferred_frees", "work_handle_for_exec",
@@ -43,12 +43,12 @@ _deferred = []          # (runtime, "work" | "worker", idx, gen) whose owner han
 
 
 def _runtime():
-    from ._runtime import get_runtime
+    from .._core.runtime import get_runtime
     return get_runtime()
 
 
 def _pickle_func(func):
-    from ._control import _pickle_threadfn
+    from .._kthread.control import _pickle_threadfn
     if not callable(func):
         raise TypeError(f"func must be callable, not {type(func).__name__}")
     return _pickle_threadfn(func)
@@ -78,7 +78,7 @@ def drain_deferred_frees():
             if rt.mem.load32(base + K.gen) == gen and not rt.mem.load32(base + K.task):
                 rt.arena.free_worker(idx, gen)
         else:
-            from ._worker import release_work
+            from .lists import release_work
             release_work(rt, idx, gen)
 
 
@@ -95,7 +95,7 @@ def _read_payload(rt, idx, base):
     try:
         return pickle.loads(func_pickle), pickle.loads(data_pickle)
     except (AttributeError, ImportError):
-        from ._kthread import prepare_main
+        from .._kthread.body import prepare_main
         if b"__main__" not in func_pickle + data_pickle or not prepare_main(rt):
             raise
         return pickle.loads(func_pickle), pickle.loads(data_pickle)
@@ -133,7 +133,7 @@ class KthreadWork:
         drain_deferred_frees()
         got = rt.arena.alloc_work(os.getpid(), self._kind)
         if got is None:
-            from ._worker import sweep_works
+            from .lists import sweep_works
             sweep_works(rt)
             got = rt.arena.alloc_work(os.getpid(), self._kind)
             if got is None:
@@ -206,7 +206,7 @@ class KthreadWork:
     def _reinit(self, func):
         """kthread_init_work() on an existing work: new func, no worker."""
         raw = _pickle_payload(_pickle_func(func), self.data)
-        from ._worker import reinit_work
+        from .lists import reinit_work
         reinit_work(self, raw)
         self._func, self._version = func, None
 
@@ -237,7 +237,7 @@ class KthreadDelayedWork(KthreadWork):
 
 
 def _restore_work(cls, runtime_id, idx, gen):
-    from ._runtime import current_runtime
+    from .._core.runtime import current_runtime
     rt = current_runtime()
     if rt is None or rt.runtime_id != runtime_id:
         raise pickle.UnpicklingError(f"a kproc.{cls.__name__} can only be unpickled in a "
@@ -307,7 +307,7 @@ class KthreadWorker:
 
     @property
     def task(self):
-        from ._task import Task
+        from .._sched.task import Task
         base = self._base()
         t = self._rt.mem.load32(base + K.task)
         return Task(self._rt, t - 1, self._rt.mem.load32(base + K.task_gen)) if t else None
@@ -318,8 +318,8 @@ class KthreadWorker:
 
     def _timers_fired(self):
         """Fire due timers first, so counters read as in the kernel (see _delayed)."""
-        from ._worker import Locked
-        from ._delayed import run_timers
+        from .lists import Locked
+        from .delayed import run_timers
         base = self._base()
         if self._rt.mem.load32(base + K.thead):
             with Locked(self._rt, base) as lk:
@@ -379,7 +379,7 @@ class KthreadWorker:
 
 
 def _restore_worker(runtime_id, idx, gen):
-    from ._runtime import current_runtime
+    from .._core.runtime import current_runtime
     rt = current_runtime()
     if rt is None or rt.runtime_id != runtime_id:
         raise pickle.UnpicklingError("a kproc.KthreadWorker can only be unpickled in a "

@@ -30,8 +30,8 @@ import mmap
 import os
 import secrets
 
-from . import _layout as L
-from ._errors import KthreadError, stale
+from . import layout as L
+from .errors import KthreadError, stale
 
 __all__ = ["Arena", "ArenaParams", "load_mem_class"]
 
@@ -44,7 +44,7 @@ def load_mem_class():
     if os.environ.get("KPROC_NATIVE") == "0":
         return None
     try:
-        from . import _native
+        from .. import _native
     except ImportError:
         return None
     return _native.Mem if hasattr(_native, "Mem") else None
@@ -156,7 +156,7 @@ class Arena:
         native = load_mem_class()
         if native is not None:
             return native(buf)
-        from ._pymem import PyMem
+        from .pymem import PyMem
         return PyMem(buf, fd)
 
     def close(self):

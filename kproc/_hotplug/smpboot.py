@@ -26,8 +26,8 @@ kernel mid-run: that, user space cannot prevent.
 import errno
 import os
 
-from . import _layout as L
-from ._errors import KthreadError
+from .._core import layout as L
+from .._core.errors import KthreadError
 
 __all__ = ["SmpHotplugThread", "smpboot_register_percpu_thread",
            "smpboot_unregister_percpu_thread", "smpboot_thread_fn", "Smpboot", "getcpu"]
@@ -37,7 +37,7 @@ HP_THREAD_NONE, HP_THREAD_ACTIVE, HP_THREAD_PARKED = range(3)
 OFF_CPU_WAIT = 0.001       # s: a thread off its CPU waits this long for cpuhp, per round
 
 try:
-    from ._native import getcpu as _native_getcpu
+    from .._native import getcpu as _native_getcpu
 except ImportError:
     _native_getcpu = None
 
@@ -71,7 +71,7 @@ class SmpHotplugThread:
 
     def __init__(self, thread_should_run, thread_fn, thread_comm, *, create=None, setup=None,
                  cleanup=None, park=None, unpark=None, selfparking=False):
-        from ._cpuhp import _check_callback
+        from .cpuhp import _check_callback
         for name, fn in (("thread_should_run", thread_should_run), ("thread_fn", thread_fn)):
             if not callable(fn):
                 raise TypeError(f"{name} must be callable, not {type(fn).__name__}")
@@ -91,7 +91,7 @@ class SmpHotplugThread:
         self._reg = None            # (runtime id, slot, generation) once registered
 
     def _store(self, cpu):
-        from ._runtime import current_runtime
+        from .._core.runtime import current_runtime
         if self._reg is None:
             return None, None
         rt = current_runtime()
@@ -107,7 +107,7 @@ class SmpHotplugThread:
         """The kthread of ``cpu`` (the kernel's per-CPU ``store``), or None if
         not registered or no thread was created for that CPU yet.
         Context: any process of the runtime; never blocks."""
-        from ._task import Task
+        from .._sched.task import Task
         if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < L.SMPBOOT_CPUS:
             raise ValueError(f"cpu must be a CPU number, not {cpu!r}")
         rt, off = self._store(cpu)
@@ -131,8 +131,8 @@ def smpboot_register_percpu_thread(ht):
     made are stopped).  Raises: TypeError (not a SmpHotplugThread);
     KthreadError(EBUSY) if ``ht`` is already registered.
     """
-    from ._cpuhp import OP_REGISTER, request
-    from ._runtime import get_runtime
+    from .cpuhp import OP_REGISTER, request
+    from .._core.runtime import get_runtime
     if not isinstance(ht, SmpHotplugThread):
         raise TypeError(f"ht must be a kproc.SmpHotplugThread, not {type(ht).__name__}")
     if ht._reg is not None and ht._store(0)[0] is not None:
@@ -153,7 +153,7 @@ def smpboot_unregister_percpu_thread(ht):
     is unparked first).  Context: any process of the runtime but cpuhp;
     blocks.  Raises: TypeError; ValueError if ``ht`` is not registered.
     """
-    from ._cpuhp import OP_UNREGISTER, request
+    from .cpuhp import OP_UNREGISTER, request
     if not isinstance(ht, SmpHotplugThread):
         raise TypeError(f"ht must be a kproc.SmpHotplugThread, not {type(ht).__name__}")
     if ht._reg is None or ht._store(0)[0] is None:
@@ -210,7 +210,7 @@ class Smpboot:
         self._destroy(slot, ht)
 
     def _destroy(self, slot, ht):
-        from ._control import kthread_stop
+        from .._kthread.control import kthread_stop
         for cpu in sorted(self.rt.topology.possible()):
             task = ht.task(cpu)
             if task is not None:
@@ -223,8 +223,8 @@ class Smpboot:
 
     def _create(self, slot, ht, cpu):
         """__smpboot_create_thread(): create parked, store, create(cpu)."""
-        from ._control import kthread_create_on_cpu, kthread_park, kthread_set_per_cpu
-        from ._cpuhp import invoke
+        from .._kthread.control import kthread_create_on_cpu, kthread_park, kthread_set_per_cpu
+        from .cpuhp import invoke
         if ht.task(cpu) is not None:
             return 0
         try:
@@ -240,7 +240,7 @@ class Smpboot:
         return 0
 
     def _unpark(self, ht, cpu):
-        from ._control import kthread_unpark
+        from .._kthread.control import kthread_unpark
         task = ht.task(cpu)
         if task is not None and not ht.selfparking:
             kthread_unpark(task)
@@ -286,7 +286,7 @@ class Smpboot:
 
     def teardown(self, cpu):
         """smpboot_park_threads for ``cpu``."""
-        from ._control import kthread_park
+        from .._kthread.control import kthread_park
         for ht in self.regs.values():
             task = ht.task(cpu)
             if task is not None and not ht.selfparking:
@@ -304,16 +304,16 @@ def _on_its_cpu(cpu, modelled):
 
 
 def _kick_cpuhp(rt):
-    from ._cpuhp import H, hp_base
+    from .cpuhp import H, hp_base
     rt.waits.completion_complete(hp_base(rt) + H.req, False)
 
 
 def smpboot_thread_fn(data):
     """threadfn of every per-CPU thread: the smpboot loop (see module doc)."""
-    from ._kthread import kthread_parkme, kthread_should_park, kthread_should_stop
-    from ._runtime import get_runtime
-    from ._task import TaskState
-    from ._sched import schedule, schedule_timeout_interruptible, set_current_state
+    from .._kthread.body import kthread_parkme, kthread_should_park, kthread_should_stop
+    from .._core.runtime import get_runtime
+    from .._sched.task import TaskState
+    from .._sched.schedule import schedule, schedule_timeout_interruptible, set_current_state
     ht, cpu = data
     rt = get_runtime()
     modelled = cpu not in rt.topology.host_cpus()

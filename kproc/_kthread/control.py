@@ -22,14 +22,15 @@ import os
 import pickle
 import time
 
-from . import _layout as L
-from . import _sched, _trace
-from ._affinity import apply_mask, fetch_affinity, record_mask
-from ._arena import TableFull
-from ._completion import wait_at
-from ._errors import KthreadError, kernel_warn
-from ._runtime import get_runtime
-from ._task import Task, TaskState, resolve
+from .._core import layout as L
+from .._sched import schedule as _sched
+from .._core import trace as _trace
+from .affinity import apply_mask, fetch_affinity, record_mask
+from .._core.arena import TableFull
+from .._sched.completion import wait_at
+from .._core.errors import KthreadError, kernel_warn
+from .._core.runtime import get_runtime
+from .._sched.task import Task, TaskState, resolve
 
 __all__ = ["kthread_create", "kthread_create_on_node", "kthread_create_on_cpu", "kthread_run",
            "kthread_run_on_cpu", "wake_up_process", "kthread_bind", "kthread_bind_mask",
@@ -136,7 +137,7 @@ def kthread_create_on_node(threadfn, data, node, namefmt, *args):
 
 
 def _create(rt, raw_name, fn_pickle, data_pickle, node):
-    from ._kthread import write_blob
+    from .body import write_blob
     arena, mem = rt.arena, rt.mem
     with arena.locked():
         idx, gen = _alloc_task(rt)
@@ -163,7 +164,7 @@ def _create(rt, raw_name, fn_pickle, data_pickle, node):
     mem.fetch_add32(base + T.refs, -1)
     if mem.cmpxchg32(base + T.handoff, L.HANDOFF_PUBLISHED, L.HANDOFF_TAKEN) != \
             L.HANDOFF_PUBLISHED:
-        from ._kthread import read_traceback
+        from .body import read_traceback
         err = -mem.load64(base + T.result) or errno.EAGAIN
         text = read_traceback(arena, idx, base) or "kthread creation failed"
         raise KthreadError(err, text)
@@ -174,7 +175,7 @@ def _create(rt, raw_name, fn_pickle, data_pickle, node):
 
 def _pid_comm(rt, base, idx):
     """The pid and name of the kthread in slot ``idx``, for trace events."""
-    from ._kthread import read_name
+    from .body import read_name
     return L.unpack_field(rt.buf, base, T, "pid"), read_name(rt.arena, idx, base)
 
 
@@ -464,7 +465,7 @@ def _stop(rt, base):
         _sched.notify_signal(rt, base)
         _sched.wake_up_state(rt, base, _sched.TASK_NORMAL, stop_wake=True)
         if mem.load32(base + T.state) == _sched.FROZEN:
-            from ._freezer import kick_frozen
+            from .._freezer import kick_frozen
             kick_frozen(rt)
         wait_at(rt, base + T.exited, None, "uninterruptible")
         return mem.load64(base + T.result)
@@ -509,7 +510,7 @@ def kthread_stop_put(task):
 # -- accessors ---------------------------------------------------------------------------
 
 def _payload(task):
-    from ._kthread import read_blob, self_data
+    from .body import read_blob, self_data
     rt, base = resolve(task)
     if rt.self_base == base and self_data() is not None:
         return self_data()
@@ -579,7 +580,7 @@ def task_state(task):
 
     Context: any; a snapshot.
     """
-    from ._task import TASK_STATES
+    from .._sched.task import TASK_STATES
     rt, base = resolve(task)
     if rt.mem.load32(base + T.slot) == L.SLOT_DEAD:
         return TaskState.TASK_DEAD

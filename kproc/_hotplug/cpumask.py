@@ -7,7 +7,7 @@ They read the runtime's ``sysfs_root`` (``/sys``, or a tree made by
 ``frozenset[int]``.  Each call starts the default runtime if there is none.
 """
 
-from ._runtime import get_runtime
+from .._core.runtime import get_runtime
 
 __all__ = ["cpu_possible_mask", "cpu_present_mask", "cpu_online_mask",
            "housekeeping_cpumask", "cpu_to_node", "cpumask_of_node"]
