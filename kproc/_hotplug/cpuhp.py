@@ -480,17 +480,18 @@ class Cpuhp:
         """Run the callbacks for CPUs someone else took down or brought up.
 
         A CPU that went down and came back between two looks is caught by
-        an offline uevent numbered after cpuhp last saw it offline, or by
-        the binding its per-CPU threads lost (Smpboot.bounced): it gets its
-        teardowns and then its startups, as if both changes had been seen.
+        an offline uevent numbered after cpuhp last saw it offline: it gets
+        its teardowns and then its startups, as if both changes had been
+        seen.  A task's affinity is no such signal: while a CPU dies (and
+        while it comes up) a task bound to it reads back a broken mask for
+        tens of ms although the online mask still lists the CPU, and taking
+        that for a down-and-up stormed the callbacks.
         """
         from .._kthread.affinity import kthreads_offline_cpu
         topo = self.rt.topology
         seq = self._seqnum()
         online = topo.online()
         bounced = self._missed_bounces(seq, online)
-        if not topo.is_fake and self.smpboot.regs:
-            bounced |= {cpu for cpu in self.known & online if self.smpboot.bounced(cpu)}
         if online == self.known and not bounced:
             return
         now = time.monotonic_ns()

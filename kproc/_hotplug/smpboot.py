@@ -251,29 +251,6 @@ class Smpboot:
         return {ht.task(cpu).pid for ht in self.regs.values()
                 if not ht.selfparking and ht.task(cpu) is not None}
 
-    def bounced(self, cpu):
-        """True if a per-CPU thread of ``cpu``, unparked, has lost its binding.
-
-        The kernel breaks the affinity of a task bound to a CPU that goes
-        offline and does not restore it: a thread that should run on an
-        online ``cpu`` but may run elsewhere means ``cpu`` went offline and
-        came back between two looks of cpuhp at the online mask (stress-ng
-        does that), so its teardowns and startups are due.  Real CPUs only.
-        """
-        mem, T = self.rt.mem, L.TASK
-        for ht in self.regs.values():
-            task = ht.task(cpu)
-            if task is None or ht.selfparking:
-                continue
-            if mem.load32(self.rt.arena.task_off(task._idx) + T.flags) & L.KF_SHOULD_PARK:
-                continue
-            try:
-                if os.sched_getaffinity(task.pid) != {cpu}:
-                    return True
-            except OSError:
-                continue
-        return False
-
     def startup(self, cpu):
         """smpboot_create_threads + smpboot_unpark_threads for ``cpu``."""
         for slot, ht in list(self.regs.items()):
