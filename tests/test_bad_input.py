@@ -7,8 +7,8 @@ import pickle
 import pytest
 
 import kproc
-import kfuncs
-from conftest import live_kthreads
+from fns import kthread as kfuncs
+from helpers import live_kthreads
 
 pytestmark = pytest.mark.timeout(30)
 

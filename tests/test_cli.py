@@ -7,7 +7,7 @@ import sys
 import pytest
 
 import kproc
-import kfuncs
+from fns import kthread as kfuncs
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -51,7 +51,7 @@ def test_ps_without_runtime_says_so():
 
 
 def test_ps_shows_a_workers_queue_current_work_and_executed(rt):
-    import wfuncs
+    from fns import work as wfuncs
     w = kproc.kthread_create_worker(0, "ps-worker")
     try:
         started, release = kproc.Completion(), kproc.Completion()
@@ -69,8 +69,8 @@ def test_ps_shows_a_workers_queue_current_work_and_executed(rt):
         assert "W" in row["flags"]
         assert row["worker"]["queued"] == 3 and row["worker"]["delayed"] == 1
         assert row["worker"]["executed"] == 1
-        assert row["worker"]["current"] == "wfuncs.block"
-        assert "[wfuncs.block]" in _ps()
+        assert row["worker"]["current"] == "fns.work.block"
+        assert "[fns.work.block]" in _ps()
         kproc.complete(release)
         kproc.kthread_cancel_delayed_work_sync(dwork)
     finally:

@@ -10,8 +10,8 @@ import time
 import pytest
 
 import kproc
-import kfuncs
-from conftest import run_started, wait_until
+from fns import kthread as kfuncs
+from helpers import run_started, wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -5,7 +5,7 @@ import os
 import pytest
 
 import kproc
-import kfuncs
+from fns import kthread as kfuncs
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -13,8 +13,8 @@ import psutil
 import pytest
 
 import kproc
-import kfuncs
-from conftest import live_kthreads, run_started, wait_until
+from fns import kthread as kfuncs
+from helpers import live_kthreads, run_started, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -97,7 +97,8 @@ def test_sigkill_kthreadd_ends_every_wait_and_kills_kthreads(rt):
 OWNER_SCRIPT = textwrap.dedent("""
     import sys, os
     sys.path.insert(0, {tests!r})
-    import kproc, kfuncs
+    import kproc
+    from fns import kthread as kfuncs
     rt = kproc.start(backend={backend!r})
     tasks = [kproc.kthread_run(kfuncs.loop_until_stop, None, "k%d" % i) for i in range(3)]
     parked = kproc.kthread_create(kfuncs.ret_value, 0, "p")
@@ -113,7 +114,7 @@ def test_sigkill_of_owner_leaves_no_process_and_no_shm(backend):
     if backend == "futex" and load_mem_class() is None:
         pytest.skip("futex backend needs the native extension")
     shm_before = set(os.listdir("/dev/shm"))
-    script = OWNER_SCRIPT.format(tests=os.path.dirname(kfuncs.__file__), backend=backend)
+    script = OWNER_SCRIPT.format(tests=os.path.dirname(os.path.dirname(kfuncs.__file__)), backend=backend)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(kproc.__file__)))
     owner = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, env=env)

@@ -6,9 +6,9 @@ import errno
 import pytest
 
 import kproc
-import wfuncs
-from wfuncs import read_lines
-from conftest import wait_until
+from fns import work as wfuncs
+from fns.work import read_lines
+from helpers import wait_until
 
 
 def count(path):

@@ -15,39 +15,10 @@ import time
 import pytest
 
 import kproc
-from conftest import run_started, wait_until
-import hpfuncs
+from helpers import REAL_CPU_DIR, all_online, real_hotplug_cpu, run_started, wait_until
+from fns import hotplug as hpfuncs
 
 pytestmark = pytest.mark.timeout(60)
-
-REAL_CPU_DIR = "/sys/devices/system/cpu"
-
-
-def real_hotplug_cpu():
-    """A CPU whose real online file we may write, or None."""
-    if os.environ.get("KPROC_REAL_HOTPLUG", "1") == "0" or os.geteuid() != 0:
-        return None
-    for cpu in sorted(kproc._core.topology.Topology().possible() - {0}):
-        path = f"{REAL_CPU_DIR}/cpu{cpu}/online"
-        if os.access(path, os.W_OK):
-            return cpu
-    return None
-
-
-def all_online(root):
-    """Write 1 to every online file under ``root`` that says 0."""
-    cpu_dir = os.path.join(root, "devices/system/cpu")
-    for name in os.listdir(cpu_dir):
-        path = os.path.join(cpu_dir, name, "online")
-        if name[3:].isdigit() and os.path.exists(path):
-            with open(path) as f:
-                if f.read().strip() == "1":
-                    continue
-            with open(path, "w") as f:
-                f.write("1")
-    if root != "/sys":
-        kproc._core.topology.Topology(root)._rewrite_online()
-
 
 MODES = ["fake"] + (["real"] if real_hotplug_cpu() is not None else [])
 

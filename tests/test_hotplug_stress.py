@@ -16,9 +16,9 @@ import time
 import pytest
 
 import kproc
-from conftest import wait_until
-import hpfuncs
-from test_hotplug import all_online, real_hotplug_cpu
+from helpers import wait_until
+from fns import hotplug as hpfuncs
+from helpers import all_online, real_hotplug_cpu
 
 SECONDS = float(os.environ.get("KPROC_HP_STRESS_SECONDS", "30"))
 

@@ -8,8 +8,8 @@ import psutil
 import pytest
 
 import kproc
-import kfuncs
-from conftest import wait_until
+from fns import kthread as kfuncs
+from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -136,7 +136,8 @@ def test_kthreads_see_callers_env_cwd_and_path_at_start(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     with kproc.start():
         task = kproc.kthread_run(kfuncs.report_env, ("KPROC_TEST_ENV", str(tmp_path),
-                                                     os.path.dirname(kfuncs.__file__)), "env")
+                                                     os.path.dirname(os.path.dirname(kfuncs.__file__))),
+                                 "env")
         wait_until(lambda: kproc.task_state(task) == kproc.TASK_DEAD)
         assert kproc.kthread_stop(task) == 1
 

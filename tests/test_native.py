@@ -21,7 +21,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from conftest import wait_until
+from helpers import wait_until
 from kproc._core.layout import COMPLETION
 
 native = pytest.importorskip("kproc._native", reason="the C extension is not built")

@@ -6,8 +6,8 @@ import os
 import pytest
 
 import kproc
-import kfuncs
-from conftest import wait_until
+from fns import kthread as kfuncs
+from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 

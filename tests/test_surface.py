@@ -57,7 +57,7 @@ def test_core_works_without_the_c_extension(tmp_path):
     tests = os.path.dirname(__file__)
     code = (
         "import sys, errno; sys.path.insert(0, %r)\n"
-        "import kproc, kfuncs\n"
+        "import kproc\nfrom fns import kthread as kfuncs\n"
         "with kproc.start() as rt:\n"
         "    assert rt.backend == 'posix', rt.backend\n"
         "    assert type(rt.mem).__name__ == 'PyMem'\n"

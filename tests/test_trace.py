@@ -7,10 +7,10 @@ from collections import defaultdict
 import pytest
 
 import kproc
-import kfuncs
-import wfuncs
+from fns import kthread as kfuncs
+from fns import work as wfuncs
 from kproc._core import trace as _trace
-from conftest import wait_until
+from helpers import wait_until
 
 
 def _traced_run(path):

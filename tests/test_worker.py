@@ -10,9 +10,9 @@ import psutil
 import pytest
 
 import kproc
-import wfuncs
-from wfuncs import read_lines
-from conftest import wait_until, live_kthreads
+from fns import work as wfuncs
+from fns.work import read_lines
+from helpers import wait_until, live_kthreads
 
 
 @pytest.fixture

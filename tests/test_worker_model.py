@@ -15,8 +15,8 @@ from hypothesis import settings, strategies as st, HealthCheck
 from hypothesis.stateful import RuleBasedStateMachine, rule, invariant, run_state_machine_as_test
 
 import kproc
-import wfuncs
-from wfuncs import read_lines
+from fns import work as wfuncs
+from fns.work import read_lines
 
 FAR = 1000.0
 N_WORK, N_DWORK = 3, 3
