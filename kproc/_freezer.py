@@ -29,6 +29,9 @@ import time
 
 from ._core import layout as L
 from ._core.errors import KthreadError
+from ._core.runtime import TICK_NS, get_runtime
+from ._sched.schedule import need_current, wake_up_state
+from ._core.blobs import read_name
 from ._sched.task import TaskState, TASK_NORMAL
 
 __all__ = ["freeze_kthreads", "thaw_kthreads", "set_freezable", "freezing",
@@ -52,7 +55,6 @@ def freezing_at(rt, base):
 
 def refrigerator(rt, base, check_stop):
     """__refrigerator(): sleep in TASK_FROZEN while freezing.  Return: True if frozen."""
-    from ._core.runtime import TICK_NS
     mem, waits = rt.mem, rt.waits
     frozen = False
     while True:
@@ -81,7 +83,6 @@ def set_freezable_at(rt, base):
 
 
 def _me(fn_name):
-    from ._sched.schedule import need_current
     return need_current(fn_name)
 
 
@@ -140,7 +141,6 @@ def _freezable_live(rt):
 
 
 def _not_frozen(rt):
-    from ._sched.schedule import wake_up_state
     mem = rt.mem
     todo = []
     for base, idx in _freezable_live(rt):
@@ -163,8 +163,6 @@ def freeze_kthreads(timeout=DEFAULT_FREEZE_TIMEOUT):
     Raises: TypeError/ValueError for a bad timeout; KthreadError(EBUSY) naming
     the kthreads that did not freeze in time (everything is thawed again first).
     """
-    from ._core.runtime import get_runtime
-    from ._kthread.body import read_name
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
         raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
     if math.isnan(timeout) or timeout < 0:
@@ -193,7 +191,6 @@ def thaw_kthreads():
 
     Context: any process of the runtime.  Return: None.
     """
-    from ._core.runtime import get_runtime
     rt = get_runtime()
     rt.mem.store32(H.freezing, 0)
     kick_frozen(rt)

@@ -110,7 +110,7 @@ OWNER_SCRIPT = textwrap.dedent("""
 
 @pytest.mark.parametrize("backend", ["futex", "posix"])
 def test_sigkill_of_owner_leaves_no_process_and_no_shm(backend):
-    from kproc._core.arena import load_mem_class
+    from kproc._core.native import load_mem_class
     if backend == "futex" and load_mem_class() is None:
         pytest.skip("futex backend needs the native extension")
     shm_before = set(os.listdir("/dev/shm"))

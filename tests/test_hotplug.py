@@ -15,7 +15,7 @@ import time
 import pytest
 
 import kproc
-from helpers import REAL_CPU_DIR, all_online, real_hotplug_cpu, run_started, wait_until
+from helpers import REAL_CPU_DIR, all_online, real_hotplug_cpu, wait_until
 from fns import hotplug as hpfuncs
 
 pytestmark = pytest.mark.timeout(60)

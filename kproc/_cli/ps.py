@@ -64,6 +64,8 @@ def snapshot(pid, fd):
         H, T = L.HEADER, L.TASK
         if L.unpack_field(buf, 0, H, "magic") != L.MAGIC:
             raise ValueError(f"process {pid} holds no kproc arena at fd {fd}")
+        if L.unpack_field(buf, 0, H, "layout_version") != L.LAYOUT_VERSION:
+            raise ValueError(f"process {pid} runs a kproc of another layout version")
         n = L.unpack_field(buf, 0, H, "max_kthreads")
         from .._core.arena import ArenaParams
         params = ArenaParams(n, L.unpack_field(buf, 0, H, "max_completions"),
@@ -116,7 +118,7 @@ def _workers(buf, params):
     out = {}
     now = time.monotonic_ns()
     for idx in range(params.max_kthreads):
-        base = params.workers + idx * params.WORKER_BYTES
+        base = params.workers + idx * L.WORKER.stride
         if not L.unpack_field(buf, base, K, "inuse"):
             continue
         task = L.unpack_field(buf, base, K, "task")
@@ -125,7 +127,7 @@ def _workers(buf, params):
         due = 0                     # expired timers count as queued (see _delayed)
         t = L.unpack_field(buf, base, K, "thead")
         while t and due <= params.max_works:
-            wbase = params.works + (t - 1) * params.WORK_BYTES
+            wbase = params.works + (t - 1) * L.WORK.stride
             if L.unpack_field(buf, wbase, W, "expires") > now:
                 break
             due += 1
@@ -145,7 +147,7 @@ def _work_func_name(buf, params, idx):
     """``module.qualname`` of a work's func, read from its pickle *without* unpickling
     (pickletools only parses: nothing from shared memory is executed here)."""
     W = L.WORK
-    wbase = params.works + idx * params.WORK_BYTES
+    wbase = params.works + idx * L.WORK.stride
     n = L.unpack_field(buf, wbase, W, "payload_len")
     off = params.work_blobs + idx * L.WORK_BLOB
     try:

@@ -32,22 +32,10 @@ import secrets
 
 from . import layout as L
 from .errors import KthreadError, stale
+from .native import load_mem_class
+from .pymem import PyMem
 
-__all__ = ["Arena", "ArenaParams", "load_mem_class"]
-
-
-def load_mem_class():
-    """Return ``kproc._native.Mem`` or None when the extension is not built.
-
-    ``KPROC_NATIVE=0`` forces the pure-Python fallback (used by its tests).
-    """
-    if os.environ.get("KPROC_NATIVE") == "0":
-        return None
-    try:
-        from .. import _native
-    except ImportError:
-        return None
-    return _native.Mem if hasattr(_native, "Mem") else None
+__all__ = ["Arena", "ArenaParams"]
 
 
 class TableFull(KthreadError):
@@ -61,8 +49,6 @@ class TableFull(KthreadError):
 class ArenaParams:
     """Sizes an arena is built with; offsets of each region derive from them."""
 
-    WORK_BYTES = 256      # room per work item (kthread_work + delayed timer)
-    WORKER_BYTES = 512    # room per worker (struct kthread_worker)
     # Pages of the memfd are only allocated when touched, so the work blobs
     # (max_works x WORK_BLOB) cost address space, not memory, until used.
 
@@ -80,9 +66,9 @@ class ArenaParams:
         off += max_completions * L.USERCOMP.size
         off = L.align(off, 4096)
         self.workers = off
-        off += max_kthreads * self.WORKER_BYTES
+        off += max_kthreads * L.WORKER.stride
         self.works = off
-        off += max_works * self.WORK_BYTES
+        off += max_works * L.WORK.stride
         off = L.align(off, 4096)
         self.work_blobs = off
         off += max_works * L.WORK_BLOB
@@ -135,6 +121,7 @@ class Arena:
         mem.mutex_init(H.lock)
         arena = cls(fd, buf, mem, params)
         arena._init_work_stack()
+        mem.store32(H.layout_version, L.LAYOUT_VERSION)
         mem.store64(H.magic, L.MAGIC)
         return arena
 
@@ -146,6 +133,10 @@ class Arena:
         mem = cls._make_mem(buf, fd)
         if mem.load64(L.HEADER.magic) != L.MAGIC:
             raise KthreadError(22, "not a kproc arena")
+        if mem.load32(L.HEADER.layout_version) != L.LAYOUT_VERSION:
+            raise KthreadError(22, "a kproc arena of another layout version "
+                               f"({mem.load32(L.HEADER.layout_version)}, this kproc "
+                               f"reads {L.LAYOUT_VERSION})")
         H = L.HEADER
         params = ArenaParams(mem.load32(H.max_kthreads), mem.load32(H.max_completions),
                              mem.load32(H.max_works))
@@ -156,7 +147,6 @@ class Arena:
         native = load_mem_class()
         if native is not None:
             return native(buf)
-        from .pymem import PyMem
         return PyMem(buf, fd)
 
     def close(self):
@@ -292,15 +282,15 @@ class Arena:
 
     def worker_off(self, idx):
         """Byte offset of worker slot ``idx``."""
-        return self.params.workers + idx * self.params.WORKER_BYTES
+        return self.params.workers + idx * L.WORKER.stride
 
     def worker_idx(self, off):
         """Worker slot index of the record at byte offset ``off``."""
-        return (off - self.params.workers) // self.params.WORKER_BYTES
+        return (off - self.params.workers) // L.WORKER.stride
 
     def work_off(self, idx):
         """Byte offset of work slot ``idx``."""
-        return self.params.works + idx * self.params.WORK_BYTES
+        return self.params.works + idx * L.WORK.stride
 
     def work_blob_off(self, idx):
         """Byte offset of work slot ``idx``'s blob (pickled func and data)."""

@@ -23,13 +23,30 @@ Records:
 
 import struct
 
-__all__ = ["Record", "HEADER", "TASK", "COMPLETION", "USERCOMP", "WORKER", "WORK",
-           "HOTPLUG", "SMPBOOT", "CPUMASK_BYTES", "MAGIC", "align"]
+__all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USERCOMP",
+           "WORKER", "WORK", "HOTPLUG", "SMPBOOT", "SMPBOOT_ENTRY", "SPARE_MSG", "FN_LEN",
+           "CPUMASK_BYTES", "MAGIC", "LAYOUT_VERSION", "align"]
 
 MAGIC = 0x4B50524F43303031  # "KPROC001"
+# Bumped whenever a record below changes shape: ``kproc ps`` reads arenas of
+# other runtimes (maybe of another kproc version) only when theirs matches.
+LAYOUT_VERSION = 2
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
 
 _SIZES = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
+
+
+class Field(int):
+    """A field's byte offset inside its record (an int), knowing its format.
+
+    ``width`` is 32 or 64 for scalars (which atomics fit it), 0 for a raw area.
+    """
+
+    def __new__(cls, offset, fmt):
+        self = super().__new__(cls, offset)
+        self.fmt = fmt
+        self.width = 0 if isinstance(fmt, tuple) else _SIZES[fmt] * 8
+        return self
 
 
 def align(n, a):
@@ -42,10 +59,12 @@ class Record:
 
     ``fields`` is a sequence of ``(name, fmt)`` where fmt is a ``struct`` code
     (``I`` u32, ``i`` s32, ``Q`` u64, ``q`` s64) or ``("bytes", n)`` for a raw
-    area, aligned to 8.  Attributes named after fields hold their offsets.
+    area, aligned to 8.  Attributes named after fields hold their offsets as
+    :class:`Field` ints.  ``stride`` is the room each record gets in its
+    table (default: its size); a record that outgrows it fails at import.
     """
 
-    def __init__(self, name, fields, size_align=8):
+    def __init__(self, name, fields, size_align=8, stride=None):
         self.name = name
         self.formats = {}
         off = 0
@@ -55,10 +74,18 @@ class Record:
             else:
                 size = al = _SIZES[fmt]
             off = align(off, al)
-            setattr(self, fname, off)
+            setattr(self, fname, Field(off, fmt))
             self.formats[fname] = fmt
             off += size
         self.size = align(off, size_align)
+        self.stride = self.size if stride is None else stride
+        if self.size > self.stride:
+            raise ImportError(f"record {name} is {self.size} bytes, more than its "
+                              f"stride of {self.stride}")
+
+    def fields(self):
+        """The (name, Field) pairs, in layout order."""
+        return [(n, getattr(self, n)) for n in self.formats]
 
     def __repr__(self):
         return f"<Record {self.name} size={self.size}>"
@@ -73,6 +100,8 @@ MUTEX_BYTES = 64
 
 HEADER = Record("header", [
     ("magic", "Q"),
+    ("layout_version", "I"),
+    ("pad", "I"),
     ("runtime_id", "Q"),
     ("max_kthreads", "I"),
     ("max_completions", "I"),
@@ -126,6 +155,22 @@ TASK = Record("task", [
     ("preferred", ("bytes", CPUMASK_BYTES)),  # kthread_affine_preferred()
 ], size_align=64)
 
+# Per-task blob area (kproc._core.blobs): name, pickled (threadfn, data), the
+# tail of the last traceback.  The payload starts with an FN_LEN header.
+BLOB_SIZE = 64 * 1024
+TB_MAX = 8 * 1024
+NAME_MAX = 1024
+PAYLOAD_MAX = BLOB_SIZE - TB_MAX - NAME_MAX
+TASK_BLOB = Record("task_blob", [
+    ("name", ("bytes", NAME_MAX)),
+    ("payload", ("bytes", PAYLOAD_MAX)),
+    ("traceback", ("bytes", TB_MAX)),
+], stride=BLOB_SIZE)
+FN_LEN = struct.Struct("<I")          # length of the threadfn pickle in the payload
+
+# kthreadd -> spare hand-off over the spare's pipe: (task slot index, generation).
+SPARE_MSG = struct.Struct("=II")
+
 USERCOMP = Record("usercomp", [
     ("gen", "I"), ("inuse", "I"), ("owner", "i"), ("pad", "I"),
     ("comp", ("bytes", COMPLETION.size)),
@@ -149,7 +194,7 @@ WORKER = Record("worker", [
     ("executed", "Q"),         # works run so far
     ("errors", "Q"),           # works that raised
     ("lock", ("bytes", MUTEX_BYTES)),   # worker->lock (robust)
-], size_align=64)
+], size_align=64, stride=512)
 
 WORK = Record("work", [
     ("gen", "I"),
@@ -172,7 +217,7 @@ WORK = Record("work", [
     ("runs", "Q"),             # times executed
     ("flow", "Q"),             # trace flow id of the pending queueing
     ("done", ("bytes", COMPLETION.size)),   # flush marker: kthread_flush_work's fwork.done
-], size_align=64)
+], size_align=64, stride=256)
 
 WORK_BLOB = 8 * 1024          # pickled (func, data) + the tail of the last traceback
 WORK_TB_MAX = 2 * 1024
@@ -182,12 +227,6 @@ WORK_PAYLOAD_MAX = WORK_BLOB - WORK_TB_MAX
 WK_WORK, WK_DELAYED, WK_FLUSH = 1, 2, 3
 ON_NONE, ON_WORKLIST, ON_TIMER = 0, 1, 2
 WF_ORPHAN = 1 << 0            # its owning handle is gone: freed once idle
-
-# Per-task blob area: name, pickled (threadfn, data), traceback text.
-BLOB_SIZE = 64 * 1024
-TB_MAX = 8 * 1024
-NAME_MAX = 1024
-PAYLOAD_MAX = BLOB_SIZE - TB_MAX - NAME_MAX
 
 # TASK.slot values
 SLOT_FREE, SLOT_CREATING, SLOT_LIVE, SLOT_EXITING, SLOT_DEAD = range(5)
@@ -242,10 +281,15 @@ HP_MSG_MAX = 8 * 1024          # request and reply areas, each
 MAX_SMPBOOT = 32               # registered SmpHotplugThreads at once
 SMPBOOT_CPUS = CPUMASK_BYTES * 8
 
-# One registration: its per-CPU store (task slot index + 1, generation) per CPU.
+# One entry of a registration's per-CPU store (the kernel's per_cpu_ptr(ht->store, cpu)).
+SMPBOOT_ENTRY = Record("smpboot_entry", [
+    ("task", "I"),             # task slot index + 1, 0 = none
+    ("gen", "I"),
+])
+# One registration: its per-CPU store, SMPBOOT_ENTRY.size bytes per CPU.
 SMPBOOT = Record("smpboot", [
     ("gen", "I"), ("inuse", "I"),
-    ("store", ("bytes", SMPBOOT_CPUS * 8)),
+    ("store", ("bytes", SMPBOOT_CPUS * SMPBOOT_ENTRY.size)),
 ], size_align=64)
 
 

@@ -31,8 +31,12 @@ import threading
 import time
 
 from . import layout as L
-from .arena import Arena, load_mem_class
+from .arena import Arena
+from .native import load_mem_class
+from .checks import check_int
 from .errors import KthreadError
+from . import trace as _trace
+from .topology import Topology
 from .wait import FutexWaits, PosixWaits, POSIX_CHANNELS, default_spin_ns
 
 __all__ = ["Runtime", "start", "shutdown", "get_runtime", "current_runtime", "TICK_NS"]
@@ -143,7 +147,6 @@ class Runtime:
                 self.popen.kill()
                 self.popen.wait()
             if self.trace:
-                from . import trace as _trace
                 _trace.merge(self.trace)
         finally:
             self.waits.close()
@@ -202,13 +205,6 @@ def _choose_backend(backend):
     return backend
 
 
-def _check_int(name, value, lo, hi):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-    if not lo <= value <= hi:
-        raise ValueError(f"{name} must be between {lo} and {hi}, not {value}")
-
-
 def start(*, max_kthreads=DEFAULT_MAX_KTHREADS, max_works=DEFAULT_MAX_WORKS, backend=None,
           sysfs_root="/sys", preload=(), trace=None):
     """Start a kproc runtime: the arena and its kthreadd.
@@ -233,15 +229,14 @@ def start(*, max_kthreads=DEFAULT_MAX_KTHREADS, max_works=DEFAULT_MAX_WORKS, bac
     if not sys.platform.startswith("linux"):
         raise RuntimeError("kproc runs on Linux only (it needs fork, memfd, futexes, "
                            f"sched_setaffinity and sysfs); this is {sys.platform}")
-    _check_int("max_kthreads", max_kthreads, 1, 1 << 16)
-    _check_int("max_works", max_works, 1, 1 << 22)
+    check_int("max_kthreads", max_kthreads, 1, 1 << 16)
+    check_int("max_works", max_works, 1, 1 << 22)
     backend = _choose_backend(backend)
     if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
         raise TypeError("preload must be an iterable of module names")
     if not isinstance(sysfs_root, (str, os.PathLike)):
         raise TypeError("sysfs_root must be a path")
     sysfs_root = os.path.abspath(os.fspath(sysfs_root))
-    from .topology import Topology
     topology = Topology(sysfs_root)
     if not topology.possible():
         raise ValueError(f"{sysfs_root} holds no CPU topology "
@@ -329,7 +324,6 @@ def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, t
     _unlink_semaphores(sem_names)
     rt = Runtime(arena, waits, "owner", wake_fd, popen.pid, topology, trace)
     if trace:
-        from . import trace as _trace
         _trace.setup(rt, trace)
     rt.popen = popen
     rt.alive_w = alive_w
@@ -366,7 +360,7 @@ def _main_preparation():
 
 
 def _create_semaphores(names):
-    import posix_ipc
+    import posix_ipc      # only the posix backend needs it
     tag = f"/kproc-{os.getpid()}-{os.urandom(4).hex()}"
     sems = []
     for i in range(POSIX_CHANNELS):
@@ -378,7 +372,7 @@ def _create_semaphores(names):
 
 def _unlink_semaphores(names):
     """Remove the semaphores' names: the open ones live on, nothing stays in /dev/shm."""
-    import posix_ipc
+    import posix_ipc      # only the posix backend needs it
     for name in names:
         try:
             posix_ipc.unlink_semaphore(name)

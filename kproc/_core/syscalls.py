@@ -10,6 +10,8 @@ import ctypes.util
 import os
 import signal
 
+from .native import has, native
+
 __all__ = ["set_comm", "set_pdeathsig", "reset_scheduling", "set_timerslack", "TASK_COMM_LEN"]
 
 TASK_COMM_LEN = 16
@@ -17,12 +19,7 @@ PR_SET_PDEATHSIG = 1
 PR_SET_NAME = 15
 PR_SET_TIMERSLACK = 29
 
-try:
-    from .. import _native
-except ImportError:
-    _native = None
-if not hasattr(_native, "set_comm") or os.environ.get("KPROC_NATIVE") == "0":
-    _native = None
+_native = native if has("set_comm") else None
 
 _libc = None
 

@@ -27,6 +27,7 @@ import os
 import signal
 
 from .layout import COMPLETION
+from .topology import parse_cpulist
 
 __all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns"]
 
@@ -60,7 +61,6 @@ def _online_cpus():
             text = f.read()
     except OSError:
         return set()
-    from .topology import parse_cpulist
     return parse_cpulist(text)
 
 
@@ -122,7 +122,7 @@ class PosixWaits:
         SIGNAL_SLICE_NS: handlers run in Python, at most one slice late.
         A slice that ends reports a wake-up (callers re-check).
         """
-        import posix_ipc
+        import posix_ipc      # only the posix backend needs it
         mem = self.mem
         ch = self._channel(off)
         count_off = self.waiters_off + 4 * ch

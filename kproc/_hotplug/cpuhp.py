@@ -47,6 +47,7 @@ import traceback
 from .._core import layout as L
 from .._sched.completion import wait_at
 from .._core.errors import KthreadError
+from .._core.funcref import check_callback, prepare_main
 from .._core.runtime import get_runtime
 from .._core.syscalls import pid_alive
 from .._core.topology import _read as _read_sysfs
@@ -217,18 +218,6 @@ def _check_hotplug_cpu(rt, cpu):
     rt.topology.check_may_write(cpu)
 
 
-def _check_callback(name, fn):
-    from .._kthread.control import _pickle_threadfn
-    if fn is None:
-        return
-    if not callable(fn):
-        raise TypeError(f"{name} must be callable or None, not {type(fn).__name__}")
-    try:
-        _pickle_threadfn(fn)
-    except TypeError as exc:
-        raise TypeError(str(exc).replace("threadfn", name)) from None
-
-
 # -- public API -------------------------------------------------------------------------
 
 def cpu_down(cpu):
@@ -288,8 +277,8 @@ def cpuhp_setup_state(name, startup, teardown):
     """
     if not isinstance(name, str) or not name:
         raise TypeError("name must be a non-empty str")
-    _check_callback("startup", startup)
-    _check_callback("teardown", teardown)
+    check_callback("startup", startup)
+    check_callback("teardown", teardown)
     return request(OP_SETUP, (name, startup, teardown))
 
 
@@ -564,7 +553,6 @@ class Cpuhp:
         raw = bytes(rt.buf[rt.arena.params.hp_req:rt.arena.params.hp_req + n])
         try:
             if b"_main__" in raw:     # __main__ or __mp_main__
-                from .._kthread.body import prepare_main
                 prepare_main(rt)          # callbacks from the caller's script
             op, args = pickle.loads(raw)
             reply = ("ok", self.serve(op, args))

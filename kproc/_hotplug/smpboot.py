@@ -28,6 +28,7 @@ import os
 
 from .._core import layout as L
 from .._core.errors import KthreadError
+from .._core.funcref import check_callback
 
 __all__ = ["SmpHotplugThread", "smpboot_register_percpu_thread",
            "smpboot_unregister_percpu_thread", "smpboot_thread_fn", "Smpboot", "getcpu"]
@@ -71,14 +72,13 @@ class SmpHotplugThread:
 
     def __init__(self, thread_should_run, thread_fn, thread_comm, *, create=None, setup=None,
                  cleanup=None, park=None, unpark=None, selfparking=False):
-        from .cpuhp import _check_callback
         for name, fn in (("thread_should_run", thread_should_run), ("thread_fn", thread_fn)):
             if not callable(fn):
                 raise TypeError(f"{name} must be callable, not {type(fn).__name__}")
         for name, fn in (("thread_should_run", thread_should_run), ("thread_fn", thread_fn),
                          ("create", create), ("setup", setup), ("cleanup", cleanup),
                          ("park", park), ("unpark", unpark)):
-            _check_callback(name, fn)
+            check_callback(name, fn)
         if not isinstance(thread_comm, str):
             raise TypeError(f"thread_comm must be a str, not {type(thread_comm).__name__}")
         if thread_comm.count("%") != 1 or "%u" not in thread_comm:
@@ -101,7 +101,7 @@ class SmpHotplugThread:
         off = rt.arena.params.smpboot + slot * S.size
         if rt.mem.load32(off + S.gen) != gen or not rt.mem.load32(off + S.inuse):
             return None, None
-        return rt, off + S.store + cpu * 8
+        return rt, off + S.store + cpu * L.SMPBOOT_ENTRY.size
 
     def task(self, cpu):
         """The kthread of ``cpu`` (the kernel's per-CPU ``store``), or None if
@@ -175,7 +175,7 @@ class Smpboot:
         return self.rt.arena.params.smpboot + slot * S.size
 
     def _set(self, slot, cpu, task):
-        off = self._slot_off(slot) + S.store + cpu * 8
+        off = self._slot_off(slot) + S.store + cpu * L.SMPBOOT_ENTRY.size
         mem = self.rt.mem
         mem.store32(off + 4, task._gen if task else 0)
         mem.store32(off, task._idx + 1 if task else 0)

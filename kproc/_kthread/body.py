@@ -25,18 +25,21 @@ import sys
 import traceback
 
 from .._core import layout as L
+from .._core.blobs import read_blob, read_name, store_traceback
+from .._core import syscalls as _sys
+from .._core.runtime import current_runtime, install
+from .._sched.completion import complete
+from .affinity import kthread_affine_node
 from .._sched import schedule as _sched
 from .._core import trace as _trace
 from .._sched.task import Task, TaskState
 
 __all__ = ["kthread_main", "current", "kthread_should_stop", "kthread_should_park",
            "kthread_should_stop_or_park", "kthread_parkme", "kthread_exit",
-           "kthread_complete_and_exit", "read_blob", "write_blob", "read_name",
-           "read_traceback", "store_traceback", "EXCEPTION_RESULT"]
+           "kthread_complete_and_exit", "EXCEPTION_RESULT"]
 
 T = L.TASK
 EXCEPTION_RESULT = -errno.EFAULT
-_FN_LEN = 4
 
 
 class _KthreadExit(BaseException):
@@ -47,61 +50,6 @@ class _KthreadExit(BaseException):
         self.result = result
 
 
-# -- blobs ---------------------------------------------------------------------------
-
-def write_blob(arena, idx, base, name_bytes, fn_pickle, data_pickle):
-    """Store name and payload in slot ``idx``'s blob (creator side)."""
-    blob = arena.blob_off(idx)
-    buf = arena.buf
-    buf[blob:blob + len(name_bytes)] = name_bytes
-    p = blob + L.NAME_MAX
-    buf[p:p + _FN_LEN] = len(fn_pickle).to_bytes(_FN_LEN, "little")
-    p += _FN_LEN
-    buf[p:p + len(fn_pickle)] = fn_pickle
-    p += len(fn_pickle)
-    buf[p:p + len(data_pickle)] = data_pickle
-    L.pack_field(buf, base, T, "name_len", len(name_bytes))
-    L.pack_field(buf, base, T, "payload_len", _FN_LEN + len(fn_pickle) + len(data_pickle))
-
-
-def read_blob(arena, idx, base):
-    """Return (name, threadfn pickle, data pickle) of slot ``idx``."""
-    blob = arena.blob_off(idx)
-    buf = arena.buf
-    name = read_name(arena, idx, base)
-    total = L.unpack_field(buf, base, T, "payload_len")
-    p = blob + L.NAME_MAX
-    fn_len = int.from_bytes(buf[p:p + _FN_LEN], "little")
-    fn = bytes(buf[p + _FN_LEN:p + _FN_LEN + fn_len])
-    data = bytes(buf[p + _FN_LEN + fn_len:p + total])
-    return name, fn, data
-
-
-def read_name(arena, idx, base):
-    """Full name of slot ``idx`` (get_kthread_comm)."""
-    blob = arena.blob_off(idx)
-    n = L.unpack_field(arena.buf, base, T, "name_len")
-    return bytes(arena.buf[blob:blob + n]).decode("utf-8", "replace")
-
-
-def store_traceback(arena, base, text):
-    """Keep (the tail of) a traceback text in the slot's blob."""
-    idx = (base - arena.params.tasks) // T.size
-    raw = text.encode("utf-8", "replace")[-L.TB_MAX:]
-    off = arena.blob_off(idx) + L.BLOB_SIZE - L.TB_MAX
-    arena.buf[off:off + len(raw)] = raw
-    L.pack_field(arena.buf, base, T, "tb_len", len(raw))
-
-
-def read_traceback(arena, idx, base):
-    """The traceback text kept for slot ``idx``, or None."""
-    n = L.unpack_field(arena.buf, base, T, "tb_len")
-    if not n:
-        return None
-    off = arena.blob_off(idx) + L.BLOB_SIZE - L.TB_MAX
-    return bytes(arena.buf[off:off + n]).decode("utf-8", "replace")
-
-
 # -- the kthread body ------------------------------------------------------------
 
 _self_data = None       # (threadfn, data) as this kthread received them
@@ -110,7 +58,6 @@ _self_data = None       # (threadfn, data) as this kthread received them
 def after_fork(rt, close_fds):
     """First thing a child of kthreadd does: drop kthreadd's signal plumbing and
     descriptors, and die with kthreadd (PR_SET_PDEATHSIG)."""
-    from .._core import syscalls as _sys
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     _sys.set_pdeathsig(signal.SIGKILL)
@@ -126,8 +73,6 @@ def kthread_main(rt, idx, gen):
     Context: a child of kthreadd, after :func:`after_fork`.
     """
     global _self_data
-    from .._core import syscalls as _sys
-    from .._core.runtime import install
     try:
         arena = rt.arena
         base = arena.task_off(idx)
@@ -186,7 +131,6 @@ def _run(rt, base, name, threadfn, data):
     mem.fetch_or32(base + T.flags, L.KF_STARTED)
     flags = mem.load32(base + T.flags)
     if not flags & (L.KF_NO_SETAFFINITY | L.KF_PREFERRED):
-        from .affinity import kthread_affine_node
         kthread_affine_node(rt, base)
     result, kind = -errno.EINTR, L.EXIT_NEVER_RAN
     try:
@@ -256,7 +200,6 @@ def current():
 
     Context: any.
     """
-    from .._core.runtime import current_runtime
     rt = current_runtime()
     if rt is None or rt.self_base is None:
         return None
@@ -330,32 +273,12 @@ def kthread_complete_and_exit(comp, code):
 
     Context: kthread.  Does not return.
     """
-    from .._sched.completion import complete
     _sched.need_current("kthread_complete_and_exit")
     if isinstance(code, bool) or not isinstance(code, int):
         raise TypeError(f"code must be an int, not {type(code).__name__}")
     if comp is not None:
         complete(comp)
     raise _KthreadExit(_as_result(code))
-
-
-_main_prepared = False
-
-
-def prepare_main(rt):
-    """Import the caller's ``__main__`` here, as forkserver does, once per process.
-
-    Context: kthreadd or a kthread (anything that unpickles functions the
-    caller defined in its main script).  Return: True if it was imported now.
-    """
-    global _main_prepared
-    prep = getattr(rt, "main_prep", None)
-    if _main_prepared or not prep:
-        return False
-    _main_prepared = True
-    import multiprocessing.spawn
-    multiprocessing.spawn.prepare(prep)
-    return True
 
 
 def self_data():

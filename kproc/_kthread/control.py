@@ -23,14 +23,20 @@ import pickle
 import time
 
 from .._core import layout as L
+from .._core.blobs import read_blob, read_name, read_traceback, write_blob
+from .._core.checks import check_cpu, check_int, check_mask
+from .._core.funcref import pickle_data, pickle_function
 from .._sched import schedule as _sched
 from .._core import trace as _trace
 from .affinity import apply_mask, fetch_affinity, record_mask
+from .body import self_data
 from .._core.arena import TableFull
 from .._sched.completion import wait_at
 from .._core.errors import KthreadError, kernel_warn
 from .._core.runtime import get_runtime
 from .._sched.task import Task, TaskState, resolve
+from .._sched.task import TASK_STATES
+from .._freezer import kick_frozen
 
 __all__ = ["kthread_create", "kthread_create_on_node", "kthread_create_on_cpu", "kthread_run",
            "kthread_run_on_cpu", "wake_up_process", "kthread_bind", "kthread_bind_mask",
@@ -45,27 +51,6 @@ INACTIVE_TIMEOUT = 1.0
 
 
 # -- argument checks -----------------------------------------------------------------
-
-def _pickle_threadfn(threadfn):
-    if not callable(threadfn):
-        raise TypeError(f"threadfn must be callable, not {type(threadfn).__name__}")
-    try:
-        return pickle.dumps(threadfn, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        name = getattr(threadfn, "__qualname__", repr(threadfn))
-        raise TypeError(
-            f"threadfn {name!r} cannot be passed to a kthread: kthreads are other "
-            "processes, and functions travel by reference (module + name, as pickle "
-            "does), so lambdas, closures and nested functions cannot. Define it with "
-            f"'def' at module level (or pass a picklable callable). ({exc})") from None
-
-
-def _pickle_data(data):
-    try:
-        return pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise TypeError(f"data cannot be pickled for the kthread: {exc}") from None
-
 
 def format_name(namefmt, args):
     """Format a printf-style kthread name (``namefmt % args``).
@@ -87,22 +72,12 @@ def format_name(namefmt, args):
     return name, raw
 
 
-def _check_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, not {type(value).__name__}")
-
-
 def _check_node(rt, node):
-    _check_int("node", node)
+    check_int("node", node)
     if node != NUMA_NO_NODE:
         nodes = rt.topology.nodes()
         if node not in nodes:
             raise ValueError(f"node {node} does not exist (nodes: {sorted(nodes)})")
-
-
-def _check_cpu(rt, cpu):
-    _check_int("cpu", cpu)
-    rt.topology.check_possible(cpu)
 
 
 # -- creation ------------------------------------------------------------------------
@@ -123,10 +98,10 @@ def kthread_create_on_node(threadfn, data, node, namefmt, *args):
     the kthread could not load threadfn or data; KthreadError(ESRCH) if
     kthreadd died.
     """
-    fn_pickle = _pickle_threadfn(threadfn)
-    data_pickle = _pickle_data(data)
+    fn_pickle = pickle_function(threadfn)
+    data_pickle = pickle_data(data)
     name, raw = format_name(namefmt, args)
-    size = len(fn_pickle) + len(data_pickle) + 4
+    size = len(fn_pickle) + len(data_pickle) + L.FN_LEN.size
     if size > L.PAYLOAD_MAX:
         raise ValueError(f"threadfn and data pickle to {size} bytes; a kthread can be "
                          f"given at most {L.PAYLOAD_MAX}: pass a path or a key instead")
@@ -137,7 +112,6 @@ def kthread_create_on_node(threadfn, data, node, namefmt, *args):
 
 
 def _create(rt, raw_name, fn_pickle, data_pickle, node):
-    from .body import write_blob
     arena, mem = rt.arena, rt.mem
     with arena.locked():
         idx, gen = _alloc_task(rt)
@@ -164,7 +138,6 @@ def _create(rt, raw_name, fn_pickle, data_pickle, node):
     mem.fetch_add32(base + T.refs, -1)
     if mem.cmpxchg32(base + T.handoff, L.HANDOFF_PUBLISHED, L.HANDOFF_TAKEN) != \
             L.HANDOFF_PUBLISHED:
-        from .body import read_traceback
         err = -mem.load64(base + T.result) or errno.EAGAIN
         text = read_traceback(arena, idx, base) or "kthread creation failed"
         raise KthreadError(err, text)
@@ -175,7 +148,6 @@ def _create(rt, raw_name, fn_pickle, data_pickle, node):
 
 def _pid_comm(rt, base, idx):
     """The pid and name of the kthread in slot ``idx``, for trace events."""
-    from .body import read_name
     return L.unpack_field(rt.buf, base, T, "pid"), read_name(rt.arena, idx, base)
 
 
@@ -231,7 +203,7 @@ def kthread_create_on_cpu(threadfn, data, cpu, namefmt):
     Raises: as kthread_create_on_node(); ValueError for a CPU that is not possible.
     """
     rt = get_runtime()
-    _check_cpu(rt, cpu)
+    check_cpu(rt.topology, cpu)
     fmt_args = (cpu,) if isinstance(namefmt, str) and "%" in namefmt else ()
     task = kthread_create_on_node(threadfn, data, rt.topology.cpu_to_node(cpu), namefmt,
                                   *fmt_args)
@@ -298,21 +270,8 @@ def kthread_bind(task, cpu):
     nothing is changed.  Raises: TypeError/ValueError on a bad CPU.
     """
     rt, base = resolve(task)
-    _check_cpu(rt, cpu)
+    check_cpu(rt.topology, cpu)
     _bind_mask(rt, base, frozenset((cpu,)), "kthread_bind")
-
-
-def _check_mask(rt, cpus):
-    try:
-        mask = frozenset(cpus)
-    except TypeError:
-        raise TypeError(f"cpus must be an iterable of CPU numbers, not "
-                        f"{type(cpus).__name__}") from None
-    for cpu in mask:
-        _check_cpu(rt, cpu)
-    if not mask:
-        raise ValueError("cpus must not be empty")
-    return mask
 
 
 def kthread_bind_mask(task, cpus):
@@ -321,7 +280,7 @@ def kthread_bind_mask(task, cpus):
     Context and errors: as kthread_bind().
     """
     rt, base = resolve(task)
-    _bind_mask(rt, base, _check_mask(rt, cpus), "kthread_bind_mask")
+    _bind_mask(rt, base, check_mask(rt.topology, cpus), "kthread_bind_mask")
 
 
 def kthread_affine_preferred(task, cpus):
@@ -332,7 +291,7 @@ def kthread_affine_preferred(task, cpus):
     already woken or is bound.  Raises: TypeError/ValueError on a bad mask.
     """
     rt, base = resolve(task)
-    mask = _check_mask(rt, cpus)
+    mask = check_mask(rt.topology, cpus)
     if not _inactive_new(rt, base, "kthread_affine_preferred"):
         return -errno.EINVAL
     if rt.mem.load32(base + T.flags) & L.KF_NO_SETAFFINITY:
@@ -352,14 +311,14 @@ def kthread_set_per_cpu(task, cpu):
     Context: any.  KernelWarning if the kthread is not bound.
     """
     rt, base = resolve(task)
-    _check_int("cpu", cpu)
+    check_int("cpu", cpu)
     mem = rt.mem
     if not mem.load32(base + T.flags) & L.KF_NO_SETAFFINITY:
         kernel_warn("kthread_set_per_cpu() on a kthread that is not bound", stacklevel=3)
     if cpu < 0:
         mem.fetch_and32(base + T.flags, ~L.KF_IS_PER_CPU & 0xFFFFFFFF)
         return
-    _check_cpu(rt, cpu)
+    check_cpu(rt.topology, cpu)
     L.pack_field(rt.buf, base, T, "cpu", cpu)
     mem.fetch_or32(base + T.flags, L.KF_IS_PER_CPU)
 
@@ -465,7 +424,6 @@ def _stop(rt, base):
         _sched.notify_signal(rt, base)
         _sched.wake_up_state(rt, base, _sched.TASK_NORMAL, stop_wake=True)
         if mem.load32(base + T.state) == _sched.FROZEN:
-            from .._freezer import kick_frozen
             kick_frozen(rt)
         wait_at(rt, base + T.exited, None, "uninterruptible")
         return mem.load64(base + T.result)
@@ -510,7 +468,6 @@ def kthread_stop_put(task):
 # -- accessors ---------------------------------------------------------------------------
 
 def _payload(task):
-    from .body import read_blob, self_data
     rt, base = resolve(task)
     if rt.self_base == base and self_data() is not None:
         return self_data()
@@ -580,7 +537,6 @@ def task_state(task):
 
     Context: any; a snapshot.
     """
-    from .._sched.task import TASK_STATES
     rt, base = resolve(task)
     if rt.mem.load32(base + T.slot) == L.SLOT_DEAD:
         return TaskState.TASK_DEAD

@@ -35,15 +35,22 @@ import os
 import pickle
 import select
 import signal
-import struct
 import sys
+import traceback
 
 from .._core import layout as L
 from .._core.arena import Arena
+from .._core.blobs import read_blob, store_traceback
+from .._core.funcref import prepare_main
+from .._core import runtime as _runtime
+from .._core import trace as _trace
+from .._core.topology import Topology
+from .._core.wait import FutexWaits, PosixWaits
+from .._sched.schedule import wake_up_process_raw
 from . import body as _kthread
-from . import affinity as _affinity
-from .._sched import completion as _completion
-from . import control as _control
+from . import affinity as _affinity  # noqa: F401  preloaded: every fork has it
+from .._sched import completion as _completion  # noqa: F401  preloaded
+from . import control as _control  # noqa: F401  preloaded
 from .._core import syscalls as _sys  # noqa: F401  preloaded
 
 # Asynchronous signals kthreadd ignores (and kthreads inherit ignored), like
@@ -64,7 +71,6 @@ def main():
     try:
         daemon = Kthreadd(fds)
     except BaseException as exc:  # report why, then die: start() raises it
-        import traceback
         msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         os.write(ready, (msg.replace("\n", " ") + "\n").encode())
         os._exit(1)
@@ -93,7 +99,6 @@ class Kthreadd:
         self.rt = self._make_runtime(boot)
         self.children = {}          # pid -> (slot index, generation)
         self.inflight = {}          # slot index -> creator pid, until published
-        self.main_prepared = False
         self.spares = []            # (pid, write end of its assignment pipe)
         self.spare_target = int(os.environ.get("KPROC_SPARES", "2"))
         self.spare_modules = len(sys.modules)
@@ -111,12 +116,9 @@ class Kthreadd:
         gc.freeze()
 
     def _make_runtime(self, boot):
-        from .._core import runtime as _runtime
-        from .._core.topology import Topology
-        from .._core.wait import FutexWaits, PosixWaits
         mem = self.arena.mem
         if boot["backend"] == "posix":
-            import posix_ipc
+            import posix_ipc      # only the posix backend needs it
             sems = [posix_ipc.Semaphore(n) for n in boot["sem_names"]]
             for n in boot["sem_names"]:
                 try:
@@ -132,7 +134,6 @@ class Kthreadd:
         rt.main_prep = boot["main"]
         _runtime.install(rt)
         if boot["trace"]:
-            from .._core import trace as _trace
             _trace.setup(rt, boot["trace"])
         return rt
 
@@ -224,7 +225,7 @@ class Kthreadd:
         while self.spares:
             pid, wfd = self.spares.pop(0)
             try:
-                os.write(wfd, struct.pack("=II", idx, gen))
+                os.write(wfd, L.SPARE_MSG.pack(idx, gen))
                 return pid
             except OSError:
                 continue            # that spare died: try the next one
@@ -246,14 +247,12 @@ class Kthreadd:
             _kthread.after_fork(self.rt, self._child_closes() + (w,) +
                                 tuple(fd for _, fd in self.spares))
             _sys.set_comm("kproc-spare")
-            data = b""
-            while len(data) < 8:
-                chunk = os.read(r, 8 - len(data))
-                if not chunk:
-                    os._exit(0)                     # discarded
-                data += chunk
+            try:
+                idx, gen = read_record(r, L.SPARE_MSG)
+            except EOFError:
+                os._exit(0)                         # discarded
             os.close(r)
-            _kthread.kthread_main(self.rt, *struct.unpack("=II", data))
+            _kthread.kthread_main(self.rt, idx, gen)
             os._exit(1)
         os.close(r)
         self.spares.append((pid, w))
@@ -267,13 +266,10 @@ class Kthreadd:
 
     def _prepare_threadfn(self, idx, base):
         """Import threadfn's module here once, so that every later fork has it."""
-        from .body import read_blob
         try:
             _, fn_pickle, data_pickle = read_blob(self.arena, idx, base)
-            if (b"__main__" in fn_pickle or b"_main__" in data_pickle) and \
-                    not self.main_prepared:
-                self.main_prepared = True
-                _kthread.prepare_main(self.rt)
+            if b"__main__" in fn_pickle or b"_main__" in data_pickle:
+                prepare_main(self.rt)
             pickle.loads(fn_pickle)
         except BaseException:
             pass  # the kthread itself reports the failure to its creator
@@ -282,7 +278,6 @@ class Kthreadd:
         return (self.alive_fd, self.sig_r, self.sig_w)
 
     def _fail_create(self, base, err, text):
-        from .body import store_traceback
         mem, T = self.arena.mem, L.TASK
         if mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_FAILED) != \
                 L.HANDOFF_WAITING:
@@ -358,7 +353,6 @@ class Kthreadd:
                 if mem.cmpxchg32(base + T.handoff, handoff, L.HANDOFF_ABANDONED) == \
                         L.HANDOFF_PUBLISHED:
                     mem.fetch_or32(base + T.flags, L.KF_SHOULD_STOP)
-                    from .._sched.schedule import wake_up_process_raw
                     wake_up_process_raw(self.rt, base)
                 del self.inflight[idx]
         with arena.locked():
@@ -388,7 +382,6 @@ class Kthreadd:
             entry = self.children.pop(pid, None)
             if entry is not None:
                 self._record_exit(pid, status, *entry)
-        from .._core import trace as _trace
         if _trace.ENABLED:
             _trace.flush()
         os._exit(0)
@@ -404,3 +397,19 @@ def _drain(fd):
             pass
     except (BlockingIOError, InterruptedError):
         pass
+
+
+def read_record(fd, record):
+    """Read one fixed-size ``struct.Struct`` record from a pipe, whole.
+
+    A short read loops until the record is complete (a pipe may split a
+    write only past PIPE_BUF, but a signal may cut a read short).
+    Return: the unpacked tuple.  Raises: EOFError if the writer closed first.
+    """
+    data = b""
+    while len(data) < record.size:
+        chunk = os.read(fd, record.size - len(data))
+        if not chunk:
+            raise EOFError(f"pipe closed after {len(data)} of {record.size} bytes")
+        data += chunk
+    return record.unpack(data)

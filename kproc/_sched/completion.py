@@ -19,11 +19,12 @@ kthread_stop() can wake them (``_sched.notify_signal``).
 """
 
 import collections
-import math
 import os
+import pickle
 import time
 
 from .._core import layout as L
+from .._core.checks import check_seconds
 from .._core.errors import KthreadError, stale
 from .._core.runtime import get_runtime, current_runtime, TICK_NS
 from .task import TaskState
@@ -95,7 +96,6 @@ class Completion:
 def _restore_completion(runtime_id, idx, gen):
     rt = current_runtime()
     if rt is None or rt.runtime_id != runtime_id:
-        import pickle
         raise pickle.UnpicklingError("a kproc.Completion can only be unpickled in a "
                                      "process of the runtime that created it")
     c = Completion.__new__(Completion)
@@ -182,7 +182,7 @@ def wait_for_completion_timeout(c, timeout):
     Return: seconds left (> 0) if completed, 0 on timeout.
     Raises: ValueError for a negative/NaN timeout.
     """
-    _check_timeout(timeout)
+    check_seconds("timeout", timeout, infinite=True)
     off = _check(c)
     rt = c._rt
     start = time.monotonic()
@@ -224,13 +224,6 @@ def _live(c):
     def check():
         _check(c)
     return check
-
-
-def _check_timeout(timeout):
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
 
 
 def wait_at(rt, off, timeout, mode, peer=None):

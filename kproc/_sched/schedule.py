@@ -29,6 +29,8 @@ import math
 import time
 
 from .._core import layout as L
+from .._core.checks import check_seconds
+from .._core.runtime import current_runtime
 from .task import TaskState, TASK_NORMAL
 
 __all__ = ["wake_up_state", "wake_up_process_raw", "notify_signal", "need_current",
@@ -50,7 +52,6 @@ def need_current(fn_name):
 
     Raises: RuntimeError when not called from a kthread.
     """
-    from .._core.runtime import current_runtime
     rt = current_runtime()
     if rt is None or rt.self_base is None:
         raise RuntimeError(f"{fn_name}() must be called from a kthread (a process created "
@@ -170,13 +171,6 @@ def schedule():
     _sleep(rt, base, None)
 
 
-def _check_seconds(name, seconds):
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(seconds).__name__}")
-    if math.isnan(seconds) or seconds < 0:
-        raise ValueError(f"{name} must be >= 0 seconds, not {seconds}")
-
-
 def schedule_timeout(seconds):
     """schedule_timeout(): sleep in the current state for at most ``seconds``.
 
@@ -184,7 +178,7 @@ def schedule_timeout(seconds):
     ``math.inf`` sleeps like schedule() and returns inf.
     Raises: ValueError for a negative or NaN timeout; TypeError.
     """
-    _check_seconds("timeout", seconds)
+    check_seconds("timeout", seconds, infinite=True)
     rt, base = need_current("schedule_timeout")
     if math.isinf(seconds):
         _sleep(rt, base, None)
@@ -200,23 +194,16 @@ def schedule_timeout_interruptible(seconds):
 
     Context: kthread.  Return: seconds left, 0.0 on timeout.
     """
-    _check_seconds("timeout", seconds)
+    check_seconds("timeout", seconds, infinite=True)
     set_current_state(INTERRUPTIBLE)
     return schedule_timeout(seconds)
 
 
 def schedule_timeout_uninterruptible(seconds):
     """schedule_timeout() in TASK_UNINTERRUPTIBLE.  Context: kthread."""
-    _check_seconds("timeout", seconds)
+    check_seconds("timeout", seconds, infinite=True)
     set_current_state(UNINTERRUPTIBLE)
     return schedule_timeout(seconds)
-
-
-def _check_ms(ms):
-    if isinstance(ms, bool) or not isinstance(ms, (int, float)):
-        raise TypeError(f"msecs must be a number, not {type(ms).__name__}")
-    if math.isnan(ms) or ms < 0 or math.isinf(ms):
-        raise ValueError(f"msecs must be a finite number >= 0, not {ms}")
 
 
 def msleep(ms):
@@ -224,8 +211,7 @@ def msleep(ms):
 
     Context: kthread, or any process (where it is a plain sleep).
     """
-    _check_ms(ms)
-    from .._core.runtime import current_runtime
+    check_seconds("msecs", ms, unit="ms")
     rt = current_runtime()
     if rt is None or rt.self_base is None:
         time.sleep(ms / 1000)
@@ -241,8 +227,7 @@ def msleep_interruptible(ms):
     Context: kthread, or any process (a plain sleep there).
     Return: milliseconds left (int, rounded up), 0 if the sleep ran out.
     """
-    _check_ms(ms)
-    from .._core.runtime import current_runtime
+    check_seconds("msecs", ms, unit="ms")
     rt = current_runtime()
     if rt is None or rt.self_base is None:
         time.sleep(ms / 1000)

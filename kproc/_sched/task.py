@@ -16,6 +16,9 @@ import pickle
 
 from .._core import layout as L
 from .._core.errors import KthreadError
+from .._core.blobs import read_name, read_traceback
+from .._core.syscalls import comm_of
+from .._core.runtime import current_runtime
 
 __all__ = ["Task", "TaskState", "resolve", "TASK_STATES"]
 
@@ -72,13 +75,11 @@ class Task:
 
     @property
     def name(self):
-        from .._kthread.body import read_name
         self._check()
         return read_name(self._rt.arena, self._idx, self._base)
 
     @property
     def comm(self):
-        from .._core.syscalls import comm_of
         return comm_of(self.name)
 
     @property
@@ -92,7 +93,6 @@ class Task:
 
     @property
     def exception(self):
-        from .._kthread.body import read_traceback
         base = self._check()
         if L.unpack_field(self._rt.buf, base, L.TASK, "exit_kind") != L.EXIT_EXCEPTION:
             return None
@@ -124,7 +124,6 @@ class Task:
 
 
 def _restore_task(runtime_id, idx, gen):
-    from .._core.runtime import current_runtime
     rt = current_runtime()
     if rt is None or rt.runtime_id != runtime_id:
         raise pickle.UnpicklingError("a kproc.Task can only be unpickled in a process of "

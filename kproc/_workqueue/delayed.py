@@ -22,10 +22,10 @@ Mirrors: ``kthread_queue_delayed_work``, ``__kthread_queue_delayed_work``,
 ``kthread_delayed_work_timer_fn``, ``kthread_mod_delayed_work``.
 """
 
-import math
 import time
 
 from .._core import layout as L
+from .._core.checks import check_seconds
 from .lists import (Locked, insert_work, link_before, unlink, cancel_work_locked,
                       work_owner_check, work_worker_base, _same_runtime)
 from .handles import resolve_work, resolve_worker
@@ -43,11 +43,7 @@ def _wo(rt, idx1):
 
 def check_delay(delay):
     """Seconds -> ns.  Raises: TypeError, ValueError (negative, NaN, infinite)."""
-    if isinstance(delay, bool) or not isinstance(delay, (int, float)):
-        raise TypeError(f"delay must be a number of seconds, not {type(delay).__name__}")
-    if math.isnan(delay) or delay < 0 or math.isinf(delay):
-        raise ValueError(f"delay must be a finite number of seconds >= 0, not {delay}")
-    return int(delay * 1e9)
+    return int(check_seconds("delay", delay) * 1e9)
 
 
 def run_timers(lk, wake=True):

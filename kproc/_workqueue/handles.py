@@ -29,6 +29,7 @@ import pickle
 
 from .._core import layout as L
 from .._core.errors import KthreadError
+from .._core.funcref import pickle_function, prepare_main
 
 __all__ = ["KthreadWorker", "KthreadWork", "KthreadDelayedWork", "resolve_work",
            "resolve_worker", "drain_deferred_frees", "work_handle_for_exec",
@@ -48,10 +49,9 @@ def _runtime():
 
 
 def _pickle_func(func):
-    from .._kthread.control import _pickle_threadfn
     if not callable(func):
         raise TypeError(f"func must be callable, not {type(func).__name__}")
-    return _pickle_threadfn(func)
+    return pickle_function(func, "func")
 
 
 def _pickle_payload(func_pickle, data):
@@ -95,7 +95,6 @@ def _read_payload(rt, idx, base):
     try:
         return pickle.loads(func_pickle), pickle.loads(data_pickle)
     except (AttributeError, ImportError):
-        from .._kthread.body import prepare_main
         if b"__main__" not in func_pickle + data_pickle or not prepare_main(rt):
             raise
         return pickle.loads(func_pickle), pickle.loads(data_pickle)

@@ -110,7 +110,7 @@ def fast_paths(rt):
         if hasattr(mem, "wq_setup"):
             p = rt.arena.params
             mem.wq_setup([
-                p.works, p.WORK_BYTES, p.max_works, p.tasks, T.size, p.max_kthreads,
+                p.works, L.WORK.stride, p.max_works, p.tasks, T.size, p.max_kthreads,
                 K.size,
                 K.gen, K.lock, K.head, K.tail, K.thead, K.current, K.depth, K.task, K.task_gen,
                 W.gen, W.where, W.prev, W.next, W.worker, W.worker_gen, W.canceling,
@@ -226,7 +226,7 @@ def _trace_queue(rt, kbase, idx, base):
         pid = L.unpack_field(rt.buf, tbase, T, "pid")
         comm = _worker_comms.get((t, pid))
         if comm is None:
-            from .._kthread.body import read_name
+            from .._core.blobs import read_name
             comm = _worker_comms[(t, pid)] = read_name(rt.arena, t - 1, tbase)
     _trace.work_queue_work(pid, comm, _work_id(idx - 1, mem.load32(base + W.gen)),
                            _func_name(rt, idx), flow)

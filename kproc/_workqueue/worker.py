@@ -70,7 +70,7 @@ def kthread_worker_fn(worker):
     Raises: RuntimeError outside a kthread; TypeError.
     """
     from .._sched.schedule import need_current
-    from .._kthread.body import read_name
+    from .._core.blobs import read_name
     from .._core import syscalls as _sys
     from .. import _freezer
     rt, tbase = need_current("kthread_worker_fn")
