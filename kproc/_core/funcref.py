@@ -73,7 +73,7 @@ def prepare_main(rt):
     False if it already was or the caller has no main script to import.
     """
     global _main_prepared
-    prep = getattr(rt, "main_prep", None)
+    prep = rt.main_prep
     if _main_prepared or not prep:
         return False
     _main_prepared = True

@@ -20,6 +20,7 @@ Liveness: blocking waits tick every ``TICK_NS`` and call
 """
 
 import atexit
+import enum
 import errno
 import multiprocessing.spawn
 import os
@@ -39,7 +40,7 @@ from . import trace as _trace
 from .topology import Topology
 from .wait import FutexWaits, PosixWaits, POSIX_CHANNELS, default_spin_ns
 
-__all__ = ["Runtime", "start", "shutdown", "get_runtime", "current_runtime", "TICK_NS"]
+__all__ = ["Runtime", "Role", "start", "shutdown", "get_runtime", "current_runtime", "TICK_NS"]
 
 TICK_NS = 100_000_000          # how often a blocking wait checks its peers
 BACKENDS = {"futex": 1, "posix": 2}
@@ -51,40 +52,111 @@ _lock = threading.RLock()
 _runtime = None
 
 
+class Role(enum.Enum):
+    """What this process is in its runtime."""
+    OWNER = "owner"             # called start(); owns kthreadd and the alive pipe
+    KTHREADD = "kthreadd"
+    KTHREAD = "kthread"         # a child of kthreadd running a threadfn
+    FORKED = "forked"           # a plain fork of the owner: not part of the runtime
+
+
+class OwnerHandles:
+    """What only the owner holds: kthreadd's process and the alive pipe's write end.
+
+    Closing the write end is how the owner tells kthreadd to go (it reads
+    EOF, kills every kthread and exits); the same happens when the owner
+    dies, however it dies.
+    """
+
+    __slots__ = ("popen", "alive_w")
+
+    def __init__(self, popen, alive_w):
+        self.popen = popen
+        self.alive_w = alive_w
+
+    def kthreadd_dead(self):
+        """True once kthreadd has exited (and been reaped here)."""
+        return self.popen.poll() is not None
+
+    def close_alive(self):
+        """Close the alive pipe's write end (idempotent)."""
+        if self.alive_w is not None:
+            try:
+                os.close(self.alive_w)
+            except OSError:
+                pass
+            self.alive_w = None
+
+    def stop_kthreadd(self, timeout):
+        """Let kthreadd go and reap it, killing it after ``timeout`` seconds."""
+        self.close_alive()
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+
 class Runtime:
     """One process's handle on a runtime.  Use :func:`start` to make one.
 
-    Attributes: ``arena``, ``mem``, ``waits`` (backend), ``role``, ``wake_fd``
-    (kthreadd's eventfd), ``kthreadd_pid``, ``topology``, ``self_idx`` /
-    ``self_gen`` / ``self_base`` (kthreads only), ``trace`` (path or None).
+    Three parts, each set where the process learns it:
+
+    * the shared view, the same in every process: ``arena``, ``mem`` and
+      ``buf`` (its atomics and its mapping), ``waits`` (the backend),
+      ``topology``, ``wake_fd`` (kthreadd's eventfd), ``kthreadd_pid``,
+      ``trace`` (path or None), ``main_prep`` (how to import the caller's
+      ``__main__``, kthreadd and kthreads only);
+    * this process's ``role`` (:class:`Role`) and, in a kthread, its own
+      slot: ``self_idx`` / ``self_gen`` / ``self_base``;
+    * ``owner``: the :class:`OwnerHandles` (owner only, else None).
+
+    ``wq_fast`` caches the work-queue C fast paths of this process
+    (``kproc._workqueue``); ``closed`` is set by :meth:`shutdown`.
     """
 
-    def __init__(self, arena, waits, role, wake_fd, kthreadd_pid, topology, trace=None):
+    __slots__ = ("arena", "mem", "buf", "waits", "topology", "wake_fd", "kthreadd_pid",
+                 "trace", "main_prep", "role", "self_idx", "self_gen", "self_base",
+                 "owner", "wq_fast", "closed")
+
+    def __init__(self, arena, waits, role, wake_fd, kthreadd_pid, topology, trace=None,
+                 main_prep=None):
         self.arena = arena
         self.mem = arena.mem
         self.buf = arena.buf
         self.waits = waits
-        self.role = role
+        self.topology = topology
         self.wake_fd = wake_fd
         self.kthreadd_pid = kthreadd_pid
-        self.topology = topology
         self.trace = trace
+        self.main_prep = main_prep
+        self.role = role
         self.self_idx = None
         self.self_gen = None
         self.self_base = None
-        self.popen = None          # owner: the kthreadd process
-        self.alive_w = None        # owner: write end of the alive pipe
+        self.owner = None
+        self.wq_fast = None
         self.closed = False
-        self.local = threading.local()
 
     @property
     def runtime_id(self):
+        """The runtime's random 63-bit identity (handles carry it when pickled)."""
         return self.arena.runtime_id
 
     @property
     def backend(self):
         """Name of the wait backend, ``"futex"`` or ``"posix"``."""
         return self.waits.name
+
+    def become_kthread(self, idx, gen):
+        """Turn kthreadd's view, inherited by fork, into kthread ``idx``'s.
+
+        Context: a child of kthreadd, right after fork.  Return: its slot offset.
+        """
+        self.role = Role.KTHREAD
+        self.self_idx, self.self_gen = idx, gen
+        self.self_base = self.arena.task_off(idx)
+        return self.self_base
 
     # -- liveness ----------------------------------------------------------------
 
@@ -95,13 +167,13 @@ class Runtime:
         """
         if self.closed:
             raise KthreadError(errno.ESRCH, "the kproc runtime was shut down")
-        if self.role == "owner":
-            dead = self.popen.poll() is not None
-        elif self.role == "kthread":
+        if self.role is Role.OWNER:
+            dead = self.owner.kthreadd_dead()
+        elif self.role is Role.KTHREAD:
             dead = os.getppid() != self.kthreadd_pid
         else:
             dead = False
-        if not dead and self.mem.load32(L.HEADER.alive) == 0 and self.role != "kthreadd":
+        if not dead and self.mem.load32(L.HEADER.alive) == 0 and self.role is not Role.KTHREADD:
             dead = True
         if dead:
             raise KthreadError(errno.ESRCH, "kthreadd died: the kproc runtime is gone")
@@ -133,19 +205,12 @@ class Runtime:
         """
         if self.closed:
             return
-        if self.role != "owner":
+        if self.role is not Role.OWNER:
             raise KthreadError(errno.EPERM, "only the process that called kproc.start() "
                                "can shut the runtime down")
         self.closed = True
         try:
-            if self.alive_w is not None:
-                os.close(self.alive_w)
-                self.alive_w = None
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-                self.popen.wait()
+            self.owner.stop_kthreadd(timeout)
             if self.trace:
                 _trace.merge(self.trace)
         finally:
@@ -161,7 +226,7 @@ class Runtime:
         self.shutdown()
 
     def __repr__(self):
-        return (f"<kproc.Runtime {self.role} backend={self.backend} "
+        return (f"<kproc.Runtime {self.role.value} backend={self.backend} "
                 f"kthreadd={self.kthreadd_pid}{' closed' if self.closed else ''}>")
 
 
@@ -293,7 +358,6 @@ def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, t
             "sem_names": sem_names,
             "sysfs_root": sysfs_root,
             "trace": trace,
-            "owner_pid": os.getpid(),
         }
         fdargs = dict(arena=arena.fd, wake=wake_fd, alive=alive_r, boot=boot_r, ready=ready_w)
         code = ("import sys; sys.path.insert(0, {!r}); import kproc._kthread.kthreadd as k; "
@@ -322,11 +386,10 @@ def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, t
         arena.close()
         raise
     _unlink_semaphores(sem_names)
-    rt = Runtime(arena, waits, "owner", wake_fd, popen.pid, topology, trace)
+    rt = Runtime(arena, waits, Role.OWNER, wake_fd, popen.pid, topology, trace)
+    rt.owner = OwnerHandles(popen, alive_w)
     if trace:
         _trace.setup(rt, trace)
-    rt.popen = popen
-    rt.alive_w = alive_w
     atexit.register(_atexit_shutdown, rt)
     return rt
 
@@ -381,7 +444,7 @@ def _unlink_semaphores(names):
 
 
 def _atexit_shutdown(rt):
-    if not rt.closed and rt.role == "owner" and rt.popen is not None:
+    if not rt.closed and rt.role is Role.OWNER:
         try:
             rt.shutdown()
         except Exception:
@@ -403,16 +466,10 @@ def _after_fork_in_child():
     # keep the owner's alive pipe open (kthreadd would outlive the owner).
     global _runtime
     rt = _runtime
-    if rt is None or rt.role not in ("owner",):
+    if rt is None or rt.role is not Role.OWNER:
         return
-    if rt.alive_w is not None:
-        try:
-            os.close(rt.alive_w)
-        except OSError:
-            pass
-        rt.alive_w = None
-    rt.role = "forked"
-    _runtime = rt
+    rt.owner.close_alive()
+    rt.role = Role.FORKED
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -53,7 +53,7 @@ def setup(rt, path):
     _pid = os.getpid()
     _buf.clear()
     ENABLED = True
-    name_process(rt.role if rt.role != "owner" else "kproc caller")
+    name_process("kproc caller" if rt.role.value == "owner" else rt.role.value)
 
 
 def after_fork():

@@ -75,9 +75,7 @@ def kthread_main(rt, idx, gen):
     global _self_data
     try:
         arena = rt.arena
-        base = arena.task_off(idx)
-        rt.role = "kthread"
-        rt.self_idx, rt.self_gen, rt.self_base = idx, gen, base
+        base = rt.become_kthread(idx, gen)
         install(rt)
         name, fn_pickle, data_pickle = read_blob(arena, idx, base)
         _sys.set_comm(name)

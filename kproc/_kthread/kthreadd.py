@@ -128,10 +128,9 @@ class Kthreadd:
             waits = PosixWaits(mem, sems, L.HEADER.posix_waiters)
         else:
             waits = FutexWaits(mem, mem.load32(L.HEADER.spin_ns))
-        rt = _runtime.Runtime(self.arena, waits, "kthreadd", self.wake_fd, os.getpid(),
-                              Topology(boot["sysfs_root"]), boot["trace"])
-        rt.owner_pid = boot["owner_pid"]
-        rt.main_prep = boot["main"]
+        rt = _runtime.Runtime(self.arena, waits, _runtime.Role.KTHREADD, self.wake_fd,
+                              os.getpid(), Topology(boot["sysfs_root"]), boot["trace"],
+                              boot["main"])
         _runtime.install(rt)
         if boot["trace"]:
             _trace.setup(rt, boot["trace"])

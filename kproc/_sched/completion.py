@@ -20,13 +20,13 @@ kthread_stop() can wake them (``_sched.notify_signal``).
 
 import collections
 import os
-import pickle
 import time
 
 from .._core import layout as L
 from .._core.checks import check_seconds
 from .._core.errors import KthreadError, stale
-from .._core.runtime import get_runtime, current_runtime, TICK_NS
+from .._core.handle import Handle
+from .._core.runtime import get_runtime, TICK_NS
 from .task import TaskState
 
 __all__ = ["Completion", "init_completion", "reinit_completion", "complete", "complete_all",
@@ -43,15 +43,15 @@ T = L.TASK
 _pending_free = collections.deque()
 
 
-class Completion:
+class Completion(Handle):
     """A completion in shared memory (DECLARE_COMPLETION / init_completion).
 
     Picklable: any process of the runtime can complete or wait on it.
     Raises (constructor): KthreadError(ENOMEM) when the pool is full.
     """
 
-    __slots__ = ("_rt", "_idx", "_gen", "_off", "_gen_off", "_owner", "_complete",
-                 "_wait", "_spin", "__weakref__")
+    __slots__ = ("_off", "_gen_off", "_owner", "_complete", "_wait", "_spin", "__weakref__")
+    _what = "completion"
 
     def __init__(self):
         rt = get_runtime()
@@ -82,9 +82,6 @@ class Completion:
         except AttributeError:
             pass
 
-    def __reduce__(self):
-        return (_restore_completion, (self._rt.runtime_id, self._idx, self._gen))
-
     def __repr__(self):
         try:
             done = self._rt.mem.load32(_check(self))
@@ -93,15 +90,12 @@ class Completion:
             return "<Completion (stale)>"
 
 
-def _restore_completion(runtime_id, idx, gen):
-    rt = current_runtime()
-    if rt is None or rt.runtime_id != runtime_id:
-        raise pickle.UnpicklingError("a kproc.Completion can only be unpickled in a "
-                                     "process of the runtime that created it")
-    c = Completion.__new__(Completion)
-    c._bind(rt, idx, gen, rt.arena.comp_slot_off(idx) + L.USERCOMP.comp)
-    c._owner = None
-    return c
+    @classmethod
+    def _attach(cls, rt, idx, gen):
+        c = cls.__new__(cls)
+        c._bind(rt, idx, gen, rt.arena.comp_slot_off(idx) + L.USERCOMP.comp)
+        c._owner = None
+        return c
 
 
 def _check(c):

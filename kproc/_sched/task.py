@@ -11,14 +11,12 @@ dead and reaped, and nobody pins it with ``get_task_struct()``; until then
 """
 
 import enum
-import errno
-import pickle
 
 from .._core import layout as L
 from .._core.errors import KthreadError
+from .._core.handle import Handle
 from .._core.blobs import read_name, read_traceback
 from .._core.syscalls import comm_of
-from .._core.runtime import current_runtime
 
 __all__ = ["Task", "TaskState", "resolve", "TASK_STATES"]
 
@@ -38,14 +36,7 @@ TASK_STATES = {s.value: s for s in TaskState}
 TASK_NORMAL = TaskState.TASK_INTERRUPTIBLE | TaskState.TASK_UNINTERRUPTIBLE
 
 
-class KthreadBit(enum.IntEnum):
-    """Bit numbers of enum KTHREAD_BITS."""
-    KTHREAD_IS_PER_CPU = 0
-    KTHREAD_SHOULD_STOP = 1
-    KTHREAD_SHOULD_PARK = 2
-
-
-class Task:
+class Task(Handle):
     """Handle on a kthread.  Attributes read live from shared memory.
 
     ``pid``, ``comm`` (name cut to 15 bytes), ``name`` (full name), ``cpu``,
@@ -54,13 +45,18 @@ class Task:
     once it has exited, else None).
     """
 
-    __slots__ = ("_rt", "_idx", "_gen", "_base")
+    __slots__ = ("_base",)
+    _what = "task"
 
     def __init__(self, rt, idx, gen):
         self._rt = rt
         self._idx = idx
         self._gen = gen
         self._base = rt.arena.task_off(idx)
+
+    @classmethod
+    def _attach(cls, rt, idx, gen):
+        return cls(rt, idx, gen)
 
     def _check(self):
         return self._rt.arena.check_task(self._idx, self._gen)
@@ -105,30 +101,12 @@ class Task:
             return None
         return self._rt.mem.load64(base + L.TASK.result)
 
-    def __reduce__(self):
-        return (_restore_task, (self._rt.runtime_id, self._idx, self._gen))
-
-    def __eq__(self, other):
-        return (isinstance(other, Task) and other._rt is self._rt
-                and other._idx == self._idx and other._gen == self._gen)
-
-    def __hash__(self):
-        return hash((self._rt.runtime_id, self._idx, self._gen))
-
     def __repr__(self):
         try:
             state = TASK_STATES.get(self._field("state"), "?")
             return f"<Task {self.name!r} pid={self.pid} {getattr(state, 'name', state)}>"
         except KthreadError:
             return f"<Task slot={self._idx} gen={self._gen} (stale)>"
-
-
-def _restore_task(runtime_id, idx, gen):
-    rt = current_runtime()
-    if rt is None or rt.runtime_id != runtime_id:
-        raise pickle.UnpicklingError("a kproc.Task can only be unpickled in a process of "
-                                     "the runtime that created it")
-    return Task(rt, idx, gen)
 
 
 def resolve(task, what="task"):
@@ -139,7 +117,4 @@ def resolve(task, what="task"):
     """
     if not isinstance(task, Task):
         raise TypeError(f"{what} must be a kproc.Task, not {type(task).__name__}")
-    rt = task._rt
-    if rt.closed:
-        raise KthreadError(errno.ESRCH, "the task's kproc runtime was shut down")
-    return rt, task._check()
+    return task._live_runtime(), task._check()

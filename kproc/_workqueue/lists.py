@@ -103,7 +103,7 @@ def fast_paths(rt):
     Set up once per runtime and process: the C side learns where workers,
     works and tasks live (``Mem.wq_setup``).
     """
-    fp = getattr(rt, "_wq_fast", None)
+    fp = rt.wq_fast
     if fp is None:
         mem = rt.mem
         fp = (None, None)
@@ -119,7 +119,7 @@ def fast_paths(rt):
                 L.ON_WORKLIST, L.WK_FLUSH, L.WF_ORPHAN, int(TASK_NORMAL),
                 K.ttail, K.ndelayed, W.expires, W.flushers])
             fp = (mem.work_queue, mem.work_pop)
-        rt._wq_fast = fp
+        rt.wq_fast = fp
     return fp
 
 
@@ -305,7 +305,7 @@ def kthread_queue_work(worker, work):
     # armed, tracing off.  Everything else goes through _queue_work_checked().
     try:
         rt = worker._rt
-        cq = rt._wq_fast[0] if hasattr(rt, "_wq_fast") else fast_paths(rt)[0]
+        cq = (rt.wq_fast or fast_paths(rt))[0]
         if cq is not None and type(worker) is KthreadWorker and work._rt is rt and \
                 isinstance(work, KthreadWork) and not rt.closed and not _trace.ENABLED:
             r = cq(worker._off, work._off, worker._idx + 1, worker._gen, work._gen,

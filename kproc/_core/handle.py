@@ -1,0 +1,61 @@
+"""The base of every handle on an arena slot: Task, Completion, works, workers.
+
+A handle names one slot by (runtime, index, generation).  What every handle
+does the same way lives here, once:
+
+* pickling by (runtime id, index, generation), restored only in a process of
+  the same runtime (anything else raises ``pickle.UnpicklingError``);
+* equality and hashing by (kind, runtime, index, generation), so two handles
+  on the same occupant of a slot are equal, and a handle on a recycled slot's
+  new occupant is not;
+* the "runtime was shut down" error.
+
+Each subclass says how to rebuild a handle in another process
+(:meth:`Handle._attach`) and checks its own generation word on every use,
+since each table keeps it in its own record.  Runs in every process.
+"""
+
+import errno
+import pickle
+
+from .errors import KthreadError
+from .runtime import current_runtime
+
+__all__ = ["Handle"]
+
+
+class Handle:
+    """A (runtime, slot index, generation) triple with identity semantics."""
+
+    __slots__ = ("_rt", "_idx", "_gen")
+    _what = "handle"            # how errors name it: "task", "work", ...
+
+    @classmethod
+    def _attach(cls, rt, idx, gen):
+        """Make a handle on slot ``idx`` of generation ``gen`` of ``rt`` (not owning it)."""
+        raise NotImplementedError
+
+    def _live_runtime(self):
+        """This handle's runtime.  Raises: KthreadError(ESRCH) once it was shut down."""
+        rt = self._rt
+        if rt.closed:
+            raise KthreadError(errno.ESRCH, f"the {self._what}'s kproc runtime was shut down")
+        return rt
+
+    def __reduce__(self):
+        return (_restore_handle, (type(self), self._rt.runtime_id, self._idx, self._gen))
+
+    def __eq__(self, other):
+        return (type(other) is type(self) and other._rt is self._rt
+                and other._idx == self._idx and other._gen == self._gen)
+
+    def __hash__(self):
+        return hash((type(self).__name__, self._rt.runtime_id, self._idx, self._gen))
+
+
+def _restore_handle(cls, runtime_id, idx, gen):
+    rt = current_runtime()
+    if rt is None or rt.runtime_id != runtime_id:
+        raise pickle.UnpicklingError(f"a kproc.{cls.__name__} can only be unpickled in a "
+                                     "process of the runtime that created it")
+    return cls._attach(rt, idx, gen)
