@@ -9,9 +9,12 @@ mechanisms live in the private ``kproc._*`` modules, one per mechanism.
 from ._core.errors import KthreadError, KernelWarning
 from ._core.runtime import Runtime, start, shutdown
 from ._sched.task import Task, TaskState
-from ._kthread.control import (
+from ._kthread.create import (
     NUMA_NO_NODE, kthread_create, kthread_create_on_node, kthread_create_on_cpu,
-    kthread_run, kthread_run_on_cpu, wake_up_process, kthread_bind, kthread_bind_mask,
+    kthread_run, kthread_run_on_cpu,
+)
+from ._kthread.control import (
+    wake_up_process, kthread_bind, kthread_bind_mask,
     kthread_affine_preferred, kthread_stop, kthread_stop_put, kthread_park,
     kthread_unpark, kthread_set_per_cpu, kthread_is_per_cpu, kthread_data,
     kthread_probe_data, kthread_func, get_kthread_comm, get_task_struct,

@@ -93,7 +93,7 @@ def ensure_cpuhp(rt):
     Context: any process of the runtime but cpuhp; blocks (one kthread
     creation the first time).  Raises: KthreadError from the creation.
     """
-    from .._kthread.control import kthread_run
+    from .._kthread.create import kthread_run
     mem, hp = rt.mem, hp_base(rt)
     deadline = time.monotonic() + START_TIMEOUT
     while True:

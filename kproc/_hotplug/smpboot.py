@@ -223,7 +223,8 @@ class Smpboot:
 
     def _create(self, slot, ht, cpu):
         """__smpboot_create_thread(): create parked, store, create(cpu)."""
-        from .._kthread.control import kthread_create_on_cpu, kthread_park, kthread_set_per_cpu
+        from .._kthread.create import kthread_create_on_cpu
+        from .._kthread.control import kthread_park, kthread_set_per_cpu
         from .cpuhp import invoke
         if ht.task(cpu) is not None:
             return 0

@@ -1,12 +1,9 @@
-"""Creating and controlling kthreads from any process (kernel: kthread.c).
+"""Controlling kthreads from any process (kernel: kthread.c).
 
-The public functions validate every argument before anything is changed or
-forked, then follow kthread.c 6.15 step by step:
+The public functions validate every argument before anything is changed,
+then follow kthread.c 6.15 step by step (creation is in ``create``):
 
-* create: queue a request on the create list, wake kthreadd, wait for
-  ``done``; a caller interrupted meanwhile abandons the request with the
-  hand-off word, so the child exits instead of living on as an orphan
-  (``__kthread_create_on_node``).
+* wake: ``wake_up_process``, the first one starting threadfn.
 * bind / affine_preferred: only on a kthread still asleep in its first
   TASK_UNINTERRUPTIBLE (``wait_task_inactive``), else ``KernelWarning``.
 * park: SHOULD_PARK, wake, wait ``parked``, then wait until the kthread is
@@ -15,215 +12,44 @@ forked, then follow kthread.c 6.15 step by step:
 
 Every wait watches its peers: kthreadd (``Runtime.check_alive``) and the
 target kthread (its slot turning dead), so nobody hangs on a dead process.
+
+Runs in the caller (any process of the runtime).
 """
 
 import errno
-import os
 import pickle
 import time
 
 from .._core import layout as L
-from .._core.blobs import read_blob, read_name, read_traceback, write_blob
+from .._core.blobs import read_blob, read_name
 from .._core.checks import check_cpu, check_int, check_mask
-from .._core.funcref import pickle_data, pickle_function
 from .._sched import schedule as _sched
 from .._core import trace as _trace
 from .affinity import apply_mask, fetch_affinity, record_mask
 from .body import self_data
-from .._core.arena import TableFull
 from .._sched.completion import wait_at
 from .._core.errors import KthreadError, kernel_warn
-from .._core.runtime import get_runtime
-from .._sched.task import Task, TaskState, resolve
+from .._sched.task import TaskState, resolve
 from .._sched.task import TASK_STATES
 from .._freezer import kick_frozen
 
-__all__ = ["kthread_create", "kthread_create_on_node", "kthread_create_on_cpu", "kthread_run",
-           "kthread_run_on_cpu", "wake_up_process", "kthread_bind", "kthread_bind_mask",
+__all__ = ["wake_up_process", "kthread_bind", "kthread_bind_mask",
            "kthread_affine_preferred", "kthread_stop", "kthread_stop_put", "kthread_park",
            "kthread_unpark", "kthread_set_per_cpu", "kthread_is_per_cpu", "kthread_data",
            "kthread_probe_data", "kthread_func", "get_kthread_comm", "get_task_struct",
-           "put_task_struct", "task_state", "NUMA_NO_NODE"]
+           "put_task_struct", "task_state"]
 
-NUMA_NO_NODE = -1
 T = L.TASK
 INACTIVE_TIMEOUT = 1.0
 
 
-# -- argument checks -----------------------------------------------------------------
-
-def format_name(namefmt, args):
-    """Format a printf-style kthread name (``namefmt % args``).
-
-    Raises: TypeError / ValueError with a clear message on a bad format.
-    """
-    if not isinstance(namefmt, str):
-        raise TypeError(f"namefmt must be a str, not {type(namefmt).__name__}")
-    try:
-        name = namefmt % tuple(args)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"bad kthread name format {namefmt!r} for arguments "
-                         f"{tuple(args)!r}: {exc}") from None
-    raw = name.encode("utf-8")
-    if len(raw) > L.NAME_MAX:
-        raise ValueError(f"kthread name is {len(raw)} bytes; at most {L.NAME_MAX}")
-    if "\0" in name:
-        raise ValueError("kthread name must not contain NUL")
-    return name, raw
-
-
-def _check_node(rt, node):
-    check_int("node", node)
-    if node != NUMA_NO_NODE:
-        nodes = rt.topology.nodes()
-        if node not in nodes:
-            raise ValueError(f"node {node} does not exist (nodes: {sorted(nodes)})")
-
-
-# -- creation ------------------------------------------------------------------------
-
-def kthread_create_on_node(threadfn, data, node, namefmt, *args):
-    """kthread_create_on_node(): create a kthread, asleep until woken.
-
-    @threadfn: ``threadfn(data) -> int``, a module-level function (passed by
-    reference).  @data: any picklable object.  @node: NUMA node whose CPUs the
-    kthread prefers after its first wake-up, or NUMA_NO_NODE.  @namefmt, @args:
-    printf-style name (``namefmt % args``).
-
-    Context: any process of the runtime; blocks until the kthread exists.
-    Return: its Task, asleep in TASK_UNINTERRUPTIBLE: wake it with
-    wake_up_process(), or stop it (its result is then -EINTR).
-    Raises: TypeError / ValueError on bad arguments (before anything is done);
-    KthreadError(ENOMEM) when the task table is full; KthreadError(EINVAL) when
-    the kthread could not load threadfn or data; KthreadError(ESRCH) if
-    kthreadd died.
-    """
-    fn_pickle = pickle_function(threadfn)
-    data_pickle = pickle_data(data)
-    name, raw = format_name(namefmt, args)
-    size = len(fn_pickle) + len(data_pickle) + L.FN_LEN.size
-    if size > L.PAYLOAD_MAX:
-        raise ValueError(f"threadfn and data pickle to {size} bytes; a kthread can be "
-                         f"given at most {L.PAYLOAD_MAX}: pass a path or a key instead")
-    rt = get_runtime()
-    _check_node(rt, node)
-    rt.check_alive()
-    return _create(rt, raw, fn_pickle, data_pickle, node)
-
-
-def _create(rt, raw_name, fn_pickle, data_pickle, node):
-    arena, mem = rt.arena, rt.mem
-    with arena.locked():
-        idx, gen = _alloc_task(rt)
-        base = arena.task_off(idx)
-        write_blob(arena, idx, base, raw_name, fn_pickle, data_pickle)
-        L.pack_field(rt.buf, base, T, "node", node)
-        L.pack_field(rt.buf, base, T, "creator", os.getpid())
-        mem.store64(base + T.create_ns, time.monotonic_ns())
-        mem.store32(base + T.state, TaskState.TASK_NEW)
-        mem.store32(base + T.refs, 1)              # the creator's pin until published
-        tail = arena.hget("create_tail")
-        if tail:
-            mem.store32(arena.task_off(tail - 1) + T.next, idx + 1)
-        else:
-            arena.hset("create_head", idx + 1)
-        arena.hset("create_tail", idx + 1)
-    rt.wake_kthreadd()
-    task = Task(rt, idx, gen)
-    try:
-        wait_at(rt, base + T.done, None, "killable")
-    except BaseException:
-        _abandon(rt, base, task)
-        raise
-    mem.fetch_add32(base + T.refs, -1)
-    if mem.cmpxchg32(base + T.handoff, L.HANDOFF_PUBLISHED, L.HANDOFF_TAKEN) != \
-            L.HANDOFF_PUBLISHED:
-        err = -mem.load64(base + T.result) or errno.EAGAIN
-        text = read_traceback(arena, idx, base) or "kthread creation failed"
-        raise KthreadError(err, text)
-    if _trace.ENABLED:
-        _trace_event(rt, base, idx, "create", creator=os.getpid())
-    return task
-
-
-def _pid_comm(rt, base, idx):
+def pid_comm(rt, base, idx):
     """The pid and name of the kthread in slot ``idx``, for trace events."""
     return L.unpack_field(rt.buf, base, T, "pid"), read_name(rt.arena, idx, base)
 
 
-def _trace_event(rt, base, idx, event, **args):
-    _trace.lifecycle(event, *_pid_comm(rt, base, idx), **args)
-
-
-def _alloc_task(rt):
-    """alloc_task(), waiting out slots whose kthread exited but is not reaped yet.
-
-    kthread_stop() returns as soon as the kthread has exited; kthreadd reaps
-    it a moment later.  A full table with such a slot is only briefly full.
-    Context: arena lock held (released while waiting).
-    """
-    deadline = time.monotonic() + 1.0
-    while True:
-        try:
-            return rt.arena.alloc_task()
-        except TableFull as exc:
-            if not exc.exiting or time.monotonic() > deadline:
-                raise
-        rt.mem.mutex_unlock(rt.arena.lock_off)
-        try:
-            time.sleep(0.0005)
-        finally:
-            rt.mem.mutex_lock(rt.arena.lock_off)
-
-
-def _abandon(rt, base, task):
-    """The creator is leaving (an exception while waiting): give up the request."""
-    mem = rt.mem
-    prev = mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_ABANDONED)
-    mem.fetch_add32(base + T.refs, -1)
-    if prev == L.HANDOFF_PUBLISHED:
-        # Too late: the kthread exists, asleep and never woken; stop it.
-        try:
-            _stop(rt, base)
-        except KthreadError:
-            pass
-
-
-def kthread_create(threadfn, data, namefmt, *args):
-    """kthread_create(): kthread_create_on_node() with NUMA_NO_NODE.  See there."""
-    return kthread_create_on_node(threadfn, data, NUMA_NO_NODE, namefmt, *args)
-
-
-def kthread_create_on_cpu(threadfn, data, cpu, namefmt):
-    """kthread_create_on_cpu(): create a kthread bound to ``cpu``.
-
-    @namefmt: a name with (at most) one ``%u``, filled with the CPU number.
-    The CPU must be possible and may be offline (the binding then applies when
-    it comes up).  Context: any.  Return: the Task, asleep until woken.
-    Raises: as kthread_create_on_node(); ValueError for a CPU that is not possible.
-    """
-    rt = get_runtime()
-    check_cpu(rt.topology, cpu)
-    fmt_args = (cpu,) if isinstance(namefmt, str) and "%" in namefmt else ()
-    task = kthread_create_on_node(threadfn, data, rt.topology.cpu_to_node(cpu), namefmt,
-                                  *fmt_args)
-    kthread_bind(task, cpu)
-    L.pack_field(rt.buf, task._base, T, "cpu", cpu)
-    return task
-
-
-def kthread_run(threadfn, data, namefmt, *args):
-    """kthread_run(): kthread_create() then wake_up_process().  Return: the Task."""
-    task = kthread_create(threadfn, data, namefmt, *args)
-    wake_up_process(task)
-    return task
-
-
-def kthread_run_on_cpu(threadfn, data, cpu, namefmt):
-    """kthread_run_on_cpu(): kthread_create_on_cpu() then wake_up_process()."""
-    task = kthread_create_on_cpu(threadfn, data, cpu, namefmt)
-    wake_up_process(task)
-    return task
+def trace_event(rt, base, idx, event, **args):
+    _trace.lifecycle(event, *pid_comm(rt, base, idx), **args)
 
 
 # -- waking and binding ----------------------------------------------------------------
@@ -238,7 +64,7 @@ def wake_up_process(task):
     rt, base = resolve(task)
     woken = _sched.wake_up_process_raw(rt, base)
     if woken and _trace.ENABLED:
-        _trace_event(rt, base, task._idx, "wake")
+        trace_event(rt, base, task._idx, "wake")
     return woken
 
 
@@ -385,7 +211,7 @@ def kthread_park(task):
             return -errno.ENOSYS
         kernel_warn("kthread_park(): kthread did not go to sleep parked", stacklevel=3)
     if _trace.ENABLED:
-        _trace_event(rt, base, task._idx, "park")
+        trace_event(rt, base, task._idx, "park")
     return 0
 
 
@@ -396,7 +222,7 @@ def kthread_unpark(task):
     """
     rt, base = resolve(task)
     if _trace.ENABLED and rt.mem.load32(base + T.flags) & L.KF_SHOULD_PARK:
-        _trace_event(rt, base, task._idx, "unpark")
+        trace_event(rt, base, task._idx, "unpark")
     _unpark(rt, base)
 
 
@@ -415,7 +241,7 @@ def _unpark(rt, base):
     _sched.wake_up_state(rt, base, TaskState.TASK_PARKED)
 
 
-def _stop(rt, base):
+def request_stop(rt, base):
     mem = rt.mem
     mem.fetch_add32(base + T.refs, 1)
     try:
@@ -450,10 +276,10 @@ def kthread_stop(task):
         raise KthreadError(errno.EDEADLK, "kthread_stop() on the calling kthread would "
                            "wait for itself; return from threadfn or call kthread_exit()")
     if not _trace.ENABLED:
-        return _stop(rt, base)
-    pid, comm = _pid_comm(rt, base, task._idx)
+        return request_stop(rt, base)
+    pid, comm = pid_comm(rt, base, task._idx)
     _trace.kthread_stop(pid, comm)
-    ret = _stop(rt, base)
+    ret = request_stop(rt, base)
     _trace.kthread_stop_ret(ret, pid)
     return ret
 

@@ -106,7 +106,8 @@ def kthread_create_worker_on_node(flags, node, namefmt, *args):
     Raises: TypeError/ValueError (bad flags, node, name); KthreadError(ENOMEM)
     (tables full), or what kthread_create_on_node() raises.
     """
-    from .._kthread.control import kthread_create_on_node, wake_up_process
+    from .._kthread.create import kthread_create_on_node
+    from .._kthread.control import wake_up_process
     _check_flags(flags)
     worker = KthreadWorker()
     task = _attach_task(worker, flags,
@@ -142,7 +143,7 @@ def kthread_create_worker(flags, namefmt, *args):
 
     Context, Return, Raises: as kthread_create_worker_on_node().
     """
-    from .._kthread.control import NUMA_NO_NODE
+    from .._kthread.create import NUMA_NO_NODE
     return kthread_create_worker_on_node(flags, NUMA_NO_NODE, namefmt, *args)
 
 
@@ -155,7 +156,8 @@ def kthread_create_worker_on_cpu(cpu, flags, namefmt):
     Raises: ValueError (CPU not possible, bad name, bad flags); TypeError;
     KthreadError(ENOMEM).
     """
-    from .._kthread.control import kthread_create_on_node, kthread_bind, wake_up_process
+    from .._kthread.create import kthread_create_on_node
+    from .._kthread.control import kthread_bind, wake_up_process
     from .._core.runtime import get_runtime
     _check_flags(flags)
     rt = get_runtime()
