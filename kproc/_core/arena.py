@@ -34,6 +34,7 @@ from . import layout as L
 from .errors import KthreadError, stale
 from .native import load_mem_class
 from .pymem import PyMem
+from .slots import SlotTable, next_gen
 
 __all__ = ["Arena", "ArenaParams"]
 
@@ -94,6 +95,12 @@ class Arena:
         self.params = params
         self.runtime_id = mem.load64(L.HEADER.runtime_id) & 0xFFFFFFFFFFFFFFFF
         self.lock_off = L.HEADER.lock
+        self.completions = SlotTable(self, params.comps, L.USERCOMP, params.max_completions,
+                                     "comp_hint", "completion")
+        self.workers = SlotTable(self, params.workers, L.WORKER, params.max_kthreads,
+                                 "worker_hint", "worker", " (start the runtime with a "
+                                 "larger max_kthreads)")
+        self.works = SlotTable(self, params.works, L.WORK, params.max_works, None, "work")
 
     # -- creation and attachment -------------------------------------------------
 
@@ -218,7 +225,7 @@ class Arena:
     def _claim_task(self, idx):
         base = self.task_off(idx)
         mem, T = self.mem, L.TASK
-        gen = (mem.load32(base + T.gen) + 1) & 0xFFFFFFFF or 1
+        gen = next_gen(mem.load32(base + T.gen))
         self.buf[base:base + T.size] = bytes(T.size)
         mem.store32(base + T.gen, gen)
         mem.store32(base + T.slot, L.SLOT_CREATING)
@@ -245,38 +252,20 @@ class Arena:
     # -- user completion pool -----------------------------------------------------
 
     def comp_slot_off(self, idx):
-        return self.params.comps + idx * L.USERCOMP.size
+        """Byte offset of user completion slot ``idx``."""
+        return self.completions.off(idx)
 
     def alloc_completion(self, owner_pid):
         """Take a free completion slot.  Return (index, generation, completion offset).
 
         Raises: KthreadError(ENOMEM) when the pool is exhausted.
         """
-        mem, U, n = self.mem, L.USERCOMP, self.params.max_completions
-        with self.locked():
-            hint = self.hget("comp_hint")
-            for i in range(n):
-                idx = (hint + i) % n
-                base = self.comp_slot_off(idx)
-                if mem.load32(base + U.inuse) == 0:
-                    self.hset("comp_hint", (idx + 1) % n)
-                    gen = (mem.load32(base + U.gen) + 1) & 0xFFFFFFFF or 1
-                    self.buf[base + U.comp:base + U.comp + L.COMPLETION.size] = \
-                        bytes(L.COMPLETION.size)
-                    mem.store32(base + U.gen, gen)
-                    L.pack_field(self.buf, base, U, "owner", owner_pid)
-                    mem.store32(base + U.inuse, 1)
-                    return idx, gen, base + U.comp
-        raise KthreadError(12, f"completion pool full ({n} completions in use)")
+        idx, gen = self.completions.alloc(owner_pid)
+        return idx, gen, self.completions.off(idx) + L.USERCOMP.comp
 
     def free_completion(self, idx, gen):
         """Release a completion slot if (idx, gen) still owns it."""
-        base = self.comp_slot_off(idx)
-        mem = self.mem
-        with self.locked():
-            if mem.load32(base + L.USERCOMP.gen) == gen:
-                mem.store32(base + L.USERCOMP.inuse, 0)
-                mem.store32(base + L.USERCOMP.gen, (gen + 1) & 0xFFFFFFFF or 1)
+        self.completions.free(idx, gen)
 
     # -- workers and works -----------------------------------------------------------
 
@@ -308,19 +297,14 @@ class Arena:
 
         Context: any; takes the arena lock.
         """
-        mem, W = self.mem, L.WORK
+        W = L.WORK
         with self.locked():
             top = self.hget("work_free")
             if not top:
                 return None
-            base = self.work_off(top - 1)
-            self.hset("work_free", mem.load32(base + W.next))
-            gen = (mem.load32(base + W.gen) + 1) & 0xFFFFFFFF or 1
-            self.buf[base:base + W.size] = bytes(W.size)
-            mem.store32(base + W.gen, gen)
-            mem.store32(base + W.kind, kind)
-            L.pack_field(self.buf, base, W, "owner", owner_pid)
-            mem.store32(base + W.inuse, 1)
+            self.hset("work_free", self.mem.load32(self.work_off(top - 1) + W.next))
+            gen = self.works.claim(top - 1, owner_pid,
+                                   lambda base: self.mem.store32(base + W.kind, kind))
             return top - 1, gen
 
     def free_work(self, idx, gen):
@@ -328,62 +312,29 @@ class Arena:
 
         Context: any; takes the arena lock.  The caller knows the work is on no list.
         """
-        mem, W = self.mem, L.WORK
-        base = self.work_off(idx)
         with self.locked():
-            if mem.load32(base + W.gen) != gen or not mem.load32(base + W.inuse):
+            if not self.works.release(idx, gen):
                 return False
-            mem.store32(base + W.inuse, 0)
-            mem.store32(base + W.gen, (gen + 1) & 0xFFFFFFFF or 1)
-            mem.store32(base + W.next, self.hget("work_free"))
+            self.mem.store32(self.work_off(idx) + L.WORK.next, self.hget("work_free"))
             self.hset("work_free", idx + 1)
             return True
 
     def check_work(self, idx, gen):
         """Raise if (idx, gen) no longer names the work slot's occupant; return its offset."""
-        base = self.work_off(idx)
-        if self.mem.load32(base + L.WORK.gen) != gen or \
-                not self.mem.load32(base + L.WORK.inuse):
-            raise stale("work")
-        return base
+        return self.works.check(idx, gen)
 
     def alloc_worker(self, owner_pid):
-        """Take a free worker slot.  Return (index, generation).
+        """Take a free worker slot (its mutex initialised).  Return (index, generation).
 
         Raises: KthreadError(ENOMEM) when every worker slot is in use.
         """
-        mem, K = self.mem, L.WORKER
-        n = self.params.max_kthreads
-        with self.locked():
-            hint = self.hget("worker_hint")
-            for i in range(n):
-                idx = (hint + i) % n
-                base = self.worker_off(idx)
-                if not mem.load32(base + K.inuse):
-                    self.hset("worker_hint", (idx + 1) % n)
-                    gen = (mem.load32(base + K.gen) + 1) & 0xFFFFFFFF or 1
-                    self.buf[base:base + K.size] = bytes(K.size)
-                    mem.mutex_init(base + K.lock)
-                    mem.store32(base + K.gen, gen)
-                    L.pack_field(self.buf, base, K, "owner", owner_pid)
-                    mem.store32(base + K.inuse, 1)
-                    return idx, gen
-        raise KthreadError(12, f"worker table full: all {n} worker slots are in use "
-                           "(start the runtime with a larger max_kthreads)")
+        return self.workers.alloc(owner_pid,
+                                  lambda base: self.mem.mutex_init(base + L.WORKER.lock))
 
     def free_worker(self, idx, gen):
         """Release worker slot ``idx`` if (idx, gen) still owns it."""
-        mem, K = self.mem, L.WORKER
-        base = self.worker_off(idx)
-        with self.locked():
-            if mem.load32(base + K.gen) == gen and mem.load32(base + K.inuse):
-                mem.store32(base + K.inuse, 0)
-                mem.store32(base + K.gen, (gen + 1) & 0xFFFFFFFF or 1)
+        self.workers.free(idx, gen)
 
     def check_worker(self, idx, gen):
         """Raise if (idx, gen) no longer names the worker slot's occupant; return its offset."""
-        base = self.worker_off(idx)
-        if self.mem.load32(base + L.WORKER.gen) != gen or \
-                not self.mem.load32(base + L.WORKER.inuse):
-            raise stale("worker")
-        return base
+        return self.workers.check(idx, gen)
