@@ -25,7 +25,7 @@ FLOOR := benchmarks/c/futex_floor
 CWARN := -Wall -Wextra
 
 .DEFAULT_GOAL := help
-.PHONY: help venv ext test test-fast test-futex test-posix bench floor check-c clean rt-tests stress-ng FORCE
+.PHONY: help venv ext lint test test-fast test-futex test-posix bench floor check-c clean rt-tests stress-ng FORCE
 
 help: ## list the targets (PYTEST_ARGS=... is passed to pytest, BACKEND=... to test-fast)
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -56,10 +56,14 @@ check-c: $(DEPS_STAMP) ## compile the C sources with -Werror (developer check)
 		native/kproc_native.c
 	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror benchmarks/c/futex_floor.c
 
-test: venv stress-ng ## the whole suite twice: KPROC_BACKEND=futex, then KPROC_BACKEND=posix
+lint: $(DEPS_STAMP) ## ruff over the package, the tests and the benchmarks
+	$(PY) -m ruff check kproc tests benchmarks setup.py
+
+test: venv lint stress-ng ## lint, then the whole suite twice: KPROC_BACKEND=futex, then posix
 	@rc=0; for backend in futex posix; do \
 		echo "== KPROC_BACKEND=$$backend"; \
-		KPROC_BACKEND=$$backend $(PYTEST) || rc=1; \
+		skip=; [ $$backend = posix ] && skip="--ignore=tests/test_packaging.py"; \
+		KPROC_BACKEND=$$backend $(PYTEST) $$skip || rc=1; \
 	done; exit $$rc
 
 test-fast: venv stress-ng ## the whole suite once, on BACKEND (default futex)

@@ -114,7 +114,8 @@ def test_sigkill_of_owner_leaves_no_process_and_no_shm(backend):
     if backend == "futex" and load_mem_class() is None:
         pytest.skip("futex backend needs the native extension")
     shm_before = set(os.listdir("/dev/shm"))
-    script = OWNER_SCRIPT.format(tests=os.path.dirname(os.path.dirname(kfuncs.__file__)), backend=backend)
+    tests = os.path.dirname(os.path.dirname(kfuncs.__file__))
+    script = OWNER_SCRIPT.format(tests=tests, backend=backend)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(kproc.__file__)))
     owner = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, env=env)

@@ -205,18 +205,6 @@ class Topology:
             raise ValueError(f"CPU {cpu} is not possible on this system "
                              f"(possible: {format_cpulist(possible)})")
 
-    def check_mask(self, cpus):
-        """A non-empty frozenset of possible CPUs from ``cpus``, or raise."""
-        try:
-            mask = frozenset(cpus)
-        except TypeError:
-            raise TypeError("cpus must be an iterable of CPU numbers") from None
-        if not mask:
-            raise ValueError("cpus must not be empty")
-        for cpu in mask:
-            self.check_possible(cpu)
-        return mask
-
     def check_hotpluggable(self, cpu):
         """Raise TypeError/ValueError unless ``cpu`` is possible and hot-pluggable."""
         self.check_possible(cpu)

@@ -1,1 +1,4 @@
-"""Module-level functions the tests pass by reference: threadfns (kthread), works (work), hotplug callbacks (hotplug)."""
+"""Module-level functions the tests pass by reference.
+
+threadfns (``kthread``), works (``work``), hotplug callbacks (``hotplug``).
+"""
