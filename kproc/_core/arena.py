@@ -138,13 +138,17 @@ class Arena:
         size = os.fstat(fd).st_size
         buf = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         mem = cls._make_mem(buf, fd)
-        if mem.load64(L.HEADER.magic) != L.MAGIC:
-            raise KthreadError(22, "not a kproc arena")
-        if mem.load32(L.HEADER.layout_version) != L.LAYOUT_VERSION:
-            raise KthreadError(22, "a kproc arena of another layout version "
-                               f"({mem.load32(L.HEADER.layout_version)}, this kproc "
-                               f"reads {L.LAYOUT_VERSION})")
         H = L.HEADER
+        problem = None
+        if mem.load64(H.magic) != L.MAGIC:
+            problem = "not a kproc arena"
+        elif mem.load32(H.layout_version) != L.LAYOUT_VERSION:
+            problem = (f"a kproc arena of another layout version "
+                       f"({mem.load32(H.layout_version)}, this kproc reads {L.LAYOUT_VERSION})")
+        if problem is not None:
+            del mem
+            buf.close()
+            raise KthreadError(22, problem)
         params = ArenaParams(mem.load32(H.max_kthreads), mem.load32(H.max_completions),
                              mem.load32(H.max_works))
         return cls(fd, buf, mem, params)
