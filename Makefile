@@ -17,6 +17,9 @@ BACKEND ?= futex
 KPROC_HP_STRESS_SECONDS ?= 10
 export KPROC_HP_STRESS_SECONDS
 
+# The test targets make kproc's internal invariants (warn_on_once) raise.
+test test-fast test-futex test-posix: export KPROC_STRICT = 1
+
 DEPS_STAMP := $(VENV)/.stamp-deps
 BENCH_STAMP := $(VENV)/.stamp-bench
 EXT_STAMP := $(VENV)/.stamp-ext
