@@ -132,7 +132,7 @@ def _nothing(cpu):
 
 def hotplug_detect(n):
     import kproc
-    from kproc._hotplug.cpuhp import hotplug_stats
+    from kproc._hotplug.record import hotplug_stats
     cpu = hotplug_cpu()
     out = {"noticed": [], "handled": [], "netlink": None}
     path = f"{CPU_DIR}/cpu{cpu}/online"

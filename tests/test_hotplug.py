@@ -15,6 +15,7 @@ import time
 import pytest
 
 import kproc
+from kproc._hotplug import record as hprecord
 from helpers import REAL_CPU_DIR, all_online, real_hotplug_cpu, run_started, wait_until
 from fns import hotplug as hpfuncs
 
@@ -359,7 +360,7 @@ def test_external_offline_parks_and_online_rebinds(hp):
                    ("up_c", str(hp.cpu), "1") in hp.log(), 2.0)
         assert os.sched_getaffinity(task.pid) == {hp.cpu}
         assert [w for w, *_ in hp.log() if w.startswith("up_")] == ["up_a", "up_b", "up_c"]
-        wait_until(lambda: kproc._hotplug.cpuhp.hotplug_stats()["events"] >= 2)   # counted at the pass's end
+        wait_until(lambda: hprecord.hotplug_stats()["events"] >= 2)   # counted at the pass's end
     finally:
         all_online(hp.root)
         kproc.smpboot_unregister_percpu_thread(ht)
@@ -369,12 +370,10 @@ def test_external_offline_parks_and_online_rebinds(hp):
 
 def test_killed_cpuhp_is_replaced(hp):
     assert kproc.cpuhp_setup_state("test:a", hpfuncs.up_a, hpfuncs.down_a) > 0
-    stats = kproc._hotplug.cpuhp
-    idx = hp.rt.mem.load32(stats.hp_base(hp.rt) + stats.H.task_idx) - 1
-    pid = kproc._core.layout.unpack_field(hp.rt.buf, hp.rt.arena.task_off(idx),
-                                     kproc._core.layout.TASK, "pid")
+    pid = kproc._core.layout.unpack_field(hp.rt.buf, hprecord.cpuhp_task_base(hp.rt),
+                                          kproc._core.layout.TASK, "pid")
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: stats._cpuhp_dead(hp.rt))
+    wait_until(lambda: hprecord.cpuhp_dead(hp.rt))
     try:
         assert kproc.cpu_down(hp.cpu) == 0      # a fresh cpuhp, without the old states
         assert kproc.cpu_up(hp.cpu) == 0
@@ -385,8 +384,8 @@ def test_killed_cpuhp_is_replaced(hp):
 
 def test_caller_killed_mid_request_leaves_hotplug_usable(hp):
     task = kproc.kthread_run(hpfuncs.hotplug_forever, hp.cpu, "hpcaller")
-    stats = kproc._hotplug.cpuhp
-    wait_until(lambda: hp.rt.mem.load32(stats.hp_base(hp.rt) + stats.H.owner) == task.pid,
+    owner = hprecord.hp_base(hp.rt) + hprecord.H.owner
+    wait_until(lambda: hp.rt.mem.load32(owner) == task.pid,
                10.0, interval=0.0002)
     os.kill(task.pid, signal.SIGKILL)
     try:
@@ -475,10 +474,10 @@ def test_cli_cycle_settles_before_each_action_and_refuses_bad_settle(tmp_path):
 def test_uevent_filter_passes_only_cpu_online_and_offline():
     """The classic BPF program, run by the kernel on a datagram socket pair."""
     import socket
-    from kproc._hotplug.cpuhp import _attach_cpu_uevent_filter
+    from kproc._hotplug.uevent import attach_cpu_uevent_filter
     rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        _attach_cpu_uevent_filter(rx)
+        attach_cpu_uevent_filter(rx)
         rx.settimeout(0.5)
         sent = [b"add@/devices/virtual/cpuid/cpu1\0ACTION=add",
                 b"online@/devices/system/cpu/cpu1\0ACTION=online",
@@ -522,7 +521,7 @@ def test_cpuhp_outlives_a_failing_catch_up(tmp_path, monkeypatch):
             topo._rewrite_online()
             wait_until(lambda: _state(task) == kproc.TASK_PARKED, 2.0)
             time.sleep(0.05)                        # several failing passes
-            assert kproc._hotplug.cpuhp.hotplug_stats()["running"]
+            assert hprecord.hotplug_stats()["running"]
             os.rmdir(cpulist)
             os.rename(cpulist + ".saved", cpulist)
             assert kproc.cpu_up(1) == 0             # cpuhp still serves

@@ -125,7 +125,7 @@ def _timed(action, cpu, settle, res, verb, part, part_field):
     """After ``settle`` s, run cpu_down/cpu_up; append its time, its callbacks' part
     and its sysfs write to ``res``.  Return: when it began (ns).  Raises: OSError
     unless it changed the CPU."""
-    from .._hotplug.cpuhp import hotplug_stats
+    from .._hotplug.record import hotplug_stats
     time.sleep(settle)
     t0 = time.monotonic_ns()
     rc = action(cpu)
@@ -212,7 +212,7 @@ def _status(args, topology):
 
 def _single(args, rt, restore):
     import kproc
-    from .._hotplug.cpuhp import hotplug_stats
+    from .._hotplug.record import hotplug_stats
     down = args.action == "down"
     restore.touched.add(args.cpu)
     t0 = time.monotonic_ns()

@@ -71,14 +71,14 @@ class SmpHotplugThread:
 
     def __init__(self, thread_should_run, thread_fn, thread_comm, *, create=None, setup=None,
                  cleanup=None, park=None, unpark=None, selfparking=False):
-        from .cpuhp import _check_callback
+        from .callbacks import check_callback
         for name, fn in (("thread_should_run", thread_should_run), ("thread_fn", thread_fn)):
             if not callable(fn):
                 raise TypeError(f"{name} must be callable, not {type(fn).__name__}")
         for name, fn in (("thread_should_run", thread_should_run), ("thread_fn", thread_fn),
                          ("create", create), ("setup", setup), ("cleanup", cleanup),
                          ("park", park), ("unpark", unpark)):
-            _check_callback(name, fn)
+            check_callback(name, fn)
         if not isinstance(thread_comm, str):
             raise TypeError(f"thread_comm must be a str, not {type(thread_comm).__name__}")
         if thread_comm.count("%") != 1 or "%u" not in thread_comm:
@@ -131,7 +131,8 @@ def smpboot_register_percpu_thread(ht):
     made are stopped).  Raises: TypeError (not a SmpHotplugThread);
     KthreadError(EBUSY) if ``ht`` is already registered.
     """
-    from .cpuhp import OP_REGISTER, request
+    from .api import request
+    from .record import OP_REGISTER
     from .._core.runtime import get_runtime
     if not isinstance(ht, SmpHotplugThread):
         raise TypeError(f"ht must be a kproc.SmpHotplugThread, not {type(ht).__name__}")
@@ -153,7 +154,8 @@ def smpboot_unregister_percpu_thread(ht):
     is unparked first).  Context: any process of the runtime but cpuhp;
     blocks.  Raises: TypeError; ValueError if ``ht`` is not registered.
     """
-    from .cpuhp import OP_UNREGISTER, request
+    from .api import request
+    from .record import OP_UNREGISTER
     if not isinstance(ht, SmpHotplugThread):
         raise TypeError(f"ht must be a kproc.SmpHotplugThread, not {type(ht).__name__}")
     if ht._reg is None or ht._store(0)[0] is None:
@@ -224,7 +226,7 @@ class Smpboot:
     def _create(self, slot, ht, cpu):
         """__smpboot_create_thread(): create parked, store, create(cpu)."""
         from .._kthread.control import kthread_create_on_cpu, kthread_park, kthread_set_per_cpu
-        from .cpuhp import invoke
+        from .callbacks import invoke
         if ht.task(cpu) is not None:
             return 0
         try:
@@ -281,8 +283,8 @@ def _on_its_cpu(cpu, modelled):
 
 
 def _kick_cpuhp(rt):
-    from .cpuhp import H, hp_base
-    rt.waits.completion_complete(hp_base(rt) + H.req, False)
+    from .record import kick_cpuhp
+    kick_cpuhp(rt)
 
 
 def smpboot_thread_fn(data):
