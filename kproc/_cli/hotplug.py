@@ -39,7 +39,7 @@ def _nothing(cpu):
 
 def _back(cpu):
     """unpark callback: record when this per-CPU thread runs again, and where."""
-    from .._hotplug.smpboot import getcpu
+    from .._hotplug.smpboot_thread import getcpu
     now, on = time.monotonic_ns(), getcpu()
     path = os.path.join(os.environ[ENV_DIR], f"back-{cpu}-{os.getpid()}")
     with open(path + ".tmp", "w") as f:

@@ -2,11 +2,11 @@
 ``_cpu_down``, ``_cpu_up``, ``cpuhp_thread_fun``, with ``cpu_online_mask``).
 
 One ``cpuhp`` kthread per runtime, started by the first hotplug call of any
-process (``api.ensure_cpuhp``), owns the hotplug state: the registered states
-(``callbacks.States``), the smpboot registrations and ``known``, the CPUs
-whose startups have run.  It serves the mailbox (``record``): one request at
-a time, so callbacks always run here and operations are serialised (the
-kernel's ``cpu_add_remove_lock``).
+process (``api.ensure_cpuhp``), owns the hotplug state: the registered
+states (``callbacks.States``), the smpboot registrations
+(``hotplug_threads``) and ``known``, the CPUs whose startups have run.  It
+serves the mailbox (``record``): one request at a time, so callbacks always
+run here and operations are serialised (the kernel's ``cpu_add_remove_lock``).
 
 States, in order: ``smpboot:threads`` (per-CPU threads parked / created and
 unparked), ``kthreads:online`` (kthreads_online_cpu: node, preferred and
@@ -50,7 +50,7 @@ from .._sched.completion import wait_at
 from .callbacks import HotplugState, States
 from .record import (H, OP_DOWN, OP_REGISTER, OP_REMOVE, OP_SETUP, OP_UNREGISTER, OP_UP,
                      get_message, hp_base, put_message, store_known)
-from .smpboot import Smpboot
+from .hotplug_threads import HotplugThreads
 from .uevent import UeventWatch
 
 __all__ = ["Cpuhp", "cpuhp_thread"]
@@ -65,18 +65,19 @@ class Cpuhp:
     def __init__(self, rt):
         self.rt = rt
         self.hp = hp_base(rt)
-        self.smpboot = Smpboot(rt)
+        self.hotplug_threads = HotplugThreads(rt)
         # kthreads_offline_cpu() runs after the offline write, in down() and
         # sync(): the CPU must be gone before affinities are narrowed.
-        self.states = States([HotplugState(1, "smpboot:threads", self.smpboot.startup,
-                                           self.smpboot.teardown),
+        threads = self.hotplug_threads
+        self.states = States([HotplugState(1, "smpboot:threads", threads.startup,
+                                           threads.teardown),
                               HotplugState(2, "kthreads:online", self._affine_online, None)])
         self.known = rt.topology.online()
         store_known(rt, self.known)
         self.watch = UeventWatch(rt)
 
     def _affine_online(self, cpu):
-        kthreads_online_cpu(self.rt, cpu, self.smpboot.unparked_pids(cpu))
+        kthreads_online_cpu(self.rt, cpu, self.hotplug_threads.unparked_pids(cpu))
         return 0
 
     # -- operations -----------------------------------------------------------
@@ -177,9 +178,9 @@ class Cpuhp:
         if op == OP_REMOVE:
             return self.states.remove(args, self.known)
         if op == OP_REGISTER:
-            return self.smpboot.register(args, self.known)
+            return self.hotplug_threads.register(args, self.known)
         if op == OP_UNREGISTER:
-            return self.smpboot.unregister(args)
+            return self.hotplug_threads.unregister(args)
         warn_on_once(True, f"cpuhp got an unknown request {op!r}")
         return -errno.EINVAL
 

@@ -117,7 +117,7 @@ def always(cpu):
 
 def where_am_i(cpu):
     """thread_fn: count the run; record it if it is not on ``cpu`` with affinity {cpu}."""
-    from kproc._hotplug.smpboot import getcpu
+    from kproc._hotplug.smpboot_thread import getcpu
     on, aff = getcpu(), os.sched_getaffinity(0)
     _runs[cpu] = _runs.get(cpu, 0) + 1
     if on != cpu or aff != {cpu}:
