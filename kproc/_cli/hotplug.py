@@ -1,12 +1,11 @@
-"""``kproc hotplug status | down N | up N | cycle N --count K``: timed hotplug
-experiments (and the measurement the hotplug benchmark reuses).
+"""``kproc hotplug status | down N | up N | cycle N --count K``: the command
+line of CPU hotplug (SPEC §6): argument checks, printing, and leaving every
+CPU as it was found.
 
-``cycle`` registers per-CPU threads (``--threads`` registrations of an
-smpboot thread set) and ``--preferred`` preferred-affine kthreads on CPU N,
-then takes N down and up K times, timing each cpu_down / cpu_up, the part
-spent in teardown (parking per-CPU threads) and startup (unparking,
-re-binding, re-affining), and how long each per-CPU thread of N took to be
-back on N after cpu_up began (its ``unpark`` callback reports from N).
+``cycle`` runs the timed experiment of ``kproc._hotplug.experiment``
+(``--threads`` per-CPU thread registrations and ``--preferred``
+preferred-affine kthreads on CPU N, N taken down and up K times) and prints
+the percentiles of each phase.
 
 Every CPU a command touches is back online when it ends, also on an error,
 Ctrl-C or SIGTERM (``finally``, with SIGTERM/SIGHUP turned into
@@ -16,42 +15,13 @@ succeeds.
 
 import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
-__all__ = ["add_parser", "cycle_experiment", "percentiles"]
+from .._hotplug.experiment import cycle_experiment, report_dir
 
-ENV_DIR = "KPROC_HOTPLUG_CLI_DIR"
-
-
-# -- callbacks (module level: the kthreads and cpuhp import them) -------------------
-
-def _never(cpu):
-    return False
-
-
-def _nothing(cpu):
-    pass
-
-
-def _back(cpu):
-    """unpark callback: record when this per-CPU thread runs again, and where."""
-    from .._hotplug.smpboot_thread import getcpu
-    now, on = time.monotonic_ns(), getcpu()
-    path = os.path.join(os.environ[ENV_DIR], f"back-{cpu}-{os.getpid()}")
-    with open(path + ".tmp", "w") as f:
-        f.write(f"{now} {on}")
-    os.replace(path + ".tmp", path)
-
-
-def _idle(_):
-    import kproc
-    while not kproc.kthread_should_stop():
-        kproc.schedule_timeout_interruptible(1.0)
-    return 0
+__all__ = ["add_parser", "percentiles"]
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -100,87 +70,6 @@ class _Restore:
 
 def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
-
-
-def _wait_back(directory, cpu, pids, since_ns, timeout=2.0):
-    """Per pid: ns from ``since_ns`` until its unpark callback ran on ``cpu``."""
-    out = {}
-    deadline = time.monotonic() + timeout
-    while len(out) < len(pids) and time.monotonic() < deadline:
-        for pid in pids:
-            if pid in out:
-                continue
-            try:
-                with open(os.path.join(directory, f"back-{cpu}-{pid}")) as f:
-                    ns, on = map(int, f.read().split())
-            except (FileNotFoundError, ValueError):
-                continue
-            if ns >= since_ns and on == cpu:
-                out[pid] = ns - since_ns
-        time.sleep(0.0002)
-    return out
-
-
-def _timed(action, cpu, settle, res, verb, part, part_field):
-    """After ``settle`` s, run cpu_down/cpu_up; append its time, its callbacks' part
-    and its sysfs write to ``res``.  Return: when it began (ns).  Raises: OSError
-    unless it changed the CPU."""
-    from .._hotplug.record import hotplug_stats
-    time.sleep(settle)
-    t0 = time.monotonic_ns()
-    rc = action(cpu)
-    t1 = time.monotonic_ns()
-    if rc:
-        raise OSError(-rc if rc < 0 else 0, f"cpu_{verb}({cpu}) returned {rc}")
-    st = hotplug_stats()
-    res[verb].append(t1 - t0)
-    res[part].append(st[part_field])
-    res["write_" + verb].append(st["write_ns"])
-    return t0
-
-
-def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None, settle=0.0):
-    """Take ``cpu`` down and up ``count`` times in the current runtime.
-
-    @threads: SmpHotplugThread registrations (one thread per online CPU
-    each); @preferred: kthreads preferring ``cpu`` (kthread_affine_preferred);
-    @settle: seconds slept before each cpu_down and each cpu_up (not timed).
-    Context: the owner of a runtime; the caller restores CPUs on failure.
-    Return: {"down", "up", "park", "unpark", "write_down", "write_up", "back"}:
-    lists of ns, plus "lost": per-CPU threads that were not back within 2 s.
-    """
-    import kproc
-    hts, tasks = [], []
-    res = {k: [] for k in ("down", "up", "park", "unpark", "write_down", "write_up",
-                           "back")}
-    res["lost"] = 0
-    try:
-        for _ in range(threads):
-            ht = kproc.SmpHotplugThread(_never, _nothing, "hpcycle/%u", unpark=_back)
-            rc = kproc.smpboot_register_percpu_thread(ht)
-            if rc:
-                raise OSError(-rc, f"smpboot_register_percpu_thread: {os.strerror(-rc)}")
-            hts.append(ht)
-        for i in range(preferred):
-            task = kproc.kthread_create(_idle, None, "hppref/%d", i)
-            kproc.kthread_affine_preferred(task, {cpu})
-            kproc.wake_up_process(task)
-            tasks.append(task)
-        for _ in range(count):
-            _timed(kproc.cpu_down, cpu, settle, res, "down", "park", "teardown_ns")
-            t2 = _timed(kproc.cpu_up, cpu, settle, res, "up", "unpark", "startup_ns")
-            pids = [ht.task(cpu).pid for ht in hts]
-            back = _wait_back(os.environ[ENV_DIR], cpu, pids, t2)
-            res["back"].extend(back.values())
-            res["lost"] += len(pids) - len(back)
-            if progress:
-                progress()
-    finally:
-        for task in tasks:
-            kproc.kthread_stop(task)
-        for ht in hts:
-            kproc.smpboot_unregister_percpu_thread(ht)
-    return res
 
 
 # -- commands ---------------------------------------------------------------------------
@@ -269,10 +158,8 @@ def run(args):
     topology = Topology(args.sysfs_root)
     if args.action == "status":
         return _status(args, topology)
-    tmp = tempfile.mkdtemp(prefix="kproc-hotplug-")
-    os.environ[ENV_DIR] = tmp
     try:
-        with _Restore(topology) as restore:
+        with report_dir(), _Restore(topology) as restore:
             with kproc.start(sysfs_root=args.sysfs_root) as rt:
                 try:
                     if args.action == "cycle":
@@ -287,8 +174,6 @@ def run(args):
     except (ValueError, PermissionError, OSError) as exc:
         print(f"kproc hotplug: {exc}", file=sys.stderr)
         return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def add_parser(sub):
