@@ -9,19 +9,25 @@ the percentiles of each phase.
 
 Every CPU a command touches is back online when it ends, also on an error,
 Ctrl-C or SIGTERM (``finally``, with SIGTERM/SIGHUP turned into
-KeyboardInterrupt); ``down N`` alone leaves N offline, as asked, when it
-succeeds.
+KeyboardInterrupt): first through cpu_up() while the runtime lives, so the
+callbacks bring the threads back, then by a raw write if that failed.
+``down N`` alone leaves N offline, as asked, when it succeeds.
+Context: the command-line process, which owns the runtime it starts.
 """
 
-import json
 import os
 import signal
 import sys
 import time
 
+import kproc
+from .._core.runtime import current_runtime
+from .._core.topology import Topology, format_cpulist
 from .._hotplug.experiment import cycle_experiment, report_dir
+from .._hotplug.record import hotplug_stats
+from .output import print_json
 
-__all__ = ["add_parser", "percentiles"]
+__all__ = ["add_parser", "percentiles", "run"]
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -49,8 +55,11 @@ class _Restore:
         return self
 
     def __exit__(self, *exc):
-        import kproc
-        from .._core.runtime import current_runtime
+        self.close()
+
+    def close(self):
+        """Bring the touched CPUs back online and restore the signal handlers.
+        Idempotent: called while the runtime lives, and again on exit."""
         try:
             for cpu in sorted(self.touched):
                 if self.topology.is_online(cpu):
@@ -84,11 +93,8 @@ def _status(args, topology):
                      "nohz_full": cpu in nohz})
     hk = sorted(topology.housekeeping())
     if args.json:
-        json.dump({"sysfs_root": topology.root, "cpus": rows, "housekeeping": hk},
-                  sys.stdout, indent=2)
-        print()
+        print_json({"sysfs_root": topology.root, "cpus": rows, "housekeeping": hk})
         return 0
-    from .._core.topology import format_cpulist
     print(f"sysfs root {topology.root}: online {format_cpulist(online)}, "
           f"housekeeping {format_cpulist(hk)}")
     print(f"{'CPU':>4} {'online':>7} {'hotplug':>8} {'node':>5} {'isolated':>9} {'nohz_full':>10}")
@@ -99,9 +105,7 @@ def _status(args, topology):
     return 0
 
 
-def _single(args, rt, restore):
-    import kproc
-    from .._hotplug.record import hotplug_stats
+def _single(args, restore):
     down = args.action == "down"
     restore.touched.add(args.cpu)
     t0 = time.monotonic_ns()
@@ -114,8 +118,7 @@ def _single(args, rt, restore):
     if rc == 0 and down:
         restore.touched.discard(args.cpu)     # offline is what was asked for
     if args.json:
-        json.dump(out, sys.stdout, indent=2)
-        print()
+        print_json(out)
     else:
         verdict = {0: "done", 1: "already " + ("offline" if down else "online")}.get(
             rc, f"failed and rolled back: {os.strerror(-rc) if rc < 0 else rc}")
@@ -124,16 +127,15 @@ def _single(args, rt, restore):
     return 0 if rc in (0, 1) else 1
 
 
-def _cycle(args, rt, restore):
+def _cycle(args, restore):
     restore.touched.add(args.cpu)
     res = cycle_experiment(args.cpu, args.count, args.threads, args.preferred,
                            settle=args.settle / 1000.0)
     summary = {k: percentiles(v) for k, v in res.items() if k != "lost"}
     summary["lost"] = res["lost"]
     if args.json:
-        json.dump({"cpu": args.cpu, "count": args.count, "threads": args.threads,
-                   "preferred": args.preferred, "ms": summary}, sys.stdout, indent=2)
-        print()
+        print_json({"cpu": args.cpu, "count": args.count, "threads": args.threads,
+                    "preferred": args.preferred, "ms": summary})
         return 0
     print(f"CPU {args.cpu}: {args.count} offline/online cycles, {args.threads} per-CPU "
           f"thread registration(s), {args.preferred} preferred-affine kthread(s)")
@@ -152,21 +154,20 @@ def _cycle(args, rt, restore):
 
 
 def run(args):
-    """Entry point of ``kproc hotplug``.  Return: exit status."""
-    import kproc
-    from .._core.topology import Topology
+    """Entry point of ``kproc hotplug`` (arguments checked).  Return: exit status:
+    0; 1 on an error or a failed cpu_down/cpu_up; 130 when interrupted."""
     topology = Topology(args.sysfs_root)
     if args.action == "status":
         return _status(args, topology)
     try:
         with report_dir(), _Restore(topology) as restore:
-            with kproc.start(sysfs_root=args.sysfs_root) as rt:
+            with kproc.start(sysfs_root=args.sysfs_root):
                 try:
                     if args.action == "cycle":
-                        return _cycle(args, rt, restore)
-                    return _single(args, rt, restore)
+                        return _cycle(args, restore)
+                    return _single(args, restore)
                 finally:
-                    restore.__exit__()      # while the runtime (and its cpuhp) lives
+                    restore.close()         # while the runtime (and its cpuhp) lives
     except KeyboardInterrupt:
         print("kproc hotplug: interrupted; every CPU touched is online again",
               file=sys.stderr)
@@ -197,6 +198,7 @@ def add_parser(sub):
 
 
 def _checked(args):
+    """Refuse bad arguments with exit status 2, else run()."""
     if args.action != "status" and args.cpu is None:
         print(f"kproc hotplug {args.action}: a CPU number is needed", file=sys.stderr)
         return 2
