@@ -301,6 +301,77 @@ def test_unregister_stops_a_parked_thread_of_an_offline_cpu(hp):
         all_online(hp.root)
 
 
+def test_smpboot_walks_registrations_newest_first_and_parks_oldest_first(hp, monkeypatch):
+    """smpboot.c's orders: smpboot_register_percpu_thread() list_add()s, so the
+    newest registration heads hotplug_threads; smpboot_create_threads() and
+    smpboot_unpark_threads() walk it with list_for_each_entry (newest first),
+    smpboot_park_threads() with list_for_each_entry_reverse (oldest first).
+
+    The walks of the registrations cpuhp keeps, run here in the test process
+    with their kthread calls recorded (a thread's own unpark callback runs
+    whenever it gets the CPU, so only the calls show the order).
+    """
+    from kproc._hotplug import hotplug_threads as mod
+    calls = []
+    for name in ("kthread_create_on_cpu", "kthread_park", "kthread_unpark"):
+        real = getattr(mod, name)
+
+        def record(*args, _name=name, _real=real):
+            ret = _real(*args)
+            task = ret if _name == "kthread_create_on_cpu" else args[0]
+            calls.append((_name[len("kthread_"):], task.comm))
+            return ret
+        monkeypatch.setattr(mod, name, record)
+    threads = mod.HotplugThreads(hp.rt)
+    old = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpold/%u")
+    new = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpnew/%u")
+    others = kproc.cpu_online_mask() - {hp.cpu}
+    reg_old = threads.register(old, others)
+    reg_new = threads.register(new, others)
+    try:
+        del calls[:]
+        assert threads.startup(hp.cpu) == 0
+        names = [f"hpnew/{hp.cpu}", f"hpold/{hp.cpu}"]
+        assert [c for c in calls if c[0] == "create_on_cpu"] == \
+            [("create_on_cpu", n) for n in names]
+        assert [c for c in calls if c[0] == "unpark"] == [("unpark", n) for n in names]
+        del calls[:]
+        assert threads.teardown(hp.cpu) == 0
+        assert calls == [("park", n) for n in reversed(names)]
+    finally:
+        threads.unregister(reg_new)
+        threads.unregister(reg_old)
+
+
+def test_cpu_up_creates_newest_registration_first_cpu_down_parks_oldest_first(hp):
+    """The same orders end to end, through cpuhp: smpboot_create_threads() runs
+    the ``create`` callbacks newest first (in cpuhp, as each thread is made);
+    smpboot_park_threads() parks oldest first (each ``park`` callback has run
+    when kthread_park() returns)."""
+    old = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpold/%u",
+                                 create=hpfuncs.create_old, park=hpfuncs.park_old)
+    new = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpnew/%u",
+                                 create=hpfuncs.create_new, park=hpfuncs.park_new)
+    try:
+        assert kproc.cpu_down(hp.cpu) == 0
+        assert kproc.smpboot_register_percpu_thread(old) == 0
+        assert kproc.smpboot_register_percpu_thread(new) == 0
+        hp.clear()
+        assert kproc.cpu_up(hp.cpu) == 0
+        assert [w for w, *_ in hp.log()] == ["create_new", "create_old"]
+        tasks = [old.task(hp.cpu), new.task(hp.cpu)]
+        # asleep in the loop: setup has run, so each park callback is due
+        wait_until(lambda: all(_state(t) == kproc.TASK_INTERRUPTIBLE for t in tasks))
+        hp.clear()
+        assert kproc.cpu_down(hp.cpu) == 0
+        assert [w for w, *_ in hp.log()] == ["park_old", "park_new"]
+    finally:
+        all_online(hp.root)
+        for ht in (new, old):
+            if ht.task(0) is not None:
+                kproc.smpboot_unregister_percpu_thread(ht)
+
+
 # -- affinities ----------------------------------------------------------------------
 
 def test_preferred_affinity_follows_hotplug(hp):

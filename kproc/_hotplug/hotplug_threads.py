@@ -3,6 +3,11 @@ kernel/smpboot.c, the ``hotplug_threads`` list, ``__smpboot_create_thread``,
 ``smpboot_create_threads``, ``smpboot_unpark_threads``,
 ``smpboot_park_threads``, ``smpboot_destroy_threads``).
 
+Registrations are walked in smpboot.c's orders: ``hotplug_threads`` holds
+the newest first (smpboot_register_percpu_thread's ``list_add``); creating
+and unparking a CPU's threads walk it forward (``list_for_each_entry``),
+parking walks it backwards (``list_for_each_entry_reverse``).
+
 Each registration has a slot of the arena's SMPBOOT table (``record``):
 ``inuse``, a generation bumped at each use (a stale SmpHotplugThread never
 reads a new occupant's store) and the per-CPU store, written here alone.
@@ -38,7 +43,7 @@ class HotplugThreads:
 
     def __init__(self, rt):
         self.rt = rt
-        self.regs = {}              # slot -> SmpHotplugThread
+        self.hotplug_threads = []   # (slot, SmpHotplugThread), the newest first
 
     def register(self, ht, online):
         """smpboot_register_percpu_thread(), in cpuhp: a slot, then a thread per
@@ -64,18 +69,19 @@ class HotplugThreads:
                 return rc
         for cpu in sorted(online):
             self._unpark(ht, cpu)
-        self.regs[slot] = ht
+        # smpboot_register_percpu_thread(): list_add(&plug_thread->list, &hotplug_threads)
+        self.hotplug_threads.insert(0, (slot, ht))
         return slot, gen
 
     def unregister(self, reg):
         """smpboot_unregister_percpu_thread(), in cpuhp: stop every thread of the
         registration ``reg`` = (slot, generation).  Raises: ValueError (unknown)."""
         slot, gen = reg
-        ht = self.regs.get(slot)
-        if ht is None or ht._reg[2] != gen:
+        entry = next((e for e in self.hotplug_threads if e[0] == slot), None)
+        if entry is None or entry[1]._reg[2] != gen:
             raise ValueError("that SmpHotplugThread is not registered")
-        del self.regs[slot]
-        self._destroy(slot, ht)
+        self.hotplug_threads.remove(entry)
+        self._destroy(slot, entry[1])
 
     def _destroy(self, slot, ht):
         """smpboot_destroy_threads(): stop each thread (a parked one is unparked by
@@ -115,23 +121,25 @@ class HotplugThreads:
     def unparked_pids(self, cpu):
         """Pids of the per-CPU threads of ``cpu`` that startup() unparks (and so
         re-binds), for the affinity pass that follows not to bind them again."""
-        return {ht.task(cpu).pid for ht in self.regs.values()
+        return {ht.task(cpu).pid for _, ht in self.hotplug_threads
                 if not ht.selfparking and ht.task(cpu) is not None}
 
     def startup(self, cpu):
-        """smpboot_create_threads + smpboot_unpark_threads for ``cpu``.
+        """smpboot_create_threads + smpboot_unpark_threads for ``cpu``, each walking
+        the registrations newest first (list_for_each_entry, as smpboot.c).
         Return: 0; a creation's negative errno."""
-        for slot, ht in list(self.regs.items()):
+        for slot, ht in self.hotplug_threads:
             rc = self._create(slot, ht, cpu)
             if rc < 0:
                 return rc
-        for ht in self.regs.values():
+        for _, ht in self.hotplug_threads:
             self._unpark(ht, cpu)
         return 0
 
     def teardown(self, cpu):
-        """smpboot_park_threads for ``cpu``.  Return: 0."""
-        for ht in self.regs.values():
+        """smpboot_park_threads for ``cpu``, walking the registrations oldest first
+        (list_for_each_entry_reverse, as smpboot.c).  Return: 0."""
+        for _, ht in reversed(self.hotplug_threads):
             task = ht.task(cpu)
             if task is not None and not ht.selfparking:
                 kthread_park(task)

@@ -106,6 +106,24 @@ def create(cpu):
     log("create", cpu)
 
 
+# two registrations told apart in the log (smpboot's walk orders)
+
+def create_old(cpu):
+    log("create_old", cpu)
+
+
+def create_new(cpu):
+    log("create_new", cpu)
+
+
+def park_old(cpu):
+    log("park_old", cpu)
+
+
+def park_new(cpu):
+    log("park_new", cpu)
+
+
 # -- the stress thread: runs every ~2 ms, checks where it runs ------------------------
 
 _runs = {}
