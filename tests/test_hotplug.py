@@ -8,14 +8,20 @@ that off).  Each test brings every CPU back online in ``finally``.
 """
 
 import errno
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
 import kproc
-from kproc._hotplug import record as hprecord
+from kproc._hotplug import hotplug_threads, record as hprecord
+from kproc._hotplug.uevent import attach_cpu_uevent_filter
 from helpers import REAL_CPU_DIR, all_online, real_hotplug_cpu, run_started, wait_until
 from fns import hotplug as hpfuncs
 
@@ -311,18 +317,17 @@ def test_smpboot_walks_registrations_newest_first_and_parks_oldest_first(hp, mon
     with their kthread calls recorded (a thread's own unpark callback runs
     whenever it gets the CPU, so only the calls show the order).
     """
-    from kproc._hotplug import hotplug_threads as mod
     calls = []
     for name in ("kthread_create_on_cpu", "kthread_park", "kthread_unpark"):
-        real = getattr(mod, name)
+        real = getattr(hotplug_threads, name)
 
         def record(*args, _name=name, _real=real):
             ret = _real(*args)
             task = ret if _name == "kthread_create_on_cpu" else args[0]
             calls.append((_name[len("kthread_"):], task.comm))
             return ret
-        monkeypatch.setattr(mod, name, record)
-    threads = mod.HotplugThreads(hp.rt)
+        monkeypatch.setattr(hotplug_threads, name, record)
+    threads = hotplug_threads.HotplugThreads(hp.rt)
     old = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpold/%u")
     new = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpnew/%u")
     others = kproc.cpu_online_mask() - {hp.cpu}
@@ -468,7 +473,6 @@ def test_caller_killed_mid_request_leaves_hotplug_usable(hp):
 
 
 def test_killed_kthreadd_ends_a_hotplug_call(hp):
-    import time
     assert kproc.cpuhp_setup_state("test:a", hpfuncs.up_a, hpfuncs.down_a) > 0
     os.kill(hp.rt.kthreadd_pid, signal.SIGKILL)
     t0 = time.monotonic()
@@ -480,15 +484,12 @@ def test_killed_kthreadd_ends_a_hotplug_call(hp):
 # -- kproc hotplug -------------------------------------------------------------------
 
 def _cli(args, **kw):
-    import subprocess
-    import sys
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(kproc.__file__)))
     return subprocess.Popen([sys.executable, "-m", "kproc", "hotplug"] + args, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def test_cli_cycle_prints_percentiles_and_leaves_cpus_online(tmp_path):
-    import json
     root = kproc.fake_sysfs(tmp_path / "sys", possible=2)
     out, err = _cli(["cycle", "1", "--count", "3", "--threads", "2", "--preferred", "1",
                      "--sysfs-root", root, "--json"]).communicate(timeout=50)
@@ -527,7 +528,6 @@ def test_cli_rejects_cpu0_and_missing_cpu(tmp_path):
 
 
 def test_cli_cycle_settles_before_each_action_and_refuses_bad_settle(tmp_path):
-    import json
     root = kproc.fake_sysfs(tmp_path / "sys", possible=2)
     t0 = time.monotonic()
     out, err = _cli(["cycle", "1", "--count", "2", "--settle", "150", "--sysfs-root", root,
@@ -544,8 +544,6 @@ def test_cli_cycle_settles_before_each_action_and_refuses_bad_settle(tmp_path):
 
 def test_uevent_filter_passes_only_cpu_online_and_offline():
     """The classic BPF program, run by the kernel on a datagram socket pair."""
-    import socket
-    from kproc._hotplug.uevent import attach_cpu_uevent_filter
     rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
         attach_cpu_uevent_filter(rx)
@@ -610,7 +608,6 @@ def test_a_quick_outside_down_and_up_is_not_missed(tmp_path, monkeypatch):
     """Taken down and brought back while cpuhp is busy, with no per-CPU thread to
     show it: the offline uevent, numbered after cpuhp last saw the CPU offline, still
     gets the CPU its teardowns and startups after the fact."""
-    import threading
     monkeypatch.setenv("KPROC_HP_DIR", str(tmp_path))
     monkeypatch.setenv("KPROC_HP_SYSFS", "/sys")
     cpu = real_hotplug_cpu()

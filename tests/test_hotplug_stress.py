@@ -68,7 +68,8 @@ def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch):
         with kproc.start():
             assert kproc.smpboot_register_percpu_thread(ht) == 0
             stress = subprocess.Popen(
-                ["stress-ng", "--pathological", "--cpu-online", "1", "--timeout", f"{SECONDS:g}s", "--quiet"],
+                ["stress-ng", "--pathological", "--cpu-online", "1", "--timeout",
+                 f"{SECONDS:g}s", "--quiet"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             samples = 0
             while stress.poll() is None:

@@ -1,5 +1,7 @@
 """The cpuhp kthread: the hotplug state machine (kernel: kernel/cpu.c,
-``_cpu_down``, ``_cpu_up``, ``cpuhp_thread_fun``, with ``cpu_online_mask``).
+``_cpu_down``, ``_cpu_up``, ``cpuhp_invoke_callback_range``, with
+``cpu_online_mask``; one kthread in place of the kernel's per-CPU ``cpuhp/N``
+threads).
 
 One ``cpuhp`` kthread per runtime, started by the first hotplug call of any
 process (``api.ensure_cpuhp``), owns the hotplug state: the registered
@@ -48,9 +50,9 @@ from .._kthread.affinity import kthreads_offline_cpu, kthreads_online_cpu
 from .._kthread.body import kthread_should_stop, prepare_main
 from .._sched.completion import wait_at
 from .callbacks import HotplugState, States
+from .hotplug_threads import HotplugThreads
 from .record import (H, OP_DOWN, OP_REGISTER, OP_REMOVE, OP_SETUP, OP_UNREGISTER, OP_UP,
                      get_message, hp_base, put_message, store_known)
-from .hotplug_threads import HotplugThreads
 from .uevent import UeventWatch
 
 __all__ = ["Cpuhp", "cpuhp_thread"]
@@ -165,7 +167,7 @@ class Cpuhp:
             self.states.run_startups(cpu)
         store_known(self.rt, self.known)
         L.pack_field(self.rt.buf, self.hp, H, "event_ns", now)
-        self.rt.mem.fetch_add32(self.hp + H.events, 1)
+        self.rt.mem.fetch_add64(self.hp + H.events, 1)
 
     def serve(self, op, args):
         """Carry out one request.  Return: its reply value."""
