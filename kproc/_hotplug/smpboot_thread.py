@@ -28,7 +28,7 @@ from .record import kick_cpuhp
 
 try:
     from .. import _native
-except ImportError:
+except ImportError:        # optional: the C extension may not be built
     _native = None
 if not hasattr(_native, "getcpu") or os.environ.get("KPROC_NATIVE") == "0":
     _native = None
