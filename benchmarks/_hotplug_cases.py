@@ -106,19 +106,15 @@ def hotplug_raw(n):
 
 
 def hotplug_kproc(n):
-    import tempfile
     import kproc
-    from kproc._cli import hotplug as cli
+    from kproc._hotplug.experiment import cycle_experiment, report_dir
     cpu = hotplug_cpu()
-    os.environ[cli.ENV_DIR] = tempfile.mkdtemp(prefix="kproc-bench-hp-")
     try:
-        with kproc.start():
-            res = cli.cycle_experiment(cpu, n, threads=4, preferred=4, settle=SETTLE)
+        with report_dir(), kproc.start():
+            res = cycle_experiment(cpu, n, threads=4, preferred=4, settle=SETTLE)
             kproc.cpu_up(cpu)
     finally:
         _restore(cpu)
-        import shutil
-        shutil.rmtree(os.environ[cli.ENV_DIR], ignore_errors=True)
     return res
 
 
@@ -132,7 +128,7 @@ def _nothing(cpu):
 
 def hotplug_detect(n):
     import kproc
-    from kproc._hotplug.cpuhp import hotplug_stats
+    from kproc._hotplug.record import hotplug_stats
     cpu = hotplug_cpu()
     out = {"noticed": [], "handled": [], "netlink": None}
     path = f"{CPU_DIR}/cpu{cpu}/online"

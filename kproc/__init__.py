@@ -33,7 +33,7 @@ from ._hotplug.cpumask import (
     cpu_to_node, cpumask_of_node,
 )
 from ._core.topology import fake_sysfs
-from ._hotplug.cpuhp import cpu_down, cpu_up, cpuhp_setup_state, cpuhp_remove_state
+from ._hotplug.api import cpu_down, cpu_up, cpuhp_setup_state, cpuhp_remove_state
 from ._hotplug.smpboot import (
     SmpHotplugThread, smpboot_register_percpu_thread, smpboot_unregister_percpu_thread,
 )

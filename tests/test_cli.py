@@ -1,4 +1,4 @@
-"""`kproc ps` (SPEC §6)."""
+"""The command line (SPEC §6): `kproc ps`, and the dispatch of every subcommand."""
 
 import json
 import subprocess
@@ -75,3 +75,11 @@ def test_ps_shows_a_workers_queue_current_work_and_executed(rt):
         kproc.kthread_cancel_delayed_work_sync(dwork)
     finally:
         kproc.kthread_destroy_worker(w)
+
+
+def test_every_subcommand_is_dispatched_from_main():
+    from kproc._cli.main import build_parser
+    parser = build_parser()
+    for argv in (["ps"], ["bench", "--quick"], ["hotplug", "status"],
+                 ["trace", "summary", "f.json"]):
+        assert callable(parser.parse_args(argv).func), argv

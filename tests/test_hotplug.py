@@ -8,13 +8,20 @@ that off).  Each test brings every CPU back online in ``finally``.
 """
 
 import errno
+import json
 import os
 import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 
 import pytest
 
 import kproc
+from kproc._hotplug import hotplug_threads, record as hprecord
+from kproc._hotplug.uevent import attach_cpu_uevent_filter
 from helpers import REAL_CPU_DIR, all_online, real_hotplug_cpu, wait_until
 from fns import hotplug as hpfuncs
 
@@ -300,6 +307,76 @@ def test_unregister_stops_a_parked_thread_of_an_offline_cpu(hp):
         all_online(hp.root)
 
 
+def test_smpboot_walks_registrations_newest_first_and_parks_oldest_first(hp, monkeypatch):
+    """smpboot.c's orders: smpboot_register_percpu_thread() list_add()s, so the
+    newest registration heads hotplug_threads; smpboot_create_threads() and
+    smpboot_unpark_threads() walk it with list_for_each_entry (newest first),
+    smpboot_park_threads() with list_for_each_entry_reverse (oldest first).
+
+    The walks of the registrations cpuhp keeps, run here in the test process
+    with their kthread calls recorded (a thread's own unpark callback runs
+    whenever it gets the CPU, so only the calls show the order).
+    """
+    calls = []
+    for name in ("kthread_create_on_cpu", "kthread_park", "kthread_unpark"):
+        real = getattr(hotplug_threads, name)
+
+        def record(*args, _name=name, _real=real):
+            ret = _real(*args)
+            task = ret if _name == "kthread_create_on_cpu" else args[0]
+            calls.append((_name[len("kthread_"):], task.comm))
+            return ret
+        monkeypatch.setattr(hotplug_threads, name, record)
+    threads = hotplug_threads.HotplugThreads(hp.rt)
+    old = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpold/%u")
+    new = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpnew/%u")
+    others = kproc.cpu_online_mask() - {hp.cpu}
+    reg_old = threads.register(old, others)
+    reg_new = threads.register(new, others)
+    try:
+        del calls[:]
+        assert threads.startup(hp.cpu) == 0
+        names = [f"hpnew/{hp.cpu}", f"hpold/{hp.cpu}"]
+        assert [c for c in calls if c[0] == "create_on_cpu"] == \
+            [("create_on_cpu", n) for n in names]
+        assert [c for c in calls if c[0] == "unpark"] == [("unpark", n) for n in names]
+        del calls[:]
+        assert threads.teardown(hp.cpu) == 0
+        assert calls == [("park", n) for n in reversed(names)]
+    finally:
+        threads.unregister(reg_new)
+        threads.unregister(reg_old)
+
+
+def test_cpu_up_creates_newest_registration_first_cpu_down_parks_oldest_first(hp):
+    """The same orders end to end, through cpuhp: smpboot_create_threads() runs
+    the ``create`` callbacks newest first (in cpuhp, as each thread is made);
+    smpboot_park_threads() parks oldest first (each ``park`` callback has run
+    when kthread_park() returns)."""
+    old = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpold/%u",
+                                 create=hpfuncs.create_old, park=hpfuncs.park_old)
+    new = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpnew/%u",
+                                 create=hpfuncs.create_new, park=hpfuncs.park_new)
+    try:
+        assert kproc.cpu_down(hp.cpu) == 0
+        assert kproc.smpboot_register_percpu_thread(old) == 0
+        assert kproc.smpboot_register_percpu_thread(new) == 0
+        hp.clear()
+        assert kproc.cpu_up(hp.cpu) == 0
+        assert [w for w, *_ in hp.log()] == ["create_new", "create_old"]
+        tasks = [old.task(hp.cpu), new.task(hp.cpu)]
+        # asleep in the loop: setup has run, so each park callback is due
+        wait_until(lambda: all(_state(t) == kproc.TASK_INTERRUPTIBLE for t in tasks))
+        hp.clear()
+        assert kproc.cpu_down(hp.cpu) == 0
+        assert [w for w, *_ in hp.log()] == ["park_old", "park_new"]
+    finally:
+        all_online(hp.root)
+        for ht in (new, old):
+            if ht.task(0) is not None:
+                kproc.smpboot_unregister_percpu_thread(ht)
+
+
 # -- affinities ----------------------------------------------------------------------
 
 def test_preferred_affinity_follows_hotplug(hp):
@@ -359,7 +436,7 @@ def test_external_offline_parks_and_online_rebinds(hp):
                    ("up_c", str(hp.cpu), "1") in hp.log(), 2.0)
         assert os.sched_getaffinity(task.pid) == {hp.cpu}
         assert [w for w, *_ in hp.log() if w.startswith("up_")] == ["up_a", "up_b", "up_c"]
-        wait_until(lambda: kproc._hotplug.cpuhp.hotplug_stats()["events"] >= 2)   # counted at the pass's end
+        wait_until(lambda: hprecord.hotplug_stats()["events"] >= 2)   # counted at the pass's end
     finally:
         all_online(hp.root)
         kproc.smpboot_unregister_percpu_thread(ht)
@@ -369,12 +446,10 @@ def test_external_offline_parks_and_online_rebinds(hp):
 
 def test_killed_cpuhp_is_replaced(hp):
     assert kproc.cpuhp_setup_state("test:a", hpfuncs.up_a, hpfuncs.down_a) > 0
-    stats = kproc._hotplug.cpuhp
-    idx = hp.rt.mem.load32(stats.hp_base(hp.rt) + stats.H.task_idx) - 1
-    pid = kproc._core.layout.unpack_field(hp.rt.buf, hp.rt.arena.task_off(idx),
-                                     kproc._core.layout.TASK, "pid")
+    pid = kproc._core.layout.unpack_field(hp.rt.buf, hprecord.cpuhp_task_base(hp.rt),
+                                          kproc._core.layout.TASK, "pid")
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: stats._cpuhp_dead(hp.rt))
+    wait_until(lambda: hprecord.cpuhp_dead(hp.rt))
     try:
         assert kproc.cpu_down(hp.cpu) == 0      # a fresh cpuhp, without the old states
         assert kproc.cpu_up(hp.cpu) == 0
@@ -385,8 +460,8 @@ def test_killed_cpuhp_is_replaced(hp):
 
 def test_caller_killed_mid_request_leaves_hotplug_usable(hp):
     task = kproc.kthread_run(hpfuncs.hotplug_forever, hp.cpu, "hpcaller")
-    stats = kproc._hotplug.cpuhp
-    wait_until(lambda: hp.rt.mem.load32(stats.hp_base(hp.rt) + stats.H.owner) == task.pid,
+    owner = hprecord.hp_base(hp.rt) + hprecord.H.owner
+    wait_until(lambda: hp.rt.mem.load32(owner) == task.pid,
                10.0, interval=0.0002)
     os.kill(task.pid, signal.SIGKILL)
     try:
@@ -398,7 +473,6 @@ def test_caller_killed_mid_request_leaves_hotplug_usable(hp):
 
 
 def test_killed_kthreadd_ends_a_hotplug_call(hp):
-    import time
     assert kproc.cpuhp_setup_state("test:a", hpfuncs.up_a, hpfuncs.down_a) > 0
     os.kill(hp.rt.kthreadd_pid, signal.SIGKILL)
     t0 = time.monotonic()
@@ -410,15 +484,12 @@ def test_killed_kthreadd_ends_a_hotplug_call(hp):
 # -- kproc hotplug -------------------------------------------------------------------
 
 def _cli(args, **kw):
-    import subprocess
-    import sys
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(kproc.__file__)))
     return subprocess.Popen([sys.executable, "-m", "kproc", "hotplug"] + args, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def test_cli_cycle_prints_percentiles_and_leaves_cpus_online(tmp_path):
-    import json
     root = kproc.fake_sysfs(tmp_path / "sys", possible=2)
     out, err = _cli(["cycle", "1", "--count", "3", "--threads", "2", "--preferred", "1",
                      "--sysfs-root", root, "--json"]).communicate(timeout=50)
@@ -457,7 +528,6 @@ def test_cli_rejects_cpu0_and_missing_cpu(tmp_path):
 
 
 def test_cli_cycle_settles_before_each_action_and_refuses_bad_settle(tmp_path):
-    import json
     root = kproc.fake_sysfs(tmp_path / "sys", possible=2)
     t0 = time.monotonic()
     out, err = _cli(["cycle", "1", "--count", "2", "--settle", "150", "--sysfs-root", root,
@@ -474,11 +544,9 @@ def test_cli_cycle_settles_before_each_action_and_refuses_bad_settle(tmp_path):
 
 def test_uevent_filter_passes_only_cpu_online_and_offline():
     """The classic BPF program, run by the kernel on a datagram socket pair."""
-    import socket
-    from kproc._hotplug.cpuhp import _attach_cpu_uevent_filter
     rx, tx = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     try:
-        _attach_cpu_uevent_filter(rx)
+        attach_cpu_uevent_filter(rx)
         rx.settimeout(0.5)
         sent = [b"add@/devices/virtual/cpuid/cpu1\0ACTION=add",
                 b"online@/devices/system/cpu/cpu1\0ACTION=online",
@@ -522,7 +590,7 @@ def test_cpuhp_outlives_a_failing_catch_up(tmp_path, monkeypatch):
             topo._rewrite_online()
             wait_until(lambda: _state(task) == kproc.TASK_PARKED, 2.0)
             time.sleep(0.05)                        # several failing passes
-            assert kproc._hotplug.cpuhp.hotplug_stats()["running"]
+            assert hprecord.hotplug_stats()["running"]
             os.rmdir(cpulist)
             os.rename(cpulist + ".saved", cpulist)
             assert kproc.cpu_up(1) == 0             # cpuhp still serves
@@ -540,7 +608,6 @@ def test_a_quick_outside_down_and_up_is_not_missed(tmp_path, monkeypatch):
     """Taken down and brought back while cpuhp is busy, with no per-CPU thread to
     show it: the offline uevent, numbered after cpuhp last saw the CPU offline, still
     gets the CPU its teardowns and startups after the fact."""
-    import threading
     monkeypatch.setenv("KPROC_HP_DIR", str(tmp_path))
     monkeypatch.setenv("KPROC_HP_SYSFS", "/sys")
     cpu = real_hotplug_cpu()

@@ -16,9 +16,9 @@ import time
 import pytest
 
 import kproc
-from helpers import wait_until
+from kproc._hotplug import record as hprecord
 from fns import hotplug as hpfuncs
-from helpers import all_online, real_hotplug_cpu
+from helpers import all_online, real_hotplug_cpu, wait_until
 
 SECONDS = float(os.environ.get("KPROC_HP_STRESS_SECONDS", "30"))
 
@@ -52,12 +52,9 @@ def _consistent(ht, cpus):
 
 
 def _seen():
-    rt = kproc._core.runtime.get_runtime()
-    hp = kproc._hotplug.cpuhp.hp_base(rt)
-    known = kproc._core.layout.bytes_to_mask(
-        rt.buf[hp + kproc._hotplug.cpuhp.H.known:hp + kproc._hotplug.cpuhp.H.known + kproc._core.layout.CPUMASK_BYTES])
+    known = hprecord.read_known(kproc._core.runtime.get_runtime())
     return (f"; last seen: {''.join(_last_seen)}; cpuhp known {sorted(known)}, "
-            f"stats {kproc._hotplug.cpuhp.hotplug_stats()}")
+            f"stats {hprecord.hotplug_stats()}")
 
 
 def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch):
@@ -71,7 +68,8 @@ def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch):
         with kproc.start():
             assert kproc.smpboot_register_percpu_thread(ht) == 0
             stress = subprocess.Popen(
-                ["stress-ng", "--pathological", "--cpu-online", "1", "--timeout", f"{SECONDS:g}s", "--quiet"],
+                ["stress-ng", "--pathological", "--cpu-online", "1", "--timeout",
+                 f"{SECONDS:g}s", "--quiet"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             samples = 0
             while stress.poll() is None:
@@ -88,7 +86,7 @@ def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch):
             except AssertionError:
                 raise AssertionError("per-CPU threads did not come back after "
                                      "stress-ng" + _seen()) from None
-            events = kproc._hotplug.cpuhp.hotplug_stats()["events"]
+            events = hprecord.hotplug_stats()["events"]
             kproc.smpboot_unregister_percpu_thread(ht)
     finally:
         if stress is not None and stress.poll() is None:

@@ -1,57 +1,33 @@
-"""``kproc hotplug status | down N | up N | cycle N --count K``: timed hotplug
-experiments (and the measurement the hotplug benchmark reuses).
+"""``kproc hotplug status | down N | up N | cycle N --count K``: the command
+line of CPU hotplug (SPEC §6): argument checks, printing, and leaving every
+CPU as it was found.
 
-``cycle`` registers per-CPU threads (``--threads`` registrations of an
-smpboot thread set) and ``--preferred`` preferred-affine kthreads on CPU N,
-then takes N down and up K times, timing each cpu_down / cpu_up, the part
-spent in teardown (parking per-CPU threads) and startup (unparking,
-re-binding, re-affining), and how long each per-CPU thread of N took to be
-back on N after cpu_up began (its ``unpark`` callback reports from N).
+``cycle`` runs the timed experiment of ``kproc._hotplug.experiment``
+(``--threads`` per-CPU thread registrations and ``--preferred``
+preferred-affine kthreads on CPU N, N taken down and up K times) and prints
+the percentiles of each phase.
 
 Every CPU a command touches is back online when it ends, also on an error,
 Ctrl-C or SIGTERM (``finally``, with SIGTERM/SIGHUP turned into
-KeyboardInterrupt); ``down N`` alone leaves N offline, as asked, when it
-succeeds.
+KeyboardInterrupt): first through cpu_up() while the runtime lives, so the
+callbacks bring the threads back, then by a raw write if that failed.
+``down N`` alone leaves N offline, as asked, when it succeeds.
+Context: the command-line process, which owns the runtime it starts.
 """
 
-import json
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 
-__all__ = ["add_parser", "cycle_experiment", "percentiles"]
+import kproc
+from .._core.runtime import current_runtime
+from .._core.topology import Topology, format_cpulist
+from .._hotplug.experiment import cycle_experiment, report_dir
+from .._hotplug.record import hotplug_stats
+from .output import print_json
 
-ENV_DIR = "KPROC_HOTPLUG_CLI_DIR"
-
-
-# -- callbacks (module level: the kthreads and cpuhp import them) -------------------
-
-def _never(cpu):
-    return False
-
-
-def _nothing(cpu):
-    pass
-
-
-def _back(cpu):
-    """unpark callback: record when this per-CPU thread runs again, and where."""
-    from .._hotplug.smpboot import getcpu
-    now, on = time.monotonic_ns(), getcpu()
-    path = os.path.join(os.environ[ENV_DIR], f"back-{cpu}-{os.getpid()}")
-    with open(path + ".tmp", "w") as f:
-        f.write(f"{now} {on}")
-    os.replace(path + ".tmp", path)
-
-
-def _idle(_):
-    import kproc
-    while not kproc.kthread_should_stop():
-        kproc.schedule_timeout_interruptible(1.0)
-    return 0
+__all__ = ["add_parser", "percentiles", "run"]
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -79,8 +55,11 @@ class _Restore:
         return self
 
     def __exit__(self, *exc):
-        import kproc
-        from .._core.runtime import current_runtime
+        self.close()
+
+    def close(self):
+        """Bring the touched CPUs back online and restore the signal handlers.
+        Idempotent: called while the runtime lives, and again on exit."""
         try:
             for cpu in sorted(self.touched):
                 if self.topology.is_online(cpu):
@@ -102,87 +81,6 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _wait_back(directory, cpu, pids, since_ns, timeout=2.0):
-    """Per pid: ns from ``since_ns`` until its unpark callback ran on ``cpu``."""
-    out = {}
-    deadline = time.monotonic() + timeout
-    while len(out) < len(pids) and time.monotonic() < deadline:
-        for pid in pids:
-            if pid in out:
-                continue
-            try:
-                with open(os.path.join(directory, f"back-{cpu}-{pid}")) as f:
-                    ns, on = map(int, f.read().split())
-            except (FileNotFoundError, ValueError):
-                continue
-            if ns >= since_ns and on == cpu:
-                out[pid] = ns - since_ns
-        time.sleep(0.0002)
-    return out
-
-
-def _timed(action, cpu, settle, res, verb, part, part_field):
-    """After ``settle`` s, run cpu_down/cpu_up; append its time, its callbacks' part
-    and its sysfs write to ``res``.  Return: when it began (ns).  Raises: OSError
-    unless it changed the CPU."""
-    from .._hotplug.cpuhp import hotplug_stats
-    time.sleep(settle)
-    t0 = time.monotonic_ns()
-    rc = action(cpu)
-    t1 = time.monotonic_ns()
-    if rc:
-        raise OSError(-rc if rc < 0 else 0, f"cpu_{verb}({cpu}) returned {rc}")
-    st = hotplug_stats()
-    res[verb].append(t1 - t0)
-    res[part].append(st[part_field])
-    res["write_" + verb].append(st["write_ns"])
-    return t0
-
-
-def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None, settle=0.0):
-    """Take ``cpu`` down and up ``count`` times in the current runtime.
-
-    @threads: SmpHotplugThread registrations (one thread per online CPU
-    each); @preferred: kthreads preferring ``cpu`` (kthread_affine_preferred);
-    @settle: seconds slept before each cpu_down and each cpu_up (not timed).
-    Context: the owner of a runtime; the caller restores CPUs on failure.
-    Return: {"down", "up", "park", "unpark", "write_down", "write_up", "back"}:
-    lists of ns, plus "lost": per-CPU threads that were not back within 2 s.
-    """
-    import kproc
-    hts, tasks = [], []
-    res = {k: [] for k in ("down", "up", "park", "unpark", "write_down", "write_up",
-                           "back")}
-    res["lost"] = 0
-    try:
-        for _ in range(threads):
-            ht = kproc.SmpHotplugThread(_never, _nothing, "hpcycle/%u", unpark=_back)
-            rc = kproc.smpboot_register_percpu_thread(ht)
-            if rc:
-                raise OSError(-rc, f"smpboot_register_percpu_thread: {os.strerror(-rc)}")
-            hts.append(ht)
-        for i in range(preferred):
-            task = kproc.kthread_create(_idle, None, "hppref/%d", i)
-            kproc.kthread_affine_preferred(task, {cpu})
-            kproc.wake_up_process(task)
-            tasks.append(task)
-        for _ in range(count):
-            _timed(kproc.cpu_down, cpu, settle, res, "down", "park", "teardown_ns")
-            t2 = _timed(kproc.cpu_up, cpu, settle, res, "up", "unpark", "startup_ns")
-            pids = [ht.task(cpu).pid for ht in hts]
-            back = _wait_back(os.environ[ENV_DIR], cpu, pids, t2)
-            res["back"].extend(back.values())
-            res["lost"] += len(pids) - len(back)
-            if progress:
-                progress()
-    finally:
-        for task in tasks:
-            kproc.kthread_stop(task)
-        for ht in hts:
-            kproc.smpboot_unregister_percpu_thread(ht)
-    return res
-
-
 # -- commands ---------------------------------------------------------------------------
 
 def _status(args, topology):
@@ -195,11 +93,8 @@ def _status(args, topology):
                      "nohz_full": cpu in nohz})
     hk = sorted(topology.housekeeping())
     if args.json:
-        json.dump({"sysfs_root": topology.root, "cpus": rows, "housekeeping": hk},
-                  sys.stdout, indent=2)
-        print()
+        print_json({"sysfs_root": topology.root, "cpus": rows, "housekeeping": hk})
         return 0
-    from .._core.topology import format_cpulist
     print(f"sysfs root {topology.root}: online {format_cpulist(online)}, "
           f"housekeeping {format_cpulist(hk)}")
     print(f"{'CPU':>4} {'online':>7} {'hotplug':>8} {'node':>5} {'isolated':>9} {'nohz_full':>10}")
@@ -210,9 +105,7 @@ def _status(args, topology):
     return 0
 
 
-def _single(args, rt, restore):
-    import kproc
-    from .._hotplug.cpuhp import hotplug_stats
+def _single(args, restore):
     down = args.action == "down"
     restore.touched.add(args.cpu)
     t0 = time.monotonic_ns()
@@ -225,8 +118,7 @@ def _single(args, rt, restore):
     if rc == 0 and down:
         restore.touched.discard(args.cpu)     # offline is what was asked for
     if args.json:
-        json.dump(out, sys.stdout, indent=2)
-        print()
+        print_json(out)
     else:
         verdict = {0: "done", 1: "already " + ("offline" if down else "online")}.get(
             rc, f"failed and rolled back: {os.strerror(-rc) if rc < 0 else rc}")
@@ -235,16 +127,15 @@ def _single(args, rt, restore):
     return 0 if rc in (0, 1) else 1
 
 
-def _cycle(args, rt, restore):
+def _cycle(args, restore):
     restore.touched.add(args.cpu)
     res = cycle_experiment(args.cpu, args.count, args.threads, args.preferred,
                            settle=args.settle / 1000.0)
     summary = {k: percentiles(v) for k, v in res.items() if k != "lost"}
     summary["lost"] = res["lost"]
     if args.json:
-        json.dump({"cpu": args.cpu, "count": args.count, "threads": args.threads,
-                   "preferred": args.preferred, "ms": summary}, sys.stdout, indent=2)
-        print()
+        print_json({"cpu": args.cpu, "count": args.count, "threads": args.threads,
+                    "preferred": args.preferred, "ms": summary})
         return 0
     print(f"CPU {args.cpu}: {args.count} offline/online cycles, {args.threads} per-CPU "
           f"thread registration(s), {args.preferred} preferred-affine kthread(s)")
@@ -263,23 +154,20 @@ def _cycle(args, rt, restore):
 
 
 def run(args):
-    """Entry point of ``kproc hotplug``.  Return: exit status."""
-    import kproc
-    from .._core.topology import Topology
+    """Entry point of ``kproc hotplug`` (arguments checked).  Return: exit status:
+    0; 1 on an error or a failed cpu_down/cpu_up; 130 when interrupted."""
     topology = Topology(args.sysfs_root)
     if args.action == "status":
         return _status(args, topology)
-    tmp = tempfile.mkdtemp(prefix="kproc-hotplug-")
-    os.environ[ENV_DIR] = tmp
     try:
-        with _Restore(topology) as restore:
-            with kproc.start(sysfs_root=args.sysfs_root) as rt:
+        with report_dir(), _Restore(topology) as restore:
+            with kproc.start(sysfs_root=args.sysfs_root):
                 try:
                     if args.action == "cycle":
-                        return _cycle(args, rt, restore)
-                    return _single(args, rt, restore)
+                        return _cycle(args, restore)
+                    return _single(args, restore)
                 finally:
-                    restore.__exit__()      # while the runtime (and its cpuhp) lives
+                    restore.close()         # while the runtime (and its cpuhp) lives
     except KeyboardInterrupt:
         print("kproc hotplug: interrupted; every CPU touched is online again",
               file=sys.stderr)
@@ -287,8 +175,6 @@ def run(args):
     except (ValueError, PermissionError, OSError) as exc:
         print(f"kproc hotplug: {exc}", file=sys.stderr)
         return 1
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def add_parser(sub):
@@ -312,6 +198,7 @@ def add_parser(sub):
 
 
 def _checked(args):
+    """Refuse bad arguments with exit status 2, else run()."""
     if args.action != "status" and args.cpu is None:
         print(f"kproc hotplug {args.action}: a CPU number is needed", file=sys.stderr)
         return 2

@@ -17,9 +17,12 @@ import time
 import psutil
 
 from .._core import layout as L
+from .._core.arena import ArenaParams
+from .._core.topology import format_cpulist
 from .._sched.task import TASK_STATES
+from .output import print_result
 
-__all__ = ["find_runtimes", "snapshot", "format_table"]
+__all__ = ["find_runtimes", "snapshot", "format_table", "add_parser", "run"]
 
 FLAG_NAMES = [(L.KF_IS_PER_CPU, "P"), (L.KF_SHOULD_STOP, "S"), (L.KF_SHOULD_PARK, "K"),
               (L.KF_NO_SETAFFINITY, "B"), (L.KF_PREFERRED, "A"), (L.KF_FREEZABLE, "F"),
@@ -52,11 +55,6 @@ def _map(pid, fd):
         return mmap.mmap(f.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ)
 
 
-def _cpulist(cpus):
-    from .._core.topology import format_cpulist
-    return format_cpulist(cpus)
-
-
 def snapshot(pid, fd):
     """Read one runtime: a dict with kthreadd's pid and one dict per kthread."""
     buf = _map(pid, fd)
@@ -67,7 +65,6 @@ def snapshot(pid, fd):
         if L.unpack_field(buf, 0, H, "layout_version") != L.LAYOUT_VERSION:
             raise ValueError(f"process {pid} runs a kproc of another layout version")
         n = L.unpack_field(buf, 0, H, "max_kthreads")
-        from .._core.arena import ArenaParams
         params = ArenaParams(n, L.unpack_field(buf, 0, H, "max_completions"),
                              L.unpack_field(buf, 0, H, "max_works"))
         backend = {1: "futex", 2: "posix"}.get(L.unpack_field(buf, 0, H, "backend"), "?")
@@ -173,7 +170,7 @@ def format_table(runtimes):
         lines.append(f"  {rt['kthreadd']:>7} {'-':>3} {'-':<10} {'(kthreadd)':<20} "
                      f"{'-':<6} {'-':>6} {'-':>9} kthreadd")
         for t in rt["kthreads"]:
-            aff = _cpulist(t["affinity"]) if t["affinity"] is not None else "?"
+            aff = format_cpulist(t["affinity"]) if t["affinity"] is not None else "?"
             cpu = "?" if t["cpu"] is None else t["cpu"]
             w = t.get("worker")
             queued = f"{w['queued']}" + (f"+{w['delayed']}d" if w["delayed"] else "") \
@@ -188,3 +185,22 @@ def format_table(runtimes):
                  "A preferred affinity, F freezable, W worker, X exiting; "
                  "QUEUED: works on a worker's list (+N delayed: timers pending)")
     return "\n".join(lines)
+
+
+def run(args):
+    """Entry point of ``kproc ps``.  Return: 0."""
+    runtimes = []
+    for pid, fd in find_runtimes():
+        try:
+            runtimes.append(snapshot(pid, fd))
+        except (OSError, ValueError):
+            continue   # exited meanwhile, or not ours to read
+    return print_result(runtimes, args.json, format_table)
+
+
+def add_parser(sub):
+    """Add the ``ps`` subcommand to an argparse subparsers object."""
+    p = sub.add_parser("ps", help="kthreadd and kthreads of every runtime of this user")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(func=run)
+    return p

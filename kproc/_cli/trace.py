@@ -5,9 +5,12 @@ how many works it executed; and the works' execution times (p50, p99, max).
 """
 
 import json
+import sys
 from collections import Counter, defaultdict
 
-__all__ = ["summarize", "format_summary"]
+from .output import print_result
+
+__all__ = ["summarize", "format_summary", "add_parser", "run"]
 
 
 def _pct(values, q):
@@ -60,3 +63,26 @@ def format_summary(summary):
     else:
         lines.append("works executed: 0")
     return "\n".join(lines)
+
+
+def run(args):
+    """Entry point of ``kproc trace summary``.  Return: exit status (2 for a file
+    that cannot be read or is no trace)."""
+    try:
+        summary = summarize(args.file)
+    except (OSError, ValueError) as exc:
+        print(f"kproc trace: {exc}", file=sys.stderr)
+        return 2
+    return print_result(summary, args.json, format_summary)
+
+
+def add_parser(sub):
+    """Add the ``trace`` subcommand (``trace summary FILE``) to an argparse
+    subparsers object."""
+    p = sub.add_parser("trace", help="read trace files written with start(trace=...)")
+    tsub = p.add_subparsers(dest="trace_command", required=True)
+    summary = tsub.add_parser("summary", help="events and work times per kthread")
+    summary.add_argument("file", help="a trace JSON file")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of text")
+    summary.set_defaults(func=run)
+    return p

@@ -1,55 +1,34 @@
-"""Per-CPU hotplug threads (kernel: kernel/smpboot.c): ``SmpHotplugThread``,
-``smpboot_register_percpu_thread``, ``smpboot_unregister_percpu_thread`` and
-the smpboot loop every per-CPU thread runs.
+"""Per-CPU hotplug threads, the caller's side (kernel: kernel/smpboot.c,
+``struct smp_hotplug_thread``, ``smpboot_register_percpu_thread``,
+``smpboot_unregister_percpu_thread``).
 
-A registration lives in the cpuhp kthread (``_cpuhp``), which creates,
-parks, unparks and stops the threads; its per-CPU ``store`` (the Task of each
-CPU) lives in the arena's SMPBOOT table, so ``ht.task(cpu)`` answers in every
-process.  As in the kernel, each thread is created with
-``kthread_create_on_cpu`` and marked per-CPU, parked before it ever runs, and
-unparked once everything is in place; the ``smpboot:threads`` hotplug state
-parks a CPU's threads before it goes down, and creates (parked) the missing
-ones and unparks them after it comes up (kthread_unpark re-binds them).
+``SmpHotplugThread`` describes a set of per-CPU threads; registering it
+posts it to the cpuhp kthread, which creates, parks, unparks and stops the
+threads (``hotplug_threads``); each thread runs the smpboot loop
+(``smpboot_thread``).  The per-CPU ``store`` (the Task of each CPU) lives in
+the arena's SMPBOOT table, so ``ht.task(cpu)`` answers in every process of
+the runtime: the caller, the per-CPU threads themselves (which get a copy of
+``ht`` registered in cpuhp), cpuhp callbacks, other kthreads.
 
-The loop (``smpboot_thread_fn``) is the kernel's: stop → ``cleanup(cpu,
-online)`` and exit; park → ``park(cpu)``, kthread_parkme(); first run →
-``setup(cpu)``; after an unpark → ``unpark(cpu)``; then ``thread_fn(cpu)``
-while ``thread_should_run(cpu)``, else sleep until woken.  Where the kernel
-has ``BUG_ON(td->cpu != smp_processor_id())`` the loop checks that it runs
-on its CPU with affinity ``{cpu}``: a CPU taken down by someone else (a
-shell, stress-ng) breaks the binding before cpuhp can park the thread, so
-the thread kicks cpuhp and waits to be parked instead of running elsewhere.
-A ``thread_fn`` already running when its CPU vanishes is migrated by the
-kernel mid-run: that, user space cannot prevent.
+Invariants: ``ht._reg`` = (runtime id, slot, generation) names the
+registration; a slot whose generation moved on, freed, or of another runtime
+reads as not registered, so a stale copy never reports another
+registration's threads.
+Context: the caller (any process of the runtime but the cpuhp kthread).
 """
 
 import errno
-import os
 
 from .._core import layout as L
 from .._core.errors import KthreadError
+from .._core.runtime import current_runtime, get_runtime
+from .._sched.task import Task
+from .api import request
 from .._core.funcref import check_callback
+from .record import OP_REGISTER, OP_UNREGISTER, S, smpboot_off, store_get
 
 __all__ = ["SmpHotplugThread", "smpboot_register_percpu_thread",
-           "smpboot_unregister_percpu_thread", "smpboot_thread_fn", "Smpboot", "getcpu"]
-
-S = L.SMPBOOT
-HP_THREAD_NONE, HP_THREAD_ACTIVE, HP_THREAD_PARKED = range(3)
-OFF_CPU_WAIT = 0.001       # s: a thread off its CPU waits this long for cpuhp, per round
-
-try:
-    from .._native import getcpu as _native_getcpu
-except ImportError:
-    _native_getcpu = None
-
-
-def getcpu():
-    """The CPU running the caller (sched_getcpu; /proc/self/stat field 39 without
-    the extension).  Context: any."""
-    if _native_getcpu is not None and os.environ.get("KPROC_NATIVE") != "0":
-        return _native_getcpu()
-    with open("/proc/self/stat") as f:
-        return int(f.read().rpartition(")")[2].split()[36])
+           "smpboot_unregister_percpu_thread"]
 
 
 class SmpHotplugThread:
@@ -66,9 +45,6 @@ class SmpHotplugThread:
     Raises: TypeError (not callable, not passable by reference, bad comm);
     ValueError (thread_comm without exactly one ``%u``).
     """
-
-    _callbacks = ("thread_should_run", "thread_fn", "create", "setup", "cleanup", "park",
-                  "unpark")
 
     def __init__(self, thread_should_run, thread_fn, thread_comm, *, create=None, setup=None,
                  cleanup=None, park=None, unpark=None, selfparking=False):
@@ -90,34 +66,41 @@ class SmpHotplugThread:
         self.selfparking = bool(selfparking)
         self._reg = None            # (runtime id, slot, generation) once registered
 
-    def _store(self, cpu):
-        from .._core.runtime import current_runtime
+    def _registered_rt(self):
+        """The runtime this registration is live in, or None."""
         if self._reg is None:
-            return None, None
+            return None
         rt = current_runtime()
         rid, slot, gen = self._reg
         if rt is None or rt.closed or rt.runtime_id != rid:
-            return None, None
-        off = rt.arena.params.smpboot + slot * S.size
+            return None
+        off = smpboot_off(rt, slot)
         if rt.mem.load32(off + S.gen) != gen or not rt.mem.load32(off + S.inuse):
-            return None, None
-        return rt, off + S.store + cpu * L.SMPBOOT_ENTRY.size
+            return None
+        return rt
 
     def task(self, cpu):
-        """The kthread of ``cpu`` (the kernel's per-CPU ``store``), or None if
-        not registered or no thread was created for that CPU yet.
-        Context: any process of the runtime; never blocks."""
-        from .._sched.task import Task
+        """The kthread of ``cpu`` (the kernel's per-CPU ``store``).
+
+        Context: any process of the runtime; never blocks.
+        Return: its Task; None if not registered or no thread was created
+        for that CPU yet.  Raises: ValueError (not a CPU number).
+        """
         if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < L.SMPBOOT_CPUS:
             raise ValueError(f"cpu must be a CPU number, not {cpu!r}")
-        rt, off = self._store(cpu)
+        rt = self._registered_rt()
         if rt is None:
             return None
-        idx = rt.mem.load32(off)
-        return Task(rt, idx - 1, rt.mem.load32(off + 4)) if idx else None
+        idx, gen = store_get(rt, self._reg[1], cpu)
+        return Task(rt, idx - 1, gen) if idx else None
 
     def __repr__(self):
         return f"<SmpHotplugThread {self.thread_comm!r}{' registered' if self._reg else ''}>"
+
+
+def _check_ht(ht):
+    if not isinstance(ht, SmpHotplugThread):
+        raise TypeError(f"ht must be a kproc.SmpHotplugThread, not {type(ht).__name__}")
 
 
 def smpboot_register_percpu_thread(ht):
@@ -128,14 +111,12 @@ def smpboot_register_percpu_thread(ht):
     coming online later get theirs (created parked, then unparked).
     Context: any process of the runtime but cpuhp; blocks.
     Return: 0; a negative errno if a thread could not be created (those
-    made are stopped).  Raises: TypeError (not a SmpHotplugThread);
-    KthreadError(EBUSY) if ``ht`` is already registered.
+    made are stopped) or -ENOSPC when 32 registrations exist.
+    Raises: TypeError (not a SmpHotplugThread); KthreadError(EBUSY) if
+    ``ht`` is already registered.
     """
-    from .cpuhp import OP_REGISTER, request
-    from .._core.runtime import get_runtime
-    if not isinstance(ht, SmpHotplugThread):
-        raise TypeError(f"ht must be a kproc.SmpHotplugThread, not {type(ht).__name__}")
-    if ht._reg is not None and ht._store(0)[0] is not None:
+    _check_ht(ht)
+    if ht._registered_rt() is not None:
         raise KthreadError(errno.EBUSY, f"{ht!r} is already registered")
     rt = get_runtime()
     ht._reg = None
@@ -151,186 +132,11 @@ def smpboot_unregister_percpu_thread(ht):
 
     Each runs ``cleanup(cpu, online)`` and exits (kthread_stop; a parked one
     is unparked first).  Context: any process of the runtime but cpuhp;
-    blocks.  Raises: TypeError; ValueError if ``ht`` is not registered.
+    blocks.  Return: None.  Raises: TypeError; ValueError if ``ht`` is not
+    registered.
     """
-    from .cpuhp import OP_UNREGISTER, request
-    if not isinstance(ht, SmpHotplugThread):
-        raise TypeError(f"ht must be a kproc.SmpHotplugThread, not {type(ht).__name__}")
-    if ht._reg is None or ht._store(0)[0] is None:
+    _check_ht(ht)
+    if ht._registered_rt() is None:
         raise ValueError(f"{ht!r} is not registered")
     request(OP_UNREGISTER, ht._reg[1:])
     ht._reg = None
-
-
-# -- the cpuhp side --------------------------------------------------------------
-
-class Smpboot:
-    """Registrations, as kept by the cpuhp kthread (kernel: hotplug_threads)."""
-
-    def __init__(self, rt):
-        self.rt = rt
-        self.regs = {}              # slot -> SmpHotplugThread
-
-    def _slot_off(self, slot):
-        return self.rt.arena.params.smpboot + slot * S.size
-
-    def _set(self, slot, cpu, task):
-        off = self._slot_off(slot) + S.store + cpu * L.SMPBOOT_ENTRY.size
-        mem = self.rt.mem
-        mem.store32(off + 4, task._gen if task else 0)
-        mem.store32(off, task._idx + 1 if task else 0)
-
-    def register(self, ht, online):
-        mem = self.rt.mem
-        slot = next((i for i in range(L.MAX_SMPBOOT)
-                     if not mem.load32(self._slot_off(i) + S.inuse)), None)
-        if slot is None:
-            return -errno.ENOSPC
-        off = self._slot_off(slot)
-        gen = (mem.load32(off + S.gen) + 1) & 0xFFFFFFFF or 1
-        mem.store32(off + S.gen, gen)
-        mem.store32(off + S.inuse, 1)
-        ht._reg = (self.rt.runtime_id, slot, gen)
-        for cpu in sorted(online):
-            rc = self._create(slot, ht, cpu)
-            if rc < 0:
-                self._destroy(slot, ht)
-                return rc
-        for cpu in sorted(online):
-            self._unpark(ht, cpu)
-        self.regs[slot] = ht
-        return slot, gen
-
-    def unregister(self, reg):
-        slot, gen = reg
-        ht = self.regs.get(slot)
-        if ht is None or ht._reg[2] != gen:
-            raise ValueError("that SmpHotplugThread is not registered")
-        del self.regs[slot]
-        self._destroy(slot, ht)
-
-    def _destroy(self, slot, ht):
-        from .._kthread.control import kthread_stop
-        for cpu in sorted(self.rt.topology.possible()):
-            task = ht.task(cpu)
-            if task is not None:
-                try:
-                    kthread_stop(task)
-                except KthreadError:
-                    pass
-                self._set(slot, cpu, None)
-        self.rt.mem.store32(self._slot_off(slot) + S.inuse, 0)
-
-    def _create(self, slot, ht, cpu):
-        """__smpboot_create_thread(): create parked, store, create(cpu)."""
-        from .._kthread.create import kthread_create_on_cpu
-        from .._kthread.control import kthread_park, kthread_set_per_cpu
-        from .cpuhp import invoke
-        if ht.task(cpu) is not None:
-            return 0
-        try:
-            task = kthread_create_on_cpu(smpboot_thread_fn, (ht, cpu), cpu, ht.thread_comm)
-        except KthreadError as exc:
-            return -(exc.errno or errno.ENOMEM)
-        kthread_set_per_cpu(task, cpu)
-        # Park it before it ever runs, so that it starts right on its CPU.
-        kthread_park(task)
-        self._set(slot, cpu, task)
-        if ht.create is not None:
-            invoke(ht.create, cpu)
-        return 0
-
-    def _unpark(self, ht, cpu):
-        from .._kthread.control import kthread_unpark
-        task = ht.task(cpu)
-        if task is not None and not ht.selfparking:
-            kthread_unpark(task)
-
-    def unparked_pids(self, cpu):
-        """Pids of the per-CPU threads of ``cpu`` that startup() unparks (and so
-        re-binds), for the affinity pass that follows not to bind them again."""
-        return {ht.task(cpu).pid for ht in self.regs.values()
-                if not ht.selfparking and ht.task(cpu) is not None}
-
-    def startup(self, cpu):
-        """smpboot_create_threads + smpboot_unpark_threads for ``cpu``."""
-        for slot, ht in list(self.regs.items()):
-            rc = self._create(slot, ht, cpu)
-            if rc < 0:
-                return rc
-        for ht in self.regs.values():
-            self._unpark(ht, cpu)
-        return 0
-
-    def teardown(self, cpu):
-        """smpboot_park_threads for ``cpu``."""
-        from .._kthread.control import kthread_park
-        for ht in self.regs.values():
-            task = ht.task(cpu)
-            if task is not None and not ht.selfparking:
-                kthread_park(task)
-        return 0
-
-
-# -- the per-CPU thread --------------------------------------------------------------
-
-def _on_its_cpu(cpu, modelled):
-    """kernel: td->cpu == smp_processor_id(), plus the binding not broken."""
-    if modelled:
-        return True
-    return os.sched_getaffinity(0) == {cpu} and getcpu() == cpu
-
-
-def _kick_cpuhp(rt):
-    from .cpuhp import H, hp_base
-    rt.waits.completion_complete(hp_base(rt) + H.req, False)
-
-
-def smpboot_thread_fn(data):
-    """threadfn of every per-CPU thread: the smpboot loop (see module doc)."""
-    from .._kthread.body import kthread_parkme, kthread_should_park, kthread_should_stop
-    from .._core.runtime import get_runtime
-    from .._sched.task import TaskState
-    from .._sched.schedule import schedule, schedule_timeout_interruptible, set_current_state
-    ht, cpu = data
-    rt = get_runtime()
-    modelled = cpu not in rt.topology.host_cpus()
-    status = HP_THREAD_NONE
-    while True:
-        set_current_state(TaskState.TASK_INTERRUPTIBLE)
-        if kthread_should_stop():
-            set_current_state(TaskState.TASK_RUNNING)
-            if ht.cleanup is not None and status != HP_THREAD_NONE:
-                ht.cleanup(cpu, rt.topology.is_online(cpu))
-            return 0
-        if kthread_should_park():
-            set_current_state(TaskState.TASK_RUNNING)
-            if status == HP_THREAD_ACTIVE:
-                if ht.park is not None:
-                    ht.park(cpu)
-                status = HP_THREAD_PARKED
-            kthread_parkme()
-            continue
-        if not _on_its_cpu(cpu, modelled):
-            # Someone else took our CPU down: wait for cpuhp to park us.
-            set_current_state(TaskState.TASK_RUNNING)
-            _kick_cpuhp(rt)
-            schedule_timeout_interruptible(OFF_CPU_WAIT)
-            continue
-        if status == HP_THREAD_NONE:
-            set_current_state(TaskState.TASK_RUNNING)
-            if ht.setup is not None:
-                ht.setup(cpu)
-            status = HP_THREAD_ACTIVE
-            continue
-        if status == HP_THREAD_PARKED:
-            set_current_state(TaskState.TASK_RUNNING)
-            if ht.unpark is not None:
-                ht.unpark(cpu)
-            status = HP_THREAD_ACTIVE
-            continue
-        if not ht.thread_should_run(cpu):
-            schedule()
-        else:
-            set_current_state(TaskState.TASK_RUNNING)
-            ht.thread_fn(cpu)

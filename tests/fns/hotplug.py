@@ -106,6 +106,24 @@ def create(cpu):
     log("create", cpu)
 
 
+# two registrations told apart in the log (smpboot's walk orders)
+
+def create_old(cpu):
+    log("create_old", cpu)
+
+
+def create_new(cpu):
+    log("create_new", cpu)
+
+
+def park_old(cpu):
+    log("park_old", cpu)
+
+
+def park_new(cpu):
+    log("park_new", cpu)
+
+
 # -- the stress thread: runs every ~2 ms, checks where it runs ------------------------
 
 _runs = {}
@@ -117,7 +135,7 @@ def always(cpu):
 
 def where_am_i(cpu):
     """thread_fn: count the run; record it if it is not on ``cpu`` with affinity {cpu}."""
-    from kproc._hotplug.smpboot import getcpu
+    from kproc._hotplug.smpboot_thread import getcpu
     on, aff = getcpu(), os.sched_getaffinity(0)
     _runs[cpu] = _runs.get(cpu, 0) + 1
     if on != cpu or aff != {cpu}:

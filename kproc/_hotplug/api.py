@@ -1,0 +1,234 @@
+"""The caller side of CPU hotplug (kernel: kernel/cpu.c, ``cpu_down``,
+``cpu_up``, ``cpuhp_setup_state``, ``cpuhp_remove_state``, with
+``cpu_add_remove_lock``): argument checks, starting the cpuhp kthread on
+demand, and the mailbox request/reply every hotplug call goes through.
+
+Every operation, whichever process asks, is a request in the shared mailbox
+(``record``) served by the one cpuhp kthread, so callbacks always run there.
+A call checks its arguments here first, so bad input raises before anything
+is posted or changed.
+
+Races prevented: the request lock is a pid in shared memory (``owner``,
+the kernel's ``cpu_add_remove_lock``), taken by compare-and-swap and stolen
+from a dead holder; the holder waits until ``busy`` is clear before it
+writes, so a request abandoned by a killed caller is finished before the
+next one is written.  Two processes starting cpuhp at once agree through
+``state`` (HP_NONE → HP_STARTING by compare-and-swap, by the one whose pid
+is then ``starter``); a starter that died is replaced.  Every wait watches
+the cpuhp kthread: its death ends the wait with ``KthreadError(ESRCH)``,
+and the next call starts a fresh cpuhp (registrations are lost with the
+old one).  A hotplug call made by the cpuhp kthread itself (from a
+callback) would wait for itself: it fails at once with EDEADLK.
+Context: the caller, any process of the runtime but the cpuhp kthread.
+"""
+
+import errno
+import os
+import pickle
+import time
+
+from .._core import layout as L
+from .._core.errors import KthreadError
+from .._core.runtime import get_runtime
+from .._core.syscalls import pid_alive
+from .._kthread.create import kthread_run
+from .._sched.completion import wait_at
+from .._core.funcref import check_callback
+from .cpuhp import cpuhp_thread
+from .record import (H, OP_DOWN, OP_REMOVE, OP_SETUP, OP_UP, cpuhp_dead, cpuhp_task_base,
+                     get_message, hp_base, put_message)
+
+__all__ = ["cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_remove_state", "request",
+           "ensure_cpuhp"]
+
+START_TIMEOUT = 10.0       # s: for the cpuhp kthread to be created and serve
+LOCK_TICK = 0.0002         # s: between looks at the request lock and at ``busy``
+START_TICK = 0.0005        # s: between looks at a cpuhp being started
+
+
+def ensure_cpuhp(rt):
+    """Start the cpuhp kthread unless it runs; wait until it serves.
+
+    Context: any process of the runtime but cpuhp; blocks (one kthread
+    creation the first time).  Raises: KthreadError from the creation;
+    KthreadError(ETIMEDOUT) if cpuhp did not serve within START_TIMEOUT.
+    """
+    mem, hp = rt.mem, hp_base(rt)
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        state = mem.load32(hp + H.state)
+        if state == L.HP_RUNNING and not cpuhp_dead(rt):
+            return
+        if state == L.HP_RUNNING or (state == L.HP_STARTING and
+                                     not pid_alive(mem.load32(hp + H.starter))):
+            mem.cmpxchg32(hp + H.state, state, L.HP_NONE)     # dead: start again
+            continue
+        if state == L.HP_NONE and mem.cmpxchg32(hp + H.state, L.HP_NONE,
+                                                L.HP_STARTING) == L.HP_NONE:
+            L.pack_field(rt.buf, hp, H, "starter", os.getpid())
+            try:
+                task = kthread_run(cpuhp_thread, None, "cpuhp")
+            except BaseException:
+                mem.store32(hp + H.state, L.HP_NONE)
+                raise
+            mem.store32(hp + H.task_gen, task._gen)
+            mem.store32(hp + H.task_idx, task._idx + 1)
+        rt.check_alive()
+        if time.monotonic() > deadline:
+            raise KthreadError(errno.ETIMEDOUT, "the cpuhp kthread did not start")
+        # cpuhp publishes HP_RUNNING once its loop serves; a creation takes ms
+        time.sleep(START_TICK)
+
+
+def _lock(rt):
+    mem, hp, me = rt.mem, hp_base(rt), os.getpid()
+    while True:
+        owner = mem.load32(hp + H.owner)
+        if owner == 0 or not pid_alive(owner):
+            if mem.cmpxchg32(hp + H.owner, owner, me) == owner:
+                return
+            continue
+        if owner == me:
+            raise KthreadError(errno.EDEADLK, "a hotplug call from inside a hotplug "
+                               "call of the same process would wait for itself")
+        rt.check_alive()
+        # the holder's request lasts as long as its callbacks: polling costs nothing
+        time.sleep(LOCK_TICK)
+
+
+def _unlock(rt):
+    rt.mem.cmpxchg32(hp_base(rt) + H.owner, os.getpid(), 0)
+
+
+def _cpuhp_peer(rt):
+    def check():
+        return -errno.ESRCH if cpuhp_dead(rt) else None
+    return check
+
+
+def _wait_not_busy(rt):
+    """Wait until cpuhp has finished the request before ours (``busy`` clear): one
+    whose requester was killed is still being served.  Watches cpuhp."""
+    off = hp_base(rt) + H.busy
+    while rt.mem.load32(off):
+        if cpuhp_dead(rt):
+            rt.mem.store32(off, 0)
+            raise KthreadError(errno.ESRCH, "the cpuhp kthread died")
+        time.sleep(LOCK_TICK)
+
+
+def request(op, args):
+    """Post request ``op`` with ``args`` to cpuhp and wait for the reply.
+
+    Context: any process of the runtime except the cpuhp kthread; blocks.
+    Return: the reply value.  Raises: what cpuhp raised for the request
+    (ValueError, PermissionError, OSError); ValueError if the request is
+    larger than the mailbox; KthreadError(ESRCH) if cpuhp or kthreadd died;
+    KthreadError(EDEADLK) from the cpuhp kthread itself.
+    """
+    rt = get_runtime()
+    if rt.self_base is not None and rt.self_base == cpuhp_task_base(rt):
+        raise KthreadError(errno.EDEADLK, "hotplug calls from a hotplug callback (the "
+                           "cpuhp kthread) would wait for themselves")
+    raw = pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL)
+    if len(raw) > L.HP_MSG_MAX:
+        raise ValueError("hotplug request too large")
+    ensure_cpuhp(rt)
+    mem, hp = rt.mem, hp_base(rt)
+    _lock(rt)
+    try:
+        _wait_not_busy(rt)
+        put_message(rt, "req", raw)
+        mem.store32(hp + H.done + L.COMPLETION.done, 0)
+        mem.store32(hp + H.pending, 1)
+        rt.waits.completion_complete(hp + H.req, False)
+        verdict = wait_at(rt, hp + H.done, None, "uninterruptible", _cpuhp_peer(rt))
+        if verdict:
+            raise KthreadError(errno.ESRCH, "the cpuhp kthread died; hotplug state "
+                               "(registered states, per-CPU threads) is lost")
+        kind, value = pickle.loads(get_message(rt, "rep"))
+    finally:
+        _unlock(rt)
+    if kind == "raise":
+        exc_type, exc_args = value
+        raise exc_type(*exc_args)
+    return value
+
+
+def _check_hotplug_cpu(rt, cpu):
+    rt.topology.check_hotpluggable(cpu)
+    rt.topology.check_may_write(cpu)
+
+
+def cpu_down(cpu):
+    """cpu_down(): take ``cpu`` offline, running the teardown callbacks first.
+
+    Teardowns run in the cpuhp kthread in reverse order of registration
+    (user states, then affinities, then per-CPU threads are parked), then
+    ``0`` is written to ``cpuN/online`` (retried on EBUSY/EAGAIN, read back).
+    A teardown failing rolls back (startups of the states already torn
+    down, in order) and nothing is written.
+    Context: any process of the runtime but cpuhp; blocks.
+    Return: 0 when the CPU went offline; 1 if it already was offline
+    (nothing run); a negative errno after a rollback: the failing callback's
+    return value (-EFAULT if it raised), or the errno of a failed write.
+    Raises: TypeError (not an int); ValueError (not possible, not
+    hot-pluggable, last online CPU); PermissionError (real sysfs without
+    root); KthreadError(ESRCH) if cpuhp or kthreadd died.
+    """
+    rt = get_runtime()
+    _check_hotplug_cpu(rt, cpu)
+    rt.topology.check_not_last(cpu)
+    return request(OP_DOWN, cpu)
+
+
+def cpu_up(cpu):
+    """cpu_up(): bring ``cpu`` online, then run the startup callbacks.
+
+    ``1`` is written to ``cpuN/online`` (retried on EBUSY/EAGAIN, read back);
+    then in the cpuhp kthread, in order: per-CPU threads are created (parked)
+    where missing, unparked and re-bound; node, preferred and bound
+    affinities are re-applied (kthreads_online_cpu); user states' startups.
+    A startup failing rolls back the ones run (teardowns in reverse) and
+    takes the CPU offline again.
+    Context: any process of the runtime but cpuhp; blocks.
+    Return: 0 when the CPU came online; 1 if it already was online (nothing
+    run); a negative errno after a rollback, as cpu_down().
+    Raises: as cpu_down() (but no last-CPU check).
+    """
+    rt = get_runtime()
+    _check_hotplug_cpu(rt, cpu)
+    return request(OP_UP, cpu)
+
+
+def cpuhp_setup_state(name, startup, teardown):
+    """cpuhp_setup_state(CPUHP_AP_ONLINE_DYN, ...): add a dynamic hotplug state.
+
+    @name: a label ("subsys:what").  @startup, @teardown: module-level
+    functions ``f(cpu) -> int`` (0 or a negative errno; None counts as 0), or
+    None.  They run in the cpuhp kthread.  ``startup`` is run at once on
+    every online CPU, in CPU order; if it fails on one, ``teardown`` is run
+    on those already done and the state is not added.
+    Context: any process of the runtime but cpuhp; blocks.
+    Return: the state number (>= 1000, for cpuhp_remove_state()); a negative
+    errno: startup's failure (-EFAULT if it raised) or -ENOSPC when 40
+    dynamic states exist.  Raises: TypeError (bad name, callback not
+    callable or not passable by reference).
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError("name must be a non-empty str")
+    check_callback("startup", startup)
+    check_callback("teardown", teardown)
+    return request(OP_SETUP, (name, startup, teardown))
+
+
+def cpuhp_remove_state(state):
+    """cpuhp_remove_state(): run ``teardown`` on every online CPU (reverse CPU
+    order) and remove the state.
+
+    Context: any process of the runtime but cpuhp; blocks.
+    Return: None.  Raises: TypeError (not an int); ValueError (no such state).
+    """
+    if isinstance(state, bool) or not isinstance(state, int):
+        raise TypeError(f"state must be an int, not {type(state).__name__}")
+    return request(OP_REMOVE, state)

@@ -1,0 +1,146 @@
+"""The smpboot registrations as the cpuhp kthread keeps them (kernel:
+kernel/smpboot.c, the ``hotplug_threads`` list, ``__smpboot_create_thread``,
+``smpboot_create_threads``, ``smpboot_unpark_threads``,
+``smpboot_park_threads``, ``smpboot_destroy_threads``).
+
+Registrations are walked in smpboot.c's orders: ``hotplug_threads`` holds
+the newest first (smpboot_register_percpu_thread's ``list_add``); creating
+and unparking a CPU's threads walk it forward (``list_for_each_entry``),
+parking walks it backwards (``list_for_each_entry_reverse``).
+
+Each registration has a slot of the arena's SMPBOOT table (``record``):
+``inuse``, a generation bumped at each use (a stale SmpHotplugThread never
+reads a new occupant's store) and the per-CPU store, written here alone.
+As in the kernel, a thread is created with ``kthread_create_on_cpu``, marked
+per-CPU and parked before it ever runs (so that it starts right on its
+CPU), stored, handed to ``create(cpu)``, and unparked once everything is in
+place; kthread_unpark() re-binds it to its CPU.  The ``smpboot:threads``
+hotplug state parks a CPU's threads before it goes down, and creates
+(parked) the missing ones and unparks them after it comes up.
+
+Races prevented: a store entry is filled before ``create(cpu)`` runs, so
+``ht.task(cpu)`` answers in every process as soon as anyone can hear of the
+thread; the threads parked here are asleep in TASK_PARKED when
+kthread_park() returns, so a CPU goes down with none of them running on it.
+Context: the cpuhp kthread only.
+"""
+
+import errno
+
+from .._core import layout as L
+from .._core.errors import KthreadError
+from .._kthread.control import kthread_park, kthread_set_per_cpu, kthread_stop, kthread_unpark
+from .._kthread.create import kthread_create_on_cpu
+from .callbacks import invoke
+from .record import S, smpboot_off, store_set
+from .smpboot_thread import smpboot_thread_fn
+
+__all__ = ["HotplugThreads"]
+
+
+class HotplugThreads:
+    """Registrations, as kept by the cpuhp kthread (kernel: hotplug_threads)."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.hotplug_threads = []   # (slot, SmpHotplugThread), the newest first
+
+    def register(self, ht, online):
+        """smpboot_register_percpu_thread(), in cpuhp: a slot, then a thread per
+        online CPU (created parked, then unparked).
+
+        Return: (slot, generation); -ENOSPC when MAX_SMPBOOT are registered; a
+        creation's negative errno (the threads made are stopped).
+        """
+        mem = self.rt.mem
+        slot = next((i for i in range(L.MAX_SMPBOOT)
+                     if not mem.load32(smpboot_off(self.rt, i) + S.inuse)), None)
+        if slot is None:
+            return -errno.ENOSPC
+        off = smpboot_off(self.rt, slot)
+        gen = (mem.load32(off + S.gen) + 1) & 0xFFFFFFFF or 1
+        mem.store32(off + S.gen, gen)
+        mem.store32(off + S.inuse, 1)
+        ht._reg = (self.rt.runtime_id, slot, gen)
+        for cpu in sorted(online):
+            rc = self._create(slot, ht, cpu)
+            if rc < 0:
+                self._destroy(slot, ht)
+                return rc
+        for cpu in sorted(online):
+            self._unpark(ht, cpu)
+        # smpboot_register_percpu_thread(): list_add(&plug_thread->list, &hotplug_threads)
+        self.hotplug_threads.insert(0, (slot, ht))
+        return slot, gen
+
+    def unregister(self, reg):
+        """smpboot_unregister_percpu_thread(), in cpuhp: stop every thread of the
+        registration ``reg`` = (slot, generation).  Raises: ValueError (unknown)."""
+        slot, gen = reg
+        entry = next((e for e in self.hotplug_threads if e[0] == slot), None)
+        if entry is None or entry[1]._reg[2] != gen:
+            raise ValueError("that SmpHotplugThread is not registered")
+        self.hotplug_threads.remove(entry)
+        self._destroy(slot, entry[1])
+
+    def _destroy(self, slot, ht):
+        """smpboot_destroy_threads(): stop each thread (a parked one is unparked by
+        kthread_stop), empty its store entry, free the slot."""
+        for cpu in sorted(self.rt.topology.possible()):
+            task = ht.task(cpu)
+            if task is not None:
+                try:
+                    kthread_stop(task)
+                except KthreadError:
+                    pass
+                store_set(self.rt, slot, cpu, None)
+        self.rt.mem.store32(smpboot_off(self.rt, slot) + S.inuse, 0)
+
+    def _create(self, slot, ht, cpu):
+        """__smpboot_create_thread(): create parked, store, create(cpu).
+        Return: 0 (also if the thread exists); a creation's negative errno."""
+        if ht.task(cpu) is not None:
+            return 0
+        try:
+            task = kthread_create_on_cpu(smpboot_thread_fn, (ht, cpu), cpu, ht.thread_comm)
+        except KthreadError as exc:
+            return -(exc.errno or errno.ENOMEM)
+        kthread_set_per_cpu(task, cpu)
+        # Park it before it ever runs, so that it starts right on its CPU.
+        kthread_park(task)
+        store_set(self.rt, slot, cpu, task)
+        if ht.create is not None:
+            invoke(ht.create, cpu)
+        return 0
+
+    def _unpark(self, ht, cpu):
+        task = ht.task(cpu)
+        if task is not None and not ht.selfparking:
+            kthread_unpark(task)
+
+    def unparked_pids(self, cpu):
+        """Pids of the per-CPU threads of ``cpu`` that startup() unparks (and so
+        re-binds), for the affinity pass that follows not to bind them again."""
+        return {ht.task(cpu).pid for _, ht in self.hotplug_threads
+                if not ht.selfparking and ht.task(cpu) is not None}
+
+    def startup(self, cpu):
+        """smpboot_create_threads + smpboot_unpark_threads for ``cpu``, each walking
+        the registrations newest first (list_for_each_entry, as smpboot.c).
+        Return: 0; a creation's negative errno."""
+        for slot, ht in self.hotplug_threads:
+            rc = self._create(slot, ht, cpu)
+            if rc < 0:
+                return rc
+        for _, ht in self.hotplug_threads:
+            self._unpark(ht, cpu)
+        return 0
+
+    def teardown(self, cpu):
+        """smpboot_park_threads for ``cpu``, walking the registrations oldest first
+        (list_for_each_entry_reverse, as smpboot.c).  Return: 0."""
+        for _, ht in reversed(self.hotplug_threads):
+            task = ht.task(cpu)
+            if task is not None and not ht.selfparking:
+                kthread_park(task)
+        return 0

@@ -1,0 +1,105 @@
+"""The loop every per-CPU hotplug thread runs (kernel: kernel/smpboot.c,
+``smpboot_thread_fn``).
+
+stop → ``cleanup(cpu, online)`` and exit; park → ``park(cpu)``,
+kthread_parkme(); first run → ``setup(cpu)``; after an unpark that followed
+a ``park(cpu)`` → ``unpark(cpu)`` (so only where ``park`` ran, as in
+smpboot.c); then ``thread_fn(cpu)`` while ``thread_should_run(cpu)``, else
+sleep until woken.  Each test is made in TASK_INTERRUPTIBLE, so a wake-up
+between the test and ``schedule()`` is not lost.
+
+Where the kernel has ``BUG_ON(td->cpu != smp_processor_id())`` the loop
+checks that it runs on its CPU with affinity ``{cpu}``: a CPU taken down by
+someone else (a shell, stress-ng) breaks the binding before cpuhp can park
+the thread, so the thread kicks cpuhp and waits to be parked instead of
+running elsewhere.  A ``thread_fn`` already running when its CPU vanishes is
+migrated by the kernel mid-run: that, user space cannot prevent.  A CPU of
+a fake tree that the host lacks is modelled: its thread runs wherever it may.
+Context: the per-CPU threads (``getcpu``: any).
+"""
+
+import os
+
+from .._core.runtime import get_runtime
+from .._kthread.body import kthread_parkme, kthread_should_park, kthread_should_stop
+from .._sched.schedule import schedule, schedule_timeout_interruptible, set_current_state
+from .._sched.task import TaskState
+from .record import kick_cpuhp
+
+try:
+    from .. import _native
+except ImportError:        # optional: the C extension may not be built
+    _native = None
+if not hasattr(_native, "getcpu") or os.environ.get("KPROC_NATIVE") == "0":
+    _native = None
+
+__all__ = ["smpboot_thread_fn", "getcpu"]
+
+HP_THREAD_NONE, HP_THREAD_ACTIVE, HP_THREAD_PARKED = range(3)
+OFF_CPU_WAIT = 0.001       # s: a thread off its CPU waits this long for cpuhp, per round
+
+
+def getcpu():
+    """The CPU running the caller (sched_getcpu; /proc/self/stat field 39 without
+    the extension).  Context: any."""
+    if _native is not None:
+        return _native.getcpu()
+    with open("/proc/self/stat") as f:
+        return int(f.read().rpartition(")")[2].split()[36])
+
+
+def _on_its_cpu(cpu, modelled):
+    """kernel: td->cpu == smp_processor_id(), plus the binding not broken."""
+    if modelled:
+        return True
+    return os.sched_getaffinity(0) == {cpu} and getcpu() == cpu
+
+
+def smpboot_thread_fn(data):
+    """threadfn of every per-CPU thread: the smpboot loop (see the module doc).
+
+    @data: (SmpHotplugThread, cpu).  Context: the per-CPU thread.
+    Return: 0 when stopped.
+    """
+    ht, cpu = data
+    rt = get_runtime()
+    modelled = cpu not in rt.topology.host_cpus()
+    status = HP_THREAD_NONE
+    while True:
+        set_current_state(TaskState.TASK_INTERRUPTIBLE)
+        if kthread_should_stop():
+            set_current_state(TaskState.TASK_RUNNING)
+            if ht.cleanup is not None and status != HP_THREAD_NONE:
+                ht.cleanup(cpu, rt.topology.is_online(cpu))
+            return 0
+        if kthread_should_park():
+            set_current_state(TaskState.TASK_RUNNING)
+            if status == HP_THREAD_ACTIVE:
+                if ht.park is not None:
+                    ht.park(cpu)
+                status = HP_THREAD_PARKED
+            kthread_parkme()
+            continue
+        if not _on_its_cpu(cpu, modelled):
+            # Someone else took our CPU down: wait for cpuhp to park us.
+            set_current_state(TaskState.TASK_RUNNING)
+            kick_cpuhp(rt)
+            schedule_timeout_interruptible(OFF_CPU_WAIT)
+            continue
+        if status == HP_THREAD_NONE:
+            set_current_state(TaskState.TASK_RUNNING)
+            if ht.setup is not None:
+                ht.setup(cpu)
+            status = HP_THREAD_ACTIVE
+            continue
+        if status == HP_THREAD_PARKED:
+            set_current_state(TaskState.TASK_RUNNING)
+            if ht.unpark is not None:
+                ht.unpark(cpu)
+            status = HP_THREAD_ACTIVE
+            continue
+        if not ht.thread_should_run(cpu):
+            schedule()
+        else:
+            set_current_state(TaskState.TASK_RUNNING)
+            ht.thread_fn(cpu)

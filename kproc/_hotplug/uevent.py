@@ -1,0 +1,165 @@
+"""The cpuhp kthread's ear for CPU changes made by someone else: a
+``NETLINK_KOBJECT_UEVENT`` listener (kernel: lib/kobject_uevent.c, the
+``online@`` / ``offline@`` uevents that drivers/base/core.c sends for
+``/devices/system/cpu/cpuN`` when kernel/cpu.c brings a CPU up or down).
+
+A thread of the cpuhp kthread's process reads the socket and kicks cpuhp's
+main loop on every CPU online/offline uevent; a classic BPF filter drops
+the other uevents in the kernel (see ``cpu_uevent_filter``).  There is no
+uevent on a fake tree, nor without netlink: cpuhp then polls (``start()``
+says which).
+
+The race this closes: a CPU taken down and brought back between two looks
+of cpuhp is online both times, and with no per-CPU thread to show the
+broken binding it would go unseen.  Each ``offline@`` uevent is noted with
+its SEQNUM; per CPU, ``seen_offline`` holds ``/sys/kernel/uevent_seqnum`` as
+read when cpuhp last saw the CPU offline (or took it offline itself).  An
+offline uevent numbered after that, for a CPU online now and known to cpuhp,
+is a down-and-up that was missed.  Uevents older than ``start()`` are not
+ours to judge.  The notes are handed from the listener thread to cpuhp
+under a lock.
+Context: the cpuhp kthread (its main thread and its listener thread).
+"""
+
+import ctypes
+import socket
+import struct
+import threading
+
+from .._core.topology import _read as _read_sysfs
+from .record import kick_cpuhp
+
+__all__ = ["UeventWatch", "cpu_uevent_filter", "attach_cpu_uevent_filter",
+           "parse_offline_uevent"]
+
+NETLINK_KOBJECT_UEVENT = 15
+UEVENT_SEQNUM = "/sys/kernel/uevent_seqnum"
+CPU_UEVENT_PREFIXES = (b"online@/devices/system/cpu/cpu", b"offline@/devices/system/cpu/cpu")
+SO_ATTACH_FILTER = 26
+
+
+class UeventWatch:
+    """The uevent listener and the offline uevents it has noted for cpuhp."""
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.sock = None
+        self._lock = threading.Lock()
+        self._offline_events = []      # (SEQNUM, cpu) not looked at yet, from the thread
+        self._seen_offline = {}        # cpu -> uevent_seqnum when cpuhp last saw it offline
+
+    def start(self):
+        """Open the socket and start the listener thread.
+
+        Return: True if uevents are watched; False on a fake tree or where
+        netlink is unavailable (cpuhp then polls on a short tick).
+        """
+        if self.rt.topology.is_fake:
+            return False
+        try:
+            sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
+                                 NETLINK_KOBJECT_UEVENT)
+            sock.bind((0, 1))
+        except (OSError, AttributeError):
+            return False
+        attach_cpu_uevent_filter(sock)
+        self.sock = sock
+        seq = self.seqnum() or 0
+        for cpu in self.rt.topology.possible():
+            self._seen_offline[cpu] = seq
+        threading.Thread(target=self._listen, daemon=True, name="cpuhp-uevent").start()
+        return True
+
+    def seqnum(self):
+        """/sys/kernel/uevent_seqnum, or None (no uevents watched, fake tree)."""
+        if self.sock is None:
+            return None
+        try:
+            return int(_read_sysfs(UEVENT_SEQNUM))
+        except (OSError, ValueError):
+            return None
+
+    def missed_bounces(self, seq, online, known):
+        """CPUs online and known whose offline uevent cpuhp has not seen yet.
+
+        @seq: seqnum() read before ``online`` was: every CPU offline in
+        ``online`` is marked seen offline as of ``seq``.  Consumes the notes.
+        """
+        with self._lock:
+            pending, self._offline_events = self._offline_events, []
+        if seq is not None:
+            for cpu in self.rt.topology.possible() - online:
+                self._seen_offline[cpu] = seq
+        return {cpu for number, cpu in pending
+                if number > self._seen_offline.get(cpu, 0) and cpu in online and
+                cpu in known}
+
+    def took_offline(self, cpu):
+        """After cpuhp's own offline write: its uevent is not someone else's."""
+        seq = self.seqnum()
+        if seq is not None:
+            self._seen_offline[cpu] = seq
+
+    def _listen(self):
+        """The listener thread: kick cpuhp on every CPU uevent, note the offline ones."""
+        while True:
+            try:
+                msg = self.sock.recv(8192)
+            except InterruptedError:
+                continue
+            except OSError:
+                return
+            if msg.startswith(CPU_UEVENT_PREFIXES):
+                offline = parse_offline_uevent(msg)
+                if offline is not None:
+                    with self._lock:
+                        self._offline_events.append(offline)
+                kick_cpuhp(self.rt)
+
+
+def cpu_uevent_filter():
+    """Classic BPF accepting only datagrams that start with a CPU online/offline header.
+
+    A CPU online or offline also sends the uevents of the CPU's other devices
+    (cpuid here; msr, machinecheck elsewhere); without the filter each wakes
+    the listener thread, and each of its GIL hand-offs cost the cpuhp thread
+    1-2 ms (strace) right when it runs the startup callbacks.
+    Return: the list of (code, jt, jf, k) instructions.
+    """
+    ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
+    insns = []
+    for prefix in CPU_UEVENT_PREFIXES:
+        words = [prefix[i:i + 4] for i in range(0, len(prefix) - len(prefix) % 4, 4)]
+        chain_len = 2 * len(words) + 1          # (ld, jeq) per word, then accept
+        for n, word in enumerate(words):
+            insns.append((ld_w_abs, 0, 0, 4 * n))
+            left = chain_len - (2 * n + 2)      # instructions after this jeq in the chain
+            insns.append((jeq_k, 0, left, int.from_bytes(word, "big")))
+        insns.append((ret_k, 0, 0, 0xFFFFFFFF))
+    insns.append((ret_k, 0, 0, 0))
+    return insns
+
+
+def attach_cpu_uevent_filter(sock):
+    """Attach cpu_uevent_filter() to ``sock``; without it every uevent wakes us."""
+    insns = cpu_uevent_filter()
+    prog = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
+    fprog = struct.pack("HL", len(insns), ctypes.addressof(prog))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)
+    except OSError:
+        pass        # unfiltered: correct, a little slower (the kernel copied prog)
+
+
+def parse_offline_uevent(msg):
+    """(SEQNUM, cpu) of an ``offline@/devices/system/cpu/cpuN`` uevent, else None."""
+    fields = msg.split(b"\0")
+    head = fields[0]
+    if not head.startswith(CPU_UEVENT_PREFIXES[1]):
+        return None
+    try:
+        cpu = int(head[len(CPU_UEVENT_PREFIXES[1]):])
+        number = next(int(f[7:]) for f in fields if f.startswith(b"SEQNUM="))
+    except (ValueError, StopIteration):
+        return None
+    return number, cpu
