@@ -5,13 +5,19 @@ would run it.
 Context: the command-line process; the suite starts its own runtimes.
 """
 
+from __future__ import annotations
+
 import runpy
 import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from argparse import ArgumentParser, Namespace, _SubParsersAction
 
 __all__ = ["add_parser", "run"]
 
 
-def run(args):
+def run(args: Namespace) -> int:
     """Entry point of ``kproc bench``.  Return: exit status (2 without the
     ``benchmarks`` package)."""
     argv = ["benchmarks"] + (["--quick"] if args.quick else []) + \
@@ -30,7 +36,7 @@ def run(args):
     return 0
 
 
-def add_parser(sub):
+def add_parser(sub: _SubParsersAction[ArgumentParser]) -> ArgumentParser:
     """Add the ``bench`` subcommand to an argparse subparsers object."""
     p = sub.add_parser("bench", help="the latency suite (SPEC §7)")
     p.add_argument("--quick", action="store_true", help="short runs")

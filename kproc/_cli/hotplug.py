@@ -15,6 +15,8 @@ callbacks bring the threads back, then by a raw write if that failed.
 Context: the command-line process, which owns the runtime it starts.
 """
 
+from __future__ import annotations
+
 import os
 import signal
 import sys
@@ -27,37 +29,47 @@ from .._hotplug.experiment import cycle_experiment, report_dir
 from .._hotplug.record import hotplug_stats
 from .output import print_json
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from argparse import ArgumentParser, Namespace, _SubParsersAction
+    from collections.abc import Callable, Iterable
+    from types import FrameType
+    from typing import NoReturn
+
+    # What signal.signal() takes and returns.
+    SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers | None
+
 __all__ = ["add_parser", "percentiles", "run"]
 
 
 # -- helpers -----------------------------------------------------------------------
 
-def percentiles(samples_ns):
-    """{p50, p99, n} in milliseconds."""
+def percentiles(samples_ns: Iterable[int]) -> dict[str, float | None]:
+    """{p50, p99, n} in milliseconds (p50 and p99 None without samples)."""
     s = sorted(samples_ns)
     if not s:
         return {"p50": None, "p99": None, "n": 0}
-    pick = lambda q: s[min(len(s) - 1, int(q * len(s)))] / 1e6   # noqa: E731
+    pick: Callable[[float], float] = lambda q: s[min(len(s) - 1, int(q * len(s)))] / 1e6  # noqa: E731
     return {"p50": pick(0.50), "p99": pick(0.99), "n": len(s)}
 
 
 class _Restore:
     """Bring every touched CPU online on exit, whatever ends the command."""
 
-    def __init__(self, topology):
+    def __init__(self, topology: Topology) -> None:
         self.topology = topology
-        self.touched = set()
-        self.old = {}
+        self.touched: set[int] = set()
+        self.old: dict[signal.Signals, SignalHandler] = {}
 
-    def __enter__(self):
+    def __enter__(self) -> _Restore:
         for sig in (signal.SIGTERM, signal.SIGHUP):
             self.old[sig] = signal.signal(sig, _interrupt)
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def close(self):
+    def close(self) -> None:
         """Bring the touched CPUs back online and restore the signal handlers.
         Idempotent: called while the runtime lives, and again on exit."""
         try:
@@ -77,14 +89,14 @@ class _Restore:
                 signal.signal(sig, handler)
 
 
-def _interrupt(signum, frame):
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
 # -- commands ---------------------------------------------------------------------------
 
-def _status(args, topology):
-    rows = []
+def _status(args: Namespace, topology: Topology) -> int:
+    rows: list[dict[str, int | bool]] = []
     online, isolated, nohz = topology.online(), topology.isolated(), topology.nohz_full()
     for cpu in sorted(topology.possible()):
         rows.append({"cpu": cpu, "online": cpu in online, "present": cpu in topology.present(),
@@ -105,7 +117,7 @@ def _status(args, topology):
     return 0
 
 
-def _single(args, restore):
+def _single(args: Namespace, restore: _Restore) -> int:
     down = args.action == "down"
     restore.touched.add(args.cpu)
     t0 = time.monotonic_ns()
@@ -127,15 +139,14 @@ def _single(args, restore):
     return 0 if rc in (0, 1) else 1
 
 
-def _cycle(args, restore):
+def _cycle(args: Namespace, restore: _Restore) -> int:
     restore.touched.add(args.cpu)
     res = cycle_experiment(args.cpu, args.count, args.threads, args.preferred,
                            settle=args.settle / 1000.0)
-    summary = {k: percentiles(v) for k, v in res.items() if k != "lost"}
-    summary["lost"] = res["lost"]
+    phases = {k: percentiles(v) for k, v in res.items() if isinstance(v, list)}
     if args.json:
         print_json({"cpu": args.cpu, "count": args.count, "threads": args.threads,
-                    "preferred": args.preferred, "ms": summary})
+                    "preferred": args.preferred, "ms": {**phases, "lost": res["lost"]}})
         return 0
     print(f"CPU {args.cpu}: {args.count} offline/online cycles, {args.threads} per-CPU "
           f"thread registration(s), {args.preferred} preferred-affine kthread(s)")
@@ -145,7 +156,7 @@ def _cycle(args, restore):
               ("back", "per-CPU thread back on its CPU")]
     print(f"  {'':<32} {'p50 ms':>9} {'p99 ms':>9} {'n':>6}")
     for key, label in labels:
-        s = summary[key]
+        s = phases[key]
         if s["n"]:
             print(f"  {label:<32} {s['p50']:>9.3f} {s['p99']:>9.3f} {s['n']:>6}")
     if res["lost"]:
@@ -153,7 +164,7 @@ def _cycle(args, restore):
     return 0
 
 
-def run(args):
+def run(args: Namespace) -> int:
     """Entry point of ``kproc hotplug`` (arguments checked).  Return: exit status:
     0; 1 on an error or a failed cpu_down/cpu_up; 130 when interrupted."""
     topology = Topology(args.sysfs_root)
@@ -177,7 +188,7 @@ def run(args):
         return 1
 
 
-def add_parser(sub):
+def add_parser(sub: _SubParsersAction[ArgumentParser]) -> ArgumentParser:
     """Add the ``hotplug`` subcommand to an argparse subparsers object."""
     p = sub.add_parser("hotplug", help="CPU hotplug: status and timed experiments")
     p.add_argument("action", choices=["status", "down", "up", "cycle"])
@@ -197,7 +208,7 @@ def add_parser(sub):
     return p
 
 
-def _checked(args):
+def _checked(args: Namespace) -> int:
     """Refuse bad arguments with exit status 2, else run()."""
     if args.action != "status" and args.cpu is None:
         print(f"kproc hotplug {args.action}: a CPU number is needed", file=sys.stderr)

@@ -5,17 +5,23 @@ adds its own arguments (``add_parser``) and runs (``args.func``).
 Context: the command-line process (``python -m kproc``, the ``kproc`` script).
 """
 
+from __future__ import annotations
+
 import argparse
 import sys
 
 from . import bench, hotplug, ps, trace
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["build_parser", "main"]
 
 DESCRIPTION = "kproc: kthreads on real processes (ps, bench, hotplug, trace)"
 
 
-def build_parser():
+def build_parser() -> argparse.ArgumentParser:
     """The argparse parser of every subcommand."""
     parser = argparse.ArgumentParser(prog="kproc", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -24,10 +30,11 @@ def build_parser():
     return parser
 
 
-def main(argv=None):
+def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``kproc`` command.  Return: exit status."""
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    status: int = args.func(args)      # each subcommand's run(): its exit status
+    return status
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ same user, or root, may open it), and read without taking any lock: the
 table is a snapshot, possibly torn for a kthread changing state meanwhile.
 """
 
+from __future__ import annotations
+
 import mmap
 import os
 import pickletools
@@ -22,6 +24,42 @@ from .._core.topology import format_cpulist
 from .._sched.task import TASK_STATES
 from .output import print_result
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from argparse import ArgumentParser, Namespace, _SubParsersAction
+    from typing import TypedDict
+
+    class WorkerCounters(TypedDict):
+        """A worker's counters, as ``kproc ps`` shows them beside its kthread."""
+
+        queued: int
+        delayed: int
+        executed: int
+        errors: int
+        current: str | None
+
+    class TaskRow(TypedDict):
+        """One kthread of a snapshot."""
+
+        pid: int
+        cpu: int | None
+        affinity: list[int] | None
+        state: str
+        flags: str
+        name: str
+        slot: str
+        bound_cpu: int
+        worker: WorkerCounters | None
+
+    class RuntimeSnapshot(TypedDict):
+        """One runtime, as snapshot() reads it and ``--json`` prints it."""
+
+        kthreadd: int
+        owner: int
+        backend: str
+        max_kthreads: int
+        kthreads: list[TaskRow]
+
 __all__ = ["find_runtimes", "snapshot", "format_table", "add_parser", "run"]
 
 FLAG_NAMES = [(L.KF_IS_PER_CPU, "P"), (L.KF_SHOULD_STOP, "S"), (L.KF_SHOULD_PARK, "K"),
@@ -31,10 +69,10 @@ SLOT_NAMES = {L.SLOT_CREATING: "creating", L.SLOT_LIVE: "live", L.SLOT_EXITING: 
               L.SLOT_DEAD: "dead"}
 
 
-def find_runtimes():
+def find_runtimes() -> list[tuple[int, int]]:
     """kthreadd processes of kproc runtimes owned by this user: [(pid, arena fd)]."""
     uid = os.getuid()
-    found = []
+    found: list[tuple[int, int]] = []
     for proc in psutil.process_iter(["name", "cmdline", "uids"]):
         info = proc.info
         if info["name"] != "kthreadd" or not info["cmdline"]:
@@ -48,14 +86,14 @@ def find_runtimes():
     return found
 
 
-def _map(pid, fd):
+def _map(pid: int, fd: int) -> mmap.mmap:
     path = f"/proc/{pid}/fd/{fd}"
     with open(path, "rb") as f:
         size = os.fstat(f.fileno()).st_size
         return mmap.mmap(f.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ)
 
 
-def snapshot(pid, fd):
+def snapshot(pid: int, fd: int) -> RuntimeSnapshot:
     """Read one runtime: a dict with kthreadd's pid and one dict per kthread."""
     buf = _map(pid, fd)
     try:
@@ -69,22 +107,22 @@ def snapshot(pid, fd):
                              L.unpack_field(buf, 0, H, "max_works"))
         backend = {1: "futex", 2: "posix"}.get(L.unpack_field(buf, 0, H, "backend"), "?")
         workers = _workers(buf, params)
-        tasks = []
+        tasks: list[TaskRow] = []
         for idx in range(n):
             base = params.tasks + idx * T.size
             slot = L.unpack_field(buf, base, T, "slot")
             if slot not in (L.SLOT_LIVE, L.SLOT_CREATING):
                 continue
-            row = _task_row(buf, params, idx, base, slot)
-            row["worker"] = workers.get((idx + 1, L.unpack_field(buf, base, T, "gen")))
-            tasks.append(row)
+            worker = workers.get((idx + 1, L.unpack_field(buf, base, T, "gen")))
+            tasks.append(_task_row(buf, params, idx, base, slot, worker))
         return {"kthreadd": pid, "owner": L.unpack_field(buf, 0, H, "owner_pid"),
                 "backend": backend, "max_kthreads": n, "kthreads": tasks}
     finally:
         buf.close()
 
 
-def _task_row(buf, params, idx, base, slot):
+def _task_row(buf: mmap.mmap, params: ArenaParams, idx: int, base: int, slot: int,
+              worker: WorkerCounters | None) -> TaskRow:
     T = L.TASK
     pid = L.unpack_field(buf, base, T, "pid")
     flags = L.unpack_field(buf, base, T, "flags")
@@ -92,7 +130,8 @@ def _task_row(buf, params, idx, base, slot):
     name_len = L.unpack_field(buf, base, T, "name_len")
     blob = params.blobs + idx * L.BLOB_SIZE
     name = bytes(buf[blob:blob + name_len]).decode("utf-8", "replace")
-    cpu_now, affinity = None, None
+    cpu_now: int | None = None
+    affinity: list[int] | None = None
     if pid > 0:
         try:
             proc = psutil.Process(pid)
@@ -105,14 +144,14 @@ def _task_row(buf, params, idx, base, slot):
         "state": getattr(TASK_STATES.get(state), "name", hex(state)),
         "flags": "".join(ch for bit, ch in FLAG_NAMES if flags & bit) or "-",
         "name": name, "slot": SLOT_NAMES.get(slot, str(slot)),
-        "bound_cpu": L.unpack_field(buf, base, T, "cpu"),
+        "bound_cpu": L.unpack_field(buf, base, T, "cpu"), "worker": worker,
     }
 
 
-def _workers(buf, params):
+def _workers(buf: mmap.mmap, params: ArenaParams) -> dict[tuple[int, int], WorkerCounters]:
     """{(task index + 1, task gen): worker counters} for every worker with a kthread."""
     K, W = L.WORKER, L.WORK
-    out = {}
+    out: dict[tuple[int, int], WorkerCounters] = {}
     now = time.monotonic_ns()
     for idx in range(params.max_kthreads):
         base = params.workers + idx * L.WORKER.stride
@@ -140,7 +179,7 @@ def _workers(buf, params):
     return out
 
 
-def _work_func_name(buf, params, idx):
+def _work_func_name(buf: mmap.mmap, params: ArenaParams, idx: int) -> str:
     """``module.qualname`` of a work's func, read from its pickle *without* unpickling
     (pickletools only parses: nothing from shared memory is executed here)."""
     W = L.WORK
@@ -158,9 +197,9 @@ def _work_func_name(buf, params, idx):
         return f"#{idx}"
 
 
-def format_table(runtimes):
+def format_table(runtimes: list[RuntimeSnapshot]) -> str:
     """Render snapshots as a text table (one block per runtime)."""
-    lines = []
+    lines: list[str] = []
     for rt in runtimes:
         lines.append(f"runtime: kthreadd {rt['kthreadd']}  owner {rt['owner']}  "
                      f"backend {rt['backend']}  kthreads {len(rt['kthreads'])}"
@@ -187,9 +226,9 @@ def format_table(runtimes):
     return "\n".join(lines)
 
 
-def run(args):
+def run(args: Namespace) -> int:
     """Entry point of ``kproc ps``.  Return: 0."""
-    runtimes = []
+    runtimes: list[RuntimeSnapshot] = []
     for pid, fd in find_runtimes():
         try:
             runtimes.append(snapshot(pid, fd))
@@ -198,7 +237,7 @@ def run(args):
     return print_result(runtimes, args.json, format_table)
 
 
-def add_parser(sub):
+def add_parser(sub: _SubParsersAction[ArgumentParser]) -> ArgumentParser:
     """Add the ``ps`` subcommand to an argparse subparsers object."""
     p = sub.add_parser("ps", help="kthreadd and kthreads of every runtime of this user")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -4,23 +4,52 @@ Per track (kthread, kthreadd, caller): its name, how many events of each kind,
 how many works it executed; and the works' execution times (p50, p99, max).
 """
 
+from __future__ import annotations
+
 import json
 import sys
 from collections import Counter, defaultdict
 
 from .output import print_result
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from argparse import ArgumentParser, Namespace, _SubParsersAction
+    from typing import TypedDict
+
+    class Track(TypedDict):
+        """One track of a trace: a kthread, kthreadd or the caller."""
+
+        pid: int
+        name: str
+        works: int
+        events: dict[str, int]
+
+    class WorkTimes(TypedDict):
+        """How many works ran, and their execution times (µs; None without works)."""
+
+        count: int
+        p50_us: float | None
+        p99_us: float | None
+        max_us: float | None
+
+    class TraceSummary(TypedDict):
+        """summarize()'s result, as ``--json`` prints it."""
+
+        tracks: list[Track]
+        works: WorkTimes
+
 __all__ = ["summarize", "format_summary", "add_parser", "run"]
 
 
-def _pct(values, q):
+def _pct(values: list[float], q: float) -> float | None:
     if not values:
         return None
     s = sorted(values)
     return s[min(len(s) - 1, int(q / 100 * len(s)))]
 
 
-def summarize(path):
+def summarize(path: str) -> TraceSummary:
     """Read a kproc trace file.  Return: {"tracks": [...], "works": {...}}.
 
     Raises: OSError, ValueError (not a Chrome trace-event JSON object).
@@ -29,8 +58,11 @@ def summarize(path):
         doc = json.load(f)
     if not isinstance(doc, dict) or "traceEvents" not in doc:
         raise ValueError(f"{path} is not a Chrome trace-event JSON file")
-    names, counts = {}, defaultdict(Counter)
-    open_slices, durations, per_track = defaultdict(list), [], Counter()
+    names: dict[int, str] = {}
+    counts: defaultdict[int, Counter[str]] = defaultdict(Counter)
+    open_slices: defaultdict[int, list[float]] = defaultdict(list)
+    durations: list[float] = []
+    per_track: Counter[int] = Counter()
     for e in doc["traceEvents"]:
         pid = e.get("pid")
         if e.get("ph") == "M":
@@ -43,14 +75,14 @@ def summarize(path):
         elif e.get("ph") == "E" and open_slices[pid]:
             durations.append(e["ts"] - open_slices[pid].pop())
             per_track[pid] += 1
-    tracks = [{"pid": pid, "name": names.get(pid, "?"), "works": per_track[pid],
+    tracks: list[Track] = [{"pid": pid, "name": names.get(pid, "?"), "works": per_track[pid],
                "events": dict(counts[pid])} for pid in sorted(set(names) | set(counts))]
-    works = {"count": len(durations), "p50_us": _pct(durations, 50),
+    works: WorkTimes = {"count": len(durations), "p50_us": _pct(durations, 50),
              "p99_us": _pct(durations, 99), "max_us": max(durations) if durations else None}
     return {"tracks": tracks, "works": works}
 
 
-def format_summary(summary):
+def format_summary(summary: TraceSummary) -> str:
     """Render summarize()'s result as text."""
     lines = [f"  {'PID':>7} {'NAME':<18} {'WORKS':>6} EVENTS"]
     for t in summary["tracks"]:
@@ -65,7 +97,7 @@ def format_summary(summary):
     return "\n".join(lines)
 
 
-def run(args):
+def run(args: Namespace) -> int:
     """Entry point of ``kproc trace summary``.  Return: exit status (2 for a file
     that cannot be read or is no trace)."""
     try:
@@ -76,7 +108,7 @@ def run(args):
     return print_result(summary, args.json, format_summary)
 
 
-def add_parser(sub):
+def add_parser(sub: _SubParsersAction[ArgumentParser]) -> ArgumentParser:
     """Add the ``trace`` subcommand (``trace summary FILE``) to an argparse
     subparsers object."""
     p = sub.add_parser("trace", help="read trace files written with start(trace=...)")

@@ -22,6 +22,8 @@ callback) would wait for itself: it fails at once with EDEADLK.
 Context: the caller, any process of the runtime but the cpuhp kthread.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import pickle
@@ -38,6 +40,13 @@ from .cpuhp import cpuhp_thread
 from .record import (H, OP_DOWN, OP_REMOVE, OP_SETUP, OP_UP, cpuhp_dead, cpuhp_task_base,
                      get_message, hp_base, put_message)
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    from .._core.runtime import Runtime  # typing only
+
 __all__ = ["cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_remove_state", "request",
            "ensure_cpuhp"]
 
@@ -46,7 +55,7 @@ LOCK_TICK = 0.0002         # s: between looks at the request lock and at ``busy`
 START_TICK = 0.0005        # s: between looks at a cpuhp being started
 
 
-def ensure_cpuhp(rt):
+def ensure_cpuhp(rt: Runtime) -> None:
     """Start the cpuhp kthread unless it runs; wait until it serves.
 
     Context: any process of the runtime but cpuhp; blocks (one kthread
@@ -80,7 +89,7 @@ def ensure_cpuhp(rt):
         time.sleep(START_TICK)
 
 
-def _lock(rt):
+def _lock(rt: Runtime) -> None:
     mem, hp, me = rt.mem, hp_base(rt), os.getpid()
     while True:
         owner = mem.load32(hp + H.owner)
@@ -96,17 +105,17 @@ def _lock(rt):
         time.sleep(LOCK_TICK)
 
 
-def _unlock(rt):
+def _unlock(rt: Runtime) -> None:
     rt.mem.cmpxchg32(hp_base(rt) + H.owner, os.getpid(), 0)
 
 
-def _cpuhp_peer(rt):
-    def check():
+def _cpuhp_peer(rt: Runtime) -> Callable[[], int | None]:
+    def check() -> int | None:
         return -errno.ESRCH if cpuhp_dead(rt) else None
     return check
 
 
-def _wait_not_busy(rt):
+def _wait_not_busy(rt: Runtime) -> None:
     """Wait until cpuhp has finished the request before ours (``busy`` clear): one
     whose requester was killed is still being served.  Watches cpuhp."""
     off = hp_base(rt) + H.busy
@@ -117,11 +126,12 @@ def _wait_not_busy(rt):
         time.sleep(LOCK_TICK)
 
 
-def request(op, args):
+def request(op: int, args: object) -> Any:
     """Post request ``op`` with ``args`` to cpuhp and wait for the reply.
 
     Context: any process of the runtime except the cpuhp kthread; blocks.
-    Return: the reply value.  Raises: what cpuhp raised for the request
+    Return: the reply value, unpickled: its type is the one ``op``'s handler
+    in cpuhp returns (the caller names it).  Raises: what cpuhp raised for the request
     (ValueError, PermissionError, OSError); ValueError if the request is
     larger than the mailbox; KthreadError(ESRCH) if cpuhp or kthreadd died;
     KthreadError(EDEADLK) from the cpuhp kthread itself.
@@ -155,12 +165,12 @@ def request(op, args):
     return value
 
 
-def _check_hotplug_cpu(rt, cpu):
+def _check_hotplug_cpu(rt: Runtime, cpu: int) -> None:
     rt.topology.check_hotpluggable(cpu)
     rt.topology.check_may_write(cpu)
 
 
-def cpu_down(cpu):
+def cpu_down(cpu: int) -> int:
     """cpu_down(): take ``cpu`` offline, running the teardown callbacks first.
 
     Teardowns run in the cpuhp kthread in reverse order of registration
@@ -179,10 +189,11 @@ def cpu_down(cpu):
     rt = get_runtime()
     _check_hotplug_cpu(rt, cpu)
     rt.topology.check_not_last(cpu)
-    return request(OP_DOWN, cpu)
+    rc: int = request(OP_DOWN, cpu)
+    return rc
 
 
-def cpu_up(cpu):
+def cpu_up(cpu: int) -> int:
     """cpu_up(): bring ``cpu`` online, then run the startup callbacks.
 
     ``1`` is written to ``cpuN/online`` (retried on EBUSY/EAGAIN, read back);
@@ -198,10 +209,12 @@ def cpu_up(cpu):
     """
     rt = get_runtime()
     _check_hotplug_cpu(rt, cpu)
-    return request(OP_UP, cpu)
+    rc: int = request(OP_UP, cpu)
+    return rc
 
 
-def cpuhp_setup_state(name, startup, teardown):
+def cpuhp_setup_state(name: str, startup: Callable[[int], int] | None,
+                      teardown: Callable[[int], int] | None) -> int:
     """cpuhp_setup_state(CPUHP_AP_ONLINE_DYN, ...): add a dynamic hotplug state.
 
     @name: a label ("subsys:what").  @startup, @teardown: module-level
@@ -219,10 +232,11 @@ def cpuhp_setup_state(name, startup, teardown):
         raise TypeError("name must be a non-empty str")
     check_callback("startup", startup)
     check_callback("teardown", teardown)
-    return request(OP_SETUP, (name, startup, teardown))
+    state: int = request(OP_SETUP, (name, startup, teardown))
+    return state
 
 
-def cpuhp_remove_state(state):
+def cpuhp_remove_state(state: int) -> None:
     """cpuhp_remove_state(): run ``teardown`` on every online CPU (reverse CPU
     order) and remove the state.
 
@@ -231,4 +245,4 @@ def cpuhp_remove_state(state):
     """
     if isinstance(state, bool) or not isinstance(state, int):
         raise TypeError(f"state must be an int, not {type(state).__name__}")
-    return request(OP_REMOVE, state)
+    request(OP_REMOVE, state)

@@ -17,10 +17,20 @@ Context: the callbacks were checked in the caller (``_core.funcref.check_callbac
 everything else in the cpuhp kthread, which alone owns the states.
 """
 
+from __future__ import annotations
+
 import errno
 import sys
 import traceback
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+
+    # A state's startup or teardown: f(cpu) -> 0 or a negative errno.
+    StateCallback = Callable[[int], int]
+    # One step of run_with_rollback(): what to run, and what undoes it.
+    Step = tuple[StateCallback | None, StateCallback | None]
 
 __all__ = ["CALLBACK_EXCEPTION", "MAX_DYN_STATES", "DYN_BASE", "HotplugState", "States",
            "invoke", "run_with_rollback"]
@@ -30,7 +40,7 @@ DYN_BASE = 1000            # first dynamic state number returned
 CALLBACK_EXCEPTION = -errno.EFAULT
 
 
-def invoke(fn, cpu, *args):
+def invoke(fn: Callable[..., object] | None, cpu: int, *args: object) -> int:
     """cpuhp_invoke_callback(): run ``fn(cpu, *args)`` if there is one.
 
     Context: the cpuhp kthread (and smpboot's ``create``).
@@ -51,13 +61,13 @@ def invoke(fn, cpu, *args):
     return ret if isinstance(ret, int) and not isinstance(ret, bool) else -errno.EINVAL
 
 
-def run_with_rollback(cpu, steps):
+def run_with_rollback(cpu: int, steps: Iterable[Step]) -> int:
     """Run each ``(do, undo)`` of ``steps`` for ``cpu`` until one fails; then the
     undos of those done, newest first (cpuhp_rollback_install's order).
 
     Return: 0, or the failing callback's negative errno.
     """
-    done = []
+    done: list[StateCallback | None] = []
     for do, undo in steps:
         rc = invoke(do, cpu)
         if rc < 0:
@@ -73,31 +83,33 @@ class HotplugState:
 
     __slots__ = ("number", "name", "startup", "teardown")
 
-    def __init__(self, number, name, startup, teardown):
+    def __init__(self, number: int, name: str, startup: StateCallback | None,
+                 teardown: StateCallback | None) -> None:
         self.number, self.name, self.startup, self.teardown = number, name, startup, teardown
 
 
 class States:
     """The registered states, built-in first, as the cpuhp kthread keeps them."""
 
-    def __init__(self, builtin):
+    def __init__(self, builtin: Iterable[HotplugState]) -> None:
         self.builtin = list(builtin)
-        self.dyn = []
+        self.dyn: list[HotplugState] = []
         self.next_number = DYN_BASE
 
-    def all(self):
+    def all(self) -> list[HotplugState]:
         """Every state, in startup order."""
         return self.builtin + self.dyn
 
-    def run_teardowns(self, cpu):
+    def run_teardowns(self, cpu: int) -> int:
         """Teardowns in reverse; on failure, startups of those done.  Return: rc."""
         return run_with_rollback(cpu, [(st.teardown, st.startup) for st in reversed(self.all())])
 
-    def run_startups(self, cpu):
+    def run_startups(self, cpu: int) -> int:
         """Startups in order; on failure, teardowns of those done.  Return: rc."""
         return run_with_rollback(cpu, [(st.startup, st.teardown) for st in self.all()])
 
-    def add(self, name, startup, teardown, cpus):
+    def add(self, name: str, startup: StateCallback | None, teardown: StateCallback | None,
+            cpus: Iterable[int]) -> int:
         """__cpuhp_setup_state(): run ``startup`` on ``cpus`` in CPU order, then add
         the state; if it fails on one, ``teardown`` on those done (newest first).
 
@@ -106,7 +118,7 @@ class States:
         """
         if len(self.dyn) >= MAX_DYN_STATES:
             return -errno.ENOSPC
-        done = []
+        done: list[int] = []
         for cpu in sorted(cpus):
             rc = invoke(startup, cpu)
             if rc < 0:
@@ -119,7 +131,7 @@ class States:
         self.dyn.append(st)
         return st.number
 
-    def remove(self, number, cpus):
+    def remove(self, number: int, cpus: Iterable[int]) -> None:
         """__cpuhp_remove_state(): run the state's teardown on ``cpus`` (reverse CPU
         order) and remove it.  Raises: ValueError (no such dynamic state)."""
         st = next((s for s in self.dyn if s.number == number), None)

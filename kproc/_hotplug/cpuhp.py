@@ -37,6 +37,8 @@ next requester waits for ``busy`` to clear first (see ``api``).
 Context: the cpuhp kthread only.
 """
 
+from __future__ import annotations
+
 import errno
 import pickle
 import sys
@@ -56,6 +58,12 @@ from .record import (H, OP_DOWN, OP_REGISTER, OP_REMOVE, OP_SETUP, OP_UNREGISTER
                      get_message, hp_base, put_message, store_known)
 from .uevent import UeventWatch
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    from .._core.runtime import Runtime  # typing only
+
 __all__ = ["Cpuhp", "cpuhp_thread"]
 
 POLL_FAKE = 0.005          # s: poll tick where no uevent can tell us
@@ -65,7 +73,7 @@ POLL_SAFETY = 0.1          # s: poll tick beside netlink (a missed uevent)
 class Cpuhp:
     """The state the cpuhp kthread owns (kernel: cpuhp_hp_states, cpu_online_mask)."""
 
-    def __init__(self, rt):
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.hp = hp_base(rt)
         self.hotplug_threads = HotplugThreads(rt)
@@ -79,13 +87,13 @@ class Cpuhp:
         store_known(rt, self.known)
         self.watch = UeventWatch(rt)
 
-    def _affine_online(self, cpu):
+    def _affine_online(self, cpu: int) -> int:
         kthreads_online_cpu(self.rt, cpu, self.hotplug_threads.unparked_pids(cpu))
         return 0
 
     # -- operations -----------------------------------------------------------
 
-    def down(self, cpu):
+    def down(self, cpu: int) -> int:
         """_cpu_down().  Return: 0, 1 if already offline, a negative errno."""
         topo = self.rt.topology
         self.sync()
@@ -110,7 +118,7 @@ class Cpuhp:
         self._times(t1 - t0, t2 - t1, time.monotonic_ns() - t2)
         return 0
 
-    def up(self, cpu):
+    def up(self, cpu: int) -> int:
         """_cpu_up().  Return: 0, 1 if already online, a negative errno."""
         topo = self.rt.topology
         self.sync()
@@ -135,13 +143,13 @@ class Cpuhp:
         self._times(0, t1 - t0, time.monotonic_ns() - t1)
         return 0
 
-    def _times(self, teardown, write, startup):
+    def _times(self, teardown: int, write: int, startup: int) -> None:
         buf, hp = self.rt.buf, self.hp
         L.pack_field(buf, hp, H, "teardown_ns", teardown)
         L.pack_field(buf, hp, H, "write_ns", write)
         L.pack_field(buf, hp, H, "startup_ns", startup)
 
-    def sync(self):
+    def sync(self) -> None:
         """Run the callbacks for CPUs someone else took down or brought up.
 
         A CPU that went down and came back between two looks is caught by
@@ -170,26 +178,30 @@ class Cpuhp:
         L.pack_field(self.rt.buf, self.hp, H, "event_ns", now)
         self.rt.mem.fetch_add64(self.hp + H.events, 1)
 
-    def serve(self, op, args):
-        """Carry out one request.  Return: its reply value."""
+    def serve(self, op: int, args: Any) -> object:
+        """Carry out one request (``args`` as the requester pickled them).
+        Return: its reply value."""
         if op == OP_DOWN:
             return self.down(args)
         if op == OP_UP:
             return self.up(args)
         if op == OP_SETUP:
-            return self.states.add(*args, self.known)
+            name, startup, teardown = args
+            return self.states.add(name, startup, teardown, self.known)
         if op == OP_REMOVE:
-            return self.states.remove(args, self.known)
+            self.states.remove(args, self.known)
+            return None
         if op == OP_REGISTER:
             return self.hotplug_threads.register(args, self.known)
         if op == OP_UNREGISTER:
-            return self.hotplug_threads.unregister(args)
+            self.hotplug_threads.unregister(args)
+            return None
         warn_on_once(True, f"cpuhp got an unknown request {op!r}")
         return -errno.EINVAL
 
     # -- the loop ---------------------------------------------------------------
 
-    def handle_request(self):
+    def handle_request(self) -> None:
         """Serve the pending request, if any, and complete the requester's ``done``."""
         rt, mem, hp = self.rt, self.rt.mem, self.hp
         if not mem.load32(hp + H.pending):
@@ -201,7 +213,7 @@ class Cpuhp:
             if b"_main__" in raw:     # __main__ or __mp_main__
                 prepare_main(rt)          # callbacks from the caller's script
             op, args = pickle.loads(raw)
-            reply = ("ok", self.serve(op, args))
+            reply: tuple[str, object] = ("ok", self.serve(op, args))
         except (ValueError, TypeError, OSError, KthreadError) as exc:
             reply = ("raise", (type(exc), exc.args))
         except Exception as exc:
@@ -215,7 +227,7 @@ class Cpuhp:
         mem.store32(hp + H.busy, 0)
         rt.waits.completion_complete(hp + H.done, False)
 
-    def loop(self):
+    def loop(self) -> int:
         """cpuhp_thread_fun(): serve requests and catch up with outside changes
         until kthread_stop().  Return: 0."""
         rt, mem, hp = self.rt, self.rt.mem, self.hp
@@ -230,7 +242,7 @@ class Cpuhp:
             retry = not self._sync_or_warn(retry)
         return 0
 
-    def _sync_or_warn(self, retrying):
+    def _sync_or_warn(self, retrying: bool) -> bool:
         """sync(), surviving its failure (see the module doc).  Return: success."""
         try:
             self.sync()
@@ -242,7 +254,7 @@ class Cpuhp:
             return False
 
 
-def cpuhp_thread(_data):
+def cpuhp_thread(_data: object) -> int:
     """threadfn of the ``cpuhp`` kthread: serve requests and watch hotplug.
 
     Context: the cpuhp kthread.  Return: 0 when stopped.

@@ -21,6 +21,8 @@ Context: the owner of a runtime (the callbacks: the per-CPU threads and
 the preferred kthreads).
 """
 
+from __future__ import annotations
+
 import contextlib
 import os
 import shutil
@@ -37,6 +39,25 @@ from .smpboot import (SmpHotplugThread, smpboot_register_percpu_thread,
                       smpboot_unregister_percpu_thread)
 from .smpboot_thread import getcpu
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import TypedDict
+
+    from .._sched.task import Task  # typing only
+
+    class CycleResult(TypedDict):
+        """cycle_experiment()'s result: ns samples of each phase, and the lost count."""
+
+        down: list[int]
+        up: list[int]
+        park: list[int]
+        unpark: list[int]
+        write_down: list[int]
+        write_up: list[int]
+        back: list[int]
+        lost: int
+
 __all__ = ["ENV_DIR", "report_dir", "cycle_experiment"]
 
 ENV_DIR = "KPROC_HOTPLUG_CLI_DIR"
@@ -46,15 +67,15 @@ BACK_TICK = 0.0002         # s: between looks at the reports (a report lands in 
 
 # -- callbacks (module level: the kthreads import them) -----------------------------
 
-def _never(cpu):
+def _never(cpu: int) -> bool:
     return False
 
 
-def _nothing(cpu):
+def _nothing(cpu: int) -> None:
     pass
 
 
-def _back(cpu):
+def _back(cpu: int) -> None:
     """unpark callback: record when this per-CPU thread runs again, and where."""
     now, on = time.monotonic_ns(), getcpu()
     path = os.path.join(os.environ[ENV_DIR], f"back-{cpu}-{os.getpid()}")
@@ -63,7 +84,7 @@ def _back(cpu):
     os.replace(path + ".tmp", path)
 
 
-def _idle(_):
+def _idle(_: object) -> int:
     while not kthread_should_stop():
         schedule_timeout_interruptible(1.0)
     return 0
@@ -72,7 +93,7 @@ def _idle(_):
 # -- the experiment ------------------------------------------------------------------
 
 @contextlib.contextmanager
-def report_dir():
+def report_dir() -> Iterator[str]:
     """A private directory for the threads' reports, named in ``$KPROC_HOTPLUG_CLI_DIR``.
 
     Enter it before ``start()``: kthreads see the environment as it was then.
@@ -91,9 +112,10 @@ def report_dir():
         shutil.rmtree(path, ignore_errors=True)
 
 
-def _wait_back(directory, cpu, pids, since_ns, timeout=BACK_TIMEOUT):
+def _wait_back(directory: str, cpu: int, pids: list[int], since_ns: int,
+               timeout: float = BACK_TIMEOUT) -> dict[int, int]:
     """Per pid: ns from ``since_ns`` until its unpark callback ran on ``cpu``."""
-    out = {}
+    out: dict[int, int] = {}
     deadline = time.monotonic() + timeout
     while len(out) < len(pids) and time.monotonic() < deadline:
         for pid in pids:
@@ -110,24 +132,28 @@ def _wait_back(directory, cpu, pids, since_ns, timeout=BACK_TIMEOUT):
     return out
 
 
-def _timed(action, cpu, settle, res, verb, part, part_field):
-    """After ``settle`` s, run cpu_down/cpu_up; append its time, its callbacks' part
-    and its sysfs write to ``res``.  Return: when it began (ns).  Raises: OSError
-    unless it changed the CPU."""
+def _timed(action: Callable[[int], int], cpu: int, settle: float, total: list[int],
+           part: list[int], write: list[int], part_field: str) -> int:
+    """After ``settle`` s, run cpu_down/cpu_up; append its time to ``total``, its
+    callbacks' part (``part_field`` of hotplug_stats()) to ``part`` and its sysfs
+    write to ``write``.  Return: when it began (ns).  Raises: OSError unless it
+    changed the CPU."""
     time.sleep(settle)
     t0 = time.monotonic_ns()
     rc = action(cpu)
     t1 = time.monotonic_ns()
     if rc:
-        raise OSError(-rc if rc < 0 else 0, f"cpu_{verb}({cpu}) returned {rc}")
+        raise OSError(-rc if rc < 0 else 0, f"{action.__name__}({cpu}) returned {rc}")
     st = hotplug_stats()
-    res[verb].append(t1 - t0)
-    res[part].append(st[part_field])
-    res["write_" + verb].append(st["write_ns"])
+    total.append(t1 - t0)
+    part.append(st[part_field])
+    write.append(st["write_ns"])
     return t0
 
 
-def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None, settle=0.0):
+def cycle_experiment(cpu: int, count: int, threads: int = 1, preferred: int = 0,
+                     progress: Callable[[], object] | None = None,
+                     settle: float = 0.0) -> CycleResult:
     """Take ``cpu`` down and up ``count`` times in the current runtime.
 
     @threads: SmpHotplugThread registrations (one thread per online CPU
@@ -141,10 +167,10 @@ def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None, settle=0
     Raises: OSError (a registration failed; a cpu_down/cpu_up did not change
     the CPU).
     """
-    hts, tasks = [], []
-    res = {k: [] for k in ("down", "up", "park", "unpark", "write_down", "write_up",
-                           "back")}
-    res["lost"] = 0
+    hts: list[SmpHotplugThread] = []
+    tasks: list[Task] = []
+    res: CycleResult = {"down": [], "up": [], "park": [], "unpark": [], "write_down": [],
+                        "write_up": [], "back": [], "lost": 0}
     try:
         for _ in range(threads):
             ht = SmpHotplugThread(_never, _nothing, "hpcycle/%u", unpark=_back)
@@ -158,12 +184,15 @@ def cycle_experiment(cpu, count, threads=1, preferred=0, progress=None, settle=0
             wake_up_process(task)
             tasks.append(task)
         for _ in range(count):
-            _timed(cpu_down, cpu, settle, res, "down", "park", "teardown_ns")
-            t2 = _timed(cpu_up, cpu, settle, res, "up", "unpark", "startup_ns")
-            pids = [ht.task(cpu).pid for ht in hts]
+            _timed(cpu_down, cpu, settle, res["down"], res["park"], res["write_down"],
+                   "teardown_ns")
+            t2 = _timed(cpu_up, cpu, settle, res["up"], res["unpark"], res["write_up"],
+                        "startup_ns")
+            percpu = (ht.task(cpu) for ht in hts)
+            pids = [task.pid for task in percpu if task is not None]
             back = _wait_back(os.environ[ENV_DIR], cpu, pids, t2)
             res["back"].extend(back.values())
-            res["lost"] += len(pids) - len(back)
+            res["lost"] += len(hts) - len(back)
             if progress:
                 progress()
     finally:

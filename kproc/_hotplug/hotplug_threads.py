@@ -25,6 +25,8 @@ kthread_park() returns, so a CPU goes down with none of them running on it.
 Context: the cpuhp kthread only.
 """
 
+from __future__ import annotations
+
 import errno
 
 from .._core import layout as L
@@ -35,17 +37,24 @@ from .callbacks import invoke
 from .record import S, smpboot_off, store_set
 from .smpboot_thread import smpboot_thread_fn
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .._core.runtime import Runtime  # typing only
+    from .htlike import SmpHotplugThreadLike  # typing only: smpboot sits above
+
 __all__ = ["HotplugThreads"]
 
 
 class HotplugThreads:
     """Registrations, as kept by the cpuhp kthread (kernel: hotplug_threads)."""
 
-    def __init__(self, rt):
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.hotplug_threads = []   # (slot, SmpHotplugThread), the newest first
+        # (slot, SmpHotplugThread), the newest first
+        self.hotplug_threads: list[tuple[int, SmpHotplugThreadLike]] = []
 
-    def register(self, ht, online):
+    def register(self, ht: SmpHotplugThreadLike,
+                 online: frozenset[int]) -> tuple[int, int] | int:
         """smpboot_register_percpu_thread(), in cpuhp: a slot, then a thread per
         online CPU (created parked, then unparked).
 
@@ -73,17 +82,17 @@ class HotplugThreads:
         self.hotplug_threads.insert(0, (slot, ht))
         return slot, gen
 
-    def unregister(self, reg):
+    def unregister(self, reg: tuple[int, int]) -> None:
         """smpboot_unregister_percpu_thread(), in cpuhp: stop every thread of the
         registration ``reg`` = (slot, generation).  Raises: ValueError (unknown)."""
         slot, gen = reg
         entry = next((e for e in self.hotplug_threads if e[0] == slot), None)
-        if entry is None or entry[1]._reg[2] != gen:
+        if entry is None or entry[1]._reg != (self.rt.runtime_id, slot, gen):
             raise ValueError("that SmpHotplugThread is not registered")
         self.hotplug_threads.remove(entry)
         self._destroy(slot, entry[1])
 
-    def _destroy(self, slot, ht):
+    def _destroy(self, slot: int, ht: SmpHotplugThreadLike) -> None:
         """smpboot_destroy_threads(): stop each thread (a parked one is unparked by
         kthread_stop), empty its store entry, free the slot."""
         for cpu in sorted(self.rt.topology.possible()):
@@ -96,7 +105,7 @@ class HotplugThreads:
                 store_set(self.rt, slot, cpu, None)
         self.rt.mem.store32(smpboot_off(self.rt, slot) + S.inuse, 0)
 
-    def _create(self, slot, ht, cpu):
+    def _create(self, slot: int, ht: SmpHotplugThreadLike, cpu: int) -> int:
         """__smpboot_create_thread(): create parked, store, create(cpu).
         Return: 0 (also if the thread exists); a creation's negative errno."""
         if ht.task(cpu) is not None:
@@ -113,18 +122,18 @@ class HotplugThreads:
             invoke(ht.create, cpu)
         return 0
 
-    def _unpark(self, ht, cpu):
+    def _unpark(self, ht: SmpHotplugThreadLike, cpu: int) -> None:
         task = ht.task(cpu)
         if task is not None and not ht.selfparking:
             kthread_unpark(task)
 
-    def unparked_pids(self, cpu):
+    def unparked_pids(self, cpu: int) -> set[int]:
         """Pids of the per-CPU threads of ``cpu`` that startup() unparks (and so
         re-binds), for the affinity pass that follows not to bind them again."""
-        return {ht.task(cpu).pid for _, ht in self.hotplug_threads
-                if not ht.selfparking and ht.task(cpu) is not None}
+        tasks = (ht.task(cpu) for _, ht in self.hotplug_threads if not ht.selfparking)
+        return {task.pid for task in tasks if task is not None}
 
-    def startup(self, cpu):
+    def startup(self, cpu: int) -> int:
         """smpboot_create_threads + smpboot_unpark_threads for ``cpu``, each walking
         the registrations newest first (list_for_each_entry, as smpboot.c).
         Return: 0; a creation's negative errno."""
@@ -136,7 +145,7 @@ class HotplugThreads:
             self._unpark(ht, cpu)
         return 0
 
-    def teardown(self, cpu):
+    def teardown(self, cpu: int) -> int:
         """smpboot_park_threads for ``cpu``, walking the registrations oldest first
         (list_for_each_entry_reverse, as smpboot.c).  Return: 0."""
         for _, ht in reversed(self.hotplug_threads):

@@ -18,8 +18,17 @@ generation.
 Context: any process of the runtime; nothing here blocks.
 """
 
+from __future__ import annotations
+
 from .._core import layout as L
 from .._core.runtime import get_runtime
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
+    from .._core.runtime import Runtime  # typing only
+    from .._sched.task import Task  # typing only
 
 __all__ = ["H", "S", "OP_SETUP", "OP_REMOVE", "OP_DOWN", "OP_UP", "OP_REGISTER",
            "OP_UNREGISTER", "hp_base", "cpuhp_task_base", "cpuhp_dead", "kick_cpuhp",
@@ -35,18 +44,18 @@ STORE_ENTRY = L.SMPBOOT_ENTRY.size   # bytes per CPU in a store: slot index + 1,
 OP_SETUP, OP_REMOVE, OP_DOWN, OP_UP, OP_REGISTER, OP_UNREGISTER = range(1, 7)
 
 
-def hp_base(rt):
+def hp_base(rt: Runtime) -> int:
     """Offset of the HOTPLUG record in ``rt``'s arena."""
     return rt.arena.params.hotplug
 
 
-def cpuhp_task_base(rt):
+def cpuhp_task_base(rt: Runtime) -> int | None:
     """Offset of the recorded cpuhp kthread's task slot, or None if none was recorded."""
     idx = rt.mem.load32(hp_base(rt) + H.task_idx)
     return rt.arena.task_off(idx - 1) if idx else None
 
 
-def cpuhp_dead(rt):
+def cpuhp_dead(rt: Runtime) -> bool:
     """True if the recorded cpuhp kthread is gone (or never was)."""
     base = cpuhp_task_base(rt)
     if base is None:
@@ -56,17 +65,17 @@ def cpuhp_dead(rt):
         mem.load32(base + T.slot) in (L.SLOT_EXITING, L.SLOT_DEAD, L.SLOT_FREE)
 
 
-def kick_cpuhp(rt):
+def kick_cpuhp(rt: Runtime) -> None:
     """Wake the cpuhp kthread's main loop (a request, a uevent, a thread off its CPU)."""
     rt.waits.completion_complete(hp_base(rt) + H.req, False)
 
 
-def _area(rt, which):
+def _area(rt: Runtime, which: Literal["req", "rep"]) -> tuple[int, int]:
     params = rt.arena.params
     return (params.hp_req, H.req_len) if which == "req" else (params.hp_rep, H.rep_len)
 
 
-def put_message(rt, which, raw):
+def put_message(rt: Runtime, which: Literal["req", "rep"], raw: bytes) -> None:
     """Write ``raw`` (at most HP_MSG_MAX bytes) and its length into the ``"req"``
     or ``"rep"`` area.  The caller owns the area (see api and cpuhp)."""
     off, len_field = _area(rt, which)
@@ -74,45 +83,45 @@ def put_message(rt, which, raw):
     rt.mem.store32(hp_base(rt) + len_field, len(raw))
 
 
-def get_message(rt, which):
+def get_message(rt: Runtime, which: Literal["req", "rep"]) -> bytes:
     """The bytes last put into the ``"req"`` or ``"rep"`` area."""
     off, len_field = _area(rt, which)
     n = rt.mem.load32(hp_base(rt) + len_field)
     return bytes(rt.buf[off:off + n])
 
 
-def store_known(rt, cpus):
+def store_known(rt: Runtime, cpus: frozenset[int]) -> None:
     """Publish the CPUs whose startup callbacks have run (written by cpuhp alone)."""
     off = hp_base(rt) + H.known
     rt.buf[off:off + L.CPUMASK_BYTES] = L.mask_to_bytes(cpus)
 
 
-def read_known(rt):
+def read_known(rt: Runtime) -> frozenset[int]:
     """The CPUs cpuhp has brought up (or seen up), as last published."""
     off = hp_base(rt) + H.known
     return L.bytes_to_mask(rt.buf[off:off + L.CPUMASK_BYTES])
 
 
-def smpboot_off(rt, slot):
+def smpboot_off(rt: Runtime, slot: int) -> int:
     """Offset of SMPBOOT registration ``slot``."""
     return rt.arena.params.smpboot + slot * S.size
 
 
-def store_get(rt, slot, cpu):
+def store_get(rt: Runtime, slot: int, cpu: int) -> tuple[int, int]:
     """The store entry of ``cpu`` in registration ``slot``: (index + 1, generation);
     index 0 means no thread."""
     off = smpboot_off(rt, slot) + S.store + cpu * STORE_ENTRY
     return rt.mem.load32(off), rt.mem.load32(off + 4)
 
 
-def store_set(rt, slot, cpu, task):
+def store_set(rt: Runtime, slot: int, cpu: int, task: Task | None) -> None:
     """Record ``task`` (or None) as ``cpu``'s thread of registration ``slot``."""
     off = smpboot_off(rt, slot) + S.store + cpu * STORE_ENTRY
     rt.mem.store32(off + 4, task._gen if task else 0)
     rt.mem.store32(off, task._idx + 1 if task else 0)
 
 
-def hotplug_stats():
+def hotplug_stats() -> dict[str, int | bool]:
     """Counters of this runtime's cpuhp.
 
     Context: any process of the runtime; never blocks.
@@ -123,7 +132,7 @@ def hotplug_stats():
     """
     rt = get_runtime()
     hp = hp_base(rt)
-    out = {k: L.unpack_field(rt.buf, hp, H, k)
+    out: dict[str, int | bool] = {k: L.unpack_field(rt.buf, hp, H, k)
            for k in ("events", "event_ns", "teardown_ns", "write_ns", "startup_ns")}
     out["netlink"] = bool(rt.mem.load32(hp + H.netlink))
     out["running"] = rt.mem.load32(hp + H.state) == L.HP_RUNNING and not cpuhp_dead(rt)

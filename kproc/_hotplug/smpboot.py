@@ -17,6 +17,8 @@ registration's threads.
 Context: the caller (any process of the runtime but the cpuhp kthread).
 """
 
+from __future__ import annotations
+
 import errno
 
 from .._core import layout as L
@@ -26,6 +28,12 @@ from .._sched.task import Task
 from .api import request
 from .._core.funcref import check_callback
 from .record import OP_REGISTER, OP_UNREGISTER, S, smpboot_off, store_get
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .._core.runtime import Runtime  # typing only
 
 __all__ = ["SmpHotplugThread", "smpboot_register_percpu_thread",
            "smpboot_unregister_percpu_thread"]
@@ -46,15 +54,21 @@ class SmpHotplugThread:
     ValueError (thread_comm without exactly one ``%u``).
     """
 
-    def __init__(self, thread_should_run, thread_fn, thread_comm, *, create=None, setup=None,
-                 cleanup=None, park=None, unpark=None, selfparking=False):
+    def __init__(self, thread_should_run: Callable[[int], bool],
+                 thread_fn: Callable[[int], None], thread_comm: str, *,
+                 create: Callable[[int], None] | None = None,
+                 setup: Callable[[int], None] | None = None,
+                 cleanup: Callable[[int, bool], None] | None = None,
+                 park: Callable[[int], None] | None = None,
+                 unpark: Callable[[int], None] | None = None,
+                 selfparking: bool = False) -> None:
         for name, fn in (("thread_should_run", thread_should_run), ("thread_fn", thread_fn)):
             if not callable(fn):
                 raise TypeError(f"{name} must be callable, not {type(fn).__name__}")
-        for name, fn in (("thread_should_run", thread_should_run), ("thread_fn", thread_fn),
-                         ("create", create), ("setup", setup), ("cleanup", cleanup),
-                         ("park", park), ("unpark", unpark)):
-            check_callback(name, fn)
+        for name, callback in (("thread_should_run", thread_should_run),
+                               ("thread_fn", thread_fn), ("create", create), ("setup", setup),
+                               ("cleanup", cleanup), ("park", park), ("unpark", unpark)):
+            check_callback(name, callback)
         if not isinstance(thread_comm, str):
             raise TypeError(f"thread_comm must be a str, not {type(thread_comm).__name__}")
         if thread_comm.count("%") != 1 or "%u" not in thread_comm:
@@ -64,10 +78,11 @@ class SmpHotplugThread:
         self.create, self.setup, self.cleanup = create, setup, cleanup
         self.park, self.unpark = park, unpark
         self.selfparking = bool(selfparking)
-        self._reg = None            # (runtime id, slot, generation) once registered
+        # (runtime id, slot, generation) once registered
+        self._reg: tuple[int, int, int] | None = None
 
-    def _registered_rt(self):
-        """The runtime this registration is live in, or None."""
+    def _registration(self) -> tuple[Runtime, int, int] | None:
+        """The runtime, slot and generation this registration is live in, or None."""
         if self._reg is None:
             return None
         rt = current_runtime()
@@ -77,9 +92,9 @@ class SmpHotplugThread:
         off = smpboot_off(rt, slot)
         if rt.mem.load32(off + S.gen) != gen or not rt.mem.load32(off + S.inuse):
             return None
-        return rt
+        return rt, slot, gen
 
-    def task(self, cpu):
+    def task(self, cpu: int) -> Task | None:
         """The kthread of ``cpu`` (the kernel's per-CPU ``store``).
 
         Context: any process of the runtime; never blocks.
@@ -88,22 +103,23 @@ class SmpHotplugThread:
         """
         if isinstance(cpu, bool) or not isinstance(cpu, int) or not 0 <= cpu < L.SMPBOOT_CPUS:
             raise ValueError(f"cpu must be a CPU number, not {cpu!r}")
-        rt = self._registered_rt()
-        if rt is None:
+        live = self._registration()
+        if live is None:
             return None
-        idx, gen = store_get(rt, self._reg[1], cpu)
+        rt, slot, _gen = live
+        idx, gen = store_get(rt, slot, cpu)
         return Task(rt, idx - 1, gen) if idx else None
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<SmpHotplugThread {self.thread_comm!r}{' registered' if self._reg else ''}>"
 
 
-def _check_ht(ht):
+def _check_ht(ht: object) -> None:
     if not isinstance(ht, SmpHotplugThread):
         raise TypeError(f"ht must be a kproc.SmpHotplugThread, not {type(ht).__name__}")
 
 
-def smpboot_register_percpu_thread(ht):
+def smpboot_register_percpu_thread(ht: SmpHotplugThread) -> int:
     """smpboot_register_percpu_thread(): create ``ht``'s thread on every online CPU.
 
     Each is created with kthread_create_on_cpu(), marked per-CPU, parked,
@@ -116,18 +132,18 @@ def smpboot_register_percpu_thread(ht):
     ``ht`` is already registered.
     """
     _check_ht(ht)
-    if ht._registered_rt() is not None:
+    if ht._registration() is not None:
         raise KthreadError(errno.EBUSY, f"{ht!r} is already registered")
     rt = get_runtime()
     ht._reg = None
-    result = request(OP_REGISTER, ht)
+    result: tuple[int, int] | int = request(OP_REGISTER, ht)   # (slot, generation) or errno
     if isinstance(result, tuple):
         ht._reg = (rt.runtime_id,) + result
         return 0
     return result
 
 
-def smpboot_unregister_percpu_thread(ht):
+def smpboot_unregister_percpu_thread(ht: SmpHotplugThread) -> None:
     """smpboot_unregister_percpu_thread(): stop every thread of ``ht``.
 
     Each runs ``cleanup(cpu, online)`` and exits (kthread_stop; a parked one
@@ -136,7 +152,9 @@ def smpboot_unregister_percpu_thread(ht):
     registered.
     """
     _check_ht(ht)
-    if ht._registered_rt() is None:
+    live = ht._registration()
+    if live is None:
         raise ValueError(f"{ht!r} is not registered")
-    request(OP_UNREGISTER, ht._reg[1:])
+    _rt, slot, gen = live
+    request(OP_UNREGISTER, (slot, gen))
     ht._reg = None

@@ -18,44 +18,49 @@ a fake tree that the host lacks is modelled: its thread runs wherever it may.
 Context: the per-CPU threads (``getcpu``: any).
 """
 
+from __future__ import annotations
+
 import os
 
+from .._core.native import native
 from .._core.runtime import get_runtime
 from .._kthread.body import kthread_parkme, kthread_should_park, kthread_should_stop
 from .._sched.schedule import schedule, schedule_timeout_interruptible, set_current_state
 from .._sched.task import TaskState
 from .record import kick_cpuhp
 
-try:
-    from .. import _native
-except ImportError:        # optional: the C extension may not be built
-    _native = None
-if not hasattr(_native, "getcpu") or os.environ.get("KPROC_NATIVE") == "0":
-    _native = None
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from .htlike import SmpHotplugThreadLike  # typing only: smpboot sits above
 
 __all__ = ["smpboot_thread_fn", "getcpu"]
 
 HP_THREAD_NONE, HP_THREAD_ACTIVE, HP_THREAD_PARKED = range(3)
 OFF_CPU_WAIT = 0.001       # s: a thread off its CPU waits this long for cpuhp, per round
 
+# sched_getcpu() from the extension, where it is usable (``_core.native``) and has it
+_native_getcpu: Callable[[], int] | None = getattr(native, "getcpu", None)
 
-def getcpu():
+
+def getcpu() -> int:
     """The CPU running the caller (sched_getcpu; /proc/self/stat field 39 without
-    the extension).  Context: any."""
-    if _native is not None:
-        return _native.getcpu()
+    the extension).  Context: any.  Return: the CPU number."""
+    if _native_getcpu is not None:
+        return _native_getcpu()
     with open("/proc/self/stat") as f:
         return int(f.read().rpartition(")")[2].split()[36])
 
 
-def _on_its_cpu(cpu, modelled):
+def _on_its_cpu(cpu: int, modelled: bool) -> bool:
     """kernel: td->cpu == smp_processor_id(), plus the binding not broken."""
     if modelled:
         return True
     return os.sched_getaffinity(0) == {cpu} and getcpu() == cpu
 
 
-def smpboot_thread_fn(data):
+def smpboot_thread_fn(data: tuple[SmpHotplugThreadLike, int]) -> int:
     """threadfn of every per-CPU thread: the smpboot loop (see the module doc).
 
     @data: (SmpHotplugThread, cpu).  Context: the per-CPU thread.

@@ -21,6 +21,8 @@ under a lock.
 Context: the cpuhp kthread (its main thread and its listener thread).
 """
 
+from __future__ import annotations
+
 import ctypes
 import socket
 import struct
@@ -28,6 +30,10 @@ import threading
 
 from .._core.topology import _read as _read_sysfs
 from .record import kick_cpuhp
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .._core.runtime import Runtime  # typing only
 
 __all__ = ["UeventWatch", "cpu_uevent_filter", "attach_cpu_uevent_filter",
            "parse_offline_uevent"]
@@ -41,14 +47,16 @@ SO_ATTACH_FILTER = 26
 class UeventWatch:
     """The uevent listener and the offline uevents it has noted for cpuhp."""
 
-    def __init__(self, rt):
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
-        self.sock = None
+        self.sock: socket.socket | None = None
         self._lock = threading.Lock()
-        self._offline_events = []      # (SEQNUM, cpu) not looked at yet, from the thread
-        self._seen_offline = {}        # cpu -> uevent_seqnum when cpuhp last saw it offline
+        # (SEQNUM, cpu) not looked at yet, from the thread
+        self._offline_events: list[tuple[int, int]] = []
+        # cpu -> uevent_seqnum when cpuhp last saw it offline
+        self._seen_offline: dict[int, int] = {}
 
-    def start(self):
+    def start(self) -> bool:
         """Open the socket and start the listener thread.
 
         Return: True if uevents are watched; False on a fake tree or where
@@ -67,10 +75,11 @@ class UeventWatch:
         seq = self.seqnum() or 0
         for cpu in self.rt.topology.possible():
             self._seen_offline[cpu] = seq
-        threading.Thread(target=self._listen, daemon=True, name="cpuhp-uevent").start()
+        threading.Thread(target=self._listen, args=(sock,), daemon=True,
+                         name="cpuhp-uevent").start()
         return True
 
-    def seqnum(self):
+    def seqnum(self) -> int | None:
         """/sys/kernel/uevent_seqnum, or None (no uevents watched, fake tree)."""
         if self.sock is None:
             return None
@@ -79,7 +88,8 @@ class UeventWatch:
         except (OSError, ValueError):
             return None
 
-    def missed_bounces(self, seq, online, known):
+    def missed_bounces(self, seq: int | None, online: frozenset[int],
+                       known: frozenset[int]) -> set[int]:
         """CPUs online and known whose offline uevent cpuhp has not seen yet.
 
         @seq: seqnum() read before ``online`` was: every CPU offline in
@@ -94,17 +104,18 @@ class UeventWatch:
                 if number > self._seen_offline.get(cpu, 0) and cpu in online and
                 cpu in known}
 
-    def took_offline(self, cpu):
+    def took_offline(self, cpu: int) -> None:
         """After cpuhp's own offline write: its uevent is not someone else's."""
         seq = self.seqnum()
         if seq is not None:
             self._seen_offline[cpu] = seq
 
-    def _listen(self):
-        """The listener thread: kick cpuhp on every CPU uevent, note the offline ones."""
+    def _listen(self, sock: socket.socket) -> None:
+        """The listener thread: kick cpuhp on every CPU uevent from ``sock``, note
+        the offline ones."""
         while True:
             try:
-                msg = self.sock.recv(8192)
+                msg = sock.recv(8192)
             except InterruptedError:
                 continue
             except OSError:
@@ -117,7 +128,7 @@ class UeventWatch:
                 kick_cpuhp(self.rt)
 
 
-def cpu_uevent_filter():
+def cpu_uevent_filter() -> list[tuple[int, int, int, int]]:
     """Classic BPF accepting only datagrams that start with a CPU online/offline header.
 
     A CPU online or offline also sends the uevents of the CPU's other devices
@@ -127,7 +138,7 @@ def cpu_uevent_filter():
     Return: the list of (code, jt, jf, k) instructions.
     """
     ld_w_abs, jeq_k, ret_k = 0x20, 0x15, 0x06
-    insns = []
+    insns: list[tuple[int, int, int, int]] = []
     for prefix in CPU_UEVENT_PREFIXES:
         words = [prefix[i:i + 4] for i in range(0, len(prefix) - len(prefix) % 4, 4)]
         chain_len = 2 * len(words) + 1          # (ld, jeq) per word, then accept
@@ -140,7 +151,7 @@ def cpu_uevent_filter():
     return insns
 
 
-def attach_cpu_uevent_filter(sock):
+def attach_cpu_uevent_filter(sock: socket.socket) -> None:
     """Attach cpu_uevent_filter() to ``sock``; without it every uevent wakes us."""
     insns = cpu_uevent_filter()
     prog = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
@@ -151,7 +162,7 @@ def attach_cpu_uevent_filter(sock):
         pass        # unfiltered: correct, a little slower (the kernel copied prog)
 
 
-def parse_offline_uevent(msg):
+def parse_offline_uevent(msg: bytes) -> tuple[int, int] | None:
     """(SEQNUM, cpu) of an ``offline@/devices/system/cpu/cpuN`` uevent, else None."""
     fields = msg.split(b"\0")
     head = fields[0]
