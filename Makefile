@@ -56,7 +56,7 @@ ext: $(EXT_STAMP) ## (re)build the C extension in place
 check-c: $(DEPS_STAMP) ## compile the C sources with -Werror (developer check)
 	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror \
 		-I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
-		native/kproc_native.c
+		native/module.c
 	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror benchmarks/c/futex_floor.c
 
 lint: $(DEPS_STAMP) ## ruff over the package, the tests and the benchmarks

@@ -12,7 +12,7 @@ setup(
     ext_modules=[
         Extension(
             "kproc._native",
-            sources=["native/kproc_native.c"],
+            sources=["native/module.c"],
             depends=["setup.py"],
             extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
             libraries=["pthread"],
