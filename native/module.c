@@ -55,28 +55,74 @@
                                                     __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)
 
 /*
- * Where the kthread_worker records live in the buffer (kproc/_layout.py WORKER,
- * WORK, TASK): set once by wq_setup(), read by the work_queue/work_pop fast paths.
+ * The layout fields C reads, under the names native_layout() gives them.
+ * X(id, name, bound, width): @bound is the field holding the size of the slot
+ * this one lies in (NONE for tables and constants), @width its size in bytes
+ * (it must lie wholly inside the slot, naturally aligned).
+ * LIST fields serve the list primitives (wl_setup); wq_setup also reads the
+ * QUEUE fields, which the fast paths need to tie a work and wake a worker.
  */
+#define LIST_FIELDS(X)                                                        \
+    X(WORKS, "WORK.base", NONE, 0)                                            \
+    X(WORK_STRIDE, "WORK.stride", NONE, 0)                                    \
+    X(MAX_WORKS, "WORK.count", NONE, 0)                                       \
+    X(WORKER_SIZE, "WORKER.size", NONE, 0)                                    \
+    X(K_LOCK, "WORKER.lock", WORKER_SIZE, sizeof(pthread_mutex_t))            \
+    X(K_HEAD, "WORKER.head", WORKER_SIZE, 4)                                  \
+    X(K_TAIL, "WORKER.tail", WORKER_SIZE, 4)                                  \
+    X(K_DEPTH, "WORKER.depth", WORKER_SIZE, 4)                                \
+    X(K_THEAD, "WORKER.thead", WORKER_SIZE, 4)                                \
+    X(K_TTAIL, "WORKER.ttail", WORKER_SIZE, 4)                                \
+    X(K_NDELAYED, "WORKER.ndelayed", WORKER_SIZE, 4)                          \
+    X(W_KIND, "WORK.kind", WORK_STRIDE, 4)                                    \
+    X(W_WHERE, "WORK.where", WORK_STRIDE, 4)                                  \
+    X(W_PREV, "WORK.prev", WORK_STRIDE, 4)                                    \
+    X(W_NEXT, "WORK.next", WORK_STRIDE, 4)                                    \
+    X(W_CANCELING, "WORK.canceling", WORK_STRIDE, 4)                          \
+    X(W_FLUSHERS, "WORK.flushers", WORK_STRIDE, 4)                            \
+    X(W_EXPIRES, "WORK.expires", WORK_STRIDE, 8)                              \
+    X(ON_NONE, "ON_NONE", NONE, 0)                                            \
+    X(ON_WORKLIST, "ON_WORKLIST", NONE, 0)                                    \
+    X(ON_TIMER, "ON_TIMER", NONE, 0)                                          \
+    X(WK_FLUSH, "WK_FLUSH", NONE, 0)
+
+#define QUEUE_FIELDS(X)                                                       \
+    X(K_GEN, "WORKER.gen", WORKER_SIZE, 4)                                    \
+    X(K_CURRENT, "WORKER.current", WORKER_SIZE, 4)                            \
+    X(K_TASK, "WORKER.task", WORKER_SIZE, 4)                                  \
+    X(K_TASK_GEN, "WORKER.task_gen", WORKER_SIZE, 4)                          \
+    X(W_GEN, "WORK.gen", WORK_STRIDE, 4)                                      \
+    X(W_FLAGS, "WORK.flags", WORK_STRIDE, 4)                                  \
+    X(W_WORKER, "WORK.worker", WORK_STRIDE, 4)                                \
+    X(W_WORKER_GEN, "WORK.worker_gen", WORK_STRIDE, 4)                        \
+    X(TASKS, "TASK.base", NONE, 0)                                            \
+    X(TASK_STRIDE, "TASK.stride", NONE, 0)                                    \
+    X(MAX_TASKS, "TASK.count", NONE, 0)                                       \
+    X(T_GEN, "TASK.gen", TASK_STRIDE, 4)                                      \
+    X(T_STATE, "TASK.state", TASK_STRIDE, 4)                                  \
+    X(T_WAKE_SEQ, "TASK.wake_seq", TASK_STRIDE, 4)                            \
+    X(T_SLEEPING, "TASK.sleeping", TASK_STRIDE, 4)                            \
+    X(WF_ORPHAN, "WF_ORPHAN", NONE, 0)                                        \
+    X(TASK_NORMAL, "TASK_NORMAL", NONE, 0)
+
+#define FIELD_ID(id, name, bound, width) WQ_##id,
+#define FIELD_ONE(id, name, bound, width) + 1
 enum wq_field {
-    WQ_WORKS, WQ_WORK_STRIDE, WQ_MAX_WORKS, WQ_TASKS, WQ_TASK_STRIDE, WQ_MAX_TASKS,
-    WQ_WORKER_SIZE,
-    WQ_K_GEN, WQ_K_LOCK, WQ_K_HEAD, WQ_K_TAIL, WQ_K_THEAD, WQ_K_CURRENT, WQ_K_DEPTH,
-    WQ_K_TASK, WQ_K_TASK_GEN,
-    WQ_W_GEN, WQ_W_WHERE, WQ_W_PREV, WQ_W_NEXT, WQ_W_WORKER, WQ_W_WORKER_GEN,
-    WQ_W_CANCELING, WQ_W_KIND, WQ_W_FLAGS,
-    WQ_T_GEN, WQ_T_STATE, WQ_T_WAKE_SEQ, WQ_T_SLEEPING,
-    WQ_ON_WORKLIST, WQ_WK_FLUSH, WQ_WF_ORPHAN, WQ_TASK_NORMAL,
-    WQ_K_TTAIL, WQ_K_NDELAYED, WQ_W_EXPIRES, WQ_W_FLUSHERS,
-    WQ_NFIELDS
+    LIST_FIELDS(FIELD_ID)
+    QUEUE_FIELDS(FIELD_ID)
+    WQ_NFIELDS,
+    WQ_NLIST = 0 LIST_FIELDS(FIELD_ONE),        /* the LIST fields come first */
+    WQ_NONE = -1
 };
+#undef FIELD_ID
+#undef FIELD_ONE
 
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
     char *base;                         /* NULL until __init__ succeeded */
     Py_ssize_t size;
-    int wq_set;
+    int wq_set;                         /* the layout is known (wq_setup) */
     Py_ssize_t wq[WQ_NFIELDS];
 } MemObject;
 
@@ -797,39 +843,102 @@ static PyObject *Mem_mutex_unlock(ARGS)
 
 /* -- Mem: kthread_worker fast paths -------------------------------------- */
 
+/* -- the record layout, by field name ------------------------------------- */
+
+static const struct {
+    const char *name;
+    int bound, width;
+} fields[WQ_NFIELDS] = {
+#define FIELD_SPEC(id, name, bound, width) [WQ_##id] = {name, WQ_##bound, (int)(width)},
+    LIST_FIELDS(FIELD_SPEC)
+    QUEUE_FIELDS(FIELD_SPEC)
+#undef FIELD_SPEC
+};
+
+/* wq[@id] := @layout[fields[@id].name], an int >= 0.  Return 0, or -1 with KeyError/TypeError/ValueError set. */
+static int lookup(MemObject *self, PyObject *layout, int id, const char *fname)
+{
+    PyObject *v = PyDict_GetItemString(layout, fields[id].name);
+    Py_ssize_t n;
+    if (!v) {
+        PyErr_Format(PyExc_KeyError, "%s(): the layout has no '%s' (kproc/_core/layout.py "
+                     "native_layout() gives every field C reads)", fname, fields[id].name);
+        return -1;
+    }
+    n = PyLong_AsSsize_t(v);
+    if (n == -1 && PyErr_Occurred())
+        return -1;
+    if (n < 0) {
+        PyErr_Format(PyExc_ValueError, "%s(): '%s' is negative (%zd)", fname, fields[id].name, n);
+        return -1;
+    }
+    self->wq[id] = n;
+    return 0;
+}
+
+/* The table of @count slots of @stride bytes at @base lies inside the buffer, 8-aligned. */
+static int table_ok(MemObject *self, int base, int stride, int count)
+{
+    Py_ssize_t b = self->wq[base], s = self->wq[stride], n = self->wq[count];
+    return s > 0 && s % 8 == 0 && (uintptr_t)(self->base + b) % 8 == 0 && b <= self->size &&
+           n <= (self->size - b) / s;
+}
+
 /*
- * wq_setup(fields): the layout of workers, works and tasks, as a sequence of
- * WQ_NFIELDS ints in enum wq_field order (kproc/_worker.py builds it).
+ * What the C side relies on, checked once: every field lies wholly inside its
+ * slot, naturally aligned; the tables lie inside the buffer; ON_NONE is 0 (a
+ * zeroed slot is on no list) and the two lists differ.
+ * Return 0, or -1 with ValueError set.
+ */
+static int check_fields(MemObject *self, int n, const char *fname)
+{
+    Py_ssize_t *wq = self->wq;
+    for (int id = 0; id < n; id++) {
+        int bound = fields[id].bound, width = fields[id].width, al = width < 8 ? width : 8;
+        if (bound == WQ_NONE)
+            continue;
+        if (wq[id] % al || wq[id] > wq[bound] - width) {
+            PyErr_Format(PyExc_ValueError, "%s(): '%s' (%zd) is not a %d-aligned field of "
+                         "%d bytes inside '%s' (%zd)", fname, fields[id].name, wq[id], al,
+                         width, fields[bound].name, wq[bound]);
+            return -1;
+        }
+    }
+    if (!table_ok(self, WQ_WORKS, WQ_WORK_STRIDE, WQ_MAX_WORKS) ||
+        (n > WQ_NLIST && !table_ok(self, WQ_TASKS, WQ_TASK_STRIDE, WQ_MAX_TASKS))) {
+        PyErr_Format(PyExc_ValueError, "%s(): tables beyond the buffer (or strides not "
+                     "positive multiples of 8, or bases misaligned)", fname);
+        return -1;
+    }
+    if (wq[WQ_ON_NONE] != 0 || !wq[WQ_ON_WORKLIST] || !wq[WQ_ON_TIMER] ||
+        wq[WQ_ON_WORKLIST] == wq[WQ_ON_TIMER]) {
+        PyErr_Format(PyExc_ValueError, "%s(): ON_NONE must be 0 and ON_WORKLIST, ON_TIMER "
+                     "two other values", fname);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * wq_setup(layout): where workers, works and tasks live, from the dict of
+ * kproc/_core/layout.py native_layout(), each field looked up by name once,
+ * here, and checked (check_fields).  A failed setup leaves none.
  */
 static PyObject *Mem_wq_setup(ARGS)
 {
-    PyObject *seq;
-    Py_ssize_t i;
     NEED_BUFFER();
     if (!nargs_ok(nargs, 1, 1, "wq_setup"))
         return NULL;
-    if (!(seq = PySequence_Fast(args[0], "wq_setup() needs a sequence of ints")))
-        return NULL;
-    if (PySequence_Fast_GET_SIZE(seq) != WQ_NFIELDS) {
-        Py_DECREF(seq);
-        return PyErr_Format(PyExc_ValueError, "wq_setup() needs %d fields", WQ_NFIELDS);
-    }
-    for (i = 0; i < WQ_NFIELDS; i++) {
-        Py_ssize_t v = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(seq, i));
-        if (v == -1 && PyErr_Occurred()) {
-            Py_DECREF(seq);
+    if (!PyDict_Check(args[0]))
+        return PyErr_Format(PyExc_TypeError, "wq_setup() needs the dict of "
+                            "kproc/_core/layout.py native_layout(), not %.100s",
+                            Py_TYPE(args[0])->tp_name);
+    self->wq_set = 0;
+    for (int id = 0; id < WQ_NFIELDS; id++)
+        if (lookup(self, args[0], id, "wq_setup") < 0)
             return NULL;
-        }
-        if (v < 0) {
-            Py_DECREF(seq);
-            return PyErr_Format(PyExc_ValueError, "wq_setup(): field %zd is negative", i);
-        }
-        self->wq[i] = v;
-    }
-    Py_DECREF(seq);
-    if (self->wq[WQ_WORKS] + self->wq[WQ_MAX_WORKS] * self->wq[WQ_WORK_STRIDE] > self->size ||
-        self->wq[WQ_TASKS] + self->wq[WQ_MAX_TASKS] * self->wq[WQ_TASK_STRIDE] > self->size)
-        return PyErr_Format(PyExc_ValueError, "wq_setup(): tables beyond the buffer");
+    if (check_fields(self, WQ_NFIELDS, "wq_setup") < 0)
+        return NULL;
     self->wq_set = 1;
     Py_RETURN_NONE;
 }
@@ -1106,7 +1215,8 @@ static PyMethodDef Mem_methods[] = {
                   "the previous owner died (made consistent), 2 timed out; a busy lock is "
                   "retried for spin_ns before sleeping"),
     M(mutex_unlock, "mutex_unlock(off); OSError (EPERM) if not the owner"),
-    M(wq_setup, "wq_setup(fields): where workers, works and tasks live (kproc._worker)"),
+    M(wq_setup, "wq_setup(layout): where workers, works and tasks live, by field name "
+                  "(the dict of kproc/_core/layout.py native_layout())"),
     M(work_queue, "work_queue(kbase, wbase, widx1, kgen, wgen, spin_ns, wake) -> 0 not "
                   "queued, 1 queued, 2 queued to an idle worker, -1 slow path"),
     M(work_pop, "work_pop(kbase, prev_idx1, spin_ns) -> next work index + 1, 0 none, "

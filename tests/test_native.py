@@ -12,6 +12,7 @@ import contextlib
 import errno
 import mmap
 import os
+import re
 import signal
 import sys
 import time
@@ -22,7 +23,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import wait_until
+from kproc._core import layout as L
+from kproc._core.arena import ArenaParams
 from kproc._core.layout import COMPLETION
+from kproc._sched.task import TASK_NORMAL
 
 native = pytest.importorskip("kproc._native", reason="the C extension is not built")
 pytestmark = pytest.mark.timeout(30)
@@ -622,16 +626,66 @@ def test_mutex_lock_waits_for_the_holder_to_unlock(mem):
         mem.mutex_unlock(MUTEX)
 
 
-# -- kthread_worker fast paths --------------------------------------------------------
+# -- the layout, by field name ---------------------------------------------------
+
+def arena_layout(max_works=8):
+    """An arena-sized shared mapping and native_layout() of it (real records, real tables)."""
+    params = ArenaParams(2, 2, max_works)
+    return params, mmap.mmap(-1, params.size), L.native_layout(params, TASK_NORMAL)
+
+
+def test_native_layout_is_derived_from_the_records():
+    params, _, layout = arena_layout()
+    for name in ("TASK", "TASK_BLOB", "WORKER", "WORK", "COMPLETION"):
+        rec = getattr(L, name)
+        assert {f"{name}.{f}": getattr(rec, f) for f in rec.formats}.items() <= layout.items()
+        assert (layout[f"{name}.size"], layout[f"{name}.stride"]) == (rec.size, rec.stride)
+    assert (layout["WORK.base"], layout["WORK.stride"], layout["WORK.count"]) == \
+        (params.works, L.WORK.stride, params.max_works)
+    assert (layout["TASK.base"], layout["TASK.stride"], layout["TASK.count"]) == \
+        (params.tasks, L.TASK.stride, params.max_kthreads)
+    assert (layout["ON_NONE"], layout["ON_WORKLIST"], layout["ON_TIMER"], layout["WK_FLUSH"],
+            layout["TASK_NORMAL"]) == (L.ON_NONE, L.ON_WORKLIST, L.ON_TIMER, L.WK_FLUSH, 3)
+
 
 def test_work_fast_paths_need_wq_setup_first():
-    buf = bytearray(4096)
+    _, buf, layout = arena_layout()
     mem = native.Mem(buf)
     with pytest.raises(RuntimeError, match="wq_setup"):
         mem.work_queue(0, 0, 1, 1, 1, 0, False)
     with pytest.raises(RuntimeError, match="wq_setup"):
         mem.work_pop(0, 0, 0)
-    with pytest.raises(ValueError):
-        mem.wq_setup([0, 1, 2])
-    with pytest.raises(ValueError, match="beyond"):
-        mem.wq_setup([0, 128, 1000] + [0] * 34)
+    with pytest.raises(TypeError, match="native_layout"):
+        mem.wq_setup(list(layout.values()))     # the positional list of old
+    mem.wq_setup(layout)
+
+
+@pytest.mark.parametrize("name", ["WORKER.head", "WORK.expires", "TASK.count", "TASK_NORMAL"])
+def test_wq_setup_names_a_missing_field(name):
+    _, buf, layout = arena_layout()
+    mem = native.Mem(buf)
+    del layout[name]
+    with pytest.raises(KeyError, match=re.escape(name)):
+        mem.wq_setup(layout)
+    with pytest.raises(RuntimeError, match="wq_setup"):
+        mem.work_pop(0, 0, 0)
+
+
+@pytest.mark.parametrize("name, value, match", [
+    ("WORKER.head", -4, "'WORKER.head' is negative"),
+    ("WORKER.tail", L.WORKER.size, "'WORKER.tail'.*inside 'WORKER.size'"),
+    ("WORK.expires", 12, "'WORK.expires'.*8-aligned"),
+    ("WORKER.lock", L.WORKER.size - 8, "'WORKER.lock'"),
+    ("WORK.count", 10**9, "beyond"),
+    ("TASK.stride", 0, r"inside 'TASK.stride' \(0\)"),
+    ("ON_NONE", 1, "ON_NONE must be 0"),
+    ("ON_TIMER", L.ON_WORKLIST, "ON_NONE must be 0"),
+])
+def test_wq_setup_refuses_a_layout_that_does_not_fit(name, value, match):
+    _, buf, layout = arena_layout()
+    mem = native.Mem(buf)
+    layout[name] = value
+    with pytest.raises(ValueError, match=match):
+        mem.wq_setup(layout)
+    with pytest.raises(RuntimeError, match="wq_setup"):
+        mem.work_queue(0, 0, 1, 1, 1, 0, False)
