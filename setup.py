@@ -13,7 +13,8 @@ setup(
         Extension(
             "kproc._native",
             sources=[f"native/{name}.c" for name in
-                     ("module", "mem", "args", "futex", "mutex", "layout", "worklist")],
+                     ("module", "mem", "args", "futex", "mutex", "layout", "worklist",
+                      "wl_methods")],
             depends=["setup.py", "native/kproc_native.h"],
             # Hidden: the files call each other directly, not through the PLT
             # (PyMODINIT_FUNC keeps PyInit__native visible).

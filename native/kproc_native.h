@@ -6,21 +6,27 @@
  * errno means) is decided in Python; see kproc/_core/wait.py and
  * kproc/_sched/completion.py.
  *
- * The one exception is the kthread_worker's lists (worklist.c): the fast
- * paths of kthread_queue_work() and of the worker's pop link and unlink works
- * in C, under the worker's lock.  What C knows of the records it learns once,
- * by field name, from kproc/_core/layout.py's native_layout() (layout.c); no
- * offset is typed twice.
+ * The one exception is the kthread_worker's lists (worklist.c): linking a
+ * work before a node, unlinking it, popping the head of the work list and
+ * firing the expired timers run in C, always under the worker's lock, held by
+ * the caller.  They are the single implementation of those list operations:
+ * the C fast paths (work_queue, work_pop) and Python's slow path (the checked
+ * wl_* methods of wl_methods.c) share them, and kproc/_core/pymem.py supplies
+ * the same wl_* API where the extension is not built.  What C knows of the
+ * records it learns once, by field name, from kproc/_core/layout.py's
+ * native_layout() (layout.c); no offset is typed twice.
  *
  * Files, one mechanism each: mem.c (the Mem object, bounds-checked
  * addressing, 32/64-bit atomics), args.c (argument parsing), futex.c
  * (futexes, spin-then-wait, completions), mutex.c (the robust process-shared
- * mutex), layout.c (the record layout, by name), worklist.c (the work-queue
- * fast paths), module.c (module init, the method table, clock and prctl
- * helpers).
+ * mutex), layout.c (the record layout, by name), worklist.c (the list
+ * primitives and the kthread_work fast paths on them), wl_methods.c (the
+ * primitives as methods, for Python's slow path), module.c (module init, the
+ * method table, clock and prctl helpers).
  *
  * Everything runs in the calling process and thread, whichever it is; no file
- * keeps state outside the Mem object it is called on.
+ * keeps state outside the Mem object it is called on (but for the method
+ * table module.c puts together at import).
  */
 #ifndef KPROC_NATIVE_H
 #define KPROC_NATIVE_H
@@ -56,8 +62,8 @@
  * X(id, name, bound, width): @bound is the field holding the size of the slot
  * this one lies in (NONE for tables and constants), @width its size in bytes
  * (it must lie wholly inside the slot, naturally aligned).
- * LIST fields describe the lists; QUEUE fields what the fast paths also need
- * to tie a work and wake a worker.
+ * LIST fields serve the list primitives (wl_setup); wq_setup also reads the
+ * QUEUE fields, which the fast paths need to tie a work and wake a worker.
  */
 #define LIST_FIELDS(X)                                                        \
     X(WORKS, "WORK.base", NONE, 0)                                            \
@@ -114,13 +120,21 @@ enum wq_field {
 #undef FIELD_ID
 #undef FIELD_ONE
 
+/* One list of a worker: its head/tail links and counter in WORKER, WORK.where of its nodes. */
+struct wl_list {
+    Py_ssize_t head, tail, count;
+    uint32_t where;
+};
+
 typedef struct {
     PyObject_HEAD
     Py_buffer view;
     char *base;                         /* NULL until __init__ succeeded */
     Py_ssize_t size;
-    int wq_set;                         /* the layout is known (wq_setup) */
+    int wl_set;                         /* the LIST fields are known (wl_setup) */
+    int wq_set;                         /* the QUEUE fields too (wq_setup) */
     Py_ssize_t wq[WQ_NFIELDS];
+    struct wl_list works, timers;       /* work_list and delayed_work_list, from wq[] */
 } MemObject;
 
 /* A completion record, 16 bytes, 8-aligned (kproc/_core/layout.py COMPLETION). */
@@ -204,11 +218,11 @@ static inline int get_i64(PyObject *o, int64_t *out)
     return 1;
 }
 
-/* -- addressing (mem.c) ----------------------------------------------------- */
+/* -- the Mem type, its method tables, addressing (mem.c) ----------------------- */
 
 extern PyTypeObject MemType;
 extern PyMethodDef atomic_methods[], futex_methods[], mutex_methods[], layout_methods[],
-    worklist_methods[];
+    worklist_methods[], wl_methods[];
 
 void *at_len(MemObject *m, PyObject *arg, Py_ssize_t len, int align);
 
@@ -222,5 +236,29 @@ static inline void *at(MemObject *m, PyObject *arg, int width)
 int futex_wake_n(uint32_t *word, int n);
 int mutex_trylock_spin(pthread_mutex_t *mx, int64_t spin_ns);
 int mutex_acquired(pthread_mutex_t *mx, int rc);
+int mutex_held(pthread_mutex_t *mx, const char *fname);
+
+/* -- the work lists (worklist.c; the worker lock held, see there) ------------ */
+
+/* A layout field, in a method of a set-up Mem (layout.c); a u32 at a buffer offset. */
+#define WQ(f) (self->wq[WQ_##f])
+#define U32(off) ((uint32_t *)(self->base + (off)))
+
+/* Offset of work slot @idx1 (index + 1), or -1 if out of the table. */
+static inline Py_ssize_t wq_work(MemObject *self, uint32_t idx1)
+{
+    if (idx1 == 0 || idx1 > (uint32_t)WQ(MAX_WORKS))
+        return -1;
+    return WQ(WORKS) + (Py_ssize_t)(idx1 - 1) * WQ(WORK_STRIDE);
+}
+
+PyObject *wl_corrupt(Py_ssize_t kbase);
+int wl_link_before(MemObject *self, Py_ssize_t kbase, const struct wl_list *l, uint32_t idx,
+                   Py_ssize_t off, uint32_t before, int counted);
+int wl_unlink(MemObject *self, Py_ssize_t kbase, const struct wl_list *l, Py_ssize_t off,
+              int counted);
+int wl_pop_head(MemObject *self, Py_ssize_t kbase, const struct wl_list *l, Py_ssize_t hoff,
+                int counted);
+int64_t wl_fire_timers(MemObject *self, Py_ssize_t kbase, int64_t now, uint32_t *fired);
 
 #endif /* KPROC_NATIVE_H */

@@ -2,13 +2,13 @@
  * kproc._native: the record layout, learnt by field name.
  *
  * The C side reads the WORKER, WORK and TASK records of the arena.  It does
- * not know their offsets: wq_setup() is given the dict of
+ * not know their offsets: wl_setup() and wq_setup() are given the dict of
  * kproc/_core/layout.py native_layout() ({"WORKER.head": offset, ...}, derived
  * from the Record objects) and looks up each field it needs by name, once,
  * outside every hot path.  A missing name is a KeyError naming it; a field
  * that does not fit its slot, or a table that does not fit the buffer, a
- * ValueError naming it; a failed setup leaves none, so the fast paths refuse
- * to run (RuntimeError) rather than read a half-learnt layout.
+ * ValueError naming it; a failed setup leaves none, so the methods that
+ * need it refuse to run (RuntimeError) rather than read a half-learnt layout.
  * Runs in the calling process, once per runtime and process.
  */
 #include "kproc_native.h"
@@ -23,7 +23,10 @@ static const struct {
 #undef FIELD_SPEC
 };
 
-/* wq[@id] := @layout[fields[@id].name], an int >= 0.  Return 0, or -1 with KeyError/TypeError/ValueError set. */
+/*
+ * wq[@id] := @layout[fields[@id].name], an int >= 0.
+ * Return 0, or -1 with KeyError, TypeError or ValueError set.
+ */
 static int lookup(MemObject *self, PyObject *layout, int id, const char *fname)
 {
     PyObject *v = PyDict_GetItemString(layout, fields[id].name);
@@ -88,31 +91,64 @@ static int check_fields(MemObject *self, int n, const char *fname)
 }
 
 /*
- * wq_setup(layout): where workers, works and tasks live, from the dict of
- * kproc/_core/layout.py native_layout(), each field looked up by name once,
- * here, and checked (check_fields).  A failed setup leaves none.
+ * Learn the first @n fields (WQ_NLIST: the lists; WQ_NFIELDS: everything)
+ * from the native_layout() dict in @args.  A failed setup leaves none.
+ * Return 0, or -1 with an exception set.
+ */
+static int setup(MemObject *self, PyObject *const *args, Py_ssize_t nargs, int n,
+                 const char *fname)
+{
+    if (!nargs_ok(nargs, 1, 1, fname))
+        return -1;
+    if (!PyDict_Check(args[0])) {
+        PyErr_Format(PyExc_TypeError, "%s() needs the dict of kproc/_core/layout.py "
+                     "native_layout(), not %.100s", fname, Py_TYPE(args[0])->tp_name);
+        return -1;
+    }
+    self->wl_set = self->wq_set = 0;
+    for (int id = 0; id < n; id++)
+        if (lookup(self, args[0], id, fname) < 0)
+            return -1;
+    if (check_fields(self, n, fname) < 0)
+        return -1;
+    self->works = (struct wl_list){self->wq[WQ_K_HEAD], self->wq[WQ_K_TAIL],
+                                   self->wq[WQ_K_DEPTH], (uint32_t)self->wq[WQ_ON_WORKLIST]};
+    self->timers = (struct wl_list){self->wq[WQ_K_THEAD], self->wq[WQ_K_TTAIL],
+                                    self->wq[WQ_K_NDELAYED], (uint32_t)self->wq[WQ_ON_TIMER]};
+    self->wl_set = 1;
+    self->wq_set = n == WQ_NFIELDS;
+    return 0;
+}
+
+/*
+ * wl_setup(layout): where the lists of workers live, for the wl_* methods.
+ * On a Mem already set up by wq_setup() it learns everything again, so that
+ * the fast paths keep a layout of one piece.  Return: None.
+ */
+static PyObject *Mem_wl_setup(ARGS)
+{
+    NEED_BUFFER();
+    if (setup(self, args, nargs, self->wq_set ? WQ_NFIELDS : WQ_NLIST, "wl_setup") < 0)
+        return NULL;
+    Py_RETURN_NONE;
+}
+
+/*
+ * wq_setup(layout): wl_setup(), and where works are tied and workers' tasks
+ * live, for the fast paths (work_queue, work_pop).  Return: None.
  */
 static PyObject *Mem_wq_setup(ARGS)
 {
     NEED_BUFFER();
-    if (!nargs_ok(nargs, 1, 1, "wq_setup"))
+    if (setup(self, args, nargs, WQ_NFIELDS, "wq_setup") < 0)
         return NULL;
-    if (!PyDict_Check(args[0]))
-        return PyErr_Format(PyExc_TypeError, "wq_setup() needs the dict of "
-                            "kproc/_core/layout.py native_layout(), not %.100s",
-                            Py_TYPE(args[0])->tp_name);
-    self->wq_set = 0;
-    for (int id = 0; id < WQ_NFIELDS; id++)
-        if (lookup(self, args[0], id, "wq_setup") < 0)
-            return NULL;
-    if (check_fields(self, WQ_NFIELDS, "wq_setup") < 0)
-        return NULL;
-    self->wq_set = 1;
     Py_RETURN_NONE;
 }
 
 PyMethodDef layout_methods[] = {
-    M(wq_setup, "wq_setup(layout): where workers, works and tasks live, by field name "
-                "(the dict of kproc/_core/layout.py native_layout())"),
+    M(wl_setup, "wl_setup(layout): where the work lists live, by field name (the dict of "
+                "kproc/_core/layout.py native_layout()), for the wl_* methods"),
+    M(wq_setup, "wq_setup(layout): wl_setup(), and where works are tied and tasks live, "
+                "for work_queue and work_pop"),
     {NULL, NULL, 0, NULL},
 };

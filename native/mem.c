@@ -192,10 +192,12 @@ PyTypeObject MemType = {
     .tp_name = "kproc._native.Mem",
     .tp_basicsize = sizeof(MemObject),
     .tp_flags = Py_TPFLAGS_DEFAULT,
-    .tp_doc = "Mem(buffer): atomics, futexes, completions and robust mutexes at byte "
-              "offsets of a writable buffer, kept exported for the object's lifetime.",
+    .tp_doc = "Mem(buffer): atomics, futexes, completions, robust mutexes and work "
+              "lists at byte offsets of a writable buffer, kept exported for the "
+              "object's lifetime.",
     .tp_new = PyType_GenericNew,
     .tp_init = (initproc)Mem_init,
     .tp_dealloc = (destructor)Mem_dealloc,
     .tp_getset = Mem_getset,
+    /* .tp_methods: put together from every file's table by module.c */
 };

@@ -16,11 +16,14 @@
 
 static PyMethodDef mem_methods[MEM_METHODS_MAX + 1];    /* NULL-terminated */
 
-/* Mem's methods, from every mechanism's table, in a stable order.  Return 0, or -1 with SystemError set. */
+/*
+ * Mem's methods, from every mechanism's table, in a stable order.
+ * Return 0, or -1 with SystemError set.
+ */
 static int assemble_methods(void)
 {
     PyMethodDef *const tables[] = {atomic_methods, futex_methods, mutex_methods,
-                                   layout_methods, worklist_methods};
+                                   layout_methods, worklist_methods, wl_methods};
     size_t n = 0;
     for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++) {
         for (PyMethodDef *d = tables[t]; d->ml_name; d++) {
@@ -86,7 +89,7 @@ static PyMethodDef module_methods[] = {
 };
 
 PyDoc_STRVAR(module_doc,
-"Atomics, futexes, completions and a robust mutex over shared memory.\n"
+"Atomics, futexes, completions, a robust mutex and work lists over shared memory.\n"
 "\n"
 "Mem(buffer) wraps a writable buffer (an mmap shared by every process of a\n"
 "runtime) and offers, at byte offsets checked for bounds and alignment\n"
@@ -98,14 +101,18 @@ PyDoc_STRVAR(module_doc,
 "- completions (16-byte records: done, seq, sleepers, reserved) with the\n"
 "  kernel's counting semantics, free of lost wake-ups when the caller passes\n"
 "  a seq snapshot read before it checked its own conditions;\n"
-"- robust process-shared pthread mutexes (MUTEX_SIZE bytes, 8-aligned).\n"
+"- robust process-shared pthread mutexes (MUTEX_SIZE bytes, 8-aligned);\n"
+"- the kthread_worker's lists, by the field names of native_layout():\n"
+"  wl_setup and the wl_* primitives (worker lock held), wq_setup and the\n"
+"  work_queue / work_pop fast paths.\n"
 "\n"
 "Timeouts are relative ns (negative or None: none), bound the sleep that\n"
 "follows any spin, and are return values, not exceptions.  Blocking calls\n"
 "release the GIL and let signal handlers raise (KeyboardInterrupt).\n"
 "\n"
-"Only syscalls and atomics live here: the policy (what a wake-up means, how\n"
-"long to spin, what an errno means) lives in Python.\n"
+"Only syscalls and atomics live here, but for the work lists: the policy\n"
+"(what a wake-up means, how long to spin, what an errno means) lives in\n"
+"Python.\n"
 "HAVE_FUTEX is True so that callers can feature-detect this module.");
 
 static struct PyModuleDef moduledef = {

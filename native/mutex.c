@@ -132,6 +132,33 @@ static PyObject *Mem_mutex_unlock(ARGS)
     Py_RETURN_NONE;
 }
 
+/*
+ * Is @mx held by the calling thread?  A robust error-checking mutex answers
+ * EDEADLK to a trylock by its owner, without a system call; a free one is
+ * taken by that trylock and released at once.  A free one whose owner died is
+ * made consistent first: the next locker is not told, which only a caller
+ * that broke the locking rule could have caused.
+ * Return 0 held, or -1 with RuntimeError set (not held; named after @fname)
+ * or OSError.
+ */
+int mutex_held(pthread_mutex_t *mx, const char *fname)
+{
+    int rc = pthread_mutex_trylock(mx);
+    if (rc == EDEADLK)
+        return 0;
+    if (rc == EOWNERDEAD)
+        rc = pthread_mutex_consistent(mx);
+    if (rc == 0)
+        pthread_mutex_unlock(mx);
+    else if (rc != EBUSY) {
+        errno_error(rc);
+        return -1;
+    }
+    PyErr_Format(PyExc_RuntimeError, "%s(): the worker lock is not held by this thread "
+                 "(take it with mutex_lock() first)", fname);
+    return -1;
+}
+
 PyMethodDef mutex_methods[] = {
     M(mutex_init, "mutex_init(off): a robust, process-shared, error-checking mutex"),
     MK(mutex_lock, "mutex_lock(off, timeout_ns=-1, spin_ns=0) -> 0 locked, 1 locked and "
