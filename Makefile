@@ -53,10 +53,12 @@ venv: $(EXT_STAMP) ## create .venv, install kproc[test] editable, build kproc._n
 
 ext: $(EXT_STAMP) ## (re)build the C extension in place
 
-check-c: $(DEPS_STAMP) ## compile the C sources with -Werror (developer check)
-	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror \
-		-I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
-		native/kproc_native.c
+check-c: $(DEPS_STAMP) ## compile every C source with -Werror (developer check)
+	for src in $(filter %.c,$(NATIVE_SRC)); do \
+		$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror \
+			-I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+			$$src || exit 1; \
+	done
 	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror benchmarks/c/futex_floor.c
 
 lint: $(DEPS_STAMP) ## ruff over the package, the tests and the benchmarks

@@ -12,9 +12,13 @@ setup(
     ext_modules=[
         Extension(
             "kproc._native",
-            sources=["native/kproc_native.c"],
-            depends=["setup.py"],
-            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra"],
+            sources=[f"native/{name}.c" for name in
+                     ("module", "mem", "args", "futex", "mutex", "layout", "worklist",
+                      "wl_methods")],
+            depends=["setup.py", "native/kproc_native.h"],
+            # Hidden: the files call each other directly, not through the PLT
+            # (PyMODINIT_FUNC keeps PyInit__native visible).
+            extra_compile_args=["-O2", "-std=gnu11", "-Wall", "-Wextra", "-fvisibility=hidden"],
             libraries=["pthread"],
         )
     ],

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import mmap
 import os
+import re
 import signal
 import sys
 import time
@@ -22,9 +23,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from helpers import wait_until
+from kproc._core import layout as L
+from kproc._core.arena import ArenaParams
 from kproc._core.layout import COMPLETION
+from kproc._sched.task import TASK_NORMAL
 
-native = pytest.importorskip("kproc._native", reason="the C extension is not built")
+try:
+    from kproc import _native as native
+except ImportError:
+    native = None
+from kproc._core.pymem import PyMem
+
+needs_native = pytest.mark.skipif(native is None, reason="the C extension is not built")
 pytestmark = pytest.mark.timeout(30)
 
 INT_MAX = 2**31 - 1
@@ -48,6 +58,8 @@ MUTEX = 256
 def mem():
     # MAP_SHARED | MAP_ANONYMOUS: shared with forked children.  The mapping
     # lives as long as the Mem exporting it.
+    if native is None:
+        pytest.skip("the C extension is not built")
     return native.Mem(mmap.mmap(-1, 4096))
 
 
@@ -132,6 +144,7 @@ def raise_keyboard_interrupt(signum, frame):
 
 # -- the module and the Mem object -------------------------------------------
 
+@needs_native
 def test_module_constants_and_clock():
     assert native.HAVE_FUTEX is True
     assert native.MUTEX_SIZE % 8 == 0 and native.MUTEX_SIZE >= 24
@@ -139,6 +152,7 @@ def test_module_constants_and_clock():
     assert "policy" in native.__doc__
 
 
+@needs_native
 def test_mem_keeps_its_buffer_exported():
     buf = mmap.mmap(-1, 4096)
     m = native.Mem(buf)
@@ -149,6 +163,7 @@ def test_mem_keeps_its_buffer_exported():
     buf.close()
 
 
+@needs_native
 def test_mem_needs_a_writable_buffer():
     with pytest.raises(BufferError):
         native.Mem(b"read-only")
@@ -195,6 +210,7 @@ u32 = st.integers(0, U32_MAX)
 s64 = st.integers(-2**63, 2**63 - 1)
 
 
+@needs_native
 @given(start=u32, delta=st.integers(-2**31, U32_MAX), other=u32)
 def test_32_bit_operations_follow_their_arithmetic_model(start, delta, other):
     m = native.Mem(mmap.mmap(-1, 4096))
@@ -212,6 +228,7 @@ def test_32_bit_operations_follow_their_arithmetic_model(start, delta, other):
     assert m.xchg32(COUNT32, other) == now and m.load32(COUNT32) == other
 
 
+@needs_native
 @given(start=s64, delta=s64, other=s64)
 def test_64_bit_operations_follow_their_arithmetic_model(start, delta, other):
     m = native.Mem(mmap.mmap(-1, 4096))
@@ -622,16 +639,412 @@ def test_mutex_lock_waits_for_the_holder_to_unlock(mem):
         mem.mutex_unlock(MUTEX)
 
 
-# -- kthread_worker fast paths --------------------------------------------------------
+# -- the layout, by field name ---------------------------------------------------
 
+def arena_layout(max_works=8):
+    """An arena-sized shared mapping and native_layout() of it (real records, real tables)."""
+    params = ArenaParams(2, 2, max_works)
+    return params, mmap.mmap(-1, params.size), L.native_layout(params, TASK_NORMAL)
+
+
+def test_native_layout_is_derived_from_the_records():
+    params, _, layout = arena_layout()
+    for name in ("TASK", "TASK_BLOB", "WORKER", "WORK", "COMPLETION"):
+        rec = getattr(L, name)
+        assert {f"{name}.{f}": getattr(rec, f) for f in rec.formats}.items() <= layout.items()
+        assert (layout[f"{name}.size"], layout[f"{name}.stride"]) == (rec.size, rec.stride)
+    assert (layout["WORK.base"], layout["WORK.stride"], layout["WORK.count"]) == \
+        (params.works, L.WORK.stride, params.max_works)
+    assert (layout["TASK.base"], layout["TASK.stride"], layout["TASK.count"]) == \
+        (params.tasks, L.TASK.stride, params.max_kthreads)
+    assert (layout["ON_NONE"], layout["ON_WORKLIST"], layout["ON_TIMER"], layout["WK_FLUSH"],
+            layout["TASK_NORMAL"]) == (L.ON_NONE, L.ON_WORKLIST, L.ON_TIMER, L.WK_FLUSH, 3)
+
+
+@needs_native
 def test_work_fast_paths_need_wq_setup_first():
-    buf = bytearray(4096)
+    _, buf, layout = arena_layout()
     mem = native.Mem(buf)
     with pytest.raises(RuntimeError, match="wq_setup"):
         mem.work_queue(0, 0, 1, 1, 1, 0, False)
     with pytest.raises(RuntimeError, match="wq_setup"):
         mem.work_pop(0, 0, 0)
-    with pytest.raises(ValueError):
-        mem.wq_setup([0, 1, 2])
-    with pytest.raises(ValueError, match="beyond"):
-        mem.wq_setup([0, 128, 1000] + [0] * 34)
+    with pytest.raises(TypeError, match="native_layout"):
+        mem.wq_setup(list(layout.values()))     # the positional list of old
+    mem.wq_setup(layout)
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["WORKER.head", "WORK.expires", "TASK.count", "TASK_NORMAL"])
+def test_wq_setup_names_a_missing_field(name):
+    _, buf, layout = arena_layout()
+    mem = native.Mem(buf)
+    del layout[name]
+    with pytest.raises(KeyError, match=re.escape(name)):
+        mem.wq_setup(layout)
+    with pytest.raises(RuntimeError, match="wq_setup"):
+        mem.work_pop(0, 0, 0)
+
+
+@needs_native
+@pytest.mark.parametrize("name, value, match", [
+    ("WORKER.head", -4, "'WORKER.head' is negative"),
+    ("WORKER.tail", L.WORKER.size, "'WORKER.tail'.*inside 'WORKER.size'"),
+    ("WORK.expires", 12, "'WORK.expires'.*8-aligned"),
+    ("WORKER.lock", L.WORKER.size - 8, "'WORKER.lock'"),
+    ("WORK.count", 10**9, "beyond"),
+    ("TASK.stride", 0, r"inside 'TASK.stride' \(0\)"),
+    ("ON_NONE", 1, "ON_NONE must be 0"),
+    ("ON_TIMER", L.ON_WORKLIST, "ON_NONE must be 0"),
+])
+def test_wq_setup_refuses_a_layout_that_does_not_fit(name, value, match):
+    _, buf, layout = arena_layout()
+    mem = native.Mem(buf)
+    layout[name] = value
+    with pytest.raises(ValueError, match=match):
+        mem.wq_setup(layout)
+    with pytest.raises(RuntimeError, match="wq_setup"):
+        mem.work_queue(0, 0, 1, 1, 1, 0, False)
+
+
+# -- the work-list primitives, in C and in pure Python -----------------------------------
+
+K, W = L.WORKER, L.WORK
+ON_WORKLIST, ON_TIMER = L.ON_WORKLIST, L.ON_TIMER
+
+
+class Lists:
+    """A worker and its works laid out with the real records in an arena-sized memfd,
+    behind one Mem implementation (``"native"`` or ``"pymem"``), the worker lock
+    held by this thread."""
+
+    def __init__(self, impl, setup=True):
+        self.params = ArenaParams(2, 2, 8)
+        self.fd = os.memfd_create("kproc-test-worklist")
+        os.ftruncate(self.fd, self.params.size)
+        self.buf = mmap.mmap(self.fd, self.params.size)
+        self.mem = native.Mem(self.buf) if impl == "native" else PyMem(self.buf, self.fd)
+        self.kbase = self.params.workers
+        self.lock = self.kbase + K.lock
+        self.mem.mutex_init(self.lock)
+        if setup:
+            self.mem.wl_setup(L.native_layout(self.params, TASK_NORMAL))
+        assert self.mem.mutex_lock(self.lock) == 0
+
+    def close(self):
+        self.mem.mutex_unlock(self.lock)
+        del self.mem
+        self.buf.close()
+        os.close(self.fd)
+
+    @contextlib.contextmanager
+    def unlocked(self):
+        self.mem.mutex_unlock(self.lock)
+        try:
+            yield
+        finally:
+            assert self.mem.mutex_lock(self.lock) == 0
+
+    def off(self, idx):
+        return self.params.works + (idx - 1) * L.WORK.stride
+
+    def work(self, idx, field, value=None):
+        """WORK.field of work ``idx`` (index + 1); stored first if ``value`` is given."""
+        wide = W.formats[field] in ("q", "Q")
+        off = self.off(idx) + getattr(W, field)
+        if value is not None:
+            (self.mem.store64 if wide else self.mem.store32)(off, value)
+        return (self.mem.load64 if wide else self.mem.load32)(off)
+
+    def worker(self, field, value=None):
+        if value is not None:
+            self.mem.store32(self.kbase + getattr(K, field), value)
+        return self.mem.load32(self.kbase + getattr(K, field))
+
+    def walk(self, where):
+        """The list ``where`` head to tail, its back links, tail and marks checked."""
+        head, tail = ("head", "tail") if where == ON_WORKLIST else ("thead", "ttail")
+        order, prev, idx = [], 0, self.worker(head)
+        while idx:
+            assert self.work(idx, "prev") == prev and self.work(idx, "where") == where
+            order.append(idx)
+            prev, idx = idx, self.work(idx, "next")
+            assert len(order) <= self.params.max_works, "the list loops"
+        assert self.worker(tail) == prev
+        return order
+
+    def snapshot(self):
+        """Every byte the primitives may touch: the worker up to its lock, every work slot."""
+        works = self.params.works
+        return (bytes(self.buf[self.kbase:self.kbase + K.lock]),
+                bytes(self.buf[works:works + self.params.max_works * L.WORK.stride]))
+
+    def link(self, where, *idxs, before=0):
+        for idx in idxs:
+            self.mem.wl_link_before(self.kbase, where, idx, before)
+
+    def arm(self, idx, expires):
+        """Put ``idx`` on the timer list sorted by expiry, as kthread_queue_delayed_work does."""
+        self.work(idx, "expires", expires)
+        before = 0
+        for other in reversed(self.walk(ON_TIMER)):
+            if self.work(other, "expires") <= expires:
+                break
+            before = other
+        self.link(ON_TIMER, idx, before=before)
+
+
+IMPLS = [pytest.param("native", marks=needs_native), "pymem"]
+
+
+@pytest.fixture(params=IMPLS)
+def lists(request):
+    made = Lists(request.param)
+    yield made
+    made.close()
+
+
+def test_wl_link_before_links_marks_and_counts(lists):
+    lists.link(ON_WORKLIST, 1, 2, 3)
+    assert lists.walk(ON_WORKLIST) == [1, 2, 3]
+    lists.link(ON_WORKLIST, 4, before=2)
+    lists.link(ON_WORKLIST, 5, before=1)
+    assert lists.walk(ON_WORKLIST) == [5, 1, 4, 2, 3]
+    assert (lists.worker("depth"), lists.worker("ndelayed")) == (5, 0)
+
+
+def test_wl_unlink_takes_a_work_off_anywhere_in_its_list(lists):
+    lists.link(ON_WORKLIST, 1, 2, 3, 4)
+    for idx, left in ((2, [1, 3, 4]), (1, [3, 4]), (4, [3]), (3, [])):
+        lists.mem.wl_unlink(lists.kbase, ON_WORKLIST, idx)
+        assert lists.walk(ON_WORKLIST) == left
+        assert [lists.work(idx, f) for f in ("where", "prev", "next")] == [L.ON_NONE, 0, 0]
+        assert lists.worker("depth") == len(left)
+    assert (lists.worker("head"), lists.worker("tail")) == (0, 0)
+
+
+def test_wl_pop_takes_the_head_in_queueing_order_and_leaves_current_work(lists):
+    lists.link(ON_WORKLIST, 3, 1, 2)
+    lists.worker("current", 7)
+    assert [lists.mem.wl_pop(lists.kbase) for _ in range(4)] == [3, 1, 2, 0]
+    assert lists.worker("current") == 7 and lists.worker("depth") == 0
+    assert [lists.work(i, "where") for i in (1, 2, 3)] == [L.ON_NONE] * 3
+
+
+def test_flush_markers_are_on_the_work_list_but_not_in_its_depth(lists):
+    lists.work(2, "kind", L.WK_FLUSH)
+    lists.link(ON_WORKLIST, 1, 2, 3)
+    assert lists.worker("depth") == 2
+    assert lists.mem.wl_pop(lists.kbase) == 1 and lists.worker("depth") == 1
+    assert lists.mem.wl_pop(lists.kbase) == 2 and lists.worker("depth") == 1
+    lists.link(ON_WORKLIST, 2, before=3)
+    lists.mem.wl_unlink(lists.kbase, ON_WORKLIST, 2)
+    assert lists.worker("depth") == 1 and lists.walk(ON_WORKLIST) == [3]
+
+
+def test_the_timer_list_is_counted_in_ndelayed(lists):
+    lists.link(ON_TIMER, 1, 2)
+    assert lists.walk(ON_TIMER) == [1, 2] and lists.walk(ON_WORKLIST) == []
+    assert (lists.worker("depth"), lists.worker("ndelayed")) == (0, 2)
+    lists.mem.wl_unlink(lists.kbase, ON_TIMER, 1)
+    assert lists.walk(ON_TIMER) == [2] and lists.worker("ndelayed") == 1
+
+
+def test_wl_fire_timers_moves_expired_works_in_expiry_order(lists):
+    lists.link(ON_WORKLIST, 5)
+    for idx, expires in ((1, 300), (2, 100), (3, 200), (4, 900)):
+        lists.arm(idx, expires)
+    assert lists.walk(ON_TIMER) == [2, 3, 1, 4]
+    assert lists.mem.wl_fire_timers(lists.kbase, 99) == (0, 0)
+    assert lists.mem.wl_fire_timers(lists.kbase, 300) == (3, 0)
+    assert lists.walk(ON_WORKLIST) == [5, 2, 3, 1] and lists.walk(ON_TIMER) == [4]
+    assert (lists.worker("depth"), lists.worker("ndelayed")) == (4, 1)
+    assert lists.mem.wl_fire_timers(lists.kbase, 2**62) == (1, 0)
+    assert lists.walk(ON_WORKLIST) == [5, 2, 3, 1, 4] and lists.walk(ON_TIMER) == []
+    assert lists.mem.wl_fire_timers(lists.kbase, 2**62) == (0, 0)
+
+
+def test_wl_fire_timers_only_takes_a_work_being_cancelled_off(lists):
+    lists.arm(1, 100)
+    lists.arm(2, 200)
+    lists.work(1, "canceling", 1)
+    assert lists.mem.wl_fire_timers(lists.kbase, 1000) == (1, 0)
+    assert lists.walk(ON_WORKLIST) == [2] and lists.walk(ON_TIMER) == []
+    assert lists.work(1, "where") == L.ON_NONE and lists.worker("ndelayed") == 0
+
+
+def test_wl_fire_timers_queues_flush_markers_right_behind_their_work(lists):
+    lists.link(ON_WORKLIST, 5)
+    lists.arm(1, 100)
+    lists.arm(2, 200)
+    for marker in (6, 7):                       # kthread_flush_work() twice: 7 is the newer
+        lists.work(marker, "kind", L.WK_FLUSH)
+        lists.work(marker, "next", lists.work(1, "flushers"))
+        lists.work(1, "flushers", marker)
+    assert lists.mem.wl_fire_timers(lists.kbase, 1000) == (2, 0)
+    assert lists.walk(ON_WORKLIST) == [5, 1, 6, 7, 2]
+    assert lists.work(1, "flushers") == 0 and lists.worker("depth") == 3
+
+
+def test_wl_fire_timers_stops_at_a_cancelled_work_that_flushers_wait_on(lists):
+    for idx in (1, 2, 3):
+        lists.arm(idx, idx * 100)
+    lists.work(2, "canceling", 1)
+    lists.work(2, "flushers", 6)
+    lists.work(6, "kind", L.WK_FLUSH)
+    assert lists.mem.wl_fire_timers(lists.kbase, 1000) == (1, 2)
+    assert lists.walk(ON_WORKLIST) == [1] and lists.walk(ON_TIMER) == [2, 3]
+    assert lists.work(2, "flushers") == 6
+    lists.mem.wl_unlink(lists.kbase, ON_TIMER, 2)   # the caller completes marker 6 here
+    assert lists.mem.wl_fire_timers(lists.kbase, 1000) == (1, 0)
+    assert lists.walk(ON_WORKLIST) == [1, 3] and lists.worker("ndelayed") == 0
+
+
+WL_CALLS = {
+    "link_before": lambda m, k: m.wl_link_before(k, ON_WORKLIST, 2, 0),
+    "unlink": lambda m, k: m.wl_unlink(k, ON_WORKLIST, 1),
+    "pop": lambda m, k: m.wl_pop(k),
+    "fire_timers": lambda m, k: m.wl_fire_timers(k, 0),
+}
+
+
+@pytest.mark.parametrize("call", WL_CALLS.values(), ids=WL_CALLS.keys())
+def test_wl_methods_refuse_to_run_without_the_worker_lock(lists, call):
+    lists.link(ON_WORKLIST, 1)
+    before = lists.snapshot()
+    with lists.unlocked():
+        with pytest.raises(RuntimeError, match="worker lock is not held"):
+            call(lists.mem, lists.kbase)
+        assert lists.mem.mutex_lock(lists.lock, 0) == 0     # the check left it free
+        lists.mem.mutex_unlock(lists.lock)
+    assert lists.snapshot() == before
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("call", WL_CALLS.values(), ids=WL_CALLS.keys())
+def test_wl_methods_need_wl_setup_first(impl, call):
+    made = Lists(impl, setup=False)
+    try:
+        with pytest.raises(RuntimeError, match=r"before wl_setup\(\)"):
+            call(made.mem, made.kbase)
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_wl_setup_names_a_missing_field_and_refuses_a_list(impl):
+    made = Lists(impl, setup=False)
+    try:
+        layout = L.native_layout(made.params, TASK_NORMAL)
+        with pytest.raises(TypeError, match="native_layout"):
+            made.mem.wl_setup(list(layout.values()))
+        del layout["WORKER.ttail"]
+        with pytest.raises(KeyError, match="WORKER.ttail"):
+            made.mem.wl_setup(layout)
+        layout["WORKER.ttail"] = L.WORKER.size
+        with pytest.raises(ValueError, match="'WORKER.ttail'"):
+            made.mem.wl_setup(layout)
+        with pytest.raises(RuntimeError, match=r"before wl_setup\(\)"):
+            made.mem.wl_pop(made.kbase)
+    finally:
+        made.close()
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda m, k: m.wl_link_before(k, 7, 2, 0), ValueError, "neither ON_WORKLIST"),
+    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 0, 0), ValueError, "0 is not a work slot"),
+    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 9, 0), ValueError, "9 is not a work slot"),
+    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 2, 9), ValueError, "9 is not a work slot"),
+    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 1, 0), ValueError, "1 is already on a list"),
+    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 2, 4), ValueError, "4 is not on list 1"),
+    (lambda m, k: m.wl_link_before(k, ON_TIMER, 2, 1), ValueError, "1 is not on list 2"),
+    (lambda m, k: m.wl_link_before(k, ON_TIMER, 3, 0), ValueError, "flush marker 3"),
+    (lambda m, k: m.wl_unlink(k, ON_TIMER, 1), ValueError, "1 is not on list 2"),
+    (lambda m, k: m.wl_unlink(k, ON_WORKLIST, 2), ValueError, "2 is not on list 1"),
+    (lambda m, k: m.wl_pop(k + 4), ValueError, "aligned"),
+    (lambda m, k: m.wl_pop(-8), ValueError, "bounds"),
+    (lambda m, k: m.wl_pop(), TypeError, None),
+    (lambda m, k: m.wl_fire_timers(k, "now"), TypeError, None),
+])
+def test_wl_methods_refuse_bad_arguments_and_change_nothing(lists, call, exc, match):
+    lists.link(ON_WORKLIST, 1)
+    lists.work(3, "kind", L.WK_FLUSH)
+    before = lists.snapshot()
+    with pytest.raises(exc, match=match):
+        call(lists.mem, lists.kbase)
+    assert lists.snapshot() == before
+
+
+@pytest.mark.parametrize("corrupt, call", [
+    (("worker", "tail", 99), WL_CALLS["link_before"]),
+    (("work", 1, "next", 99), WL_CALLS["unlink"]),
+    (("work", 1, "next", 99), WL_CALLS["pop"]),
+    (("worker", "thead", 99), WL_CALLS["fire_timers"]),
+], ids=["link_before", "unlink", "pop", "fire_timers"])
+def test_a_link_outside_the_work_table_is_a_corrupt_list(lists, corrupt, call):
+    lists.link(ON_WORKLIST, 1)
+    if corrupt[0] == "worker":
+        lists.worker(*corrupt[1:])
+    else:
+        lists.work(*corrupt[1:])
+    before = lists.snapshot()
+    with pytest.raises(RuntimeError, match="corrupt"):
+        call(lists.mem, lists.kbase)
+    assert lists.snapshot() == before
+
+
+@needs_native
+def test_wl_setup_after_wq_setup_keeps_the_fast_paths():
+    made = Lists("native", setup=False)
+    try:
+        layout = L.native_layout(made.params, TASK_NORMAL)
+        made.mem.wq_setup(layout)
+        made.mem.wl_setup(layout)
+        made.mem.mutex_unlock(made.lock)
+        try:
+            assert made.mem.work_pop(made.kbase, 0, 0) == 0     # both lists empty
+        finally:
+            assert made.mem.mutex_lock(made.lock) == 0
+    finally:
+        made.close()
+
+
+# Links outnumber pops, so that the lists fill; some calls are refused.
+_wl_link = st.tuples(st.just("link"), st.sampled_from([ON_WORKLIST, ON_TIMER] * 4 + [5]),
+                     st.sampled_from([1, 2, 3, 4, 5, 6, 7, 9]),
+                     st.sampled_from([0] * 8 + [1, 3, 6, 9]))
+_wl_unlink = st.tuples(st.just("unlink"), st.sampled_from([ON_WORKLIST, ON_TIMER]),
+                       st.integers(1, 8))
+_wl_by_kind = {"link": _wl_link, "unlink": _wl_unlink, "pop": st.tuples(st.just("pop")),
+               "fire": st.tuples(st.just("fire"), st.integers(0, 1000))}
+wl_ops = st.sampled_from(["link"] * 4 + ["unlink"] * 3 + ["pop", "fire"]).flatmap(
+    _wl_by_kind.__getitem__)
+
+
+def _apply(made, op):
+    name, *args = op
+    call = {"link": made.mem.wl_link_before, "unlink": made.mem.wl_unlink,
+            "pop": made.mem.wl_pop, "fire": made.mem.wl_fire_timers}[name]
+    try:
+        return call(made.kbase, *args)
+    except (ValueError, RuntimeError) as exc:
+        return type(exc)
+
+
+@needs_native
+@given(st.lists(wl_ops, min_size=10, max_size=80))
+def test_the_c_and_python_primitives_make_the_same_lists(ops):
+    made = [Lists("native"), Lists("pymem")]
+    try:
+        for m in made:
+            for idx in range(1, 9):
+                m.work(idx, "expires", idx * 100)
+            m.work(7, "canceling", 1)
+            m.work(8, "kind", L.WK_FLUSH)       # a marker only work 6 can bring in
+            m.work(6, "flushers", 8)
+        for op in ops:
+            assert _apply(made[0], op) == _apply(made[1], op), op
+        assert made[0].snapshot() == made[1].snapshot()
+    finally:
+        for m in made:
+            m.close()

@@ -323,3 +323,36 @@ def unpack_field(buf, base, record, name):
     """Load a scalar field ``name`` of ``record`` at ``base`` (non-atomic)."""
     return struct.unpack_from("=" + record.formats[name], buf,
                               base + getattr(record, name))[0]
+
+
+def native_layout(params, task_normal):
+    """The layout as the C extension reads it: ``{"RECORD.field": offset, ...}``.
+
+    Derived from the records above, never retyped: every field of every
+    :class:`Record` under ``"<NAME>.<field>"``, NAME being the record's name
+    in this module (``"WORKER.head"``, ``"TASK_BLOB.name"``); each record's
+    ``"<NAME>.size"`` and ``"<NAME>.stride"``; where this arena's task and
+    work tables start and how many slots they have (``"TASK.base"``,
+    ``"TASK.count"``, ``"WORK.base"``, ``"WORK.count"``); and the constants the
+    work lists use (``ON_*``, ``WK_FLUSH``, ``WF_ORPHAN``, ``TASK_NORMAL``).
+    ``Mem.wq_setup`` / ``Mem.wl_setup`` look each name they need up once, and
+    name any that is missing.
+
+    @params: the arena's ``ArenaParams``; @task_normal: ``TASK_NORMAL`` (task
+    states live on a floor above this module).
+    Context: any.  Return: a new dict of ints.
+    Raises: ValueError if a record has a field named like one of the other
+    keys (``size``, ``stride``, ``base``, ``count``).
+    """
+    fields = {}
+    other = {"TASK.base": params.tasks, "TASK.count": params.max_kthreads,
+             "WORK.base": params.works, "WORK.count": params.max_works}
+    for name, rec in [(k, v) for k, v in globals().items() if isinstance(v, Record)]:
+        fields.update((f"{name}.{field}", int(off)) for field, off in rec.fields())
+        other[f"{name}.size"], other[f"{name}.stride"] = rec.size, rec.stride
+    clash = sorted(fields.keys() & other.keys())
+    if clash:
+        raise ValueError(f"record fields named like layout keys: {clash}")
+    return {**fields, **other, "ON_NONE": ON_NONE, "ON_WORKLIST": ON_WORKLIST,
+            "ON_TIMER": ON_TIMER, "WK_FLUSH": WK_FLUSH, "WF_ORPHAN": WF_ORPHAN,
+            "TASK_NORMAL": int(task_normal)}

@@ -109,15 +109,7 @@ def fast_paths(rt):
         fp = (None, None)
         if hasattr(mem, "wq_setup"):
             p = rt.arena.params
-            mem.wq_setup([
-                p.works, L.WORK.stride, p.max_works, p.tasks, T.size, p.max_kthreads,
-                K.size,
-                K.gen, K.lock, K.head, K.tail, K.thead, K.current, K.depth, K.task, K.task_gen,
-                W.gen, W.where, W.prev, W.next, W.worker, W.worker_gen, W.canceling,
-                W.kind, W.flags,
-                T.gen, T.state, T.wake_seq, T.sleeping,
-                L.ON_WORKLIST, L.WK_FLUSH, L.WF_ORPHAN, int(TASK_NORMAL),
-                K.ttail, K.ndelayed, W.expires, W.flushers])
+            mem.wq_setup(L.native_layout(p, TASK_NORMAL))
             fp = (mem.work_queue, mem.work_pop)
         rt.wq_fast = fp
     return fp
