@@ -26,7 +26,7 @@ def write_blob(arena, idx, base, name_bytes, fn_pickle, data_pickle):
     """
     blob = arena.blob_off(idx)
     buf = arena.buf
-    buf[blob + B.name:blob + B.name + len(name_bytes)] = name_bytes
+    buf[blob + B.fullname:blob + B.fullname + len(name_bytes)] = name_bytes
     p = blob + B.payload
     L.FN_LEN.pack_into(buf, p, len(fn_pickle))
     p += L.FN_LEN.size
@@ -59,7 +59,7 @@ def read_name(arena, idx, base):
 
     Context: any.  Return: the name (str).
     """
-    blob = arena.blob_off(idx) + B.name
+    blob = arena.blob_off(idx) + B.fullname
     n = L.unpack_field(arena.buf, base, T, "name_len")
     return bytes(arena.buf[blob:blob + n]).decode("utf-8", "replace")
 

@@ -34,6 +34,8 @@ LAYOUT_VERSION = 2
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
 
 _SIZES = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
+# Attributes of a Record itself: a field named so would hide (or be hidden by) one.
+_RECORD_ATTRS = frozenset(("name", "formats", "size", "stride", "fields"))
 
 
 class Field(int):
@@ -61,7 +63,8 @@ class Record:
     (``I`` u32, ``i`` s32, ``Q`` u64, ``q`` s64) or ``("bytes", n)`` for a raw
     area, aligned to 8.  Attributes named after fields hold their offsets as
     :class:`Field` ints.  ``stride`` is the room each record gets in its
-    table (default: its size); a record that outgrows it fails at import.
+    table (default: its size); a record that outgrows it, or a field named
+    like one of its own attributes, fails at import.
     """
 
     def __init__(self, name, fields, size_align=8, stride=None):
@@ -69,6 +72,8 @@ class Record:
         self.formats = {}
         off = 0
         for fname, fmt in fields:
+            if fname in _RECORD_ATTRS or fname in self.formats:
+                raise ImportError(f"record {name}: field name {fname!r} is taken")
             if isinstance(fmt, tuple):
                 size, al = fmt[1], 8
             else:
@@ -162,7 +167,7 @@ TB_MAX = 8 * 1024
 NAME_MAX = 1024
 PAYLOAD_MAX = BLOB_SIZE - TB_MAX - NAME_MAX
 TASK_BLOB = Record("task_blob", [
-    ("name", ("bytes", NAME_MAX)),
+    ("fullname", ("bytes", NAME_MAX)),
     ("payload", ("bytes", PAYLOAD_MAX)),
     ("traceback", ("bytes", TB_MAX)),
 ], stride=BLOB_SIZE)
