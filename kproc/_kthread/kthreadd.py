@@ -133,7 +133,7 @@ class Kthreadd:
                               boot["main"])
         _runtime.install(rt)
         if boot["trace"]:
-            _trace.setup(rt, boot["trace"])
+            _trace.setup(rt.role.value, boot["trace"])
         return rt
 
     def _set_allowed_and_affinity(self):
