@@ -93,7 +93,7 @@ def _instant(name: str, pid: int, args: dict[str, object]) -> None:
            "pid": pid, "tid": pid, "args": args})
 
 
-def lifecycle(event: str, pid: int, comm: str, **args: object) -> None:
+def lifecycle(event: str, pid: int, comm: str, /, **args: object) -> None:
     """A lifecycle instant ``kthread_<event>`` on kthread ``pid``'s track.
 
     @event: create, wake, park, unpark or exit.  A create also names the track.
