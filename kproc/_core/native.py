@@ -24,7 +24,7 @@ def _load() -> ModuleType | None:
     if os.environ.get("KPROC_NATIVE") == "0":
         return None
     try:
-        from .. import _native as module
+        from .. import _native as module    # optional: built only where a compiler was
     except ImportError:
         return None
     return module
