@@ -4,7 +4,7 @@
 wait backend (``_wait``), and starts kthreadd as a fresh interpreter (exec'd,
 not forked from the caller) that inherits the arena's memfd, the eventfd that
 wakes it (kernel: ``wake_up_process(kthreadd_task)``), and the read end of an
-*alive pipe* whose write end only the owner holds.  When the owner dies,
+*alive pipe* whose write end only the owner holds (``owner``).  When the owner dies,
 however it dies, kthreadd reads EOF, kills every kthread and exits; kthreads
 carry ``PR_SET_PDEATHSIG(SIGKILL)`` so a killed kthreadd takes them along.
 
@@ -24,14 +24,11 @@ from __future__ import annotations
 import atexit
 import enum
 import errno
-import multiprocessing.spawn
 import os
 import pickle
-import select
 import subprocess
 import sys
 import threading
-import time
 
 from . import layout as L
 from .arena import Arena
@@ -40,15 +37,14 @@ from .checks import check_int
 from .errors import KthreadError
 from . import trace as _trace
 from .topology import Topology
-from .wait import FutexWaits, PosixWaits, POSIX_CHANNELS, default_spin_ns
+from .owner import OwnerHandles, main_preparation, read_ready
+from .wait import FutexWaits, PosixWaits, create_semaphores, default_spin_ns, unlink_semaphores
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import mmap
     from collections.abc import Callable, Iterable
     from typing import Literal
-
-    import posix_ipc
 
     from .memlike import MemLike  # typing only
 
@@ -70,43 +66,6 @@ class Role(enum.Enum):
     KTHREADD = "kthreadd"
     KTHREAD = "kthread"         # a child of kthreadd running a threadfn
     FORKED = "forked"           # a plain fork of the owner: not part of the runtime
-
-
-class OwnerHandles:
-    """What only the owner holds: kthreadd's process and the alive pipe's write end.
-
-    Closing the write end is how the owner tells kthreadd to go (it reads
-    EOF, kills every kthread and exits); the same happens when the owner
-    dies, however it dies.
-    """
-
-    __slots__ = ("popen", "alive_w")
-
-    def __init__(self, popen: subprocess.Popen[bytes], alive_w: int) -> None:
-        self.popen = popen
-        self.alive_w: int | None = alive_w
-
-    def kthreadd_dead(self) -> bool:
-        """True once kthreadd has exited (and been reaped here)."""
-        return self.popen.poll() is not None
-
-    def close_alive(self) -> None:
-        """Close the alive pipe's write end (idempotent)."""
-        if self.alive_w is not None:
-            try:
-                os.close(self.alive_w)
-            except OSError:
-                pass
-            self.alive_w = None
-
-    def stop_kthreadd(self, timeout: float) -> None:
-        """Let kthreadd go and reap it, killing it after ``timeout`` seconds."""
-        self.close_alive()
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
 
 
 class Runtime:
@@ -362,7 +321,7 @@ def _start_owner(max_kthreads: int, max_works: int, backend: str, sysfs_root: st
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         fds += [alive_r, alive_w, boot_r, boot_w, ready_r, ready_w]
         if backend == "posix":
-            waits = PosixWaits(arena.mem, _create_semaphores(sem_names), L.HEADER.posix_waiters)
+            waits = PosixWaits(arena.mem, create_semaphores(sem_names), L.HEADER.posix_waiters)
         else:
             # The futex backend is only chosen where Mem is the native one (_choose_backend).
             waits = FutexWaits(arena.mem, default_spin_ns())  # type: ignore[arg-type]
@@ -371,7 +330,7 @@ def _start_owner(max_kthreads: int, max_works: int, backend: str, sysfs_root: st
             "sys_path": list(sys.path),
             "kproc_parent": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
             "preload": preload,
-            "main": _main_preparation(),
+            "main": main_preparation(),
             "backend": backend,
             "sem_names": sem_names,
             "sysfs_root": sysfs_root,
@@ -389,7 +348,7 @@ def _start_owner(max_kthreads: int, max_works: int, backend: str, sysfs_root: st
         with open(boot_w, "wb", closefd=True) as f:
             fds.remove(boot_w)
             pickle.dump(boot, f)
-        status = _read_ready(ready_r, popen)
+        status = read_ready(ready_r, popen, START_TIMEOUT)
         os.close(ready_r)
         fds.remove(ready_r)
         if status != b"ok":
@@ -400,65 +359,16 @@ def _start_owner(max_kthreads: int, max_works: int, backend: str, sysfs_root: st
     except BaseException:
         for fd in fds:
             os.close(fd)
-        _unlink_semaphores(sem_names)
+        unlink_semaphores(sem_names)
         arena.close()
         raise
-    _unlink_semaphores(sem_names)
+    unlink_semaphores(sem_names)
     rt = Runtime(arena, waits, Role.OWNER, wake_fd, popen.pid, topology, trace)
     rt.owner = OwnerHandles(popen, alive_w)
     if trace:
         _trace.setup(rt.role.value, trace)
     atexit.register(_atexit_shutdown, rt)
     return rt
-
-
-def _read_ready(fd: int, popen: subprocess.Popen[bytes]) -> bytes:
-    deadline = time.monotonic() + START_TIMEOUT
-    chunks: list[bytes] = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return b"timed out waiting for kthreadd"
-        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
-        if ready:
-            data = os.read(fd, 65536)
-            if not data:
-                return b"".join(chunks) or b"kthreadd exited during start-up"
-            chunks.append(data)
-            if b"".join(chunks).endswith(b"\n"):
-                return b"".join(chunks).rstrip(b"\n")
-        elif popen.poll() is not None:
-            return b"".join(chunks) or f"kthreadd exited with {popen.returncode}".encode()
-
-
-def _main_preparation() -> dict[str, str]:
-    """What kthreadd needs to import ``__main__`` as forkserver does (lazily)."""
-    try:
-        data = multiprocessing.spawn.get_preparation_data("kthreadd")
-    except Exception:
-        return {}
-    return {k: v for k, v in data.items() if k in ("init_main_from_name", "init_main_from_path")}
-
-
-def _create_semaphores(names: list[str]) -> list[posix_ipc.Semaphore]:
-    import posix_ipc      # only the posix backend needs it
-    tag = f"/kproc-{os.getpid()}-{os.urandom(4).hex()}"
-    sems: list[posix_ipc.Semaphore] = []
-    for i in range(POSIX_CHANNELS):
-        name = f"{tag}-{i}"
-        sems.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0))
-        names.append(name)
-    return sems
-
-
-def _unlink_semaphores(names: list[str]) -> None:
-    """Remove the semaphores' names: the open ones live on, nothing stays in /dev/shm."""
-    import posix_ipc      # only the posix backend needs it
-    for name in names:
-        try:
-            posix_ipc.unlink_semaphore(name)
-        except posix_ipc.ExistentialError:
-            pass
 
 
 def _atexit_shutdown(rt: Runtime) -> None:

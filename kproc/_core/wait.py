@@ -44,7 +44,8 @@ if TYPE_CHECKING:
     # with the generation check (-1: stale), as the hot path calls it.
     RawWait = Callable[[int, int, int, int, int, int], int]
 
-__all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns"]
+__all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns",
+           "create_semaphores", "unlink_semaphores"]
 
 POSIX_CHANNELS = 64
 UINT_MAX = 0xFFFFFFFF
@@ -232,3 +233,30 @@ class PosixWaits:
                 sem.close()
             except Exception:
                 pass
+
+
+def create_semaphores(names: list[str]) -> list[posix_ipc.Semaphore]:
+    """Create the posix backend's POSIX_CHANNELS semaphores (0600), new names each.
+
+    Context: the owner, in start().  Each name is appended to ``names`` as it
+    is created, so that the caller can unlink them all whatever happens.
+    Return: the open semaphores.
+    """
+    import posix_ipc      # only the posix backend needs it
+    tag = f"/kproc-{os.getpid()}-{os.urandom(4).hex()}"
+    sems: list[posix_ipc.Semaphore] = []
+    for i in range(POSIX_CHANNELS):
+        name = f"{tag}-{i}"
+        sems.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0))
+        names.append(name)
+    return sems
+
+
+def unlink_semaphores(names: list[str]) -> None:
+    """Remove the semaphores' names: the open ones live on, nothing stays in /dev/shm."""
+    import posix_ipc      # only the posix backend needs it
+    for name in names:
+        try:
+            posix_ipc.unlink_semaphore(name)
+        except posix_ipc.ExistentialError:
+            pass

@@ -47,7 +47,7 @@ from .._core.funcref import prepare_main
 from .._core import runtime as _runtime
 from .._core import trace as _trace
 from .._core.topology import Topology
-from .._core.wait import FutexWaits, PosixWaits
+from .._core.wait import FutexWaits, PosixWaits, unlink_semaphores
 from .._sched.schedule import wake_up_process_raw
 from . import body as _kthread
 from . import affinity as _affinity  # noqa: F401  preloaded: every fork has it
@@ -130,11 +130,7 @@ class Kthreadd:
         if boot["backend"] == "posix":
             import posix_ipc      # only the posix backend needs it
             sems = [posix_ipc.Semaphore(n) for n in boot["sem_names"]]
-            for n in boot["sem_names"]:
-                try:
-                    posix_ipc.unlink_semaphore(n)
-                except posix_ipc.ExistentialError:
-                    pass
+            unlink_semaphores(boot["sem_names"])
             waits = PosixWaits(mem, sems, L.HEADER.posix_waiters)
         else:
             # The owner chose futex, so Mem is the native one here too.
