@@ -23,16 +23,22 @@ Choices where the kernel is not the model:
   the kernel).
 """
 
+from __future__ import annotations
+
 import errno
 import math
 import time
 
 from ._core import layout as L
 from ._core.errors import KthreadError
-from ._core.runtime import TICK_NS, get_runtime
+from ._core.runtime import TICK_NS, Runtime, get_runtime
 from ._sched.schedule import need_current, wake_up_state
 from ._core.blobs import read_name
 from ._sched.task import TaskState, TASK_NORMAL
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
 
 __all__ = ["freeze_kthreads", "thaw_kthreads", "set_freezable", "freezing",
            "try_to_freeze", "kthread_freezable_should_stop", "freezing_at",
@@ -46,14 +52,14 @@ DEFAULT_FREEZE_TIMEOUT = 20.0     # the kernel's freeze_timeout_msecs
 POLL_S = 0.001
 
 
-def freezing_at(rt, base):
+def freezing_at(rt: Runtime, base: int) -> bool:
     """freezing(p) for the task at ``base``: freezing in force and the task freezable."""
     mem = rt.mem
     return bool(mem.load32(H.freezing)) and \
         mem.load32(base + T.flags) & (L.KF_FREEZABLE | L.KF_EXITING) == L.KF_FREEZABLE
 
 
-def refrigerator(rt, base, check_stop):
+def refrigerator(rt: Runtime, base: int, check_stop: bool) -> bool:
     """__refrigerator(): sleep in TASK_FROZEN while freezing.  Return: True if frozen."""
     mem, waits = rt.mem, rt.waits
     frozen = False
@@ -71,22 +77,22 @@ def refrigerator(rt, base, check_stop):
     return frozen
 
 
-def try_to_freeze_at(rt, base, check_stop=False):
+def try_to_freeze_at(rt: Runtime, base: int, check_stop: bool = False) -> bool:
     """try_to_freeze() for the kthread at ``base`` (the calling one)."""
     if not freezing_at(rt, base):
         return False
     return refrigerator(rt, base, check_stop)
 
 
-def set_freezable_at(rt, base):
+def set_freezable_at(rt: Runtime, base: int) -> None:
     rt.mem.fetch_or32(base + T.flags, L.KF_FREEZABLE)
 
 
-def _me(fn_name):
+def _me(fn_name: str) -> tuple[Runtime, int]:
     return need_current(fn_name)
 
 
-def set_freezable():
+def set_freezable() -> bool:
     """set_freezable - make the calling kthread freezable, and freeze now if freezing.
 
     Context: kthread.  Return: True if it was frozen (try_to_freeze()).
@@ -97,7 +103,7 @@ def set_freezable():
     return try_to_freeze_at(rt, base)
 
 
-def freezing():
+def freezing() -> bool:
     """freezing(current) - should the calling kthread freeze now?
 
     Context: kthread.  Return: bool.  Raises: RuntimeError outside a kthread.
@@ -106,7 +112,7 @@ def freezing():
     return freezing_at(rt, base)
 
 
-def try_to_freeze():
+def try_to_freeze() -> bool:
     """try_to_freeze - enter the refrigerator if freezing; return once thawed.
 
     Context: kthread; may block until thaw_kthreads().
@@ -117,7 +123,7 @@ def try_to_freeze():
     return try_to_freeze_at(rt, base)
 
 
-def kthread_freezable_should_stop():
+def kthread_freezable_should_stop() -> tuple[bool, bool]:
     """kthread_freezable_should_stop - try_to_freeze() plus kthread_should_stop().
 
     A kthread_stop() ends the freeze early.  Context: kthread; may block.
@@ -129,7 +135,7 @@ def kthread_freezable_should_stop():
     return bool(rt.mem.load32(base + T.flags) & L.KF_SHOULD_STOP), frozen
 
 
-def _freezable_live(rt):
+def _freezable_live(rt: Runtime) -> Iterator[tuple[int, int]]:
     """(offset, idx) of every live freezable kthread."""
     mem, arena = rt.mem, rt.arena
     for idx in range(arena.params.max_kthreads):
@@ -140,9 +146,9 @@ def _freezable_live(rt):
             yield base, idx
 
 
-def _not_frozen(rt):
+def _not_frozen(rt: Runtime) -> list[tuple[int, int]]:
     mem = rt.mem
-    todo = []
+    todo: list[tuple[int, int]] = []
     for base, idx in _freezable_live(rt):
         state = mem.load32(base + T.state)
         flags = mem.load32(base + T.flags)
@@ -154,7 +160,7 @@ def _not_frozen(rt):
     return todo
 
 
-def freeze_kthreads(timeout=DEFAULT_FREEZE_TIMEOUT):
+def freeze_kthreads(timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
     """freeze_kthreads - freeze every freezable kthread (freeze_kernel_threads()).
 
     @timeout: seconds to wait for all of them.
@@ -186,7 +192,7 @@ def freeze_kthreads(timeout=DEFAULT_FREEZE_TIMEOUT):
         time.sleep(POLL_S)
 
 
-def thaw_kthreads():
+def thaw_kthreads() -> None:
     """thaw_kthreads - end freezing and wake every frozen kthread.
 
     Context: any process of the runtime.  Return: None.
@@ -196,7 +202,7 @@ def thaw_kthreads():
     kick_frozen(rt)
 
 
-def kick_frozen(rt):
+def kick_frozen(rt: Runtime) -> None:
     """Wake every frozen kthread so it re-checks (thaw, or kthread_stop() for one
     frozen in kthread_freezable_should_stop())."""
     rt.mem.fetch_add32(H.freeze_seq, 1)

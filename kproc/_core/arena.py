@@ -25,6 +25,8 @@ it only link or unlink slots and are written so that a half-done one leaves
 nothing worse than a slot that looks busy.
 """
 
+from __future__ import annotations
+
 import contextlib
 import mmap
 import os
@@ -36,13 +38,19 @@ from .native import load_mem_class
 from .pymem import PyMem
 from .slots import SlotTable, next_gen
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from .memlike import MemLike  # typing only
+
 __all__ = ["Arena", "ArenaParams"]
 
 
 class TableFull(KthreadError):
     """ENOMEM from a table; ``.exiting`` says a slot is about to be reaped."""
 
-    def __init__(self, exiting, message):
+    def __init__(self, exiting: bool, message: str) -> None:
         super().__init__(12, message)
         self.exiting = exiting
 
@@ -53,7 +61,7 @@ class ArenaParams:
     # Pages of the memfd are only allocated when touched, so the work blobs
     # (max_works x WORK_BLOB) cost address space, not memory, until used.
 
-    def __init__(self, max_kthreads, max_completions, max_works):
+    def __init__(self, max_kthreads: int, max_completions: int, max_works: int) -> None:
         self.max_kthreads = max_kthreads
         self.max_completions = max_completions
         self.max_works = max_works
@@ -88,7 +96,7 @@ class Arena:
     ``params`` (:class:`ArenaParams`), ``runtime_id``.
     """
 
-    def __init__(self, fd, buf, mem, params):
+    def __init__(self, fd: int, buf: mmap.mmap, mem: MemLike, params: ArenaParams) -> None:
         self.fd = fd
         self.buf = buf
         self.mem = mem
@@ -105,7 +113,8 @@ class Arena:
     # -- creation and attachment -------------------------------------------------
 
     @classmethod
-    def create(cls, max_kthreads, max_completions, max_works, backend_code):
+    def create(cls, max_kthreads: int, max_completions: int, max_works: int,
+               backend_code: int) -> Arena:
         """Create a fresh arena (owner side).  Context: caller; Raises: OSError."""
         params = ArenaParams(max_kthreads, max_completions, max_works)
         fd = os.memfd_create("kproc-arena", os.MFD_CLOEXEC)
@@ -133,13 +142,13 @@ class Arena:
         return arena
 
     @classmethod
-    def attach(cls, fd):
+    def attach(cls, fd: int) -> Arena:
         """Map an existing arena from its descriptor (kthreadd, ``kproc ps``)."""
         size = os.fstat(fd).st_size
         buf = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
         mem = cls._make_mem(buf, fd)
         H = L.HEADER
-        problem = None
+        problem: str | None = None
         if mem.load64(H.magic) != L.MAGIC:
             problem = "not a kproc arena"
         elif mem.load32(H.layout_version) != L.LAYOUT_VERSION:
@@ -154,15 +163,15 @@ class Arena:
         return cls(fd, buf, mem, params)
 
     @staticmethod
-    def _make_mem(buf, fd):
+    def _make_mem(buf: mmap.mmap, fd: int) -> MemLike:
         native = load_mem_class()
         if native is not None:
             return native(buf)
-        return PyMem(buf, fd)
+        return PyMem(buf, fd)  # type: ignore[no-untyped-call]
 
-    def close(self):
+    def close(self) -> None:
         """Unmap and close (the memory lives on in other processes)."""
-        self.mem = None
+        del self.mem
         try:
             self.buf.close()
         except BufferError:
@@ -172,7 +181,7 @@ class Arena:
     # -- the arena lock ----------------------------------------------------------
 
     @contextlib.contextmanager
-    def locked(self):
+    def locked(self) -> Iterator[None]:
         """Hold the arena lock (robust: a dead holder's lock is recovered)."""
         self.mem.mutex_lock(self.lock_off)
         try:
@@ -182,23 +191,23 @@ class Arena:
 
     # -- header ------------------------------------------------------------------
 
-    def hget(self, name):
+    def hget(self, name: str) -> int:
         return L.unpack_field(self.buf, 0, L.HEADER, name)
 
-    def hset(self, name, value):
+    def hset(self, name: str, value: int) -> None:
         L.pack_field(self.buf, 0, L.HEADER, name, value)
 
     # -- task table --------------------------------------------------------------
 
-    def task_off(self, idx):
+    def task_off(self, idx: int) -> int:
         """Byte offset of task slot ``idx``."""
         return self.params.tasks + idx * L.TASK.size
 
-    def blob_off(self, idx):
+    def blob_off(self, idx: int) -> int:
         """Byte offset of task slot ``idx``'s blob."""
         return self.params.blobs + idx * L.BLOB_SIZE
 
-    def alloc_task(self):
+    def alloc_task(self) -> tuple[int, int]:
         """Take a free task slot, or recycle the longest-dead unpinned one.
 
         Context: arena lock held.  Return: (index, generation).
@@ -211,7 +220,8 @@ class Arena:
             if mem.load32(self.task_off(idx) + T.slot) == L.SLOT_FREE:
                 self.hset("task_hint", (idx + 1) % n)
                 return idx, self._claim_task(idx)
-        best, best_death, exiting = -1, None, False
+        best, exiting = -1, False
+        best_death: int | None = None
         for idx in range(n):
             base = self.task_off(idx)
             slot = mem.load32(base + T.slot)
@@ -226,7 +236,7 @@ class Arena:
                             "pinned (start the runtime with a larger max_kthreads)")
         return best, self._claim_task(best)
 
-    def _claim_task(self, idx):
+    def _claim_task(self, idx: int) -> int:
         base = self.task_off(idx)
         mem, T = self.mem, L.TASK
         gen = next_gen(mem.load32(base + T.gen))
@@ -237,11 +247,11 @@ class Arena:
             L.pack_field(self.buf, base, T, name, -1)
         return gen
 
-    def free_task(self, idx):
+    def free_task(self, idx: int) -> None:
         """Return a slot that never became a kthread.  Context: arena lock held."""
         self.mem.store32(self.task_off(idx) + L.TASK.slot, L.SLOT_FREE)
 
-    def check_task(self, idx, gen):
+    def check_task(self, idx: int, gen: int) -> int:
         """Raise if (idx, gen) no longer names the slot's occupant; return its offset."""
         base = self.task_off(idx)
         if self.mem.load32(base + L.TASK.gen) != gen or \
@@ -249,17 +259,17 @@ class Arena:
             raise stale("task")
         return base
 
-    def next_death(self):
+    def next_death(self) -> int:
         """Advance and return the death clock.  Context: arena lock held."""
         return self.mem.fetch_add64(L.HEADER.death_clock, 1) + 1
 
     # -- user completion pool -----------------------------------------------------
 
-    def comp_slot_off(self, idx):
+    def comp_slot_off(self, idx: int) -> int:
         """Byte offset of user completion slot ``idx``."""
         return self.completions.off(idx)
 
-    def alloc_completion(self, owner_pid):
+    def alloc_completion(self, owner_pid: int) -> tuple[int, int, int]:
         """Take a free completion slot.  Return (index, generation, completion offset).
 
         Raises: KthreadError(ENOMEM) when the pool is exhausted.
@@ -267,36 +277,36 @@ class Arena:
         idx, gen = self.completions.alloc(owner_pid)
         return idx, gen, self.completions.off(idx) + L.USERCOMP.comp
 
-    def free_completion(self, idx, gen):
+    def free_completion(self, idx: int, gen: int) -> None:
         """Release a completion slot if (idx, gen) still owns it."""
         self.completions.free(idx, gen)
 
     # -- workers and works -----------------------------------------------------------
 
-    def worker_off(self, idx):
+    def worker_off(self, idx: int) -> int:
         """Byte offset of worker slot ``idx``."""
         return self.params.workers + idx * L.WORKER.stride
 
-    def worker_idx(self, off):
+    def worker_idx(self, off: int) -> int:
         """Worker slot index of the record at byte offset ``off``."""
         return (off - self.params.workers) // L.WORKER.stride
 
-    def work_off(self, idx):
+    def work_off(self, idx: int) -> int:
         """Byte offset of work slot ``idx``."""
         return self.params.works + idx * L.WORK.stride
 
-    def work_blob_off(self, idx):
+    def work_blob_off(self, idx: int) -> int:
         """Byte offset of work slot ``idx``'s blob (pickled func and data)."""
         return self.params.work_blobs + idx * L.WORK_BLOB
 
-    def _init_work_stack(self):
+    def _init_work_stack(self) -> None:
         mem, W = self.mem, L.WORK
         n = self.params.max_works
         for idx in range(n):
             mem.store32(self.work_off(idx) + W.next, idx + 2 if idx + 1 < n else 0)
         self.hset("work_free", 1 if n else 0)
 
-    def alloc_work(self, owner_pid, kind):
+    def alloc_work(self, owner_pid: int, kind: int) -> tuple[int, int] | None:
         """Pop a free work slot.  Return (index, generation) or None when none is free.
 
         Context: any; takes the arena lock.
@@ -311,7 +321,7 @@ class Arena:
                                    lambda base: self.mem.store32(base + W.kind, kind))
             return top - 1, gen
 
-    def free_work(self, idx, gen):
+    def free_work(self, idx: int, gen: int) -> bool:
         """Push work slot ``idx`` back if (idx, gen) still owns it.  Return True if freed.
 
         Context: any; takes the arena lock.  The caller knows the work is on no list.
@@ -323,11 +333,11 @@ class Arena:
             self.hset("work_free", idx + 1)
             return True
 
-    def check_work(self, idx, gen):
+    def check_work(self, idx: int, gen: int) -> int:
         """Raise if (idx, gen) no longer names the work slot's occupant; return its offset."""
         return self.works.check(idx, gen)
 
-    def alloc_worker(self, owner_pid):
+    def alloc_worker(self, owner_pid: int) -> tuple[int, int]:
         """Take a free worker slot (its mutex initialised).  Return (index, generation).
 
         Raises: KthreadError(ENOMEM) when every worker slot is in use.
@@ -335,10 +345,10 @@ class Arena:
         return self.workers.alloc(owner_pid,
                                   lambda base: self.mem.mutex_init(base + L.WORKER.lock))
 
-    def free_worker(self, idx, gen):
+    def free_worker(self, idx: int, gen: int) -> None:
         """Release worker slot ``idx`` if (idx, gen) still owns it."""
         self.workers.free(idx, gen)
 
-    def check_worker(self, idx, gen):
+    def check_worker(self, idx: int, gen: int) -> int:
         """Raise if (idx, gen) no longer names the worker slot's occupant; return its offset."""
         return self.workers.check(idx, gen)

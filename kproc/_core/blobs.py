@@ -11,7 +11,10 @@ Written by the creator (name, payload) and by the kthread or kthreadd
 Runs in every process of the runtime.
 """
 
+from __future__ import annotations
+
 from . import layout as L
+from .arena import Arena
 
 __all__ = ["write_blob", "read_blob", "read_name", "store_traceback", "read_traceback"]
 
@@ -19,14 +22,15 @@ T = L.TASK
 B = L.TASK_BLOB
 
 
-def write_blob(arena, idx, base, name_bytes, fn_pickle, data_pickle):
+def write_blob(arena: Arena, idx: int, base: int, name_bytes: bytes, fn_pickle: bytes,
+               data_pickle: bytes) -> None:
     """Store a kthread's name and payload in slot ``idx``'s blob.
 
     Context: the creator, while the slot is CREATING.  Return: None.
     """
     blob = arena.blob_off(idx)
     buf = arena.buf
-    buf[blob + B.name:blob + B.name + len(name_bytes)] = name_bytes
+    buf[blob + B.fullname:blob + B.fullname + len(name_bytes)] = name_bytes
     p = blob + B.payload
     L.FN_LEN.pack_into(buf, p, len(fn_pickle))
     p += L.FN_LEN.size
@@ -37,7 +41,7 @@ def write_blob(arena, idx, base, name_bytes, fn_pickle, data_pickle):
     L.pack_field(buf, base, T, "payload_len", L.FN_LEN.size + len(fn_pickle) + len(data_pickle))
 
 
-def read_blob(arena, idx, base):
+def read_blob(arena: Arena, idx: int, base: int) -> tuple[str, bytes, bytes]:
     """Read back what :func:`write_blob` stored.
 
     Context: any.  Return: (name, threadfn pickle, data pickle).
@@ -54,17 +58,17 @@ def read_blob(arena, idx, base):
     return name, fn, data
 
 
-def read_name(arena, idx, base):
+def read_name(arena: Arena, idx: int, base: int) -> str:
     """The full name of slot ``idx`` (get_kthread_comm).
 
     Context: any.  Return: the name (str).
     """
-    blob = arena.blob_off(idx) + B.name
+    blob = arena.blob_off(idx) + B.fullname
     n = L.unpack_field(arena.buf, base, T, "name_len")
     return bytes(arena.buf[blob:blob + n]).decode("utf-8", "replace")
 
 
-def store_traceback(arena, base, text):
+def store_traceback(arena: Arena, base: int, text: str) -> None:
     """Keep (the tail of) a traceback text in the slot's blob.
 
     Context: the kthread itself, or kthreadd for a create that failed.
@@ -77,7 +81,7 @@ def store_traceback(arena, base, text):
     L.pack_field(arena.buf, base, T, "tb_len", len(raw))
 
 
-def read_traceback(arena, idx, base):
+def read_traceback(arena: Arena, idx: int, base: int) -> str | None:
     """The traceback text kept for slot ``idx``.
 
     Context: any.  Return: the text, or None if none was kept.

@@ -8,7 +8,15 @@ the form the caller needs (seconds as a float, a mask as a frozenset).  No
 Runs in whichever process calls the API.
 """
 
+from __future__ import annotations
+
 import math
+
+from .topology import Topology
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
 
 __all__ = ["check_int", "check_seconds", "check_cpu", "check_mask"]
 
@@ -17,7 +25,7 @@ __all__ = ["check_int", "check_seconds", "check_cpu", "check_mask"]
 MAX_SECONDS = 1e9
 
 
-def check_int(name, value, lo=None, hi=None):
+def check_int(name: str, value: object, lo: int | None = None, hi: int | None = None) -> int:
     """Check that ``value`` is an int (not a bool), within [lo, hi] when given.
 
     Context: any.  Return: ``value``.
@@ -30,7 +38,8 @@ def check_int(name, value, lo=None, hi=None):
     return value
 
 
-def check_seconds(name, value, *, infinite=False, unit="seconds"):
+def check_seconds(name: str, value: object, *, infinite: bool = False,
+                  unit: str = "seconds") -> float:
     """Check a duration: a real number >= 0, not NaN, and finite unless ``infinite``.
 
     @unit: how the message names the unit ("seconds", "ms").
@@ -47,18 +56,18 @@ def check_seconds(name, value, *, infinite=False, unit="seconds"):
     return value
 
 
-def check_cpu(topology, cpu, name="cpu"):
+def check_cpu(topology: Topology, cpu: object, name: str = "cpu") -> int:
     """Check that ``cpu`` is an int naming a possible CPU of ``topology``.
 
     Context: any.  Return: ``cpu``.
     Raises: TypeError, ValueError (not a possible CPU).
     """
-    check_int(name, cpu)
-    topology.check_possible(cpu)
-    return cpu
+    value = check_int(name, cpu)
+    topology.check_possible(value)
+    return value
 
 
-def check_mask(topology, cpus, name="cpus"):
+def check_mask(topology: Topology, cpus: Iterable[int], name: str = "cpus") -> frozenset[int]:
     """Check a non-empty iterable of possible CPUs.
 
     Context: any.  Return: the CPUs as a frozenset.

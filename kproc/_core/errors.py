@@ -7,6 +7,8 @@ instead of warning when ``KPROC_STRICT=1`` (the test suite sets it), so a
 broken invariant fails a test instead of scrolling by.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import warnings
@@ -20,7 +22,7 @@ class KthreadError(OSError):
     ``.errno`` holds the positive errno (``errno.ENOMEM``, ``errno.ESRCH``...).
     """
 
-    def __init__(self, err, message):
+    def __init__(self, err: int, message: str) -> None:
         super().__init__(err, message)
 
 
@@ -28,18 +30,18 @@ class KernelWarning(UserWarning):
     """What the kernel reports with WARN_ON: misuse that kproc refused or survived."""
 
 
-_warned_once = set()
+_warned_once: set[str] = set()
 
 
-def kernel_warn(message, stacklevel=3):
+def kernel_warn(message: str, stacklevel: int = 3) -> None:
     """Report API misuse the way WARN_ON does: a :class:`KernelWarning`."""
     warnings.warn(message, KernelWarning, stacklevel=stacklevel)
 
 
-def warn_on_once(condition, message):
+def warn_on_once(condition: object, message: str) -> bool:
     """WARN_ON_ONCE for kproc's own invariants ("can't happen").
 
-    Return: ``condition``, so it can be used as ``if warn_on_once(x, ...)``.
+    Return: whether ``condition`` held, so it can be used as ``if warn_on_once(x, ...)``.
     Raises: ``AssertionError`` when ``KPROC_STRICT=1`` and the condition holds.
     """
     if not condition:
@@ -52,7 +54,7 @@ def warn_on_once(condition, message):
     return True
 
 
-def stale(what):
+def stale(what: str) -> KthreadError:
     """The error raised for a handle whose slot was recycled or freed."""
     return KthreadError(errno.ESRCH, f"stale {what} handle: the object it named is gone "
                         "(its slot was freed or recycled); nothing was touched")

@@ -16,14 +16,18 @@ Runs in the caller (the checks) and in kthreadd, kthreads and cpuhp (the
 preparation).
 """
 
+from __future__ import annotations
+
 import pickle
+
+from .runtime import Runtime
 
 __all__ = ["pickle_function", "pickle_data", "check_callback", "prepare_main"]
 
 _main_prepared = False
 
 
-def pickle_function(fn, what="threadfn"):
+def pickle_function(fn: object, what: str = "threadfn") -> bytes:
     """Pickle ``fn`` for another process of the runtime.
 
     Context: any.  Return: the pickle (bytes).
@@ -42,7 +46,7 @@ def pickle_function(fn, what="threadfn"):
             f"'def' at module level (or pass a picklable callable). ({exc})") from None
 
 
-def pickle_data(data, what="data"):
+def pickle_data(data: object, what: str = "data") -> bytes:
     """Pickle a threadfn's or work's payload.
 
     Context: any.  Return: the pickle (bytes).  Raises: TypeError.
@@ -53,7 +57,7 @@ def pickle_data(data, what="data"):
         raise TypeError(f"{what} cannot be pickled for the kthread: {exc}") from None
 
 
-def check_callback(name, fn):
+def check_callback(name: str, fn: object) -> None:
     """Check an optional callback: None, or a function that travels by reference.
 
     Context: any.  Return: None.  Raises: TypeError naming ``name``.
@@ -65,7 +69,7 @@ def check_callback(name, fn):
     pickle_function(fn, name)
 
 
-def prepare_main(rt):
+def prepare_main(rt: Runtime) -> bool:
     """Import the caller's ``__main__`` here, as forkserver does, once per process.
 
     Context: kthreadd, a kthread or cpuhp (anything that unpickles functions the

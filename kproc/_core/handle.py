@@ -15,11 +15,18 @@ Each subclass says how to rebuild a handle in another process
 since each table keeps it in its own record.  Runs in every process.
 """
 
+from __future__ import annotations
+
 import errno
 import pickle
 
 from .errors import KthreadError
-from .runtime import current_runtime
+from .runtime import Runtime, current_runtime
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Self
 
 __all__ = ["Handle"]
 
@@ -29,31 +36,35 @@ class Handle:
 
     __slots__ = ("_rt", "_idx", "_gen")
     _what = "handle"            # how errors name it: "task", "work", ...
+    _rt: Runtime
+    _idx: int
+    _gen: int
 
     @classmethod
-    def _attach(cls, rt, idx, gen):
+    def _attach(cls, rt: Runtime, idx: int, gen: int) -> Self:
         """Make a handle on slot ``idx`` of generation ``gen`` of ``rt`` (not owning it)."""
         raise NotImplementedError
 
-    def _live_runtime(self):
+    def _live_runtime(self) -> Runtime:
         """This handle's runtime.  Raises: KthreadError(ESRCH) once it was shut down."""
         rt = self._rt
         if rt.closed:
             raise KthreadError(errno.ESRCH, f"the {self._what}'s kproc runtime was shut down")
         return rt
 
-    def __reduce__(self):
+    def __reduce__(self) -> tuple[Callable[[type[Handle], int, int, int], Handle],
+                                  tuple[type[Handle], int, int, int]]:
         return (_restore_handle, (type(self), self._rt.runtime_id, self._idx, self._gen))
 
-    def __eq__(self, other):
+    def __eq__(self, other: object) -> bool:
         return (type(other) is type(self) and other._rt is self._rt
                 and other._idx == self._idx and other._gen == self._gen)
 
-    def __hash__(self):
+    def __hash__(self) -> int:
         return hash((type(self).__name__, self._rt.runtime_id, self._idx, self._gen))
 
 
-def _restore_handle(cls, runtime_id, idx, gen):
+def _restore_handle(cls: type[Handle], runtime_id: int, idx: int, gen: int) -> Handle:
     rt = current_runtime()
     if rt is None or rt.runtime_id != runtime_id:
         raise pickle.UnpicklingError(f"a kproc.{cls.__name__} can only be unpickled in a "

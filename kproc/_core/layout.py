@@ -21,7 +21,18 @@ Records:
                  its pickled (func, data) lives in the slot's work blob.
 """
 
+from __future__ import annotations
+
 import struct
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Sequence
+
+    from _typeshed import ReadableBuffer, WriteableBuffer
+
+    # A field's format: a struct code ("I", "q"...) or ("bytes", n) for a raw area.
+    Fmt = str | tuple[str, int]
 
 __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USERCOMP",
            "WORKER", "WORK", "HOTPLUG", "SMPBOOT", "SMPBOOT_ENTRY", "SPARE_MSG", "FN_LEN",
@@ -33,7 +44,9 @@ MAGIC = 0x4B50524F43303031  # "KPROC001"
 LAYOUT_VERSION = 2
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
 
-_SIZES = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
+_SIZES: dict[str, int] = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
+# Attributes of a Record itself: a field named so would hide (or be hidden by) one.
+_RECORD_ATTRS = frozenset(("name", "formats", "codes", "size", "stride", "fields"))
 
 
 class Field(int):
@@ -42,14 +55,17 @@ class Field(int):
     ``width`` is 32 or 64 for scalars (which atomics fit it), 0 for a raw area.
     """
 
-    def __new__(cls, offset, fmt):
+    fmt: Fmt
+    width: int
+
+    def __new__(cls, offset: int, fmt: Fmt) -> Field:
         self = super().__new__(cls, offset)
         self.fmt = fmt
         self.width = 0 if isinstance(fmt, tuple) else _SIZES[fmt] * 8
         return self
 
 
-def align(n, a):
+def align(n: int, a: int) -> int:
     """Round ``n`` up to a multiple of ``a``."""
     return (n + a - 1) // a * a
 
@@ -60,19 +76,26 @@ class Record:
     ``fields`` is a sequence of ``(name, fmt)`` where fmt is a ``struct`` code
     (``I`` u32, ``i`` s32, ``Q`` u64, ``q`` s64) or ``("bytes", n)`` for a raw
     area, aligned to 8.  Attributes named after fields hold their offsets as
-    :class:`Field` ints.  ``stride`` is the room each record gets in its
-    table (default: its size); a record that outgrows it fails at import.
+    :class:`Field` ints; ``codes`` maps each scalar field to its ``struct``
+    format (native byte order).  ``stride`` is the room each record gets in
+    its table (default: its size); a record that outgrows it, or a field
+    named like one of its own attributes, fails at import.
     """
 
-    def __init__(self, name, fields, size_align=8, stride=None):
+    def __init__(self, name: str, fields: Sequence[tuple[str, Fmt]], size_align: int = 8,
+                 stride: int | None = None) -> None:
         self.name = name
-        self.formats = {}
+        self.formats: dict[str, Fmt] = {}
+        self.codes: dict[str, str] = {}
         off = 0
         for fname, fmt in fields:
+            if fname in _RECORD_ATTRS or fname in self.formats:
+                raise ImportError(f"record {name}: field name {fname!r} is taken")
             if isinstance(fmt, tuple):
                 size, al = fmt[1], 8
             else:
                 size = al = _SIZES[fmt]
+                self.codes[fname] = "=" + fmt
             off = align(off, al)
             setattr(self, fname, Field(off, fmt))
             self.formats[fname] = fmt
@@ -83,12 +106,16 @@ class Record:
             raise ImportError(f"record {name} is {self.size} bytes, more than its "
                               f"stride of {self.stride}")
 
-    def fields(self):
+    def fields(self) -> list[tuple[str, Field]]:
         """The (name, Field) pairs, in layout order."""
         return [(n, getattr(self, n)) for n in self.formats]
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return f"<Record {self.name} size={self.size}>"
+
+    if TYPE_CHECKING:
+        # The fields are attributes set from ``fields`` at construction.
+        def __getattr__(self, name: str) -> Field: ...
 
 
 COMPLETION = Record("completion", [
@@ -162,7 +189,7 @@ TB_MAX = 8 * 1024
 NAME_MAX = 1024
 PAYLOAD_MAX = BLOB_SIZE - TB_MAX - NAME_MAX
 TASK_BLOB = Record("task_blob", [
-    ("name", ("bytes", NAME_MAX)),
+    ("fullname", ("bytes", NAME_MAX)),
     ("payload", ("bytes", PAYLOAD_MAX)),
     ("traceback", ("bytes", TB_MAX)),
 ], stride=BLOB_SIZE)
@@ -293,7 +320,7 @@ SMPBOOT = Record("smpboot", [
 ], size_align=64)
 
 
-def mask_to_bytes(cpus):
+def mask_to_bytes(cpus: Iterable[int]) -> bytes:
     """Encode a CPU set as a CPUMASK_BYTES little-endian bitmap."""
     bits = 0
     for c in cpus:
@@ -301,7 +328,7 @@ def mask_to_bytes(cpus):
     return bits.to_bytes(CPUMASK_BYTES, "little")
 
 
-def bytes_to_mask(raw):
+def bytes_to_mask(raw: bytes) -> frozenset[int]:
     """Decode a CPUMASK_BYTES bitmap into a frozenset."""
     bits = int.from_bytes(raw, "little")
     out = []
@@ -314,23 +341,34 @@ def bytes_to_mask(raw):
     return frozenset(out)
 
 
-def pack_field(buf, base, record, name, value):
+def pack_field(buf: WriteableBuffer, base: int, record: Record, name: str, value: int) -> None:
     """Store a scalar field ``name`` of ``record`` at ``base`` (non-atomic)."""
-    struct.pack_into("=" + record.formats[name], buf, base + getattr(record, name), value)
+    struct.pack_into(record.codes[name], buf, base + getattr(record, name), value)
 
 
-def unpack_field(buf, base, record, name):
+def unpack_field(buf: ReadableBuffer, base: int, record: Record, name: str) -> int:
     """Load a scalar field ``name`` of ``record`` at ``base`` (non-atomic)."""
-    return struct.unpack_from("=" + record.formats[name], buf,
-                              base + getattr(record, name))[0]
+    value: int = struct.unpack_from(record.codes[name], buf, base + getattr(record, name))[0]
+    return value
 
 
-def native_layout(params, task_normal):
+if TYPE_CHECKING:
+    from typing import Protocol
+
+    class _TableParams(Protocol):
+        """What :func:`native_layout` reads of an arena's ``ArenaParams``."""
+        tasks: int
+        max_kthreads: int
+        works: int
+        max_works: int
+
+
+def native_layout(params: _TableParams, task_normal: int) -> dict[str, int]:
     """The layout as the C extension reads it: ``{"RECORD.field": offset, ...}``.
 
     Derived from the records above, never retyped: every field of every
     :class:`Record` under ``"<NAME>.<field>"``, NAME being the record's name
-    in this module (``"WORKER.head"``, ``"TASK_BLOB.name"``); each record's
+    in this module (``"WORKER.head"``, ``"TASK_BLOB.fullname"``); each record's
     ``"<NAME>.size"`` and ``"<NAME>.stride"``; where this arena's task and
     work tables start and how many slots they have (``"TASK.base"``,
     ``"TASK.count"``, ``"WORK.base"``, ``"WORK.count"``); and the constants the
@@ -344,8 +382,8 @@ def native_layout(params, task_normal):
     Raises: ValueError if a record has a field named like one of the other
     keys (``size``, ``stride``, ``base``, ``count``).
     """
-    fields = {}
-    other = {"TASK.base": params.tasks, "TASK.count": params.max_kthreads,
+    fields: dict[str, int] = {}
+    other: dict[str, int] = {"TASK.base": params.tasks, "TASK.count": params.max_kthreads,
              "WORK.base": params.works, "WORK.count": params.max_works}
     for name, rec in [(k, v) for k, v in globals().items() if isinstance(v, Record)]:
         fields.update((f"{name}.{field}", int(off)) for field, off in rec.fields())

@@ -4,7 +4,7 @@
 wait backend (``_wait``), and starts kthreadd as a fresh interpreter (exec'd,
 not forked from the caller) that inherits the arena's memfd, the eventfd that
 wakes it (kernel: ``wake_up_process(kthreadd_task)``), and the read end of an
-*alive pipe* whose write end only the owner holds.  When the owner dies,
+*alive pipe* whose write end only the owner holds (``owner``).  When the owner dies,
 however it dies, kthreadd reads EOF, kills every kthread and exits; kthreads
 carry ``PR_SET_PDEATHSIG(SIGKILL)`` so a killed kthreadd takes them along.
 
@@ -19,17 +19,16 @@ Liveness: blocking waits tick every ``TICK_NS`` and call
 ``KthreadError(ESRCH)`` within a tick instead of hanging.
 """
 
+from __future__ import annotations
+
 import atexit
 import enum
 import errno
-import multiprocessing.spawn
 import os
 import pickle
-import select
 import subprocess
 import sys
 import threading
-import time
 
 from . import layout as L
 from .arena import Arena
@@ -38,7 +37,16 @@ from .checks import check_int
 from .errors import KthreadError
 from . import trace as _trace
 from .topology import Topology
-from .wait import FutexWaits, PosixWaits, POSIX_CHANNELS, default_spin_ns
+from .owner import OwnerHandles, main_preparation, read_ready
+from .wait import FutexWaits, PosixWaits, create_semaphores, default_spin_ns, unlink_semaphores
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import mmap
+    from collections.abc import Callable, Iterable
+    from typing import Literal
+
+    from .memlike import MemLike  # typing only
 
 __all__ = ["Runtime", "Role", "start", "shutdown", "get_runtime", "current_runtime", "TICK_NS"]
 
@@ -49,7 +57,7 @@ DEFAULT_MAX_WORKS = 4096
 START_TIMEOUT = 30.0
 
 _lock = threading.RLock()
-_runtime = None
+_runtime: Runtime | None = None
 
 
 class Role(enum.Enum):
@@ -58,43 +66,6 @@ class Role(enum.Enum):
     KTHREADD = "kthreadd"
     KTHREAD = "kthread"         # a child of kthreadd running a threadfn
     FORKED = "forked"           # a plain fork of the owner: not part of the runtime
-
-
-class OwnerHandles:
-    """What only the owner holds: kthreadd's process and the alive pipe's write end.
-
-    Closing the write end is how the owner tells kthreadd to go (it reads
-    EOF, kills every kthread and exits); the same happens when the owner
-    dies, however it dies.
-    """
-
-    __slots__ = ("popen", "alive_w")
-
-    def __init__(self, popen, alive_w):
-        self.popen = popen
-        self.alive_w = alive_w
-
-    def kthreadd_dead(self):
-        """True once kthreadd has exited (and been reaped here)."""
-        return self.popen.poll() is not None
-
-    def close_alive(self):
-        """Close the alive pipe's write end (idempotent)."""
-        if self.alive_w is not None:
-            try:
-                os.close(self.alive_w)
-            except OSError:
-                pass
-            self.alive_w = None
-
-    def stop_kthreadd(self, timeout):
-        """Let kthreadd go and reap it, killing it after ``timeout`` seconds."""
-        self.close_alive()
-        try:
-            self.popen.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.popen.kill()
-            self.popen.wait()
 
 
 class Runtime:
@@ -119,11 +90,12 @@ class Runtime:
                  "trace", "main_prep", "role", "self_idx", "self_gen", "self_base",
                  "owner", "wq_fast", "closed")
 
-    def __init__(self, arena, waits, role, wake_fd, kthreadd_pid, topology, trace=None,
-                 main_prep=None):
+    def __init__(self, arena: Arena, waits: FutexWaits | PosixWaits, role: Role, wake_fd: int,
+                 kthreadd_pid: int, topology: Topology, trace: str | None = None,
+                 main_prep: dict[str, str] | None = None) -> None:
         self.arena = arena
-        self.mem = arena.mem
-        self.buf = arena.buf
+        self.mem: MemLike = arena.mem
+        self.buf: mmap.mmap = arena.buf
         self.waits = waits
         self.topology = topology
         self.wake_fd = wake_fd
@@ -131,36 +103,37 @@ class Runtime:
         self.trace = trace
         self.main_prep = main_prep
         self.role = role
-        self.self_idx = None
-        self.self_gen = None
-        self.self_base = None
-        self.owner = None
-        self.wq_fast = None
+        self.self_idx: int | None = None
+        self.self_gen: int | None = None
+        self.self_base: int | None = None
+        self.owner: OwnerHandles | None = None
+        self.wq_fast: tuple[Callable[..., int], Callable[..., int]] | tuple[None, None] | None \
+            = None
         self.closed = False
 
     @property
-    def runtime_id(self):
+    def runtime_id(self) -> int:
         """The runtime's random 63-bit identity (handles carry it when pickled)."""
         return self.arena.runtime_id
 
     @property
-    def backend(self):
+    def backend(self) -> str:
         """Name of the wait backend, ``"futex"`` or ``"posix"``."""
         return self.waits.name
 
-    def become_kthread(self, idx, gen):
+    def become_kthread(self, idx: int, gen: int) -> int:
         """Turn kthreadd's view, inherited by fork, into kthread ``idx``'s.
 
         Context: a child of kthreadd, right after fork.  Return: its slot offset.
         """
         self.role = Role.KTHREAD
         self.self_idx, self.self_gen = idx, gen
-        self.self_base = self.arena.task_off(idx)
-        return self.self_base
+        self.self_base = base = self.arena.task_off(idx)
+        return base
 
     # -- liveness ----------------------------------------------------------------
 
-    def check_alive(self):
+    def check_alive(self) -> None:
         """Raise ``KthreadError(ESRCH)`` if this runtime's kthreadd is gone.
 
         Context: any process of the runtime; does not block.
@@ -168,7 +141,7 @@ class Runtime:
         if self.closed:
             raise KthreadError(errno.ESRCH, "the kproc runtime was shut down")
         if self.role is Role.OWNER:
-            dead = self.owner.kthreadd_dead()
+            dead = self.owner.kthreadd_dead()  # type: ignore[union-attr]  # set for OWNER
         elif self.role is Role.KTHREAD:
             dead = os.getppid() != self.kthreadd_pid
         else:
@@ -178,25 +151,25 @@ class Runtime:
         if dead:
             raise KthreadError(errno.ESRCH, "kthreadd died: the kproc runtime is gone")
 
-    def wake_kthreadd(self):
+    def wake_kthreadd(self) -> None:
         """Kick kthreadd to look at the create list (kernel: wake_up_process(kthreadd))."""
         try:
             os.eventfd_write(self.wake_fd, 1)
         except BlockingIOError:
             pass  # counter saturated: kthreadd has a wake-up pending anyway
 
-    def allowed(self):
+    def allowed(self) -> frozenset[int]:
         """CPUs kthreadd may use (its cpuset), as recorded at start."""
         off = L.HEADER.allowed
         return L.bytes_to_mask(self.buf[off:off + L.CPUMASK_BYTES])
 
-    def housekeeping(self):
+    def housekeeping(self) -> frozenset[int]:
         """housekeeping_cpumask(HK_TYPE_KTHREAD): online − isolated − nohz_full, ∩ allowed."""
         return self.topology.housekeeping(self.allowed())
 
     # -- teardown ----------------------------------------------------------------
 
-    def shutdown(self, timeout=5.0):
+    def shutdown(self, timeout: float = 5.0) -> None:
         """Stop kthreadd (which kills the remaining kthreads) and release everything.
 
         Context: the owner process.  Kthreads still alive are killed, not
@@ -210,7 +183,7 @@ class Runtime:
                                "can shut the runtime down")
         self.closed = True
         try:
-            self.owner.stop_kthreadd(timeout)
+            self.owner.stop_kthreadd(timeout)  # type: ignore[union-attr]  # set for OWNER
             if self.trace:
                 _trace.merge(self.trace)
         finally:
@@ -219,44 +192,44 @@ class Runtime:
             self.arena.close()
             _forget(self)
 
-    def __enter__(self):
+    def __enter__(self) -> Runtime:
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> None:
         self.shutdown()
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         return (f"<kproc.Runtime {self.role.value} backend={self.backend} "
                 f"kthreadd={self.kthreadd_pid}{' closed' if self.closed else ''}>")
 
 
-def _forget(rt):
+def _forget(rt: Runtime) -> None:
     global _runtime
     with _lock:
         if _runtime is rt:
             _runtime = None
 
 
-def current_runtime():
+def current_runtime() -> Runtime | None:
     """This process's runtime, or None."""
     return _runtime
 
 
-def get_runtime():
+def get_runtime() -> Runtime:
     """This process's runtime, starting a default one if there is none.
 
-    Context: any.  Raises: whatever :func:`start` raises.
+    Context: any.  Return: the Runtime.  Raises: whatever :func:`start` raises.
     """
     rt = _runtime
     if rt is not None and not rt.closed:
         return rt
     with _lock:
         if _runtime is None or _runtime.closed:
-            start()
+            return start()
         return _runtime
 
 
-def _choose_backend(backend):
+def _choose_backend(backend: str | None) -> str:
     if backend is None:
         backend = os.environ.get("KPROC_BACKEND") or None
     have_native = load_mem_class() is not None
@@ -270,8 +243,10 @@ def _choose_backend(backend):
     return backend
 
 
-def start(*, max_kthreads=DEFAULT_MAX_KTHREADS, max_works=DEFAULT_MAX_WORKS, backend=None,
-          sysfs_root="/sys", preload=(), trace=None):
+def start(*, max_kthreads: int = DEFAULT_MAX_KTHREADS, max_works: int = DEFAULT_MAX_WORKS,
+          backend: Literal["futex", "posix"] | None = None,
+          sysfs_root: str | os.PathLike[str] = "/sys", preload: Iterable[str] = (),
+          trace: str | os.PathLike[str] | None = None) -> Runtime:
     """Start a kproc runtime: the arena and its kthreadd.
 
     @max_kthreads: task table size (kthreads alive or not yet recycled at once).
@@ -296,30 +271,29 @@ def start(*, max_kthreads=DEFAULT_MAX_KTHREADS, max_works=DEFAULT_MAX_WORKS, bac
                            f"sched_setaffinity and sysfs); this is {sys.platform}")
     check_int("max_kthreads", max_kthreads, 1, 1 << 16)
     check_int("max_works", max_works, 1, 1 << 22)
-    backend = _choose_backend(backend)
+    backend_name = _choose_backend(backend)
     if isinstance(preload, str) or not all(isinstance(m, str) for m in preload):
         raise TypeError("preload must be an iterable of module names")
     if not isinstance(sysfs_root, (str, os.PathLike)):
         raise TypeError("sysfs_root must be a path")
-    sysfs_root = os.path.abspath(os.fspath(sysfs_root))
-    topology = Topology(sysfs_root)
+    root = os.path.abspath(os.fspath(sysfs_root))
+    topology = Topology(root)
     if not topology.possible():
-        raise ValueError(f"{sysfs_root} holds no CPU topology "
+        raise ValueError(f"{root} holds no CPU topology "
                          "(devices/system/cpu/possible is missing or empty)")
     if trace is None:
         trace = os.environ.get("KPROC_TRACE") or None
-    if trace is not None:
-        trace = _check_trace_path(trace)
+    trace_path = None if trace is None else _check_trace_path(trace)
     with _lock:
         if _runtime is not None and not _runtime.closed:
             raise KthreadError(errno.EBUSY, "this process already has a kproc runtime "
                                f"({_runtime!r}); shut it down first")
-        _runtime = _start_owner(max_kthreads, max_works, backend, sysfs_root,
-                                tuple(preload), trace, topology)
-        return _runtime
+        _runtime = rt = _start_owner(max_kthreads, max_works, backend_name, root,
+                                     tuple(preload), trace_path, topology)
+        return rt
 
 
-def _check_trace_path(trace):
+def _check_trace_path(trace: object) -> str:
     """The trace file's absolute path; its folder must exist and be writable."""
     if not isinstance(trace, (str, os.PathLike)) or not os.fspath(trace):
         raise TypeError(f"trace must be a file path, not {trace!r}")
@@ -333,10 +307,12 @@ def _check_trace_path(trace):
     return trace
 
 
-def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, topology):
+def _start_owner(max_kthreads: int, max_works: int, backend: str, sysfs_root: str,
+                 preload: tuple[str, ...], trace: str | None, topology: Topology) -> Runtime:
     arena = Arena.create(max_kthreads, max(1024, max_works), max_works, BACKENDS[backend])
-    sem_names = []
-    fds = []
+    sem_names: list[str] = []
+    fds: list[int] = []
+    waits: FutexWaits | PosixWaits
     try:
         wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         fds.append(wake_fd)
@@ -345,15 +321,16 @@ def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, t
         ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
         fds += [alive_r, alive_w, boot_r, boot_w, ready_r, ready_w]
         if backend == "posix":
-            waits = PosixWaits(arena.mem, _create_semaphores(sem_names), L.HEADER.posix_waiters)
+            waits = PosixWaits(arena.mem, create_semaphores(sem_names), L.HEADER.posix_waiters)
         else:
-            waits = FutexWaits(arena.mem, default_spin_ns())
+            # The futex backend is only chosen where Mem is the native one (_choose_backend).
+            waits = FutexWaits(arena.mem, default_spin_ns())  # type: ignore[arg-type]
         arena.mem.store32(L.HEADER.spin_ns, waits.spin_ns)
         boot = {
             "sys_path": list(sys.path),
             "kproc_parent": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
             "preload": preload,
-            "main": _main_preparation(),
+            "main": main_preparation(),
             "backend": backend,
             "sem_names": sem_names,
             "sysfs_root": sysfs_root,
@@ -371,7 +348,7 @@ def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, t
         with open(boot_w, "wb", closefd=True) as f:
             fds.remove(boot_w)
             pickle.dump(boot, f)
-        status = _read_ready(ready_r, popen)
+        status = read_ready(ready_r, popen, START_TIMEOUT)
         os.close(ready_r)
         fds.remove(ready_r)
         if status != b"ok":
@@ -382,68 +359,19 @@ def _start_owner(max_kthreads, max_works, backend, sysfs_root, preload, trace, t
     except BaseException:
         for fd in fds:
             os.close(fd)
-        _unlink_semaphores(sem_names)
+        unlink_semaphores(sem_names)
         arena.close()
         raise
-    _unlink_semaphores(sem_names)
+    unlink_semaphores(sem_names)
     rt = Runtime(arena, waits, Role.OWNER, wake_fd, popen.pid, topology, trace)
     rt.owner = OwnerHandles(popen, alive_w)
     if trace:
-        _trace.setup(rt, trace)
+        _trace.setup(rt.role.value, trace)
     atexit.register(_atexit_shutdown, rt)
     return rt
 
 
-def _read_ready(fd, popen):
-    deadline = time.monotonic() + START_TIMEOUT
-    chunks = []
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return b"timed out waiting for kthreadd"
-        ready, _, _ = select.select([fd], [], [], min(left, 0.5))
-        if ready:
-            data = os.read(fd, 65536)
-            if not data:
-                return b"".join(chunks) or b"kthreadd exited during start-up"
-            chunks.append(data)
-            if b"".join(chunks).endswith(b"\n"):
-                return b"".join(chunks).rstrip(b"\n")
-        elif popen.poll() is not None:
-            return b"".join(chunks) or f"kthreadd exited with {popen.returncode}".encode()
-
-
-def _main_preparation():
-    """What kthreadd needs to import ``__main__`` as forkserver does (lazily)."""
-    try:
-        data = multiprocessing.spawn.get_preparation_data("kthreadd")
-    except Exception:
-        return {}
-    return {k: v for k, v in data.items() if k in ("init_main_from_name", "init_main_from_path")}
-
-
-def _create_semaphores(names):
-    import posix_ipc      # only the posix backend needs it
-    tag = f"/kproc-{os.getpid()}-{os.urandom(4).hex()}"
-    sems = []
-    for i in range(POSIX_CHANNELS):
-        name = f"{tag}-{i}"
-        sems.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0))
-        names.append(name)
-    return sems
-
-
-def _unlink_semaphores(names):
-    """Remove the semaphores' names: the open ones live on, nothing stays in /dev/shm."""
-    import posix_ipc      # only the posix backend needs it
-    for name in names:
-        try:
-            posix_ipc.unlink_semaphore(name)
-        except posix_ipc.ExistentialError:
-            pass
-
-
-def _atexit_shutdown(rt):
+def _atexit_shutdown(rt: Runtime) -> None:
     if not rt.closed and rt.role is Role.OWNER:
         try:
             rt.shutdown()
@@ -451,7 +379,7 @@ def _atexit_shutdown(rt):
             pass
 
 
-def shutdown():
+def shutdown() -> None:
     """Shut down this process's runtime, if it owns one (see :meth:`Runtime.shutdown`).
 
     Context: the owner process.  No-op when there is no runtime.
@@ -461,21 +389,21 @@ def shutdown():
         rt.shutdown()
 
 
-def _after_fork_in_child():
+def _after_fork_in_child() -> None:
     # A plain fork of a runtime process is not part of the runtime: it must not
     # keep the owner's alive pipe open (kthreadd would outlive the owner).
     global _runtime
     rt = _runtime
     if rt is None or rt.role is not Role.OWNER:
         return
-    rt.owner.close_alive()
+    rt.owner.close_alive()  # type: ignore[union-attr]  # set for OWNER
     rt.role = Role.FORKED
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def install(rt):
+def install(rt: Runtime) -> None:
     """Make ``rt`` this process's runtime (kthreadd and kthreads)."""
     global _runtime
     _runtime = rt

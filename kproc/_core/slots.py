@@ -15,13 +15,34 @@ a hint in the header (completions, workers, smpboot); works keep a free stack
 and tasks recycle the oldest dead slot (``arena``).  Runs in every process.
 """
 
+from __future__ import annotations
+
 from . import layout as L
 from .errors import KthreadError, stale
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import mmap
+    from collections.abc import Callable
+    from contextlib import AbstractContextManager
+    from typing import Protocol
+
+    from .memlike import MemLike  # typing only
+
+    class TableArena(Protocol):
+        """What a table needs of its arena: ``arena.Arena``, which imports this module."""
+
+        mem: MemLike
+        buf: mmap.mmap
+
+        def locked(self) -> AbstractContextManager[None]: ...
+        def hget(self, name: str) -> int: ...
+        def hset(self, name: str, value: int) -> None: ...
 
 __all__ = ["SlotTable", "next_gen"]
 
 
-def next_gen(gen):
+def next_gen(gen: int) -> int:
     """The generation after ``gen`` (32-bit, skipping 0, which means "never used")."""
     return (gen + 1) & 0xFFFFFFFF or 1
 
@@ -36,7 +57,8 @@ class SlotTable:
 
     __slots__ = ("arena", "base", "record", "count", "hint", "what", "full_hint")
 
-    def __init__(self, arena, base, record, count, hint, what, full_hint=""):
+    def __init__(self, arena: TableArena, base: int, record: L.Record, count: int,
+                 hint: str | None, what: str, full_hint: str = "") -> None:
         self.arena = arena
         self.base = base
         self.record = record
@@ -45,11 +67,12 @@ class SlotTable:
         self.what = what
         self.full_hint = full_hint
 
-    def off(self, idx):
+    def off(self, idx: int) -> int:
         """Byte offset of slot ``idx``."""
         return self.base + idx * self.record.stride
 
-    def claim(self, idx, owner_pid, prepare=None):
+    def claim(self, idx: int, owner_pid: int | None,
+              prepare: Callable[[int], object] | None = None) -> int:
         """Make slot ``idx`` a fresh occupant's: a zeroed record with a new generation.
 
         @prepare: called as ``prepare(base)`` on the zeroed record before it is
@@ -67,7 +90,8 @@ class SlotTable:
         mem.store32(base + R.inuse, 1)
         return gen
 
-    def alloc(self, owner_pid, prepare=None):
+    def alloc(self, owner_pid: int | None,
+              prepare: Callable[[int], object] | None = None) -> tuple[int, int]:
         """Take the first free slot from the hint on.
 
         @prepare: as for :meth:`claim`.
@@ -87,7 +111,7 @@ class SlotTable:
         raise KthreadError(12, f"{self.what} table full: all {self.count} slots are in "
                            f"use{self.full_hint}")
 
-    def release(self, idx, gen):
+    def release(self, idx: int, gen: int) -> bool:
         """Free slot ``idx`` if (idx, gen) still names its occupant.
 
         Context: arena lock held.  Return: True if it was freed.
@@ -99,12 +123,12 @@ class SlotTable:
         mem.store32(base + R.gen, next_gen(gen))
         return True
 
-    def free(self, idx, gen):
+    def free(self, idx: int, gen: int) -> bool:
         """:meth:`release` under the arena lock.  Context: any.  Return: as release."""
         with self.arena.locked():
             return self.release(idx, gen)
 
-    def check(self, idx, gen):
+    def check(self, idx: int, gen: int) -> int:
         """Offset of slot ``idx`` if (idx, gen) names its live occupant.
 
         Context: any; does not block.  Raises: KthreadError(ESRCH) if stale.

@@ -5,6 +5,8 @@ ctypes.  The native path matters in kthreads: ctypes' first calls in a fresh
 fork dirty ~0.3 MiB (libffi and ctypes state) and cost ~0.3 ms.
 """
 
+from __future__ import annotations
+
 import ctypes
 import ctypes.util
 import os
@@ -21,10 +23,10 @@ PR_SET_TIMERSLACK = 29
 
 _native = native if has("set_comm") else None
 
-_libc = None
+_libc: ctypes.CDLL | None = None
 
 
-def _prctl(option, arg2):
+def _prctl(option: int, arg2: int) -> None:
     global _libc
     if _libc is None:
         _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -35,13 +37,13 @@ def _prctl(option, arg2):
         raise OSError(err, os.strerror(err))
 
 
-def comm_of(name):
+def comm_of(name: str) -> str:
     """The kernel's comm for ``name``: at most TASK_COMM_LEN-1 bytes of UTF-8."""
     raw = name.encode("utf-8", "replace")[:TASK_COMM_LEN - 1]
     return raw.decode("utf-8", "ignore")
 
 
-def set_comm(name):
+def set_comm(name: str) -> None:
     """Set this process's comm (what ps and /proc/PID/comm show)."""
     if _native is not None:
         _native.set_comm(comm_of(name).encode("utf-8"))
@@ -50,7 +52,7 @@ def set_comm(name):
     _prctl(PR_SET_NAME, ctypes.addressof(buf))
 
 
-def set_pdeathsig(sig=signal.SIGKILL):
+def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
     """Ask the kernel to send ``sig`` to this process when its parent dies."""
     if _native is not None:
         _native.set_pdeathsig(int(sig))
@@ -58,7 +60,7 @@ def set_pdeathsig(sig=signal.SIGKILL):
     _prctl(PR_SET_PDEATHSIG, int(sig))
 
 
-def reset_scheduling():
+def reset_scheduling() -> None:
     """SCHED_OTHER, priority 0 (kernel: sched_setscheduler_nocheck(SCHED_NORMAL))."""
     try:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
@@ -66,7 +68,7 @@ def reset_scheduling():
         pass
 
 
-def set_timerslack(ns):
+def set_timerslack(ns: int) -> None:
     """Set this process's timer slack (how late the kernel may fire its timers).
 
     Through ``/proc/self/timerslack_ns`` (no ctypes in a fresh fork), else prctl.
@@ -80,7 +82,7 @@ def set_timerslack(ns):
     _prctl(PR_SET_TIMERSLACK, int(ns))
 
 
-def pid_alive(pid):
+def pid_alive(pid: int) -> bool:
     """True if process ``pid`` exists and is not a zombie (a killed child its
     parent has not reaped yet counts as dead).  Context: any."""
     if pid <= 0:

@@ -16,9 +16,15 @@ but only the part that exists and is online here is applied
 (:meth:`Topology.applicable`).
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Set
 
 __all__ = ["Topology", "parse_cpulist", "format_cpulist", "fake_sysfs", "REAL_ROOT"]
 
@@ -26,7 +32,7 @@ REAL_ROOT = "/sys"
 FAKE_MARKER = ".kproc-fake-sysfs"
 
 
-def parse_cpulist(text):
+def parse_cpulist(text: str) -> frozenset[int]:
     """Parse the kernel's cpulist format ("0-3,5,8-11:2/4") into a frozenset.
 
     Empty text and "(null)" give the empty set.  Raises: ValueError on garbage.
@@ -34,17 +40,17 @@ def parse_cpulist(text):
     text = text.strip()
     if not text or text == "(null)":
         return frozenset()
-    cpus = set()
+    cpus: set[int] = set()
     try:
         for part in text.split(","):
             rng, _, stride = part.partition(":")
-            lo, _, hi = rng.partition("-")
-            lo, hi = int(lo), int(hi) if hi else int(lo)
+            first, _, last = rng.partition("-")
+            lo, hi = int(first), int(last) if last else int(first)
             if lo < 0 or hi < lo:
                 raise ValueError(part)
             if stride:
-                used, _, group = stride.partition("/")
-                used, group = int(used), int(group)
+                used_text, _, group_text = stride.partition("/")
+                used, group = int(used_text), int(group_text)
                 cpus.update(c for c in range(lo, hi + 1) if (c - lo) % group < used)
             else:
                 cpus.update(range(lo, hi + 1))
@@ -53,15 +59,16 @@ def parse_cpulist(text):
     return frozenset(cpus)
 
 
-def format_cpulist(cpus):
+def format_cpulist(cpus: Iterable[int]) -> str:
     """Format CPUs as the kernel does ("0-3,5")."""
-    cpus = sorted(cpus)
-    out, i = [], 0
-    while i < len(cpus):
+    ordered = sorted(cpus)
+    out: list[str] = []
+    i = 0
+    while i < len(ordered):
         j = i
-        while j + 1 < len(cpus) and cpus[j + 1] == cpus[j] + 1:
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
             j += 1
-        out.append(str(cpus[i]) if i == j else f"{cpus[i]}-{cpus[j]}")
+        out.append(str(ordered[i]) if i == j else f"{ordered[i]}-{ordered[j]}")
         i = j + 1
     return ",".join(out)
 
@@ -72,8 +79,9 @@ _TRANSIENT = (errno.EPERM, errno.EBUSY, errno.EAGAIN, errno.EINTR)
 READ_RETRIES = 20
 
 
-def _read(path, default=None):
-    for attempt in range(READ_RETRIES):
+def _read(path: str, default: str | None = None) -> str:
+    attempts = 0
+    while True:
         try:
             with open(path) as f:
                 return f.read()
@@ -82,58 +90,59 @@ def _read(path, default=None):
                 raise
             return default
         except OSError as exc:
-            if exc.errno not in _TRANSIENT or attempt == READ_RETRIES - 1:
+            attempts += 1
+            if exc.errno not in _TRANSIENT or attempts == READ_RETRIES:
                 raise
-            time.sleep(0.0005 * (attempt + 1))
+            time.sleep(0.0005 * attempts)
 
 
 class Topology:
     """The CPU topology under ``sysfs_root`` (default ``/sys``); see module doc."""
 
-    def __init__(self, sysfs_root=REAL_ROOT):
+    def __init__(self, sysfs_root: str | os.PathLike[str] = REAL_ROOT) -> None:
         self.root = os.path.abspath(os.fspath(sysfs_root))
         self.cpu_dir = os.path.join(self.root, "devices/system/cpu")
         self.node_dir = os.path.join(self.root, "devices/system/node")
         self.is_fake = self.root != REAL_ROOT
 
-    def _mask(self, name):
+    def _mask(self, name: str) -> frozenset[int]:
         return parse_cpulist(_read(os.path.join(self.cpu_dir, name), ""))
 
-    def possible(self):
+    def possible(self) -> frozenset[int]:
         """cpu_possible_mask."""
         return self._mask("possible")
 
-    def present(self):
+    def present(self) -> frozenset[int]:
         """cpu_present_mask (possible, when the file is missing)."""
         return self._mask("present") or self.possible()
 
-    def online(self):
+    def online(self) -> frozenset[int]:
         """cpu_online_mask (on a fake tree: from the per-CPU online files)."""
         if not self.is_fake:
             return self._mask("online")
         return frozenset(c for c in self.possible() if self.is_online(c))
 
-    def isolated(self):
+    def isolated(self) -> frozenset[int]:
         return self._mask("isolated")
 
-    def nohz_full(self):
+    def nohz_full(self) -> frozenset[int]:
         return self._mask("nohz_full")
 
-    def online_file(self, cpu):
+    def online_file(self, cpu: int) -> str:
         return os.path.join(self.cpu_dir, f"cpu{cpu}", "online")
 
-    def hotpluggable(self, cpu):
+    def hotpluggable(self, cpu: int) -> bool:
         """True if ``cpu`` has an ``online`` file (cpu0 often has none)."""
         return os.path.exists(self.online_file(cpu))
 
-    def is_online(self, cpu):
+    def is_online(self, cpu: int) -> bool:
         """Whether ``cpu`` is online (a CPU without an online file is)."""
         if not self.is_fake:
             return cpu in self._mask("online")
         text = _read(self.online_file(cpu), "1")
         return text.strip() == "1" and cpu in self.possible()
 
-    def housekeeping(self, allowed=None):
+    def housekeeping(self, allowed: Set[int] | None = None) -> frozenset[int]:
         """housekeeping_cpumask(HK_TYPE_KTHREAD): online − isolated − nohz_full,
         ∩ ``allowed``; falls back to online ∩ allowed, then online, if empty."""
         online = self.online()
@@ -142,9 +151,9 @@ class Topology:
             return (hk & allowed) or (online & allowed) or online
         return hk or online
 
-    def nodes(self):
+    def nodes(self) -> dict[int, frozenset[int]]:
         """NUMA nodes: {node: cpus}.  Without a node directory, node 0 = possible."""
-        nodes = {}
+        nodes: dict[int, frozenset[int]] = {}
         try:
             names = os.listdir(self.node_dir)
         except FileNotFoundError:
@@ -155,14 +164,14 @@ class Topology:
                     _read(os.path.join(self.node_dir, name, "cpulist"), ""))
         return nodes or {0: self.possible()}
 
-    def cpu_to_node(self, cpu):
+    def cpu_to_node(self, cpu: int) -> int:
         """cpu_to_node(): the node holding ``cpu`` (0 if none says)."""
         for node, cpus in sorted(self.nodes().items()):
             if cpu in cpus:
                 return node
         return 0
 
-    def cpumask_of_node(self, node):
+    def cpumask_of_node(self, node: int) -> frozenset[int]:
         """cpumask_of_node(): CPUs of ``node``; NUMA_NO_NODE (-1) → cpu_online_mask.
 
         Raises: ValueError for a node that does not exist.
@@ -175,16 +184,16 @@ class Topology:
         return nodes[node]
 
     @staticmethod
-    def host_cpus():
+    def host_cpus() -> frozenset[int]:
         """CPUs this host really has (real sysfs), whatever the tree."""
         return parse_cpulist(_read(os.path.join(REAL_ROOT, "devices/system/cpu/possible"),
                                    "")) or frozenset(range(os.cpu_count() or 1))
 
     @staticmethod
-    def host_online():
+    def host_online() -> frozenset[int]:
         return parse_cpulist(_read(os.path.join(REAL_ROOT, "devices/system/cpu/online"), ""))
 
-    def usable(self):
+    def usable(self) -> frozenset[int]:
         """The CPUs ``os.sched_setaffinity`` can be given here: those that exist
         and are online on the host (and in this tree)."""
         usable = self.host_online()
@@ -192,11 +201,11 @@ class Topology:
             usable &= self.online() | (self.host_cpus() - self.possible())
         return usable
 
-    def applicable(self, mask):
+    def applicable(self, mask: Iterable[int]) -> frozenset[int]:
         """The part of ``mask`` that ``os.sched_setaffinity`` can be given here."""
         return frozenset(mask) & self.usable()
 
-    def check_possible(self, cpu):
+    def check_possible(self, cpu: object) -> None:
         """Raise ValueError/TypeError unless ``cpu`` is a possible CPU number."""
         if isinstance(cpu, bool) or not isinstance(cpu, int):
             raise TypeError(f"a CPU number must be an int, not {type(cpu).__name__}")
@@ -205,26 +214,26 @@ class Topology:
             raise ValueError(f"CPU {cpu} is not possible on this system "
                              f"(possible: {format_cpulist(possible)})")
 
-    def check_hotpluggable(self, cpu):
+    def check_hotpluggable(self, cpu: int) -> None:
         """Raise TypeError/ValueError unless ``cpu`` is possible and hot-pluggable."""
         self.check_possible(cpu)
         if not self.hotpluggable(cpu):
             raise ValueError(f"CPU {cpu} is not hot-pluggable (it has no "
                              f"{self.online_file(cpu)})")
 
-    def check_may_write(self, cpu):
+    def check_may_write(self, cpu: int) -> None:
         """Raise PermissionError if ``cpuN/online`` is real sysfs and we are not root."""
         if not self.is_fake and os.geteuid() != 0:
             raise PermissionError(errno.EPERM, f"CPU hotplug through {self.online_file(cpu)} "
                                   "needs root (or start the runtime on a fake sysfs tree: "
                                   "kproc.fake_sysfs)")
 
-    def check_not_last(self, cpu):
+    def check_not_last(self, cpu: int) -> None:
         """Raise ValueError if ``cpu`` is the only online CPU (it must not go offline)."""
         if self.online() == {cpu}:
             raise ValueError(f"CPU {cpu} is the last online CPU; refusing to offline it")
 
-    def set_online(self, cpu, online, retries=20):
+    def set_online(self, cpu: int, online: bool, retries: int = 20) -> bool:
         """Write ``cpuN/online`` (1 or 0) and check it took.
 
         Return: True if the state changed, False if it already was so.
@@ -253,18 +262,21 @@ class Topology:
             raise OSError(errno.EIO, f"CPU {cpu} did not go {'on' if online else 'off'}line")
         return True
 
-    def _rewrite_online(self):
+    def _rewrite_online(self) -> None:
         with open(os.path.join(self.cpu_dir, "online"), "w") as f:
             f.write(format_cpulist(self.online()) + "\n")
 
 
-def _write(path, text):
+def _write(path: str, text: str) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path, "w") as f:
         f.write(text)
 
 
-def fake_sysfs(path, *, possible, online=None, nodes=None, isolated=(), nohz_full=()):
+def fake_sysfs(path: str | os.PathLike[str], *, possible: int | Iterable[int],
+               online: Iterable[int] | None = None,
+               nodes: Mapping[int, Iterable[int]] | None = None, isolated: Iterable[int] = (),
+               nohz_full: Iterable[int] = ()) -> str:
     """Build a sysfs-like CPU tree in ``path`` for ``start(sysfs_root=path)``.
 
     @possible: CPU numbers, or an int n for CPUs 0..n-1.  @online: CPUs online

@@ -22,9 +22,18 @@ SIGKILL loses the events it had not written yet (at most BUFFER_EVENTS).
 Timestamps are CLOCK_MONOTONIC, one clock for every process.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import time
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+    # One Chrome trace event: JSON, as Perfetto reads it.
+    Event = dict[str, Any]
 
 __all__ = ["ENABLED", "setup", "after_fork", "name_process", "lifecycle", "kthread_stop",
            "kthread_stop_ret", "work_queue_work", "work_execute_start", "work_execute_end",
@@ -33,18 +42,19 @@ __all__ = ["ENABLED", "setup", "after_fork", "name_process", "lifecycle", "kthre
 ENABLED = False
 BUFFER_EVENTS = 4096
 
-_dir = None
-_buf = []
+_dir: str | None = None
+_buf: list[Event] = []
 _pid = 0
 
 
-def _us():
+def _us() -> float:
     return time.monotonic_ns() / 1000.0
 
 
-def setup(rt, path):
-    """Enable tracing in this process for runtime ``rt``, writing to ``path``.
+def setup(role: str, path: str) -> None:
+    """Enable tracing in this process, whose role in its runtime is ``role``, to ``path``.
 
+    @role: ``Runtime.role.value`` ("owner", "kthreadd"): names this process's track.
     Context: the owner (at start) and kthreadd; kthreads inherit it by fork.
     """
     global ENABLED, _dir, _pid
@@ -53,10 +63,10 @@ def setup(rt, path):
     _pid = os.getpid()
     _buf.clear()
     ENABLED = True
-    name_process("kproc caller" if rt.role.value == "owner" else rt.role.value)
+    name_process("kproc caller" if role == "owner" else role)
 
 
-def after_fork():
+def after_fork() -> None:
     """In a new kthread: drop the buffer inherited from kthreadd, adopt our pid."""
     global _pid
     if ENABLED:
@@ -64,7 +74,7 @@ def after_fork():
         _pid = os.getpid()
 
 
-def name_process(comm, pid=None):
+def name_process(comm: str, pid: int | None = None) -> None:
     """Metadata naming a track: process and thread ``pid`` (default: ours) are ``comm``."""
     pid = pid or _pid
     for kind in ("process_name", "thread_name"):
@@ -72,18 +82,18 @@ def name_process(comm, pid=None):
                      "args": {"name": comm}})
 
 
-def _emit(event):
+def _emit(event: Event) -> None:
     _buf.append(event)
     if len(_buf) >= BUFFER_EVENTS:
         flush()
 
 
-def _instant(name, pid, args):
+def _instant(name: str, pid: int, args: dict[str, object]) -> None:
     _emit({"name": name, "cat": "kthread", "ph": "i", "s": "t", "ts": _us(),
            "pid": pid, "tid": pid, "args": args})
 
 
-def lifecycle(event, pid, comm, **args):
+def lifecycle(event: str, pid: int, comm: str, /, **args: object) -> None:
     """A lifecycle instant ``kthread_<event>`` on kthread ``pid``'s track.
 
     @event: create, wake, park, unpark or exit.  A create also names the track.
@@ -93,17 +103,18 @@ def lifecycle(event, pid, comm, **args):
     _instant("kthread_" + event, pid, dict(args, comm=comm, pid=pid))
 
 
-def kthread_stop(pid, comm):
+def kthread_stop(pid: int, comm: str) -> None:
     """The kernel's ``sched_kthread_stop`` (comm, pid), on the stopped kthread's track."""
     _instant("sched_kthread_stop", pid, {"comm": comm, "pid": pid})
 
 
-def kthread_stop_ret(ret, pid=0):
+def kthread_stop_ret(ret: int, pid: int = 0) -> None:
     """The kernel's ``sched_kthread_stop_ret`` (ret), on the stopped kthread's track."""
     _instant("sched_kthread_stop_ret", pid or _pid, {"ret": ret})
 
 
-def work_queue_work(worker_pid, worker_comm, work_id, func_name, flow_id):
+def work_queue_work(worker_pid: int, worker_comm: str, work_id: int, func_name: str,
+                    flow_id: int) -> None:
     """The kernel's ``sched_kthread_work_queue_work``, on the queueing process's track,
     with the start of the flow that ends at the execution."""
     ts = _us()
@@ -115,7 +126,7 @@ def work_queue_work(worker_pid, worker_comm, work_id, func_name, flow_id):
            "pid": _pid, "tid": _pid})
 
 
-def work_execute_start(work_id, func_name, flow_id):
+def work_execute_start(work_id: int, func_name: str, flow_id: int) -> None:
     """``sched_kthread_work_execute_start``: opens the work's slice on the worker's track."""
     ts = _us()
     args = {"work": work_id, "function": func_name}
@@ -128,7 +139,7 @@ def work_execute_start(work_id, func_name, flow_id):
                "ts": ts, "pid": _pid, "tid": _pid})
 
 
-def work_execute_end(work_id, func_name):
+def work_execute_end(work_id: int, func_name: str) -> None:
     """``sched_kthread_work_execute_end``: closes the work's slice."""
     ts = _us()
     args = {"work": work_id, "function": func_name}
@@ -138,7 +149,7 @@ def work_execute_end(work_id, func_name):
            "tid": _pid})
 
 
-def flush():
+def flush() -> None:
     """Append this process's buffered events to its file.  Context: any; never raises."""
     if not _buf or _dir is None:
         return
@@ -156,7 +167,7 @@ def flush():
         pass
 
 
-def merge(path):
+def merge(path: str) -> int:
     """Owner, at shutdown: merge every process's events into ``path``; disable tracing.
 
     Return: the number of events written.
@@ -164,7 +175,7 @@ def merge(path):
     global ENABLED, _dir
     flush()
     d = os.fspath(path) + ".d"
-    events = []
+    events: list[Event] = []
     try:
         names = sorted(os.listdir(d))
     except FileNotFoundError:
@@ -194,9 +205,9 @@ def merge(path):
     return len(meta) + len(rest)
 
 
-def _dedup_meta(meta):
+def _dedup_meta(meta: list[Event]) -> list[Event]:
     """Keep the last name given to each (pid, kind): a kthread renames kthreadd's fork."""
-    last = {}
+    last: dict[tuple[object, object, object], Event] = {}
     for e in meta:
         last[(e["pid"], e["tid"], e["name"])] = e
     return list(last.values())

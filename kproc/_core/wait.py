@@ -23,13 +23,29 @@ Return conventions (shared): ``wait`` -> True (changed or woken) / False
 acquiring (re-check and call again).
 """
 
+from __future__ import annotations
+
 import os
 import signal
 
 from .layout import COMPLETION
 from .topology import parse_cpulist
 
-__all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Set
+
+    import posix_ipc
+
+    from .._native import Mem  # typing only: the extension may be missing at run time
+    from .memlike import MemLike  # typing only
+
+    # ``f(off, snap, timeout_ns, spin_ns, gen_off, gen)``: one completion_wait
+    # with the generation check (-1: stale), as the hot path calls it.
+    RawWait = Callable[[int, int, int, int, int, int], int]
+
+__all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns",
+           "create_semaphores", "unlink_semaphores"]
 
 POSIX_CHANNELS = 64
 UINT_MAX = 0xFFFFFFFF
@@ -38,7 +54,7 @@ _BLOCKED = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP, signal.SIGS
                                      signal.SIGBUS, signal.SIGFPE, signal.SIGILL}
 
 
-def default_spin_ns():
+def default_spin_ns() -> int:
     """Spin budget before sleeping: ``KPROC_SPIN_US`` or 50 µs, 0 on one CPU.
 
     Spinning pays only when waker and waiter can run at the same time: on a
@@ -55,7 +71,7 @@ def default_spin_ns():
     return 50_000
 
 
-def _online_cpus():
+def _online_cpus() -> Set[int]:
     try:
         with open("/sys/devices/system/cpu/online") as f:
             text = f.read()
@@ -69,7 +85,7 @@ class FutexWaits:
 
     name = "futex"
 
-    def __init__(self, mem, spin_ns):
+    def __init__(self, mem: Mem, spin_ns: int) -> None:
         self.mem = mem
         self.spin_ns = spin_ns
         self._wait_change = mem.wait_change
@@ -77,24 +93,24 @@ class FutexWaits:
         self.completion_done = mem.completion_done
         self.completion_complete = mem.completion_complete
 
-    def wait(self, off, expected, timeout_ns, spin=True):
+    def wait(self, off: int, expected: int, timeout_ns: int, spin: bool = True) -> bool:
         """Sleep while the word at ``off`` equals ``expected``."""
         return self._wait_change(off, expected, timeout_ns,
                                  self.spin_ns if spin else 0) == 0
 
-    def wake(self, off, n=0x7FFFFFFF):
+    def wake(self, off: int, n: int = 0x7FFFFFFF) -> None:
         """Wake up to ``n`` sleepers of the word at ``off``."""
         self.mem.futex_wake(off, n)
 
-    def completion_wait(self, off, snap, timeout_ns):
+    def completion_wait(self, off: int, snap: int, timeout_ns: int) -> int:
         """One attempt at acquiring the completion at ``off`` (see module doc)."""
         return self.mem.completion_wait(off, snap, timeout_ns, self.spin_ns)
 
-    def raw_completion_wait(self):
+    def raw_completion_wait(self) -> RawWait:
         """``f(off, snap, timeout_ns, spin_ns, gen_off, gen)`` for the hot path."""
         return self.mem.completion_wait
 
-    def close(self):
+    def close(self) -> None:
         pass
 
 
@@ -103,16 +119,17 @@ class PosixWaits:
 
     name = "posix"
 
-    def __init__(self, mem, semaphores, waiters_off):
+    def __init__(self, mem: MemLike, semaphores: list[posix_ipc.Semaphore],
+                 waiters_off: int) -> None:
         self.mem = mem
         self.spin_ns = 0
         self.sems = semaphores
         self.waiters_off = waiters_off
 
-    def _channel(self, off):
+    def _channel(self, off: int) -> int:
         return ((off >> 2) * 2654435761 >> 7) % len(self.sems)
 
-    def wait(self, off, expected, timeout_ns, spin=True):
+    def wait(self, off: int, expected: int, timeout_ns: int, spin: bool = True) -> bool:
         """Sleep while the word at ``off`` equals ``expected``.
 
         posix_ipc runs Python signal handlers itself on EINTR and replaces any
@@ -143,7 +160,7 @@ class PosixWaits:
         finally:
             mem.fetch_add32(count_off, -1)
 
-    def wake(self, off, n=0x7FFFFFFF):
+    def wake(self, off: int, n: int = 0x7FFFFFFF) -> None:
         """Post once per sleeper registered in ``off``'s channel."""
         ch = self._channel(off)
         waiters = self.mem.load32(self.waiters_off + 4 * ch)
@@ -151,7 +168,7 @@ class PosixWaits:
         for _ in range(waiters):
             sem.release()
 
-    def completion_try(self, off):
+    def completion_try(self, off: int) -> bool:
         """try_wait_for_completion on the record at ``off``."""
         mem = self.mem
         while True:
@@ -163,11 +180,12 @@ class PosixWaits:
             if mem.cmpxchg32(off, done, done - 1) == done:
                 return True
 
-    def completion_done(self, off):
+    def completion_done(self, off: int) -> bool:
         """completion_done on the record at ``off``."""
         return self.mem.load32(off) != 0
 
-    def completion_complete(self, off, all=False, gen_off=-1, gen=0):
+    def completion_complete(self, off: int, all: bool = False, gen_off: int = -1,
+                            gen: int = 0) -> int:
         """complete / complete_all on the record at ``off``.
 
         Return: 0; -1 (nothing done) if the u32 at ``gen_off`` is not ``gen``.
@@ -188,18 +206,19 @@ class PosixWaits:
         self.wake(off + COMPLETION.seq)
         return 0
 
-    def raw_completion_wait(self):
+    def raw_completion_wait(self) -> RawWait:
         """``f(off, snap, timeout_ns, spin_ns, gen_off, gen)`` for the hot path."""
         return self._checked_wait
 
-    def _checked_wait(self, off, snap, timeout_ns, spin_ns=0, gen_off=-1, gen=0):
+    def _checked_wait(self, off: int, snap: int, timeout_ns: int, spin_ns: int = 0,
+                      gen_off: int = -1, gen: int = 0) -> int:
         if gen_off >= 0 and self.mem.load32(gen_off) != gen:
             return -1
         if snap < 0:
             snap = self.mem.load32(off + COMPLETION.seq)
         return self.completion_wait(off, snap, timeout_ns)
 
-    def completion_wait(self, off, snap, timeout_ns):
+    def completion_wait(self, off: int, snap: int, timeout_ns: int) -> int:
         """One attempt at acquiring the completion at ``off`` (see module doc)."""
         if self.completion_try(off):
             return 1
@@ -208,9 +227,36 @@ class PosixWaits:
             return 1
         return 2 if woken else 0
 
-    def close(self):
+    def close(self) -> None:
         for sem in self.sems:
             try:
                 sem.close()
             except Exception:
                 pass
+
+
+def create_semaphores(names: list[str]) -> list[posix_ipc.Semaphore]:
+    """Create the posix backend's POSIX_CHANNELS semaphores (0600), new names each.
+
+    Context: the owner, in start().  Each name is appended to ``names`` as it
+    is created, so that the caller can unlink them all whatever happens.
+    Return: the open semaphores.
+    """
+    import posix_ipc      # only the posix backend needs it
+    tag = f"/kproc-{os.getpid()}-{os.urandom(4).hex()}"
+    sems: list[posix_ipc.Semaphore] = []
+    for i in range(POSIX_CHANNELS):
+        name = f"{tag}-{i}"
+        sems.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0))
+        names.append(name)
+    return sems
+
+
+def unlink_semaphores(names: list[str]) -> None:
+    """Remove the semaphores' names: the open ones live on, nothing stays in /dev/shm."""
+    import posix_ipc      # only the posix backend needs it
+    for name in names:
+        try:
+            posix_ipc.unlink_semaphore(name)
+        except posix_ipc.ExistentialError:
+            pass

@@ -9,9 +9,16 @@ an offline CPU, is recorded and shown, not applied; CPU hotplug re-applies
 recorded masks when CPUs come up.
 """
 
+from __future__ import annotations
+
 import os
 
 from .._core import layout as L
+from .._core.runtime import Runtime
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Iterator, Mapping, Set
 
 __all__ = ["apply_mask", "fetch_affinity", "kthread_affine_node", "record_mask",
            "recorded_mask"]
@@ -19,7 +26,8 @@ __all__ = ["apply_mask", "fetch_affinity", "kthread_affine_node", "record_mask",
 T = L.TASK
 
 
-def apply_mask(rt, pid, mask, usable=None):
+def apply_mask(rt: Runtime, pid: int, mask: Iterable[int],
+               usable: Set[int] | None = None) -> frozenset[int]:
     """Apply ``mask`` (restricted to usable CPUs) to ``pid``; return what was applied.
 
     Nothing is applied when none of the CPUs is usable (e.g. binding to an
@@ -35,17 +43,18 @@ def apply_mask(rt, pid, mask, usable=None):
     return mask
 
 
-def record_mask(rt, base, field, mask):
+def record_mask(rt: Runtime, base: int, field: str, mask: Iterable[int]) -> None:
     off = base + getattr(T, field)
     rt.buf[off:off + L.CPUMASK_BYTES] = L.mask_to_bytes(mask)
 
 
-def recorded_mask(rt, base, field):
+def recorded_mask(rt: Runtime, base: int, field: str) -> frozenset[int]:
     off = base + getattr(T, field)
     return L.bytes_to_mask(rt.buf[off:off + L.CPUMASK_BYTES])
 
 
-def fetch_affinity(rt, base, hk=None, nodes=None):
+def fetch_affinity(rt: Runtime, base: int, hk: frozenset[int] | None = None,
+                   nodes: Mapping[int, frozenset[int]] | None = None) -> frozenset[int]:
     """kthread_fetch_affinity(): preferred (or node) CPUs ∩ housekeeping, or housekeeping.
 
     @hk, @nodes: housekeeping_cpumask() and Topology.nodes() if the caller
@@ -63,12 +72,12 @@ def fetch_affinity(rt, base, hk=None, nodes=None):
     return (pref & hk) or hk
 
 
-def kthread_affine_node(rt, base):
+def kthread_affine_node(rt: Runtime, base: int) -> None:
     """kthread_affine_node(): a kthread's own affinity after its first wake-up."""
     apply_mask(rt, 0, fetch_affinity(rt, base))
 
 
-def _live_slots(rt):
+def _live_slots(rt: Runtime) -> Iterator[int]:
     """Offsets of every live kthread slot (published, not exiting).
 
     The slot words are read through one strided memoryview (aligned 32-bit
@@ -91,20 +100,20 @@ def _live_slots(rt):
 class _Snapshot:
     """Topology read once for a whole re-affining pass (sysfs reads cost ~50 µs)."""
 
-    def __init__(self, rt):
+    def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.hk = rt.housekeeping()
         self.nodes = rt.topology.nodes()
         self.usable = rt.topology.usable()
 
-    def fetch(self, base):
+    def fetch(self, base: int) -> frozenset[int]:
         return fetch_affinity(self.rt, base, self.hk, self.nodes)
 
-    def apply(self, pid, mask):
+    def apply(self, pid: int, mask: Iterable[int]) -> None:
         apply_mask(self.rt, pid, mask, self.usable)
 
 
-def kthreads_online_cpu(rt, cpu, rebound=frozenset()):
+def kthreads_online_cpu(rt: Runtime, cpu: int, rebound: Set[int] = frozenset()) -> int:
     """kthreads_online_cpu(): re-apply affinities now that ``cpu`` is online.
 
     Node-affine and preferred-affine kthreads get kthread_fetch_affinity()
@@ -131,7 +140,7 @@ def kthreads_online_cpu(rt, cpu, rebound=frozenset()):
     return n
 
 
-def kthreads_offline_cpu(rt, cpu):
+def kthreads_offline_cpu(rt: Runtime, cpu: int) -> int:
     """Keep node- and preferred-affine kthreads off ``cpu``, which went offline.
 
     On real sysfs the scheduler already does so; on a fake tree the host CPU

@@ -17,6 +17,8 @@ that dies without a result (a signal, ``os._exit``) gets ``-EOWNERDEAD``,
 recorded by kthreadd, with the signal in ``Task.exit_signal``.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import pickle
@@ -25,14 +27,21 @@ import sys
 import traceback
 
 from .._core import layout as L
-from .._core.blobs import read_blob, read_name, store_traceback
+from .._core.blobs import read_blob, store_traceback
 from .._core import syscalls as _sys
-from .._core.runtime import current_runtime, install
-from .._sched.completion import complete
+from .._core.runtime import Runtime, current_runtime, install
+from .._sched.completion import Completion, complete
 from .affinity import kthread_affine_node
 from .._sched import schedule as _sched
 from .._core import trace as _trace
 from .._sched.task import Task, TaskState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+    from typing import Any, NoReturn
+
+    from .._sched.task import ThreadFn  # typing only
 
 __all__ = ["kthread_main", "current", "kthread_should_stop", "kthread_should_park",
            "kthread_should_stop_or_park", "kthread_parkme", "kthread_exit",
@@ -45,17 +54,17 @@ EXCEPTION_RESULT = -errno.EFAULT
 class _KthreadExit(BaseException):
     """Raised by kthread_exit() to unwind to kthread_main (not an Exception)."""
 
-    def __init__(self, result):
+    def __init__(self, result: int) -> None:
         super().__init__(result)
         self.result = result
 
 
 # -- the kthread body ------------------------------------------------------------
 
-_self_data = None       # (threadfn, data) as this kthread received them
+_self_data: tuple[ThreadFn, Any] | None = None    # as this kthread received them
 
 
-def after_fork(rt, close_fds):
+def after_fork(rt: Runtime, close_fds: Iterable[int]) -> None:
     """First thing a child of kthreadd does: drop kthreadd's signal plumbing and
     descriptors, and die with kthreadd (PR_SET_PDEATHSIG)."""
     signal.set_wakeup_fd(-1)
@@ -67,7 +76,7 @@ def after_fork(rt, close_fds):
         os.close(fd)
 
 
-def kthread_main(rt, idx, gen):
+def kthread_main(rt: Runtime, idx: int, gen: int) -> NoReturn:
     """Body of a kthread, once assigned its slot (kernel: kthread()).  Never returns.
 
     Context: a child of kthreadd, after :func:`after_fork`.
@@ -99,7 +108,7 @@ def kthread_main(rt, idx, gen):
     _run(rt, base, name, threadfn, data)
 
 
-def _fail_publish(rt, base, text):
+def _fail_publish(rt: Runtime, base: int, text: str) -> NoReturn:
     mem = rt.mem
     if mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_FAILED) == \
             L.HANDOFF_WAITING:
@@ -109,7 +118,7 @@ def _fail_publish(rt, base, text):
     _exit_now(0)
 
 
-def _publish(rt, base):
+def _publish(rt: Runtime, base: int) -> None:
     """Tell the creator we exist, then sleep until the first wake-up."""
     mem = rt.mem
     mem.store32(base + T.state, TaskState.TASK_UNINTERRUPTIBLE)
@@ -124,7 +133,7 @@ def _publish(rt, base):
     _sched._sleep(rt, base, None)
 
 
-def _run(rt, base, name, threadfn, data):
+def _run(rt: Runtime, base: int, name: str, threadfn: ThreadFn, data: Any) -> NoReturn:
     mem = rt.mem
     mem.fetch_or32(base + T.flags, L.KF_STARTED)
     flags = mem.load32(base + T.flags)
@@ -144,10 +153,10 @@ def _run(rt, base, name, threadfn, data):
         sys.stderr.write(f"kproc: kthread {name!r} (pid {os.getpid()}) died: {text}")
         store_traceback(rt.arena, base, text)
         result, kind = EXCEPTION_RESULT, L.EXIT_EXCEPTION
-    _finish(rt, base, result, kind)
+    _finish(rt, base, name, result, kind)
 
 
-def _as_result(ret):
+def _as_result(ret: object) -> int:
     if ret is None:
         return 0
     if isinstance(ret, int):
@@ -157,7 +166,7 @@ def _as_result(ret):
     raise TypeError(f"threadfn must return an int (or None), not {type(ret).__name__}")
 
 
-def _finish(rt, base, result, kind):
+def _finish(rt: Runtime, base: int, name: str, result: int, kind: int) -> NoReturn:
     """kthread_exit(): publish the result, complete ``exited``, leave.
 
     Output is flushed first, so that what the kthread printed is out before
@@ -165,8 +174,7 @@ def _finish(rt, base, result, kind):
     """
     _flush_stdio()
     if _trace.ENABLED:
-        _trace.lifecycle("exit", os.getpid(), read_name(rt.arena, rt.self_idx, base),
-                         result=result)
+        _trace.lifecycle("exit", os.getpid(), name, result=result)
         _trace.flush()
     mem = rt.mem
     mem.store64(base + T.result, result)
@@ -178,7 +186,7 @@ def _finish(rt, base, result, kind):
     _exit_now(0)
 
 
-def _flush_stdio():
+def _flush_stdio() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
@@ -186,25 +194,25 @@ def _flush_stdio():
             pass
 
 
-def _exit_now(code):
+def _exit_now(code: int) -> NoReturn:
     _flush_stdio()
     os._exit(code)
 
 
 # -- in-kthread API ------------------------------------------------------------------
 
-def current():
+def current() -> Task | None:
     """The calling kthread's Task, or None when not called from a kthread.
 
-    Context: any.
+    Context: any.  Return: the Task, or None.
     """
     rt = current_runtime()
-    if rt is None or rt.self_base is None:
+    if rt is None or rt.self_idx is None or rt.self_gen is None:
         return None
     return Task(rt, rt.self_idx, rt.self_gen)
 
 
-def kthread_should_stop():
+def kthread_should_stop() -> bool:
     """kthread_should_stop(): has kthread_stop() been called on us?
 
     Context: kthread.  Return: bool.  Raises: RuntimeError outside a kthread.
@@ -213,7 +221,7 @@ def kthread_should_stop():
     return bool(rt.mem.load32(base + T.flags) & L.KF_SHOULD_STOP)
 
 
-def kthread_should_park():
+def kthread_should_park() -> bool:
     """kthread_should_park(): has kthread_park() been called on us?
 
     Context: kthread.  Return: bool.
@@ -222,13 +230,13 @@ def kthread_should_park():
     return bool(rt.mem.load32(base + T.flags) & L.KF_SHOULD_PARK)
 
 
-def kthread_should_stop_or_park():
-    """kthread_should_stop_or_park(): either of the two.  Context: kthread."""
+def kthread_should_stop_or_park() -> bool:
+    """kthread_should_stop_or_park(): either of the two.  Context: kthread.  Return: bool."""
     rt, base = _sched.need_current("kthread_should_stop_or_park")
     return bool(rt.mem.load32(base + T.flags) & (L.KF_SHOULD_STOP | L.KF_SHOULD_PARK))
 
 
-def parkme(rt, base):
+def parkme(rt: Runtime, base: int) -> None:
     """__kthread_parkme(): park while KTHREAD_SHOULD_PARK is set.
 
     TASK_PARKED is published *before* ``parked`` is completed, so that
@@ -244,7 +252,7 @@ def parkme(rt, base):
     mem.store32(base + T.state, TaskState.TASK_RUNNING)
 
 
-def kthread_parkme():
+def kthread_parkme() -> None:
     """kthread_parkme(): park until kthread_unpark() if asked to.
 
     Context: kthread; blocks while parked.
@@ -253,7 +261,7 @@ def kthread_parkme():
     parkme(rt, base)
 
 
-def kthread_exit(result):
+def kthread_exit(result: int) -> NoReturn:
     """kthread_exit(): end the calling kthread now with ``result``.  Does not return.
 
     Implemented by raising a BaseException that unwinds to the kthread body
@@ -266,7 +274,7 @@ def kthread_exit(result):
     raise _KthreadExit(_as_result(result))
 
 
-def kthread_complete_and_exit(comp, code):
+def kthread_complete_and_exit(comp: Completion | None, code: int) -> NoReturn:
     """kthread_complete_and_exit(): complete ``comp`` (if not None), then exit with ``code``.
 
     Context: kthread.  Does not return.
@@ -279,6 +287,6 @@ def kthread_complete_and_exit(comp, code):
     raise _KthreadExit(_as_result(code))
 
 
-def self_data():
+def self_data() -> tuple[ThreadFn, Any] | None:
     """(threadfn, data) as this kthread received them, or None."""
     return _self_data

@@ -16,6 +16,8 @@ target kthread (its slot turning dead), so nobody hangs on a dead process.
 Runs in the caller (any process of the runtime).
 """
 
+from __future__ import annotations
+
 import errno
 import pickle
 import time
@@ -29,9 +31,17 @@ from .affinity import apply_mask, fetch_affinity, record_mask
 from .body import self_data
 from .._sched.completion import wait_at
 from .._core.errors import KthreadError, kernel_warn
-from .._sched.task import TaskState, resolve
-from .._sched.task import TASK_STATES
+from .._sched.task import Task, TaskState, resolve
+from .._sched.task import TASK_NORMAL, TASK_STATES
 from .._freezer import kick_frozen
+from .._core.runtime import Runtime
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import Any
+
+    from .._sched.task import ThreadFn  # typing only
 
 __all__ = ["wake_up_process", "kthread_bind", "kthread_bind_mask",
            "kthread_affine_preferred", "kthread_stop", "kthread_stop_put", "kthread_park",
@@ -43,18 +53,18 @@ T = L.TASK
 INACTIVE_TIMEOUT = 1.0
 
 
-def pid_comm(rt, base, idx):
+def pid_comm(rt: Runtime, base: int, idx: int) -> tuple[int, str]:
     """The pid and name of the kthread in slot ``idx``, for trace events."""
     return L.unpack_field(rt.buf, base, T, "pid"), read_name(rt.arena, idx, base)
 
 
-def trace_event(rt, base, idx, event, **args):
+def trace_event(rt: Runtime, base: int, idx: int, event: str, /, **args: object) -> None:
     _trace.lifecycle(event, *pid_comm(rt, base, idx), **args)
 
 
 # -- waking and binding ----------------------------------------------------------------
 
-def wake_up_process(task):
+def wake_up_process(task: Task) -> bool:
     """wake_up_process(): wake ``task`` if it sleeps in TASK_INTERRUPTIBLE or
     TASK_UNINTERRUPTIBLE (the first wake-up of a new kthread included).
 
@@ -68,7 +78,7 @@ def wake_up_process(task):
     return woken
 
 
-def _inactive_new(rt, base, fn_name):
+def _inactive_new(rt: Runtime, base: int, fn_name: str) -> bool:
     """wait_task_inactive(TASK_UNINTERRUPTIBLE) and !started, or warn and refuse."""
     mem = rt.mem
     if mem.load32(base + T.flags) & L.KF_STARTED or \
@@ -79,7 +89,7 @@ def _inactive_new(rt, base, fn_name):
     return True
 
 
-def _bind_mask(rt, base, mask, fn_name):
+def _bind_mask(rt: Runtime, base: int, mask: frozenset[int], fn_name: str) -> None:
     if not _inactive_new(rt, base, fn_name):
         return
     record_mask(rt, base, "bound", mask)
@@ -87,7 +97,7 @@ def _bind_mask(rt, base, mask, fn_name):
     apply_mask(rt, L.unpack_field(rt.buf, base, T, "pid"), mask)
 
 
-def kthread_bind(task, cpu):
+def kthread_bind(task: Task, cpu: int) -> None:
     """kthread_bind(): bind a just-created kthread to ``cpu``.
 
     The CPU must be possible and may be offline (applied when it comes up).
@@ -100,7 +110,7 @@ def kthread_bind(task, cpu):
     _bind_mask(rt, base, frozenset((cpu,)), "kthread_bind")
 
 
-def kthread_bind_mask(task, cpus):
+def kthread_bind_mask(task: Task, cpus: Iterable[int]) -> None:
     """kthread_bind_mask(): bind a just-created kthread to the CPUs in ``cpus``.
 
     Context and errors: as kthread_bind().
@@ -109,7 +119,7 @@ def kthread_bind_mask(task, cpus):
     _bind_mask(rt, base, check_mask(rt.topology, cpus), "kthread_bind_mask")
 
 
-def kthread_affine_preferred(task, cpus):
+def kthread_affine_preferred(task: Task, cpus: Iterable[int]) -> int:
     """kthread_affine_preferred(): prefer ``cpus`` (∩ housekeeping) for a new kthread.
 
     Re-applied when a CPU comes online.  Context: any; before the first
@@ -131,7 +141,7 @@ def kthread_affine_preferred(task, cpus):
     return 0
 
 
-def kthread_set_per_cpu(task, cpu):
+def kthread_set_per_cpu(task: Task, cpu: int) -> None:
     """kthread_set_per_cpu(): mark ``task`` per-CPU for ``cpu`` (cpu < 0 clears it).
 
     Context: any.  KernelWarning if the kthread is not bound.
@@ -149,7 +159,7 @@ def kthread_set_per_cpu(task, cpu):
     mem.fetch_or32(base + T.flags, L.KF_IS_PER_CPU)
 
 
-def kthread_is_per_cpu(task):
+def kthread_is_per_cpu(task: Task) -> bool:
     """kthread_is_per_cpu(): Return: True if ``task`` is marked per-CPU."""
     rt, base = resolve(task)
     return bool(rt.mem.load32(base + T.flags) & L.KF_IS_PER_CPU)
@@ -157,20 +167,20 @@ def kthread_is_per_cpu(task):
 
 # -- park, unpark, stop ---------------------------------------------------------------
 
-def _dead_peer(rt, base):
+def _dead_peer(rt: Runtime, base: int) -> Callable[[], int | None]:
     """Peer check for waits on a kthread: a value once it died."""
-    def check():
+    def check() -> int | None:
         if rt.mem.load32(base + T.slot) in (L.SLOT_EXITING, L.SLOT_DEAD):
             return -errno.ENOSYS
         return None
     return check
 
 
-def _wait_inactive(rt, base, state, timeout=INACTIVE_TIMEOUT):
+def _wait_inactive(rt: Runtime, base: int, state: int, timeout: float = INACTIVE_TIMEOUT) -> bool:
     """wait_task_inactive(): until the task sleeps in ``state``.  Return: bool."""
     mem = rt.mem
     deadline = time.monotonic() + timeout
-    delay = 0
+    delay: float = 0
     while not (mem.load32(base + T.state) == state and mem.load32(base + T.sleeping)):
         if mem.load32(base + T.slot) in (L.SLOT_EXITING, L.SLOT_DEAD) or \
                 time.monotonic() > deadline:
@@ -180,7 +190,7 @@ def _wait_inactive(rt, base, state, timeout=INACTIVE_TIMEOUT):
     return True
 
 
-def kthread_park(task):
+def kthread_park(task: Task) -> int:
     """kthread_park(): park ``task`` (it sleeps in TASK_PARKED until unparked).
 
     Works on a created, never-woken kthread: it parks without calling threadfn.
@@ -215,7 +225,7 @@ def kthread_park(task):
     return 0
 
 
-def kthread_unpark(task):
+def kthread_unpark(task: Task) -> None:
     """kthread_unpark(): let a parked kthread run again (no-op unless asked to park).
 
     A per-CPU kthread is re-bound to its CPU first.  Context: any; never blocks.
@@ -226,7 +236,7 @@ def kthread_unpark(task):
     _unpark(rt, base)
 
 
-def _unpark(rt, base):
+def _unpark(rt: Runtime, base: int) -> None:
     mem = rt.mem
     flags = mem.load32(base + T.flags)
     if not flags & L.KF_SHOULD_PARK:
@@ -241,14 +251,14 @@ def _unpark(rt, base):
     _sched.wake_up_state(rt, base, TaskState.TASK_PARKED)
 
 
-def request_stop(rt, base):
+def request_stop(rt: Runtime, base: int) -> int:
     mem = rt.mem
     mem.fetch_add32(base + T.refs, 1)
     try:
         mem.fetch_or32(base + T.flags, L.KF_SHOULD_STOP)
         _unpark(rt, base)
         _sched.notify_signal(rt, base)
-        _sched.wake_up_state(rt, base, _sched.TASK_NORMAL, stop_wake=True)
+        _sched.wake_up_state(rt, base, TASK_NORMAL, stop_wake=True)
         if mem.load32(base + T.state) == _sched.FROZEN:
             kick_frozen(rt)
         wait_at(rt, base + T.exited, None, "uninterruptible")
@@ -257,7 +267,7 @@ def request_stop(rt, base):
         mem.fetch_add32(base + T.refs, -1)
 
 
-def kthread_stop(task):
+def kthread_stop(task: Task) -> int:
     """kthread_stop(): ask ``task`` to stop, wake it, and wait for it to exit.
 
     Ends interruptible kproc sleeps at once; an uninterruptible timed sleep
@@ -284,7 +294,7 @@ def kthread_stop(task):
     return ret
 
 
-def kthread_stop_put(task):
+def kthread_stop_put(task: Task) -> int:
     """kthread_stop_put(): kthread_stop() then put_task_struct().  Return: as kthread_stop()."""
     result = kthread_stop(task)
     put_task_struct(task)
@@ -293,15 +303,16 @@ def kthread_stop_put(task):
 
 # -- accessors ---------------------------------------------------------------------------
 
-def _payload(task):
+def _payload(task: Task) -> tuple[ThreadFn, Any]:
     rt, base = resolve(task)
-    if rt.self_base == base and self_data() is not None:
-        return self_data()
+    mine = self_data()
+    if rt.self_base == base and mine is not None:
+        return mine
     _, fn_pickle, data_pickle = read_blob(rt.arena, task._idx, base)
     return pickle.loads(fn_pickle), pickle.loads(data_pickle)
 
 
-def kthread_data(task):
+def kthread_data(task: Task) -> Any:
     """kthread_data(): the ``data`` given at creation.
 
     In the kthread itself, the very object threadfn received; elsewhere a copy.
@@ -310,7 +321,7 @@ def kthread_data(task):
     return _payload(task)[1]
 
 
-def kthread_probe_data(task):
+def kthread_probe_data(task: Task) -> Any:
     """kthread_probe_data(): like kthread_data(), but None instead of an error
     for anything that is not a live kthread handle.  Context: any; never raises.
     """
@@ -320,18 +331,18 @@ def kthread_probe_data(task):
         return None
 
 
-def kthread_func(task):
+def kthread_func(task: Task) -> ThreadFn:
     """kthread_func(): the threadfn ``task`` was created with.  Context: any."""
     return _payload(task)[0]
 
 
-def get_kthread_comm(task):
+def get_kthread_comm(task: Task) -> str:
     """get_kthread_comm(): the full name (comm is cut to 15 bytes).  Context: any."""
     resolve(task)
     return task.name
 
 
-def get_task_struct(task):
+def get_task_struct(task: Task) -> Task:
     """get_task_struct(): pin ``task``'s slot (it is not recycled until put).
 
     Context: any.  Return: ``task``.
@@ -341,7 +352,7 @@ def get_task_struct(task):
     return task
 
 
-def put_task_struct(task):
+def put_task_struct(task: Task) -> None:
     """put_task_struct(): drop a pin taken with get_task_struct().
 
     Context: any.  KernelWarning (and nothing done) if not pinned.
@@ -358,7 +369,7 @@ def put_task_struct(task):
             return
 
 
-def task_state(task):
+def task_state(task: Task) -> TaskState | int:
     """The task's state (a TaskState: TASK_RUNNING, TASK_PARKED, TASK_DEAD...).
 
     Context: any; a snapshot.

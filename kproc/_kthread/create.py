@@ -15,6 +15,8 @@ death ends it with ``KthreadError(ESRCH)``.
 Runs in the caller (any process of the runtime).
 """
 
+from __future__ import annotations
+
 import errno
 import os
 import time
@@ -26,10 +28,17 @@ from .._core.blobs import read_traceback, write_blob
 from .._core.checks import check_cpu, check_int
 from .._core.errors import KthreadError
 from .._core.funcref import pickle_data, pickle_function
-from .._core.runtime import get_runtime
+from .._core.runtime import Runtime, get_runtime
 from .._sched.completion import wait_at
 from .._sched.task import Task, TaskState
 from .control import kthread_bind, request_stop, trace_event, wake_up_process
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
+    from typing import TypeVar
+
+    D = TypeVar("D")              # a threadfn's data: what it is called with
 
 __all__ = ["kthread_create", "kthread_create_on_node", "kthread_create_on_cpu", "kthread_run",
            "kthread_run_on_cpu", "format_name", "NUMA_NO_NODE"]
@@ -40,9 +49,10 @@ T = L.TASK
 
 # -- argument checks -----------------------------------------------------------------
 
-def format_name(namefmt, args):
+def format_name(namefmt: str, args: Iterable[object]) -> tuple[str, bytes]:
     """Format a printf-style kthread name (``namefmt % args``).
 
+    Return: the name and its UTF-8 bytes.
     Raises: TypeError / ValueError with a clear message on a bad format.
     """
     if not isinstance(namefmt, str):
@@ -60,7 +70,7 @@ def format_name(namefmt, args):
     return name, raw
 
 
-def _check_node(rt, node):
+def _check_node(rt: Runtime, node: int) -> None:
     check_int("node", node)
     if node != NUMA_NO_NODE:
         nodes = rt.topology.nodes()
@@ -70,7 +80,8 @@ def _check_node(rt, node):
 
 # -- creation ------------------------------------------------------------------------
 
-def kthread_create_on_node(threadfn, data, node, namefmt, *args):
+def kthread_create_on_node(threadfn: Callable[[D], int | None], data: D, node: int,
+                           namefmt: str, *args: object) -> Task:
     """kthread_create_on_node(): create a kthread, asleep until woken.
 
     @threadfn: ``threadfn(data) -> int``, a module-level function (passed by
@@ -99,7 +110,8 @@ def kthread_create_on_node(threadfn, data, node, namefmt, *args):
     return _create(rt, raw, fn_pickle, data_pickle, node)
 
 
-def _create(rt, raw_name, fn_pickle, data_pickle, node):
+def _create(rt: Runtime, raw_name: bytes, fn_pickle: bytes, data_pickle: bytes,
+            node: int) -> Task:
     arena, mem = rt.arena, rt.mem
     with arena.locked():
         idx, gen = _alloc_task(rt)
@@ -134,7 +146,7 @@ def _create(rt, raw_name, fn_pickle, data_pickle, node):
     return task
 
 
-def _alloc_task(rt):
+def _alloc_task(rt: Runtime) -> tuple[int, int]:
     """alloc_task(), waiting out slots whose kthread exited but is not reaped yet.
 
     kthread_stop() returns as soon as the kthread has exited; kthreadd reaps
@@ -155,7 +167,7 @@ def _alloc_task(rt):
             rt.mem.mutex_lock(rt.arena.lock_off)
 
 
-def _abandon(rt, base, task):
+def _abandon(rt: Runtime, base: int, task: Task) -> None:
     """The creator is leaving (an exception while waiting): give up the request."""
     mem = rt.mem
     prev = mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_ABANDONED)
@@ -168,12 +180,14 @@ def _abandon(rt, base, task):
             pass
 
 
-def kthread_create(threadfn, data, namefmt, *args):
+def kthread_create(threadfn: Callable[[D], int | None], data: D, namefmt: str,
+                   *args: object) -> Task:
     """kthread_create(): kthread_create_on_node() with NUMA_NO_NODE.  See there."""
     return kthread_create_on_node(threadfn, data, NUMA_NO_NODE, namefmt, *args)
 
 
-def kthread_create_on_cpu(threadfn, data, cpu, namefmt):
+def kthread_create_on_cpu(threadfn: Callable[[D], int | None], data: D, cpu: int,
+                          namefmt: str) -> Task:
     """kthread_create_on_cpu(): create a kthread bound to ``cpu``.
 
     @namefmt: a name with (at most) one ``%u``, filled with the CPU number.
@@ -191,14 +205,16 @@ def kthread_create_on_cpu(threadfn, data, cpu, namefmt):
     return task
 
 
-def kthread_run(threadfn, data, namefmt, *args):
+def kthread_run(threadfn: Callable[[D], int | None], data: D, namefmt: str,
+                *args: object) -> Task:
     """kthread_run(): kthread_create() then wake_up_process().  Return: the Task."""
     task = kthread_create(threadfn, data, namefmt, *args)
     wake_up_process(task)
     return task
 
 
-def kthread_run_on_cpu(threadfn, data, cpu, namefmt):
+def kthread_run_on_cpu(threadfn: Callable[[D], int | None], data: D, cpu: int,
+                       namefmt: str) -> Task:
     """kthread_run_on_cpu(): kthread_create_on_cpu() then wake_up_process()."""
     task = kthread_create_on_cpu(threadfn, data, cpu, namefmt)
     wake_up_process(task)

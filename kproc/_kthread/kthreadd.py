@@ -28,6 +28,8 @@ It waits in ``select`` on three descriptors (eventfd, alive pipe, SIGCHLD
 wake-up pipe), so it is single-threaded and forking is safe.
 """
 
+from __future__ import annotations
+
 import errno
 import gc
 import importlib
@@ -45,13 +47,19 @@ from .._core.funcref import prepare_main
 from .._core import runtime as _runtime
 from .._core import trace as _trace
 from .._core.topology import Topology
-from .._core.wait import FutexWaits, PosixWaits
+from .._core.wait import FutexWaits, PosixWaits, unlink_semaphores
 from .._sched.schedule import wake_up_process_raw
 from . import body as _kthread
 from . import affinity as _affinity  # noqa: F401  preloaded: every fork has it
 from .._sched import completion as _completion  # noqa: F401  preloaded
 from . import control as _control  # noqa: F401  preloaded
 from .._core import syscalls as _sys  # noqa: F401  preloaded
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import struct
+    from types import FrameType
+    from typing import Any, NoReturn
 
 # Asynchronous signals kthreadd ignores (and kthreads inherit ignored), like
 # ignore_signals(current) in the kernel's kthreadd.  Synchronous faults keep
@@ -63,10 +71,10 @@ IGNORED_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2
 KILLED_RESULT = -errno.EOWNERDEAD
 
 
-def main():
+def main() -> NoReturn:
     """Entry point: ``python -c 'import kproc._kthread.kthreadd as k; k.main()' --arena=N ...``."""
-    fds = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if arg.startswith("--"))
-    fds = {k: int(v) for k, v in fds.items()}
+    args = dict(arg[2:].split("=", 1) for arg in sys.argv[1:] if arg.startswith("--"))
+    fds = {k: int(v) for k, v in args.items()}
     ready = fds["ready"]
     try:
         daemon = Kthreadd(fds)
@@ -82,7 +90,7 @@ def main():
 class Kthreadd:
     """kthreadd's state: the arena, its children and the descriptors it waits on."""
 
-    def __init__(self, fds):
+    def __init__(self, fds: dict[str, int]) -> None:
         _sys.set_comm("kthreadd")
         for name in IGNORED_SIGNALS:
             if hasattr(signal, name):
@@ -92,14 +100,15 @@ class Kthreadd:
         sys.path[:] = boot["sys_path"]
         if boot["kproc_parent"] not in sys.path:
             sys.path.append(boot["kproc_parent"])
-        self.boot = boot
+        self.boot: dict[str, Any] = boot
         self.wake_fd = fds["wake"]
         self.alive_fd = fds["alive"]
         self.arena = Arena.attach(fds["arena"])
         self.rt = self._make_runtime(boot)
-        self.children = {}          # pid -> (slot index, generation)
-        self.inflight = {}          # slot index -> creator pid, until published
-        self.spares = []            # (pid, write end of its assignment pipe)
+        # pid -> (slot index, generation); None for a spare at teardown
+        self.children: dict[int, tuple[int, int] | None] = {}
+        self.inflight: dict[int, int] = {}  # slot index -> creator pid, until published
+        self.spares: list[tuple[int, int]] = []  # (pid, write end of its assignment pipe)
         self.spare_target = int(os.environ.get("KPROC_SPARES", "2"))
         self.spare_modules = len(sys.modules)
         _sys.reset_scheduling()
@@ -115,28 +124,26 @@ class Kthreadd:
         gc.collect()
         gc.freeze()
 
-    def _make_runtime(self, boot):
+    def _make_runtime(self, boot: dict[str, Any]) -> _runtime.Runtime:
         mem = self.arena.mem
+        waits: FutexWaits | PosixWaits
         if boot["backend"] == "posix":
             import posix_ipc      # only the posix backend needs it
             sems = [posix_ipc.Semaphore(n) for n in boot["sem_names"]]
-            for n in boot["sem_names"]:
-                try:
-                    posix_ipc.unlink_semaphore(n)
-                except posix_ipc.ExistentialError:
-                    pass
+            unlink_semaphores(boot["sem_names"])
             waits = PosixWaits(mem, sems, L.HEADER.posix_waiters)
         else:
-            waits = FutexWaits(mem, mem.load32(L.HEADER.spin_ns))
+            # The owner chose futex, so Mem is the native one here too.
+            waits = FutexWaits(mem, mem.load32(L.HEADER.spin_ns))  # type: ignore[arg-type]
         rt = _runtime.Runtime(self.arena, waits, _runtime.Role.KTHREADD, self.wake_fd,
                               os.getpid(), Topology(boot["sysfs_root"]), boot["trace"],
                               boot["main"])
         _runtime.install(rt)
         if boot["trace"]:
-            _trace.setup(rt, boot["trace"])
+            _trace.setup(rt.role.value, boot["trace"])
         return rt
 
-    def _set_allowed_and_affinity(self):
+    def _set_allowed_and_affinity(self) -> None:
         """Record the CPUs kthreadd may use and move onto the housekeeping ones.
 
         The kernel intersects a requested affinity with the cpuset, so asking
@@ -158,7 +165,7 @@ class Kthreadd:
 
     # -- main loop ---------------------------------------------------------------
 
-    def serve(self):
+    def serve(self) -> NoReturn:
         """Serve creates and reap until the owner goes away; never returns."""
         while True:
             short = len(self.spares) < self.spare_target
@@ -181,7 +188,7 @@ class Kthreadd:
                 _drain(self.wake_fd)
                 self.serve_creates()
 
-    def serve_creates(self):
+    def serve_creates(self) -> None:
         """Pop every pending create request and fork a kthread for each."""
         arena, mem, T = self.arena, self.arena.mem, L.TASK
         with arena.locked():
@@ -198,7 +205,7 @@ class Kthreadd:
                 continue
             self.create_kthread(idx, base)
 
-    def create_kthread(self, idx, base):
+    def create_kthread(self, idx: int, base: int) -> None:
         """Start the kthread for slot ``idx`` (kernel: create_kthread): hand the
         slot to a spare child, or fork one now if there is none."""
         arena, mem, T = self.arena, self.arena.mem, L.TASK
@@ -211,7 +218,7 @@ class Kthreadd:
             try:
                 pid = os.fork()
             except OSError as exc:
-                self._fail_create(base, -exc.errno, f"fork failed: {exc}")
+                self._fail_create(base, -(exc.errno or errno.EAGAIN), f"fork failed: {exc}")
                 return
             if pid == 0:
                 _kthread.after_fork(self.rt, self._child_closes())
@@ -220,7 +227,7 @@ class Kthreadd:
         self.children[pid] = (idx, gen)
         self.inflight[idx] = L.unpack_field(arena.buf, base, T, "creator")
 
-    def _assign_spare(self, idx, gen):
+    def _assign_spare(self, idx: int, gen: int) -> int | None:
         while self.spares:
             pid, wfd = self.spares.pop(0)
             try:
@@ -232,7 +239,7 @@ class Kthreadd:
                 os.close(wfd)
         return None
 
-    def fork_spare(self):
+    def fork_spare(self) -> None:
         """Fork one spare child, blocked until it is handed a slot."""
         r, w = os.pipe2(os.O_CLOEXEC)
         try:
@@ -257,13 +264,13 @@ class Kthreadd:
         self.spares.append((pid, w))
         self.spare_modules = len(sys.modules)
 
-    def discard_spares(self):
+    def discard_spares(self) -> None:
         """Let every spare exit (they read EOF); they are reaped as usual."""
         for _, wfd in self.spares:
             os.close(wfd)
         self.spares = []
 
-    def _prepare_threadfn(self, idx, base):
+    def _prepare_threadfn(self, idx: int, base: int) -> None:
         """Import threadfn's module here once, so that every later fork has it."""
         try:
             _, fn_pickle, data_pickle = read_blob(self.arena, idx, base)
@@ -273,10 +280,10 @@ class Kthreadd:
         except BaseException:
             pass  # the kthread itself reports the failure to its creator
 
-    def _child_closes(self):
+    def _child_closes(self) -> tuple[int, ...]:
         return (self.alive_fd, self.sig_r, self.sig_w)
 
-    def _fail_create(self, base, err, text):
+    def _fail_create(self, base: int, err: int, text: str) -> None:
         mem, T = self.arena.mem, L.TASK
         if mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_FAILED) != \
                 L.HANDOFF_WAITING:
@@ -287,7 +294,7 @@ class Kthreadd:
 
     # -- reaping -----------------------------------------------------------------
 
-    def reap(self):
+    def reap(self) -> None:
         """Reap every exited kthread and record how it ended."""
         while True:
             try:
@@ -301,7 +308,7 @@ class Kthreadd:
                 self._record_exit(pid, status, *entry)
             self._abandon_creates_of(pid)
 
-    def _record_exit(self, pid, status, idx, gen):
+    def _record_exit(self, pid: int, status: int, idx: int, gen: int) -> None:
         arena, mem, T = self.arena, self.arena.mem, L.TASK
         base = arena.task_off(idx)
         self.inflight.pop(idx, None)
@@ -334,7 +341,7 @@ class Kthreadd:
                 mem.store64(base + T.death, arena.next_death())
                 mem.store32(base + T.slot, L.SLOT_DEAD)
 
-    def _abandon_creates_of(self, pid):
+    def _abandon_creates_of(self, pid: int) -> None:
         """A creator died: abandon its creates (kernel: xchg(&create->done, NULL)).
 
         A request not yet served is skipped; a kthread not yet published exits
@@ -362,7 +369,7 @@ class Kthreadd:
                     mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_ABANDONED)
                 head = mem.load32(base + T.next)
 
-    def teardown(self):
+    def teardown(self) -> NoReturn:
         """The owner is gone: kill every kthread, reap them, and exit."""
         self.arena.mem.store32(L.HEADER.alive, 0)
         for pid, _ in self.spares:
@@ -386,11 +393,11 @@ class Kthreadd:
         os._exit(0)
 
 
-def _noop(signum, frame):
+def _noop(signum: int, frame: FrameType | None) -> None:
     pass
 
 
-def _drain(fd):
+def _drain(fd: int) -> None:
     try:
         while os.read(fd, 4096):
             pass
@@ -398,7 +405,7 @@ def _drain(fd):
         pass
 
 
-def read_record(fd, record):
+def read_record(fd: int, record: struct.Struct) -> tuple[Any, ...]:
     """Read one fixed-size ``struct.Struct`` record from a pipe, whole.
 
     A short read loops until the record is complete (a pipe may split a

@@ -18,6 +18,8 @@ killable waits in a kthread publish the futex word they sleep on so that
 kthread_stop() can wake them (``_sched.notify_signal``).
 """
 
+from __future__ import annotations
+
 import collections
 import os
 import time
@@ -26,8 +28,17 @@ from .._core import layout as L
 from .._core.checks import check_seconds
 from .._core.errors import KthreadError, stale
 from .._core.handle import Handle
-from .._core.runtime import get_runtime, TICK_NS
+from .._core.runtime import Runtime, get_runtime, TICK_NS
 from .task import TaskState
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Literal
+
+    from .._core.wait import RawWait  # typing only
+
+    WaitMode = Literal["uninterruptible", "interruptible", "killable"]
 
 __all__ = ["Completion", "init_completion", "reinit_completion", "complete", "complete_all",
            "wait_for_completion", "wait_for_completion_timeout",
@@ -40,7 +51,7 @@ T = L.TASK
 
 # Slots of completions collected while the arena lock may be held by this very
 # thread (GC can run anywhere): freed at the next allocation instead.
-_pending_free = collections.deque()
+_pending_free: collections.deque[tuple[Runtime, int, int]] = collections.deque()
 
 
 class Completion(Handle):
@@ -52,8 +63,14 @@ class Completion(Handle):
 
     __slots__ = ("_off", "_gen_off", "_owner", "_complete", "_wait", "_spin", "__weakref__")
     _what = "completion"
+    _off: int
+    _gen_off: int
+    _owner: int | None
+    _complete: Callable[[int, bool, int, int], int]
+    _wait: RawWait
+    _spin: int
 
-    def __init__(self):
+    def __init__(self) -> None:
         rt = get_runtime()
         while _pending_free:
             prt, idx, gen = _pending_free.popleft()
@@ -63,7 +80,7 @@ class Completion(Handle):
         self._bind(rt, idx, gen, off)
         self._owner = os.getpid()
 
-    def _bind(self, rt, idx, gen, off):
+    def _bind(self, rt: Runtime, idx: int, gen: int, off: int) -> None:
         self._rt = rt
         self._idx = idx
         self._gen = gen
@@ -75,14 +92,14 @@ class Completion(Handle):
         self._wait = rt.waits.raw_completion_wait()
         self._spin = rt.waits.spin_ns
 
-    def __del__(self):
+    def __del__(self) -> None:
         try:
             if self._owner == os.getpid() and not self._rt.closed:
                 _pending_free.append((self._rt, self._idx, self._gen))
         except AttributeError:
             pass
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         try:
             done = self._rt.mem.load32(_check(self))
             return f"<Completion done={'ALL' if done == 0xFFFFFFFF else done}>"
@@ -91,14 +108,14 @@ class Completion(Handle):
 
 
     @classmethod
-    def _attach(cls, rt, idx, gen):
+    def _attach(cls, rt: Runtime, idx: int, gen: int) -> Completion:
         c = cls.__new__(cls)
         c._bind(rt, idx, gen, rt.arena.comp_slot_off(idx) + L.USERCOMP.comp)
         c._owner = None
         return c
 
 
-def _check(c):
+def _check(c: object) -> int:
     """Offset of ``c``'s record; raises if ``c`` is not a live Completion."""
     if not isinstance(c, Completion):
         raise TypeError(f"expected a kproc.Completion, not {type(c).__name__}")
@@ -108,27 +125,27 @@ def _check(c):
     return c._off
 
 
-def init_completion(c):
+def init_completion(c: Completion) -> None:
     """init_completion(): reset ``c`` to not done.  Context: any; no waiter may be
     sleeping on it (as in the kernel)."""
     off = _check(c)
     c._rt.mem.store32(off, 0)
 
 
-def reinit_completion(c):
+def reinit_completion(c: Completion) -> None:
     """reinit_completion(): reset ``done`` to 0 (after complete_all). Context: any."""
     off = _check(c)
     c._rt.mem.store32(off, 0)
 
 
-def complete(c):
+def complete(c: Completion) -> None:
     """complete(): let one waiter (present or future) through.  Context: any; never blocks."""
     if c.__class__ is not Completion or c._rt.closed or \
             c._complete(c._off, False, c._gen_off, c._gen) < 0:
         _check(c)                     # raises the right error
 
 
-def complete_all(c):
+def complete_all(c: Completion) -> None:
     """complete_all(): let every present and future waiter through until reinit.
 
     Context: any; never blocks.
@@ -137,7 +154,7 @@ def complete_all(c):
     c._rt.waits.completion_complete(off, True)
 
 
-def try_wait_for_completion(c):
+def try_wait_for_completion(c: Completion) -> bool:
     """try_wait_for_completion(): take ``c`` if done, without blocking.
 
     Return: True if taken, False if it was not done.
@@ -146,13 +163,13 @@ def try_wait_for_completion(c):
     return c._rt.waits.completion_try(off)
 
 
-def completion_done(c):
+def completion_done(c: Completion) -> bool:
     """completion_done(): True if a wait on ``c`` would not block."""
     off = _check(c)
     return c._rt.waits.completion_done(off)
 
 
-def wait_for_completion(c):
+def wait_for_completion(c: Completion) -> None:
     """wait_for_completion(): wait (uninterruptibly) until ``c`` is completed.
 
     Context: any process of the runtime; blocks.
@@ -170,7 +187,7 @@ def wait_for_completion(c):
     wait_at(c._rt, c._off, None, "uninterruptible", _live(c))
 
 
-def wait_for_completion_timeout(c, timeout):
+def wait_for_completion_timeout(c: Completion, timeout: float) -> float:
     """wait_for_completion_timeout(): wait at most ``timeout`` seconds.
 
     Return: seconds left (> 0) if completed, 0 on timeout.
@@ -187,7 +204,7 @@ def wait_for_completion_timeout(c, timeout):
     return max(timeout - (time.monotonic() - start), 1e-9)
 
 
-def wait_for_completion_interruptible(c):
+def wait_for_completion_interruptible(c: Completion) -> int:
     """wait_for_completion_interruptible(): as wait_for_completion, but in a
     kthread kthread_stop() ends it.
 
@@ -197,10 +214,10 @@ def wait_for_completion_interruptible(c):
     rt = c._rt
     if rt.waits.completion_try(off):
         return 0
-    return wait_at(rt, off, None, "interruptible", _live(c))
+    return wait_at(rt, off, None, "interruptible", _live(c)) or 0  # untimed: never None
 
 
-def wait_for_completion_killable(c):
+def wait_for_completion_killable(c: Completion) -> int:
     """wait_for_completion_killable(): like the interruptible wait (kthread_stop()
     is the only "fatal signal" a kthread receives).
 
@@ -210,17 +227,18 @@ def wait_for_completion_killable(c):
     rt = c._rt
     if rt.waits.completion_try(off):
         return 0
-    return wait_at(rt, off, None, "killable", _live(c))
+    return wait_at(rt, off, None, "killable", _live(c)) or 0  # untimed: never None
 
 
-def _live(c):
+def _live(c: Completion) -> Callable[[], None]:
     """A peer check for user completions: raise once ``c`` is freed."""
-    def check():
+    def check() -> None:
         _check(c)
     return check
 
 
-def wait_at(rt, off, timeout, mode, peer=None):
+def wait_at(rt: Runtime, off: int, timeout: float | None, mode: WaitMode,
+            peer: Callable[[], int | None] | None = None) -> int | None:
     """Wait on the completion record at ``off``; the slow path of every wait.
 
     @timeout: seconds or None.  @mode: "uninterruptible", "interruptible" or
@@ -242,7 +260,7 @@ def wait_at(rt, off, timeout, mode, peer=None):
     try:
         while True:
             snap = mem.load32(seq_off)
-            if interruptible and mem.load32(me + T.flags) & L.KF_SHOULD_STOP:
+            if interruptible and me is not None and mem.load32(me + T.flags) & L.KF_SHOULD_STOP:
                 return 0 if waits.completion_try(off) else -ERESTARTSYS
             if deadline is None:
                 tick = TICK_NS

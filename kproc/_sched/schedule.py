@@ -25,12 +25,14 @@ KTHREAD_SHOULD_STOP, while the stopper sets the bit and then looks for the
 mark: one of them always sees the other, so the wake-up cannot be lost.
 """
 
+from __future__ import annotations
+
 import math
 import time
 
 from .._core import layout as L
 from .._core.checks import check_seconds
-from .._core.runtime import current_runtime
+from .._core.runtime import Runtime, current_runtime
 from .task import TaskState, TASK_NORMAL
 
 __all__ = ["wake_up_state", "wake_up_process_raw", "notify_signal", "need_current",
@@ -47,7 +49,7 @@ FROZEN = TaskState.TASK_FROZEN
 SETTABLE_STATES = (RUNNING, INTERRUPTIBLE, UNINTERRUPTIBLE)
 
 
-def need_current(fn_name):
+def need_current(fn_name: str) -> tuple[Runtime, int]:
     """(runtime, own slot offset) of the calling kthread.
 
     Raises: RuntimeError when not called from a kthread.
@@ -60,7 +62,7 @@ def need_current(fn_name):
     return rt, rt.self_base
 
 
-def wake_up_state(rt, base, mask, stop_wake=False):
+def wake_up_state(rt: Runtime, base: int, mask: int, stop_wake: bool = False) -> bool:
     """try_to_wake_up(): move a task sleeping in a state of ``mask`` to RUNNING.
 
     ``stop_wake`` is kthread_stop()'s wake: in TASK_UNINTERRUPTIBLE it wakes
@@ -85,12 +87,12 @@ def wake_up_state(rt, base, mask, stop_wake=False):
     return True
 
 
-def wake_up_process_raw(rt, base):
+def wake_up_process_raw(rt: Runtime, base: int) -> bool:
     """wake_up_process() on a slot: wake TASK_NORMAL sleepers."""
     return wake_up_state(rt, base, TASK_NORMAL)
 
 
-def notify_signal(rt, base):
+def notify_signal(rt: Runtime, base: int) -> None:
     """Wake the interruptible wait the task published in ``wait_off``, if any."""
     off = rt.mem.load32(base + T.wait_off)
     if off:
@@ -98,12 +100,12 @@ def notify_signal(rt, base):
         rt.waits.wake(off)
 
 
-def signal_pending(rt, base):
+def signal_pending(rt: Runtime, base: int) -> bool:
     """signal_pending(): kthread_stop() was called on this kthread."""
     return bool(rt.mem.load32(base + T.flags) & L.KF_SHOULD_STOP)
 
 
-def set_current_state(state):
+def set_current_state(state: int) -> None:
     """set_current_state(): publish the calling kthread's state.
 
     @state: TASK_RUNNING, TASK_INTERRUPTIBLE or TASK_UNINTERRUPTIBLE.
@@ -117,7 +119,7 @@ def set_current_state(state):
     rt.mem.store32(base + T.state, int(state))
 
 
-def _sleep(rt, base, deadline_ns):
+def _sleep(rt: Runtime, base: int, deadline_ns: int | None) -> bool:
     """Sleep until woken (state RUNNING), signalled, or ``deadline_ns`` passes.
 
     Return: True if the deadline passed (the task is then set RUNNING, as the
@@ -133,7 +135,7 @@ def _sleep(rt, base, deadline_ns):
             mem.fetch_and32(base + T.flags, ~L.KF_UNTIMED_SLEEP & 0xFFFFFFFF)
 
 
-def _sleep_loop(rt, base, deadline_ns):
+def _sleep_loop(rt: Runtime, base: int, deadline_ns: int | None) -> bool:
     mem, waits = rt.mem, rt.waits
     seq_off = base + T.wake_seq
     while True:
@@ -161,7 +163,7 @@ def _sleep_loop(rt, base, deadline_ns):
             mem.store32(base + T.sleeping, 0)
 
 
-def schedule():
+def schedule() -> None:
     """schedule(): sleep in the current state until woken.
 
     Returns at once if the state is TASK_RUNNING, or TASK_INTERRUPTIBLE with
@@ -171,7 +173,7 @@ def schedule():
     _sleep(rt, base, None)
 
 
-def schedule_timeout(seconds):
+def schedule_timeout(seconds: float) -> float:
     """schedule_timeout(): sleep in the current state for at most ``seconds``.
 
     Context: kthread.  Return: seconds left (0.0 if the time ran out).
@@ -189,7 +191,7 @@ def schedule_timeout(seconds):
     return max(0.0, (deadline - time.monotonic_ns()) / 1e9)
 
 
-def schedule_timeout_interruptible(seconds):
+def schedule_timeout_interruptible(seconds: float) -> float:
     """schedule_timeout() in TASK_INTERRUPTIBLE (ended early by kthread_stop()).
 
     Context: kthread.  Return: seconds left, 0.0 on timeout.
@@ -199,14 +201,14 @@ def schedule_timeout_interruptible(seconds):
     return schedule_timeout(seconds)
 
 
-def schedule_timeout_uninterruptible(seconds):
+def schedule_timeout_uninterruptible(seconds: float) -> float:
     """schedule_timeout() in TASK_UNINTERRUPTIBLE.  Context: kthread."""
     check_seconds("timeout", seconds, infinite=True)
     set_current_state(UNINTERRUPTIBLE)
     return schedule_timeout(seconds)
 
 
-def msleep(ms):
+def msleep(ms: float) -> None:
     """msleep(): sleep ``ms`` milliseconds, uninterruptibly (runs to its end).
 
     Context: kthread, or any process (where it is a plain sleep).
@@ -221,7 +223,7 @@ def msleep(ms):
         schedule_timeout_uninterruptible(left)
 
 
-def msleep_interruptible(ms):
+def msleep_interruptible(ms: float) -> int:
     """msleep_interruptible(): sleep up to ``ms`` ms; kthread_stop() ends it early.
 
     Context: kthread, or any process (a plain sleep there).

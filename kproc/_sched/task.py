@@ -10,13 +10,24 @@ dead and reaped, and nobody pins it with ``get_task_struct()``; until then
 ``kthread_stop()`` on a kthread that already exited still returns its result.
 """
 
+from __future__ import annotations
+
 import enum
 
 from .._core import layout as L
 from .._core.errors import KthreadError
 from .._core.handle import Handle
 from .._core.blobs import read_name, read_traceback
+from .._core.runtime import Runtime
 from .._core.syscalls import comm_of
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    # What a kthread runs: threadfn(data) -> its result (None counts as 0).
+    ThreadFn = Callable[[Any], int | None]
 
 __all__ = ["Task", "TaskState", "resolve", "TASK_STATES"]
 
@@ -48,60 +59,60 @@ class Task(Handle):
     __slots__ = ("_base",)
     _what = "task"
 
-    def __init__(self, rt, idx, gen):
+    def __init__(self, rt: Runtime, idx: int, gen: int) -> None:
         self._rt = rt
         self._idx = idx
         self._gen = gen
         self._base = rt.arena.task_off(idx)
 
     @classmethod
-    def _attach(cls, rt, idx, gen):
+    def _attach(cls, rt: Runtime, idx: int, gen: int) -> Task:
         return cls(rt, idx, gen)
 
-    def _check(self):
+    def _check(self) -> int:
         return self._rt.arena.check_task(self._idx, self._gen)
 
-    def _field(self, name):
+    def _field(self, name: str) -> int:
         base = self._check()
         return L.unpack_field(self._rt.buf, base, L.TASK, name)
 
     @property
-    def pid(self):
+    def pid(self) -> int:
         return self._field("pid")
 
     @property
-    def name(self):
+    def name(self) -> str:
         self._check()
         return read_name(self._rt.arena, self._idx, self._base)
 
     @property
-    def comm(self):
+    def comm(self) -> str:
         return comm_of(self.name)
 
     @property
-    def cpu(self):
+    def cpu(self) -> int:
         """The CPU it is bound to as per-CPU / on-CPU kthread, or -1."""
         return self._field("cpu")
 
     @property
-    def exit_signal(self):
+    def exit_signal(self) -> int:
         return self._field("signal")
 
     @property
-    def exception(self):
+    def exception(self) -> str | None:
         base = self._check()
         if L.unpack_field(self._rt.buf, base, L.TASK, "exit_kind") != L.EXIT_EXCEPTION:
             return None
         return read_traceback(self._rt.arena, self._idx, base)
 
     @property
-    def exit_result(self):
+    def exit_result(self) -> int | None:
         base = self._check()
         if self._rt.mem.load32(base + L.TASK.slot) not in (L.SLOT_EXITING, L.SLOT_DEAD):
             return None
         return self._rt.mem.load64(base + L.TASK.result)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         try:
             state = TASK_STATES.get(self._field("state"), "?")
             return f"<Task {self.name!r} pid={self.pid} {getattr(state, 'name', state)}>"
@@ -109,7 +120,7 @@ class Task(Handle):
             return f"<Task slot={self._idx} gen={self._gen} (stale)>"
 
 
-def resolve(task, what="task"):
+def resolve(task: object, what: str = "task") -> tuple[Runtime, int]:
     """Check a Task argument; return (runtime, slot offset).
 
     Raises: TypeError if not a Task; KthreadError(ESRCH) if stale or of a
