@@ -2,8 +2,15 @@
 
 Every kthread is an OS process forked by a ``kthreadd`` process; task state,
 flags and completions live in shared memory; waits use futexes (or POSIX
-semaphores).  This module exports the names of SPEC §3 and nothing else; the
-mechanisms live in the private ``kproc._*`` modules, one per mechanism.
+semaphores).  This module exports the names of SPEC §3 and nothing else.
+
+The floors below it, each importing only from those under it:
+kproc/_core/ is the self-contained base (errors, the layout of every shared record,
+the arena and its slot tables, handles, argument checks, wait backends, the runtime);
+kproc/_sched/ task states, schedule() and completions on top of it;
+kproc/_kthread/ (kthreadd, creation, control) and kproc/_freezer.py use those;
+kproc/_workqueue/ and kproc/_hotplug/ are built from kthreads; this face exports them;
+kproc/_cli/ is the ``kproc`` command, a user of this face.
 """
 
 from ._core.errors import KthreadError, KernelWarning
