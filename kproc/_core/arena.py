@@ -109,6 +109,8 @@ class Arena:
                                  "worker_hint", "worker", " (start the runtime with a "
                                  "larger max_kthreads)")
         self.works = SlotTable(self, params.works, L.WORK, params.max_works, None, "work")
+        self.smpboot_regs = SlotTable(self, params.smpboot, L.SMPBOOT, L.MAX_SMPBOOT, None,
+                                      "smpboot registration")
 
     # -- creation and attachment -------------------------------------------------
 

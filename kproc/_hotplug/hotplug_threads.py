@@ -29,12 +29,11 @@ from __future__ import annotations
 
 import errno
 
-from .._core import layout as L
 from .._core.errors import KthreadError
 from .._kthread.control import kthread_park, kthread_set_per_cpu, kthread_stop, kthread_unpark
 from .._kthread.create import kthread_create_on_cpu
 from .callbacks import invoke
-from .record import S, smpboot_off, store_set
+from .record import store_set
 from .smpboot_thread import smpboot_thread_fn
 
 TYPE_CHECKING = False
@@ -61,20 +60,15 @@ class HotplugThreads:
         Return: (slot, generation); -ENOSPC when MAX_SMPBOOT are registered; a
         creation's negative errno (the threads made are stopped).
         """
-        mem = self.rt.mem
-        slot = next((i for i in range(L.MAX_SMPBOOT)
-                     if not mem.load32(smpboot_off(self.rt, i) + S.inuse)), None)
-        if slot is None:
+        try:
+            slot, gen = self.rt.arena.smpboot_regs.alloc(None)
+        except KthreadError:
             return -errno.ENOSPC
-        off = smpboot_off(self.rt, slot)
-        gen = (mem.load32(off + S.gen) + 1) & 0xFFFFFFFF or 1
-        mem.store32(off + S.gen, gen)
-        mem.store32(off + S.inuse, 1)
         ht._reg = (self.rt.runtime_id, slot, gen)
         for cpu in sorted(online):
             rc = self._create(slot, ht, cpu)
             if rc < 0:
-                self._destroy(slot, ht)
+                self._destroy(slot, gen, ht)
                 return rc
         for cpu in sorted(online):
             self._unpark(ht, cpu)
@@ -90,9 +84,9 @@ class HotplugThreads:
         if entry is None or entry[1]._reg != (self.rt.runtime_id, slot, gen):
             raise ValueError("that SmpHotplugThread is not registered")
         self.hotplug_threads.remove(entry)
-        self._destroy(slot, entry[1])
+        self._destroy(slot, gen, entry[1])
 
-    def _destroy(self, slot: int, ht: SmpHotplugThreadLike) -> None:
+    def _destroy(self, slot: int, gen: int, ht: SmpHotplugThreadLike) -> None:
         """smpboot_destroy_threads(): stop each thread (a parked one is unparked by
         kthread_stop), empty its store entry, free the slot."""
         for cpu in sorted(self.rt.topology.possible()):
@@ -103,7 +97,7 @@ class HotplugThreads:
                 except KthreadError:
                     pass
                 store_set(self.rt, slot, cpu, None)
-        self.rt.mem.store32(smpboot_off(self.rt, slot) + S.inuse, 0)
+        self.rt.arena.smpboot_regs.free(slot, gen)
 
     def _create(self, slot: int, ht: SmpHotplugThreadLike, cpu: int) -> int:
         """__smpboot_create_thread(): create parked, store, create(cpu).

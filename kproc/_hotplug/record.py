@@ -37,6 +37,7 @@ __all__ = ["H", "S", "OP_SETUP", "OP_REMOVE", "OP_DOWN", "OP_UP", "OP_REGISTER",
 
 H = L.HOTPLUG
 S = L.SMPBOOT
+E = L.SMPBOOT_ENTRY
 T = L.TASK
 STORE_ENTRY = L.SMPBOOT_ENTRY.size   # bytes per CPU in a store: slot index + 1, then generation
 
@@ -104,21 +105,21 @@ def read_known(rt: Runtime) -> frozenset[int]:
 
 def smpboot_off(rt: Runtime, slot: int) -> int:
     """Offset of SMPBOOT registration ``slot``."""
-    return rt.arena.params.smpboot + slot * S.size
+    return rt.arena.smpboot_regs.off(slot)
 
 
 def store_get(rt: Runtime, slot: int, cpu: int) -> tuple[int, int]:
     """The store entry of ``cpu`` in registration ``slot``: (index + 1, generation);
     index 0 means no thread."""
     off = smpboot_off(rt, slot) + S.store + cpu * STORE_ENTRY
-    return rt.mem.load32(off), rt.mem.load32(off + 4)
+    return rt.mem.load32(off + E.task), rt.mem.load32(off + E.gen)
 
 
 def store_set(rt: Runtime, slot: int, cpu: int, task: Task | None) -> None:
     """Record ``task`` (or None) as ``cpu``'s thread of registration ``slot``."""
     off = smpboot_off(rt, slot) + S.store + cpu * STORE_ENTRY
-    rt.mem.store32(off + 4, task._gen if task else 0)
-    rt.mem.store32(off, task._idx + 1 if task else 0)
+    rt.mem.store32(off + E.gen, task._gen if task else 0)
+    rt.mem.store32(off + E.task, task._idx + 1 if task else 0)
 
 
 def hotplug_stats() -> dict[str, int | bool]:
