@@ -36,6 +36,7 @@ def _modules():
                 dotted = os.path.relpath(path, root)[:-3].replace(os.sep, ".")
                 out[dotted.removesuffix(".__init__")] = path
     out["kproc._native"] = None      # the C extension: imports nothing of ours
+    assert len(out) > 30, f"found only {sorted(out)} under {PACKAGE}"
     return out
 
 
