@@ -13,9 +13,18 @@ handle on the worker, and every work last queued on it, raises.
 import errno
 
 from .._core import layout as L
+from .._core import syscalls as _sys
+from .._core.blobs import read_name
 from .._core.errors import KthreadError, kernel_warn
+from .._core.runtime import get_runtime
+from .._freezer import set_freezable_at
+from .._kthread.control import kthread_bind, kthread_stop, wake_up_process
+from .._kthread.create import NUMA_NO_NODE, kthread_create_on_node
+from .._sched.schedule import need_current
+from .flush import kthread_flush_worker, own_worker
 from .handles import KthreadWorker, KTW_FREEZABLE, resolve_worker, resolve_work
-from .lists import Locked, unlink, kthread_flush_worker, _own_worker
+from .lists import Locked, drop_all_locked
+from .loop import worker_loop
 
 __all__ = ["kthread_create_worker", "kthread_create_worker_on_node",
            "kthread_create_worker_on_cpu", "kthread_init_worker", "kthread_worker_fn",
@@ -69,10 +78,6 @@ def kthread_worker_fn(worker):
     Return: 0 when kthread_stop() ends it.
     Raises: RuntimeError outside a kthread; TypeError.
     """
-    from .._sched.schedule import need_current
-    from .._core.blobs import read_name
-    from .._core import syscalls as _sys
-    from .. import _freezer
     rt, tbase = need_current("kthread_worker_fn")
     wrt, kbase = resolve_worker(worker)
     if wrt is not rt:
@@ -91,8 +96,7 @@ def kthread_worker_fn(worker):
     except OSError:
         pass
     if mem.load32(kbase + K.flags) & KTW_FREEZABLE:
-        _freezer.set_freezable_at(rt, tbase)
-    from .lists import worker_loop
+        set_freezable_at(rt, tbase)
     return worker_loop(rt, kbase, tbase, read_name(rt.arena, rt.self_idx, tbase))
 
 
@@ -106,8 +110,6 @@ def kthread_create_worker_on_node(flags, node, namefmt, *args):
     Raises: TypeError/ValueError (bad flags, node, name); KthreadError(ENOMEM)
     (tables full), or what kthread_create_on_node() raises.
     """
-    from .._kthread.create import kthread_create_on_node
-    from .._kthread.control import wake_up_process
     _check_flags(flags)
     worker = KthreadWorker()
     task = _attach_task(worker, flags,
@@ -143,7 +145,6 @@ def kthread_create_worker(flags, namefmt, *args):
 
     Context, Return, Raises: as kthread_create_worker_on_node().
     """
-    from .._kthread.create import NUMA_NO_NODE
     return kthread_create_worker_on_node(flags, NUMA_NO_NODE, namefmt, *args)
 
 
@@ -156,9 +157,6 @@ def kthread_create_worker_on_cpu(cpu, flags, namefmt):
     Raises: ValueError (CPU not possible, bad name, bad flags); TypeError;
     KthreadError(ENOMEM).
     """
-    from .._kthread.create import kthread_create_on_node
-    from .._kthread.control import kthread_bind, wake_up_process
-    from .._core.runtime import get_runtime
     _check_flags(flags)
     rt = get_runtime()
     if isinstance(cpu, bool) or not isinstance(cpu, int):
@@ -185,13 +183,12 @@ def kthread_destroy_worker(worker):
     Return: None.  A worker with no kthread: KernelWarning, nothing done.
     Raises: TypeError; KthreadError(ESRCH) for a destroyed worker.
     """
-    from .._kthread.control import kthread_stop
     rt, kbase = resolve_worker(worker)
     task = worker.task
     if task is None:
         kernel_warn("kthread_destroy_worker(): the worker has no kthread", stacklevel=2)
         return
-    if _own_worker(rt, kbase):
+    if own_worker(rt, kbase):
         kernel_warn("kthread_destroy_worker() called from the worker's own kthread; "
                     "not destroying", stacklevel=2)
         return
@@ -214,23 +211,10 @@ def kthread_destroy_worker(worker):
 
 
 def _unlink_all(rt, kbase):
-    from .delayed import complete_flushers
-    mem = rt.mem
-    left = 0
     with Locked(rt, kbase) as lk:
-        for head_f, tail_f in ((K.head, K.tail), (K.thead, K.ttail)):
-            while (idx := mem.load32(kbase + head_f)):
-                base = rt.arena.work_off(idx - 1)
-                unlink(rt, kbase, head_f, tail_f, idx)
-                if mem.load32(base + W.kind) == L.WK_FLUSH:
-                    rt.waits.completion_complete(base + W.done, True)
-                    continue
-                left += 1
-                complete_flushers(lk, idx)
-                if mem.load32(base + W.flags) & L.WF_ORPHAN:
-                    rt.arena.free_work(idx - 1, mem.load32(base + W.gen))
-        mem.store32(kbase + K.task, 0)
-        mem.store32(kbase + K.current, 0)
+        left = drop_all_locked(lk)
+        rt.mem.store32(kbase + K.task, 0)
+        rt.mem.store32(kbase + K.current, 0)
         lk.wake = False
     return left
 
