@@ -43,7 +43,7 @@ def _cancel_sync(work, is_dwork, fn_name):
         run_timers(lk)
         ret = cancel_work_locked(lk, idx)
         if mem.load32(kbase + K.current) != idx:
-            free_if_orphan_locked(rt, base, work._idx, kbase)
+            free_if_orphan_locked(lk, work._idx)
             return ret
         if own_worker(rt, kbase):
             kernel_warn(f"{fn_name}() called from the work itself would wait for itself "
@@ -55,9 +55,9 @@ def _cancel_sync(work, is_dwork, fn_name):
     try:
         flush_work_at(rt, kbase, idx, fn_name)
     finally:
-        with Locked(rt, kbase):
+        with Locked(rt, kbase) as lk:
             mem.fetch_add32(base + W.canceling, -1)
-            free_if_orphan_locked(rt, base, work._idx, kbase)
+            free_if_orphan_locked(lk, work._idx)
     return ret
 
 

@@ -32,11 +32,11 @@ def check_delay(delay):
 
 
 def _queue_delayed_locked(lk, idx, delay_ns):
-    """__kthread_queue_delayed_work(): delay 0 queues at once, else arms the timer."""
-    if not delay_ns:
-        insert_work(lk, idx)
-    else:
-        arm_timer(lk, idx, delay_ns)
+    """__kthread_queue_delayed_work(): delay 0 queues at once, else arms the timer.
+
+    Context: worker lock held.  Return: False if a list sanity check refused it.
+    """
+    return insert_work(lk, idx) if not delay_ns else arm_timer(lk, idx, delay_ns)
 
 
 def kthread_queue_delayed_work(worker, dwork, delay):
@@ -62,8 +62,7 @@ def kthread_queue_delayed_work(worker, dwork, delay):
         run_timers(lk)
         if mem.load32(base + W.where) != L.ON_NONE or mem.load32(base + W.canceling):
             return False
-        _queue_delayed_locked(lk, dwork._idx + 1, delay_ns)
-        return True
+        return _queue_delayed_locked(lk, dwork._idx + 1, delay_ns)
 
 
 def kthread_mod_delayed_work(worker, dwork, delay):

@@ -27,7 +27,7 @@ Runs in the caller: any process of the runtime but the worker's own kthread.
 import errno
 
 from .._core import layout as L
-from .._core.errors import KthreadError, kernel_warn
+from .._core.errors import KthreadError, kernel_warn, warn_on_once
 from .._sched.completion import wait_at
 from .handles import resolve_work, resolve_worker
 from .lists import Locked, insert_work, add_flusher, tied_worker
@@ -82,6 +82,12 @@ def _wait_marker(rt, kbase, midx, mgen):
         # destroy (or the owner-death sweep) instead of freeing a linked slot.
         rt.mem.fetch_or32(mbase + W.flags, L.WF_ORPHAN)
         raise
+    # Whoever completed the marker unlinked it first, under the lock, and
+    # nothing touches it after: a marker still linked here is a broken list.
+    if rt.mem.load32(mbase + W.where) != L.ON_NONE:
+        rt.mem.fetch_or32(mbase + W.flags, L.WF_ORPHAN)
+        warn_on_once(True, f"flush marker {midx + 1} was completed while still linked")
+        return
     rt.arena.free_work(midx, mgen)
 
 
@@ -129,8 +135,8 @@ def flush_work_at(rt, kbase, idx, fn_name):
         if pos is not None and not own:
             if pos == "timer":
                 add_flusher(lk, idx, midx + 1)
-            else:
-                insert_work(lk, midx + 1, max(pos, 0))
+            elif not insert_work(lk, midx + 1, max(pos, 0)):
+                pos = None            # refused (warned): nothing will run the marker
     if pos is None or own:
         rt.arena.free_work(midx, mgen)
         if pos is not None:
@@ -155,5 +161,8 @@ def kthread_flush_worker(worker):
     midx, mgen = _alloc_marker(rt)
     with Locked(rt, kbase) as lk:
         run_timers(lk)          # expired works were queued before us
-        insert_work(lk, midx + 1)
+        placed = insert_work(lk, midx + 1)
+    if not placed:
+        rt.arena.free_work(midx, mgen)    # refused (warned): nothing will run it
+        return
     _wait_marker(rt, kbase, midx, mgen)

@@ -9,9 +9,18 @@ happens under the worker's lock, from whichever process of the runtime asks:
 the caller, a kthread, a work running on this very worker.  Every helper
 here takes the lock token, :class:`Locked`, as its first argument.
 
-Mirrors: ``kthread_insert_work`` (with ``kthread_insert_work_sanity_check``),
+Mirrors: ``kthread_insert_work`` and ``kthread_insert_work_sanity_check``,
 the list half of ``__kthread_cancel_work``, the pop of ``kthread_worker_fn``
-(flush markers met on the way are completed there, under the lock).
+(flush markers met on the way are completed there, under the lock), and
+``CONFIG_DEBUG_LIST``'s checks of list_add/list_del.
+
+Invariants, checked in code: the lock is held (``lockdep_assert_held``); a
+work being linked is on no list and tied to no other worker; its neighbours
+point back at it (``__list_add_valid``, ``__list_del_entry_valid``); every
+link names a slot of the work table; a flush marker waiting on a timer is on
+no list.  A broken one is "can't happen": it goes through ``warn_on_once``
+(which raises under ``KPROC_STRICT=1``) and the operation is refused rather
+than corrupt the list further.
 
 Races prevented:
 
@@ -32,39 +41,44 @@ import errno
 
 from .._core import layout as L
 from .._core import trace as _trace
-from .._core.errors import KthreadError
+from .._core.errors import KthreadError, warn_on_once
 from .._sched.schedule import wake_up_state
 from .._sched.task import TaskState
 from .fastpath import lock_spin_ns
 from .tracepoints import trace_queue
 
-__all__ = ["Locked", "wake_worker", "link_before", "unlink", "insert_work",
-           "cancel_work_locked", "tied_worker", "idle_locked", "free_if_orphan_locked",
-           "pop_locked", "add_flusher", "queue_flushers", "complete_flushers",
-           "drop_all_locked"]
+__all__ = ["Locked", "wake_worker", "link_before", "unlink", "insert_sanity_check",
+           "insert_work", "cancel_work_locked", "tied_worker", "idle_locked",
+           "free_if_orphan_locked", "pop_locked", "add_flusher", "queue_flushers",
+           "complete_flushers", "drop_all_locked", "node_off"]
 
 W = L.WORK
 K = L.WORKER
 T = L.TASK
 
+LISTS = {L.ON_WORKLIST: (K.head, K.tail), L.ON_TIMER: (K.thead, K.ttail)}
+
 
 class Locked:
-    """``raw_spin_lock(&worker->lock)`` as a context manager; remembers a wake to do.
+    """``raw_spin_lock(&worker->lock)`` as a context manager: the lock token.
 
-    The wake-up of the worker is done after unlocking (``wake``), so the
-    worker does not wake only to block on the lock its waker still holds.
+    Remembers a wake-up to do (``wake``), done after unlocking, so the worker
+    does not wake only to block on the lock its waker still holds.  ``held``
+    is what the helpers check, as ``lockdep_assert_held()`` does.
     """
 
-    __slots__ = ("rt", "mem", "kbase", "wake")
+    __slots__ = ("rt", "mem", "kbase", "wake", "held")
 
     def __init__(self, rt, kbase):
-        self.rt, self.mem, self.kbase, self.wake = rt, rt.mem, kbase, False
+        self.rt, self.mem, self.kbase, self.wake, self.held = rt, rt.mem, kbase, False, False
 
     def __enter__(self):
         self.mem.mutex_lock(self.kbase + K.lock, -1, lock_spin_ns())
+        self.held, self.wake = True, False
         return self
 
     def __exit__(self, *exc):
+        self.held = False
         self.mem.mutex_unlock(self.kbase + K.lock)
         if self.wake:
             wake_worker(self.rt, self.kbase)
@@ -81,60 +95,121 @@ def wake_worker(rt, kbase):
         wake_up_state(rt, tbase, TaskState.TASK_INTERRUPTIBLE | TaskState.TASK_UNINTERRUPTIBLE)
 
 
-def _wo(rt, idx1):
-    return rt.arena.work_off(idx1 - 1)
+# -- sanity checks ------------------------------------------------------------------
+
+def _unheld(lk, fn_name):
+    return warn_on_once(not lk.held, f"{fn_name}() called without the worker lock")
 
 
-def link_before(rt, kbase, head_f, tail_f, idx, before):
-    """Insert work ``idx`` (index + 1) before node ``before`` (0: at the tail)."""
-    mem = rt.mem
-    base = _wo(rt, idx)
+def node_off(lk, idx, what):
+    """Offset of work ``idx`` (index + 1), or None (warned) if it names no work slot."""
+    if warn_on_once(not 0 < idx <= lk.rt.arena.params.max_works,
+                    f"corrupt work list: {what} {idx} is not a work slot"):
+        return None
+    return lk.rt.arena.work_off(idx - 1)
+
+
+def insert_sanity_check(lk, base, idx):
+    """kthread_insert_work_sanity_check(): True if work ``idx`` may be linked on this worker.
+
+    The lock is held, the work is on no list, and it is tied to no other
+    worker (flush markers are tied to none).  Context: worker lock held.
+    """
+    if _unheld(lk, "kthread_insert_work"):
+        return False
+    mem = lk.mem
+    if warn_on_once(mem.load32(base + W.where) != L.ON_NONE,
+                    f"work {idx} is inserted while already on a list"):
+        return False
+    tied = mem.load32(base + W.worker)
+    return not warn_on_once(
+        tied and (tied != lk.rt.arena.worker_idx(lk.kbase) + 1
+                  or mem.load32(base + W.worker_gen) != mem.load32(lk.kbase + K.gen)),
+        f"work {idx} is inserted on a worker it is not tied to")
+
+
+# -- list primitives ----------------------------------------------------------------
+
+def link_before(lk, where, idx, before):
+    """list_add_tail(): link work ``idx`` before node ``before`` (0: at the tail)
+    of the list ``where`` names (ON_WORKLIST, ON_TIMER), and record ``where``.
+
+    Context: worker lock held; the caller has passed insert_sanity_check().
+    Return: False (warned, nothing changed) if the list is corrupt there.
+    """
+    mem, kbase = lk.mem, lk.kbase
+    head_f, tail_f = LISTS[where]
+    base = node_off(lk, idx, "work")
+    if base is None:
+        return False
     if before:
-        prev = mem.load32(_wo(rt, before) + W.prev)
-        mem.store32(base + W.next, before)
-        mem.store32(_wo(rt, before) + W.prev, idx)
+        bbase = node_off(lk, before, "next")
+        if bbase is None or warn_on_once(mem.load32(bbase + W.where) != where,
+                                         f"corrupt work list: {before} is not on it"):
+            return False
+        prev = mem.load32(bbase + W.prev)
     else:
         prev = mem.load32(kbase + tail_f)
-        mem.store32(base + W.next, 0)
-        mem.store32(kbase + tail_f, idx)
+    pbase = node_off(lk, prev, "prev") if prev else None
+    if prev and pbase is None:
+        return False
+    if warn_on_once((mem.load32(pbase + W.next) if prev else mem.load32(kbase + head_f))
+                    != before, f"corrupt work list: {prev}->next is not {before}"):
+        return False
+    mem.store32(base + W.next, before)
     mem.store32(base + W.prev, prev)
-    if prev:
-        mem.store32(_wo(rt, prev) + W.next, idx)
-    else:
-        mem.store32(kbase + head_f, idx)
+    mem.store32(bbase + W.prev if before else kbase + tail_f, idx)
+    mem.store32(pbase + W.next if prev else kbase + head_f, idx)
+    mem.store32(base + W.where, where)
+    return True
 
 
-def unlink(rt, kbase, head_f, tail_f, idx):
-    """list_del_init() of work ``idx`` (index + 1) from the list at head_f/tail_f."""
-    mem = rt.mem
-    base = _wo(rt, idx)
+def unlink(lk, idx, where):
+    """list_del_init() of work ``idx`` (index + 1) from the list ``where`` names.
+
+    Context: worker lock held.  Return: False (warned, nothing changed) if it
+    is not on that list or its neighbours do not point back at it.
+    """
+    if _unheld(lk, "list_del_init"):
+        return False
+    mem, kbase = lk.mem, lk.kbase
+    base = node_off(lk, idx, "work")
+    if base is None or warn_on_once(mem.load32(base + W.where) != where,
+                                    f"corrupt work list: {idx} is not on the list "
+                                    "it is taken off"):
+        return False
+    head_f, tail_f = LISTS[where]
     prev = mem.load32(base + W.prev)
     nxt = mem.load32(base + W.next)
-    if prev:
-        mem.store32(_wo(rt, prev) + W.next, nxt)
-    else:
-        mem.store32(kbase + head_f, nxt)
-    if nxt:
-        mem.store32(_wo(rt, nxt) + W.prev, prev)
-    else:
-        mem.store32(kbase + tail_f, prev)
+    pbase = node_off(lk, prev, "prev") if prev else None
+    nbase = node_off(lk, nxt, "next") if nxt else None
+    if (prev and pbase is None) or (nxt and nbase is None):
+        return False
+    if warn_on_once((mem.load32(pbase + W.next) if prev else mem.load32(kbase + head_f)) != idx
+                    or (mem.load32(nbase + W.prev) if nxt else mem.load32(kbase + tail_f))
+                    != idx, f"corrupt work list: the neighbours of {idx} do not point at it"):
+        return False
+    mem.store32(pbase + W.next if prev else kbase + head_f, nxt)
+    mem.store32(nbase + W.prev if nxt else kbase + tail_f, prev)
     mem.store32(base + W.prev, 0)
     mem.store32(base + W.next, 0)
     mem.store32(base + W.where, L.ON_NONE)
+    return True
 
 
 def insert_work(lk, idx, before=0):
     """kthread_insert_work(): put work ``idx`` (index + 1) on the work list.
 
-    Context: worker lock held (``lk``).  Links before ``before`` (0: tail),
-    ties the work to the worker, and asks for a wake-up if the worker is idle.
+    Links before ``before`` (0: tail), ties the work to the worker, and asks
+    for a wake-up if the worker is idle.  Context: worker lock held.
+    Return: True; False (warned, nothing changed) if a sanity check failed.
     """
     rt, mem, kbase = lk.rt, lk.mem, lk.kbase
-    base = _wo(rt, idx)
-    link_before(rt, kbase, K.head, K.tail, idx, before)
-    mem.store32(base + W.where, L.ON_WORKLIST)
-    kind = mem.load32(base + W.kind)
-    if kind != L.WK_FLUSH:
+    base = node_off(lk, idx, "work")
+    if base is None or not insert_sanity_check(lk, base, idx) or \
+            not link_before(lk, L.ON_WORKLIST, idx, before):
+        return False
+    if mem.load32(base + W.kind) != L.WK_FLUSH:
         mem.store32(base + W.worker, rt.arena.worker_idx(kbase) + 1)
         mem.store32(base + W.worker_gen, mem.load32(kbase + K.gen))
         mem.fetch_add32(kbase + K.depth, 1)
@@ -142,6 +217,7 @@ def insert_work(lk, idx, before=0):
             trace_queue(rt, kbase, idx, base)
     if not mem.load32(kbase + K.current):
         lk.wake = True
+    return True
 
 
 def cancel_work_locked(lk, idx):
@@ -149,24 +225,76 @@ def cancel_work_locked(lk, idx):
 
     Context: worker lock held.  Return: True if it was pending.
     """
-    rt, mem, kbase = lk.rt, lk.mem, lk.kbase
-    base = _wo(rt, idx)
-    where = mem.load32(base + W.where)
+    mem, kbase = lk.mem, lk.kbase
+    where = mem.load32(lk.rt.arena.work_off(idx - 1) + W.where)
+    if where == L.ON_NONE or not unlink(lk, idx, where):
+        return False
     if where == L.ON_WORKLIST:
-        unlink(rt, kbase, K.head, K.tail, idx)
         mem.fetch_add32(kbase + K.depth, -1)
-        return True
-    if where == L.ON_TIMER:
-        unlink(rt, kbase, K.thead, K.ttail, idx)
+    else:
         mem.fetch_add32(kbase + K.ndelayed, -1)
         complete_flushers(lk, idx)
-        return True
-    return False
+    return True
 
+
+def pop_locked(lk, prev_idx):
+    """Finish ``prev_idx``, pop the next work to run and make it current_work.
+
+    Flush markers met on the way are completed here, under the lock.  Also
+    frees ``prev_idx`` if it became an idle orphan.
+    Context: worker lock held, the worker's kthread.
+    Return: index + 1, or 0 (nothing to run, or a corrupt list: warned).
+    """
+    rt, mem, kbase = lk.rt, lk.mem, lk.kbase
+    if prev_idx:
+        mem.store32(kbase + K.current, 0)
+        free_if_orphan_locked(lk, prev_idx - 1)
+    while True:
+        idx = mem.load32(kbase + K.head)
+        if not idx:
+            return 0
+        if not unlink(lk, idx, L.ON_WORKLIST):
+            return 0
+        base = rt.arena.work_off(idx - 1)
+        if mem.load32(base + W.kind) == L.WK_FLUSH:
+            rt.waits.completion_complete(base + W.done, True)
+            continue
+        mem.fetch_add32(kbase + K.depth, -1)
+        mem.store32(kbase + K.current, idx)
+        return idx
+
+
+def drop_all_locked(lk):
+    """Unlink every work and marker of a stopped worker (kthread_destroy_worker's end).
+
+    Markers and flushers are completed; orphans are freed.  A corrupt list
+    is abandoned where it breaks (warned): the worker is freed next.
+    Context: worker lock held, its kthread gone.  Return: the works dropped.
+    """
+    rt, mem, kbase = lk.rt, lk.mem, lk.kbase
+    left = 0
+    for where, (head_f, _) in LISTS.items():
+        while (idx := mem.load32(kbase + head_f)):
+            if not unlink(lk, idx, where):
+                break
+            base = rt.arena.work_off(idx - 1)
+            if mem.load32(base + W.kind) == L.WK_FLUSH:
+                rt.waits.completion_complete(base + W.done, True)
+                continue
+            left += 1
+            complete_flushers(lk, idx)
+            if mem.load32(base + W.flags) & L.WF_ORPHAN:
+                rt.arena.free_work(idx - 1, mem.load32(base + W.gen))
+    return left
+
+
+# -- ties and slot lifetime under the lock --------------------------------------------
 
 def tied_worker(rt, base):
     """The offset of the worker a work was last queued on, or None if never queued.
 
+    Context: any; no lock needed (the tie only changes under the lock of the
+    worker it names, and a destroyed worker's generation has moved on).
     Raises: KthreadError(ESRCH) if that worker has been destroyed.
     """
     mem = rt.mem
@@ -181,109 +309,74 @@ def tied_worker(rt, base):
     return kbase
 
 
-def idle_locked(rt, base, idx, kbase):
-    """True if work ``idx`` is on no list, not being cancelled and not running."""
-    mem = rt.mem
-    return (mem.load32(base + W.where) == L.ON_NONE and not mem.load32(base + W.canceling)
-            and (kbase is None or mem.load32(kbase + K.current) != idx + 1))
+def idle_locked(lk, base, idx):
+    """True if work ``idx`` is on no list, not being cancelled and not running.
 
-
-def free_if_orphan_locked(rt, base, idx, kbase):
-    """Free work ``idx`` if its owning handle is gone and it has become idle."""
-    mem = rt.mem
-    if mem.load32(base + W.flags) & L.WF_ORPHAN and idle_locked(rt, base, idx, kbase):
-        rt.arena.free_work(idx, mem.load32(base + W.gen))
-
-
-def pop_locked(rt, kbase, prev_idx):
-    """Finish ``prev_idx``, pop the next work to run and make it current_work.
-
-    Flush markers met on the way are completed here, under the lock.  Also
-    frees ``prev_idx`` if it became an idle orphan.
-    Context: worker lock held, the worker's kthread.  Return: index + 1, or 0.
+    Context: worker lock held (of the worker it is tied to).
     """
-    mem = rt.mem
-    work_off = rt.arena.work_off
-    if prev_idx:
-        mem.store32(kbase + K.current, 0)
-        pbase = work_off(prev_idx - 1)
-        if mem.load32(pbase + W.flags) & L.WF_ORPHAN:
-            free_if_orphan_locked(rt, pbase, prev_idx - 1, kbase)
-    while True:
-        idx = mem.load32(kbase + K.head)
-        if not idx:
-            return 0
-        base = work_off(idx - 1)
-        after = mem.load32(base + W.next)       # list_del_init of the head, inlined
-        mem.store32(kbase + K.head, after)
-        if after:
-            mem.store32(work_off(after - 1) + W.prev, 0)
-        else:
-            mem.store32(kbase + K.tail, 0)
-        mem.store32(base + W.next, 0)
-        mem.store32(base + W.where, L.ON_NONE)
-        if mem.load32(base + W.kind) == L.WK_FLUSH:
-            rt.waits.completion_complete(base + W.done, True)
-            continue
-        mem.fetch_add32(kbase + K.depth, -1)
-        mem.store32(kbase + K.current, idx)
-        return idx
+    mem = lk.mem
+    return (mem.load32(base + W.where) == L.ON_NONE and not mem.load32(base + W.canceling)
+            and mem.load32(lk.kbase + K.current) != idx + 1)
+
+
+def free_if_orphan_locked(lk, idx):
+    """Free work slot ``idx`` if its owning handle is gone and it has become idle.
+
+    Context: worker lock held.
+    """
+    mem = lk.mem
+    base = lk.rt.arena.work_off(idx)
+    if mem.load32(base + W.flags) & L.WF_ORPHAN and idle_locked(lk, base, idx):
+        lk.rt.arena.free_work(idx, mem.load32(base + W.gen))
 
 
 # -- flush markers waiting on a timer-pending work ---------------------------------------
 
 def add_flusher(lk, idx, marker):
-    """Make flush marker ``marker`` wait for timer-pending work ``idx``."""
-    mem, rt = lk.mem, lk.rt
-    base = _wo(rt, idx)
-    mem.store32(_wo(rt, marker) + W.next, mem.load32(base + W.flushers))
+    """Make flush marker ``marker`` wait for timer-pending work ``idx``.
+
+    The markers of a work are chained through their (unused) ``next`` link.
+    Context: worker lock held.
+    """
+    mem, work_off = lk.mem, lk.rt.arena.work_off
+    base = work_off(idx - 1)
+    mem.store32(work_off(marker - 1) + W.next, mem.load32(base + W.flushers))
     mem.store32(base + W.flushers, marker)
 
 
 def _pop_flushers(lk, idx):
-    mem, rt = lk.mem, lk.rt
-    base = _wo(rt, idx)
+    """Detach and return the markers waiting on ``idx``; each is on no list."""
+    mem = lk.mem
+    base = lk.rt.arena.work_off(idx - 1)
     chain = []
     m = mem.load32(base + W.flushers)
     while m:
-        chain.append(m)
-        m = mem.load32(_wo(rt, m) + W.next)
+        mbase = node_off(lk, m, "flush marker")
+        if mbase is None or warn_on_once(
+                mem.load32(mbase + W.kind) != L.WK_FLUSH
+                or mem.load32(mbase + W.where) != L.ON_NONE,
+                f"flush marker {m} waiting on the timer of {idx} is left linked"):
+            break
+        chain.append((m, mbase))
+        m = mem.load32(mbase + W.next)
+        mem.store32(mbase + W.next, 0)
     mem.store32(base + W.flushers, 0)
     return chain
 
 
 def queue_flushers(lk, idx):
-    """The timer moved ``idx`` to the work list: its flush markers go right behind it."""
-    for m in _pop_flushers(lk, idx):
-        mem = lk.mem
-        mem.store32(_wo(lk.rt, m) + W.next, 0)
-        insert_work(lk, m, mem.load32(_wo(lk.rt, idx) + W.next))
+    """The timer moved ``idx`` to the work list: its flush markers go right behind it.
+
+    Context: worker lock held.
+    """
+    for m, _ in _pop_flushers(lk, idx):
+        insert_work(lk, m, lk.mem.load32(lk.rt.arena.work_off(idx - 1) + W.next))
 
 
 def complete_flushers(lk, idx):
-    """Timer-pending ``idx`` was cancelled: its flushers have nothing left to wait for."""
-    for m in _pop_flushers(lk, idx):
-        lk.mem.store32(_wo(lk.rt, m) + W.next, 0)
-        lk.rt.waits.completion_complete(_wo(lk.rt, m) + W.done, True)
+    """Timer-pending ``idx`` was cancelled: its flushers have nothing left to wait for.
 
-
-def drop_all_locked(lk):
-    """Unlink every work and marker of a stopped worker (kthread_destroy_worker's end).
-
-    Markers and flushers are completed; orphans are freed.
-    Context: worker lock held, its kthread gone.  Return: the works dropped.
+    Context: worker lock held.
     """
-    rt, mem, kbase = lk.rt, lk.mem, lk.kbase
-    left = 0
-    for head_f, tail_f in ((K.head, K.tail), (K.thead, K.ttail)):
-        while (idx := mem.load32(kbase + head_f)):
-            base = rt.arena.work_off(idx - 1)
-            unlink(rt, kbase, head_f, tail_f, idx)
-            if mem.load32(base + W.kind) == L.WK_FLUSH:
-                rt.waits.completion_complete(base + W.done, True)
-                continue
-            left += 1
-            complete_flushers(lk, idx)
-            if mem.load32(base + W.flags) & L.WF_ORPHAN:
-                rt.arena.free_work(idx - 1, mem.load32(base + W.gen))
-    return left
+    for _, mbase in _pop_flushers(lk, idx):
+        lk.rt.waits.completion_complete(mbase + W.done, True)

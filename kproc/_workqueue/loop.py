@@ -30,13 +30,14 @@ import traceback
 
 from .._core import layout as L
 from .._core import trace as _trace
+from .._core.errors import warn_on_once
 from .._core.wait import default_spin_ns
 from .._freezer import freezing_at, try_to_freeze_at
 from .._kthread.body import parkme
 from .._sched.schedule import _sleep
 from .._sched.task import TaskState
 from .fastpath import fast_paths, lock_spin_ns
-from .handles import work_handle_for_exec
+from .handles import KTW_FREEZABLE, work_handle_for_exec
 from .lists import Locked, free_if_orphan_locked, pop_locked
 from .payload import store_traceback
 from .timers import run_timers, next_expiry
@@ -58,13 +59,12 @@ def worker_loop(rt, kbase, tbase, name):
     Return: 0 when kthread_stop() ends it.  Context: the worker's kthread.
     """
     mem = rt.mem
-    lock = kbase + K.lock
     spin = lock_spin_ns()
     lk = Locked(rt, kbase)
     cpop = fast_paths(rt)[1]
     cache = {}
     idx = 0
-    freezable = bool(mem.load32(kbase + K.flags) & 1)
+    freezable = bool(mem.load32(kbase + K.flags) & KTW_FREEZABLE)
     while True:
         mem.store32(tbase + T.state, INTERRUPTIBLE)      # pairs with wake_worker()
         flags = mem.load32(tbase + T.flags)
@@ -75,44 +75,18 @@ def worker_loop(rt, kbase, tbase, name):
             continue
         if flags & L.KF_SHOULD_STOP:
             mem.store32(tbase + T.state, RUNNING)
-            with Locked(rt, kbase):
-                if idx:
-                    mem.store32(kbase + K.current, 0)
-                    free_if_orphan_locked(rt, rt.arena.work_off(idx - 1), idx - 1, kbase)
-                mem.store32(kbase + K.task, 0)
+            _detach(lk, idx)
             return 0
-        deadline = None
+        nxt = -1
         if cpop is not None and not _trace.ENABLED:
-            nxt = cpop(kbase, idx, spin)
-            if nxt > 0:
-                idx = nxt
-                mem.store32(tbase + T.state, RUNNING)
-                _execute(rt, kbase, idx, name, cache)
-                if freezable:
-                    try_to_freeze_at(rt, tbase)
-                continue
-            if nxt == 0:
-                idx = 0
-                if not (freezable and freezing_at(rt, tbase)):
-                    _sleep(rt, tbase, None)
-                else:
-                    mem.store32(tbase + T.state, RUNNING)
-                if freezable:
-                    try_to_freeze_at(rt, tbase)
-                continue
-        mem.mutex_lock(lock, -1, spin)
-        try:
-            if mem.load32(kbase + K.thead):
-                run_timers(lk, wake=False)
-            idx = pop_locked(rt, kbase, idx)
-            first = 0 if idx else mem.load32(kbase + K.thead)
-            if first:
-                deadline = next_expiry(lk)
-                first_gen = mem.load32(rt.arena.work_off(first - 1))
-        finally:
-            mem.mutex_unlock(lock)
-        if first:
-            _prefetch(rt, kbase, first, first_gen, name, cache)
+            try:
+                nxt = cpop(kbase, idx, spin)
+            except (RuntimeError, ValueError) as exc:
+                warn_on_once(True, f"the C work_pop() of worker {name!r} failed: {exc}")
+        if nxt >= 0:
+            idx, deadline = nxt, None
+        else:
+            idx, deadline = _pop_slow(lk, idx, cache)
         if idx:
             mem.store32(tbase + T.state, RUNNING)
             _execute(rt, kbase, idx, name, cache)
@@ -124,6 +98,34 @@ def worker_loop(rt, kbase, tbase, name):
             mem.store32(tbase + T.state, RUNNING)
         if freezable:
             try_to_freeze_at(rt, tbase)
+
+
+def _pop_slow(lk, idx, cache):
+    """Fire due timers, finish ``idx`` and pop the next work, in Python under the lock.
+
+    Return: (next work index + 1 or 0, the first timer's expiry in ns or None).
+    """
+    rt, mem, kbase = lk.rt, lk.mem, lk.kbase
+    with lk:
+        if mem.load32(kbase + K.thead):
+            run_timers(lk, wake=False)
+        idx = pop_locked(lk, idx)
+        deadline = None if idx else next_expiry(lk)
+        if deadline is not None:
+            first = mem.load32(kbase + K.thead)
+            first_gen = mem.load32(rt.arena.work_off(first - 1))
+    if deadline is not None:
+        _prefetch(rt, first, first_gen, cache)
+    return idx, deadline
+
+
+def _detach(lk, idx):
+    """kthread_stop() ended the loop: finish ``idx`` and clear worker->task."""
+    with lk:
+        if idx:
+            lk.mem.store32(lk.kbase + K.current, 0)
+            free_if_orphan_locked(lk, idx - 1)
+        lk.mem.store32(lk.kbase + K.task, 0)
 
 
 _timer_spin = None
@@ -161,7 +163,7 @@ def _timer_sleep(rt, tbase, deadline):
         mem.wait_change(tbase + T.wake_seq, seq, 0, left)
 
 
-def _prefetch(rt, kbase, idx, gen, name, cache):
+def _prefetch(rt, idx, gen, cache):
     """Unpickle the first timer's work while idle, so it starts sooner at expiry.
 
     A work's payload only changes through kthread_init_work(), which bumps its

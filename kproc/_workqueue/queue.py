@@ -20,6 +20,7 @@ including a work running on this very worker.
 
 from .._core import layout as L
 from .._core import trace as _trace
+from .._core.errors import warn_on_once
 from .fastpath import fast_paths, lock_spin_ns
 from .handles import (KthreadWork, KthreadWorker, resolve_work, resolve_worker, same_runtime,
                       work_owner_check)
@@ -51,8 +52,12 @@ def kthread_queue_work(worker, work):
         cq = (rt.wq_fast or fast_paths(rt))[0]
         if cq is not None and type(worker) is KthreadWorker and work._rt is rt and \
                 isinstance(work, KthreadWork) and not rt.closed and not _trace.ENABLED:
-            r = cq(worker._off, work._off, worker._idx + 1, worker._gen, work._gen,
-                   lock_spin_ns(), rt.waits.name == "futex")
+            try:
+                r = cq(worker._off, work._off, worker._idx + 1, worker._gen, work._gen,
+                       lock_spin_ns(), rt.waits.name == "futex")
+            except (RuntimeError, ValueError) as exc:
+                warn_on_once(True, f"the C work_queue() failed: {exc}")
+                return False
             if r > 0:
                 if r == 2 and rt.waits.name != "futex":
                     wake_worker(rt, worker._off)
@@ -126,5 +131,4 @@ def _queue_work_checked(worker, work):
         run_timers(lk)
         if mem.load32(base + W.where) != L.ON_NONE or mem.load32(base + W.canceling):
             return False
-        insert_work(lk, work._idx + 1)
-        return True
+        return insert_work(lk, work._idx + 1)

@@ -97,12 +97,15 @@ def release_work(rt, idx, gen):
     except KthreadError:
         kbase = None          # its worker was destroyed: nothing links it any more
     if kbase is None:
-        rt.arena.free_work(idx, gen)
+        # A flush marker is tied to no worker; one left by a flusher that gave
+        # up may still be linked, and is freed once its worker has unlinked it.
+        if mem.load32(base + W.where) == L.ON_NONE:
+            rt.arena.free_work(idx, gen)
         return
-    with Locked(rt, kbase):
+    with Locked(rt, kbase) as lk:
         if mem.load32(base + W.gen) != gen:
             return
-        if idle_locked(rt, base, idx, kbase):
+        if idle_locked(lk, base, idx):
             rt.arena.free_work(idx, gen)
         else:
             mem.fetch_or32(base + W.flags, L.WF_ORPHAN)
@@ -137,8 +140,8 @@ def reinit_work(rt, base, idx, raw_payload):
     except KthreadError:
         kbase = None
     if kbase is not None:
-        with Locked(rt, kbase):
-            if not idle_locked(rt, base, idx, kbase):
+        with Locked(rt, kbase) as lk:
+            if not idle_locked(lk, base, idx):
                 raise KthreadError(errno.EBUSY, "kthread_init_work() on a work that is "
                                    "pending or running; cancel it first")
             _reinit(rt, base, idx, raw_payload)

@@ -25,7 +25,8 @@ the worker's kthread, always with the worker lock held.
 import time
 
 from .._core import layout as L
-from .lists import insert_work, link_before, unlink, complete_flushers, queue_flushers
+from .lists import (insert_sanity_check, insert_work, link_before, unlink, node_off,
+                    complete_flushers, queue_flushers)
 
 __all__ = ["run_timers", "next_expiry", "arm_timer"]
 
@@ -33,23 +34,22 @@ W = L.WORK
 K = L.WORKER
 
 
-def _wo(rt, idx1):
-    return rt.arena.work_off(idx1 - 1)
-
-
 def run_timers(lk, wake=True):
     """Fire every expired timer of the worker (kthread_delayed_work_timer_fn).
 
     Context: worker lock held.  ``wake=False`` when the worker itself calls.
+    A corrupt timer list stops the firing where it breaks (warned).
     """
-    rt, mem, kbase = lk.rt, lk.mem, lk.kbase
+    mem, kbase = lk.mem, lk.kbase
     idx = mem.load32(kbase + K.thead)
     if not idx:
         return
     now = time.monotonic_ns()
-    while idx and mem.load64(_wo(rt, idx) + W.expires) <= now:
-        base = _wo(rt, idx)
-        unlink(rt, kbase, K.thead, K.ttail, idx)
+    while idx:
+        base = node_off(lk, idx, "timer")
+        if base is None or mem.load64(base + W.expires) > now or \
+                not unlink(lk, idx, L.ON_TIMER):
+            break
         mem.fetch_add32(kbase + K.ndelayed, -1)
         if mem.load32(base + W.canceling):
             complete_flushers(lk, idx)
@@ -64,29 +64,40 @@ def run_timers(lk, wake=True):
 def next_expiry(lk):
     """The earliest timer of the worker (ns), or None.  Context: worker lock held."""
     idx = lk.mem.load32(lk.kbase + K.thead)
-    return lk.mem.load64(_wo(lk.rt, idx) + W.expires) if idx else None
+    base = node_off(lk, idx, "timer") if idx else None
+    return lk.mem.load64(base + W.expires) if base is not None else None
 
 
 def arm_timer(lk, idx, delay_ns):
     """Put delayed work ``idx`` on the timer list, to expire ``delay_ns`` from now.
 
-    Ties the work to the worker, as __kthread_queue_delayed_work() does.
-    Context: worker lock held.
+    Ties the work to the worker, as __kthread_queue_delayed_work() does, after
+    the same sanity check as kthread_insert_work().
+    Context: worker lock held.  Return: True; False (warned, nothing linked)
+    if a sanity check failed.
     """
     rt, mem, kbase = lk.rt, lk.mem, lk.kbase
-    base = _wo(rt, idx)
-    mem.store32(base + W.worker, rt.arena.worker_idx(kbase) + 1)
-    mem.store32(base + W.worker_gen, mem.load32(kbase + K.gen))
+    base = node_off(lk, idx, "work")
+    if base is None or not insert_sanity_check(lk, base, idx):
+        return False
     expires = time.monotonic_ns() + delay_ns
     mem.store64(base + W.expires, expires)
     # Sorted insert, walking from the tail: timers mostly arrive in order.
     before = 0
     cur = mem.load32(kbase + K.ttail)
-    while cur and mem.load64(_wo(rt, cur) + W.expires) > expires:
+    while cur:
+        cbase = node_off(lk, cur, "timer")
+        if cbase is None:
+            return False
+        if mem.load64(cbase + W.expires) <= expires:
+            break
         before = cur
-        cur = mem.load32(_wo(rt, cur) + W.prev)
-    link_before(rt, kbase, K.thead, K.ttail, idx, before)
-    mem.store32(base + W.where, L.ON_TIMER)
+        cur = mem.load32(cbase + W.prev)
+    if not link_before(lk, L.ON_TIMER, idx, before):
+        return False
+    mem.store32(base + W.worker, rt.arena.worker_idx(kbase) + 1)
+    mem.store32(base + W.worker_gen, mem.load32(kbase + K.gen))
     mem.fetch_add32(kbase + K.ndelayed, 1)
     if mem.load32(kbase + K.thead) == idx and not mem.load32(kbase + K.current):
         lk.wake = True        # an idle worker re-arms its sleep for the new first timer
+    return True
