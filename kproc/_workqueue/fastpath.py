@@ -38,15 +38,18 @@ def fast_paths(rt):
     """(work_queue, work_pop) of the C extension for ``rt``, or (None, None).
 
     Set up once per runtime and process: the C side learns where workers,
-    works and tasks live (``Mem.wq_setup``).
+    works and tasks live (``Mem.wq_setup``), and the answer is kept in the
+    runtime's ``wq_fast`` (a kthread inherits kthreadd's by fork, together with
+    its set-up ``Mem``).
     """
-    fp = rt.wq_fast
-    if fp is None:
-        mem = rt.mem
-        fp = (None, None)
-        if hasattr(mem, "wq_setup"):
-            p = rt.arena.params
-            mem.wq_setup(L.native_layout(p, TASK_NORMAL))
-            fp = (mem.work_queue, mem.work_pop)
-        rt.wq_fast = fp
-    return fp
+    paths = rt.wq_fast
+    if paths is not None:
+        return paths
+    mem = rt.mem
+    paths = (None, None)
+    if hasattr(mem, "wq_setup"):
+        p = rt.arena.params
+        mem.wq_setup(L.native_layout(p, TASK_NORMAL))
+        paths = (mem.work_queue, mem.work_pop)
+    rt.wq_fast = paths
+    return paths

@@ -6,16 +6,20 @@ the work to the worker, wake an idle worker).
 
 The fast path is the hot path of the whole package: its handles are trusted
 after a few identity checks, the C extension (``fastpath``) does lock, link,
-unlock and wake in one call, and nothing is looked up that a cached name can
-give.  Whatever the fast path declines (a generation that differs, a work tied
-elsewhere, a timer armed, tracing on, a busy lock) goes through
+unlock and wake in one call, and what it needs from the runtime (the bound
+``Mem.work_queue``, the lock spin, who wakes) is kept in this module's
+globals, so no attribute is looked up that a cached name can give.  Whatever
+the fast path declines (a generation that differs, a work tied elsewhere, a
+timer armed, tracing on, a busy lock, no C extension) goes through
 :func:`_queue_work_checked`, which validates everything, fires due timers and
-links under the lock.
+links under the lock with ``lists.insert_work`` and its sanity checks.
 
 Races prevented: the pending test and the link happen under the worker lock,
 so two processes queueing one work link it once; the wake-up follows the link
-(lists' lost-wake-up rule).  Runs in the caller: any process of the runtime,
-including a work running on this very worker.
+(lists' lost-wake-up rule).  An inconsistency the C side finds (a link out of
+the work table) is reported through ``warn_on_once`` and the work is not
+queued.  Runs in the caller: any process of the runtime, including a work
+running on this very worker.
 """
 
 from .._core import layout as L
@@ -30,7 +34,20 @@ from .timers import run_timers
 __all__ = ["kthread_queue_work"]
 
 W = L.WORK
-K = L.WORKER
+
+# The runtime the globals below were taken from (this process's last one).
+_fast_rt = None
+_cq = None              # its Mem.work_queue, or None without the C extension
+_spin_ns = 0            # lock_spin_ns()
+_wake_in_c = False      # True: work_queue() wakes the worker itself (futex backend)
+
+
+def _take_fast_path(rt):
+    global _fast_rt, _cq, _spin_ns, _wake_in_c
+    _cq = fast_paths(rt)[0]
+    _spin_ns = lock_spin_ns()
+    _wake_in_c = rt.waits.name == "futex"
+    _fast_rt = rt
 
 
 def kthread_queue_work(worker, work):
@@ -45,79 +62,28 @@ def kthread_queue_work(worker, work):
     Raises: TypeError; KthreadError(ESRCH) for a destroyed worker, a stale
     work, or a work last queued on a destroyed worker.
     """
-    # The fast path: handles valid, work idle or tied to this worker, no timer
-    # armed, tracing off.  Everything else goes through _queue_work_checked().
     try:
         rt = worker._rt
-        cq = (rt.wq_fast or fast_paths(rt))[0]
-        if cq is not None and type(worker) is KthreadWorker and work._rt is rt and \
-                isinstance(work, KthreadWork) and not rt.closed and not _trace.ENABLED:
-            try:
-                r = cq(worker._off, work._off, worker._idx + 1, worker._gen, work._gen,
-                       lock_spin_ns(), rt.waits.name == "futex")
-            except (RuntimeError, ValueError) as exc:
-                warn_on_once(True, f"the C work_queue() failed: {exc}")
-                return False
-            if r > 0:
-                if r == 2 and rt.waits.name != "futex":
-                    wake_worker(rt, worker._off)
-                return True
-            if r == 0:
-                return False
-            return _queue_work_checked(worker, work)
-    except AttributeError:
-        return _queue_work_checked(worker, work)
-    return _queue_work_py(worker, work)
-
-
-def _queue_work_py(worker, work):
-    """kthread_queue_work()'s fast path without the C extension."""
-    try:
-        rt = worker._rt
-        mem = rt.mem
-        kbase, base = worker._off, work._off
-        fast = (type(worker) is KthreadWorker and isinstance(work, KthreadWork)
-                and work._rt is rt and not rt.closed and not _trace.ENABLED
-                and mem.load32(kbase) == worker._gen and mem.load32(base) == work._gen
-                and mem.load32(kbase + K.inuse) and mem.load32(base + W.inuse))
-    except AttributeError:
-        fast = False
-    if not fast:
-        return _queue_work_checked(worker, work)
-    widx = worker._idx + 1
-    tied = mem.load32(base + W.worker)
-    if tied and (tied != widx or mem.load32(base + W.worker_gen) != worker._gen):
-        return _queue_work_checked(worker, work)
-    idx = work._idx + 1
-    lock = kbase + K.lock
-    mem.mutex_lock(lock, -1, lock_spin_ns())
-    try:
-        if mem.load32(kbase + K.thead):
-            mem.mutex_unlock(lock)
-            lock = None
-            return _queue_work_checked(worker, work)
-        if mem.load32(base + W.where) or mem.load32(base + W.canceling):
-            return False
-        # link_before(..., tail) inlined
-        prev = mem.load32(kbase + K.tail)
-        mem.store32(base + W.next, 0)
-        mem.store32(base + W.prev, prev)
-        mem.store32(kbase + K.tail, idx)
-        if prev:
-            mem.store32(rt.arena.work_off(prev - 1) + W.next, idx)
+        if rt is not _fast_rt:
+            _take_fast_path(rt)
+        if _cq is None or type(worker) is not KthreadWorker or work._rt is not rt or \
+                not isinstance(work, KthreadWork) or rt.closed or _trace.ENABLED:
+            r = -1
         else:
-            mem.store32(kbase + K.head, idx)
-        mem.store32(base + W.where, L.ON_WORKLIST)
-        mem.store32(base + W.worker, widx)
-        mem.store32(base + W.worker_gen, worker._gen)
-        mem.fetch_add32(kbase + K.depth, 1)
-        wake = not mem.load32(kbase + K.current)
-    finally:
-        if lock is not None:
-            mem.mutex_unlock(lock)
-    if wake:
-        wake_worker(rt, kbase)
-    return True
+            r = _cq(worker._off, work._off, worker._idx + 1, worker._gen, work._gen,
+                    _spin_ns, _wake_in_c)
+    except AttributeError:
+        r = -1                  # not handles: the checked path says what is wrong
+    except (RuntimeError, ValueError) as exc:
+        warn_on_once(True, f"the C work_queue() failed: {exc}")
+        return False
+    if r > 0:
+        if r == 2 and not _wake_in_c:
+            wake_worker(rt, worker._off)
+        return True
+    if r == 0:
+        return False
+    return _queue_work_checked(worker, work)
 
 
 def _queue_work_checked(worker, work):
