@@ -305,13 +305,13 @@ def resolve_work(work, what="work", delayed=False):
     return work._rt, work._base()
 
 
-def resolve_worker(worker, what="worker"):
+def resolve_worker(worker):
     """Check a worker argument; return (runtime, slot offset).
 
     Raises: TypeError; KthreadError(ESRCH) for a stale (destroyed) worker.
     """
     if not isinstance(worker, KthreadWorker):
-        raise TypeError(f"{what} must be a kproc.KthreadWorker, not {type(worker).__name__}")
+        raise TypeError(f"worker must be a kproc.KthreadWorker, not {type(worker).__name__}")
     try:
         return worker._rt, worker._base()
     except KthreadError as exc:

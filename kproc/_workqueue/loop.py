@@ -108,7 +108,8 @@ def _pop_slow(lk, idx, cache):
     rt, mem, kbase = lk.rt, lk.mem, lk.kbase
     with lk:
         if mem.load32(kbase + K.thead):
-            run_timers(lk, wake=False)
+            run_timers(lk)
+            lk.wake = False             # the worker is awake: it is the caller
         idx = pop_locked(lk, idx)
         deadline = None if idx else next_expiry(lk)
         if deadline is not None:

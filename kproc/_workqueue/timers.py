@@ -34,11 +34,12 @@ W = L.WORK
 K = L.WORKER
 
 
-def run_timers(lk, wake=True):
+def run_timers(lk):
     """Fire every expired timer of the worker (kthread_delayed_work_timer_fn).
 
-    Context: worker lock held.  ``wake=False`` when the worker itself calls.
-    A corrupt timer list stops the firing where it breaks (warned).
+    Works moved to the work list ask for the worker's wake-up (``lk.wake``).
+    Context: worker lock held.  A corrupt timer list stops the firing where it
+    breaks (warned).
     """
     mem, kbase = lk.mem, lk.kbase
     idx = mem.load32(kbase + K.thead)
@@ -57,8 +58,6 @@ def run_timers(lk, wake=True):
             insert_work(lk, idx)
             queue_flushers(lk, idx)
         idx = mem.load32(kbase + K.thead)
-    if not wake:
-        lk.wake = False
 
 
 def next_expiry(lk):

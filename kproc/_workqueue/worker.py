@@ -8,6 +8,16 @@ worker, ...)`` is the same by hand.  Teardown mirrors setup:
 ``kthread_destroy_worker()`` flushes, stops the kthread, warns about (and
 unlinks) whatever is still queued, then frees the slot, after which every
 handle on the worker, and every work last queued on it, raises.
+
+Races prevented: worker->task is recorded under the worker lock, both by the
+creator (before the first wake) and by kthread_worker_fn() itself, so a
+queuer never wakes a task that is not the worker's; a KTW_FREEZABLE worker's
+task is marked freezable before it is woken, so a freeze right after the
+create cannot miss it; destroy flushes before it stops the kthread, and
+unlinks what is left only once the kthread is gone (nothing pops meanwhile).
+
+Runs in the caller (create, init, destroy, init_work) and in the worker's
+kthread (kthread_worker_fn).
 """
 
 import errno
@@ -22,7 +32,7 @@ from .._kthread.control import kthread_bind, kthread_stop, wake_up_process
 from .._kthread.create import NUMA_NO_NODE, kthread_create_on_node
 from .._sched.schedule import need_current
 from .flush import kthread_flush_worker, own_worker
-from .handles import KthreadWorker, KTW_FREEZABLE, resolve_worker, resolve_work
+from .handles import KthreadWorker, KTW_FREEZABLE, resolve_worker, resolve_work, same_runtime
 from .lists import Locked, drop_all_locked
 from .loop import worker_loop
 
@@ -80,8 +90,7 @@ def kthread_worker_fn(worker):
     """
     rt, tbase = need_current("kthread_worker_fn")
     wrt, kbase = resolve_worker(worker)
-    if wrt is not rt:
-        raise ValueError("the worker belongs to another kproc runtime")
+    same_runtime(rt, wrt, "worker")
     mem = rt.mem
     with Locked(rt, kbase):
         t = mem.load32(kbase + K.task)
@@ -233,6 +242,7 @@ def kthread_init_work(work, func):
 def kthread_init_delayed_work(dwork, func):
     """kthread_init_delayed_work - kthread_init_work() for a KthreadDelayedWork.
 
+    Context: any process of the runtime.  Return: None.
     Raises: TypeError if @dwork is not a KthreadDelayedWork; as kthread_init_work().
     """
     resolve_work(dwork, "dwork", delayed=True)
