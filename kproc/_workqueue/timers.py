@@ -75,11 +75,11 @@ def arm_timer(lk, idx, delay_ns):
     Context: worker lock held.  Return: True; False (warned, nothing linked)
     if a sanity check failed.
     """
+    expires = time.monotonic_ns() + delay_ns      # first: the checks are not the delay
     rt, mem, kbase = lk.rt, lk.mem, lk.kbase
     base = node_off(lk, idx, "work")
     if base is None or not insert_sanity_check(lk, base, idx):
         return False
-    expires = time.monotonic_ns() + delay_ns
     mem.store64(base + W.expires, expires)
     # Sorted insert, walking from the tail: timers mostly arrive in order.
     before = 0
