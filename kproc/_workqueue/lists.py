@@ -48,7 +48,7 @@ from .fastpath import lock_spin_ns
 from .tracepoints import trace_queue
 
 __all__ = ["Locked", "wake_worker", "link_before", "unlink", "insert_sanity_check",
-           "insert_work", "cancel_work_locked", "tied_worker", "idle_locked",
+           "insert_work", "cancel_work_locked", "tie_locked", "tied_worker", "idle_locked",
            "free_if_orphan_locked", "pop_locked", "add_flusher", "queue_flushers",
            "complete_flushers", "drop_all_locked", "node_off"]
 
@@ -96,17 +96,22 @@ def wake_worker(rt, kbase):
 
 
 # -- sanity checks ------------------------------------------------------------------
+#
+# A check builds its message only once it has failed: the common case is one
+# load and one compare.
 
-def _unheld(lk, fn_name):
-    return warn_on_once(not lk.held, f"{fn_name}() called without the worker lock")
+def _broken(message):
+    """A list invariant does not hold: warn_on_once() it.  Return: False (refuse)."""
+    warn_on_once(True, message)
+    return False
 
 
 def node_off(lk, idx, what):
     """Offset of work ``idx`` (index + 1), or None (warned) if it names no work slot."""
-    if warn_on_once(not 0 < idx <= lk.rt.arena.params.max_works,
-                    f"corrupt work list: {what} {idx} is not a work slot"):
-        return None
-    return lk.rt.arena.work_off(idx - 1)
+    if 0 < idx <= lk.rt.arena.params.max_works:
+        return lk.rt.arena.work_off(idx - 1)
+    _broken(f"corrupt work list: {what} {idx} is not a work slot")
+    return None
 
 
 def insert_sanity_check(lk, base, idx):
@@ -115,17 +120,16 @@ def insert_sanity_check(lk, base, idx):
     The lock is held, the work is on no list, and it is tied to no other
     worker (flush markers are tied to none).  Context: worker lock held.
     """
-    if _unheld(lk, "kthread_insert_work"):
-        return False
+    if not lk.held:
+        return _broken("kthread_insert_work() called without the worker lock")
     mem = lk.mem
-    if warn_on_once(mem.load32(base + W.where) != L.ON_NONE,
-                    f"work {idx} is inserted while already on a list"):
-        return False
+    if mem.load32(base + W.where) != L.ON_NONE:
+        return _broken(f"work {idx} is inserted while already on a list")
     tied = mem.load32(base + W.worker)
-    return not warn_on_once(
-        tied and (tied != lk.rt.arena.worker_idx(lk.kbase) + 1
-                  or mem.load32(base + W.worker_gen) != mem.load32(lk.kbase + K.gen)),
-        f"work {idx} is inserted on a worker it is not tied to")
+    if tied and (tied != lk.rt.arena.worker_idx(lk.kbase) + 1
+                 or mem.load32(base + W.worker_gen) != mem.load32(lk.kbase + K.gen)):
+        return _broken(f"work {idx} is inserted on a worker it is not tied to")
+    return True
 
 
 # -- list primitives ----------------------------------------------------------------
@@ -144,18 +148,18 @@ def link_before(lk, where, idx, before):
         return False
     if before:
         bbase = node_off(lk, before, "next")
-        if bbase is None or warn_on_once(mem.load32(bbase + W.where) != where,
-                                         f"corrupt work list: {before} is not on it"):
+        if bbase is None:
             return False
+        if mem.load32(bbase + W.where) != where:
+            return _broken(f"corrupt work list: {before} is not on it")
         prev = mem.load32(bbase + W.prev)
     else:
         prev = mem.load32(kbase + tail_f)
     pbase = node_off(lk, prev, "prev") if prev else None
     if prev and pbase is None:
         return False
-    if warn_on_once((mem.load32(pbase + W.next) if prev else mem.load32(kbase + head_f))
-                    != before, f"corrupt work list: {prev}->next is not {before}"):
-        return False
+    if (mem.load32(pbase + W.next) if prev else mem.load32(kbase + head_f)) != before:
+        return _broken(f"corrupt work list: {prev}->next is not {before}")
     mem.store32(base + W.next, before)
     mem.store32(base + W.prev, prev)
     mem.store32(bbase + W.prev if before else kbase + tail_f, idx)
@@ -170,14 +174,14 @@ def unlink(lk, idx, where):
     Context: worker lock held.  Return: False (warned, nothing changed) if it
     is not on that list or its neighbours do not point back at it.
     """
-    if _unheld(lk, "list_del_init"):
-        return False
+    if not lk.held:
+        return _broken("list_del_init() called without the worker lock")
     mem, kbase = lk.mem, lk.kbase
     base = node_off(lk, idx, "work")
-    if base is None or warn_on_once(mem.load32(base + W.where) != where,
-                                    f"corrupt work list: {idx} is not on the list "
-                                    "it is taken off"):
+    if base is None:
         return False
+    if mem.load32(base + W.where) != where:
+        return _broken(f"corrupt work list: {idx} is not on the list it is taken off")
     head_f, tail_f = LISTS[where]
     prev = mem.load32(base + W.prev)
     nxt = mem.load32(base + W.next)
@@ -185,10 +189,9 @@ def unlink(lk, idx, where):
     nbase = node_off(lk, nxt, "next") if nxt else None
     if (prev and pbase is None) or (nxt and nbase is None):
         return False
-    if warn_on_once((mem.load32(pbase + W.next) if prev else mem.load32(kbase + head_f)) != idx
-                    or (mem.load32(nbase + W.prev) if nxt else mem.load32(kbase + tail_f))
-                    != idx, f"corrupt work list: the neighbours of {idx} do not point at it"):
-        return False
+    if (mem.load32(pbase + W.next) if prev else mem.load32(kbase + head_f)) != idx or \
+            (mem.load32(nbase + W.prev) if nxt else mem.load32(kbase + tail_f)) != idx:
+        return _broken(f"corrupt work list: the neighbours of {idx} do not point at it")
     mem.store32(pbase + W.next if prev else kbase + head_f, nxt)
     mem.store32(nbase + W.prev if nxt else kbase + tail_f, prev)
     mem.store32(base + W.prev, 0)
@@ -210,8 +213,7 @@ def insert_work(lk, idx, before=0):
             not link_before(lk, L.ON_WORKLIST, idx, before):
         return False
     if mem.load32(base + W.kind) != L.WK_FLUSH:
-        mem.store32(base + W.worker, rt.arena.worker_idx(kbase) + 1)
-        mem.store32(base + W.worker_gen, mem.load32(kbase + K.gen))
+        tie_locked(lk, base)
         mem.fetch_add32(kbase + K.depth, 1)
         if _trace.ENABLED:
             trace_queue(rt, kbase, idx, base)
@@ -290,6 +292,18 @@ def drop_all_locked(lk):
 
 # -- ties and slot lifetime under the lock --------------------------------------------
 
+def tie_locked(lk, base):
+    """work->worker = worker, for the work at ``base`` (stores only when untied:
+    insert_sanity_check() has refused a tie to another worker).
+
+    Context: worker lock held.
+    """
+    mem = lk.mem
+    if not mem.load32(base + W.worker):
+        mem.store32(base + W.worker, lk.rt.arena.worker_idx(lk.kbase) + 1)
+        mem.store32(base + W.worker_gen, mem.load32(lk.kbase + K.gen))
+
+
 def tied_worker(rt, base):
     """The offset of the worker a work was last queued on, or None if never queued.
 
@@ -352,10 +366,10 @@ def _pop_flushers(lk, idx):
     m = mem.load32(base + W.flushers)
     while m:
         mbase = node_off(lk, m, "flush marker")
-        if mbase is None or warn_on_once(
-                mem.load32(mbase + W.kind) != L.WK_FLUSH
-                or mem.load32(mbase + W.where) != L.ON_NONE,
-                f"flush marker {m} waiting on the timer of {idx} is left linked"):
+        if mbase is None:
+            break
+        if mem.load32(mbase + W.kind) != L.WK_FLUSH or mem.load32(mbase + W.where) != L.ON_NONE:
+            _broken(f"flush marker {m} waiting on the timer of {idx} is left linked")
             break
         chain.append((m, mbase))
         m = mem.load32(mbase + W.next)

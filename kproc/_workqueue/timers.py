@@ -26,7 +26,7 @@ import time
 
 from .._core import layout as L
 from .lists import (insert_sanity_check, insert_work, link_before, unlink, node_off,
-                    complete_flushers, queue_flushers)
+                    tie_locked, complete_flushers, queue_flushers)
 
 __all__ = ["run_timers", "next_expiry", "arm_timer"]
 
@@ -76,7 +76,7 @@ def arm_timer(lk, idx, delay_ns):
     if a sanity check failed.
     """
     expires = time.monotonic_ns() + delay_ns      # first: the checks are not the delay
-    rt, mem, kbase = lk.rt, lk.mem, lk.kbase
+    mem, kbase = lk.mem, lk.kbase
     base = node_off(lk, idx, "work")
     if base is None or not insert_sanity_check(lk, base, idx):
         return False
@@ -94,8 +94,7 @@ def arm_timer(lk, idx, delay_ns):
         cur = mem.load32(cbase + W.prev)
     if not link_before(lk, L.ON_TIMER, idx, before):
         return False
-    mem.store32(base + W.worker, rt.arena.worker_idx(kbase) + 1)
-    mem.store32(base + W.worker_gen, mem.load32(kbase + K.gen))
+    tie_locked(lk, base)
     mem.fetch_add32(kbase + K.ndelayed, 1)
     if mem.load32(kbase + K.thead) == idx and not mem.load32(kbase + K.current):
         lk.wake = True        # an idle worker re-arms its sleep for the new first timer
