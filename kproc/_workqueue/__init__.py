@@ -8,7 +8,7 @@ One module per mechanism, each importing only those listed before it:
 * ``lists``       -- everything under ``worker->lock``: link, unlink, insert, pop,
   cancel, ties, orphan frees, and the sanity checks of each
 * ``timers``      -- the timer list (``kthread_delayed_work_timer_fn``)
-* ``slots``       -- work and worker slot lifetime: orphans, deferred frees, sweep
+* ``lifetime``    -- work and worker slot lifetime: orphans, deferred frees, sweep
 * ``handles``     -- ``KthreadWorker``, ``KthreadWork``, ``KthreadDelayedWork``
   and the argument checks
 * ``queue``, ``flush``, ``cancel``, ``delayed`` -- the public operations

@@ -31,7 +31,7 @@ from .._core.errors import KthreadError, kernel_warn, warn_on_once
 from .._sched.completion import wait_at
 from .handles import resolve_work, resolve_worker
 from .lists import Locked, insert_work, add_flusher, tied_worker
-from .slots import alloc_work_slot
+from .lifetime import alloc_work_slot
 from .timers import run_timers
 
 __all__ = ["kthread_flush_work", "kthread_flush_worker", "flush_work_at", "own_worker"]

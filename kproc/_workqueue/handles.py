@@ -10,7 +10,7 @@ holding the pickled ``(func, data)`` (``payload``); ``work.data`` plays
 A handle is (runtime, slot index, generation).  Handles are picklable, and a
 copy used after its slot was freed or recycled raises (the generation no
 longer matches), never touching the new occupant.  Only the handle a process
-constructs owns its slot; how an owned slot is freed is ``slots``' business.
+constructs owns its slot; how an owned slot is freed is ``lifetime``' business.
 Each process sees its own copy of ``data``, as with any handle.
 
 Also here: the argument checks every work-queue function starts with
@@ -30,7 +30,7 @@ from .._core.runtime import get_runtime, current_runtime
 from .._sched.task import Task
 from .lists import Locked, tied_worker
 from .payload import pickle_payload, write_payload, read_payload, read_traceback
-from .slots import defer_free, drain_deferred_frees, alloc_work_slot, reinit_work
+from .lifetime import defer_free, drain_deferred_frees, alloc_work_slot, reinit_work
 from .timers import run_timers
 
 __all__ = ["KthreadWorker", "KthreadWork", "KthreadDelayedWork", "resolve_work",

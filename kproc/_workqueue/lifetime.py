@@ -1,5 +1,8 @@
 """The lifetime of work and worker slots: allocation, orphans, deferred frees, the sweep.
 
+The slot table itself (generations, claim, release) is ``_core.slots``; this
+module decides *when* a work or worker slot may go back to it.
+
 Ownership.  The handle a process *constructs* owns the slot; copies made by
 pickling (handed to kthreads, or the one a worker passes to ``func``) do not.
 When the owning handle is garbage-collected the slot is freed if the work is
