@@ -7,11 +7,12 @@ holding the pickled ``(func, data)`` (``payload``); ``work.data`` plays
 ``container_of``.  A worker is a slot of the worker table
 (``struct kthread_worker``).
 
-A handle is (runtime, slot index, generation).  Handles are picklable, and a
-copy used after its slot was freed or recycled raises (the generation no
-longer matches), never touching the new occupant.  Only the handle a process
-constructs owns its slot; how an owned slot is freed is ``lifetime``' business.
-Each process sees its own copy of ``data``, as with any handle.
+A handle is (runtime, slot index, generation) on the ``_core.handle.Handle``
+base, which pickles it and compares it; a copy used after its slot was freed
+or recycled raises (the generation no longer matches), never touching the
+new occupant.  Only the handle a process constructs owns its slot; how an
+owned slot is freed is ``lifetime``'s business.  Each process sees its own
+copy of ``data``, as with any handle.
 
 Also here: the argument checks every work-queue function starts with
 (:func:`resolve_work`, :func:`resolve_worker`, :func:`same_runtime`,
@@ -22,15 +23,15 @@ Runs in every process of the runtime (handles travel by pickling).
 
 import errno
 import os
-import pickle
 
 from .._core import layout as L
 from .._core.errors import KthreadError, kernel_warn
-from .._core.runtime import get_runtime, current_runtime
+from .._core.handle import Handle
+from .._core.runtime import get_runtime
 from .._sched.task import Task
+from .lifetime import defer_free, drain_deferred_frees, alloc_work_slot, reinit_work
 from .lists import Locked, tied_worker
 from .payload import pickle_payload, write_payload, read_payload, read_traceback
-from .lifetime import defer_free, drain_deferred_frees, alloc_work_slot, reinit_work
 from .timers import run_timers
 
 __all__ = ["KthreadWorker", "KthreadWork", "KthreadDelayedWork", "resolve_work",
@@ -43,7 +44,7 @@ K = L.WORKER
 KTW_FREEZABLE = 1 << 0
 
 
-class KthreadWork:
+class KthreadWork(Handle):
     """A work item: ``func(work)`` runs in the worker's process (``struct kthread_work``).
 
     @func: a module-level callable taking the work; @data: any picklable
@@ -58,8 +59,8 @@ class KthreadWork:
     """
 
     _kind = L.WK_WORK
-    __slots__ = ("_rt", "_idx", "_gen", "_off", "_owner", "_func", "_data", "_version",
-                 "__weakref__")
+    _what = "work"
+    __slots__ = ("_off", "_owner", "_func", "_data", "_version", "__weakref__")
 
     def __init__(self, func, data=None):
         raw = pickle_payload(func, data)
@@ -81,9 +82,7 @@ class KthreadWork:
         return self
 
     def _base(self):
-        if self._rt.closed:
-            raise KthreadError(errno.ESRCH, "the work's kproc runtime was shut down")
-        return self._rt.arena.check_work(self._idx, self._gen)
+        return self._live_runtime().arena.check_work(self._idx, self._gen)
 
     def _load(self):
         base = self._base()
@@ -130,16 +129,6 @@ class KthreadWork:
         reinit_work(self._rt, self._base(), self._idx, raw)
         self._func, self._version = func, None
 
-    def __reduce__(self):
-        return (_restore_work, (type(self), self._rt.runtime_id, self._idx, self._gen))
-
-    def __eq__(self, other):
-        return (isinstance(other, KthreadWork) and other._rt is self._rt
-                and other._idx == self._idx and other._gen == self._gen)
-
-    def __hash__(self):
-        return hash((self._rt.runtime_id, "work", self._idx, self._gen))
-
     def __del__(self):
         if getattr(self, "_owner", False):
             defer_free(self._rt, "work", self._idx, self._gen)
@@ -154,14 +143,6 @@ class KthreadDelayedWork(KthreadWork):
 
     _kind = L.WK_DELAYED
     __slots__ = ()
-
-
-def _restore_work(cls, runtime_id, idx, gen):
-    rt = current_runtime()
-    if rt is None or rt.runtime_id != runtime_id:
-        raise pickle.UnpicklingError(f"a kproc.{cls.__name__} can only be unpickled in a "
-                                     "process of the runtime that created it")
-    return cls._attach(rt, idx, gen)
 
 
 def _work_class(rt, base):
@@ -179,7 +160,7 @@ def work_handle_for_exec(rt, idx, gen, cache):
     return handle
 
 
-class KthreadWorker:
+class KthreadWorker(Handle):
     """A kthread worker (``struct kthread_worker``).
 
     Made by ``kthread_create_worker*()``, or constructed empty and set up with
@@ -190,7 +171,8 @@ class KthreadWorker:
     Context: any process of the runtime.  Raises: KthreadError(ENOMEM).
     """
 
-    __slots__ = ("_rt", "_idx", "_gen", "_off", "_owner", "__weakref__")
+    _what = "worker"
+    __slots__ = ("_off", "_owner", "__weakref__")
 
     def __init__(self):
         rt = get_runtime()
@@ -208,9 +190,7 @@ class KthreadWorker:
         return self
 
     def _base(self):
-        if self._rt.closed:
-            raise KthreadError(errno.ESRCH, "the worker's kproc runtime was shut down")
-        return self._rt.arena.check_worker(self._idx, self._gen)
+        return self._live_runtime().arena.check_worker(self._idx, self._gen)
 
     def _field(self, name):
         return L.unpack_field(self._rt.buf, self._base(), K, name)
@@ -261,16 +241,6 @@ class KthreadWorker:
         gen = self._rt.mem.load32(wbase + W.gen)
         return _work_class(self._rt, wbase)._attach(self._rt, cur - 1, gen)
 
-    def __reduce__(self):
-        return (_restore_worker, (self._rt.runtime_id, self._idx, self._gen))
-
-    def __eq__(self, other):
-        return (isinstance(other, KthreadWorker) and other._rt is self._rt
-                and other._idx == self._idx and other._gen == self._gen)
-
-    def __hash__(self):
-        return hash((self._rt.runtime_id, "worker", self._idx, self._gen))
-
     def __del__(self):
         if getattr(self, "_owner", False):
             defer_free(self._rt, "worker", self._idx, self._gen)
@@ -281,14 +251,6 @@ class KthreadWorker:
             return f"<KthreadWorker {task.name if task else '(no task)'}>"
         except KthreadError:
             return f"<KthreadWorker slot={self._idx} (stale)>"
-
-
-def _restore_worker(runtime_id, idx, gen):
-    rt = current_runtime()
-    if rt is None or rt.runtime_id != runtime_id:
-        raise pickle.UnpicklingError("a kproc.KthreadWorker can only be unpickled in a "
-                                     "process of the runtime that created it")
-    return KthreadWorker._attach(rt, idx, gen)
 
 
 # -- argument checks ------------------------------------------------------------------
