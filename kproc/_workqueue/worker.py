@@ -25,6 +25,7 @@ import errno
 from .._core import layout as L
 from .._core import syscalls as _sys
 from .._core.blobs import read_name
+from .._core.checks import check_cpu, check_int
 from .._core.errors import KthreadError, kernel_warn
 from .._core.runtime import get_runtime
 from .._freezer import set_freezable_at
@@ -49,8 +50,7 @@ WORKER_TIMERSLACK_NS = 1000    # timers of delayed works fire at most ~1 µs lat
 
 
 def _check_flags(flags):
-    if isinstance(flags, bool) or not isinstance(flags, int):
-        raise TypeError(f"flags must be an int (0 or KTW_FREEZABLE), not {type(flags).__name__}")
+    check_int("flags", flags)
     if flags & ~KTW_ALL or flags < 0:
         raise ValueError(f"unknown worker flags {flags:#x} (only KTW_FREEZABLE is defined)")
 
@@ -168,9 +168,7 @@ def kthread_create_worker_on_cpu(cpu, flags, namefmt):
     """
     _check_flags(flags)
     rt = get_runtime()
-    if isinstance(cpu, bool) or not isinstance(cpu, int):
-        raise TypeError(f"cpu must be an int, not {type(cpu).__name__}")
-    rt.topology.check_possible(cpu)
+    check_cpu(rt.topology, cpu)
     node = rt.topology.cpu_to_node(cpu)
     worker = KthreadWorker()
     task = _attach_task(worker, flags,
