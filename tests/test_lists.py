@@ -2,10 +2,12 @@
 
 What kthread.c 6.15's kthread_insert_work_sanity_check() checks
 (``lockdep_assert_held(&worker->lock)``, ``WARN_ON_ONCE(!list_empty(&work->node))``,
-``WARN_ON_ONCE(work->worker && work->worker != worker)``), plus CONFIG_DEBUG_LIST's
-neighbour checks and kproc's own "a flush marker is unlinked before it is completed".
-Under KPROC_STRICT=1 (set by conftest) warn_on_once raises, so each broken invariant
-fails loudly here.
+``WARN_ON_ONCE(work->worker && work->worker != worker)``), links that name no work
+slot, and kproc's own "a flush marker is unlinked before it is completed".  The first
+two and the links are checked by the Mem.wl_* primitives (native/wl_methods.c, or
+kproc._core.pymem), the others in Python; every refusal goes through warn_on_once,
+which raises under KPROC_STRICT=1 (set by conftest), so each broken invariant fails
+loudly here.
 
 Each test breaks one invariant on purpose, through the shared memory or by calling a
 lock-held helper the wrong way, on a worker no kthread serves (nothing else walks its
@@ -86,9 +88,9 @@ def test_insert_sanity_check_refuses_a_work_tied_to_another_worker(rt, idle_work
 def test_list_helpers_refuse_to_run_without_the_worker_lock(rt, idle_worker):
     """kthread_insert_work_sanity_check(): lockdep_assert_held(&worker->lock)."""
     work = kproc.KthreadWork(wfuncs.noop)
-    with pytest.raises(BROKEN, match="without the worker lock"):
+    with pytest.raises(BROKEN, match="worker lock is not held"):
         insert_work(Locked(rt, idle_worker._off), work._idx + 1)
-    with pytest.raises(BROKEN, match="without the worker lock"):
+    with pytest.raises(BROKEN, match="worker lock is not held"):
         unlink(Locked(rt, idle_worker._off), work._idx + 1, L.ON_WORKLIST)
     assert rt.mem.load32(work._off + W.where) == L.ON_NONE
     assert field(idle_worker, "head") == 0

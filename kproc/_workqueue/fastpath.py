@@ -1,17 +1,19 @@
-"""Glue to the C fast paths of the work lists: ``Mem.wq_setup``, ``work_queue``, ``work_pop``.
+"""Set-up of the work-list code of ``Mem``, and glue to its two fast paths.
 
 The C extension can do the two hot list operations whole, lock to unlock:
-kthread_queue_work() when nothing unusual is going on, and the worker's
-"finish the last work, pop the next" (with the expired timers fired first).
-Anything unusual (a timer armed, a flush marker at the head, an orphan to
-free, a busy lock, a generation that differs) makes them answer -1, and the
-Python path in ``lists`` does it instead, under the same robust mutex, so
-both paths always see one consistent list.
+kthread_queue_work() when nothing unusual is going on (``Mem.work_queue``),
+and the worker's "finish the last work, pop the next", with the expired
+timers fired first (``Mem.work_pop``).  Anything unusual (a timer armed, a
+flush marker at the head, an orphan to free, a busy lock, a generation that
+differs) makes them answer -1, and the Python path in ``lists`` does it
+instead, under the same robust mutex, through the ``Mem.wl_*`` primitives
+-- the same C code on the same lists.
 
-Invariants: ``wq_setup`` is given the layout of the worker, work and task
-records once per runtime and process, before the first fast call; the
-fast paths exist only with the native ``Mem`` (the pure-Python one has no
-``wq_setup``), which is detected, not inferred.
+Invariants: ``Mem`` learns the layout of the worker, work and task records
+(``wq_setup``: primitives and fast paths; ``wl_setup``: the primitives only,
+all the pure-Python ``Mem`` has) once per runtime and process, before the
+first list operation (``lists.Locked`` sees to it); the fast paths exist only
+with the native ``Mem``, which is detected, not inferred.
 
 Runs in whichever process queues or pops: the caller, any kthread, the
 worker's kthread.
@@ -37,19 +39,20 @@ def lock_spin_ns():
 def fast_paths(rt):
     """(work_queue, work_pop) of the C extension for ``rt``, or (None, None).
 
-    Set up once per runtime and process: the C side learns where workers,
-    works and tasks live (``Mem.wq_setup``), and the answer is kept in the
-    runtime's ``wq_fast`` (a kthread inherits kthreadd's by fork, together with
-    its set-up ``Mem``).
+    Sets ``Mem`` up for ``rt`` first (``wq_setup``, or ``wl_setup`` without
+    the fast paths); the answer is kept in the runtime's ``wq_fast`` (a
+    kthread inherits kthreadd's by fork, together with its set-up ``Mem``).
     """
     paths = rt.wq_fast
     if paths is not None:
         return paths
     mem = rt.mem
-    paths = (None, None)
+    layout = L.native_layout(rt.arena.params, TASK_NORMAL)
     if hasattr(mem, "wq_setup"):
-        p = rt.arena.params
-        mem.wq_setup(L.native_layout(p, TASK_NORMAL))
+        mem.wq_setup(layout)
         paths = (mem.work_queue, mem.work_pop)
+    else:
+        mem.wl_setup(layout)
+        paths = (None, None)
     rt.wq_fast = paths
     return paths

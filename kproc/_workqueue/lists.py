@@ -7,20 +7,25 @@ Works are WORK records linked by slot index + 1 through their
 (``list_empty(&work->node)`` is ``where == ON_NONE``).  Every list change
 happens under the worker's lock, from whichever process of the runtime asks:
 the caller, a kthread, a work running on this very worker.  Every helper
-here takes the lock token, :class:`Locked`, as its first argument.
+here that needs the lock takes the lock token, :class:`Locked`, first.
+
+The list primitives themselves -- link, unlink, pop, fire the timers -- are
+written once, in C (``native/worklist.c``), and reached here as ``Mem.wl_*``
+(``kproc._core.pymem`` supplies the same methods without the extension): the
+C fast paths and this slow path run the very same code on the lists.  What
+stays in Python is policy: which list, where in it, ties, markers, orphans.
 
 Mirrors: ``kthread_insert_work`` and ``kthread_insert_work_sanity_check``,
 the list half of ``__kthread_cancel_work``, the pop of ``kthread_worker_fn``
-(flush markers met on the way are completed there, under the lock), and
-``CONFIG_DEBUG_LIST``'s checks of list_add/list_del.
+(flush markers met on the way are completed there, under the lock).
 
-Invariants, checked in code: the lock is held (``lockdep_assert_held``); a
-work being linked is on no list and tied to no other worker; its neighbours
-point back at it (``__list_add_valid``, ``__list_del_entry_valid``); every
-link names a slot of the work table; a flush marker waiting on a timer is on
-no list.  A broken one is "can't happen": it goes through ``warn_on_once``
-(which raises under ``KPROC_STRICT=1``) and the operation is refused rather
-than corrupt the list further.
+Invariants, checked in code: the lock is held by the calling thread
+(``lockdep_assert_held``) and a work being linked is on no list
+(``WARN_ON_ONCE(!list_empty)``) -- both checked by every ``wl_*`` call, with
+every link followed; a work is tied to no other worker; a flush marker
+waiting on a timer is on no list.  A broken one is "can't happen": it goes
+through ``warn_on_once`` (which raises under ``KPROC_STRICT=1``) and the
+operation is refused rather than corrupt the list further.
 
 Races prevented:
 
@@ -44,41 +49,41 @@ from .._core import trace as _trace
 from .._core.errors import KthreadError, warn_on_once
 from .._sched.schedule import wake_up_state
 from .._sched.task import TaskState
-from .fastpath import lock_spin_ns
+from .fastpath import fast_paths, lock_spin_ns
 from .tracepoints import trace_queue
 
-__all__ = ["Locked", "wake_worker", "link_before", "unlink", "insert_sanity_check",
-           "insert_work", "cancel_work_locked", "tie_locked", "tied_worker", "idle_locked",
-           "free_if_orphan_locked", "pop_locked", "add_flusher", "queue_flushers",
-           "complete_flushers", "drop_all_locked", "node_off"]
+__all__ = ["Locked", "wake_worker", "refused", "node_off", "link_before", "unlink",
+           "insert_sanity_check", "insert_work", "cancel_work_locked", "pop_locked",
+           "drop_all_locked", "tie_locked", "tied_worker", "idle_locked",
+           "free_if_orphan_locked", "add_flusher", "complete_flushers"]
 
 W = L.WORK
 K = L.WORKER
 T = L.TASK
-
-LISTS = {L.ON_WORKLIST: (K.head, K.tail), L.ON_TIMER: (K.thead, K.ttail)}
+HEADS = {L.ON_WORKLIST: K.head, L.ON_TIMER: K.thead}
 
 
 class Locked:
     """``raw_spin_lock(&worker->lock)`` as a context manager: the lock token.
 
     Remembers a wake-up to do (``wake``), done after unlocking, so the worker
-    does not wake only to block on the lock its waker still holds.  ``held``
-    is what the helpers check, as ``lockdep_assert_held()`` does.
+    does not wake only to block on the lock its waker still holds.  Making
+    one sets up the ``wl_*`` primitives of this process, once per runtime.
     """
 
-    __slots__ = ("rt", "mem", "kbase", "wake", "held")
+    __slots__ = ("rt", "mem", "kbase", "wake")
 
     def __init__(self, rt, kbase):
-        self.rt, self.mem, self.kbase, self.wake, self.held = rt, rt.mem, kbase, False, False
+        if rt.wq_fast is None:
+            fast_paths(rt)
+        self.rt, self.mem, self.kbase, self.wake = rt, rt.mem, kbase, False
 
     def __enter__(self):
         self.mem.mutex_lock(self.kbase + K.lock, -1, lock_spin_ns())
-        self.held, self.wake = True, False
+        self.wake = False
         return self
 
     def __exit__(self, *exc):
-        self.held = False
         self.mem.mutex_unlock(self.kbase + K.lock)
         if self.wake:
             wake_worker(self.rt, self.kbase)
@@ -106,6 +111,13 @@ def _broken(message):
     return False
 
 
+def refused(exc):
+    """A ``wl_*`` primitive refused (RuntimeError: lock not held, corrupt lists;
+    ValueError: not the state it needs): warn_on_once() it.  Return: False.
+    """
+    return _broken(f"the work lists refused: {exc}")
+
+
 def node_off(lk, idx, what):
     """Offset of work ``idx`` (index + 1), or None (warned) if it names no work slot."""
     if 0 < idx <= lk.rt.arena.params.max_works:
@@ -115,16 +127,12 @@ def node_off(lk, idx, what):
 
 
 def insert_sanity_check(lk, base, idx):
-    """kthread_insert_work_sanity_check(): True if work ``idx`` may be linked on this worker.
+    """kthread_insert_work_sanity_check(): False (warned) if work ``idx`` is tied to
+    another worker; its other two checks (lock held, list_empty) are wl_link_before()'s.
 
-    The lock is held, the work is on no list, and it is tied to no other
-    worker (flush markers are tied to none).  Context: worker lock held.
+    Flush markers are tied to none.  Context: worker lock held.
     """
-    if not lk.held:
-        return _broken("kthread_insert_work() called without the worker lock")
     mem = lk.mem
-    if mem.load32(base + W.where) != L.ON_NONE:
-        return _broken(f"work {idx} is inserted while already on a list")
     tied = mem.load32(base + W.worker)
     if tied and (tied != lk.rt.arena.worker_idx(lk.kbase) + 1
                  or mem.load32(base + W.worker_gen) != mem.load32(lk.kbase + K.gen)):
@@ -135,68 +143,28 @@ def insert_sanity_check(lk, base, idx):
 # -- list primitives ----------------------------------------------------------------
 
 def link_before(lk, where, idx, before):
-    """list_add_tail(): link work ``idx`` before node ``before`` (0: at the tail)
-    of the list ``where`` names (ON_WORKLIST, ON_TIMER), and record ``where``.
+    """list_add_tail(): link work ``idx`` before ``before`` (0: at the tail) of the list
+    ``where`` names (ON_WORKLIST, ON_TIMER); records and counts it (``wl_link_before``).
 
-    Context: worker lock held; the caller has passed insert_sanity_check().
-    Return: False (warned, nothing changed) if the list is corrupt there.
+    Context: worker lock held.  Return: False (warned, nothing changed) if refused.
     """
-    mem, kbase = lk.mem, lk.kbase
-    head_f, tail_f = LISTS[where]
-    base = node_off(lk, idx, "work")
-    if base is None:
-        return False
-    if before:
-        bbase = node_off(lk, before, "next")
-        if bbase is None:
-            return False
-        if mem.load32(bbase + W.where) != where:
-            return _broken(f"corrupt work list: {before} is not on it")
-        prev = mem.load32(bbase + W.prev)
-    else:
-        prev = mem.load32(kbase + tail_f)
-    pbase = node_off(lk, prev, "prev") if prev else None
-    if prev and pbase is None:
-        return False
-    if (mem.load32(pbase + W.next) if prev else mem.load32(kbase + head_f)) != before:
-        return _broken(f"corrupt work list: {prev}->next is not {before}")
-    mem.store32(base + W.next, before)
-    mem.store32(base + W.prev, prev)
-    mem.store32(bbase + W.prev if before else kbase + tail_f, idx)
-    mem.store32(pbase + W.next if prev else kbase + head_f, idx)
-    mem.store32(base + W.where, where)
+    try:
+        lk.mem.wl_link_before(lk.kbase, where, idx, before)
+    except (RuntimeError, ValueError) as exc:
+        return refused(exc)
     return True
 
 
 def unlink(lk, idx, where):
-    """list_del_init() of work ``idx`` (index + 1) from the list ``where`` names.
+    """list_del_init() of work ``idx`` from the list ``where`` names (``wl_unlink``).
 
     Context: worker lock held.  Return: False (warned, nothing changed) if it
-    is not on that list or its neighbours do not point back at it.
+    is not on that list or the list is corrupt.
     """
-    if not lk.held:
-        return _broken("list_del_init() called without the worker lock")
-    mem, kbase = lk.mem, lk.kbase
-    base = node_off(lk, idx, "work")
-    if base is None:
-        return False
-    if mem.load32(base + W.where) != where:
-        return _broken(f"corrupt work list: {idx} is not on the list it is taken off")
-    head_f, tail_f = LISTS[where]
-    prev = mem.load32(base + W.prev)
-    nxt = mem.load32(base + W.next)
-    pbase = node_off(lk, prev, "prev") if prev else None
-    nbase = node_off(lk, nxt, "next") if nxt else None
-    if (prev and pbase is None) or (nxt and nbase is None):
-        return False
-    if (mem.load32(pbase + W.next) if prev else mem.load32(kbase + head_f)) != idx or \
-            (mem.load32(nbase + W.prev) if nxt else mem.load32(kbase + tail_f)) != idx:
-        return _broken(f"corrupt work list: the neighbours of {idx} do not point at it")
-    mem.store32(pbase + W.next if prev else kbase + head_f, nxt)
-    mem.store32(nbase + W.prev if nxt else kbase + tail_f, prev)
-    mem.store32(base + W.prev, 0)
-    mem.store32(base + W.next, 0)
-    mem.store32(base + W.where, L.ON_NONE)
+    try:
+        lk.mem.wl_unlink(lk.kbase, where, idx)
+    except (RuntimeError, ValueError) as exc:
+        return refused(exc)
     return True
 
 
@@ -214,7 +182,6 @@ def insert_work(lk, idx, before=0):
         return False
     if mem.load32(base + W.kind) != L.WK_FLUSH:
         tie_locked(lk, base)
-        mem.fetch_add32(kbase + K.depth, 1)
         if _trace.ENABLED:
             trace_queue(rt, kbase, idx, base)
     if not mem.load32(kbase + K.current):
@@ -225,16 +192,13 @@ def insert_work(lk, idx, before=0):
 def cancel_work_locked(lk, idx):
     """__kthread_cancel_work(): take work ``idx`` off whichever list it is on.
 
-    Context: worker lock held.  Return: True if it was pending.
+    A timer-pending work's flush markers are completed.  Context: worker lock
+    held.  Return: True if it was pending.
     """
-    mem, kbase = lk.mem, lk.kbase
-    where = mem.load32(lk.rt.arena.work_off(idx - 1) + W.where)
+    where = lk.mem.load32(lk.rt.arena.work_off(idx - 1) + W.where)
     if where == L.ON_NONE or not unlink(lk, idx, where):
         return False
-    if where == L.ON_WORKLIST:
-        mem.fetch_add32(kbase + K.depth, -1)
-    else:
-        mem.fetch_add32(kbase + K.ndelayed, -1)
+    if where == L.ON_TIMER:
         complete_flushers(lk, idx)
     return True
 
@@ -252,16 +216,17 @@ def pop_locked(lk, prev_idx):
         mem.store32(kbase + K.current, 0)
         free_if_orphan_locked(lk, prev_idx - 1)
     while True:
-        idx = mem.load32(kbase + K.head)
-        if not idx:
+        try:
+            idx = mem.wl_pop(kbase)
+        except (RuntimeError, ValueError) as exc:
+            refused(exc)
             return 0
-        if not unlink(lk, idx, L.ON_WORKLIST):
+        if not idx:
             return 0
         base = rt.arena.work_off(idx - 1)
         if mem.load32(base + W.kind) == L.WK_FLUSH:
             rt.waits.completion_complete(base + W.done, True)
             continue
-        mem.fetch_add32(kbase + K.depth, -1)
         mem.store32(kbase + K.current, idx)
         return idx
 
@@ -275,7 +240,7 @@ def drop_all_locked(lk):
     """
     rt, mem, kbase = lk.rt, lk.mem, lk.kbase
     left = 0
-    for where, (head_f, _) in LISTS.items():
+    for where, head_f in HEADS.items():
         while (idx := mem.load32(kbase + head_f)):
             if not unlink(lk, idx, where):
                 break
@@ -358,39 +323,22 @@ def add_flusher(lk, idx, marker):
     mem.store32(base + W.flushers, marker)
 
 
-def _pop_flushers(lk, idx):
-    """Detach and return the markers waiting on ``idx``; each is on no list."""
-    mem = lk.mem
-    base = lk.rt.arena.work_off(idx - 1)
-    chain = []
-    m = mem.load32(base + W.flushers)
-    while m:
-        mbase = node_off(lk, m, "flush marker")
-        if mbase is None:
-            break
-        if mem.load32(mbase + W.kind) != L.WK_FLUSH or mem.load32(mbase + W.where) != L.ON_NONE:
-            _broken(f"flush marker {m} waiting on the timer of {idx} is left linked")
-            break
-        chain.append((m, mbase))
-        m = mem.load32(mbase + W.next)
-        mem.store32(mbase + W.next, 0)
-    mem.store32(base + W.flushers, 0)
-    return chain
-
-
-def queue_flushers(lk, idx):
-    """The timer moved ``idx`` to the work list: its flush markers go right behind it.
-
-    Context: worker lock held.
-    """
-    for m, _ in _pop_flushers(lk, idx):
-        insert_work(lk, m, lk.mem.load32(lk.rt.arena.work_off(idx - 1) + W.next))
-
-
 def complete_flushers(lk, idx):
     """Timer-pending ``idx`` was cancelled: its flushers have nothing left to wait for.
 
     Context: worker lock held.
     """
-    for _, mbase in _pop_flushers(lk, idx):
-        lk.rt.waits.completion_complete(mbase + W.done, True)
+    mem, waits = lk.mem, lk.rt.waits
+    base = lk.rt.arena.work_off(idx - 1)
+    m = mem.load32(base + W.flushers)
+    mem.store32(base + W.flushers, 0)
+    while m:
+        mbase = node_off(lk, m, "flush marker")
+        if mbase is None:
+            return
+        if mem.load32(mbase + W.kind) != L.WK_FLUSH or mem.load32(mbase + W.where) != L.ON_NONE:
+            _broken(f"flush marker {m} waiting on the timer of {idx} is left linked")
+            return
+        m = mem.load32(mbase + W.next)
+        mem.store32(mbase + W.next, 0)
+        waits.completion_complete(mbase + W.done, True)

@@ -12,6 +12,9 @@ while the worker is busy, so a work queued after the expiry runs after it.
 An idle worker sleeps until its earliest expiry, so nothing else has to wake
 it; a new earlier timer wakes it to re-arm.
 
+The callback itself is ``Mem.wl_fire_timers`` (``native/worklist.c``, the
+code the C ``work_pop`` runs too); the sorted insert and the tie are here.
+
 Because the callback never runs outside the worker lock, there is never a
 callback "in flight" for ``del_timer_sync()`` to wait for: cancelling the
 timer is unlinking it under the lock.  That removes by construction the 2021
@@ -25,8 +28,10 @@ the worker's kthread, always with the worker lock held.
 import time
 
 from .._core import layout as L
-from .lists import (insert_sanity_check, insert_work, link_before, unlink, node_off,
-                    tie_locked, complete_flushers, queue_flushers)
+from .._core import trace as _trace
+from .lists import (insert_sanity_check, link_before, unlink, node_off, refused, tie_locked,
+                    complete_flushers)
+from .tracepoints import trace_queue
 
 __all__ = ["run_timers", "next_expiry", "arm_timer"]
 
@@ -37,27 +42,45 @@ K = L.WORKER
 def run_timers(lk):
     """Fire every expired timer of the worker (kthread_delayed_work_timer_fn).
 
-    Works moved to the work list ask for the worker's wake-up (``lk.wake``).
-    Context: worker lock held.  A corrupt timer list stops the firing where it
-    breaks (warned).
+    ``wl_fire_timers`` moves each expired work to the tail of the work list
+    with the flush markers waiting on it right behind, and drops those being
+    cancelled; one being cancelled while markers wait on it is left for this
+    function, which takes it off and completes its markers.  Works moved ask
+    for the worker's wake-up (``lk.wake``).
+    Context: worker lock held.  A refusal (corrupt lists) stops the firing (warned).
     """
     mem, kbase = lk.mem, lk.kbase
-    idx = mem.load32(kbase + K.thead)
-    if not idx:
+    if not mem.load32(kbase + K.thead):
         return
     now = time.monotonic_ns()
+    due = _due(lk, now) if _trace.ENABLED else ()
+    while True:
+        try:
+            fired, stopped = mem.wl_fire_timers(kbase, now)
+        except (RuntimeError, ValueError) as exc:
+            refused(exc)
+            return
+        if fired and not mem.load32(kbase + K.current):
+            lk.wake = True
+        if not stopped or not unlink(lk, stopped, L.ON_TIMER):
+            break
+        complete_flushers(lk, stopped)
+    for idx, base in due:
+        if mem.load32(base + W.where) == L.ON_WORKLIST:
+            trace_queue(lk.rt, kbase, idx, base)
+
+
+def _due(lk, now):
+    """The expired timers, earliest first, as (index + 1, offset): what to trace."""
+    mem, due = lk.mem, []
+    idx = mem.load32(lk.kbase + K.thead)
     while idx:
         base = node_off(lk, idx, "timer")
-        if base is None or mem.load64(base + W.expires) > now or \
-                not unlink(lk, idx, L.ON_TIMER):
+        if base is None or mem.load64(base + W.expires) > now:
             break
-        mem.fetch_add32(kbase + K.ndelayed, -1)
-        if mem.load32(base + W.canceling):
-            complete_flushers(lk, idx)
-        else:
-            insert_work(lk, idx)
-            queue_flushers(lk, idx)
-        idx = mem.load32(kbase + K.thead)
+        due.append((idx, base))
+        idx = mem.load32(base + W.next)
+    return due
 
 
 def next_expiry(lk):
@@ -71,7 +94,8 @@ def arm_timer(lk, idx, delay_ns):
     """Put delayed work ``idx`` on the timer list, to expire ``delay_ns`` from now.
 
     Ties the work to the worker, as __kthread_queue_delayed_work() does, after
-    the same sanity check as kthread_insert_work().
+    the same sanity check as kthread_insert_work().  The list stays sorted by
+    expiry: this function picks the node to link before.
     Context: worker lock held.  Return: True; False (warned, nothing linked)
     if a sanity check failed.
     """
@@ -95,7 +119,6 @@ def arm_timer(lk, idx, delay_ns):
     if not link_before(lk, L.ON_TIMER, idx, before):
         return False
     tie_locked(lk, base)
-    mem.fetch_add32(kbase + K.ndelayed, 1)
     if mem.load32(kbase + K.thead) == idx and not mem.load32(kbase + K.current):
         lk.wake = True        # an idle worker re-arms its sleep for the new first timer
     return True
