@@ -50,10 +50,9 @@ from ._workqueue.worker import (
     kthread_create_worker_on_cpu, kthread_init_worker, kthread_worker_fn,
     kthread_destroy_worker, kthread_init_work, kthread_init_delayed_work,
 )
-from ._workqueue.lists import (
-    kthread_queue_work, kthread_flush_work, kthread_flush_worker,
-    kthread_cancel_work_sync, kthread_cancel_delayed_work_sync,
-)
+from ._workqueue.queue import kthread_queue_work
+from ._workqueue.flush import kthread_flush_work, kthread_flush_worker
+from ._workqueue.cancel import kthread_cancel_work_sync, kthread_cancel_delayed_work_sync
 from ._workqueue.delayed import kthread_queue_delayed_work, kthread_mod_delayed_work
 from ._freezer import (
     freeze_kthreads, thaw_kthreads, set_freezable, freezing, try_to_freeze,

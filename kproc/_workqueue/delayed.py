@@ -1,44 +1,29 @@
-"""Delayed works: the per-worker timer list (kernel: kthread_delayed_work, its timer_list).
+"""Delayed works: kthread_queue_delayed_work() and kthread_mod_delayed_work().
 
-A worker's pending timers are its ``delayed_work_list``, kept sorted by expiry
-(CLOCK_MONOTONIC ns) under the worker lock.  The timer callback
-(``kthread_delayed_work_timer_fn``: take the work off the timer list and, unless
-it is being cancelled, insert it on the work list) runs under that same lock,
-*before anything else is done with the list*: every queue, flush, cancel and
-mod on the worker, and the worker itself before it picks its next work, first
-fires the timers that have expired.  The effect is the kernel's: a work is on
-the work list from its expiry on, even while the worker is busy, so a work
-queued after the expiry runs after it.  An idle worker sleeps until its
-earliest expiry (with a 1 µs timer slack), so nothing else has to wake it;
-a new earlier timer wakes it to re-arm.
+Mirrors ``kthread_queue_delayed_work``, ``__kthread_queue_delayed_work`` and
+``kthread_mod_delayed_work`` (kernel/kthread.c 6.15).  The timer itself -- the
+sorted timer list and ``kthread_delayed_work_timer_fn``, which run only under
+the worker lock -- is ``timers``; a delay of 0 queues at once.
 
-Because the callback never runs outside the worker lock, there is never a
-callback "in flight" for ``del_timer_sync()`` to wait for: cancelling the timer
-is unlinking it under the lock.  That removes by construction the 2021 races
-(mod_delayed_work vs cancel_delayed_work_sync deadlock; the split of
-``kthread_cancel_delayed_work_timer``), which tests hammer from two processes.
+Races prevented: the pending test, the cancel of a pending instance and the
+re-arm of mod happen in one locked section, after the due timers have been
+fired, so a timer expiring meanwhile is seen as queued; a cancel in progress
+(``canceling`` raised) wins over mod, which then leaves the work alone (the
+kernel's 2021 fix: the number of queued works stays the same).
 
-Mirrors: ``kthread_queue_delayed_work``, ``__kthread_queue_delayed_work``,
-``kthread_delayed_work_timer_fn``, ``kthread_mod_delayed_work``.
+Runs in the caller: any process of the runtime, a work on the worker included.
 """
-
-import time
 
 from .._core import layout as L
 from .._core.checks import check_seconds
-from .lists import (Locked, insert_work, link_before, unlink, cancel_work_locked,
-                      work_owner_check, work_worker_base, _same_runtime)
-from .handles import resolve_work, resolve_worker
+from .handles import resolve_work, resolve_worker, same_runtime, work_owner_check
+from .lists import Locked, insert_work, cancel_work_locked, tied_worker
+from .timers import run_timers, arm_timer
 
-__all__ = ["kthread_queue_delayed_work", "kthread_mod_delayed_work", "run_timers",
-           "next_expiry", "add_flusher", "complete_flushers"]
+__all__ = ["kthread_queue_delayed_work", "kthread_mod_delayed_work"]
 
 W = L.WORK
 K = L.WORKER
-
-
-def _wo(rt, idx1):
-    return rt.arena.work_off(idx1 - 1)
 
 
 def check_delay(delay):
@@ -46,93 +31,12 @@ def check_delay(delay):
     return int(check_seconds("delay", delay) * 1e9)
 
 
-def run_timers(lk, wake=True):
-    """Fire every expired timer of the worker (kthread_delayed_work_timer_fn).
-
-    Context: worker lock held.  ``wake=False`` when the worker itself calls.
-    """
-    rt, mem, kbase = lk.rt, lk.mem, lk.kbase
-    idx = mem.load32(kbase + K.thead)
-    if not idx:
-        return
-    now = time.monotonic_ns()
-    while idx and mem.load64(_wo(rt, idx) + W.expires) <= now:
-        base = _wo(rt, idx)
-        unlink(rt, kbase, K.thead, K.ttail, idx)
-        mem.fetch_add32(kbase + K.ndelayed, -1)
-        if mem.load32(base + W.canceling):
-            complete_flushers(lk, idx)
-        else:
-            insert_work(lk, idx)
-            _queue_flushers(lk, idx)
-        idx = mem.load32(kbase + K.thead)
-    if not wake:
-        lk.wake = False
-
-
-def next_expiry(lk):
-    """The earliest timer of the worker (ns), or None.  Context: worker lock held."""
-    idx = lk.mem.load32(lk.kbase + K.thead)
-    return lk.mem.load64(_wo(lk.rt, idx) + W.expires) if idx else None
-
-
-def add_flusher(lk, idx, marker):
-    """Make flush marker ``marker`` wait for timer-pending work ``idx``."""
-    mem, rt = lk.mem, lk.rt
-    base = _wo(rt, idx)
-    mem.store32(_wo(rt, marker) + W.next, mem.load32(base + W.flushers))
-    mem.store32(base + W.flushers, marker)
-
-
-def _pop_flushers(lk, idx):
-    mem, rt = lk.mem, lk.rt
-    base = _wo(rt, idx)
-    chain = []
-    m = mem.load32(base + W.flushers)
-    while m:
-        chain.append(m)
-        m = mem.load32(_wo(rt, m) + W.next)
-    mem.store32(base + W.flushers, 0)
-    return chain
-
-
-def _queue_flushers(lk, idx):
-    """The timer moved ``idx`` to the work list: its flush markers go right behind it."""
-    for m in _pop_flushers(lk, idx):
-        mem = lk.mem
-        mem.store32(_wo(lk.rt, m) + W.next, 0)
-        insert_work(lk, m, mem.load32(_wo(lk.rt, idx) + W.next))
-
-
-def complete_flushers(lk, idx):
-    """Timer-pending ``idx`` was cancelled: its flushers have nothing left to wait for."""
-    for m in _pop_flushers(lk, idx):
-        lk.mem.store32(_wo(lk.rt, m) + W.next, 0)
-        lk.rt.waits.completion_complete(_wo(lk.rt, m) + W.done, True)
-
-
 def _queue_delayed_locked(lk, idx, delay_ns):
-    """__kthread_queue_delayed_work(): delay 0 queues at once, else arms the timer."""
-    if not delay_ns:
-        insert_work(lk, idx)
-        return
-    rt, mem, kbase = lk.rt, lk.mem, lk.kbase
-    base = _wo(rt, idx)
-    mem.store32(base + W.worker, rt.arena.worker_idx(kbase) + 1)
-    mem.store32(base + W.worker_gen, mem.load32(kbase + K.gen))
-    expires = time.monotonic_ns() + delay_ns
-    mem.store64(base + W.expires, expires)
-    # Sorted insert, walking from the tail: timers mostly arrive in order.
-    before = 0
-    cur = mem.load32(kbase + K.ttail)
-    while cur and mem.load64(_wo(rt, cur) + W.expires) > expires:
-        before = cur
-        cur = mem.load32(_wo(rt, cur) + W.prev)
-    link_before(rt, kbase, K.thead, K.ttail, idx, before)
-    mem.store32(base + W.where, L.ON_TIMER)
-    mem.fetch_add32(kbase + K.ndelayed, 1)
-    if mem.load32(kbase + K.thead) == idx and not mem.load32(kbase + K.current):
-        lk.wake = True        # an idle worker re-arms its sleep for the new first timer
+    """__kthread_queue_delayed_work(): delay 0 queues at once, else arms the timer.
+
+    Context: worker lock held.  Return: False if a list sanity check refused it.
+    """
+    return insert_work(lk, idx) if not delay_ns else arm_timer(lk, idx, delay_ns)
 
 
 def kthread_queue_delayed_work(worker, dwork, delay):
@@ -149,7 +53,7 @@ def kthread_queue_delayed_work(worker, dwork, delay):
     """
     rt, kbase = resolve_worker(worker)
     wrt, base = resolve_work(dwork, "dwork", delayed=True)
-    _same_runtime(rt, wrt, "dwork")
+    same_runtime(rt, wrt, "dwork")
     delay_ns = check_delay(delay)
     if work_owner_check(rt, base, kbase, "kthread_queue_delayed_work"):
         return False
@@ -158,8 +62,7 @@ def kthread_queue_delayed_work(worker, dwork, delay):
         run_timers(lk)
         if mem.load32(base + W.where) != L.ON_NONE or mem.load32(base + W.canceling):
             return False
-        _queue_delayed_locked(lk, dwork._idx + 1, delay_ns)
-        return True
+        return _queue_delayed_locked(lk, dwork._idx + 1, delay_ns)
 
 
 def kthread_mod_delayed_work(worker, dwork, delay):
@@ -176,7 +79,7 @@ def kthread_mod_delayed_work(worker, dwork, delay):
     """
     rt, kbase = resolve_worker(worker)
     wrt, base = resolve_work(dwork, "dwork", delayed=True)
-    _same_runtime(rt, wrt, "dwork")
+    same_runtime(rt, wrt, "dwork")
     delay_ns = check_delay(delay)
     if work_owner_check(rt, base, kbase, "kthread_mod_delayed_work"):
         return False
@@ -184,7 +87,7 @@ def kthread_mod_delayed_work(worker, dwork, delay):
     idx = dwork._idx + 1
     with Locked(rt, kbase) as lk:
         run_timers(lk)
-        if work_worker_base(rt, base) is None:
+        if tied_worker(rt, base) is None:
             ret = False               # never queued: nothing to cancel
         elif mem.load32(base + W.canceling):
             return True

@@ -3,112 +3,48 @@
 The kernel embeds ``struct kthread_work`` in the user's own structure and
 reaches the rest with ``container_of``.  Here a work is a slot of the arena's
 work table (its list node, worker, canceling counter, timer) plus a blob
-holding the pickled ``(func, data)``; ``work.data`` plays ``container_of``.
-A worker is a slot of the worker table (``struct kthread_worker``).
+holding the pickled ``(func, data)`` (``payload``); ``work.data`` plays
+``container_of``.  A worker is a slot of the worker table
+(``struct kthread_worker``).
 
-Ownership.  The handle a process *constructs* owns the slot; copies made by
-pickling (handed to kthreads, or the one a worker passes to ``func``) do not.
-When the owning handle is garbage-collected, the slot is freed if the work is
-idle, or marked orphan and freed by whoever makes it idle (the worker after
-running it, a cancel): ``kthread_queue_work(w, KthreadWork(f))`` and forget
-works, and a program that creates and drops a million works runs in bounded
-memory.  A copy used after its slot was freed or recycled raises (the
-generation no longer matches), never touching the new occupant.
-``__del__`` never takes a lock (it may run inside a locked section of this
-very process, from the cyclic GC): it only queues the slot on a process-local
-list drained at the next allocation.
+A handle is (runtime, slot index, generation) on the ``_core.handle.Handle``
+base, which pickles it and compares it; a copy used after its slot was freed
+or recycled raises (the generation no longer matches), never touching the
+new occupant.  Only the handle a process constructs owns its slot; how an
+owned slot is freed is ``lifetime``'s business.  Each process sees its own
+copy of ``data``, as with any handle.
 
-Payloads: the pickled ``(func, data)`` must fit in ``WORK_PAYLOAD_MAX``
-bytes; ``func`` is pickled by reference (a module-level function).  Each
-process sees its own copy of ``data``, as with any handle.
+Also here: the argument checks every work-queue function starts with
+(:func:`resolve_work`, :func:`resolve_worker`, :func:`same_runtime`,
+:func:`work_owner_check`), done before any shared state is touched.
+
+Runs in every process of the runtime (handles travel by pickling).
 """
 
 import errno
 import os
-import pickle
 
 from .._core import layout as L
-from .._core.errors import KthreadError
-from .._core.funcref import pickle_function, prepare_main
+from .._core.errors import KthreadError, kernel_warn
+from .._core.handle import Handle
+from .._core.runtime import get_runtime
+from .._sched.task import Task
+from .lifetime import defer_free, drain_deferred_frees, alloc_work_slot, reinit_work
+from .lists import Locked, tied_worker
+from .payload import pickle_payload, write_payload, read_payload, read_traceback
+from .timers import run_timers
 
 __all__ = ["KthreadWorker", "KthreadWork", "KthreadDelayedWork", "resolve_work",
-           "resolve_worker", "drain_deferred_frees", "work_handle_for_exec",
-           "store_work_traceback", "KTW_FREEZABLE"]
+           "resolve_worker", "same_runtime", "work_owner_check", "work_handle_for_exec",
+           "KTW_FREEZABLE"]
 
 W = L.WORK
 K = L.WORKER
 
 KTW_FREEZABLE = 1 << 0
 
-_deferred = []          # (runtime, "work" | "worker", idx, gen) whose owner handle died
 
-
-def _runtime():
-    from .._core.runtime import get_runtime
-    return get_runtime()
-
-
-def _pickle_func(func):
-    if not callable(func):
-        raise TypeError(f"func must be callable, not {type(func).__name__}")
-    return pickle_function(func, "func")
-
-
-def _pickle_payload(func_pickle, data):
-    try:
-        data_pickle = pickle.dumps(data, protocol=pickle.HIGHEST_PROTOCOL)
-    except Exception as exc:
-        raise TypeError(f"work data must be picklable: {exc}") from exc
-    raw = pickle.dumps((func_pickle, data_pickle), protocol=pickle.HIGHEST_PROTOCOL)
-    if len(raw) > L.WORK_PAYLOAD_MAX:
-        raise ValueError(f"work func and data pickle to {len(raw)} bytes, more than the "
-                         f"{L.WORK_PAYLOAD_MAX} a work slot holds; keep large data elsewhere "
-                         "(a file, shared memory) and pass a small handle to it")
-    return raw
-
-
-def drain_deferred_frees():
-    """Free the slots whose owning handles were collected.  Context: no lock held."""
-    while _deferred:
-        rt, what, idx, gen = _deferred.pop()
-        if rt.closed:
-            continue
-        if what == "worker":
-            base = rt.arena.worker_off(idx)
-            if rt.mem.load32(base + K.gen) == gen and not rt.mem.load32(base + K.task):
-                rt.arena.free_worker(idx, gen)
-        else:
-            from .lists import release_work
-            release_work(rt, idx, gen)
-
-
-def _write_payload(rt, idx, raw):
-    off = rt.arena.work_blob_off(idx)
-    rt.buf[off:off + len(raw)] = raw
-    rt.mem.store32(rt.arena.work_off(idx) + W.payload_len, len(raw))
-
-
-def _read_payload(rt, idx, base):
-    n = rt.mem.load32(base + W.payload_len)
-    off = rt.arena.work_blob_off(idx)
-    func_pickle, data_pickle = pickle.loads(bytes(rt.buf[off:off + n]))
-    try:
-        return pickle.loads(func_pickle), pickle.loads(data_pickle)
-    except (AttributeError, ImportError):
-        if b"__main__" not in func_pickle + data_pickle or not prepare_main(rt):
-            raise
-        return pickle.loads(func_pickle), pickle.loads(data_pickle)
-
-
-def store_work_traceback(rt, idx, text):
-    """Keep the tail of the traceback of a work's last failed run in its blob."""
-    raw = text.encode("utf-8", "replace")[-L.WORK_TB_MAX:]
-    off = rt.arena.work_blob_off(idx) + L.WORK_PAYLOAD_MAX
-    rt.buf[off:off + len(raw)] = raw
-    rt.mem.store32(rt.arena.work_off(idx) + W.tb_len, len(raw))
-
-
-class KthreadWork:
+class KthreadWork(Handle):
     """A work item: ``func(work)`` runs in the worker's process (``struct kthread_work``).
 
     @func: a module-level callable taking the work; @data: any picklable
@@ -123,26 +59,18 @@ class KthreadWork:
     """
 
     _kind = L.WK_WORK
-    __slots__ = ("_rt", "_idx", "_gen", "_off", "_owner", "_func", "_data", "_version",
-                 "__weakref__")
+    _what = "work"
+    __slots__ = ("_off", "_owner", "_func", "_data", "_version", "__weakref__")
 
     def __init__(self, func, data=None):
-        raw = _pickle_payload(_pickle_func(func), data)
-        rt = _runtime()
-        drain_deferred_frees()
-        got = rt.arena.alloc_work(os.getpid(), self._kind)
-        if got is None:
-            from .lists import sweep_works
-            sweep_works(rt)
-            got = rt.arena.alloc_work(os.getpid(), self._kind)
-            if got is None:
-                raise KthreadError(errno.ENOMEM, f"work table full: all "
-                                   f"{rt.arena.params.max_works} works are in use (start "
-                                   "the runtime with a larger max_works)")
+        raw = pickle_payload(func, data)
+        rt = get_runtime()
+        got = alloc_work_slot(rt, self._kind, f"all {rt.arena.params.max_works} works "
+                              "are in use")
         self._rt, (self._idx, self._gen) = rt, got
         self._off = rt.arena.work_off(self._idx)
         self._owner = True
-        _write_payload(rt, self._idx, raw)
+        write_payload(rt, self._idx, raw)
         self._func, self._data, self._version = func, data, 0
 
     @classmethod
@@ -154,15 +82,13 @@ class KthreadWork:
         return self
 
     def _base(self):
-        if self._rt.closed:
-            raise KthreadError(errno.ESRCH, "the work's kproc runtime was shut down")
-        return self._rt.arena.check_work(self._idx, self._gen)
+        return self._live_runtime().arena.check_work(self._idx, self._gen)
 
     def _load(self):
         base = self._base()
         version = self._rt.mem.load32(base + W.version)
         if self._version != version:
-            self._func, self._data = _read_payload(self._rt, self._idx, base)
+            self._func, self._data = read_payload(self._rt, self._idx, base)
             self._version = version
         return base
 
@@ -195,33 +121,17 @@ class KthreadWork:
 
     @property
     def exception(self):
-        base = self._base()
-        n = self._rt.mem.load32(base + W.tb_len)
-        if not n:
-            return None
-        off = self._rt.arena.work_blob_off(self._idx) + L.WORK_PAYLOAD_MAX
-        return bytes(self._rt.buf[off:off + n]).decode("utf-8", "replace")
+        return read_traceback(self._rt, self._idx, self._base())
 
     def _reinit(self, func):
         """kthread_init_work() on an existing work: new func, no worker."""
-        raw = _pickle_payload(_pickle_func(func), self.data)
-        from .lists import reinit_work
-        reinit_work(self, raw)
+        raw = pickle_payload(func, self.data)
+        reinit_work(self._rt, self._base(), self._idx, raw)
         self._func, self._version = func, None
-
-    def __reduce__(self):
-        return (_restore_work, (type(self), self._rt.runtime_id, self._idx, self._gen))
-
-    def __eq__(self, other):
-        return (isinstance(other, KthreadWork) and other._rt is self._rt
-                and other._idx == self._idx and other._gen == self._gen)
-
-    def __hash__(self):
-        return hash((self._rt.runtime_id, "work", self._idx, self._gen))
 
     def __del__(self):
         if getattr(self, "_owner", False):
-            _deferred.append((self._rt, "work", self._idx, self._gen))
+            defer_free(self._rt, "work", self._idx, self._gen)
 
     def __repr__(self):
         name = getattr(self._func, "__qualname__", None) or f"slot {self._idx}"
@@ -235,40 +145,22 @@ class KthreadDelayedWork(KthreadWork):
     __slots__ = ()
 
 
-def _restore_work(cls, runtime_id, idx, gen):
-    from .._core.runtime import current_runtime
-    rt = current_runtime()
-    if rt is None or rt.runtime_id != runtime_id:
-        raise pickle.UnpicklingError(f"a kproc.{cls.__name__} can only be unpickled in a "
-                                     "process of the runtime that created it")
-    return cls._attach(rt, idx, gen)
+def _work_class(rt, base):
+    return KthreadDelayedWork if rt.mem.load32(base + W.kind) == L.WK_DELAYED else KthreadWork
 
 
 def work_handle_for_exec(rt, idx, gen, cache):
     """The handle a worker passes to ``func``, cached per slot and version."""
     base = rt.arena.work_off(idx)
     version = rt.mem.load32(base + W.version)
-    cls = KthreadDelayedWork if rt.mem.load32(base + W.kind) == L.WK_DELAYED else KthreadWork
-    handle = cls._attach(rt, idx, gen)
-    handle._func, handle._data = _read_payload(rt, idx, base)
+    handle = _work_class(rt, base)._attach(rt, idx, gen)
+    handle._func, handle._data = read_payload(rt, idx, base)
     handle._version = version
     cache[idx + 1] = handle
     return handle
 
 
-def resolve_work(work, what="work", delayed=False):
-    """Check a work argument; return (runtime, slot offset).
-
-    Raises: TypeError (not a work, or not delayed when ``delayed``);
-    KthreadError(ESRCH) for a stale handle.
-    """
-    cls = KthreadDelayedWork if delayed else KthreadWork
-    if not isinstance(work, cls):
-        raise TypeError(f"{what} must be a kproc.{cls.__name__}, not {type(work).__name__}")
-    return work._rt, work._base()
-
-
-class KthreadWorker:
+class KthreadWorker(Handle):
     """A kthread worker (``struct kthread_worker``).
 
     Made by ``kthread_create_worker*()``, or constructed empty and set up with
@@ -279,10 +171,11 @@ class KthreadWorker:
     Context: any process of the runtime.  Raises: KthreadError(ENOMEM).
     """
 
-    __slots__ = ("_rt", "_idx", "_gen", "_off", "_owner", "__weakref__")
+    _what = "worker"
+    __slots__ = ("_off", "_owner", "__weakref__")
 
     def __init__(self):
-        rt = _runtime()
+        rt = get_runtime()
         drain_deferred_frees()
         self._rt = rt
         self._idx, self._gen = rt.arena.alloc_worker(os.getpid())
@@ -297,16 +190,13 @@ class KthreadWorker:
         return self
 
     def _base(self):
-        if self._rt.closed:
-            raise KthreadError(errno.ESRCH, "the worker's kproc runtime was shut down")
-        return self._rt.arena.check_worker(self._idx, self._gen)
+        return self._live_runtime().arena.check_worker(self._idx, self._gen)
 
     def _field(self, name):
         return L.unpack_field(self._rt.buf, self._base(), K, name)
 
     @property
     def task(self):
-        from .._sched.task import Task
         base = self._base()
         t = self._rt.mem.load32(base + K.task)
         return Task(self._rt, t - 1, self._rt.mem.load32(base + K.task_gen)) if t else None
@@ -316,9 +206,7 @@ class KthreadWorker:
         return self._field("flags")
 
     def _timers_fired(self):
-        """Fire due timers first, so counters read as in the kernel (see _delayed)."""
-        from .lists import Locked
-        from .delayed import run_timers
+        """Fire due timers first, so counters read as in the kernel (see ``timers``)."""
         base = self._base()
         if self._rt.mem.load32(base + K.thead):
             with Locked(self._rt, base) as lk:
@@ -351,23 +239,11 @@ class KthreadWorker:
             return None
         wbase = self._rt.arena.work_off(cur - 1)
         gen = self._rt.mem.load32(wbase + W.gen)
-        cls = KthreadDelayedWork if self._rt.mem.load32(wbase + W.kind) == L.WK_DELAYED \
-            else KthreadWork
-        return cls._attach(self._rt, cur - 1, gen)
-
-    def __reduce__(self):
-        return (_restore_worker, (self._rt.runtime_id, self._idx, self._gen))
-
-    def __eq__(self, other):
-        return (isinstance(other, KthreadWorker) and other._rt is self._rt
-                and other._idx == self._idx and other._gen == self._gen)
-
-    def __hash__(self):
-        return hash((self._rt.runtime_id, "worker", self._idx, self._gen))
+        return _work_class(self._rt, wbase)._attach(self._rt, cur - 1, gen)
 
     def __del__(self):
         if getattr(self, "_owner", False):
-            _deferred.append((self._rt, "worker", self._idx, self._gen))
+            defer_free(self._rt, "worker", self._idx, self._gen)
 
     def __repr__(self):
         try:
@@ -377,22 +253,27 @@ class KthreadWorker:
             return f"<KthreadWorker slot={self._idx} (stale)>"
 
 
-def _restore_worker(runtime_id, idx, gen):
-    from .._core.runtime import current_runtime
-    rt = current_runtime()
-    if rt is None or rt.runtime_id != runtime_id:
-        raise pickle.UnpicklingError("a kproc.KthreadWorker can only be unpickled in a "
-                                     "process of the runtime that created it")
-    return KthreadWorker._attach(rt, idx, gen)
+# -- argument checks ------------------------------------------------------------------
+
+def resolve_work(work, what="work", delayed=False):
+    """Check a work argument; return (runtime, slot offset).
+
+    Raises: TypeError (not a work, or not delayed when ``delayed``);
+    KthreadError(ESRCH) for a stale handle.
+    """
+    cls = KthreadDelayedWork if delayed else KthreadWork
+    if not isinstance(work, cls):
+        raise TypeError(f"{what} must be a kproc.{cls.__name__}, not {type(work).__name__}")
+    return work._rt, work._base()
 
 
-def resolve_worker(worker, what="worker"):
+def resolve_worker(worker):
     """Check a worker argument; return (runtime, slot offset).
 
     Raises: TypeError; KthreadError(ESRCH) for a stale (destroyed) worker.
     """
     if not isinstance(worker, KthreadWorker):
-        raise TypeError(f"{what} must be a kproc.KthreadWorker, not {type(worker).__name__}")
+        raise TypeError(f"worker must be a kproc.KthreadWorker, not {type(worker).__name__}")
     try:
         return worker._rt, worker._base()
     except KthreadError as exc:
@@ -400,3 +281,25 @@ def resolve_worker(worker, what="worker"):
             raise KthreadError(errno.ESRCH, "the worker was destroyed (stale "
                                "KthreadWorker handle); nothing was touched") from None
         raise
+
+
+def same_runtime(rt, other_rt, what):
+    """Raises: ValueError if a handle of another runtime was passed as ``what``."""
+    if rt is not other_rt:
+        raise ValueError(f"the {what} belongs to another kproc runtime")
+
+
+def work_owner_check(rt, base, kbase, fn_name):
+    """WARN_ON_ONCE(work->worker && work->worker != worker): True if tied elsewhere.
+
+    A work is tied to one worker; using it with another is refused with a
+    KernelWarning (the kernel only warns and goes on).
+    Raises: KthreadError(ESRCH) if the work was last queued on a destroyed worker.
+    """
+    other = tied_worker(rt, base)
+    if other is not None and other != kbase:
+        kernel_warn(f"{fn_name}(): the work is tied to another worker (a work must not "
+                    "be used with more than one worker; kthread_init_work() it first); "
+                    "refused", stacklevel=4)
+        return True
+    return False

@@ -8,14 +8,34 @@ worker, ...)`` is the same by hand.  Teardown mirrors setup:
 ``kthread_destroy_worker()`` flushes, stops the kthread, warns about (and
 unlinks) whatever is still queued, then frees the slot, after which every
 handle on the worker, and every work last queued on it, raises.
+
+Races prevented: worker->task is recorded under the worker lock, both by the
+creator (before the first wake) and by kthread_worker_fn() itself, so a
+queuer never wakes a task that is not the worker's; a KTW_FREEZABLE worker's
+task is marked freezable before it is woken, so a freeze right after the
+create cannot miss it; destroy flushes before it stops the kthread, and
+unlinks what is left only once the kthread is gone (nothing pops meanwhile).
+
+Runs in the caller (create, init, destroy, init_work) and in the worker's
+kthread (kthread_worker_fn).
 """
 
 import errno
 
 from .._core import layout as L
+from .._core import syscalls as _sys
+from .._core.blobs import read_name
+from .._core.checks import check_cpu, check_int
 from .._core.errors import KthreadError, kernel_warn
-from .handles import KthreadWorker, KTW_FREEZABLE, resolve_worker, resolve_work
-from .lists import Locked, unlink, kthread_flush_worker, _own_worker
+from .._core.runtime import get_runtime
+from .._freezer import set_freezable_at
+from .._kthread.control import kthread_bind, kthread_stop, wake_up_process
+from .._kthread.create import NUMA_NO_NODE, kthread_create_on_node
+from .._sched.schedule import need_current
+from .flush import kthread_flush_worker, own_worker
+from .handles import KthreadWorker, KTW_FREEZABLE, resolve_worker, resolve_work, same_runtime
+from .lists import Locked, drop_all_locked
+from .loop import worker_loop
 
 __all__ = ["kthread_create_worker", "kthread_create_worker_on_node",
            "kthread_create_worker_on_cpu", "kthread_init_worker", "kthread_worker_fn",
@@ -30,8 +50,7 @@ WORKER_TIMERSLACK_NS = 1000    # timers of delayed works fire at most ~1 µs lat
 
 
 def _check_flags(flags):
-    if isinstance(flags, bool) or not isinstance(flags, int):
-        raise TypeError(f"flags must be an int (0 or KTW_FREEZABLE), not {type(flags).__name__}")
+    check_int("flags", flags)
     if flags & ~KTW_ALL or flags < 0:
         raise ValueError(f"unknown worker flags {flags:#x} (only KTW_FREEZABLE is defined)")
 
@@ -69,14 +88,9 @@ def kthread_worker_fn(worker):
     Return: 0 when kthread_stop() ends it.
     Raises: RuntimeError outside a kthread; TypeError.
     """
-    from .._sched.schedule import need_current
-    from .._core.blobs import read_name
-    from .._core import syscalls as _sys
-    from .. import _freezer
     rt, tbase = need_current("kthread_worker_fn")
     wrt, kbase = resolve_worker(worker)
-    if wrt is not rt:
-        raise ValueError("the worker belongs to another kproc runtime")
+    same_runtime(rt, wrt, "worker")
     mem = rt.mem
     with Locked(rt, kbase):
         t = mem.load32(kbase + K.task)
@@ -91,8 +105,7 @@ def kthread_worker_fn(worker):
     except OSError:
         pass
     if mem.load32(kbase + K.flags) & KTW_FREEZABLE:
-        _freezer.set_freezable_at(rt, tbase)
-    from .lists import worker_loop
+        set_freezable_at(rt, tbase)
     return worker_loop(rt, kbase, tbase, read_name(rt.arena, rt.self_idx, tbase))
 
 
@@ -106,8 +119,6 @@ def kthread_create_worker_on_node(flags, node, namefmt, *args):
     Raises: TypeError/ValueError (bad flags, node, name); KthreadError(ENOMEM)
     (tables full), or what kthread_create_on_node() raises.
     """
-    from .._kthread.create import kthread_create_on_node
-    from .._kthread.control import wake_up_process
     _check_flags(flags)
     worker = KthreadWorker()
     task = _attach_task(worker, flags,
@@ -143,7 +154,6 @@ def kthread_create_worker(flags, namefmt, *args):
 
     Context, Return, Raises: as kthread_create_worker_on_node().
     """
-    from .._kthread.create import NUMA_NO_NODE
     return kthread_create_worker_on_node(flags, NUMA_NO_NODE, namefmt, *args)
 
 
@@ -156,14 +166,9 @@ def kthread_create_worker_on_cpu(cpu, flags, namefmt):
     Raises: ValueError (CPU not possible, bad name, bad flags); TypeError;
     KthreadError(ENOMEM).
     """
-    from .._kthread.create import kthread_create_on_node
-    from .._kthread.control import kthread_bind, wake_up_process
-    from .._core.runtime import get_runtime
     _check_flags(flags)
     rt = get_runtime()
-    if isinstance(cpu, bool) or not isinstance(cpu, int):
-        raise TypeError(f"cpu must be an int, not {type(cpu).__name__}")
-    rt.topology.check_possible(cpu)
+    check_cpu(rt.topology, cpu)
     node = rt.topology.cpu_to_node(cpu)
     worker = KthreadWorker()
     task = _attach_task(worker, flags,
@@ -185,13 +190,12 @@ def kthread_destroy_worker(worker):
     Return: None.  A worker with no kthread: KernelWarning, nothing done.
     Raises: TypeError; KthreadError(ESRCH) for a destroyed worker.
     """
-    from .._kthread.control import kthread_stop
     rt, kbase = resolve_worker(worker)
     task = worker.task
     if task is None:
         kernel_warn("kthread_destroy_worker(): the worker has no kthread", stacklevel=2)
         return
-    if _own_worker(rt, kbase):
+    if own_worker(rt, kbase):
         kernel_warn("kthread_destroy_worker() called from the worker's own kthread; "
                     "not destroying", stacklevel=2)
         return
@@ -214,23 +218,10 @@ def kthread_destroy_worker(worker):
 
 
 def _unlink_all(rt, kbase):
-    from .delayed import complete_flushers
-    mem = rt.mem
-    left = 0
     with Locked(rt, kbase) as lk:
-        for head_f, tail_f in ((K.head, K.tail), (K.thead, K.ttail)):
-            while (idx := mem.load32(kbase + head_f)):
-                base = rt.arena.work_off(idx - 1)
-                unlink(rt, kbase, head_f, tail_f, idx)
-                if mem.load32(base + W.kind) == L.WK_FLUSH:
-                    rt.waits.completion_complete(base + W.done, True)
-                    continue
-                left += 1
-                complete_flushers(lk, idx)
-                if mem.load32(base + W.flags) & L.WF_ORPHAN:
-                    rt.arena.free_work(idx - 1, mem.load32(base + W.gen))
-        mem.store32(kbase + K.task, 0)
-        mem.store32(kbase + K.current, 0)
+        left = drop_all_locked(lk)
+        rt.mem.store32(kbase + K.task, 0)
+        rt.mem.store32(kbase + K.current, 0)
         lk.wake = False
     return left
 
@@ -249,6 +240,7 @@ def kthread_init_work(work, func):
 def kthread_init_delayed_work(dwork, func):
     """kthread_init_delayed_work - kthread_init_work() for a KthreadDelayedWork.
 
+    Context: any process of the runtime.  Return: None.
     Raises: TypeError if @dwork is not a KthreadDelayedWork; as kthread_init_work().
     """
     resolve_work(dwork, "dwork", delayed=True)

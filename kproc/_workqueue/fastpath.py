@@ -1,0 +1,58 @@
+"""Set-up of the work-list code of ``Mem``, and glue to its two fast paths.
+
+The C extension can do the two hot list operations whole, lock to unlock:
+kthread_queue_work() when nothing unusual is going on (``Mem.work_queue``),
+and the worker's "finish the last work, pop the next", with the expired
+timers fired first (``Mem.work_pop``).  Anything unusual (a timer armed, a
+flush marker at the head, an orphan to free, a busy lock, a generation that
+differs) makes them answer -1, and the Python path in ``lists`` does it
+instead, under the same robust mutex, through the ``Mem.wl_*`` primitives
+-- the same C code on the same lists.
+
+Invariants: ``Mem`` learns the layout of the worker, work and task records
+(``wq_setup``: primitives and fast paths; ``wl_setup``: the primitives only,
+all the pure-Python ``Mem`` has) once per runtime and process, before the
+first list operation (``lists.Locked`` sees to it); the fast paths exist only
+with the native ``Mem``, which is detected, not inferred.
+
+Runs in whichever process queues or pops: the caller, any kthread, the
+worker's kthread.
+"""
+
+from .._core import layout as L
+from .._core.wait import default_spin_ns
+from .._sched.task import TASK_NORMAL
+
+__all__ = ["fast_paths", "lock_spin_ns"]
+
+_lock_spin = None
+
+
+def lock_spin_ns():
+    """How long a busy worker lock is retried before sleeping (the wait spin budget)."""
+    global _lock_spin
+    if _lock_spin is None:
+        _lock_spin = min(default_spin_ns(), 20_000)
+    return _lock_spin
+
+
+def fast_paths(rt):
+    """(work_queue, work_pop) of the C extension for ``rt``, or (None, None).
+
+    Sets ``Mem`` up for ``rt`` first (``wq_setup``, or ``wl_setup`` without
+    the fast paths); the answer is kept in the runtime's ``wq_fast`` (a
+    kthread inherits kthreadd's by fork, together with its set-up ``Mem``).
+    """
+    paths = rt.wq_fast
+    if paths is not None:
+        return paths
+    mem = rt.mem
+    layout = L.native_layout(rt.arena.params, TASK_NORMAL)
+    if hasattr(mem, "wq_setup"):
+        mem.wq_setup(layout)
+        paths = (mem.work_queue, mem.work_pop)
+    else:
+        mem.wl_setup(layout)
+        paths = (None, None)
+    rt.wq_fast = paths
+    return paths
