@@ -8,6 +8,7 @@ Backend-independent: ``make test`` runs it once, in the futex pass.
 
 import os
 import pkgutil
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -35,9 +36,16 @@ def _package_modules():
 
 
 def test_wheel_installs_every_module_and_runs_kproc_ps(tmp_path):
+    # Built from a copy of the tracked files: a build/ left in the checkout would
+    # put modules that no longer exist into the wheel.
+    tracked = _run("git", "ls-files", cwd=ROOT).stdout.split()
+    src = tmp_path / "src"
+    for name in tracked:
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.join(ROOT, name), src / name)
     wheels = tmp_path / "wheels"
     _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
-         "-w", str(wheels), ROOT)
+         "-w", str(wheels), str(src))
     (wheel,) = list(wheels.glob("kproc-*.whl"))
     with zipfile.ZipFile(wheel) as zf:
         files = set(zf.namelist())
