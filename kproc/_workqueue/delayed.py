@@ -16,8 +16,8 @@ Runs in the caller: any process of the runtime, a work on the worker included.
 
 from .._core import layout as L
 from .._core.checks import check_seconds
-from .handles import resolve_work, resolve_worker, same_runtime, work_owner_check
-from .lists import Locked, insert_work, cancel_work_locked, tied_worker
+from .handles import resolve_queue_args, work_owner_check
+from .lists import Locked, cancel_work_locked, insert_work, queuing_blocked, tied_worker
 from .timers import run_timers, arm_timer
 
 __all__ = ["kthread_queue_delayed_work", "kthread_mod_delayed_work"]
@@ -51,16 +51,13 @@ def kthread_queue_delayed_work(worker, dwork, delay):
     Raises: TypeError; ValueError (negative, NaN or infinite delay);
     KthreadError(ESRCH) (destroyed worker, stale work, work of a destroyed worker).
     """
-    rt, kbase = resolve_worker(worker)
-    wrt, base = resolve_work(dwork, "dwork", delayed=True)
-    same_runtime(rt, wrt, "dwork")
+    rt, kbase, base = resolve_queue_args(worker, dwork, "dwork", delayed=True)
     delay_ns = check_delay(delay)
     if work_owner_check(rt, base, kbase, "kthread_queue_delayed_work"):
         return False
-    mem = rt.mem
     with Locked(rt, kbase) as lk:
         run_timers(lk)
-        if mem.load32(base + W.where) != L.ON_NONE or mem.load32(base + W.canceling):
+        if queuing_blocked(lk, base):
             return False
         return _queue_delayed_locked(lk, dwork._idx + 1, delay_ns)
 
@@ -77,9 +74,7 @@ def kthread_mod_delayed_work(worker, dwork, delay):
     also (KernelWarning, nothing done) if it is tied to another worker.
     Raises: as kthread_queue_delayed_work().
     """
-    rt, kbase = resolve_worker(worker)
-    wrt, base = resolve_work(dwork, "dwork", delayed=True)
-    same_runtime(rt, wrt, "dwork")
+    rt, kbase, base = resolve_queue_args(worker, dwork, "dwork", delayed=True)
     delay_ns = check_delay(delay)
     if work_owner_check(rt, base, kbase, "kthread_mod_delayed_work"):
         return False

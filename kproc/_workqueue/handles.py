@@ -289,6 +289,19 @@ def same_runtime(rt, other_rt, what):
         raise ValueError(f"the {what} belongs to another kproc runtime")
 
 
+def resolve_queue_args(worker, work, what="work", delayed=False):
+    """Check a (worker, work) pair of one runtime: the start of every queueing call.
+
+    Return: (runtime, worker offset, work offset).
+    Raises: TypeError, KthreadError(ESRCH) (as resolve_worker / resolve_work),
+    ValueError if the two belong to different runtimes.
+    """
+    rt, kbase = resolve_worker(worker)
+    wrt, base = resolve_work(work, what, delayed=delayed)
+    same_runtime(rt, wrt, what)
+    return rt, kbase, base
+
+
 def work_owner_check(rt, base, kbase, fn_name):
     """WARN_ON_ONCE(work->worker && work->worker != worker): True if tied elsewhere.
 

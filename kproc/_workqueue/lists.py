@@ -288,14 +288,21 @@ def tied_worker(rt, base):
     return kbase
 
 
+def queuing_blocked(lk, base):
+    """kthread.c queuing_blocked(): the work at ``base`` is pending or being cancelled.
+
+    Context: worker lock held.  Return: True if it may not be queued now.
+    """
+    mem = lk.mem
+    return mem.load32(base + W.where) != L.ON_NONE or bool(mem.load32(base + W.canceling))
+
+
 def idle_locked(lk, base, idx):
     """True if work ``idx`` is on no list, not being cancelled and not running.
 
     Context: worker lock held (of the worker it is tied to).
     """
-    mem = lk.mem
-    return (mem.load32(base + W.where) == L.ON_NONE and not mem.load32(base + W.canceling)
-            and mem.load32(lk.kbase + K.current) != idx + 1)
+    return not queuing_blocked(lk, base) and lk.mem.load32(lk.kbase + K.current) != idx + 1
 
 
 def free_if_orphan_locked(lk, idx):

@@ -22,18 +22,15 @@ queued.  Runs in the caller: any process of the runtime, including a work
 running on this very worker.
 """
 
-from .._core import layout as L
 from .._core import trace as _trace
 from .._core.errors import warn_on_once
 from .fastpath import fast_paths, lock_spin_ns
-from .handles import (KthreadWork, KthreadWorker, resolve_work, resolve_worker, same_runtime,
-                      work_owner_check)
-from .lists import Locked, insert_work, wake_worker
+from .handles import KthreadWork, KthreadWorker, resolve_queue_args, work_owner_check
+from .lists import Locked, insert_work, queuing_blocked, wake_worker
 from .timers import run_timers
 
 __all__ = ["kthread_queue_work"]
 
-W = L.WORK
 
 # The runtime the globals below were taken from (this process's last one).
 _fast_rt = None
@@ -87,14 +84,11 @@ def kthread_queue_work(worker, work):
 
 
 def _queue_work_checked(worker, work):
-    rt, kbase = resolve_worker(worker)
-    wrt, base = resolve_work(work)
-    same_runtime(rt, wrt, "work")
+    rt, kbase, base = resolve_queue_args(worker, work)
     if work_owner_check(rt, base, kbase, "kthread_queue_work"):
         return False
-    mem = rt.mem
     with Locked(rt, kbase) as lk:
         run_timers(lk)
-        if mem.load32(base + W.where) != L.ON_NONE or mem.load32(base + W.canceling):
+        if queuing_blocked(lk, base):
             return False
         return insert_work(lk, work._idx + 1)
