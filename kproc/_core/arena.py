@@ -27,24 +27,29 @@ nothing worse than a slot that looks busy.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import secrets
 
 from . import layout as L
 from .errors import KthreadError, stale
-from .native import load_mem_class
-from .pymem import PyMem
+from .native import has, load_mem_class, native
+from .pymem import PyMem, PyMutexGuard
 from .slots import SlotTable, next_gen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from .memlike import MemLike  # typing only
 
-__all__ = ["Arena", "ArenaParams"]
+__all__ = ["Arena", "ArenaParams", "MutexGuard"]
+
+# ``with MutexGuard(mem, off, spin_ns):`` holds the robust mutex at ``off``.  The C
+# one takes the lock inside __enter__ and runs no bytecode before the block is
+# entered, so a KeyboardInterrupt cannot fall between the two and leak the lock.
+if TYPE_CHECKING:
+    from .._native import MutexGuard
+else:
+    MutexGuard = native.MutexGuard if native is not None and has("MutexGuard") else PyMutexGuard
 
 
 class TableFull(KthreadError):
@@ -172,24 +177,27 @@ class Arena:
         return PyMem(buf, fd)  # type: ignore[no-untyped-call]
 
     def close(self) -> None:
-        """Unmap and close (the memory lives on in other processes)."""
-        del self.mem
-        try:
-            self.buf.close()
-        except BufferError:
-            pass  # a Mem export is still alive somewhere; the mapping dies with us
+        """Unmap and close (the memory lives on in other processes).
+
+        Handles may outlive the runtime and keep the Mem object alive, so its
+        buffer export is dropped explicitly (``Mem.release``): the mapping and
+        mmap's own duplicate of the memfd go now, not with the process.  A
+        call of another thread still sleeping with the GIL released keeps
+        the mapping (it would fault); it then goes with the process.
+        """
+        if self.mem.release():
+            try:
+                self.buf.close()
+            except BufferError:
+                pass  # a memoryview of another thread; the mapping dies with us
         os.close(self.fd)
 
     # -- the arena lock ----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the arena lock (robust: a dead holder's lock is recovered)."""
-        self.mem.mutex_lock(self.lock_off)
-        try:
-            yield
-        finally:
-            self.mem.mutex_unlock(self.lock_off)
+    def locked(self) -> MutexGuard:
+        """``with arena.locked():`` holds the arena lock (robust: a dead holder's
+        lock is recovered; a KeyboardInterrupt cannot leak it, see MutexGuard)."""
+        return MutexGuard(self.mem, self.lock_off)
 
     # -- header ------------------------------------------------------------------
 

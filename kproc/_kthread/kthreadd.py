@@ -35,6 +35,7 @@ import gc
 import importlib
 import os
 import pickle
+import pickletools
 import select
 import signal
 import sys
@@ -47,7 +48,7 @@ from .._core.funcref import prepare_main
 from .._core import runtime as _runtime
 from .._core import trace as _trace
 from .._core.topology import Topology
-from .._core.wait import FutexWaits, PosixWaits, unlink_semaphores
+from .._core.wait import FutexWaits, PosixWaits, create_semaphores, unlink_semaphores
 from .._sched.schedule import wake_up_process_raw
 from . import body as _kthread
 from . import affinity as _affinity  # noqa: F401  preloaded: every fork has it
@@ -79,12 +80,35 @@ def main() -> NoReturn:
     try:
         daemon = Kthreadd(fds)
     except BaseException as exc:  # report why, then die: start() raises it
+        unlink_semaphores(_sem_names)
         msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         os.write(ready, (msg.replace("\n", " ") + "\n").encode())
         os._exit(1)
-    os.write(ready, b"ok\n")
-    os.close(ready)
+    try:
+        os.write(ready, b"ok\n")
+        os.close(ready)
+    except OSError:               # the owner died in start(): nobody to serve
+        unlink_semaphores(_sem_names)
+        os._exit(1)
+    daemon.await_owner()
     daemon.serve()
+
+
+# Names of the semaphores this kthreadd created, until they are unlinked.
+_sem_names: list[str] = []
+
+
+def _read_boot(fd: int) -> dict[str, Any]:
+    """The owner's bootstrap: a length, then its pickle (the owner's own data)."""
+    (size,) = read_record(fd, _runtime.BOOT_LEN)
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise EOFError("the owner closed the boot pipe early")
+        data += chunk
+    boot: dict[str, Any] = pickle.loads(data)
+    return boot
 
 
 class Kthreadd:
@@ -95,8 +119,8 @@ class Kthreadd:
         for name in IGNORED_SIGNALS:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_IGN)
-        with os.fdopen(fds["boot"], "rb") as f:
-            boot = pickle.load(f)
+        self.boot_fd = fds["boot"]
+        boot = _read_boot(self.boot_fd)
         sys.path[:] = boot["sys_path"]
         if boot["kproc_parent"] not in sys.path:
             sys.path.append(boot["kproc_parent"])
@@ -128,10 +152,8 @@ class Kthreadd:
         mem = self.arena.mem
         waits: FutexWaits | PosixWaits
         if boot["backend"] == "posix":
-            import posix_ipc      # only the posix backend needs it
-            sems = [posix_ipc.Semaphore(n) for n in boot["sem_names"]]
-            unlink_semaphores(boot["sem_names"])
-            waits = PosixWaits(mem, sems, L.HEADER.posix_waiters)
+            waits = PosixWaits(mem, create_semaphores(_sem_names, boot["sem_tag"]),
+                               L.HEADER.posix_waiters)
         else:
             # The owner chose futex, so Mem is the native one here too.
             waits = FutexWaits(mem, mem.load32(L.HEADER.spin_ns))  # type: ignore[arg-type]
@@ -162,6 +184,20 @@ class Kthreadd:
         mask = topo.applicable(self.rt.housekeeping())
         if mask:
             os.sched_setaffinity(0, mask)
+
+    def await_owner(self) -> None:
+        """Wait for the owner to have opened the semaphores, then unlink their names.
+
+        The owner writes one byte on the boot pipe once it has opened them; if
+        it dies first, the read sees EOF.  Either way the names go now, so a
+        SIGKILL of the owner at any point of start() leaves none in /dev/shm.
+        """
+        try:
+            os.read(self.boot_fd, 1)
+        finally:
+            unlink_semaphores(_sem_names)
+            del _sem_names[:]
+            os.close(self.boot_fd)
 
     # -- main loop ---------------------------------------------------------------
 
@@ -271,12 +307,20 @@ class Kthreadd:
         self.spares = []
 
     def _prepare_threadfn(self, idx: int, base: int) -> None:
-        """Import threadfn's module here once, so that every later fork has it."""
+        """Import threadfn's module here once, so that every later fork has it.
+
+        The pickle is *read*, never run (no ``pickle.loads`` here): unpickling
+        runs whatever a ``__reduce__`` names, and kthreadd must not run user
+        code (an ``os._exit`` there would take every kthread down).  Only the
+        kthread itself unpickles its threadfn and data.
+        """
         try:
             _, fn_pickle, data_pickle = read_blob(self.arena, idx, base)
             if b"__main__" in fn_pickle or b"_main__" in data_pickle:
                 prepare_main(self.rt)
-            pickle.loads(fn_pickle)
+            for mod in modules_named(fn_pickle):
+                if mod not in sys.modules and mod != "__main__":
+                    importlib.import_module(mod)
         except BaseException:
             pass  # the kthread itself reports the failure to its creator
 
@@ -308,7 +352,11 @@ class Kthreadd:
                 self._record_exit(pid, status, *entry)
             self._abandon_creates_of(pid)
 
-    def _record_exit(self, pid: int, status: int, idx: int, gen: int) -> None:
+    def _record_exit(self, pid: int, status: int, idx: int, gen: int,
+                     teardown: bool = False) -> None:
+        """Record how the kthread in slot ``idx`` ended; ``teardown``: the owner is
+        gone and nothing else runs, so no lock is taken (the owner may have died
+        holding one)."""
         arena, mem, T = self.arena, self.arena.mem, L.TASK
         base = arena.task_off(idx)
         self.inflight.pop(idx, None)
@@ -320,8 +368,9 @@ class Kthreadd:
             self._fail_create(base, -errno.ECHILD,
                               f"kthread died before it was published (status {status})")
             handoff = L.HANDOFF_FAILED
-        if mem.load32(base + T.slot) != L.SLOT_EXITING:
+        if mem.load32(base + T.slot) != L.SLOT_EXITING and handoff != L.HANDOFF_FAILED:
             # Died without writing a result: killed, or left behind kproc's back.
+            # (A failed creation keeps the kthread's own report for its creator.)
             sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
             L.pack_field(arena.buf, base, T, "signal", sig)
             mem.store64(base + T.result, KILLED_RESULT)
@@ -334,6 +383,9 @@ class Kthreadd:
         # occupant's kthread_stop() before it ran.
         waits.completion_complete(base + T.exited, True)
         waits.completion_complete(base + T.parked, True)
+        if teardown:
+            mem.store32(base + T.slot, L.SLOT_DEAD)
+            return
         with arena.locked():
             if handoff == L.HANDOFF_ABANDONED:
                 arena.free_task(idx)       # nobody ever held a handle on it
@@ -387,10 +439,48 @@ class Kthreadd:
                 break
             entry = self.children.pop(pid, None)
             if entry is not None:
-                self._record_exit(pid, status, *entry)
+                self._record_exit(pid, status, *entry, teardown=True)
         if _trace.ENABLED:
             _trace.flush()
         os._exit(0)
+
+
+_STRING_OPS = frozenset(("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"))
+_GET_OPS = frozenset(("GET", "BINGET", "LONG_BINGET"))
+
+
+def modules_named(data: bytes) -> set[str]:
+    """The modules a pickle's GLOBAL / STACK_GLOBAL opcodes name, read without running it.
+
+    Context: kthreadd.  Return: module names (empty if the pickle does not parse).
+    """
+    mods: set[str] = set()
+    strings: list[str] = []         # string operands, in stream order
+    memo: dict[int, object] = {}
+    last: object = None
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            name = op.name
+            if name in _STRING_OPS:
+                last = arg
+                strings.append(str(arg))
+            elif name == "MEMOIZE":
+                memo[len(memo)] = last
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int):
+                memo[arg] = last
+            elif name in _GET_OPS and isinstance(arg, int):
+                last = memo.get(arg)
+                if isinstance(last, str):
+                    strings.append(last)
+            elif name == "GLOBAL":
+                mods.add(str(arg).split(" ", 1)[0])
+            elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                mods.add(strings[-2])
+            else:
+                last = None
+    except Exception:
+        pass
+    return mods
 
 
 def _noop(signum: int, frame: FrameType | None) -> None:
