@@ -10,6 +10,8 @@
  */
 #include "kproc_native.h"
 
+#include <signal.h>
+
 #define MUTEX_SLICE_NS 50000000LL       /* mutex_lock: run signal handlers this often */
 
 static pthread_mutex_t *mutex_at(MemObject *m, PyObject *arg)
@@ -197,6 +199,13 @@ PyMethodDef mutex_methods[] = {
  * __exit__ unlocks first, then calls ``self._unlocked()`` if a subclass
  * defines it (an interruption there cannot leak the lock).  ``recovered``:
  * the last __enter__ found the previous holder dead.
+ *
+ * While the lock is held, asynchronous signals are blocked in the calling
+ * thread (the mask is restored after the unlock), so a Ctrl-C that comes
+ * during the critical section stays pending in the kernel and its handler
+ * runs after the block, as multiprocessing keeps its locks' sections whole.
+ * (A process with several threads may have it delivered to another thread;
+ * the handler then still runs in the main thread between two bytecodes.)
  */
 typedef struct {
     PyObject_HEAD
@@ -205,7 +214,24 @@ typedef struct {
     int64_t spin_ns;
     int held;
     int recovered;
+    sigset_t saved;                     /* the mask to restore at __exit__ */
 } MutexGuardObject;
+
+/* Every signal but those that must stay deliverable (SIGKILL, SIGSTOP, faults). */
+static sigset_t async_signals(void)
+{
+    static sigset_t set;
+    static int made;
+    if (!made) {
+        static const int keep[] = {SIGKILL, SIGSTOP, SIGSEGV, SIGBUS, SIGFPE, SIGILL,
+                                   SIGTRAP, SIGSYS, SIGABRT};
+        sigfillset(&set);
+        for (size_t i = 0; i < sizeof(keep) / sizeof(keep[0]); i++)
+            sigdelset(&set, keep[i]);
+        made = 1;
+    }
+    return set;
+}
 
 static int MutexGuard_init(MutexGuardObject *self, PyObject *args, PyObject *kwds)
 {
@@ -259,6 +285,10 @@ static PyObject *MutexGuard_enter(MutexGuardObject *self, PyObject *Py_UNUSED(ig
     }
     if ((rc = mutex_lock_sliced(self->mx, NO_DEADLINE, self->spin_ns)) < 0)
         return NULL;
+    {
+        sigset_t set = async_signals();
+        pthread_sigmask(SIG_BLOCK, &set, &self->saved);
+    }
     self->held = 1;
     self->recovered = rc == 1;
     Py_INCREF(self);
@@ -274,7 +304,9 @@ static PyObject *MutexGuard_exit(MutexGuardObject *self, PyObject *Py_UNUSED(arg
         return NULL;
     }
     self->held = 0;
-    if ((rc = pthread_mutex_unlock(self->mx)) != 0)
+    rc = pthread_mutex_unlock(self->mx);
+    pthread_sigmask(SIG_SETMASK, &self->saved, NULL);
+    if (rc != 0)
         return errno_error(rc);
     if (Py_IS_TYPE(self, &MutexGuardType))
         Py_RETURN_FALSE;

@@ -8,19 +8,40 @@ import the caller's ``__main__`` (:func:`main_preparation`) and waits for its
 one-line verdict on the ready pipe (:func:`read_ready`), watching the process
 so that a kthreadd dying at start-up ends the wait.
 
+:func:`start_kthreadd` spawns kthreadd and runs that handshake, crash-safe:
+an exception (Ctrl-C) kills kthreadd, and the posix backend's semaphores are
+created by kthreadd itself, whose death the owner watches and which watches
+the owner's (see there).
+
 Runs in the owner (``runtime.start``); the handles stay with it.
 """
 
 from __future__ import annotations
 
+import errno
 import multiprocessing.spawn
 import os
+import pickle
 import select
 import signal
+import struct
 import subprocess
+import sys
 import time
 
-__all__ = ["OwnerHandles", "read_ready", "main_preparation"]
+from . import layout as L
+from .errors import KthreadError
+from .wait import (FutexWaits, PosixWaits, default_spin_ns, new_semaphore_tag,
+                   open_semaphores, semaphore_names, unlink_semaphores)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .arena import Arena  # typing only
+
+__all__ = ["OwnerHandles", "read_ready", "main_preparation", "start_kthreadd", "BOOT_LEN"]
+
+START_TIMEOUT = 30.0
+BOOT_LEN = struct.Struct("=I")      # the bootstrap's length, ahead of its pickle
 
 
 class OwnerHandles:
@@ -153,3 +174,85 @@ def main_preparation() -> dict[str, str]:
     except Exception:
         return {}
     return {k: v for k, v in data.items() if k in ("init_main_from_name", "init_main_from_path")}
+
+
+def start_kthreadd(arena: Arena, backend: str, sysfs_root: str, preload: tuple[str, ...],
+                   trace: str | None) -> tuple[OwnerHandles, FutexWaits | PosixWaits, int]:
+    """Spawn kthreadd on ``arena`` and wait for its verdict.
+
+    Crash safety: nothing here can outlive this process.  The arena is an
+    anonymous memfd; the posix backend's named semaphores are created by
+    kthreadd, which removes their names once the owner has opened them *or*
+    once it reads EOF on the boot pipe (the owner died): whichever of the two
+    processes survives, the names go.  An exception (Ctrl-C) kills kthreadd.
+    Context: the owner, in start().  Return: the handles, the wait backend
+    and kthreadd's wake eventfd.  Raises: KthreadError(ECHILD) if kthreadd
+    did not start; OSError.
+    """
+    sem_tag = new_semaphore_tag() if backend == "posix" else ""
+    fds: list[int] = []
+    handles: OwnerHandles | None = None
+    waits: FutexWaits | PosixWaits
+    try:
+        spin_ns = default_spin_ns() if backend == "futex" else 0
+        arena.mem.store32(L.HEADER.spin_ns, spin_ns)
+        wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fds.append(wake_fd)
+        alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
+        boot_r, boot_w = os.pipe2(os.O_CLOEXEC)
+        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
+        fds += [alive_r, alive_w, boot_r, boot_w, ready_r, ready_w]
+        boot = {
+            "sys_path": list(sys.path),
+            "kproc_parent": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            "preload": preload,
+            "main": main_preparation(),
+            "backend": backend,
+            "sem_tag": sem_tag,
+            "sysfs_root": sysfs_root,
+            "trace": trace,
+        }
+        fdargs = dict(arena=arena.fd, wake=wake_fd, alive=alive_r, boot=boot_r, ready=ready_w)
+        code = ("import sys; sys.path.insert(0, {!r}); import kproc._kthread.kthreadd as k; "
+                "k.main()").format(boot["kproc_parent"])
+        argv = [sys.executable, "-c", code] + [f"--{k}={v}" for k, v in fdargs.items()]
+        popen = subprocess.Popen(argv, pass_fds=tuple(fdargs.values()), cwd=os.getcwd(),
+                                 env=dict(os.environ), stdin=subprocess.DEVNULL)
+        handles = OwnerHandles(popen, alive_w)
+        fds.remove(alive_w)
+        for fd in (alive_r, boot_r, ready_w):
+            os.close(fd)
+            fds.remove(fd)
+        data = pickle.dumps(boot)
+        _write_all(boot_w, BOOT_LEN.pack(len(data)) + data)
+        status = read_ready(ready_r, handles, START_TIMEOUT)
+        if status != b"ok":
+            raise KthreadError(errno.ECHILD, "kthreadd failed to start: "
+                               + status.decode(errors="replace"))
+        if backend == "posix":
+            waits = PosixWaits(arena.mem, open_semaphores(sem_tag), L.HEADER.posix_waiters)
+            unlink_semaphores(semaphore_names(sem_tag))
+        else:
+            # The futex backend is only chosen where Mem is the native one (_choose_backend).
+            waits = FutexWaits(arena.mem, spin_ns)  # type: ignore[arg-type]
+        os.write(boot_w, b"o")     # opened: kthreadd unlinks the names now (if it has not)
+        for fd in (boot_w, ready_r):
+            os.close(fd)
+            fds.remove(fd)
+    except BaseException:
+        if handles is not None:
+            handles.close_alive()
+            handles.kill()
+            handles.wait_dead(1.0)
+        for fd in fds:
+            os.close(fd)
+        if sem_tag:
+            unlink_semaphores(semaphore_names(sem_tag))   # kthreadd died before it could
+        raise
+    return handles, waits, wake_fd
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

@@ -25,10 +25,7 @@ import atexit
 import enum
 import errno
 import os
-import pickle
 import signal
-import struct
-import subprocess
 import sys
 import threading
 
@@ -39,9 +36,8 @@ from .checks import check_int
 from .errors import KthreadError
 from . import trace as _trace
 from .topology import Topology
-from .owner import OwnerHandles, main_preparation, read_ready
-from .wait import (FutexWaits, PosixWaits, default_spin_ns, new_semaphore_tag,
-                   open_semaphores, semaphore_names, unlink_semaphores)
+from .owner import OwnerHandles, start_kthreadd
+from .wait import FutexWaits, PosixWaits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -57,7 +53,6 @@ TICK_NS = 100_000_000          # how often a blocking wait checks its peers
 BACKENDS = {"futex": 1, "posix": 2}
 DEFAULT_MAX_KTHREADS = 1024
 DEFAULT_MAX_WORKS = 4096
-START_TIMEOUT = 30.0
 
 _lock = threading.RLock()
 _runtime: Runtime | None = None
@@ -320,91 +315,19 @@ def _check_trace_path(trace: object) -> str:
 
 def _start_owner(max_kthreads: int, max_works: int, backend: str, sysfs_root: str,
                  preload: tuple[str, ...], trace: str | None, topology: Topology) -> Runtime:
-    """Create the arena, spawn kthreadd and wait for its verdict.
-
-    Crash safety: nothing here can outlive this process.  The arena is an
-    anonymous memfd; the posix backend's named semaphores are created by
-    kthreadd, which removes their names once the owner has opened them *or*
-    once it reads EOF on the boot pipe (the owner died): whichever of the two
-    processes survives, the names go.  An exception (Ctrl-C) kills kthreadd.
-    """
+    """Create the arena and start kthreadd (``owner.start_kthreadd``: crash-safe)."""
     arena = Arena.create(max_kthreads, max(1024, max_works), max_works, BACKENDS[backend])
-    sem_tag = new_semaphore_tag() if backend == "posix" else ""
-    fds: list[int] = []
-    handles: OwnerHandles | None = None
-    waits: FutexWaits | PosixWaits
     try:
-        spin_ns = default_spin_ns() if backend == "futex" else 0
-        arena.mem.store32(L.HEADER.spin_ns, spin_ns)
-        wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        fds.append(wake_fd)
-        alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
-        boot_r, boot_w = os.pipe2(os.O_CLOEXEC)
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        fds += [alive_r, alive_w, boot_r, boot_w, ready_r, ready_w]
-        boot = {
-            "sys_path": list(sys.path),
-            "kproc_parent": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            "preload": preload,
-            "main": main_preparation(),
-            "backend": backend,
-            "sem_tag": sem_tag,
-            "sysfs_root": sysfs_root,
-            "trace": trace,
-        }
-        fdargs = dict(arena=arena.fd, wake=wake_fd, alive=alive_r, boot=boot_r, ready=ready_w)
-        code = ("import sys; sys.path.insert(0, {!r}); import kproc._kthread.kthreadd as k; "
-                "k.main()").format(boot["kproc_parent"])
-        argv = [sys.executable, "-c", code] + [f"--{k}={v}" for k, v in fdargs.items()]
-        popen = subprocess.Popen(argv, pass_fds=tuple(fdargs.values()), cwd=os.getcwd(),
-                                 env=dict(os.environ), stdin=subprocess.DEVNULL)
-        handles = OwnerHandles(popen, alive_w)
-        fds.remove(alive_w)
-        for fd in (alive_r, boot_r, ready_w):
-            os.close(fd)
-            fds.remove(fd)
-        write_all(boot_w, BOOT_LEN.pack(len(data := pickle.dumps(boot))) + data)
-        status = read_ready(ready_r, handles, START_TIMEOUT)
-        if status != b"ok":
-            raise KthreadError(errno.ECHILD, "kthreadd failed to start: "
-                               + status.decode(errors="replace"))
-        if backend == "posix":
-            waits = PosixWaits(arena.mem, open_semaphores(sem_tag), L.HEADER.posix_waiters)
-            unlink_semaphores(semaphore_names(sem_tag))
-        else:
-            # The futex backend is only chosen where Mem is the native one (_choose_backend).
-            waits = FutexWaits(arena.mem, spin_ns)  # type: ignore[arg-type]
-        os.write(boot_w, b"o")     # opened: kthreadd unlinks the names now (if it has not)
-        for fd in (boot_w, ready_r):
-            os.close(fd)
-            fds.remove(fd)
+        handles, waits, wake_fd = start_kthreadd(arena, backend, sysfs_root, preload, trace)
     except BaseException:
-        if handles is not None:
-            handles.close_alive()
-            handles.kill()
-            handles.wait_dead(1.0)
-        for fd in fds:
-            os.close(fd)
-        if sem_tag:
-            unlink_semaphores(semaphore_names(sem_tag))   # kthreadd died before it could
         arena.close()
         raise
-    rt = Runtime(arena, waits, Role.OWNER, wake_fd, popen.pid, topology, trace)
+    rt = Runtime(arena, waits, Role.OWNER, wake_fd, handles.pid, topology, trace)
     rt.owner = handles
     if trace:
         _trace.setup(rt.role.value, trace)
     atexit.register(_atexit_shutdown, rt)
     return rt
-
-
-BOOT_LEN = struct.Struct("=I")      # the bootstrap's length, ahead of its pickle
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """os.write() until all of ``data`` is written."""
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view):]
 
 
 def _atexit_shutdown(rt: Runtime) -> None:

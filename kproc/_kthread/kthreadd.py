@@ -9,7 +9,7 @@ dirtying it), reports "ok" and serves:
 
 * the create list (``kthread_create_list``): pop every request, fork a
   kthread for each (``create_kthread``);
-* SIGCHLD: reap kthreads and record how each ended (result, exception,
+* SIGCHLD: reap kthreads and record how each ended (``reap``: result, exception,
   signal), complete their ``exited`` and ``parked`` completions so nobody
   waits on a dead task, and abandon pending creates of a dead creator;
 * EOF on the alive pipe (the owner died or shut down): kill every kthread,
@@ -35,7 +35,6 @@ import gc
 import importlib
 import os
 import pickle
-import pickletools
 import select
 import signal
 import sys
@@ -43,14 +42,15 @@ import traceback
 
 from .._core import layout as L
 from .._core.arena import Arena
-from .._core.blobs import read_blob, store_traceback
-from .._core.funcref import prepare_main
+from .._core.blobs import read_blob
+from .._core.funcref import modules_named, prepare_main
+from .._core.owner import BOOT_LEN
 from .._core import runtime as _runtime
 from .._core import trace as _trace
 from .._core.topology import Topology
 from .._core.wait import FutexWaits, PosixWaits, create_semaphores, unlink_semaphores
-from .._sched.schedule import wake_up_process_raw
 from . import body as _kthread
+from .reap import Reaper
 from . import affinity as _affinity  # noqa: F401  preloaded: every fork has it
 from .._sched import completion as _completion  # noqa: F401  preloaded
 from . import control as _control  # noqa: F401  preloaded
@@ -69,7 +69,6 @@ IGNORED_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2
                    "SIGPIPE", "SIGALRM", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGVTALRM",
                    "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPOLL")
 
-KILLED_RESULT = -errno.EOWNERDEAD
 
 
 def main() -> NoReturn:
@@ -100,7 +99,7 @@ _sem_names: list[str] = []
 
 def _read_boot(fd: int) -> dict[str, Any]:
     """The owner's bootstrap: a length, then its pickle (the owner's own data)."""
-    (size,) = read_record(fd, _runtime.BOOT_LEN)
+    (size,) = read_record(fd, BOOT_LEN)
     data = b""
     while len(data) < size:
         chunk = os.read(fd, size - len(data))
@@ -111,7 +110,7 @@ def _read_boot(fd: int) -> dict[str, Any]:
     return boot
 
 
-class Kthreadd:
+class Kthreadd(Reaper):
     """kthreadd's state: the arena, its children and the descriptors it waits on."""
 
     def __init__(self, fds: dict[str, int]) -> None:
@@ -327,100 +326,6 @@ class Kthreadd:
     def _child_closes(self) -> tuple[int, ...]:
         return (self.alive_fd, self.sig_r, self.sig_w)
 
-    def _fail_create(self, base: int, err: int, text: str) -> None:
-        mem, T = self.arena.mem, L.TASK
-        if mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_FAILED) != \
-                L.HANDOFF_WAITING:
-            return
-        mem.store64(base + T.result, err)
-        store_traceback(self.arena, base, text)
-        self.rt.waits.completion_complete(base + T.done, False)
-
-    # -- reaping -----------------------------------------------------------------
-
-    def reap(self) -> None:
-        """Reap every exited kthread and record how it ended."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            entry = self.children.pop(pid, None)
-            if entry is not None:
-                self._record_exit(pid, status, *entry)
-            self._abandon_creates_of(pid)
-
-    def _record_exit(self, pid: int, status: int, idx: int, gen: int,
-                     teardown: bool = False) -> None:
-        """Record how the kthread in slot ``idx`` ended; ``teardown``: the owner is
-        gone and nothing else runs, so no lock is taken (the owner may have died
-        holding one)."""
-        arena, mem, T = self.arena, self.arena.mem, L.TASK
-        base = arena.task_off(idx)
-        self.inflight.pop(idx, None)
-        if mem.load32(base + T.gen) != gen:
-            return
-        waits = self.rt.waits
-        handoff = mem.load32(base + T.handoff)
-        if handoff == L.HANDOFF_WAITING:
-            self._fail_create(base, -errno.ECHILD,
-                              f"kthread died before it was published (status {status})")
-            handoff = L.HANDOFF_FAILED
-        if mem.load32(base + T.slot) != L.SLOT_EXITING and handoff != L.HANDOFF_FAILED:
-            # Died without writing a result: killed, or left behind kproc's back.
-            # (A failed creation keeps the kthread's own report for its creator.)
-            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-            L.pack_field(arena.buf, base, T, "signal", sig)
-            mem.store64(base + T.result, KILLED_RESULT)
-            mem.store32(base + T.exit_kind, L.EXIT_SIGNALED if sig else L.EXIT_LOST)
-        mem.fetch_or32(base + T.flags, L.KF_EXITING)
-        mem.store32(base + T.state, 0x80)      # TASK_DEAD
-        mem.store32(base + T.sleeping, 0)
-        # Complete before the slot can be recycled: once it is DEAD (or FREE) with no
-        # refs, a creator may claim it, and a late complete would end the new
-        # occupant's kthread_stop() before it ran.
-        waits.completion_complete(base + T.exited, True)
-        waits.completion_complete(base + T.parked, True)
-        if teardown:
-            mem.store32(base + T.slot, L.SLOT_DEAD)
-            return
-        with arena.locked():
-            if handoff == L.HANDOFF_ABANDONED:
-                arena.free_task(idx)       # nobody ever held a handle on it
-            else:
-                mem.store64(base + T.death, arena.next_death())
-                mem.store32(base + T.slot, L.SLOT_DEAD)
-
-    def _abandon_creates_of(self, pid: int) -> None:
-        """A creator died: abandon its creates (kernel: xchg(&create->done, NULL)).
-
-        A request not yet served is skipped; a kthread not yet published exits
-        by itself when it sees ABANDONED; one published but never *taken* by
-        its creator (who died first) would sleep forever unseen, so it is
-        stopped here: it exits with -EINTR and its slot is freed.
-        """
-        arena, mem, T = self.arena, self.arena.mem, L.TASK
-        for idx, creator in list(self.inflight.items()):
-            base = arena.task_off(idx)
-            handoff = mem.load32(base + T.handoff)
-            if handoff not in (L.HANDOFF_WAITING, L.HANDOFF_PUBLISHED):
-                del self.inflight[idx]
-            elif creator == pid:
-                if mem.cmpxchg32(base + T.handoff, handoff, L.HANDOFF_ABANDONED) == \
-                        L.HANDOFF_PUBLISHED:
-                    mem.fetch_or32(base + T.flags, L.KF_SHOULD_STOP)
-                    wake_up_process_raw(self.rt, base)
-                del self.inflight[idx]
-        with arena.locked():
-            head = arena.hget("create_head")
-            while head:
-                base = arena.task_off(head - 1)
-                if L.unpack_field(arena.buf, base, T, "creator") == pid:
-                    mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_ABANDONED)
-                head = mem.load32(base + T.next)
-
     def teardown(self) -> NoReturn:
         """The owner is gone: kill every kthread, reap them, and exit."""
         self.arena.mem.store32(L.HEADER.alive, 0)
@@ -443,44 +348,6 @@ class Kthreadd:
         if _trace.ENABLED:
             _trace.flush()
         os._exit(0)
-
-
-_STRING_OPS = frozenset(("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"))
-_GET_OPS = frozenset(("GET", "BINGET", "LONG_BINGET"))
-
-
-def modules_named(data: bytes) -> set[str]:
-    """The modules a pickle's GLOBAL / STACK_GLOBAL opcodes name, read without running it.
-
-    Context: kthreadd.  Return: module names (empty if the pickle does not parse).
-    """
-    mods: set[str] = set()
-    strings: list[str] = []         # string operands, in stream order
-    memo: dict[int, object] = {}
-    last: object = None
-    try:
-        for op, arg, _ in pickletools.genops(data):
-            name = op.name
-            if name in _STRING_OPS:
-                last = arg
-                strings.append(str(arg))
-            elif name == "MEMOIZE":
-                memo[len(memo)] = last
-            elif name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int):
-                memo[arg] = last
-            elif name in _GET_OPS and isinstance(arg, int):
-                last = memo.get(arg)
-                if isinstance(last, str):
-                    strings.append(last)
-            elif name == "GLOBAL":
-                mods.add(str(arg).split(" ", 1)[0])
-            elif name == "STACK_GLOBAL" and len(strings) >= 2:
-                mods.add(strings[-2])
-            else:
-                last = None
-    except Exception:
-        pass
-    return mods
 
 
 def _noop(signum: int, frame: FrameType | None) -> None:
