@@ -67,6 +67,9 @@ def bar(total: float | None, desc: str, unit: str = "it") -> Iterator[Any]:
         finally:
             plain.close()
         return
+    # A total in seconds (a float) is shown as seconds, not as a float count.
+    fmt = None if not isinstance(total, float) else \
+        "{desc}: {percentage:3.0f}%|{bar}| {elapsed} of " + f"{total:.0f} s" + "{postfix}"
     with tqdm(total=total, desc=desc, unit=unit, leave=False, file=sys.stderr,
-              dynamic_ncols=True) as t:
+              dynamic_ncols=True, bar_format=fmt) as t:
         yield t
