@@ -93,7 +93,7 @@ def test_scalar_table_ratio_is_row_over_the_kproc_row():
               Run.scalar("ppe", "ProcessPoolExecutor", {"per_s": 250.0})]
     text = format_table(t)
     assert "higher is better; ratio = row ÷ kproc" in text
-    assert "ratio ProcessPoolExecutor ÷ kproc" in text and "0.25×" in text
+    assert "ratio: ProcessPoolExecutor" in text and "0.25×" in text
 
 
 def test_targets_print_pass_miss_and_not_run():
@@ -215,3 +215,16 @@ def test_bench_runs_from_any_directory_with_json_metadata(tmp_path):
     assert H.decode(futex["hist"]).get_total_count() == futex["stats_ns"]["n"] > 0
     assert (tmp_path / "h" / "pingpong.kproc_futex.hist").exists()
     assert any(t["result"] in ("PASS", "MISS") for t in data["targets"])
+
+
+def test_png_panels_say_what_is_better_and_where(tmp_path):
+    pytest.importorskip("matplotlib")
+    from kproc._bench.plot import make_figure, write_png
+    fig = make_figure([_dist_table()], "Test CPU, 2 CPUs")
+    title = fig.axes[0].get_title()
+    assert "Ping-pong" in title and "lower is better" in title and "Test CPU, 2 CPUs" in title
+    path = tmp_path / "run.png"
+    assert write_png([_dist_table()], str(path), "Test CPU, 2 CPUs")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    scalar = Table("s", "S", LOWER, "k", columns=[("v", "v")])
+    assert not write_png([scalar], str(tmp_path / "none.png"), "m")

@@ -13,7 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .report import Table  # typing only
 
-__all__ = ["write_png"]
+__all__ = ["make_figure", "write_png"]
 
 
 def _cdf(hist: Any, scale: float) -> tuple[list[float], list[float]]:
@@ -26,17 +26,16 @@ def _cdf(hist: Any, scale: float) -> tuple[list[float], list[float]]:
     return xs, ys
 
 
-def write_png(tables: list[Table], path: str, machine: str) -> bool:
-    """Write the distribution tables of a run to ``path``.
-    Context: the command-line process.
-    Return: False when no table has a distribution (nothing written).
-    Raises: ImportError without matplotlib; OSError."""
+def make_figure(tables: list[Table], machine: str) -> Any:
+    """The figure of the distribution tables, one panel each (a matplotlib
+    Figure), or None when no table has a distribution.
+    Context: the command-line process.  Raises: ImportError without matplotlib."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     panels = [t for t in tables if not t.columns and any(r.measured for r in t.rows)]
     if not panels:
-        return False
+        return None
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 4.2 * len(panels)), squeeze=False)
     for ax, table in zip(axes[:, 0], panels):
         for row in table.rows:
@@ -48,12 +47,23 @@ def write_png(tables: list[Table], path: str, machine: str) -> bool:
         ax.set_xlabel(table.unit)
         ax.set_ylabel("fraction ≤ x")
         head = textwrap.fill(table.title, 90)
-        side = "left" if table.better == "lower" else "right"
-        ax.set_title(f"{head}\n{table.better} is better ({side} is better) · {machine}",
-                     fontsize=9)
+        side = "further left" if table.better == "lower" else "further right"
+        ax.set_title(f"{head}\n{table.better} is better ({side}) · {machine}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
+    return fig
+
+
+def write_png(tables: list[Table], path: str, machine: str) -> bool:
+    """Write the distribution tables of a run to ``path`` (``make_figure``).
+    Context: the command-line process.
+    Return: False when no table has a distribution (nothing written).
+    Raises: ImportError without matplotlib; OSError."""
+    fig = make_figure(tables, machine)
+    if fig is None:
+        return False
+    import matplotlib.pyplot as plt
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True

@@ -102,7 +102,8 @@ def fmt(value: float) -> str:
 def _ratio(num: float, den: float) -> str:
     if not den or math.isnan(den) or math.isnan(num):
         return "-"
-    return f"{num / den:.2f}×"
+    r = num / den
+    return f"{r:.2f}×" if r >= 0.1 else f"{r:.3f}×"
 
 
 def _header(table: Table) -> list[str]:
@@ -136,7 +137,7 @@ def _dist_lines(table: Table) -> list[str]:
 
 def _scalar_lines(table: Table) -> list[str]:
     ref = table.row(table.ref)
-    width = max([30] + [len(r.label) + 6 + len(table.ref_label) for r in table.rows])
+    width = max([30] + [len(r.label) + 7 for r in table.rows])
     heads = [h for _, h in table.columns]
     cw = max([12] + [len(h) for h in heads])
     lines = [f"  {'':<{width}} " + " ".join(f"{h:>{cw}}" for h in heads)]
@@ -154,7 +155,7 @@ def _scalar_lines(table: Table) -> list[str]:
                 continue
             cells = [_ratio(r.values.get(k, math.nan), ref.values.get(k, math.nan))
                      for k, _ in table.columns]
-            label = f"ratio {r.label} ÷ {ref.label}"
+            label = f"ratio: {r.label}"
             lines.append(f"  {label:<{width}} " + " ".join(f"{c:>{cw}}" for c in cells))
     return lines
 

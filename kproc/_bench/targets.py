@@ -92,9 +92,9 @@ def _judge(t: Target, value: float, ref: float) -> tuple[bool, str]:
         r = value / ref
         return abs(r - 1) <= t.limit, f"{r:.3g}× (limit 1 ± {t.limit:.2f})"
     if t.kind == "plus<=":
-        d = value - ref
-        return d <= t.limit, (f"ref + {fmt(d / t.scale)} {t.unit} "
-                              f"(limit + {fmt(t.limit / t.scale)} {t.unit})")
+        d, base = value - ref, (t.ref or "").rpartition("/")[2]
+        return d <= t.limit, (f"{base} {'+' if d >= 0 else '−'} {fmt(abs(d) / t.scale)} "
+                              f"{t.unit} (limit {base} + {fmt(t.limit / t.scale)} {t.unit})")
     shown = f"{fmt(value / t.scale)} {t.unit} (limit {fmt(t.limit / t.scale)} {t.unit})"
     if t.kind == "<=":
         return value <= t.limit, shown
