@@ -21,7 +21,7 @@ from .report import fmt
 
 __all__ = ["MIN_EFFECT", "load", "compare", "format_comparison"]
 
-MIN_EFFECT = 0.05
+MIN_EFFECT = 0.10
 FORMAT = "kproc-bench"
 
 
@@ -38,19 +38,21 @@ def load(path: str) -> dict[str, Any]:
     return data
 
 
-def _verdict(better: str, ratio: float, a: Any, b: Any) -> str:
+def _verdict(better: str, ratio: float, a: Any, b: Any, min_effect: float) -> str:
     lo_a, hi_a = H.median_interval(a)
     lo_b, hi_b = H.median_interval(b)
     if hi_a < lo_b or hi_b < lo_a:
-        if abs(ratio - 1) >= MIN_EFFECT:
+        if abs(ratio - 1) >= min_effect:
             worse = (ratio > 1) == (better == "lower")
             return "beyond noise: B " + ("worse" if worse else "better")
-        return "within noise (intervals apart, difference < 5 %)"
+        return f"within noise (intervals apart, difference < {min_effect:.0%})"
     return "within noise (95 % intervals of the medians overlap)"
 
 
-def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
-    """Row-by-row comparison of two runs (rows matched by table and row key).
+def compare(a: dict[str, Any], b: dict[str, Any],
+            min_effect: float = MIN_EFFECT) -> list[dict[str, Any]]:
+    """Row-by-row comparison of two runs (rows matched by table and row key);
+    @min_effect: the smallest relative difference of medians called beyond noise.
     Context: any.  Return: one dict per table present in both: key, title,
     better, unit, rows [{key, label, a, b, ratio, verdict}].
     Raises: ValueError on a histogram that does not decode."""
@@ -72,7 +74,7 @@ def compare(a: dict[str, Any], b: dict[str, Any]) -> list[dict[str, Any]]:
                 ratio = vb / va if va else math.nan
                 rows.append({"key": ra["key"], "label": ra["label"], "stat": "p50",
                              "a": va / ta["scale"], "b": vb / ta["scale"], "ratio": ratio,
-                             "verdict": _verdict(ta["better"], ratio, ha, hb)})
+                             "verdict": _verdict(ta["better"], ratio, ha, hb, min_effect)})
             elif "values" in ra and "values" in rb:
                 for col, head in ta["columns"]:
                     va, vb = ra["values"].get(col, math.nan), rb["values"].get(col, math.nan)
@@ -95,6 +97,10 @@ def format_comparison(a: dict[str, Any], b: dict[str, Any],
                 f"{m.get('kproc_commit') or ''}, {m.get('cpu_model', '?')}, "
                 f"backend {m.get('backend', '?')}").replace("  ", " ")
     lines = [f"A: {who(a)}", f"B: {who(b)}"]
+    ma, mb = a.get("meta", {}), b.get("meta", {})
+    for key in sorted(set(ma) | set(mb)):
+        if key != "date" and ma.get(key) != mb.get(key):
+            lines.append(f"  differs: {key}: A {ma.get(key)!r}, B {mb.get(key)!r}")
     if not tables:
         lines.append("no table in common")
     for t in tables:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from .._bench.compare import compare, format_comparison, load
+from .._bench.compare import MIN_EFFECT, compare, format_comparison, load
 from .._bench.suite import FAMILIES, run_suite
 from .._bench import deps
 from .output import print_json
@@ -29,9 +29,13 @@ def _compare(args: Namespace) -> int:
         print(f"kproc bench compare needs {', '.join(lacking)}: {deps.INSTALL}",
               file=sys.stderr)
         return 2
+    if not 0 <= args.min_effect < 1000:
+        print("kproc bench compare: --min-effect must be between 0 and 1000 %",
+              file=sys.stderr)
+        return 2
     try:
         a, b = load(args.a), load(args.b)
-        tables = compare(a, b)
+        tables = compare(a, b, args.min_effect / 100)
     except (OSError, ValueError) as exc:
         print(f"kproc bench compare: {exc}", file=sys.stderr)
         return 2
@@ -76,4 +80,7 @@ def add_parser(sub: _SubParsersAction[ArgumentParser]) -> ArgumentParser:
     c.add_argument("a", metavar="A.json")
     c.add_argument("b", metavar="B.json")
     c.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    c.add_argument("--min-effect", type=float, default=MIN_EFFECT * 100, metavar="PCT",
+                   help="the smallest difference of medians called beyond noise, in %% "
+                        "(default %(default)g)")
     return p
