@@ -49,6 +49,7 @@ def test_bench_parses_its_options_and_compare():
     assert (args.quick, args.only, args.json, args.histogram, args.png) == \
         (True, ["pingpong", "hotplug"], "a.json", "h", "p.png")
     assert args.bench_command is None and callable(args.func)
+    assert parser.parse_args(["bench", "--skip", "hotplug"]).skip == ["hotplug"]
     args = parser.parse_args(["bench", "compare", "A.json", "B.json"])
     assert (args.bench_command, args.a, args.b) == ("compare", "A.json", "B.json")
 

@@ -33,14 +33,14 @@ FAMILIES: dict[str, Callable[[Run], None]] = {
 
 def run_suite(quick: bool = False, only: Sequence[str] | None = None,
               json_path: str | None = None, histogram_dir: str | None = None,
-              png_path: str | None = None) -> int:
-    """Run the families in ``only`` (all when None or empty).
+              png_path: str | None = None, skip: Sequence[str] | None = None) -> int:
+    """Run the families in ``only`` (all when None or empty) but those in ``skip``.
 
     Context: the command-line process (each case starts its own runtime).
     Return: exit status: 0; 1 when a case failed; 2 when the bench extra is
     missing or a family is unknown; 130 when interrupted.
     """
-    unknown = sorted(set(only or ()) - set(FAMILIES))
+    unknown = sorted((set(only or ()) | set(skip or ())) - set(FAMILIES))
     if unknown:
         print(f"kproc bench: unknown suite {', '.join(unknown)}; choose from "
               f"{', '.join(FAMILIES)}", file=sys.stderr)
@@ -58,7 +58,7 @@ def run_suite(quick: bool = False, only: Sequence[str] | None = None,
     status = 0
     try:
         for name, family in FAMILIES.items():
-            if not only or name in only:
+            if (not only or name in only) and name not in (skip or ()):
                 family(run)
     except CaseError as exc:
         print(f"kproc bench: {exc}", file=sys.stderr)

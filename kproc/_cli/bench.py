@@ -53,7 +53,7 @@ def run(args: Namespace) -> int:
     if getattr(args, "bench_command", None) == "compare":
         return _compare(args)
     return run_suite(quick=args.quick, only=args.only, json_path=args.json,
-                     histogram_dir=args.histogram, png_path=args.png)
+                     histogram_dir=args.histogram, png_path=args.png, skip=args.skip)
 
 
 def add_parser(sub: _SubParsersAction[ArgumentParser]) -> ArgumentParser:
@@ -68,6 +68,9 @@ def add_parser(sub: _SubParsersAction[ArgumentParser]) -> ArgumentParser:
                    help="short runs (a few minutes; the scale row at 512 kthreads)")
     p.add_argument("--only", action="append", metavar="SUITE", choices=list(FAMILIES),
                    help=f"run only this suite (repeatable): {', '.join(FAMILIES)}")
+    p.add_argument("--skip", action="append", metavar="SUITE", choices=list(FAMILIES),
+                   help="leave this suite out (repeatable), e.g. hotplug, which takes a "
+                        "CPU offline as root")
     p.add_argument("--json", metavar="FILE",
                    help="write the results, their histograms and the run's metadata")
     p.add_argument("--histogram", metavar="DIR",
