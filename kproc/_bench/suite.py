@@ -52,9 +52,9 @@ def run_suite(quick: bool = False, only: Sequence[str] | None = None,
         return 2
     run = Run(quick)
     m = run.meta
+    commit = f" ({m['kproc_commit']})" if m["kproc_commit"] else ""
     run.say(f"kproc bench{' --quick' if quick else ''}: {machine(m)}; kproc "
-            f"{m['kproc_version']} {m['kproc_commit'] or ''}; backend {m['backend']}; "
-            f"{m['pinning']}")
+            f"{m['kproc_version']}{commit}; backend {m['backend']}; {m['pinning']}")
     status = 0
     try:
         for name, family in FAMILIES.items():
