@@ -117,7 +117,7 @@ def test_targets_print_pass_miss_and_not_run():
 
 
 def test_every_target_names_a_known_kind_and_a_table_of_the_suite():
-    known = {"pingpong", "create", "scale", "scale_one", "dispatch", "dispatch_rt",
+    known = {"pingpong", "create", "sustained", "scale", "scale_one", "dispatch", "dispatch_rt",
              "throughput", "lateness_other", "lateness_fifo", "hotplug_down", "hotplug_up",
              "external_down", "external_up"}
     for t in T.TARGETS:

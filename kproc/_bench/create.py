@@ -1,6 +1,7 @@
 """Creation: create→wake→stop of one kthread against ``os.fork``+``waitpid``
 and ``multiprocessing.Process`` (fork, forkserver, spawn), also from a caller
-that touched 2 GB; and the scale row: N kthreads created and parked, their
+that touched 2 GB; sustained creation (2 creator kthreads for 10 s, 2 s with
+``--quick``: cycles per second); and the scale row: N kthreads created and parked, their
 USS, all stopped, beside a plain loop forking N idle Python children (each
 blocked on a pipe read), with the cost of one create early (N = 100) and
 late (the last 100).  ``--quick`` scales to 512, the default run to 4,096,
@@ -18,7 +19,7 @@ from typing import Any
 import kproc
 from .common import Progress
 from .progress import bar
-from .report import LOWER, Table
+from .report import HIGHER, LOWER, Table
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -104,6 +105,38 @@ def cycle_mp(rounds: int, method: str) -> list[int]:
     return out
 
 
+def creator(args: tuple[float, kproc.Completion, kproc.Completion]) -> int:
+    """threadfn: create→wake→stop kthreads for ``seconds`` once ``go`` is
+    complete, then complete ``finished``.  Return: how many."""
+    seconds, go, finished = args
+    kproc.wait_for_completion(go)
+    end, done = time.monotonic() + seconds, 0
+    while time.monotonic() < end:
+        task = kproc.kthread_create(noop, None, "sustain")
+        kproc.wake_up_process(task)
+        kproc.kthread_stop(task)
+        done += 1
+    kproc.complete(finished)
+    return done
+
+
+def sustained(seconds: int, creators: int = 2) -> list[float]:
+    """[create→stop cycles per second, seconds] from ``creators`` kthreads."""
+    with kproc.start():
+        go, finished = kproc.Completion(), kproc.Completion()
+        tasks = [kproc.kthread_run(creator, (float(seconds), go, finished), "creator/%d", i)
+                 for i in range(creators)]
+        t0 = time.monotonic()
+        kproc.complete_all(go)
+        for _ in tasks:
+            kproc.wait_for_completion(finished)
+        elapsed = time.monotonic() - t0
+        # Each has completed `finished` and is returning: stop gives its count
+        # (a stop before its threadfn ran would give -EINTR instead).
+        done = sum(kproc.kthread_stop(t) for t in tasks)
+    return [done / elapsed, elapsed]
+
+
 def _uss(pids: list[int]) -> float:
     import psutil
     step = max(1, len(pids) // 64)
@@ -171,6 +204,7 @@ CASES: dict[str, Any] = {
     "cycle_mp_fork": lambda n: cycle_mp(n, "fork"),
     "cycle_mp_forkserver": lambda n: cycle_mp(n, "forkserver"),
     "cycle_mp_spawn": lambda n: cycle_mp(n, "spawn"),
+    "sustained": sustained,
     "scale_kproc": scale_kproc,
     "scale_fork": scale_fork,
 }
@@ -216,11 +250,20 @@ def _cycle(run: Run) -> None:
              ("mp_spawn", "multiprocessing spawn", "cycle_mp_spawn", max(10, n // 20))]
     table = Table("create", "Create → wake → stop, one process per cycle", LOWER, "kproc",
                   unit="ms", scale=1e6)
-    with bar(len(cases), "create cycle") as b:
+    seconds = 2 if run.quick else 10
+    with bar(len(cases) + 1, "create cycle") as b:
         for key, label, case, rounds in cases:
             table.rows.append(run.dist(key, label, run.case(case, rounds, b)))
             b.update()
+        rate, elapsed = run.case("sustained", seconds, b)
+        b.update()
     run.add(table)
+    sustain = Table("sustained", f"Sustained creation: create→wake→stop from 2 creator "
+                    f"kthreads for {seconds} s", HIGHER, "kproc",
+                    columns=[("per_s", "cycles/s"), ("elapsed_s", "elapsed s")])
+    sustain.rows.append(run.scalar("kproc", "kproc, 2 creators", {"per_s": rate,
+                                                                  "elapsed_s": elapsed}))
+    run.add(sustain)
 
 
 def _scale(run: Run) -> None:

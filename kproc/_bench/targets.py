@@ -44,6 +44,8 @@ TARGETS: tuple[Target, ...] = (
            "create/kproc", "p50", "ratio<=", 0.5, "create/fork"),
     Target(12, "create→wake→stop from a 2 GB caller within ±20 % of a small caller",
            "create/kproc_2g", "p50", "within", 0.20, "create/kproc"),
+    Target(12, "≥ 2,000 create→stop cycles per second from 2 creators",
+           "sustained/kproc", "per_s", ">=", 2000, unit="/s"),
     Target(12, "N parked kthreads created in ≤ 0.6× the plain fork loop's time",
            "scale/kproc", "create_s", "ratio<=", 0.6, "scale/fork"),
     Target(12, "USS per parked kthread ≤ 1.15× a plain fork's child",
