@@ -54,6 +54,8 @@ def test_cycle_table_shows_min_mean_max_beside_p50_p99(tmp_path):
 
 
 def test_cycle_refuses_an_offline_cpu_and_changes_nothing(tmp_path):
+    """Before: cpu_down of the offline CPU returned 1, the command failed with
+    "[Errno 0] cpu_down(2) returned 1" and its restore brought CPU 2 online."""
     root = kproc.fake_sysfs(tmp_path / "sys", possible=3)
     topo = Topology(root)
     topo.set_online(2, False)
@@ -67,8 +69,8 @@ def test_cycle_refuses_an_offline_cpu_and_changes_nothing(tmp_path):
 
 
 def test_cycle_leaves_every_cpu_as_it_found_it(tmp_path):
-    """An offline CPU the command did not cycle stays offline (it was put
-    online by the old restore), and the cycled CPU is online again."""
+    """An offline CPU the command did not cycle stays offline, and the cycled
+    CPU is online again."""
     root = kproc.fake_sysfs(tmp_path / "sys", possible=3)
     topo = Topology(root)
     topo.set_online(2, False)
