@@ -16,7 +16,7 @@ from kproc._bench import deps
 from kproc._bench import hist as H
 from kproc._bench import targets as T
 from kproc._bench.create import scale_count
-from kproc._bench.harness import Run
+from kproc._bench.harness import CaseError, Run
 from kproc._bench.report import HIGHER, LOWER, Table, format_table, row_stats, table_json
 from kproc._cli.main import build_parser
 
@@ -229,3 +229,29 @@ def test_png_panels_say_what_is_better_and_where(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     scalar = Table("s", "S", LOWER, "k", columns=[("v", "v")])
     assert not write_png([scalar], str(tmp_path / "none.png"), "m")
+
+
+def test_a_failed_case_is_reported_and_the_other_suites_still_run(monkeypatch, capsys,
+                                                                  tmp_path):
+    from kproc._bench import suite as S
+
+    def broken(run):
+        run.case("no_such_case", 1)
+
+    def fine(run):
+        run.add(_dist_table())
+    monkeypatch.setattr(S, "FAMILIES", {"pingpong": broken, "cycle": fine})
+    out = tmp_path / "run.json"
+    assert S.run_suite(quick=True, json_path=str(out)) == 1
+    captured = capsys.readouterr()
+    assert "suite pingpong: benchmark case no_such_case failed" in captured.err
+    assert "Ping-pong" in captured.out and "Targets" in captured.out
+    data = json.loads(out.read_text())          # strict JSON: no NaN
+    assert [t["key"] for t in data["tables"]] == ["pingpong"]
+
+
+def test_a_case_past_its_timeout_is_ended_cleanly():
+    """The watchdog interrupts the case (SIGINT), so its runtime shuts down."""
+    run = Run(quick=True, out=io.StringIO())
+    with pytest.raises(CaseError, match="took over 2 s"):
+        run.case("pingpong_kproc_futex", 10**8, timeout=2)

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from typing import Any
 
 import kproc
@@ -44,6 +46,18 @@ def package_root() -> str:
     return os.path.dirname(os.path.dirname(os.path.abspath(kproc.__file__)))
 
 
+def _end(proc: subprocess.Popen[str]) -> None:
+    """End a case: SIGINT first, so that its runtime shuts down (no process,
+    no /dev/shm entry left), SIGKILL if it has not ended 10 s later."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Run:
     """One invocation of the suite: its options, tables and metadata."""
 
@@ -68,10 +82,18 @@ class Run:
         root = package_root()
         full = dict(os.environ, **(env or {}))
         full["PYTHONPATH"] = root + os.pathsep + full.get("PYTHONPATH", "")
-        with tempfile.TemporaryFile("w+") as err:
-            proc = subprocess.Popen([sys.executable, "-m", "kproc._bench.case", name,
-                                     str(rounds)], stdout=subprocess.PIPE, stderr=err,
-                                    text=True, env=full)
+        argv = [sys.executable, "-m", "kproc._bench.case", name, str(rounds)]
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            _end(proc)
+        with tempfile.TemporaryFile("w+") as err, \
+                subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=err, text=True,
+                                 env=full) as proc:
+            watchdog = threading.Timer(timeout, expire)
+            watchdog.daemon = True
+            watchdog.start()
             last = ""
             try:
                 assert proc.stdout is not None
@@ -82,11 +104,14 @@ class Run:
                             bar.set_postfix_str(f"{name} {done}/{total}")
                     elif line.strip():
                         last = line
-                proc.wait(timeout=timeout)
-            except (subprocess.TimeoutExpired, KeyboardInterrupt):
-                proc.kill()
                 proc.wait()
+            except KeyboardInterrupt:
+                _end(proc)
                 raise
+            finally:
+                watchdog.cancel()
+            if expired:
+                raise CaseError(f"benchmark case {name} took over {timeout:g} s: ended")
             if proc.returncode != 0:
                 err.seek(0)
                 raise CaseError(f"benchmark case {name} failed (exit {proc.returncode}):\n"

@@ -175,7 +175,7 @@ def table_json(table: Table, with_hist: bool = True) -> dict[str, Any]:
     for r in table.rows:
         row: dict[str, Any] = {"key": r.key, "label": r.label, "sub": r.sub, "note": r.note}
         if r.hist is not None:
-            row["stats_ns"] = r.stats()
+            row["stats_ns"] = {k: None if math.isnan(v) else v for k, v in r.stats().items()}
             row["dropped"] = r.dropped
             if with_hist:
                 row["hist"] = H.encode(r.hist)

@@ -59,10 +59,11 @@ def run_suite(quick: bool = False, only: Sequence[str] | None = None,
     try:
         for name, family in FAMILIES.items():
             if (not only or name in only) and name not in (skip or ()):
-                family(run)
-    except CaseError as exc:
-        print(f"kproc bench: {exc}", file=sys.stderr)
-        status = 1
+                try:
+                    family(run)
+                except CaseError as exc:       # the other suites still run
+                    print(f"kproc bench: suite {name}: {exc}", file=sys.stderr)
+                    status = 1
     except KeyboardInterrupt:
         print("kproc bench: interrupted", file=sys.stderr)
         return 130
