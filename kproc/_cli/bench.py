@@ -62,7 +62,7 @@ def add_parser(sub: _SubParsersAction[ArgumentParser]) -> ArgumentParser:
     p = sub.add_parser("bench", help="the latency suite: HdrHistogram tables, targets, "
                        "compare two runs",
                        description="Every comparison side by side in one run; tables of "
-                       "n, p50, p90, p99, p99.9, max; each issue target PASS or MISS. "
+                       "n, p50, p90, p99, p99.9, max; each target marked PASS or MISS. "
                        f"Needs the bench extra: {deps.INSTALL}.")
     p.add_argument("--quick", action="store_true",
                    help="short runs (a few minutes; the scale row at 512 kthreads)")
