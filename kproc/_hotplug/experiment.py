@@ -5,7 +5,8 @@ on a real offline/online, timed from user space).
 
 ``cycle_experiment`` registers per-CPU threads (``threads`` registrations of
 an smpboot thread set) and ``preferred`` kthreads preferring the CPU, then
-takes the CPU down and up ``count`` times, timing each cpu_down / cpu_up,
+takes the CPU down and up ``count`` times (or for ``duration`` seconds),
+timing each cpu_down / cpu_up,
 the part cpuhp spent in teardown (parking per-CPU threads) and startup
 (unparking, re-binding, re-affining), its sysfs write, and how long each
 per-CPU thread of the CPU took to be back on it after cpu_up began.
