@@ -262,10 +262,12 @@ def request_stop(rt: Runtime, base: int) -> int:
     """
     mem, arena = rt.mem, rt.arena
     idx = (base - arena.params.tasks) // T.size
-    hold = arena.take_hold(rt.self_base, L.HOLD_PIN, idx)
-    if hold is None:
-        mem.fetch_add32(base + T.refs, 1)
+    hold, pinned = None, False
     try:
+        hold = arena.take_hold(rt.self_base, L.HOLD_PIN, idx)
+        if hold is None:
+            pinned = True       # set first: no signal check falls between the two
+            mem.fetch_add32(base + T.refs, 1)
         mem.fetch_or32(base + T.flags, L.KF_SHOULD_STOP)
         _unpark(rt, base)
         _sched.notify_signal(rt, base)
@@ -275,10 +277,9 @@ def request_stop(rt: Runtime, base: int) -> int:
         wait_at(rt, base + T.exited, None, "uninterruptible")
         return mem.load64(base + T.result)
     finally:
-        if hold is None:
+        if pinned:
             mem.fetch_add32(base + T.refs, -1)
-        else:
-            arena.release_hold(hold)
+        arena.release_hold(hold)
 
 
 def kthread_stop(task: Task) -> int:
