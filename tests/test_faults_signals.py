@@ -104,3 +104,33 @@ def test_ctrl_c_right_after_kthreadd_was_woken_leaves_no_kthread(rt, sigint_rais
     assert not live_kthreads(rt)
     t = kproc.kthread_create(kfuncs.ret_value, 0, "next")
     assert kproc.kthread_stop(t) == -errno.EINTR
+
+
+def test_ctrl_c_as_cancel_sync_raises_the_count_leaves_the_work_queueable(rt, sigint_raises,
+                                                                           monkeypatch):
+    """Items 4 and 5: a Ctrl-C that comes while kthread_cancel_work_sync() raises the
+    work's canceling count (under the worker lock, so it is raised as the lock is
+    dropped) still lowers the count on the way out (kernel
+    __kthread_cancel_work_sync: work->canceling-- on every exit)."""
+    from fns import work as wfuncs
+    L = kproc._core.layout
+    w = kproc.kthread_create_worker(0, "kw")
+    started, release = kproc.Completion(), kproc.Completion()
+    work = kproc.KthreadWork(wfuncs.block, (started, release))
+    assert kproc.kthread_queue_work(w, work)
+    kproc.wait_for_completion(started)
+    real = rt.arena.take_hold
+
+    def hold_then_ctrl_c(*args):
+        signal.raise_signal(signal.SIGINT)      # deferred: the worker lock is held
+        return real(*args)
+    monkeypatch.setattr(rt.arena, "take_hold", hold_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        kproc.kthread_cancel_work_sync(work)
+    monkeypatch.undo()
+    assert rt.mem.load32(work._off + L.WORK.canceling) == 0
+    kproc.complete_all(release)
+    kproc.kthread_flush_work(work)
+    assert kproc.kthread_queue_work(w, work)
+    kproc.kthread_flush_work(work)
+    kproc.kthread_destroy_worker(w)
