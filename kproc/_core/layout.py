@@ -79,7 +79,7 @@ class Record:
     area, aligned to 8.  Attributes named after fields hold their offsets as
     plain ints (``base + TASK.state`` is on every hot path, and CPython's int
     fast paths take exact ints only: an int subclass there cost the worker loop
-    7%); :meth:`fields` gives them as :class:`Field`, which knows its format;
+    5-8 %); :meth:`fields` gives them as :class:`Field`, which knows its format;
     ``codes`` maps each scalar field to its ``struct``
     format (native byte order).  ``stride`` is the room each record gets in
     its table (default: its size); a record that outgrows it, or a field
