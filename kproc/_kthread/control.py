@@ -258,7 +258,7 @@ def request_stop(rt: Runtime, base: int) -> int:
         mem.fetch_or32(base + T.flags, L.KF_SHOULD_STOP)
         _unpark(rt, base)
         _sched.notify_signal(rt, base)
-        _sched.wake_up_state(rt, base, TASK_NORMAL, stop_wake=True)
+        _sched.wake_up_state(rt, base, TASK_NORMAL)
         if mem.load32(base + T.state) == _sched.FROZEN:
             kick_frozen(rt)
         wait_at(rt, base + T.exited, None, "uninterruptible")
