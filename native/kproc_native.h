@@ -19,7 +19,7 @@
  * Files, one mechanism each: mem.c (the Mem object, bounds-checked
  * addressing, 32/64-bit atomics), args.c (argument parsing), futex.c
  * (futexes, spin-then-wait, completions), swait.c (the FIFO queue of a
- * completion's sleeping waiters), mutex.c (the robust process-shared
+ * completion's sleeping waiters), vm.c (process_vm_readv/writev), mutex.c (the robust process-shared
  * mutex), layout.c (the record layout, by name), worklist.c (the list
  * primitives and the kthread_work fast paths on them), wl_methods.c (the
  * primitives as methods, for Python's slow path), module.c (module init, the
@@ -266,6 +266,9 @@ static inline void *at(MemObject *m, PyObject *arg, int width)
 /* -- futexes and mutexes (futex.c, mutex.c) --------------------------------- */
 
 int futex_wake_n(uint32_t *word, int n);
+/* Cross-process copies (vm.c): module functions. */
+PyObject *mod_process_vm_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_process_vm_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 /* The queue of sleeping waiters (swait.c): after done moved, hand counts to it. */
 void swait_settle(MemObject *m, struct completion *c);
 int mutex_trylock_spin(pthread_mutex_t *mx, int64_t spin_ns);

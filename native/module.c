@@ -86,6 +86,10 @@ static PyMethodDef module_methods[] = {
     {"set_pdeathsig", mod_set_pdeathsig, METH_O, "set_pdeathsig(sig): prctl(PR_SET_PDEATHSIG)"},
     {"set_comm", mod_set_comm, METH_O, "set_comm(name: bytes): prctl(PR_SET_NAME), 15 bytes"},
     {"getcpu", mod_getcpu, METH_NOARGS, "getcpu() -> int: sched_getcpu(), the CPU running us"},
+    {"process_vm_read", (PyCFunction)(void (*)(void))mod_process_vm_read, METH_FASTCALL,
+     "process_vm_read(pid, addr, buffer) -> bytes read (short where unreachable or gone)"},
+    {"process_vm_write", (PyCFunction)(void (*)(void))mod_process_vm_write, METH_FASTCALL,
+     "process_vm_write(pid, addr, data) -> bytes written (short where unreachable or gone)"},
     {NULL, NULL, 0, NULL},
 };
 
