@@ -275,9 +275,11 @@ def request_stop(rt: Runtime, base: int) -> int:
 def kthread_stop(task: Task) -> int:
     """kthread_stop(): ask ``task`` to stop, wake it, and wait for it to exit.
 
-    Ends interruptible kproc sleeps at once; an uninterruptible timed sleep
-    (msleep, wait_for_completion, schedule_timeout in TASK_UNINTERRUPTIBLE)
-    runs to its end first.  A threadfn blocked in a foreign call (time.sleep,
+    Ends interruptible kproc sleeps at once, and its wake ends a schedule() or
+    schedule_timeout() in TASK_UNINTERRUPTIBLE too (with the time left); sleeps
+    that loop until their condition (msleep, wait_for_completion and
+    wait_for_completion_killable: TIF_NOTIFY_SIGNAL is not a fatal signal)
+    run to their end first.  A threadfn blocked in a foreign call (time.sleep,
     a socket) is not interrupted: it sees kthread_should_stop() when it next
     checks.  Context: any process but ``task`` itself; blocks.
     Return: threadfn's return value, the value given to kthread_exit(),
