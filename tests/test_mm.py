@@ -74,6 +74,22 @@ def test_a_dead_process_gives_a_short_copy_not_a_hang(rt):
     assert ei.value.errno == errno.ESRCH
 
 
+def test_a_process_that_dies_while_adopted_gives_short_copies(rt):
+    """copy_from_user() returns nothing and copy_to_user() reports every byte not
+    copied once the adopted process is gone: no crash, no hang."""
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    ready, go = kproc.Completion(), kproc.Completion()
+    try:
+        mm = kproc.get_task_mm(child.pid)
+        task = kproc.kthread_run(mfuncs.read_after_go, (mm, 4096, 16, ready, go), "mmgone")
+        kproc.wait_for_completion(ready)
+    finally:
+        child.kill()
+        child.wait()
+    kproc.complete(go)
+    assert _result(task) == 0 + 100 * 2
+
+
 def test_the_proc_mem_fallback_copies_and_stops_short(rt, monkeypatch):
     """Without the extension the copies go through /proc/PID/mem, page by page."""
     src = ctypes.create_string_buffer(b"fallback" * 1000)

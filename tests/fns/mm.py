@@ -71,3 +71,15 @@ def blkcg_refusal(css):
         return {"ValueError": 1, "TypeError": 2, "OSError": 3, "PermissionError": 4}.get(
             type(exc).__name__, 9)
     return 0
+
+
+def read_after_go(args):
+    """Adopt ``mm``, complete ``ready``, wait for ``go``; return len(copy_from_user)."""
+    mm, addr, n, ready, go = args
+    kproc.kthread_use_mm(mm)
+    kproc.complete(ready)
+    kproc.wait_for_completion(go)
+    try:
+        return len(kproc.copy_from_user(addr, n)) + 100 * kproc.copy_to_user(addr, b"ab")
+    finally:
+        kproc.kthread_unuse_mm(mm)
