@@ -7,7 +7,7 @@ Methods registered METH_FASTCALL alone take positional arguments only.
 """
 
 from collections.abc import Mapping
-from typing import Final, final
+from typing import Final, Self, final
 
 from _typeshed import WriteableBuffer
 
@@ -60,6 +60,7 @@ class Mem:
     def mutex_lock(self, off: int, timeout_ns: int | None = -1,
                    spin_ns: int | None = 0) -> int: ...
     def mutex_unlock(self, off: int, /) -> None: ...
+    def release(self) -> bool: ...
 
     # kthread_worker fast paths: -1 means "take the Python slow path"
     def wq_setup(self, layout: Mapping[str, int], /) -> None: ...
@@ -73,3 +74,10 @@ class Mem:
     def work_queue(self, kbase: int, wbase: int, widx1: int, kgen: int, wgen: int,
                    spin_ns: int, wake: bool, /) -> int: ...
     def work_pop(self, kbase: int, prev_idx1: int, spin_ns: int, /) -> int: ...
+
+
+class MutexGuard:
+    recovered: bool
+    def __init__(self, mem: object, off: int, spin_ns: int = 0) -> None: ...
+    def __enter__(self) -> Self: ...
+    def __exit__(self, *exc: object) -> None: ...  # returns False: never swallows

@@ -62,12 +62,12 @@ static int futex_wait_until(uint32_t *word, uint32_t expected, int64_t deadline)
                 return LOAD(word) == expected ? 2 : 1;
             ns_to_ts(deadline, &ts);
         }
-        Py_BEGIN_ALLOW_THREADS
+        KP_BEGIN_ALLOW_THREADS
         /* FUTEX_WAIT_BITSET: the timeout is absolute, on CLOCK_MONOTONIC. */
         rc = futex(word, FUTEX_WAIT_BITSET, expected,
                    deadline != NO_DEADLINE ? &ts : NULL, FUTEX_BITSET_MATCH_ANY);
         err = errno;
-        Py_END_ALLOW_THREADS
+        KP_END_ALLOW_THREADS
         if (rc == 0)
             return 0;
         if (err == EAGAIN)
@@ -124,7 +124,7 @@ static PyObject *Mem_futex_wake(ARGS)
 static int spin_while_equal(uint32_t *word, uint32_t expected, int64_t end)
 {
     int changed = 0;
-    Py_BEGIN_ALLOW_THREADS
+    KP_BEGIN_ALLOW_THREADS
     for (unsigned i = 1;; i++) {
         if (LOAD(word) != expected) {
             changed = 1;
@@ -134,7 +134,7 @@ static int spin_while_equal(uint32_t *word, uint32_t expected, int64_t end)
         if (i % SPIN_CLOCK_EVERY == 0 && mono_ns() >= end)
             break;
     }
-    Py_END_ALLOW_THREADS
+    KP_END_ALLOW_THREADS
     return changed;
 }
 
@@ -265,7 +265,7 @@ static PyObject *Mem_completion_complete(KWARGS)
 static int completion_spin(struct completion *c, uint32_t snap, int64_t end)
 {
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS
+    KP_BEGIN_ALLOW_THREADS
     for (unsigned i = 1;; i++) {
         if (LOAD(&c->done) != 0 && completion_try(c)) {
             rc = 1;
@@ -279,7 +279,7 @@ static int completion_spin(struct completion *c, uint32_t snap, int64_t end)
         if (i % SPIN_CLOCK_EVERY == 0 && mono_ns() >= end)
             break;
     }
-    Py_END_ALLOW_THREADS
+    KP_END_ALLOW_THREADS
     return rc;
 }
 

@@ -149,11 +149,20 @@ struct completion {
 #define ARGS MemObject *self, PyObject *const *args, Py_ssize_t nargs
 #define KWARGS ARGS, PyObject *kwnames
 
+/*
+ * Calls of any Mem that sleep or spin with the GIL released: Mem.release()
+ * refuses while one is in flight, so memory is never unmapped under a call.
+ * Changed with the GIL held only.
+ */
+extern long kproc_gil_released;
+#define KP_BEGIN_ALLOW_THREADS { kproc_gil_released++; Py_BEGIN_ALLOW_THREADS
+#define KP_END_ALLOW_THREADS Py_END_ALLOW_THREADS kproc_gil_released--; }
+
 /* Every method but __init__ needs the buffer. */
 #define NEED_BUFFER()                                                         \
     do {                                                                      \
         if (!self->base) {                                                    \
-            PyErr_SetString(PyExc_ValueError, "Mem was not initialised");     \
+            PyErr_SetString(PyExc_ValueError, "Mem was not initialised or was released");     \
             return NULL;                                                      \
         }                                                                     \
     } while (0)
@@ -221,6 +230,7 @@ static inline int get_i64(PyObject *o, int64_t *out)
 /* -- the Mem type, its method tables, addressing (mem.c) ----------------------- */
 
 extern PyTypeObject MemType;
+extern PyTypeObject MutexGuardType;
 extern PyMethodDef atomic_methods[], futex_methods[], mutex_methods[], layout_methods[],
     worklist_methods[], wl_methods[];
 

@@ -126,7 +126,8 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC PyInit__native(void)
 {
     PyObject *m;
-    if (assemble_methods() < 0 || PyType_Ready(&MemType) < 0)
+    if (assemble_methods() < 0 || PyType_Ready(&MemType) < 0 ||
+        PyType_Ready(&MutexGuardType) < 0)
         return NULL;
     m = PyModule_Create(&moduledef);
     if (!m)
@@ -134,6 +135,11 @@ PyMODINIT_FUNC PyInit__native(void)
     Py_INCREF(&MemType);
     if (PyModule_AddObject(m, "Mem", (PyObject *)&MemType) < 0) {
         Py_DECREF(&MemType);
+        goto fail;
+    }
+    Py_INCREF(&MutexGuardType);
+    if (PyModule_AddObject(m, "MutexGuard", (PyObject *)&MutexGuardType) < 0) {
+        Py_DECREF(&MutexGuardType);
         goto fail;
     }
     if (PyModule_AddIntConstant(m, "MUTEX_SIZE", (sizeof(pthread_mutex_t) + 7) & ~(size_t)7) < 0)

@@ -953,8 +953,8 @@ def test_wl_setup_names_a_missing_field_and_refuses_a_list(impl):
 @pytest.mark.parametrize("call, exc, match", [
     (lambda m, k: m.wl_link_before(k, 7, 2, 0), ValueError, "neither ON_WORKLIST"),
     (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 0, 0), ValueError, "0 is not a work slot"),
-    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 9, 0), ValueError, "9 is not a work slot"),
-    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 2, 9), ValueError, "9 is not a work slot"),
+    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 999, 0), ValueError, "999 is not a work slot"),
+    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 2, 999), ValueError, "999 is not a work slot"),
     (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 1, 0), ValueError, "1 is already on a list"),
     (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 2, 4), ValueError, "4 is not on list 1"),
     (lambda m, k: m.wl_link_before(k, ON_TIMER, 2, 1), ValueError, "1 is not on list 2"),

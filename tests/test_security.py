@@ -25,7 +25,7 @@ import pytest
 
 import kproc
 from kproc._core import layout as L
-from kproc._core.arena import ArenaParams
+from kproc._core.arena import ArenaParams, marker_slots
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -185,7 +185,8 @@ def _header(max_kthreads, max_works):
     H = L.HEADER
     raw = bytearray(H.size)
     for name, value in (("magic", L.MAGIC), ("layout_version", L.LAYOUT_VERSION),
-                        ("max_kthreads", max_kthreads), ("max_works", max_works),
+                        ("max_kthreads", max_kthreads),
+                        ("max_works", max_works + marker_slots(max_kthreads)),
                         ("max_completions", max(1024, max_works)), ("backend", 1)):
         struct.pack_into(H.codes[name], raw, getattr(H, name), value)
     return bytes(raw)

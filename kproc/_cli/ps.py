@@ -31,7 +31,7 @@ import time
 import psutil
 
 from .._core import layout as L
-from .._core.arena import ArenaParams
+from .._core.arena import ArenaParams, marker_slots
 from .._core.topology import format_cpulist
 from .._sched.task import TASK_STATES
 from .output import print_result
@@ -152,8 +152,8 @@ class ArenaFile:
             raise ValueError(f"process {self.pid} holds no kproc arena")
         if self.head("layout_version") != L.LAYOUT_VERSION:
             raise ValueError(f"process {self.pid} runs a kproc of another layout version")
-        n, works = self.head("max_kthreads"), self.head("max_works")
-        comps = self.head("max_completions")
+        n, comps = self.head("max_kthreads"), self.head("max_completions")
+        works = self.head("max_works") - marker_slots(n)     # the user's part of the table
         if not (1 <= n <= MAX_KTHREADS and 1 <= works <= MAX_WORKS
                 and comps == max(1024, works)):
             raise ValueError(f"{self.what} is malformed: table sizes {n}, {comps}, {works}")

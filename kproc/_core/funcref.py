@@ -19,10 +19,11 @@ preparation).
 from __future__ import annotations
 
 import pickle
+import pickletools
 
 from .runtime import Runtime
 
-__all__ = ["pickle_function", "pickle_data", "check_callback", "prepare_main"]
+__all__ = ["pickle_function", "pickle_data", "check_callback", "prepare_main", "modules_named"]
 
 _main_prepared = False
 
@@ -84,3 +85,42 @@ def prepare_main(rt: Runtime) -> bool:
     import multiprocessing.spawn      # only processes that load __main__ pay for it
     multiprocessing.spawn.prepare(prep)
     return True
+
+
+_STRING_OPS = frozenset(("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"))
+_GET_OPS = frozenset(("GET", "BINGET", "LONG_BINGET"))
+
+
+def modules_named(data: bytes) -> set[str]:
+    """The modules a pickle's GLOBAL / STACK_GLOBAL opcodes name, read without running it.
+
+    Context: any (kthreadd, to preload a threadfn's module without unpickling it).
+    Return: module names (empty if the pickle does not parse).
+    """
+    mods: set[str] = set()
+    strings: list[str] = []         # string operands, in stream order
+    memo: dict[int, object] = {}
+    last: object = None
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            name = op.name
+            if name in _STRING_OPS:
+                last = arg
+                strings.append(str(arg))
+            elif name == "MEMOIZE":
+                memo[len(memo)] = last
+            elif name in ("PUT", "BINPUT", "LONG_BINPUT") and isinstance(arg, int):
+                memo[arg] = last
+            elif name in _GET_OPS and isinstance(arg, int):
+                last = memo.get(arg)
+                if isinstance(last, str):
+                    strings.append(last)
+            elif name == "GLOBAL":
+                mods.add(str(arg).split(" ", 1)[0])
+            elif name == "STACK_GLOBAL" and len(strings) >= 2:
+                mods.add(strings[-2])
+            else:
+                last = None
+    except Exception:
+        pass
+    return mods

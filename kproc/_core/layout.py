@@ -41,7 +41,7 @@ __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USER
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 # Bumped whenever a record below changes shape: ``kproc ps`` reads arenas of
 # other runtimes (maybe of another kproc version) only when theirs matches.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
 
 _SIZES: dict[str, int] = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
@@ -144,6 +144,7 @@ HEADER = Record("header", [
     ("comp_hint", "I"),
     ("death_clock", "Q"),      # orders dead slots for recycling, oldest first
     ("work_free", "I"),        # free work slots: a stack linked through WORK.next
+    ("marker_free", "I"),      # free flush-marker slots (past the user's max_works), same
     ("worker_hint", "I"),
     ("freezing", "I"),         # pm_freezing: freeze_kthreads() in force
     ("freeze_seq", "I"),       # futex word frozen kthreads sleep on
@@ -175,6 +176,7 @@ TASK = Record("task", [
     ("name_len", "I"),
     ("payload_len", "I"),
     ("tb_len", "I"),
+    ("holds", ("bytes", 4 * 4)),  # HOLD words: what this kthread holds of others, by kind
     ("done", ("bytes", COMPLETION.size)),     # create->done
     ("parked", ("bytes", COMPLETION.size)),
     ("exited", ("bytes", COMPLETION.size)),
@@ -257,6 +259,14 @@ WF_ORPHAN = 1 << 0            # its owning handle is gone: freed once idle
 
 # TASK.slot values
 SLOT_FREE, SLOT_CREATING, SLOT_LIVE, SLOT_EXITING, SLOT_DEAD = range(5)
+
+# TASK.holds: what a kthread holds of other slots while it waits, so that
+# kthreadd can give it back when the kthread dies mid-wait: HOLDS words, each
+# HOLD_kind << HOLD_SHIFT | (slot index + 1), 0 when free.
+HOLDS = 4
+HOLD_SHIFT = 28
+HOLD_PIN = 1          # a kthread_stop() pin on task slot ``index`` (instead of refs)
+HOLD_CANCEL = 2       # one count of work ``index``'s canceling (cancel_*_sync)
 
 # TASK.handoff values: who owns a pending create (kernel: xchg(&create->done, NULL)).
 # TAKEN: the creator returned with the Task; until then a dead creator's

@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     RawWait = Callable[[int, int, int, int, int, int], int]
 
 __all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns",
-           "create_semaphores", "unlink_semaphores"]
+           "create_semaphores", "open_semaphores", "semaphore_names", "new_semaphore_tag",
+           "unlink_semaphores"]
 
 POSIX_CHANNELS = 64
 UINT_MAX = 0xFFFFFFFF
@@ -236,25 +237,42 @@ class PosixWaits:
                 pass
 
 
-def create_semaphores(names: list[str]) -> list[posix_ipc.Semaphore]:
-    """Create the posix backend's POSIX_CHANNELS semaphores (0600), new names each.
+def semaphore_names(tag: str) -> list[str]:
+    """The names of the posix backend's POSIX_CHANNELS semaphores for ``tag``."""
+    return [f"{tag}-{i}" for i in range(POSIX_CHANNELS)]
 
-    Context: the owner, in start().  Each name is appended to ``names`` as it
-    is created, so that the caller can unlink them all whatever happens.
-    Return: the open semaphores.
+
+def new_semaphore_tag() -> str:
+    """A fresh, unguessable prefix for a runtime's semaphore names."""
+    return f"/kproc-{os.getpid()}-{os.urandom(8).hex()}"
+
+
+def create_semaphores(names: list[str], tag: str) -> list[posix_ipc.Semaphore]:
+    """Create the posix backend's POSIX_CHANNELS semaphores (0600) named after ``tag``.
+
+    Context: kthreadd, at start-up (the process whose death the owner
+    watches and that watches the owner's, so a survivor removes the names).
+    Each name is appended to ``names`` as it is created, so that the caller
+    can unlink them all whatever happens.  Return: the open semaphores.
     """
     import posix_ipc      # only the posix backend needs it
-    tag = f"/kproc-{os.getpid()}-{os.urandom(4).hex()}"
     sems: list[posix_ipc.Semaphore] = []
-    for i in range(POSIX_CHANNELS):
-        name = f"{tag}-{i}"
+    for name in semaphore_names(tag):
         sems.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0))
         names.append(name)
     return sems
 
 
+def open_semaphores(tag: str) -> list[posix_ipc.Semaphore]:
+    """Open the semaphores kthreadd created for ``tag``.  Context: the owner, in start()."""
+    import posix_ipc      # only the posix backend needs it
+    return [posix_ipc.Semaphore(name) for name in semaphore_names(tag)]
+
+
 def unlink_semaphores(names: list[str]) -> None:
     """Remove the semaphores' names: the open ones live on, nothing stays in /dev/shm."""
+    if not names:
+        return
     import posix_ipc      # only the posix backend needs it
     for name in names:
         try:

@@ -252,8 +252,19 @@ def _unpark(rt: Runtime, base: int) -> None:
 
 
 def request_stop(rt: Runtime, base: int) -> int:
-    mem = rt.mem
-    mem.fetch_add32(base + T.refs, 1)
+    """The body of kthread_stop(): stop the task at ``base``, wait, return its result.
+
+    The target's slot is pinned while waiting (kernel: get_task_struct()).  A
+    kthread pins through a hold word in its own slot (``Arena.take_hold``),
+    which kthreadd clears if the kthread dies mid-stop, so a stopper killed
+    here never leaves the slot pinned; the owner (whose death ends the
+    runtime) and a kthread whose hold words are all in use count in ``refs``.
+    """
+    mem, arena = rt.mem, rt.arena
+    idx = (base - arena.params.tasks) // T.size
+    hold = arena.take_hold(rt.self_base, L.HOLD_PIN, idx)
+    if hold is None:
+        mem.fetch_add32(base + T.refs, 1)
     try:
         mem.fetch_or32(base + T.flags, L.KF_SHOULD_STOP)
         _unpark(rt, base)
@@ -264,7 +275,10 @@ def request_stop(rt: Runtime, base: int) -> int:
         wait_at(rt, base + T.exited, None, "uninterruptible")
         return mem.load64(base + T.result)
     finally:
-        mem.fetch_add32(base + T.refs, -1)
+        if hold is None:
+            mem.fetch_add32(base + T.refs, -1)
+        else:
+            arena.release_hold(hold)
 
 
 def kthread_stop(task: Task) -> int:

@@ -120,8 +120,8 @@ def _check(c: object) -> int:
     """Offset of ``c``'s record; raises if ``c`` is not a live Completion."""
     if not isinstance(c, Completion):
         raise TypeError(f"expected a kproc.Completion, not {type(c).__name__}")
-    rt = c._rt
-    if rt.closed or rt.mem.load32(c._gen_off) != c._gen:
+    rt = c._live_runtime()            # ESRCH once shut down (or in a forked child)
+    if rt.mem.load32(c._gen_off) != c._gen:
         raise stale("completion")
     return c._off
 

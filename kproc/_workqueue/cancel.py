@@ -50,13 +50,17 @@ def _cancel_sync(work, is_dwork, fn_name):
                         "forever; not waiting", stacklevel=3)
             return ret
         # The work is running: wait with the lock dropped; meanwhile the
-        # canceling counter makes every queueing attempt fail.
+        # canceling counter makes every queueing attempt fail.  A kthread
+        # records its count in a hold word first: if it dies waiting,
+        # kthreadd drops the count (else the work could never be queued again).
+        hold = rt.arena.take_hold(rt.self_base, L.HOLD_CANCEL, work._idx)
         mem.fetch_add32(base + W.canceling, 1)
     try:
         flush_work_at(rt, kbase, idx, fn_name)
     finally:
         with Locked(rt, kbase) as lk:
             mem.fetch_add32(base + W.canceling, -1)
+            rt.arena.release_hold(hold)
             free_if_orphan_locked(lk, work._idx)
     return ret
 

@@ -25,6 +25,7 @@ Runs in the caller: any process of the runtime but the worker's own kthread.
 """
 
 import errno
+import time
 
 from .._core import layout as L
 from .._core.errors import KthreadError, kernel_warn, warn_on_once
@@ -42,7 +43,19 @@ T = L.TASK
 
 
 def _alloc_marker(rt):
-    return alloc_work_slot(rt, L.WK_FLUSH, "no slot left for a flush marker")
+    """A slot for a flush marker, never ENOMEM: one of the marker slots reserved past
+    the user's works (``arena.marker_slots``), else a user slot; when every one is
+    taken (more flushers at once than kthreads + 64), wait until one is freed.
+    (The kernel's marker lives on the flusher's stack: a flush cannot fail.)
+    """
+    while True:
+        try:
+            return alloc_work_slot(rt, L.WK_FLUSH, "no slot left for a flush marker")
+        except KthreadError as exc:
+            if exc.errno != errno.ENOMEM:
+                raise
+        rt.check_alive()
+        time.sleep(0.001)
 
 
 def own_worker(rt, kbase):
