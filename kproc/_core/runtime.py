@@ -241,7 +241,7 @@ def _choose_backend(backend: str | None) -> str:
     have_native = load_mem_class() is not None
     if backend is None:
         backend = "futex" if have_native else "posix"
-    if backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be None, 'futex' or 'posix', not {backend!r}")
     if backend == "futex" and not have_native:
         raise ValueError("backend 'futex' needs the kproc._native extension, which is not "
