@@ -21,7 +21,7 @@ from .harness import TOKEN_VAR, Accounting, Result, _shm, token_processes
 FULL: dict[str, dict[str, Any]] = {
     "kill-storm": {"trials": 1000}, "lock-holder-death": {"kills": 400},
     "load": {"seconds": 60.0}, "fuzz": {"examples": 2000},
-    "sigint-storm": {"trials": 20, "seconds": 3.0}, "other-uid": {}}
+    "sigint-storm": {"trials": 12, "seconds": 3.0}, "other-uid": {}}
 QUICK: dict[str, dict[str, Any]] = {
     "kill-storm": {"trials": 45}, "lock-holder-death": {"kills": 20},
     "load": {"seconds": 3.0}, "fuzz": {"examples": 150},

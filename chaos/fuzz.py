@@ -38,8 +38,11 @@ BAD = {
     "seconds": [-1, math.nan, 1e300, 2 ** 2000, "1", None, -math.inf, b"1", True],
     "delay": [-1, math.nan, 1e300, 2 ** 2000, "1", None, math.inf, True],
     "namefmt": [5, None, "%d", "%2147483648d", "a" * 5000, "x\0y", b"x", "%*d", "%(k)s"],
+    # kthread_create_on_cpu() formats the name with the CPU: one %d/%u is right
+    "namefmt1": [5, None, "%d%d", "%2147483648d", "a" * 5000, "x\0y", b"x", "%(k)s"],
     "node": [-2, 10 ** 6, 2 ** 70, "0", None, 1.0],
     "fn": [None, 5, lambda d: 0, object(), "fns.ret_data"],
+    "fn?": [5, lambda d: 0, object(), "fns.ret_data"],       # None is allowed there
     "worker": [None, 5, "w", object()],
     "work": [None, 5, "w", object()],
     "c": [None, 5, "c", object(), 1.0],
@@ -76,7 +79,7 @@ def _table(good: dict[str, Any]) -> list[tuple[str, Callable[..., Any], list[tup
         ("kthread_create_on_node", lambda node, namefmt: k.kthread_create_on_node(
             fns.ret_data, 0, node, namefmt), [("node", "node"), ("namefmt", "namefmt")]),
         ("kthread_create_on_cpu", lambda cpu, namefmt: k.kthread_create_on_cpu(
-            fns.ret_data, 0, cpu, namefmt), [("cpu", "cpu"), ("namefmt", "namefmt")]),
+            fns.ret_data, 0, cpu, namefmt), [("cpu", "cpu"), ("namefmt", "namefmt1")]),
         ("kthread_run", lambda fn: k.kthread_run(fn, 0, "fz"), [("fn", "fn")]),
         ("wake_up_process", k.wake_up_process, [("task", "task")]),
         ("kthread_bind", k.kthread_bind, [("task", "task"), ("cpu", "cpu")]),
@@ -140,7 +143,7 @@ def _table(good: dict[str, Any]) -> list[tuple[str, Callable[..., Any], list[tup
         ("cpu_down", k.cpu_down, [("cpu", "cpu")]),
         ("cpu_up", k.cpu_up, [("cpu", "cpu")]),
         ("cpuhp_setup_state", lambda name, startup: k.cpuhp_setup_state(name, startup, None),
-         [("name", "str"), ("startup", "fn")]),
+         [("name", "str"), ("startup", "fn?")]),
         ("cpuhp_remove_state", k.cpuhp_remove_state, [("state", "int")]),
         ("SmpHotplugThread", lambda thread_comm, fn: k.SmpHotplugThread(
             fn, fns.work_noop, thread_comm), [("thread_comm", "namefmt"), ("fn", "fn")]),
@@ -156,7 +159,8 @@ def _table(good: dict[str, Any]) -> list[tuple[str, Callable[..., Any], list[tup
 
 def _good(kind: str, good: dict[str, Any]) -> Any:
     return {"task": good["task"], "cpu": 0, "cpu+": 0, "cpus": [0], "seconds": 0, "delay": 0,
-            "namefmt": "fz", "node": 0, "fn": fns.ret_data, "worker": good["worker"],
+            "namefmt": "fz", "namefmt1": "fz/%u", "node": 0, "fn": fns.ret_data,
+            "fn?": None, "worker": good["worker"],
             "work": good["dwork"], "c": good["c"], "flags": 0, "state": 0, "int": 1,
             "str": "fz:online"}[kind]
 
