@@ -248,6 +248,8 @@ def lock_holder_death(r: Result, kills: int, hammers: int = 3) -> None:
                                                    started), "lh-hammer/%d", serial))
         serial += 1
         kproc.wait_for_completion(started)
+    # Made before the hammers start: they keep the work table full by design.
+    probe = kproc.KthreadWork(fns.work_noop)
     for _ in range(hammers):
         spawn()
     for _ in range(kills):
@@ -257,7 +259,6 @@ def lock_holder_death(r: Result, kills: int, hammers: int = 3) -> None:
         ok, value, _ = call_with_deadline(lambda: kproc.kthread_stop(victim))
         if not ok:
             r.hangs += 1
-        probe = kproc.KthreadWork(fns.work_noop)
         ok, _, _ = call_with_deadline(lambda: (kproc.kthread_queue_work(w, probe),
                                                kproc.kthread_flush_work(probe)))
         if ok:
