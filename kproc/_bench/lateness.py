@@ -52,11 +52,12 @@ def lateness_kproc(count: int, fifo: bool = False) -> list[int]:
         path = os.path.join(tmp, "stamps")
         stamps = Stamps(path, count, create=True)
         worker = kproc.kthread_create_worker_on_cpu(PEER_CPU, 0, "bench/%u")
-        if fifo:
+        task = worker.task                 # a created worker always has its kthread
+        if fifo and task is not None:
             # kproc.sched_set_fifo() is the kernel's call for this and comes with
             # issue 10; this branch predates it, so the policy is set on the
             # worker's process directly, as that call does.
-            os.sched_setscheduler(worker.task.pid, os.SCHED_FIFO,
+            os.sched_setscheduler(task.pid, os.SCHED_FIFO,
                                   os.sched_param(FIFO_PRIORITY))
         dworks = [kproc.KthreadDelayedWork(stamp_index, (path, count, i)) for i in range(count)]
         warm = kproc.KthreadWork(stamp_index, (path, count, 0))   # imports this module there
