@@ -29,7 +29,7 @@ FLOOR := benchmarks/c/futex_floor
 CWARN := -Wall -Wextra
 
 .DEFAULT_GOAL := help
-.PHONY: help venv ext lint test test-fast test-futex test-posix bench floor check-c clean rt-tests stress-ng FORCE
+.PHONY: help venv ext lint test test-fast test-futex test-posix chaos bench floor check-c clean rt-tests stress-ng FORCE
 
 help: ## list the targets (PYTEST_ARGS=... is passed to pytest, BACKEND=... to test-fast)
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -63,7 +63,7 @@ check-c: $(DEPS_STAMP) ## compile every C source with -Werror (developer check)
 	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror benchmarks/c/futex_floor.c
 
 lint: $(DEPS_STAMP) ## ruff over the package, the tests and the benchmarks; mypy --strict over the package
-	$(PY) -m ruff check kproc tests benchmarks setup.py
+	$(PY) -m ruff check kproc tests benchmarks chaos setup.py
 	$(PY) -m mypy
 
 test: venv lint stress-ng ## lint, then the whole suite twice: KPROC_BACKEND=futex, then posix
@@ -81,6 +81,12 @@ test-futex: venv stress-ng ## the whole suite once, on the futex backend
 
 test-posix: venv stress-ng ## the whole suite once, on the posix backend
 	KPROC_BACKEND=posix $(PYTEST)
+
+# The chaos suite (chaos/, issue #11): kill storms, lock-holder death, load, a
+# fuzz, SIGINT storms, another uid; one line per experiment and backend, then
+# "N passed, N failed".  About 10 minutes; make test runs its --quick form.
+chaos: venv ## the chaos suite on both backends (CHAOS_ARGS=--quick for the reduced form)
+	KPROC_STRICT=1 $(PY) -m chaos $(CHAOS_ARGS)
 
 $(BENCH_STAMP): $(DEPS_STAMP) pyproject.toml
 	$(PIP) install -q -e '.[test,bench]'

@@ -39,7 +39,7 @@ from ._hotplug.cpumask import (
     cpu_possible_mask, cpu_present_mask, cpu_online_mask, housekeeping_cpumask,
     cpu_to_node, cpumask_of_node,
 )
-from ._core.topology import fake_sysfs
+from ._core.fakesys import fake_sysfs
 from ._hotplug.api import cpu_down, cpu_up, cpuhp_setup_state, cpuhp_remove_state
 from ._hotplug.smpboot import (
     SmpHotplugThread, smpboot_register_percpu_thread, smpboot_unregister_percpu_thread,

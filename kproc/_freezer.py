@@ -26,10 +26,10 @@ Choices where the kernel is not the model:
 from __future__ import annotations
 
 import errno
-import math
 import time
 
 from ._core import layout as L
+from ._core.checks import check_seconds
 from ._core.errors import KthreadError
 from ._core.hung_task import HungTask, task_text
 from ._core.runtime import TICK_NS, Runtime, get_runtime
@@ -170,10 +170,7 @@ def freeze_kthreads(timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
     Raises: TypeError/ValueError for a bad timeout; KthreadError(EBUSY) naming
     the kthreads that did not freeze in time (everything is thawed again first).
     """
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
-        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
-    if math.isnan(timeout) or timeout < 0:
-        raise ValueError(f"timeout must be >= 0 seconds, not {timeout}")
+    timeout = check_seconds("timeout", timeout)
     rt = get_runtime()
     if rt.self_base is not None and rt.mem.load32(rt.self_base + T.flags) & L.KF_FREEZABLE:
         raise RuntimeError("freeze_kthreads() called from a freezable kthread would wait "

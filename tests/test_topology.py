@@ -4,7 +4,8 @@ import os
 
 import pytest
 
-from kproc._core.topology import Topology, fake_sysfs, format_cpulist, parse_cpulist
+from kproc._core.fakesys import fake_sysfs
+from kproc._core.topology import Topology, format_cpulist, parse_cpulist
 
 pytestmark = pytest.mark.timeout(30)
 

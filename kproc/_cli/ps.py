@@ -1,18 +1,30 @@
 """``kproc ps``: kthreadd and its kthreads for every runtime of this user.
 
 Runtimes are found by their kthreadd processes (comm ``kthreadd``, started
-with ``kproc._kthread.kthreadd``, same user).  Each arena is mapped *read-only* from
+with ``kproc._kthread.kthreadd``, same user).  Each arena is read from
 ``/proc/<kthreadd>/fd/<N>`` (the memfd is not in any namespace, and only the
-same user, or root, may open it), and read without taking any lock: the
-table is a snapshot, possibly torn for a kthread changing state meanwhile.
+same user, or root, may open it) without taking any lock: the table is a
+snapshot, possibly torn for a kthread changing state meanwhile.
+
+Run by root, ``kproc ps`` reads the arenas of *every* user, and any user can
+start a process that looks like kthreadd: so what is read is treated as
+hostile (:class:`ArenaFile`).  The descriptor must be a regular file (a FIFO
+there would block the open); it is read with ``pread``, never mapped (a file
+its owner truncates under a mapping would kill us with SIGBUS); the header's
+sizes must be within ``start()``'s limits and the file long enough for them;
+every slot index read from it is checked against its table; a list that
+loops ends the read with ``ValueError``, and list walks share a bounded budget
+of steps;
+``psutil`` is asked only about pids that are kthreadd's children.  Nothing
+read is unpickled (a work's function name is parsed by ``pickletools``).
 """
 
 from __future__ import annotations
 
-import mmap
 import os
 import pickletools
 import re
+import stat
 import struct
 import time
 
@@ -60,7 +72,7 @@ if TYPE_CHECKING:
         max_kthreads: int
         kthreads: list[TaskRow]
 
-__all__ = ["find_runtimes", "snapshot", "format_table", "add_parser", "run"]
+__all__ = ["find_runtimes", "ArenaFile", "snapshot", "format_table", "add_parser", "run"]
 
 FLAG_NAMES = [(L.KF_IS_PER_CPU, "P"), (L.KF_SHOULD_STOP, "S"), (L.KF_SHOULD_PARK, "K"),
               (L.KF_NO_SETAFFINITY, "B"), (L.KF_PREFERRED, "A"), (L.KF_FREEZABLE, "F"),
@@ -80,59 +92,130 @@ def find_runtimes() -> list[tuple[int, int]]:
         if uid != 0 and info["uids"] and info["uids"].real != uid:
             continue
         cmd = " ".join(info["cmdline"])
-        m = re.search(r"--arena=(\d+)", cmd)
+        m = re.search(r"--arena=(\d{1,9})\b", cmd)
         if "kproc._kthread.kthreadd" in cmd and m:
             found.append((proc.pid, int(m.group(1))))
     return found
 
 
-def _map(pid: int, fd: int) -> mmap.mmap:
-    path = f"/proc/{pid}/fd/{fd}"
-    with open(path, "rb") as f:
-        size = os.fstat(f.fileno()).st_size
-        return mmap.mmap(f.fileno(), size, mmap.MAP_SHARED, mmap.PROT_READ)
+# start()'s limits (check_int in runtime.start) and the completion pool's rule.
+MAX_KTHREADS = 1 << 16
+MAX_WORKS = 1 << 22
+# At most this many list steps per snapshot (each one pread): a bound on time.
+WALK_BUDGET = 1 << 16
+
+
+class ArenaFile:
+    """Another process's arena, read with ``pread`` and checked (see module doc).
+
+    Attributes: ``params`` (the sizes, validated), ``size`` (of the file).
+    Raises (constructor and reads): ValueError for anything malformed, OSError.
+    """
+
+    def __init__(self, pid: int, fd: int) -> None:
+        self.pid, self.what = pid, f"process {pid}'s arena (fd {fd})"
+        path = f"/proc/{pid}/fd/{fd}"
+        st = os.stat(path)              # never blocks, whatever the file is
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{self.what} is not a regular file")
+        self.fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            fst = os.fstat(self.fd)
+            if not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != \
+                    (st.st_dev, st.st_ino):
+                raise ValueError(f"{self.what} changed while it was opened")
+            self.size = fst.st_size
+            self.header = self.read(0, L.HEADER.size)
+            self.params = self._params()
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+    def read(self, off: int, n: int) -> bytes:
+        """``n`` bytes at ``off``.  Raises: ValueError past the end of the file."""
+        if off < 0 or n < 0 or off + n > self.size:
+            raise ValueError(f"{self.what} is malformed: {n} bytes at {off} are past "
+                             f"its end ({self.size})")
+        data = os.pread(self.fd, n, off)
+        if len(data) != n:
+            raise ValueError(f"{self.what} shrank while it was read")
+        return data
+
+    def head(self, name: str) -> int:
+        return L.unpack_field(self.header, 0, L.HEADER, name)
+
+    def _params(self) -> ArenaParams:
+        if self.head("magic") != L.MAGIC:
+            raise ValueError(f"process {self.pid} holds no kproc arena")
+        if self.head("layout_version") != L.LAYOUT_VERSION:
+            raise ValueError(f"process {self.pid} runs a kproc of another layout version")
+        n, comps = self.head("max_kthreads"), self.head("max_completions")
+        works = self.head("max_works") - marker_slots(n)     # the user's part of the table
+        if not (1 <= n <= MAX_KTHREADS and 1 <= works <= MAX_WORKS
+                and comps == max(1024, works)):
+            raise ValueError(f"{self.what} is malformed: table sizes {n}, {comps}, {works}")
+        params = ArenaParams(n, comps, works)
+        if params.size > self.size:
+            raise ValueError(f"{self.what} is malformed: {self.size} bytes, its tables "
+                             f"need {params.size}")
+        return params
+
+    def table(self, off: int, count: int, stride: int) -> bytes:
+        """A whole table: ``count`` records of ``stride`` bytes at ``off``."""
+        return self.read(off, count * stride)
 
 
 def snapshot(pid: int, fd: int) -> RuntimeSnapshot:
-    """Read one runtime: a dict with kthreadd's pid and one dict per kthread."""
-    buf = _map(pid, fd)
+    """Read one runtime: a dict with kthreadd's pid and one dict per kthread.
+
+    Raises: ValueError (not an arena, another layout, or malformed), OSError.
+    """
+    arena = ArenaFile(pid, fd)
     try:
-        H, T = L.HEADER, L.TASK
-        if L.unpack_field(buf, 0, H, "magic") != L.MAGIC:
-            raise ValueError(f"process {pid} holds no kproc arena at fd {fd}")
-        if L.unpack_field(buf, 0, H, "layout_version") != L.LAYOUT_VERSION:
-            raise ValueError(f"process {pid} runs a kproc of another layout version")
-        n = L.unpack_field(buf, 0, H, "max_kthreads")
-        params = ArenaParams(n, L.unpack_field(buf, 0, H, "max_completions"),
-                             L.unpack_field(buf, 0, H, "max_works") - marker_slots(n))
-        backend = {1: "futex", 2: "posix"}.get(L.unpack_field(buf, 0, H, "backend"), "?")
-        workers = _workers(buf, params)
+        params, T = arena.params, L.TASK
+        n = params.max_kthreads
+        backend = {1: "futex", 2: "posix"}.get(arena.head("backend"), "?")
+        tasks_raw = arena.table(params.tasks, n, T.size)
+        workers = _workers(arena)
+        children = _children(pid)
         tasks: list[TaskRow] = []
         for idx in range(n):
-            base = params.tasks + idx * T.size
-            slot = L.unpack_field(buf, base, T, "slot")
+            base = idx * T.size
+            slot = L.unpack_field(tasks_raw, base, T, "slot")
             if slot not in (L.SLOT_LIVE, L.SLOT_CREATING):
                 continue
-            worker = workers.get((idx + 1, L.unpack_field(buf, base, T, "gen")))
-            tasks.append(_task_row(buf, params, idx, base, slot, worker))
-        return {"kthreadd": pid, "owner": L.unpack_field(buf, 0, H, "owner_pid"),
+            worker = workers.get((idx + 1, L.unpack_field(tasks_raw, base, T, "gen")))
+            tasks.append(_task_row(arena, tasks_raw, idx, slot, worker, children))
+        return {"kthreadd": pid, "owner": arena.head("owner_pid"),
                 "backend": backend, "max_kthreads": n, "kthreads": tasks}
     finally:
-        buf.close()
+        arena.close()
 
 
-def _task_row(buf: mmap.mmap, params: ArenaParams, idx: int, base: int, slot: int,
-              worker: WorkerCounters | None) -> TaskRow:
+def _children(pid: int) -> set[int]:
+    """Pids of kthreadd's children: the only processes ``psutil`` is asked about."""
+    try:
+        return {p.pid for p in psutil.Process(pid).children()}
+    except psutil.Error:
+        return set()
+
+
+def _task_row(arena: ArenaFile, tasks_raw: bytes, idx: int, slot: int,
+              worker: WorkerCounters | None, children: set[int]) -> TaskRow:
     T = L.TASK
-    pid = L.unpack_field(buf, base, T, "pid")
-    flags = L.unpack_field(buf, base, T, "flags")
-    state = L.unpack_field(buf, base, T, "state")
-    name_len = L.unpack_field(buf, base, T, "name_len")
-    blob = params.blobs + idx * L.BLOB_SIZE
-    name = bytes(buf[blob:blob + name_len]).decode("utf-8", "replace")
+    base = idx * T.size
+    pid = L.unpack_field(tasks_raw, base, T, "pid")
+    flags = L.unpack_field(tasks_raw, base, T, "flags")
+    state = L.unpack_field(tasks_raw, base, T, "state")
+    name_len = min(L.unpack_field(tasks_raw, base, T, "name_len"), L.NAME_MAX)
+    blob = arena.params.blobs + idx * L.BLOB_SIZE
+    name = arena.read(blob, name_len).decode("utf-8", "replace")
     cpu_now: int | None = None
     affinity: list[int] | None = None
-    if pid > 0:
+    if pid in children:
         try:
             proc = psutil.Process(pid)
             cpu_now = proc.cpu_num()
@@ -144,56 +227,72 @@ def _task_row(buf: mmap.mmap, params: ArenaParams, idx: int, base: int, slot: in
         "state": getattr(TASK_STATES.get(state), "name", hex(state)),
         "flags": "".join(ch for bit, ch in FLAG_NAMES if flags & bit) or "-",
         "name": name, "slot": SLOT_NAMES.get(slot, str(slot)),
-        "bound_cpu": L.unpack_field(buf, base, T, "cpu"), "worker": worker,
+        "bound_cpu": L.unpack_field(tasks_raw, base, T, "cpu"), "worker": worker,
     }
 
 
-def _workers(buf: mmap.mmap, params: ArenaParams) -> dict[tuple[int, int], WorkerCounters]:
+def _work_index(arena: ArenaFile, link: int) -> int:
+    """Work slot index of a link (index + 1) read from the arena.  Raises: ValueError."""
+    if not 1 <= link <= arena.params.max_works:
+        raise ValueError(f"{arena.what} is malformed: work link {link} is out of range")
+    return link - 1
+
+
+def _workers(arena: ArenaFile) -> dict[tuple[int, int], WorkerCounters]:
     """{(task index + 1, task gen): worker counters} for every worker with a kthread."""
-    K, W = L.WORKER, L.WORK
+    K, W, params = L.WORKER, L.WORK, arena.params
+    raw = arena.table(params.workers, params.max_kthreads, K.stride)
     out: dict[tuple[int, int], WorkerCounters] = {}
     now = time.monotonic_ns()
+    # A legitimate list holds each work once, so a work seen twice is a loop;
+    # a list longer than the budget is counted only that far (due timers are
+    # moved to the work list within a tick: such a count is transient anyway).
+    budget = WALK_BUDGET
+    seen: set[int] = set()
     for idx in range(params.max_kthreads):
-        base = params.workers + idx * L.WORKER.stride
-        if not L.unpack_field(buf, base, K, "inuse"):
+        base = idx * K.stride
+        if not L.unpack_field(raw, base, K, "inuse"):
             continue
-        task = L.unpack_field(buf, base, K, "task")
+        task = L.unpack_field(raw, base, K, "task")
         if not task:
             continue
         due = 0                     # expired timers count as queued (see _delayed)
-        t = L.unpack_field(buf, base, K, "thead")
-        while t and due <= params.max_works:
-            wbase = params.works + (t - 1) * L.WORK.stride
-            if L.unpack_field(buf, wbase, W, "expires") > now:
+        t = L.unpack_field(raw, base, K, "thead")
+        while t and budget > 0:
+            budget -= 1
+            if t in seen:
+                raise ValueError(f"{arena.what} is malformed: a timer list loops")
+            seen.add(t)
+            work = arena.read(params.works + _work_index(arena, t) * W.stride, W.size)
+            if L.unpack_field(work, 0, W, "expires") > now:
                 break
             due += 1
-            t = L.unpack_field(buf, wbase, W, "next")
-        cur = L.unpack_field(buf, base, K, "current")
-        out[(task, L.unpack_field(buf, base, K, "task_gen"))] = {
-            "queued": L.unpack_field(buf, base, K, "depth") + due,
-            "delayed": L.unpack_field(buf, base, K, "ndelayed") - due,
-            "executed": L.unpack_field(buf, base, K, "executed"),
-            "errors": L.unpack_field(buf, base, K, "errors"),
-            "current": _work_func_name(buf, params, cur - 1) if cur else None,
+            t = L.unpack_field(work, 0, W, "next")
+        cur = L.unpack_field(raw, base, K, "current")
+        out[(task, L.unpack_field(raw, base, K, "task_gen"))] = {
+            "queued": L.unpack_field(raw, base, K, "depth") + due,
+            "delayed": max(0, L.unpack_field(raw, base, K, "ndelayed") - due),
+            "executed": L.unpack_field(raw, base, K, "executed"),
+            "errors": L.unpack_field(raw, base, K, "errors"),
+            "current": _work_func_name(arena, _work_index(arena, cur)) if cur else None,
         }
     return out
 
 
-def _work_func_name(buf: mmap.mmap, params: ArenaParams, idx: int) -> str:
+def _work_func_name(arena: ArenaFile, idx: int) -> str:
     """``module.qualname`` of a work's func, read from its pickle *without* unpickling
     (pickletools only parses: nothing from shared memory is executed here)."""
-    W = L.WORK
-    wbase = params.works + idx * L.WORK.stride
-    n = L.unpack_field(buf, wbase, W, "payload_len")
-    off = params.work_blobs + idx * L.WORK_BLOB
+    W, params = L.WORK, arena.params
+    n = L.unpack_field(arena.read(params.works + idx * W.stride, W.size), 0, W,
+                       "payload_len")
     try:
-        outer = bytes(buf[off:off + min(n, L.WORK_PAYLOAD_MAX)])
+        outer = arena.read(params.work_blobs + idx * L.WORK_BLOB, min(n, L.WORK_PAYLOAD_MAX))
         func_pickle = next(arg for op, arg, _ in pickletools.genops(outer)
                            if isinstance(arg, bytes))
         strings = [arg for op, arg, _ in pickletools.genops(func_pickle)
                    if isinstance(arg, str)]
         return ".".join(strings[:2]) if len(strings) >= 2 else f"#{idx}"
-    except (StopIteration, ValueError, struct.error, EOFError):
+    except (StopIteration, ValueError, struct.error, EOFError, OverflowError):
         return f"#{idx}"
 
 
@@ -232,8 +331,8 @@ def run(args: Namespace) -> int:
     for pid, fd in find_runtimes():
         try:
             runtimes.append(snapshot(pid, fd))
-        except (OSError, ValueError):
-            continue   # exited meanwhile, or not ours to read
+        except (OSError, ValueError, struct.error):
+            continue   # exited meanwhile, not ours to read, or malformed
     return print_result(runtimes, args.json, format_table)
 
 

@@ -68,9 +68,25 @@ class Handle:
         return hash((type(self).__name__, self._rt.runtime_id, self._idx, self._gen))
 
 
+# How many slots each kind of handle's table has (ArenaParams attribute).
+_TABLE_SIZE = {"task": "max_kthreads", "worker": "max_kthreads", "work": "max_works",
+               "completion": "max_completions"}
+
+
 def _restore_handle(cls: type[Handle], runtime_id: int, idx: int, gen: int) -> Handle:
+    if not (isinstance(cls, type) and issubclass(cls, Handle)):
+        raise pickle.UnpicklingError(f"not a kproc handle class: {cls!r}")
     rt = current_runtime()
     if rt is None or rt.runtime_id != runtime_id:
         raise pickle.UnpicklingError(f"a kproc.{cls.__name__} can only be unpickled in a "
                                      "process of the runtime that created it")
+    # A forged or corrupt pickle must not name a slot past its table (whose
+    # offset would be outside the arena) or a generation no slot can have.
+    size = getattr(rt.arena.params, _TABLE_SIZE.get(cls._what, ""), None)
+    for name, value, hi in (("slot index", idx, None if size is None else size - 1),
+                            ("generation", gen, 0xFFFFFFFF)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0 or \
+                (hi is not None and value > hi) or (name == "generation" and not value):
+            raise pickle.UnpicklingError(f"forged or corrupt kproc.{cls.__name__} handle: "
+                                         f"{name} {value!r} names no slot of its table")
     return cls._attach(rt, idx, gen)

@@ -32,10 +32,10 @@ import threading
 from . import layout as L
 from .arena import Arena
 from .native import load_mem_class
-from .checks import check_int
+from .checks import check_environment, check_int, env_choice
 from .errors import KthreadError
 from . import trace as _trace
-from .topology import Topology
+from .topology import MAX_CPUS, Topology
 from .owner import OwnerHandles, start_kthreadd
 from .wait import FutexWaits, PosixWaits
 
@@ -237,11 +237,11 @@ def get_runtime() -> Runtime:
 
 def _choose_backend(backend: str | None) -> str:
     if backend is None:
-        backend = os.environ.get("KPROC_BACKEND") or None
+        backend = env_choice("KPROC_BACKEND")
     have_native = load_mem_class() is not None
     if backend is None:
         backend = "futex" if have_native else "posix"
-    if backend not in BACKENDS:
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be None, 'futex' or 'posix', not {backend!r}")
     if backend == "futex" and not have_native:
         raise ValueError("backend 'futex' needs the kproc._native extension, which is not "
@@ -275,6 +275,7 @@ def start(*, max_kthreads: int = DEFAULT_MAX_KTHREADS, max_works: int = DEFAULT_
     if not sys.platform.startswith("linux"):
         raise RuntimeError("kproc runs on Linux only (it needs fork, memfd, futexes, "
                            f"sched_setaffinity and sysfs); this is {sys.platform}")
+    check_environment()
     check_int("max_kthreads", max_kthreads, 1, 1 << 16)
     check_int("max_works", max_works, 1, 1 << 22)
     backend_name = _choose_backend(backend)
@@ -284,12 +285,18 @@ def start(*, max_kthreads: int = DEFAULT_MAX_KTHREADS, max_works: int = DEFAULT_
         raise TypeError("sysfs_root must be a path")
     root = os.path.abspath(os.fspath(sysfs_root))
     topology = Topology(root)
-    if not topology.possible():
+    possible = topology.possible()
+    if not possible:
         raise ValueError(f"{root} holds no CPU topology "
                          "(devices/system/cpu/possible is missing or empty)")
+    if max(possible) >= MAX_CPUS:
+        raise ValueError(f"sysfs_root {root} names CPU {max(possible)}; kproc handles "
+                         f"CPUs 0-{MAX_CPUS - 1}")
+    name = "trace"
     if trace is None:
         trace = os.environ.get("KPROC_TRACE") or None
-    trace_path = None if trace is None else _check_trace_path(trace)
+        name = "environment variable KPROC_TRACE"
+    trace_path = None if trace is None else _check_trace_path(trace, name)
     with _lock:
         if _runtime is not None and not _runtime.closed:
             raise KthreadError(errno.EBUSY, "this process already has a kproc runtime "
@@ -299,17 +306,19 @@ def start(*, max_kthreads: int = DEFAULT_MAX_KTHREADS, max_works: int = DEFAULT_
         return rt
 
 
-def _check_trace_path(trace: object) -> str:
-    """The trace file's absolute path; its folder must exist and be writable."""
+def _check_trace_path(trace: object, name: str = "trace") -> str:
+    """The trace file's absolute path; its folder must exist and be writable,
+    and the events folder beside it must be ours or absent (``trace.check_path``)."""
     if not isinstance(trace, (str, os.PathLike)) or not os.fspath(trace):
-        raise TypeError(f"trace must be a file path, not {trace!r}")
+        raise TypeError(f"{name} must be a file path, not {trace!r}")
     trace = os.path.abspath(os.fspath(trace))
     folder = os.path.dirname(trace)
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"trace={trace!r}: folder {folder!r} does not exist or is "
+        raise ValueError(f"{name}={trace!r}: folder {folder!r} does not exist or is "
                          "not writable")
     if os.path.isdir(trace):
-        raise ValueError(f"trace={trace!r} is a folder, not a file")
+        raise ValueError(f"{name}={trace!r} is a folder, not a file")
+    _trace.check_path(trace)
     return trace
 
 

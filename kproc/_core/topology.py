@@ -6,7 +6,7 @@ Everything is read from ``{sysfs_root}/devices/system/{cpu,node}`` on every
 call: nothing is cached, because CPU hotplug (by kproc or by anyone else)
 changes the masks underneath.  Reads are a handful of small files.
 
-A *fake tree* (``fake_sysfs()``) is a folder laid out like sysfs, for
+A *fake tree* (``fake_sysfs()``, in ``fakesys``) is a folder laid out like sysfs, for
 machines where hotplug is not allowed and for experiments with more CPUs or
 nodes than the host has.  On a fake tree the online mask is derived from the
 per-CPU ``cpuN/online`` files (cpu0, which has none, is always online), so a
@@ -22,14 +22,20 @@ import errno
 import os
 import time
 
+from . import safefs
+from .layout import CPUMASK_BYTES
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Set
+    from collections.abc import Iterable, Set
 
-__all__ = ["Topology", "parse_cpulist", "format_cpulist", "fake_sysfs", "REAL_ROOT"]
+__all__ = ["Topology", "parse_cpulist", "format_cpulist", "REAL_ROOT", "MAX_CPUS"]
 
 REAL_ROOT = "/sys"
-FAKE_MARKER = ".kproc-fake-sysfs"
+# CPUs kproc can name: the arena's masks are CPUMASK_BYTES wide (CONFIG_NR_CPUS).
+MAX_CPUS = CPUMASK_BYTES * 8
+# No cpulist read from a tree is expanded past this (a hostile "0-4294967295").
+CPULIST_LIMIT = 1 << 16
 
 
 def parse_cpulist(text: str) -> frozenset[int]:
@@ -46,7 +52,7 @@ def parse_cpulist(text: str) -> frozenset[int]:
             rng, _, stride = part.partition(":")
             first, _, last = rng.partition("-")
             lo, hi = int(first), int(last) if last else int(first)
-            if lo < 0 or hi < lo:
+            if lo < 0 or hi < lo or hi >= CPULIST_LIMIT:
                 raise ValueError(part)
             if stride:
                 used_text, _, group_text = stride.partition("/")
@@ -249,8 +255,11 @@ class Topology:
         self.check_may_write(cpu)
         for attempt in range(retries):
             try:
-                with open(self.online_file(cpu), "w") as f:
-                    f.write("1" if online else "0")
+                if self.is_fake:
+                    safefs.write_file(self.online_file(cpu), "1" if online else "0")
+                else:
+                    with open(self.online_file(cpu), "w") as f:
+                        f.write("1" if online else "0")
                 break
             except OSError as exc:
                 if exc.errno not in (errno.EBUSY, errno.EAGAIN) or attempt == retries - 1:
@@ -263,66 +272,5 @@ class Topology:
         return True
 
     def _rewrite_online(self) -> None:
-        with open(os.path.join(self.cpu_dir, "online"), "w") as f:
-            f.write(format_cpulist(self.online()) + "\n")
-
-
-def _write(path: str, text: str) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write(text)
-
-
-def fake_sysfs(path: str | os.PathLike[str], *, possible: int | Iterable[int],
-               online: Iterable[int] | None = None,
-               nodes: Mapping[int, Iterable[int]] | None = None, isolated: Iterable[int] = (),
-               nohz_full: Iterable[int] = ()) -> str:
-    """Build a sysfs-like CPU tree in ``path`` for ``start(sysfs_root=path)``.
-
-    @possible: CPU numbers, or an int n for CPUs 0..n-1.  @online: CPUs online
-    (default: all possible; cpu0 always is).  @nodes: {node: cpus} covering
-    each possible CPU exactly once (default {0: possible}).  @isolated,
-    @nohz_full: CPUs excluded from housekeeping.
-    Return: ``path``.  Raises: ValueError on inconsistent arguments or a
-    non-empty folder that is not a fake tree.
-    """
-    possible = frozenset(range(possible)) if isinstance(possible, int) else frozenset(possible)
-    if not possible or any(isinstance(c, bool) or not isinstance(c, int) or c < 0
-                           for c in possible):
-        raise ValueError("possible must name at least one CPU, as non-negative ints")
-    if 0 not in possible:
-        raise ValueError("CPU 0 must be possible (it is never hot-pluggable)")
-    online = possible if online is None else frozenset(online) | {0}
-    nodes = {0: possible} if nodes is None else {n: frozenset(c) for n, c in nodes.items()}
-    for name, mask in (("online", online), ("isolated", frozenset(isolated)),
-                       ("nohz_full", frozenset(nohz_full))):
-        if not mask <= possible:
-            raise ValueError(f"{name} CPUs {sorted(mask - possible)} are not possible")
-    covered = [c for cpus in nodes.values() for c in cpus]
-    if sorted(covered) != sorted(possible):
-        raise ValueError("nodes must hold every possible CPU exactly once")
-    path = os.path.abspath(os.fspath(path))
-    if os.path.isdir(path) and os.listdir(path) and \
-            not os.path.exists(os.path.join(path, FAKE_MARKER)):
-        raise ValueError(f"{path} is not empty and is not a fake sysfs tree")
-    cpu_dir = os.path.join(path, "devices/system/cpu")
-    _write(os.path.join(path, FAKE_MARKER), "made by kproc.fake_sysfs\n")
-    _write(os.path.join(cpu_dir, "possible"), format_cpulist(possible) + "\n")
-    _write(os.path.join(cpu_dir, "present"), format_cpulist(possible) + "\n")
-    _write(os.path.join(cpu_dir, "online"), format_cpulist(online) + "\n")
-    _write(os.path.join(cpu_dir, "isolated"), format_cpulist(isolated) + "\n")
-    _write(os.path.join(cpu_dir, "nohz_full"),
-           (format_cpulist(nohz_full) or "(null)") + "\n")
-    _write(os.path.join(cpu_dir, "kernel_max"), f"{max(possible)}\n")
-    for cpu in sorted(possible):
-        if cpu:
-            _write(os.path.join(cpu_dir, f"cpu{cpu}", "online"),
-                   "1\n" if cpu in online else "0\n")
-        else:
-            os.makedirs(os.path.join(cpu_dir, "cpu0"), exist_ok=True)
-    node_dir = os.path.join(path, "devices/system/node")
-    _write(os.path.join(node_dir, "possible"), format_cpulist(nodes) + "\n")
-    _write(os.path.join(node_dir, "online"), format_cpulist(nodes) + "\n")
-    for node, cpus in nodes.items():
-        _write(os.path.join(node_dir, f"node{node}", "cpulist"), format_cpulist(cpus) + "\n")
-    return path
+        safefs.write_file(os.path.join(self.cpu_dir, "online"),
+                          format_cpulist(self.online()) + "\n")

@@ -20,13 +20,23 @@ fills, before a kthread exits, and at shutdown; the owner's ``shutdown()``
 merges the files into ``path`` and removes the folder.  A kthread killed by
 SIGKILL loses the events it had not written yet (at most BUFFER_EVENTS).
 Timestamps are CLOCK_MONOTONIC, one clock for every process.
+
+Paths (the trace usually goes to a shared folder such as ``/tmp``): the
+events folder must be ours and writable by nobody else (made 0700, checked
+through ``safefs``, never followed through a symlink); event files are
+opened with ``O_NOFOLLOW`` inside it, and the merged file is written to a new
+0600 temporary file (``O_EXCL``) renamed over ``path``, so a link or file
+another user planted at ``path`` is replaced, never written through.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import tempfile
 import time
+
+from . import safefs
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,9 +45,9 @@ if TYPE_CHECKING:
     # One Chrome trace event: JSON, as Perfetto reads it.
     Event = dict[str, Any]
 
-__all__ = ["ENABLED", "setup", "after_fork", "name_process", "lifecycle", "kthread_stop",
-           "kthread_stop_ret", "work_queue_work", "work_execute_start", "work_execute_end",
-           "flush", "merge"]
+__all__ = ["ENABLED", "check_path", "setup", "after_fork", "name_process", "lifecycle",
+           "kthread_stop", "kthread_stop_ret", "work_queue_work", "work_execute_start",
+           "work_execute_end", "flush", "merge"]
 
 ENABLED = False
 BUFFER_EVENTS = 4096
@@ -51,6 +61,12 @@ def _us() -> float:
     return time.monotonic_ns() / 1000.0
 
 
+def check_path(path: str) -> None:
+    """Refuse a trace ``path`` whose events folder (``path.d``) exists and is not
+    a folder of ours.  Context: the owner, in ``start()``.  Raises: PermissionError."""
+    safefs.check_own_or_absent(os.fspath(path) + ".d")
+
+
 def setup(role: str, path: str) -> None:
     """Enable tracing in this process, whose role in its runtime is ``role``, to ``path``.
 
@@ -58,8 +74,7 @@ def setup(role: str, path: str) -> None:
     Context: the owner (at start) and kthreadd; kthreads inherit it by fork.
     """
     global ENABLED, _dir, _pid
-    _dir = os.fspath(path) + ".d"
-    os.makedirs(_dir, mode=0o700, exist_ok=True)
+    _dir = safefs.own_dir(os.fspath(path) + ".d")
     _pid = os.getpid()
     _buf.clear()
     ENABLED = True
@@ -158,7 +173,8 @@ def flush() -> None:
     _buf.clear()
     try:
         fd = os.open(os.path.join(_dir, f"{os.getpid()}.jsonl"),
-                     os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+                     os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
         try:
             os.write(fd, lines.encode())
         finally:
@@ -177,12 +193,14 @@ def merge(path: str) -> int:
     d = os.fspath(path) + ".d"
     events: list[Event] = []
     try:
+        safefs.check_own_or_absent(d)
         names = sorted(os.listdir(d))
-    except FileNotFoundError:
-        names = []
+    except (FileNotFoundError, PermissionError):
+        names = []                  # gone, or swapped for someone else's: not read
     for name in names:
         full = os.path.join(d, name)
-        with open(full) as f:
+        fd = os.open(full, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with open(fd) as f:
             for line in f:
                 line = line.strip()
                 if line:
@@ -197,10 +215,15 @@ def merge(path: str) -> int:
         pass
     meta = _dedup_meta([e for e in events if e.get("ph") == "M"])
     rest = sorted((e for e in events if e.get("ph") != "M"), key=lambda e: e["ts"])
-    tmp = os.fspath(path) + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"traceEvents": meta + rest, "displayTimeUnit": "ns"}, f)
-    os.replace(tmp, path)
+    folder, base = os.path.split(os.path.abspath(os.fspath(path)))
+    fd, tmp = tempfile.mkstemp(prefix=base + ".", suffix=".tmp", dir=folder)  # O_EXCL, 0600
+    try:
+        with open(fd, "w") as f:
+            json.dump({"traceEvents": meta + rest, "displayTimeUnit": "ns"}, f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     ENABLED, _dir = False, None
     return len(meta) + len(rest)
 

@@ -35,6 +35,7 @@ from __future__ import annotations
 import os
 import signal
 
+from .checks import env_number
 from .layout import COMPLETION
 from .swait import PySwait
 from .topology import parse_cpulist
@@ -73,9 +74,9 @@ def default_spin_ns() -> int:
     own affinity does not matter: a caller pinned to CPU 0 talking to a
     kthread on CPU 1 is exactly the case spinning is for.)
     """
-    env = os.environ.get("KPROC_SPIN_US")
+    env = env_number("KPROC_SPIN_US")
     if env is not None:
-        return max(0, int(float(env) * 1000))
+        return int(env * 1000)
     if len(os.sched_getaffinity(0) | _online_cpus()) < 2:
         return 0
     return 50_000

@@ -26,7 +26,7 @@ from .._core import syscalls as _sys
 from .._core import trace as _trace
 from .._core.arena import TableFull
 from .._core.blobs import read_traceback, write_blob
-from .._core.checks import check_cpu, check_int
+from .._core.checks import check_cpu, check_format_widths, check_int
 from .._core.errors import KthreadError
 from .._core.funcref import pickle_data, pickle_function
 from .._core.runtime import Runtime, get_runtime
@@ -58,8 +58,13 @@ def format_name(namefmt: str, args: Iterable[object]) -> tuple[str, bytes]:
     """
     if not isinstance(namefmt, str):
         raise TypeError(f"namefmt must be a str, not {type(namefmt).__name__}")
+    args = tuple(args)
+    if len(namefmt) > 4 * L.NAME_MAX:
+        raise ValueError(f"namefmt is {len(namefmt)} characters; a kthread name is at most "
+                         f"{L.NAME_MAX} bytes")
+    check_format_widths("namefmt", namefmt, args, L.NAME_MAX)
     try:
-        name = namefmt % tuple(args)
+        name = namefmt % args
     except (TypeError, ValueError) as exc:
         raise ValueError(f"bad kthread name format {namefmt!r} for arguments "
                          f"{tuple(args)!r}: {exc}") from None

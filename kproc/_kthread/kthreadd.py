@@ -43,6 +43,7 @@ import traceback
 from .._core import layout as L
 from .._core.arena import Arena
 from .._core.blobs import read_blob
+from .._core.checks import env_number
 from .._core.funcref import modules_named, prepare_main
 from .._core.owner import BOOT_LEN
 from .._core import runtime as _runtime
@@ -132,7 +133,8 @@ class Kthreadd(Reaper):
         self.children: dict[int, tuple[int, int] | None] = {}
         self.inflight: dict[int, int] = {}  # slot index -> creator pid, until published
         self.spares: list[tuple[int, int]] = []  # (pid, write end of its assignment pipe)
-        self.spare_target = int(os.environ.get("KPROC_SPARES", "2"))
+        spares = env_number("KPROC_SPARES")
+        self.spare_target = 2 if spares is None else int(spares)
         self.spare_modules = len(sys.modules)
         _sys.reset_scheduling()
         self._set_allowed_and_affinity()

@@ -26,6 +26,7 @@ wait is interruptible and kthread_stop() was called.
 from __future__ import annotations
 
 import collections
+import math
 import os
 import time
 
@@ -208,7 +209,8 @@ def wait_for_completion_timeout(c: Completion, timeout: float) -> float:
     start = time.monotonic()
     if rt.waits.completion_try(off):
         return max(timeout, 1e-9)
-    if wait_at(rt, off, timeout, "uninterruptible", _live(c)) is None:
+    forever = math.isinf(timeout)               # allowed: waits like wait_for_completion
+    if wait_at(rt, off, None if forever else timeout, "uninterruptible", _live(c)) is None:
         return 0
     return max(timeout - (time.monotonic() - start), 1e-9)
 

@@ -32,6 +32,7 @@ import traceback
 
 from .._core import layout as L
 from .._core import trace as _trace
+from .._core.checks import env_number
 from .._core.errors import warn_on_once
 from .._core.runtime import Runtime
 from .._core.wait import default_spin_ns
@@ -145,8 +146,8 @@ def timer_spin_ns() -> int:
     """
     global _timer_spin
     if _timer_spin is None:
-        env = os.environ.get("KPROC_TIMER_SPIN_US")
-        _timer_spin = int(float(env) * 1000) if env is not None else \
+        env = env_number("KPROC_TIMER_SPIN_US")
+        _timer_spin = int(env * 1000) if env is not None else \
             (100_000 if default_spin_ns() else 0)
     return _timer_spin
 
