@@ -55,7 +55,8 @@ class KthreadWork(Handle):
 
     Read-only attributes: ``func``, ``data``, ``worker`` (the worker it was
     last queued on, or None), ``runs`` (times executed), ``exception`` (the
-    traceback text of its last failed run, or None).
+    exception its last failed run raised, its ``__cause__`` holding the remote
+    traceback as in ``concurrent.futures``; or None).
     """
 
     _kind = L.WK_WORK
