@@ -36,7 +36,7 @@ help: ## list the targets (PYTEST_ARGS=... is passed to pytest, BACKEND=... to t
 
 $(DEPS_STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip 'setuptools>=77'
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
