@@ -63,8 +63,8 @@ check-c: $(DEPS_STAMP) ## compile every C source with -Werror (developer check)
 	done
 	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror benchmarks/c/futex_floor.c
 
-lint: $(DEPS_STAMP) ## ruff over the package, the tests and the benchmarks; mypy --strict over the package
-	$(PY) -m ruff check kproc tests benchmarks setup.py
+lint: $(DEPS_STAMP) ## ruff over the package, tests, benchmarks, examples and docs/conf.py; mypy --strict over the package
+	$(PY) -m ruff check kproc tests benchmarks examples docs setup.py
 	$(PY) -m mypy
 
 test: venv lint stress-ng ## lint, then the whole suite twice: KPROC_BACKEND=futex, then posix

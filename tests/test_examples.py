@@ -1,6 +1,7 @@
-"""Every program in examples/ runs (SPEC §8), as a user runs it: ``python
-examples/NAME.py`` from a folder outside the checkout, with a timeout, no
-output on stderr, nothing left behind; and prints what its docstring says."""
+"""Every program in examples/ (the worked examples of the API reference too)
+runs (SPEC §8), as a user runs it: ``python examples/NAME.py`` from a folder
+outside the checkout, with a timeout, no output on stderr, nothing left
+behind; and prints what its docstring says."""
 
 import os
 
@@ -61,3 +62,20 @@ def test_hotplug_fake(tmp_path):
     assert "demo/1: parking, CPU 1 is going down" in lines
     assert "online: [0, 2, 3]" in lines and "demo/1 is TASK_PARKED" in lines
     assert lines[-1] == "demo/1 runs on CPUs {1}"
+
+
+def test_runtime_basics(tmp_path):
+    lines = _run("runtime_basics.py", tmp_path)
+    assert lines[0].startswith("kthreadd pid ") and lines[0].endswith(" backend")
+    assert lines[1:] == ["a second start(): EBUSY", lines[2],
+                         "kthread_bind() after the first wake: KernelWarning",
+                         "kthread_stop() returned 7",
+                         "shut down: kthreadd and its kthreads are gone"]
+    assert lines[2].startswith("idle/1 (pid ") and lines[2].endswith(") runs")
+
+
+def test_freezer(tmp_path):
+    lines = _run("freezer.py", tmp_path)
+    assert lines == ["frozen: TASK_FROZEN",
+                     "freezable ticks: False   the other ticks: True",
+                     "thawed, freezable ticks: True", "stopped: 0 0"]
