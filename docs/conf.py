@@ -113,9 +113,8 @@ def write_more_page():
         kind = ("autoexception" if isinstance(obj, type) and issubclass(obj, BaseException)
                 else "autoclass" if isinstance(obj, type)
                 else "autofunction" if callable(obj) else "autodata")
-        body += [f".. {kind}:: kproc.{name}", ""]
-        if kind == "autoclass":
-            body += ["   :members:", ""]
+        body += [f".. {kind}:: kproc.{name}"]
+        body += ["   :members:", ""] if kind == "autoclass" else [""]
     text = "\n".join(body)
     old = open(GENERATED).read() if os.path.exists(GENERATED) else None
     if text != old:

@@ -162,20 +162,6 @@ static PyObject *Mem_wait_change(KWARGS)
 
 /* -- completions ------------------------------------------------------------ */
 
-/* try_wait_for_completion(): take one count, or pass if complete_all. */
-static int completion_try(struct completion *c)
-{
-    uint32_t v = LOAD(&c->done);
-    for (;;) {
-        if (v == DONE_ALL)
-            return 1;
-        if (v == 0)
-            return 0;
-        if (CAS(&c->done, &v, v - 1))   /* on failure v is reloaded */
-            return 1;
-    }
-}
-
 static struct completion *completion_at(MemObject *m, PyObject *arg)
 {
     return at_len(m, arg, sizeof(struct completion), 8);
@@ -230,7 +216,9 @@ static PyObject *Mem_completion_done(ARGS)
  * completion_wait(): done is published first, then seq moves (a waiter about
  * to FUTEX_WAIT on its older seq snapshot gets EAGAIN), then sleepers is read
  * (a waiter that incremented it before our read is woken; one that
- * increments it after re-tries done before sleeping, and sees ours).
+ * increments it after re-tries done before sleeping, and sees ours).  Then
+ * the queue of sleeping waiters (swait.c) gets what is left, head first: a
+ * queued waiter links itself and then reads done, so one side sees the other.
  */
 static PyObject *Mem_completion_complete(KWARGS)
 {
@@ -255,6 +243,7 @@ static PyObject *Mem_completion_complete(KWARGS)
     __atomic_fetch_add(&c->seq, 1, __ATOMIC_SEQ_CST);
     if (LOAD(&c->sleepers) > 0)
         futex_wake_n(&c->seq, all ? INT_MAX : 1);
+    swait_settle(self, c);              /* queued sleepers first in, first out */
     return PyLong_FromLong(0);
 }
 

@@ -142,7 +142,4 @@ def test_no_internal_references_in_user_facing_text():
                           pydoc.render_doc(obj, renderer=pydoc.plaintext)))
     found = [(where, line.strip()) for where, text in texts for line in text.splitlines()
              if internal.search(line)]
-    # The bench subcommand's help is rewritten with the suite on its own branch.
-    found = [(w, line) for w, line in found if "bench" not in w and
-             not line.startswith("bench ")]
     assert found == []

@@ -55,6 +55,11 @@ class TableFull(KthreadError):
         self.exiting = exiting
 
 
+def swait_nodes(max_kthreads: int) -> int:
+    """How many threads may sleep on completions at once (more poll instead)."""
+    return max(256, 2 * max_kthreads)
+
+
 class ArenaParams:
     """Sizes an arena is built with; offsets of each region derive from them."""
 
@@ -66,6 +71,10 @@ class ArenaParams:
         self.max_completions = max_completions
         self.max_works = max_works
         off = L.HEADER.size
+        # Queued waiters' nodes first: a queue links them by u32 arena offset.
+        self.swait = off
+        self.max_swait = swait_nodes(max_kthreads)
+        off = L.align(off + self.max_swait * L.SWAIT.size, 64)
         self.tasks = off
         off += max_kthreads * L.TASK.size
         off = L.align(off, 4096)
@@ -169,7 +178,7 @@ class Arena:
         native = load_mem_class()
         if native is not None:
             return native(buf)
-        return PyMem(buf, fd)  # type: ignore[no-untyped-call]
+        return PyMem(buf, fd)
 
     def close(self) -> None:
         """Unmap and close (the memory lives on in other processes)."""

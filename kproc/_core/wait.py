@@ -18,9 +18,16 @@ publishes itself (``sleepers``/channel count) and then reads the word; the
 waker writes the word and then reads the sleeper count.  Sequentially
 consistent atomics guarantee that at least one side sees the other.
 
+Completions: a waiter first tries and spins on ``done`` (``completion_wait``
+with no sleep), then queues itself (``completion_enqueue``) and sleeps on its
+own node's word until ``complete()`` grants it a count, first in, first out
+(``_core/swait.py``, ``native/swait.c``); ``completion_dequeue`` takes it
+off the queue when it gives up.
+
 Return conventions (shared): ``wait`` -> True (changed or woken) / False
 (timeout); ``completion_wait`` -> 1 acquired, 0 timeout, 2 woken without
-acquiring (re-check and call again).
+acquiring (re-check and call again); ``completion_enqueue`` -> 1 acquired,
+0 queued; ``completion_dequeue`` -> 1 it had been granted, 0 not.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ import os
 import signal
 
 from .layout import COMPLETION
+from .swait import PySwait
 from .topology import parse_cpulist
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Set
+    from typing import Literal
 
     import posix_ipc
 
@@ -83,7 +92,7 @@ def _online_cpus() -> Set[int]:
 class FutexWaits:
     """The futex backend (needs ``kproc._native``)."""
 
-    name = "futex"
+    name: Literal["futex"] = "futex"
 
     def __init__(self, mem: Mem, spin_ns: int) -> None:
         self.mem = mem
@@ -92,6 +101,8 @@ class FutexWaits:
         self.completion_try = mem.completion_try
         self.completion_done = mem.completion_done
         self.completion_complete = mem.completion_complete
+        self.completion_enqueue = mem.completion_enqueue
+        self.completion_dequeue = mem.completion_dequeue
 
     def wait(self, off: int, expected: int, timeout_ns: int, spin: bool = True) -> bool:
         """Sleep while the word at ``off`` equals ``expected``."""
@@ -117,7 +128,7 @@ class FutexWaits:
 class PosixWaits:
     """The POSIX-semaphore backend: hashed wait channels over ``posix_ipc``."""
 
-    name = "posix"
+    name: Literal["posix"] = "posix"
 
     def __init__(self, mem: MemLike, semaphores: list[posix_ipc.Semaphore],
                  waiters_off: int) -> None:
@@ -125,6 +136,10 @@ class PosixWaits:
         self.spin_ns = 0
         self.sems = semaphores
         self.waiters_off = waiters_off
+        swait = PySwait(mem, self.wake)
+        self._settle = swait.settle
+        self.completion_enqueue = swait.enqueue
+        self.completion_dequeue = swait.dequeue
 
     def _channel(self, off: int) -> int:
         return ((off >> 2) * 2654435761 >> 7) % len(self.sems)
@@ -204,6 +219,7 @@ class PosixWaits:
                     break
         mem.fetch_add32(off + COMPLETION.seq, 1)
         self.wake(off + COMPLETION.seq)
+        self._settle(off)
         return 0
 
     def raw_completion_wait(self) -> RawWait:

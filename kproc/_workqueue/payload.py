@@ -17,11 +17,22 @@ storing a traceback); no lock: a payload is written only while no other
 process may run the work (a new slot, or under the worker lock while idle).
 """
 
+from __future__ import annotations
+
 import pickle
 import struct
 
 from .._core import layout as L
 from .._core.funcref import pickle_function, prepare_main
+from .._core.runtime import Runtime
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    # What a work runs: func(work), called with the work's handle; its result is ignored.
+    WorkFunc = Callable[[Any], object]
 
 __all__ = ["pickle_payload", "write_payload", "read_payload", "store_traceback",
            "read_traceback", "RemoteTraceback"]
@@ -29,7 +40,7 @@ __all__ = ["pickle_payload", "write_payload", "read_payload", "store_traceback",
 W = L.WORK
 
 
-def pickle_payload(func, data):
+def pickle_payload(func: object, data: object) -> bytes:
     """Encode ``(func, data)`` for a work slot.
 
     Raises: TypeError (func not callable, or not picklable by reference; data
@@ -48,14 +59,14 @@ def pickle_payload(func, data):
     return raw
 
 
-def write_payload(rt, idx, raw):
+def write_payload(rt: Runtime, idx: int, raw: bytes) -> None:
     """Store an encoded payload in work slot ``idx``'s blob."""
     off = rt.arena.work_blob_off(idx)
     rt.buf[off:off + len(raw)] = raw
     rt.mem.store32(rt.arena.work_off(idx) + W.payload_len, len(raw))
 
 
-def read_payload(rt, idx, base):
+def read_payload(rt: Runtime, idx: int, base: int) -> tuple[WorkFunc, Any]:
     """Decode work slot ``idx``'s ``(func, data)``.
 
     A function of the caller's ``__main__`` is found by importing that script
@@ -77,11 +88,11 @@ class RemoteTraceback(Exception):
     """The ``__cause__`` of a work's kept exception: the traceback text, printed
     with the exception as ``concurrent.futures`` prints a worker's."""
 
-    def __init__(self, tb):
+    def __init__(self, tb: str) -> None:
         super().__init__(tb)
         self.tb = tb
 
-    def __str__(self):
+    def __str__(self) -> str:
         return self.tb
 
 
@@ -89,7 +100,7 @@ _EXC_LEN = struct.Struct("=I")      # length of the pickled exception, then the 
 _EXC_MAX = L.WORK_TB_MAX // 2       # the rest holds the traceback's tail
 
 
-def _exception_pickle(exc):
+def _exception_pickle(exc: BaseException | None) -> bytes:
     """The exception pickled, or a RuntimeError naming it when it does not
     pickle (or would crowd out the traceback)."""
     try:
@@ -104,7 +115,7 @@ def _exception_pickle(exc):
                         protocol=pickle.HIGHEST_PROTOCOL)
 
 
-def store_traceback(rt, idx, exc, text):
+def store_traceback(rt: Runtime, idx: int, exc: BaseException | None, text: str) -> None:
     """Keep a work's last failure in its blob: the exception ``exc`` (pickled) and
     the tail of its traceback ``text``.  Runs in the worker's kthread."""
     raw_exc = _exception_pickle(exc)
@@ -115,7 +126,7 @@ def store_traceback(rt, idx, exc, text):
     rt.mem.store32(rt.arena.work_off(idx) + W.tb_len, len(raw))
 
 
-def read_traceback(rt, idx, base):
+def read_traceback(rt: Runtime, idx: int, base: int) -> BaseException | None:
     """The exception of the work's last failed run, or None.
 
     A new object at each call, as ``concurrent.futures`` rebuilds a worker's:
@@ -131,6 +142,7 @@ def read_traceback(rt, idx, base):
     raw = bytes(rt.buf[off:off + n])
     (exc_len,) = _EXC_LEN.unpack_from(raw)
     text = raw[_EXC_LEN.size + exc_len:].decode("utf-8", "replace")
+    exc: BaseException
     try:
         exc = pickle.loads(raw[_EXC_LEN.size:_EXC_LEN.size + exc_len])
     except Exception as err:
