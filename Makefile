@@ -24,20 +24,22 @@ test test-fast test-futex test-posix: export KPROC_STRICT = 1
 DEPS_STAMP := $(VENV)/.stamp-deps
 BENCH_STAMP := $(VENV)/.stamp-bench
 EXT_STAMP := $(VENV)/.stamp-ext
+DIST_STAMP := $(VENV)/.stamp-dist
+DOCS_STAMP := $(VENV)/.stamp-docs
 NATIVE_SRC := $(wildcard native/*.c native/*.h)
 FLOOR := benchmarks/c/futex_floor
 CWARN := -Wall -Wextra
 
 .DEFAULT_GOAL := help
-.PHONY: help venv ext lint test test-fast test-futex test-posix chaos bench floor check-c clean rt-tests stress-ng FORCE
+.PHONY: help venv ext lint test test-fast test-futex test-posix chaos bench floor check-c clean rt-tests stress-ng wheel docs FORCE
 
-help: ## list the targets (PYTEST_ARGS=... is passed to pytest, BACKEND=... to test-fast)
+help: ## list the targets (PYTEST_ARGS=... is passed to pytest, BACKEND=... to test-fast, NO_APT=1 installs no Debian package)
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
 		awk -F':.*## ' '{printf "  %-11s %s\n", $$1, $$2}'
 
 $(DEPS_STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q --upgrade pip
+	$(PIP) install -q --upgrade pip 'setuptools>=77'
 	$(PIP) install -q -e '.[test]'
 	touch $@
 
@@ -62,8 +64,8 @@ check-c: $(DEPS_STAMP) ## compile every C source with -Werror (developer check)
 	done
 	$(CC) -fsyntax-only -O2 -std=gnu11 $(CWARN) -Werror benchmarks/c/futex_floor.c
 
-lint: $(DEPS_STAMP) ## ruff over the package, the tests and the benchmarks; mypy --strict over the package
-	$(PY) -m ruff check kproc tests benchmarks chaos setup.py
+lint: $(DEPS_STAMP) ## ruff over the package, tests, benchmarks, examples and docs/conf.py; mypy --strict over the package
+	$(PY) -m ruff check kproc tests benchmarks chaos examples docs setup.py
 	$(PY) -m mypy
 
 test: venv lint stress-ng ## lint, then the whole suite twice: KPROC_BACKEND=futex, then posix
@@ -107,23 +109,48 @@ bench: venv $(BENCH_STAMP) $(FLOOR) rt-tests ## the quick suite (BENCH_ARGS=--qu
 		--histogram $(BENCH_OUT)/histograms --png $(BENCH_OUT)/bench.png
 
 # cyclictest is the floor delayed-work lateness is compared with; installing it
-# needs root and apt, so without them the benchmark says it is missing instead.
-rt-tests: ## install cyclictest (Debian rt-tests) when root and missing
-	@command -v cyclictest >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+# needs root and apt, so without them (or with NO_APT=1) the benchmark says it
+# is missing instead.
+rt-tests: ## install cyclictest (Debian rt-tests) when root and missing (not with NO_APT=1)
+	@command -v cyclictest >/dev/null 2>&1 || { [ -z "$(NO_APT)" ] && [ "$$(id -u)" = 0 ] && \
 		command -v apt-get >/dev/null 2>&1 && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q rt-tests >/dev/null 2>&1 || \
 		echo "rt-tests not installed: the lateness benchmark runs without cyclictest"; }
 
 # stress-ng --cpu-online drives the hotplug stress test; it needs root and apt
-# to install, and real hotplug to run, so the test skips (saying why) without.
-stress-ng: ## install stress-ng (for the hotplug stress test) when root and missing
-	@command -v stress-ng >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && \
+# to install (NO_APT=1 skips that), and real hotplug to run, so the test skips
+# (saying why) without.
+stress-ng: ## install stress-ng (for the hotplug stress test) when root and missing (not with NO_APT=1)
+	@command -v stress-ng >/dev/null 2>&1 || { [ -z "$(NO_APT)" ] && [ "$$(id -u)" = 0 ] && \
 		command -v apt-get >/dev/null 2>&1 && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q stress-ng >/dev/null 2>&1 || \
 		echo "stress-ng not installed: the hotplug stress test will be skipped"; }
 
+# The wheel: built from the tracked files only (a stale build/ would bring back
+# removed modules), then retagged manylinux by auditwheel (the extension needs
+# only libc and libpthread, so nothing is grafted in).
+$(DIST_STAMP): $(DEPS_STAMP)
+	$(PIP) install -q -e '.[dist]'
+	touch $@
+
+wheel: $(DIST_STAMP) ## build a manylinux wheel into dist/ (auditwheel repair)
+	rm -rf build/wheel-src build/wheel
+	mkdir -p build/wheel-src dist
+	git ls-files -z | xargs -0 cp --parents -t build/wheel-src
+	$(PIP) wheel -q --no-deps -w build/wheel build/wheel-src
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/auditwheel repair -w dist build/wheel/kproc-*.whl
+	@ls dist/kproc-*manylinux*.whl
+
+$(DOCS_STAMP): $(DEPS_STAMP)
+	$(PIP) install -q -e '.[docs]'
+	touch $@
+
+docs: $(DOCS_STAMP) $(EXT_STAMP) ## the API reference from the docstrings (Sphinx, furo) into build/docs; warnings are errors
+	$(PY) -m sphinx -W --keep-going -q -b html docs build/docs
+	@echo "open build/docs/index.html"
+
 clean: ## remove .venv and every build product
-	rm -rf $(VENV) build *.egg-info kproc/_native*.so $(FLOOR)
+	rm -rf $(VENV) build dist *.egg-info kproc/_native*.so $(FLOOR)
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +
 
 FORCE:

@@ -2,7 +2,8 @@
 
 Every kthread is an OS process forked by a ``kthreadd`` process; task state,
 flags and completions live in shared memory; waits use futexes (or POSIX
-semaphores).  This module exports the names of SPEC §3 and nothing else.
+semaphores).  This module exports the kernel's names (kthread.c, completion.c,
+smpboot.c, cpuhp) and nothing else; ``kproc.__version__`` is the package's version.
 
 The floors below it, each importing only from those under it:
 kproc/_core/ is the self-contained base (errors, the layout of every shared record,
@@ -12,6 +13,8 @@ kproc/_kthread/ (kthreadd, creation, control) and kproc/_freezer.py use those;
 kproc/_workqueue/ and kproc/_hotplug/ are built from kthreads; this face exports them;
 kproc/_cli/ is the ``kproc`` command, a user of this face.
 """
+
+__version__ = "0.1.0"     # the single source: pyproject.toml reads it
 
 from ._core.errors import KthreadError, KernelWarning
 from ._core.runtime import Runtime, start, shutdown

@@ -1,12 +1,20 @@
-"""What tests share: waiting on observable state, the kthreads alive, real-hotplug checks.
+"""What tests share: waiting on observable state, the kthreads alive, leak checks
+that look only at what a test made, and real-hotplug checks that notice a CPU
+change made by someone else on a shared host.
 
 Tests import from here, never from another test module or from conftest.
 """
 
+import ctypes
 import os
+import re
+import select
+import struct
+import threading
 import time
 
 import psutil
+import pytest
 
 import kproc
 from fns import work as work_fns
@@ -96,3 +104,158 @@ def all_online(root):
                 f.write("1")
     if root != "/sys":
         kproc._core.topology.Topology(root)._rewrite_online()
+
+
+# -- /dev/shm entries of this test's runtimes --------------------------------------------
+
+SHM_DIR = "/dev/shm"
+# The posix backend's semaphores are /kproc-<creator pid>-<tag>-<n> (kproc/_core/wait.py
+# create_semaphores), so /dev/shm/sem.kproc-<pid>-...; the arena is a memfd, never there.
+_KPROC_SHM = re.compile(r"sem\.kproc-(\d+)-[0-9a-f]+-\d+")
+
+
+def kproc_shm_entries(pids):
+    """The /dev/shm entries of kproc runtimes started by the processes ``pids``
+    (and owned by this user): another user's or another test run's are not ours."""
+    pids = {int(p) for p in pids}
+    out = set()
+    try:
+        names = os.listdir(SHM_DIR)
+    except FileNotFoundError:
+        return out
+    for name in names:
+        m = _KPROC_SHM.fullmatch(name)
+        if m is None or int(m.group(1)) not in pids:
+            continue
+        try:
+            if os.stat(os.path.join(SHM_DIR, name)).st_uid == os.geteuid():
+                out.add(name)
+        except FileNotFoundError:
+            pass
+    return out
+
+
+def assert_no_shm_left(pids, timeout=2.0):
+    """Wait until no runtime started by ``pids`` has an entry in /dev/shm."""
+    wait_until(lambda: not kproc_shm_entries(pids), timeout,
+               message=lambda: "left /dev/shm entries behind: "
+               + repr(sorted(kproc_shm_entries(pids))))
+
+
+# -- CPU changes made by someone else ---------------------------------------------------
+
+_FAN_CLOEXEC, _FAN_NONBLOCK, _FAN_MARK_ADD, _FAN_MODIFY = 0x1, 0x2, 0x1, 0x2
+_AT_FDCWD = -100
+_FAN_EVENT = struct.Struct("=IBBHQii")      # struct fanotify_event_metadata
+_FAN_VERSION = 3
+
+
+class ForeignHotplugWatch:
+    """Notes each write to a real ``cpuN/online`` file made by a process outside
+    this test's process tree (the test process, its runtimes' kthreadd and
+    kthreads, the tools it started), through fanotify, which names the writer.
+
+    A test on the real /sys is only as sound as the CPUs it toggles: another
+    user's experiment, a second test run or a shell changing CPU1 meanwhile
+    makes it see states it did not cause.  The writer is looked up as soon as
+    the event arrives (a thread blocks on the fanotify descriptor), so a
+    long-lived writer is found by its pid; one already gone counts as foreign,
+    since this suite's writers (the test process, cpuhp, stress-ng) outlive
+    their writes.  Needs CAP_SYS_ADMIN, which real hotplug (root) has anyway;
+    where fanotify is refused, ``active`` is False and nothing is noticed.
+    """
+
+    def __init__(self, cpu_dir=REAL_CPU_DIR):
+        self.foreign = []                   # "cpu1/online written by pid 123 (sh)"
+        self.active = False
+        self._me = os.getpid()
+        self._names = {}                    # event fd's target -> "cpuN/online"
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = libc.fanotify_init(_FAN_CLOEXEC | _FAN_NONBLOCK, os.O_RDONLY)
+        if self._fd < 0:
+            return
+        for name in sorted(os.listdir(cpu_dir)):
+            path = os.path.join(cpu_dir, name, "online")
+            if name[3:].isdigit() and os.path.exists(path):
+                if libc.fanotify_mark(self._fd, _FAN_MARK_ADD, ctypes.c_uint64(_FAN_MODIFY),
+                                      _AT_FDCWD, path.encode()) == 0:
+                    self.active = True
+        if self.active:
+            self._thread = threading.Thread(target=self._run, name="hotplug-watch",
+                                            daemon=True)
+            self._thread.start()
+
+    def _ours(self, pid):
+        if pid == self._me:
+            return True
+        try:
+            return any(p.pid == self._me for p in psutil.Process(pid).parents())
+        except psutil.Error:
+            return False
+
+    def _describe(self, pid, fd):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            target = "cpu?/online"
+        finally:
+            os.close(fd)
+        try:
+            who = f"pid {pid} ({psutil.Process(pid).name()})"
+        except psutil.Error:
+            who = f"pid {pid} (already gone)"
+        return f"{'/'.join(target.split('/')[-2:])} written by {who}"
+
+    def _run(self):
+        while True:
+            ready, _, _ = select.select([self._fd, self._stop_r], [], [])
+            if self._stop_r in ready:
+                return
+            try:
+                buf = os.read(self._fd, 4096)
+            except BlockingIOError:
+                continue
+            off = 0
+            while off + _FAN_EVENT.size <= len(buf):
+                size, version, _, _, _, fd, pid = _FAN_EVENT.unpack_from(buf, off)
+                if version != _FAN_VERSION or size < _FAN_EVENT.size:
+                    return
+                off += size
+                if self._ours(pid):
+                    if fd >= 0:
+                        os.close(fd)
+                    continue
+                self.foreign.append(self._describe(pid, fd) if fd >= 0
+                                    else f"a cpuN/online written by pid {pid}")
+
+    def close(self):
+        """Stop watching (idempotent)."""
+        if self._stop_w >= 0:
+            os.write(self._stop_w, b"x")
+            if self.active:
+                self._thread.join(5)
+            for fd in (self._fd, self._stop_r, self._stop_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._fd = self._stop_r = self._stop_w = -1
+
+
+FOREIGN_HOTPLUG = pytest.StashKey()
+
+
+def watch_foreign_hotplug(request):
+    """Watch the real CPUs for the rest of ``request``'s test: a test that fails
+    after a CPU change it did not make is reported skipped, saying who made it
+    (tests/conftest.py's report hook), instead of failing for someone else.
+    Return: the ForeignHotplugWatch (closed when the test ends)."""
+    watch = ForeignHotplugWatch()
+    request.node.stash[FOREIGN_HOTPLUG] = watch
+    request.addfinalizer(watch.close)
+    return watch
+
+
+@pytest.fixture
+def foreign_hotplug(request):
+    """The fixture form of :func:`watch_foreign_hotplug`, for real-hotplug tests."""
+    return watch_foreign_hotplug(request)

@@ -1,4 +1,5 @@
-"""The command line (SPEC §6): `kproc ps`, and the dispatch of every subcommand."""
+"""The command line (SPEC §6): `kproc ps`, the dispatch of every subcommand,
+--version, a closed pipe, and what --help and help() show."""
 
 import json
 import subprocess
@@ -83,3 +84,62 @@ def test_every_subcommand_is_dispatched_from_main():
     for argv in (["ps"], ["bench", "--quick"], ["hotplug", "status"],
                  ["trace", "summary", "f.json"]):
         assert callable(parser.parse_args(argv).func), argv
+
+
+def test_version_is_the_packages():
+    out = subprocess.run([sys.executable, "-m", "kproc", "--version"], capture_output=True,
+                         text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith(f"kproc {kproc.__version__} (C extension ")
+    assert kproc.__version__.count(".") == 2
+
+
+def test_a_closed_pipe_ends_the_command_quietly(rt):
+    """``kproc ps --json | head -1``: no BrokenPipeError traceback, and the
+    status a tool killed by SIGPIPE reports (128 + 13), as ``head``-ed tools do."""
+    kproc.kthread_create(kfuncs.ret_value, 0, "ps-pipe")
+    for args in (["ps", "--json"], ["ps"]):
+        proc = subprocess.Popen([sys.executable, "-m", "kproc", *args],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc.stdout.close()                   # the reader went away before any output
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 141, err
+        assert err == b"", err.decode()
+
+
+def test_task_states_print_their_names(rt):
+    task = kproc.kthread_create(kfuncs.ret_value, 0, "named-state")
+    state = kproc.task_state(task)
+    assert str(state) == f"{state}" == "TASK_UNINTERRUPTIBLE"
+    assert f"{kproc.TASK_PARKED:>12}" == " TASK_PARKED" and f"{kproc.TASK_PARKED:#x}" == "0x40"
+    assert state == 2 and kproc.TASK_PARKED == 64        # still the kernel's values
+    assert "TASK_UNINTERRUPTIBLE" in repr(task)
+    kproc.kthread_stop(task)
+
+
+def _help_texts():
+    """Every --help the command prints."""
+    from kproc._cli.main import build_parser
+    parser = build_parser()
+    yield "kproc --help", parser.format_help()
+    sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, p in sub.choices.items():
+        yield f"kproc {name} --help", p.format_help()
+
+
+def test_no_internal_references_in_user_facing_text():
+    """--help, and what help() shows of kproc and of every public name, say nothing
+    of the project's own papers (specification sections, issue numbers)."""
+    import pydoc
+    import re
+    internal = re.compile(r"SPEC|§|later issues?|issue #?\d+")
+    texts = list(_help_texts())
+    texts.append(("help(kproc)", pydoc.render_doc(kproc, renderer=pydoc.plaintext)))
+    for name in kproc.__all__:
+        obj = getattr(kproc, name)
+        if callable(obj):
+            texts.append((f"help(kproc.{name})",
+                          pydoc.render_doc(obj, renderer=pydoc.plaintext)))
+    found = [(where, line.strip()) for where, text in texts for line in text.splitlines()
+             if internal.search(line)]
+    assert found == []

@@ -14,7 +14,7 @@ import pytest
 
 import kproc
 from fns import kthread as kfuncs
-from helpers import live_kthreads, run_started, wait_until
+from helpers import kproc_shm_entries, live_kthreads, run_started, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -113,7 +113,6 @@ def test_sigkill_of_owner_leaves_no_process_and_no_shm(backend):
     from kproc._core.native import load_mem_class
     if backend == "futex" and load_mem_class() is None:
         pytest.skip("futex backend needs the native extension")
-    shm_before = set(os.listdir("/dev/shm"))
     tests = os.path.dirname(os.path.dirname(kfuncs.__file__))
     script = OWNER_SCRIPT.format(tests=tests, backend=backend)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(kproc.__file__)))
@@ -131,7 +130,7 @@ def test_sigkill_of_owner_leaves_no_process_and_no_shm(backend):
                            psutil.Process(p).status() != psutil.STATUS_ZOMBIE for p in pids)
         wait_until(all_gone, 2.0, message="kthreadd or kthreads outlived their owner")
         assert time.monotonic() - t0 < 2.0
-        assert set(os.listdir("/dev/shm")) - shm_before == set()
+        assert kproc_shm_entries({owner.pid}) == set()
     finally:
         owner.kill()
         owner.wait()

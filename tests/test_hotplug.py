@@ -23,7 +23,8 @@ import pytest
 import kproc
 from kproc._hotplug import hotplug_threads, record as hprecord
 from kproc._hotplug.uevent import attach_cpu_uevent_filter
-from helpers import REAL_CPU_DIR, all_online, live_kthreads, real_hotplug_cpu, wait_until
+from helpers import (REAL_CPU_DIR, all_online, live_kthreads, real_hotplug_cpu, wait_until,
+                     watch_foreign_hotplug)
 from fns import hotplug as hpfuncs
 
 pytestmark = pytest.mark.timeout(60)
@@ -62,6 +63,7 @@ class Hotplug:
 def hp(request, tmp_path, monkeypatch):
     if request.param == "real":
         root, cpu = "/sys", real_hotplug_cpu()
+        watch_foreign_hotplug(request)
     else:
         root = kproc.fake_sysfs(tmp_path / "sys", possible=4)
         cpu = 1
@@ -612,7 +614,7 @@ def test_cpuhp_outlives_a_failing_catch_up(tmp_path, monkeypatch):
 
 
 @pytest.mark.skipif(real_hotplug_cpu() is None, reason="needs real hotplug (root, cpuN/online)")
-def test_a_quick_outside_down_and_up_is_not_missed(tmp_path, monkeypatch):
+def test_a_quick_outside_down_and_up_is_not_missed(tmp_path, monkeypatch, foreign_hotplug):
     """Taken down and brought back while cpuhp is busy, with no per-CPU thread to
     show it: the offline uevent, numbered after cpuhp last saw the CPU offline, still
     gets the CPU its teardowns and startups after the fact."""

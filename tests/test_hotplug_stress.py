@@ -57,7 +57,7 @@ def _seen():
             f"stats {hprecord.hotplug_stats()}")
 
 
-def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch):
+def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch, foreign_hotplug):
     monkeypatch.setenv("KPROC_HP_DIR", str(tmp_path))
     all_online("/sys")
     cpus = sorted(kproc._core.topology.Topology().online())

@@ -73,3 +73,33 @@ def test_core_works_without_the_c_extension(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=50, env=env)
     assert out.stdout.strip() == "ok 6", out.stderr
+
+
+def test_futex_backend_without_the_extension_warns_once_and_runs_pure_python():
+    """Installed without a compiler (here: KPROC_NATIVE=0), the default futex
+    backend runs on the pure-Python path: one RuntimeWarning at start(), not one
+    per runtime or per process; an explicit backend='posix' is not warned about."""
+    code = (
+        "import sys, warnings; sys.path.insert(0, %r)\n"
+        "import kproc\nfrom fns import kthread as kfuncs\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    with kproc.start() as rt:\n"
+        "        assert rt.backend == 'posix', rt.backend\n"
+        "        c = kproc.Completion()\n"
+        "        t = kproc.kthread_run(kfuncs.complete_then_return, (c, 6), 'pure')\n"
+        "        kproc.wait_for_completion(c)\n"
+        "        assert kproc.kthread_stop(t) == 6\n"
+        "    with kproc.start(backend='posix'):\n"
+        "        pass\n"
+        "print(len(seen), seen[0].category.__name__, seen[0].filename == '<string>')\n"
+        "print(seen[0].message)\n") % os.path.dirname(__file__)
+    env = dict(os.environ, KPROC_NATIVE="0", KPROC_BACKEND="futex",
+               PYTHONPATH=os.path.dirname(os.path.dirname(kproc.__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=50, env=env)
+    assert out.returncode == 0, out.stderr
+    count, message = out.stdout.split("\n", 1)
+    assert count == "1 RuntimeWarning True"
+    assert "KPROC_NATIVE=0" in message and "pure-Python path" in message
+    assert out.stderr == ""                   # kthreadd and the kthread said nothing

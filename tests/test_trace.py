@@ -10,7 +10,7 @@ import kproc
 from fns import kthread as kfuncs
 from fns import work as wfuncs
 from kproc._core import trace as _trace
-from helpers import wait_until
+from helpers import kproc_shm_entries, wait_until
 
 
 def _traced_run(path):
@@ -201,7 +201,6 @@ def test_work_queued_by_a_kthread_and_delayed_work_are_traced(tmp_path):
 
 
 def test_bad_trace_paths_are_refused_before_anything_starts(tmp_path):
-    before = set(os.listdir("/dev/shm"))
     with pytest.raises(TypeError):
         kproc.start(trace=3)
     with pytest.raises(ValueError, match="does not exist"):
@@ -209,7 +208,7 @@ def test_bad_trace_paths_are_refused_before_anything_starts(tmp_path):
     with pytest.raises(ValueError, match="folder"):
         kproc.start(trace=str(tmp_path))
     assert not (tmp_path / "missing").exists()
-    assert set(os.listdir("/dev/shm")) <= before
+    assert kproc_shm_entries({os.getpid()}) == set()
 
 
 def test_trace_summary_cli_refuses_a_file_that_is_not_a_trace(tmp_path):

@@ -1,6 +1,8 @@
 """The worker loop: works run in order in the worker's process, current_work, a work
 that raises (kproc/_workqueue/loop.py; kernel/kthread.c 6.15 kthread_worker_fn)."""
 
+import pytest
+
 import kproc
 from fns import work as wfuncs
 from fns.work import read_lines
@@ -33,7 +35,32 @@ def test_an_exception_in_a_work_is_reported_and_the_worker_goes_on(worker, log_p
     kproc.kthread_queue_work(worker, good)
     kproc.kthread_flush_worker(worker)
     assert read_lines(log_path) == ["after"]
-    assert "ValueError: boom payload" in bad.exception
-    assert "kw/3" in bad.exception
+    exc = bad.exception
+    assert type(exc) is ValueError and exc.args == ("boom payload",)
+    remote = exc.__cause__
+    assert "ValueError: boom payload" in str(remote) and "kw/3" in str(remote)
+    assert "in boom" in remote.tb                  # the worker's frames
     assert good.exception is None
     assert worker.errors == 1 and worker.task is not None
+
+
+def test_a_failed_work_keeps_its_exception_as_concurrent_futures_does(worker):
+    """The exception object re-raised on the caller's side, chained to the remote
+    traceback (concurrent.futures.process's _RemoteTraceback), not a string."""
+    bad = kproc.KthreadWork(wfuncs.boom, 7)
+    kproc.kthread_queue_work(worker, bad)
+    kproc.kthread_flush_work(bad)
+    with pytest.raises(ValueError, match="boom 7") as info:
+        raise bad.exception
+    assert "Traceback" in str(info.value.__cause__)
+    assert bad.exception is not bad.exception       # a fresh object each read
+
+
+def test_an_unpicklable_exception_is_kept_as_a_runtime_error_naming_it(worker):
+    bad = kproc.KthreadWork(wfuncs.boom_unpicklable, "x")
+    kproc.kthread_queue_work(worker, bad)
+    kproc.kthread_flush_work(bad)
+    exc = bad.exception
+    assert type(exc) is RuntimeError
+    assert "Unpicklable: cannot travel x" in str(exc)
+    assert "Unpicklable: cannot travel x" in str(exc.__cause__)

@@ -28,6 +28,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 
 from . import layout as L
 from .arena import Arena
@@ -236,16 +237,28 @@ def get_runtime() -> Runtime:
 
 
 def _choose_backend(backend: str | None) -> str:
+    """The backend start() uses: the one asked for (or ``KPROC_BACKEND``, or futex).
+
+    Without the C extension (not built at install time, or ``KPROC_NATIVE=0``)
+    the futex backend runs on the pure-Python path, which is the posix
+    backend's: one RuntimeWarning says so, here, before anything starts.
+    Only an explicit ``"posix"`` asks for that path and is not warned about.
+    """
     if backend is None:
         backend = env_choice("KPROC_BACKEND")
-    have_native = load_mem_class() is not None
     if backend is None:
-        backend = "futex" if have_native else "posix"
+        backend = "futex"
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be None, 'futex' or 'posix', not {backend!r}")
-    if backend == "futex" and not have_native:
-        raise ValueError("backend 'futex' needs the kproc._native extension, which is not "
-                         "built here; run 'make venv' or use backend='posix'")
+    if backend == "futex" and load_mem_class() is None:
+        why = ("switched off by KPROC_NATIVE=0" if os.environ.get("KPROC_NATIVE") == "0"
+               else "not built (no C compiler when kproc was installed)")
+        warnings.warn(f"kproc: the C extension kproc._native is {why}; the futex backend "
+                      "runs on the pure-Python path (posix semaphores, lock-based atomics: "
+                      "slower waits). Reinstall kproc where a C compiler is available for "
+                      "the fast path, or pass backend='posix' to choose this path "
+                      "explicitly.", RuntimeWarning, stacklevel=3)
+        backend = "posix"
     return backend
 
 
@@ -257,8 +270,10 @@ def start(*, max_kthreads: int = DEFAULT_MAX_KTHREADS, max_works: int = DEFAULT_
 
     @max_kthreads: task table size (kthreads alive or not yet recycled at once).
     @max_works: work item slots (and user completions: max(1024, max_works)).
-    @backend: ``"futex"`` (default when the C extension is built), ``"posix"``;
-              None reads ``KPROC_BACKEND``.
+    @backend: ``"futex"`` (the default) or ``"posix"``; None reads
+              ``KPROC_BACKEND``.  Without the C extension the futex backend
+              runs on the posix backend's pure-Python path, with one
+              ``RuntimeWarning``.
     @sysfs_root: where CPU topology and hotplug files are read (``fake_sysfs``).
     @preload: module names kthreadd imports once, so that forks are cheap.
     @trace: path of a Chrome trace-event JSON file to write, or None

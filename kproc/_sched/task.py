@@ -42,6 +42,17 @@ class TaskState(enum.IntEnum):
     TASK_NEW = 0x0800
     TASK_FROZEN = 0x8000
 
+    def __str__(self) -> str:
+        # IntEnum prints its value since Python 3.11 ("64"); a state reads better
+        # by name, as the kernel's sched_switch event prints it.
+        return self.name
+
+    def __format__(self, spec: str) -> str:
+        try:
+            return format(self.name, spec)
+        except ValueError:                # a number's format ("{:d}", "{:#x}")
+            return format(int(self), spec)
+
 
 TASK_STATES = {s.value: s for s in TaskState}
 TASK_NORMAL = TaskState.TASK_INTERRUPTIBLE | TaskState.TASK_UNINTERRUPTIBLE

@@ -64,7 +64,8 @@ class KthreadWork(Handle):
 
     Read-only attributes: ``func``, ``data``, ``worker`` (the worker it was
     last queued on, or None), ``runs`` (times executed), ``exception`` (the
-    traceback text of its last failed run, or None).
+    exception its last failed run raised, its ``__cause__`` holding the remote
+    traceback as in ``concurrent.futures``; or None).
     """
 
     _kind = L.WK_WORK
@@ -134,7 +135,7 @@ class KthreadWork(Handle):
         return self._rt.mem.load64(self._base() + W.runs)
 
     @property
-    def exception(self) -> str | None:
+    def exception(self) -> BaseException | None:
         return read_traceback(self._rt, self._idx, self._base())
 
     def _reinit(self, func: Callable[[Self], object]) -> None:

@@ -215,5 +215,5 @@ def _report(rt: Runtime, kbase: int, idx: int, name: str, handle: KthreadWork | 
     text = (f"kproc: work {what} on worker {name!r} (pid {os.getpid()}) raised:\n"
             + traceback.format_exc())
     sys.stderr.write(text)
-    store_traceback(rt, idx - 1, text)
+    store_traceback(rt, idx - 1, sys.exc_info()[1], text)
     rt.mem.fetch_add64(kbase + K.errors, 1)

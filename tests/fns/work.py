@@ -66,6 +66,19 @@ def boom(work):
     raise ValueError(f"boom {work.data}")
 
 
+class Unpicklable(Exception):
+    """An exception that cannot travel: it holds a lock."""
+
+    def __init__(self, msg):
+        import threading           # only this exception needs it
+        super().__init__(msg)
+        self.lock = threading.Lock()
+
+
+def boom_unpicklable(work):
+    raise Unpicklable(f"cannot travel {work.data}")
+
+
 def requeue_self(work):
     """data = path: log 'r', sleep a little, queue itself again (forever)."""
     append_line(work.data, "r")
