@@ -4,11 +4,14 @@
   alone (Topology.set_online: write, read back); after each online, the system
   calls of kproc's startup made by a plain process (its floor).
 * ``hotplug_kproc``: ``N`` cycles of cpu_down/cpu_up with 4 SmpHotplugThread
-  registrations (on 2 CPUs: 8 per-CPU threads, 4 of them on the CPU cycled)
-  and 4 kthreads preferring that CPU.
+  registrations (on 2 CPUs: 8 per-CPU threads, 4 of them on the CPU cycled),
+  an AP state (CPUHP_AP_ONLINE_DYN, run on the CPU in cpuhp/N) and 4 kthreads
+  preferring that CPU.
 * ``hotplug_detect``: ``N`` changes made by a raw write behind kproc's back;
   how long after the write returned cpuhp noticed it, and until the per-CPU
-  thread of the CPU was parked (offline) or running again (online).
+  thread of the CPU was parked (offline) or running again (online); also
+  apart (``*_offline``, ``*_online``).  The kernel sends the uevent before
+  the write returns, so a change can be noticed before: a negative sample.
 
 Each prints a JSON object of sample lists (ns); every CPU is online at the end.
 """
@@ -105,12 +108,17 @@ def hotplug_raw(n):
     return out
 
 
+def _ok(cpu):
+    return 0
+
+
 def hotplug_kproc(n):
     import kproc
     from kproc._hotplug.experiment import cycle_experiment, report_dir
     cpu = hotplug_cpu()
     try:
         with report_dir(), kproc.start():
+            kproc.cpuhp_setup_state(kproc.CPUHP_AP_ONLINE_DYN, "bench:online", _ok, _ok)
             res = cycle_experiment(cpu, n, threads=4, preferred=4, settle=SETTLE)
             kproc.cpu_up(cpu)
     finally:
@@ -130,7 +138,8 @@ def hotplug_detect(n):
     import kproc
     from kproc._hotplug.record import hotplug_stats
     cpu = hotplug_cpu()
-    out = {"noticed": [], "handled": [], "netlink": None}
+    out = {"noticed": [], "handled": [], "netlink": None, "noticed_offline": [],
+           "noticed_online": [], "handled_offline": [], "handled_online": []}
     path = f"{CPU_DIR}/cpu{cpu}/online"
     try:
         with kproc.start():
@@ -147,11 +156,16 @@ def hotplug_detect(n):
                 deadline = time.monotonic() + 2.0
                 while hotplug_stats()["events"] == events and time.monotonic() < deadline:
                     pass
-                out["noticed"].append(hotplug_stats()["event_ns"] - t0)
+                noticed = hotplug_stats()["event_ns"] - t0
                 want = kproc.TASK_INTERRUPTIBLE if online else kproc.TASK_PARKED
                 while kproc.task_state(task) != want and time.monotonic() < deadline:
                     pass
-                out["handled"].append(time.monotonic_ns() - t0)
+                handled = time.monotonic_ns() - t0
+                which = "online" if online else "offline"
+                out["noticed"].append(noticed)
+                out["handled"].append(handled)
+                out["noticed_" + which].append(noticed)
+                out["handled_" + which].append(handled)
                 time.sleep(0.02)
             kproc.smpboot_unregister_percpu_thread(ht)
     finally:

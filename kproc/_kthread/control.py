@@ -47,7 +47,7 @@ __all__ = ["wake_up_process", "kthread_bind", "kthread_bind_mask",
            "kthread_affine_preferred", "kthread_stop", "kthread_stop_put", "kthread_park",
            "kthread_unpark", "kthread_set_per_cpu", "kthread_is_per_cpu", "kthread_data",
            "kthread_probe_data", "kthread_func", "get_kthread_comm", "get_task_struct",
-           "put_task_struct", "task_state"]
+           "put_task_struct", "task_state", "__kthread_should_park"]
 
 T = L.TASK
 INACTIVE_TIMEOUT = 1.0
@@ -157,6 +157,18 @@ def kthread_set_per_cpu(task: Task, cpu: int) -> None:
     check_cpu(rt.topology, cpu)
     L.pack_field(rt.buf, base, T, "cpu", cpu)
     mem.fetch_or32(base + T.flags, L.KF_IS_PER_CPU)
+
+
+def __kthread_should_park(task: Task) -> bool:
+    """__kthread_should_park(): has ``task`` been asked to park (SHOULD_PARK)?
+
+    For callers that hold a kthread's handle rather than being it (kthread.c:
+    exported by kernels before 6.15, static since).
+    Context: any process of the runtime; never blocks.  Return: the bit.
+    Raises: TypeError (not a Task); KthreadError for a stale handle.
+    """
+    rt, base = resolve(task)
+    return bool(rt.mem.load32(base + T.flags) & L.KF_SHOULD_PARK)
 
 
 def kthread_is_per_cpu(task: Task) -> bool:
