@@ -26,6 +26,7 @@ CPU_DIR = "/sys/devices/system/cpu"
 # the two loops would otherwise follow at different distances (kproc's waits for its
 # per-CPU threads to be back; the raw loop does not).
 SETTLE = float(os.environ.get("KPROC_BENCH_HP_SETTLE", "0.03"))
+POLL = 0.0002     # s: between looks at what cpuhp did (hotplug_detect)
 
 
 def hotplug_cpu():
@@ -154,12 +155,14 @@ def hotplug_detect(n):
                     f.write("1" if online else "0")
                 t0 = time.monotonic_ns()
                 deadline = time.monotonic() + 2.0
+                # poll, not spin: a spinning observer takes CPU 0 from cpuhp while the
+                # CPU just brought up is still slow to run anything
                 while hotplug_stats()["events"] == events and time.monotonic() < deadline:
-                    pass
+                    time.sleep(POLL)
                 noticed = hotplug_stats()["event_ns"] - t0
                 want = kproc.TASK_INTERRUPTIBLE if online else kproc.TASK_PARKED
                 while kproc.task_state(task) != want and time.monotonic() < deadline:
-                    pass
+                    time.sleep(POLL)
                 handled = time.monotonic_ns() - t0
                 which = "online" if online else "offline"
                 out["noticed"].append(noticed)

@@ -220,7 +220,9 @@ def test_two_processes_are_serialised(hp):
     log pairs each teardown with a startup."""
     kproc.cpuhp_setup_state(kproc.CPUHP_AP_ONLINE_DYN, "test:a", hpfuncs.up_a, hpfuncs.down_a)
     hp.clear()
-    task = kproc.kthread_run(hpfuncs.hotplug_n_times, (hp.cpu, 3), "hpcycler")
+    started = kproc.Completion()
+    task = kproc.kthread_run(hpfuncs.hotplug_n_times, (hp.cpu, 3, started), "hpcycler")
+    kproc.wait_for_completion(started)
     try:
         for i in range(5):
             st = kproc.cpuhp_setup_state(kproc.CPUHP_BP_PREPARE_DYN, f"t:{i}", None, None)

@@ -76,6 +76,26 @@ def test_unpark_callback_only_after_a_park_callback(hp):
         kproc.smpboot_unregister_percpu_thread(ht)
 
 
+def test_no_unpark_callback_without_a_park_callback(hp):
+    """SPEC §4 / smpboot.c smpboot_thread_fn(): "if (ht->park && td->status ==
+    HP_THREAD_ACTIVE) { ht->park(td->cpu); td->status = HP_THREAD_PARKED; }":
+    without a park callback the status stays ACTIVE, so unpark never runs."""
+    ht = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpnopark/%u",
+                                setup=hpfuncs.setup, unpark=hpfuncs.unpark)
+    assert kproc.smpboot_register_percpu_thread(ht) == 0
+    task = ht.task(hp.cpu)
+    try:
+        wait_until(lambda: ("setup", str(hp.cpu), "1") in hp.log())
+        assert kproc.cpu_down(hp.cpu) == 0
+        assert kproc.cpu_up(hp.cpu) == 0
+        wait_until(lambda: _state(task) == kproc.TASK_INTERRUPTIBLE)
+        assert kproc.cpu_down(hp.cpu) == 0          # the loop has run again by now
+        assert ("unpark", hp.cpu) not in hp.what()
+    finally:
+        all_online(hp.root)
+        kproc.smpboot_unregister_percpu_thread(ht)
+
+
 def test_cpu_coming_up_later_gets_its_thread(hp):
     ht = _ht()
     try:

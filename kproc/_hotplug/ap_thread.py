@@ -26,13 +26,15 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import sys
 
 from .._core import layout as L
 from .._core import trace as _trace
+from .._core.funcref import prepare_main
 from .._core.runtime import get_runtime
 from .._kthread.affinity import kthreads_online_cpu
-from .._kthread.control import (__kthread_should_park, kthread_park, kthread_unpark,
-                                wake_up_process)
+from .._kthread.control import (__kthread_should_park, kthread_park,
+                                kthread_unpark_usable, wake_up_process)
 from .._sched.completion import wait_at
 from .._sched.task import Task
 from .callbacks import mark_hotplug_process, run_steps
@@ -53,10 +55,16 @@ __all__ = ["CpuhpThreads", "CPUHP_THREADS_KEY", "cpuhp_should_run", "cpuhp_threa
 CPUHP_THREADS_KEY = 0x63707568705f4e   # "cpuhp_N": the registration's key, fixed
 
 
+_host_cpus: frozenset[int] | None = None
+
+
 def on_its_cpu(rt: Runtime, cpu: int) -> bool:
     """kernel: td->cpu == smp_processor_id(), with the binding intact.  A CPU of a
     fake tree that the host lacks is modelled: always True there."""
-    if cpu not in rt.topology.host_cpus():
+    global _host_cpus
+    if _host_cpus is None:
+        _host_cpus = rt.topology.host_cpus()     # the host's possible CPUs: fixed
+    if cpu not in _host_cpus:
         return True
     return os.sched_getaffinity(0) == {cpu} and getcpu() == cpu
 
@@ -84,8 +92,15 @@ def cpuhp_thread_fun(cpu: int) -> None:
     off_cpu = not on_its_cpu(rt, cpu)
     rc = 0
     if not off_cpu:
-        steps, up = pickle.loads(raw)
-        rc = run_steps(cpu, steps, up, on_cpu=getcpu())
+        if b"_main__" in raw:         # __main__ or __mp_main__
+            prepare_main(rt)              # callbacks from the caller's script
+        try:
+            steps, up = pickle.loads(raw)
+        except Exception as exc:      # a callback's module failed to import here
+            sys.stderr.write(f"kproc: cpuhp/{cpu}: cannot load the AP job: {exc!r}\n")
+            rc = -errno.EFAULT
+        else:
+            rc = run_steps(cpu, steps, up, on_cpu=getcpu())
     mem.store32(hp + H.ap_off_cpu, int(off_cpu))
     mem.store32(hp + H.ap_rc, rc & 0xFFFFFFFF)
     rt.waits.completion_complete(hp + H.ap_done, False)
@@ -170,8 +185,10 @@ def smpboot_unpark_threads(cpu: int) -> int:
     """CPUHP_AP_SMPBOOT_THREADS startup: unpark (and so re-bind) ``cpu``'s per-CPU
     threads, walking the registrations newest first (list_for_each_entry).
     Return: 0."""
-    for task in _percpu_tasks(get_runtime(), cpu):
-        kthread_unpark(task)
+    rt = get_runtime()
+    usable = rt.topology.usable()           # read once for the walk
+    for task in _percpu_tasks(rt, cpu):
+        kthread_unpark_usable(task, usable)
     return 0
 
 

@@ -83,15 +83,23 @@ class Machine:
     def _bp_down_steps(self) -> list[Step]:
         return [st.down_step() for st in reversed(self.states.bp())]
 
+    @staticmethod
+    def _builtin_up_steps() -> list[Step]:
+        return [(CPUHP_AP_SMPBOOT_THREADS, "smpboot/threads:online", smpboot_unpark_threads,
+                 smpboot_park_threads),
+                (CPUHP_AP_KTHREADS_ONLINE, "kthreads:online", kthreads_online, None)]
+
     def _ap_up_steps(self) -> list[Step]:
-        builtin: list[Step] = [
-            (CPUHP_AP_SMPBOOT_THREADS, "smpboot/threads:online", smpboot_unpark_threads,
-             smpboot_park_threads),
-            (CPUHP_AP_KTHREADS_ONLINE, "kthreads:online", kthreads_online, None)]
-        return builtin + [st.up_step() for st in self.states.ap()]
+        return self._builtin_up_steps() + [st.up_step() for st in self.states.ap()]
 
     def _ap_down_steps(self) -> list[Step]:
         return [(n, name, undo, do) for n, name, do, undo in reversed(self._ap_up_steps())]
+
+    def _ap_section(self, cpu: int, up: bool, after_the_fact: bool) -> int:
+        """The AP states of ``cpu`` in order (ascending up, descending down), on the
+        CPU in cpuhp/N.  Return: 0 or a negative errno (rolled back there)."""
+        return self._run_ap(cpu, self._ap_up_steps() if up else self._ap_down_steps(), up,
+                            after_the_fact)
 
     def _run_ap(self, cpu: int, steps: list[Step], up: bool, after_the_fact: bool) -> int:
         """The AP steps, on ``cpu`` in cpuhp/N; here (after the fact) if cpuhp/N
@@ -134,7 +142,7 @@ class Machine:
             return 0
         topo.check_not_last(cpu)
         t0 = time.monotonic_ns()
-        rc = self._run_ap(cpu, self._ap_down_steps(), False, False)
+        rc = self._ap_section(cpu, False, False)
         if rc < 0:
             return rc
         t1 = time.monotonic_ns()
@@ -143,7 +151,7 @@ class Machine:
             topo.set_online(cpu, False)
         except OSError as exc:
             self._unpark_cpuhp_n(cpu)
-            self._run_ap(cpu, self._ap_up_steps(), True, False)
+            self._ap_section(cpu, True, False)
             return -(exc.errno or errno.EIO)
         self.watch.own_write(cpu)
         self._set_known(cpu, False)
@@ -173,7 +181,7 @@ class Machine:
         self.watch.own_write(cpu)
         t1 = time.monotonic_ns()
         self._unpark_cpuhp_n(cpu)
-        rc = self._run_ap(cpu, self._ap_up_steps(), True, False)
+        rc = self._ap_section(cpu, True, False)
         if rc < 0:
             self._park_cpuhp_n(cpu)
             try:
@@ -206,7 +214,7 @@ class Machine:
             run_steps(cpu, self._bp_up_steps(), True, rollback=False, after_the_fact=True,
                       on_cpu=here)
             self._unpark_cpuhp_n(cpu)
-            self._run_ap(cpu, self._ap_up_steps(), True, True)
+            self._ap_section(cpu, True, True)
             self._set_known(cpu, True)
         else:
             if cpu not in self.known:

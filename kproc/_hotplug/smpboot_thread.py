@@ -93,7 +93,9 @@ def smpboot_thread_fn(data: tuple[SmpHotplugThreadLike, int]) -> int:
             return 0
         if kthread_should_park():
             set_current_state(TaskState.TASK_RUNNING)
-            if status == HP_THREAD_ACTIVE:
+            if ht.park is not None and status == HP_THREAD_ACTIVE:
+                # smpboot.c: only a park callback makes the status PARKED, and only
+                # PARKED calls unpark: no unpark without a park
                 _call(ht.park, cpu)
                 status = HP_THREAD_PARKED
             kthread_parkme()

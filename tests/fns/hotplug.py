@@ -275,7 +275,8 @@ def store_lines(directory):
 def hotplug_n_times(args):
     """threadfn: cycle ``cpu`` down and up ``n`` times; then wait to be stopped.
     Return: 0, or the first failing call's result."""
-    cpu, n = args
+    cpu, n, started = args
+    kproc.complete(started)
     for _ in range(n):
         rc = kproc.cpu_down(cpu) or kproc.cpu_up(cpu)
         if rc:
