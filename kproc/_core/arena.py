@@ -170,7 +170,7 @@ class Arena:
         native = load_mem_class()
         if native is not None:
             return native(buf)
-        return PyMem(buf, fd)  # type: ignore[no-untyped-call]
+        return PyMem(buf, fd)
 
     def close(self) -> None:
         """Unmap and close (the memory lives on in other processes)."""

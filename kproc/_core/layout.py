@@ -53,6 +53,7 @@ class Field(int):
     """A field's byte offset inside its record (an int), knowing its format.
 
     ``width`` is 32 or 64 for scalars (which atomics fit it), 0 for a raw area.
+    :meth:`Record.fields` gives them; the record's attributes are plain ints.
     """
 
     fmt: Fmt
@@ -76,7 +77,10 @@ class Record:
     ``fields`` is a sequence of ``(name, fmt)`` where fmt is a ``struct`` code
     (``I`` u32, ``i`` s32, ``Q`` u64, ``q`` s64) or ``("bytes", n)`` for a raw
     area, aligned to 8.  Attributes named after fields hold their offsets as
-    :class:`Field` ints; ``codes`` maps each scalar field to its ``struct``
+    plain ints (``base + TASK.state`` is on every hot path, and CPython's int
+    fast paths take exact ints only: an int subclass there cost the worker loop
+    5-8 %); :meth:`fields` gives them as :class:`Field`, which knows its format;
+    ``codes`` maps each scalar field to its ``struct``
     format (native byte order).  ``stride`` is the room each record gets in
     its table (default: its size); a record that outgrows it, or a field
     named like one of its own attributes, fails at import.
@@ -97,7 +101,7 @@ class Record:
                 size = al = _SIZES[fmt]
                 self.codes[fname] = "=" + fmt
             off = align(off, al)
-            setattr(self, fname, Field(off, fmt))
+            setattr(self, fname, off)
             self.formats[fname] = fmt
             off += size
         self.size = align(off, size_align)
@@ -108,14 +112,14 @@ class Record:
 
     def fields(self) -> list[tuple[str, Field]]:
         """The (name, Field) pairs, in layout order."""
-        return [(n, getattr(self, n)) for n in self.formats]
+        return [(n, Field(getattr(self, n), fmt)) for n, fmt in self.formats.items()]
 
     def __repr__(self) -> str:
         return f"<Record {self.name} size={self.size}>"
 
     if TYPE_CHECKING:
         # The fields are attributes set from ``fields`` at construction.
-        def __getattr__(self, name: str) -> Field: ...
+        def __getattr__(self, name: str) -> int: ...
 
 
 COMPLETION = Record("completion", [

@@ -34,6 +34,7 @@ from .topology import parse_cpulist
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Set
+    from typing import Literal
 
     import posix_ipc
 
@@ -83,7 +84,7 @@ def _online_cpus() -> Set[int]:
 class FutexWaits:
     """The futex backend (needs ``kproc._native``)."""
 
-    name = "futex"
+    name: Literal["futex"] = "futex"
 
     def __init__(self, mem: Mem, spin_ns: int) -> None:
         self.mem = mem
@@ -117,7 +118,7 @@ class FutexWaits:
 class PosixWaits:
     """The POSIX-semaphore backend: hashed wait channels over ``posix_ipc``."""
 
-    name = "posix"
+    name: Literal["posix"] = "posix"
 
     def __init__(self, mem: MemLike, semaphores: list[posix_ipc.Semaphore],
                  waiters_off: int) -> None:

@@ -19,10 +19,12 @@ instance.
 Runs in the caller: any process of the runtime.
 """
 
+from __future__ import annotations
+
 from .._core import layout as L
 from .._core.errors import kernel_warn
 from .flush import flush_work_at, own_worker
-from .handles import resolve_work
+from .handles import KthreadDelayedWork, KthreadWork, resolve_work
 from .lists import Locked, cancel_work_locked, free_if_orphan_locked, tied_worker
 from .timers import run_timers
 
@@ -32,7 +34,7 @@ W = L.WORK
 K = L.WORKER
 
 
-def _cancel_sync(work, is_dwork, fn_name):
+def _cancel_sync(work: KthreadWork, is_dwork: bool, fn_name: str) -> bool:
     rt, base = resolve_work(work, delayed=is_dwork)
     kbase = tied_worker(rt, base)
     if kbase is None:
@@ -61,7 +63,7 @@ def _cancel_sync(work, is_dwork, fn_name):
     return ret
 
 
-def kthread_cancel_work_sync(work):
+def kthread_cancel_work_sync(work: KthreadWork) -> bool:
     """kthread_cancel_work_sync - cancel a work and wait for its execution to finish.
 
     Works also when the work re-queues itself.  On return the work is neither
@@ -77,7 +79,7 @@ def kthread_cancel_work_sync(work):
     return _cancel_sync(work, False, "kthread_cancel_work_sync")
 
 
-def kthread_cancel_delayed_work_sync(dwork):
+def kthread_cancel_delayed_work_sync(dwork: KthreadDelayedWork) -> bool:
     """kthread_cancel_delayed_work_sync - kthread_cancel_work_sync() for delayed works.
 
     Stops the timer (the timer callback runs under the worker lock here, so
