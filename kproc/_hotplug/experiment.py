@@ -188,7 +188,9 @@ def cycle_experiment(cpu: int, count: int | None, threads: int = 1, preferred: i
                         "write_up": [], "back": [], "lost": 0}
     try:
         for _ in range(threads):
-            ht = SmpHotplugThread(_never, _nothing, "hpcycle/%u", unpark=_back)
+            # a park callback too: smpboot calls unpark only after a park callback
+            ht = SmpHotplugThread(_never, _nothing, "hpcycle/%u", park=_nothing,
+                                  unpark=_back)
             rc = smpboot_register_percpu_thread(ht)
             if rc:
                 raise OSError(-rc, f"smpboot_register_percpu_thread: {os.strerror(-rc)}")
