@@ -153,13 +153,13 @@ def test_smpboot_walks_registrations_newest_first_and_parks_oldest_first(hp, mon
     """
     calls = []
     for module, name in ((hotplug_threads, "kthread_create_on_cpu"),
-                         (ap_thread, "kthread_park"), (ap_thread, "kthread_unpark")):
+                         (ap_thread, "kthread_park"), (ap_thread, "kthread_unpark_usable")):
         real = getattr(module, name)
 
         def record(*args, _name=name, _real=real):
             ret = _real(*args)
             task = ret if _name == "kthread_create_on_cpu" else args[0]
-            calls.append((_name[len("kthread_"):], task.comm))
+            calls.append((_name[len("kthread_"):].replace("_usable", ""), task.comm))
             return ret
         monkeypatch.setattr(module, name, record)
     old = kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hpold/%u")

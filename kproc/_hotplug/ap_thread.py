@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
     from .._core.runtime import Runtime  # typing only
-    from .callbacks import Step
+    from .callbacks import Step  # typing only
 
 __all__ = ["CpuhpThreads", "CPUHP_THREADS_KEY", "cpuhp_should_run", "cpuhp_thread_fun",
            "post_ap_job", "smpboot_unpark_threads", "smpboot_park_threads",

@@ -47,7 +47,7 @@ from .uevent import UeventWatch
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._core.runtime import Runtime  # typing only
-    from .callbacks import StateCallback, Step
+    from .callbacks import StateCallback, Step  # typing only
 
 __all__ = ["Machine"]
 

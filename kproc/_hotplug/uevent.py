@@ -46,6 +46,8 @@ NETLINK_KOBJECT_UEVENT = 15
 UEVENT_SEQNUM = "/sys/kernel/uevent_seqnum"
 CPU_UEVENT_PREFIXES = (b"online@/devices/system/cpu/cpu", b"offline@/devices/system/cpu/cpu")
 SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+RCVBUF = 4 << 20
 
 
 class UeventWatch:
@@ -72,7 +74,10 @@ class UeventWatch:
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
                                  NETLINK_KOBJECT_UEVENT)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            try:        # root: past rmem_max, so a burst of changes never overruns it
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             sock.bind((0, 1))
         except (OSError, AttributeError):
             return False
@@ -122,10 +127,22 @@ class UeventWatch:
                     kick_cpuhp(self.rt)
                     continue
                 return
-            note = parse_cpu_uevent(msg)
-            if note is not None:
+            # everything queued already, in one go: each GIL hand-off of this thread
+            # waits up to a switch interval while cpuhp runs callbacks
+            msgs = [msg]
+            while True:
+                try:
+                    msgs.append(sock.recv(8192, socket.MSG_DONTWAIT))
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.ENOBUFS:
+                        self.lost = True
+                    break
+            notes = [n for n in map(parse_cpu_uevent, msgs) if n is not None]
+            if notes:
                 with self._lock:
-                    self._events.append(note)
+                    self._events.extend(notes)
                 kick_cpuhp(self.rt)
 
 
