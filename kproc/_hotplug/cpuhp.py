@@ -35,6 +35,7 @@ from __future__ import annotations
 import errno
 import pickle
 import sys
+import time
 import traceback
 
 from .._core import layout as L
@@ -69,7 +70,8 @@ class Cpuhp:
         self.hp = hp_base(rt)
         self.machine = Machine(rt)
         self.watch = self.machine.watch
-        self._suspect: tuple[int | None, frozenset[int]] | None = None
+        # (uevent_seqnum, online mask, when) of a mismatch no note explains yet
+        self._suspect: tuple[int | None, frozenset[int], float] | None = None
 
     def sync(self, tick: bool) -> None:
         """Replay the changes made by someone else (see the module doc).
@@ -83,18 +85,22 @@ class Cpuhp:
             return
         seq = self.watch.seqnum()
         online = topo.online()
+        now = time.monotonic()
         if online == m.known:
             self._suspect = None
             self.watch.lost = False
             return
-        if self.watch.lost or self._suspect == (seq, online):
+        if self.watch.lost or (self._suspect is not None and
+                               self._suspect[:2] == (seq, online) and
+                               now - self._suspect[2] >= POLL_SAFETY):
+            # no own-write marks here: a note still on its way is replayed, and is a
+            # no-op if the mask said it already
             self.watch.lost = False
             self._suspect = None
             m.reconcile(online)
-            for cpu in topo.possible():
-                self.watch.own_write(cpu)
             return
-        self._suspect = (seq, online)
+        if self._suspect is None or self._suspect[:2] != (seq, online):
+            self._suspect = (seq, online, now)
 
     def serve(self, op: int, args: Any) -> object:
         """Carry out one request (``args`` as the requester pickled them).
