@@ -22,6 +22,20 @@ def test_create_worker_runs_a_named_kthread(worker):
     assert worker.flags == 0 and worker.queued == 0 and worker.executed == 0
 
 
+def test_create_worker_on_cpu_takes_a_name_without_a_conversion(rt):
+    """kthread.c 6.15 kthread_create_worker_on_cpu() passes cpu to a printf-style
+    format; vsnprintf ignores an argument the format does not use, so "plain"
+    (and "100%%") are valid names (issue #10 item 6)."""
+    cpu = max(kproc.cpu_online_mask())
+    for fmt, name in (("plain", "plain"), ("100%%", "100%")):
+        w = kproc.kthread_create_worker_on_cpu(cpu, 0, fmt)
+        try:
+            assert w.task.name == name
+            assert os.sched_getaffinity(w.task.pid) == {cpu}
+        finally:
+            kproc.kthread_destroy_worker(w)
+
+
 def test_create_worker_on_cpu_is_bound_and_named_with_the_cpu(rt):
     cpu = max(kproc.cpu_online_mask())
     w = kproc.kthread_create_worker_on_cpu(cpu, 0, "kw_cpu/%u")

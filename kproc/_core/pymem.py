@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     R = TypeVar("R")
 
-__all__ = ["PyMem"]
+__all__ = ["PyMem", "PyMutexGuard"]
 
 _U32 = struct.Struct("=I")
 _I64 = struct.Struct("=q")
@@ -173,6 +173,10 @@ class PyMem:
             _I64.pack_into(self.buf, off, old + delta)
             return old
         return self._locked(op)
+
+    def release(self) -> bool:
+        """Drop nothing (no buffer export is kept): the mapping may be closed."""
+        return True
 
     def mutex_init(self, off: int, /) -> None:
         self._check(off, 4)
@@ -378,3 +382,30 @@ class PyMem:
             self._link_before(wl, kbase, works, wl.on_worklist, m, moff,
                               self.load32(toff + wl.next), False)
             m = older
+
+
+class PyMutexGuard:
+    """``kproc._native.MutexGuard`` without the extension: ``with`` on the mutex at ``off``.
+
+    __exit__ unlocks, then calls ``self._unlocked()`` if a subclass defines
+    it.  Unlike the C guard, a signal handler raising between the lock and
+    the block can leak the lock here (Python code runs in between).
+    """
+
+    __slots__ = ("_mem", "_off", "_spin", "_held", "recovered")
+
+    def __init__(self, mem: PyMem, off: int, spin_ns: int = 0) -> None:
+        self._mem, self._off, self._spin, self._held = mem, off, spin_ns, False
+        self.recovered = False
+
+    def __enter__(self) -> PyMutexGuard:
+        self.recovered = self._mem.mutex_lock(self._off, -1, self._spin) == 1
+        self._held = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._held = False
+        self._mem.mutex_unlock(self._off)
+        hook = getattr(self, "_unlocked", None)
+        if hook is not None:
+            hook()

@@ -41,25 +41,34 @@ def _cancel_sync(work: KthreadWork, is_dwork: bool, fn_name: str) -> bool:
         return False
     mem = rt.mem
     idx = work._idx + 1
-    with Locked(rt, kbase) as lk:
-        run_timers(lk)
-        ret = cancel_work_locked(lk, idx)
-        if mem.load32(kbase + K.current) != idx:
-            free_if_orphan_locked(lk, work._idx)
-            return ret
-        if own_worker(rt, kbase):
-            kernel_warn(f"{fn_name}() called from the work itself would wait for itself "
-                        "forever; not waiting", stacklevel=3)
-            return ret
-        # The work is running: wait with the lock dropped; meanwhile the
-        # canceling counter makes every queueing attempt fail.
-        mem.fetch_add32(base + W.canceling, 1)
+    raised, hold = False, None
     try:
+        with Locked(rt, kbase) as lk:
+            run_timers(lk)
+            ret = cancel_work_locked(lk, idx)
+            if mem.load32(kbase + K.current) != idx:
+                free_if_orphan_locked(lk, work._idx)
+                return ret
+            if own_worker(rt, kbase):
+                kernel_warn(f"{fn_name}() called from the work itself would wait for "
+                            "itself forever; not waiting", stacklevel=3)
+                return ret
+            # The work is running: wait with the lock dropped; meanwhile the
+            # canceling counter makes every queueing attempt fail.  A kthread
+            # records its count in a hold word first: if it dies waiting,
+            # kthreadd drops the count (else the work could never be queued
+            # again).  ``raised`` is set first, and the lock defers signals,
+            # so a Ctrl-C cannot fall between the count and its undoing.
+            hold = rt.arena.take_hold(rt.self_base, L.HOLD_CANCEL, work._idx)
+            raised = True
+            mem.fetch_add32(base + W.canceling, 1)
         flush_work_at(rt, kbase, idx, fn_name)
     finally:
-        with Locked(rt, kbase) as lk:
-            mem.fetch_add32(base + W.canceling, -1)
-            free_if_orphan_locked(lk, work._idx)
+        if raised:
+            with Locked(rt, kbase) as lk:
+                mem.fetch_add32(base + W.canceling, -1)
+                rt.arena.release_hold(hold)
+                free_if_orphan_locked(lk, work._idx)
     return ret
 
 

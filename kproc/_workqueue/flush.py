@@ -27,9 +27,11 @@ Runs in the caller: any process of the runtime but the worker's own kthread.
 from __future__ import annotations
 
 import errno
+import time
 
 from .._core import layout as L
 from .._core.errors import KthreadError, kernel_warn, warn_on_once
+from .._core.hung_task import HungTask, task_text
 from .._sched.completion import wait_at
 from .._core.runtime import Runtime
 from .handles import KthreadWork, KthreadWorker, resolve_work, resolve_worker
@@ -50,7 +52,19 @@ T = L.TASK
 
 
 def _alloc_marker(rt: Runtime) -> tuple[int, int]:
-    return alloc_work_slot(rt, L.WK_FLUSH, "no slot left for a flush marker")
+    """A slot for a flush marker, never ENOMEM: one of the marker slots reserved past
+    the user's works (``arena.marker_slots``), else a user slot; when every one is
+    taken (more flushers at once than kthreads + 64), wait until one is freed.
+    (The kernel's marker lives on the flusher's stack: a flush cannot fail.)
+    """
+    while True:
+        try:
+            return alloc_work_slot(rt, L.WK_FLUSH, "no slot left for a flush marker")
+        except KthreadError as exc:
+            if exc.errno != errno.ENOMEM:
+                raise
+        rt.check_alive()
+        time.sleep(0.001)
 
 
 def own_worker(rt: Runtime, kbase: int) -> bool:
@@ -80,11 +94,20 @@ def _worker_dead_check(rt: Runtime, kbase: int) -> Callable[[], None]:
     return check
 
 
-def _wait_marker(rt: Runtime, kbase: int, midx: int, mgen: int) -> None:
+def _hung(rt: Runtime, kbase: int, fn_name: str) -> HungTask:
+    """The hung-task check of a flush waiting on the worker at ``kbase``."""
+    t = rt.mem.load32(kbase + K.task)
+    who = task_text(rt, rt.arena.task_off(t - 1)) if t else "a worker without a kthread"
+    return HungTask(fn_name, "to run the flush marker (the works before it are still "
+                    "running)", who)
+
+
+def _wait_marker(rt: Runtime, kbase: int, midx: int, mgen: int, fn_name: str) -> None:
     """Wait for flush marker ``midx`` to be run, then free it (kthread_flush_work's wait)."""
     mbase = rt.arena.work_off(midx)
     try:
-        wait_at(rt, mbase + W.done, None, "uninterruptible", peer=_worker_dead_check(rt, kbase))
+        wait_at(rt, mbase + W.done, None, "uninterruptible", peer=_worker_dead_check(rt, kbase),
+                hung=_hung(rt, kbase, fn_name))
     except BaseException:
         # The marker may still be linked on a dead worker's list: leave it to
         # destroy (or the owner-death sweep) instead of freeing a linked slot.
@@ -152,7 +175,7 @@ def flush_work_at(rt: Runtime, kbase: int, idx: int, fn_name: str) -> None:
             kernel_warn(f"{fn_name}() called from the worker's own kthread would wait "
                         "for itself forever; not waiting", stacklevel=4)
         return
-    _wait_marker(rt, kbase, midx, mgen)
+    _wait_marker(rt, kbase, midx, mgen, fn_name)
 
 
 def kthread_flush_worker(worker: KthreadWorker) -> None:
@@ -174,4 +197,4 @@ def kthread_flush_worker(worker: KthreadWorker) -> None:
     if not placed:
         rt.arena.free_work(midx, mgen)    # refused (warned): nothing will run it
         return
-    _wait_marker(rt, kbase, midx, mgen)
+    _wait_marker(rt, kbase, midx, mgen, "kthread_flush_worker")

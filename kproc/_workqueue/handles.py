@@ -79,7 +79,7 @@ class KthreadWork(Handle):
     def __init__(self, func: Callable[[Self], object], data: object = None) -> None:
         raw = pickle_payload(func, data)
         rt = get_runtime()
-        got = alloc_work_slot(rt, self._kind, f"all {rt.arena.params.max_works} works "
+        got = alloc_work_slot(rt, self._kind, f"all {rt.arena.params.user_works} works "
                               "are in use")
         self._rt, (self._idx, self._gen) = rt, got
         self._off = rt.arena.work_off(self._idx)

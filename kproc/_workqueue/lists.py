@@ -48,6 +48,7 @@ import errno
 
 from .._core import layout as L
 from .._core import trace as _trace
+from .._core.arena import MutexGuard
 from .._core.errors import KthreadError, warn_on_once
 from .._core.runtime import Runtime
 from .._sched.schedule import wake_up_state
@@ -70,12 +71,14 @@ T = L.TASK
 HEADS = {L.ON_WORKLIST: K.head, L.ON_TIMER: K.thead}
 
 
-class Locked:
+class Locked(MutexGuard):
     """``raw_spin_lock(&worker->lock)`` as a context manager: the lock token.
 
     Remembers a wake-up to do (``wake``), done after unlocking, so the worker
     does not wake only to block on the lock its waker still holds.  Making
     one sets up the ``wl_*`` primitives of this process, once per runtime.
+    The lock is taken and released by ``MutexGuard`` (in C), so a
+    KeyboardInterrupt cannot fall between taking it and entering the block.
     """
 
     __slots__ = ("rt", "mem", "kbase", "wake")
@@ -87,16 +90,13 @@ class Locked:
     def __init__(self, rt: Runtime, kbase: int) -> None:
         if rt.wq_fast is None:
             fast_paths(rt)
+        super().__init__(rt.mem, kbase + K.lock, lock_spin_ns())
         self.rt, self.mem, self.kbase, self.wake = rt, rt.mem, kbase, False
 
-    def __enter__(self) -> Locked:
-        self.mem.mutex_lock(self.kbase + K.lock, -1, lock_spin_ns())
-        self.wake = False
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.mem.mutex_unlock(self.kbase + K.lock)
+    def _unlocked(self) -> None:
+        # MutexGuard.__exit__ calls this once the lock is released.
         if self.wake:
+            self.wake = False
             wake_worker(self.rt, self.kbase)
 
 

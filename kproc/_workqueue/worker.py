@@ -175,7 +175,8 @@ def kthread_create_worker(flags: int, namefmt: str, *args: object) -> KthreadWor
 def kthread_create_worker_on_cpu(cpu: int, flags: int, namefmt: str) -> KthreadWorker:
     """kthread_create_worker_on_cpu - create a worker bound to @cpu (and its node).
 
-    @namefmt gets the CPU number as its one argument (e.g. ``"helper/%u"``).
+    @namefmt gets the CPU number as its one argument (e.g. ``"helper/%u"``);
+    a name without a conversion (``"plain"``) is used as it is.
     Context: any process of the runtime; blocks while the kthread is created.
     Return: the KthreadWorker, its kthread bound to @cpu and woken.
     Raises: ValueError (CPU not possible, bad name, bad flags); TypeError;
@@ -185,10 +186,13 @@ def kthread_create_worker_on_cpu(cpu: int, flags: int, namefmt: str) -> KthreadW
     rt = get_runtime()
     check_cpu(rt.topology, cpu)
     node = rt.topology.cpu_to_node(cpu)
+    # The kernel's vsnprintf ignores an argument the format does not use
+    # (kthread.c kthread_create_worker_on_cpu: "plain" is a valid name).
+    fmt_args = (cpu,) if isinstance(namefmt, str) and "%" in namefmt.replace("%%", "") else ()
     worker = KthreadWorker()
     task = _attach_task(worker, flags,
                         lambda: kthread_create_on_node(kthread_worker_fn, worker, node,
-                                                       namefmt, cpu))
+                                                       namefmt, *fmt_args))
     kthread_bind(task, cpu)
     wake_up_process(task)
     return worker
