@@ -13,8 +13,9 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 PYTEST := $(PY) -m pytest -p no:cacheprovider -q $(PYTEST_ARGS)
 BACKEND ?= futex
-# The hotplug stress test (stress-ng --cpu-online beside per-CPU threads) runs
-# 30 s by default; the test targets run its short form.
+# The hotplug soak (stress-ng --cpu-online, then an echo 0/1 loop, beside per-CPU
+# threads and hotplug states) runs 30 s per driver by default; the test targets
+# run its short form, `make soak` its long one.
 KPROC_HP_STRESS_SECONDS ?= 10
 export KPROC_HP_STRESS_SECONDS
 
@@ -31,7 +32,7 @@ FLOOR := benchmarks/c/futex_floor
 CWARN := -Wall -Wextra
 
 .DEFAULT_GOAL := help
-.PHONY: help venv ext lint test test-fast test-futex test-posix chaos bench floor check-c clean rt-tests stress-ng wheel docs FORCE
+.PHONY: help venv ext lint test test-fast test-futex test-posix chaos bench floor check-c clean rt-tests stress-ng wheel docs soak FORCE
 
 help: ## list the targets (PYTEST_ARGS=... is passed to pytest, BACKEND=... to test-fast, NO_APT=1 installs no Debian package)
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -89,6 +90,11 @@ test-posix: venv stress-ng ## the whole suite once, on the posix backend
 # "N passed, N failed".  About 10 minutes; make test runs its --quick form.
 chaos: venv ## the chaos suite on both backends (CHAOS_ARGS=--quick for the reduced form)
 	KPROC_STRICT=1 $(PY) -m chaos $(CHAOS_ARGS)
+
+soak: export KPROC_HP_STRESS_SECONDS = 60
+soak: export KPROC_STRICT = 1
+soak: venv stress-ng ## hotplug soak, 60 s per driver (stress-ng --cpu-online; an echo 0/1 loop): root only
+	KPROC_BACKEND=$(BACKEND) $(PYTEST) tests/test_hotplug_stress.py
 
 $(BENCH_STAMP): $(DEPS_STAMP) pyproject.toml
 	$(PIP) install -q -e '.[test,bench]'

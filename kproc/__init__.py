@@ -28,7 +28,7 @@ from ._kthread.control import (
     kthread_affine_preferred, kthread_stop, kthread_stop_put, kthread_park,
     kthread_unpark, kthread_set_per_cpu, kthread_is_per_cpu, kthread_data,
     kthread_probe_data, kthread_func, get_kthread_comm, get_task_struct,
-    put_task_struct, task_state,
+    put_task_struct, task_state, __kthread_should_park,
 )
 from ._kthread.body import (
     current, kthread_should_stop, kthread_should_park, kthread_should_stop_or_park,
@@ -43,7 +43,10 @@ from ._hotplug.cpumask import (
     cpu_to_node, cpumask_of_node,
 )
 from ._core.fakesys import fake_sysfs
-from ._hotplug.api import cpu_down, cpu_up, cpuhp_setup_state, cpuhp_remove_state
+from ._hotplug.api import (
+    cpu_down, cpu_up, cpuhp_setup_state, cpuhp_setup_state_nocalls, cpuhp_remove_state,
+    cpuhp_remove_state_nocalls, CPUHP_AP_ONLINE_DYN, CPUHP_BP_PREPARE_DYN,
+)
 from ._hotplug.smpboot import (
     SmpHotplugThread, smpboot_register_percpu_thread, smpboot_unregister_percpu_thread,
 )
@@ -91,7 +94,7 @@ __all__ = [
     "kthread_bind_mask", "kthread_affine_preferred", "kthread_stop", "kthread_stop_put",
     "kthread_park", "kthread_unpark", "kthread_set_per_cpu", "kthread_is_per_cpu",
     "kthread_data", "kthread_probe_data", "kthread_func", "get_kthread_comm",
-    "get_task_struct", "put_task_struct", "task_state",
+    "get_task_struct", "put_task_struct", "task_state", "__kthread_should_park",
     "current", "kthread_should_stop", "kthread_should_park", "kthread_should_stop_or_park",
     "kthread_parkme", "kthread_exit", "kthread_complete_and_exit",
     "set_current_state", "schedule", "schedule_timeout", "schedule_timeout_interruptible",
@@ -113,7 +116,9 @@ __all__ = [
     "kthread_freezable_should_stop",
     "cpu_possible_mask", "cpu_present_mask", "cpu_online_mask", "housekeeping_cpumask",
     "cpu_to_node", "cpumask_of_node", "fake_sysfs",
-    "cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_remove_state", "SmpHotplugThread",
+    "cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_setup_state_nocalls",
+    "cpuhp_remove_state", "cpuhp_remove_state_nocalls", "CPUHP_AP_ONLINE_DYN",
+    "CPUHP_BP_PREPARE_DYN", "SmpHotplugThread",
     "smpboot_register_percpu_thread", "smpboot_unregister_percpu_thread",
     "TASK_RUNNING", "TASK_INTERRUPTIBLE", "TASK_UNINTERRUPTIBLE", "TASK_PARKED",
     "TASK_DEAD", "TASK_NEW", "TASK_FROZEN",

@@ -259,3 +259,72 @@ def watch_foreign_hotplug(request):
 def foreign_hotplug(request):
     """The fixture form of :func:`watch_foreign_hotplug`, for real-hotplug tests."""
     return watch_foreign_hotplug(request)
+
+
+# -- hotplug tests: a runtime on a fake tree, and on the real /sys where we may -------
+
+HP_MODES = ["fake"] + (["real"] if real_hotplug_cpu() is not None else [])
+
+
+class Hotplug:
+    """What a hotplug test needs: the runtime, the CPU it toggles, where callbacks log."""
+
+    def __init__(self, rt, root, cpu, logdir):
+        self.rt, self.root, self.cpu, self.logdir = rt, root, cpu, logdir
+
+    def log(self):
+        """The callbacks' log: (what, cpu, online) per line (more columns for where())."""
+        from fns import hotplug as hpfuncs
+        return hpfuncs.read_log(self.logdir)
+
+    def what(self):
+        """The log's first column, plus the CPU."""
+        return [(w, int(c)) for w, c, *_ in self.log()]
+
+    def clear(self):
+        try:
+            os.unlink(os.path.join(self.logdir, "log"))
+        except FileNotFoundError:
+            pass
+
+    def fail(self, what, cpu):
+        open(os.path.join(self.logdir, f"fail-{what}-{cpu}"), "w").close()
+
+    def write_online(self, value):
+        """Change the CPU behind kproc's back (a fake tree's aggregate file too)."""
+        with open(os.path.join(self.root, f"devices/system/cpu/cpu{self.cpu}/online"),
+                  "w") as f:
+            f.write(str(value))
+        if self.root != "/sys":
+            self.rt.topology._rewrite_online()
+
+    def online(self):
+        return self.rt.topology.is_online(self.cpu)
+
+    @property
+    def real(self):
+        return self.root == "/sys"
+
+
+def hotplug_env(request, tmp_path, monkeypatch):
+    """Fixture body (``hp = pytest.fixture(params=HP_MODES)(hotplug_env)``): a runtime
+    on a fake 4-CPU tree or the real /sys, every CPU brought back online after."""
+    if request.param == "real":
+        root, cpu = "/sys", real_hotplug_cpu()
+        watch_foreign_hotplug(request)
+    else:
+        root = kproc.fake_sysfs(tmp_path / "sys", possible=4)
+        cpu = 1
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    monkeypatch.setenv("KPROC_HP_DIR", str(logdir))
+    monkeypatch.setenv("KPROC_HP_SYSFS", root)
+    all_online(root)
+    runtime = kproc.start(sysfs_root=root)
+    try:
+        yield Hotplug(runtime, root, cpu, str(logdir))
+    finally:
+        try:
+            runtime.shutdown()
+        finally:
+            all_online(root)

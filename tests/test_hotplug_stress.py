@@ -1,53 +1,102 @@
-"""Stress: ``stress-ng --cpu-online`` takes CPUs down and up behind kproc's back
-while one per-CPU thread per CPU runs every ~2 ms and checks where it runs.
+"""Soak: CPUs taken down and brought up behind kproc's back, as fast as they go,
+beside 4 SmpHotplugThread registrations (one, on the stress loop, runs every
+~2 ms and checks where it runs), an AP state and a BP state
+(kproc/_hotplug/cpuhp.py, machine.py, uevent.py, smpboot_thread.py).
 
-Afterwards (and on samples during the run) every per-CPU thread is parked
-exactly when its CPU is offline and bound to it when online, and no run
-started off its CPU.  ``KPROC_HP_STRESS_SECONDS`` sets the length (30 s by
-default; ``make test`` runs 10 s).  Needs real hotplug (root, a writable
-``cpuN/online``) and stress-ng (``make stress-ng``).
+Two drivers, one test each: ``stress-ng --cpu-online`` and a loop of
+back-to-back ``echo 0`` / ``echo 1`` to ``cpuN/online`` (the kernel's
+tools/testing/selftests/cpu-hotplug/cpu-on-off-test.sh does that).  Afterwards
+every real change, as counted by the test's own uevent listener, has run
+each state's callback exactly once per CPU (SPEC §4: "exactly one teardown
+and one startup per callback and CPU: never a storm"), every per-CPU thread
+is parked exactly when its CPU is offline (sampled during the run) and bound
+to it when online, and no run of the stress thread started off its CPU.
+
+``KPROC_HP_STRESS_SECONDS`` sets each driver's length (30 s by default;
+``make test`` runs 10 s, ``make soak`` 60 s).  Needs real hotplug (root, a
+writable ``cpuN/online``); the stress-ng test needs stress-ng (``make
+stress-ng``).
 """
 
 import os
 import shutil
+import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 import kproc
 from kproc._hotplug import record as hprecord
+from kproc._hotplug.uevent import (NETLINK_KOBJECT_UEVENT, attach_cpu_uevent_filter,
+                                   parse_cpu_uevent)
 from fns import hotplug as hpfuncs
-from helpers import all_online, real_hotplug_cpu, wait_until
+from helpers import REAL_CPU_DIR, all_online, real_hotplug_cpu, wait_until
 
 SECONDS = float(os.environ.get("KPROC_HP_STRESS_SECONDS", "30"))
 
 pytestmark = [
-    pytest.mark.timeout(SECONDS + 60),
+    pytest.mark.timeout(SECONDS + 90),
     pytest.mark.skipif(real_hotplug_cpu() is None,
                        reason="needs root and a writable /sys/devices/system/cpu/cpuN/online"),
-    pytest.mark.skipif(shutil.which("stress-ng") is None,
-                       reason="stress-ng is not installed (make stress-ng)"),
 ]
+
+
+class UeventCounter:
+    """The test's own uevent listener: (SEQNUM, online, cpu) of every CPU change."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                  NETLINK_KOBJECT_UEVENT)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((0, 1))
+        attach_cpu_uevent_filter(self.sock)
+        self.sock.settimeout(0.2)
+        self.notes, self.lost, self._stop = [], False, False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                msg = self.sock.recv(8192)
+            except socket.timeout:
+                continue
+            except OSError:
+                self.lost = True
+                continue
+            note = parse_cpu_uevent(msg)
+            if note is not None:
+                self.notes.append(note)
+
+    def count(self, cpu, online):
+        return sum(1 for _s, on, c in self.notes if c == cpu and on == online)
+
+    def close(self):
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()
 
 
 _last_seen = []
 
 
-def _consistent(ht, cpus):
+def _consistent(hts, cpus):
     """Each thread parked iff its CPU is offline, and bound to it when online."""
     online = kproc.cpu_online_mask()
-    for cpu in cpus:
-        task = ht.task(cpu)
-        state = kproc.task_state(task)
-        parked = state == kproc.TASK_PARKED
-        aff = os.sched_getaffinity(task.pid) if cpu in online else None
-        _last_seen[:] = [f"cpu {cpu}: online {cpu in online}, state {state!r}, "
-                         f"affinity {aff}"]
-        if (cpu in online) == parked:
-            return False
-        if cpu in online and aff != {cpu}:
-            return False
+    for ht in hts:
+        for cpu in cpus:
+            task = ht.task(cpu)
+            state = kproc.task_state(task)
+            parked = state == kproc.TASK_PARKED
+            aff = os.sched_getaffinity(task.pid) if cpu in online else None
+            _last_seen[:] = [f"{task.comm}: online {cpu in online}, state {state!r}, "
+                             f"affinity {aff}"]
+            if (cpu in online) == parked:
+                return False
+            if cpu in online and aff != {cpu}:
+                return False
     return True
 
 
@@ -57,24 +106,48 @@ def _seen():
             f"stats {hprecord.hotplug_stats()}")
 
 
-def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch, foreign_hotplug):
+def _counts(logdir, cpu):
+    log = [(w, c) for w, c, *_ in hpfuncs.read_log(logdir) if c == str(cpu)]
+    return {w: log.count((w, str(cpu))) for w in ("ap_up", "ap_down", "bp_up", "bp_down")}
+
+
+def _echo_loop(cpu, seconds):
+    """Back-to-back echo 0 / echo 1, as cpu-on-off-test.sh, for ``seconds``."""
+    path = f"{REAL_CPU_DIR}/cpu{cpu}/online"
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        for value in ("0", "1"):
+            try:
+                with open(path, "w") as f:
+                    f.write(value)
+            except OSError:
+                pass            # EBUSY while the kernel is still busy with the CPU
+
+
+def _soak(tmp_path, monkeypatch, drive):
     monkeypatch.setenv("KPROC_HP_DIR", str(tmp_path))
+    monkeypatch.setenv("KPROC_HP_SYSFS", "/sys")
     all_online("/sys")
     cpus = sorted(kproc._core.topology.Topology().online())
-    ht = kproc.SmpHotplugThread(hpfuncs.always, hpfuncs.where_am_i, "hpstress/%u",
-                                park=hpfuncs.save_runs, cleanup=hpfuncs.save_runs)
-    stress = None
+    stress = kproc.SmpHotplugThread(hpfuncs.always, hpfuncs.where_am_i, "hpstress/%u",
+                                    park=hpfuncs.save_runs, cleanup=hpfuncs.save_runs)
+    hts = [stress] + [kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, f"hpsoak{i}/%u")
+                      for i in range(3)]
+    counter = None
     try:
         with kproc.start():
-            assert kproc.smpboot_register_percpu_thread(ht) == 0
-            stress = subprocess.Popen(
-                ["stress-ng", "--pathological", "--cpu-online", "1", "--timeout",
-                 f"{SECONDS:g}s", "--quiet"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            counter = UeventCounter()
+            for ht in hts:
+                assert kproc.smpboot_register_percpu_thread(ht) == 0
+            kproc.cpuhp_setup_state(kproc.CPUHP_AP_ONLINE_DYN, "soak:ap", hpfuncs.ap_up,
+                                    hpfuncs.ap_down)
+            kproc.cpuhp_setup_state(kproc.CPUHP_BP_PREPARE_DYN, "soak:bp", hpfuncs.bp_up,
+                                    hpfuncs.bp_down)
             samples = 0
-            while stress.poll() is None:
+            done = drive()
+            while not done():
                 try:
-                    wait_until(lambda: _consistent(ht, cpus), 1.0)
+                    wait_until(lambda: _consistent(hts, cpus), 1.0)
                 except AssertionError:
                     raise AssertionError("a per-CPU thread's state does not follow its "
                                          "CPU" + _seen()) from None
@@ -82,20 +155,69 @@ def test_percpu_threads_follow_stress_ng_cpu_online(tmp_path, monkeypatch, forei
                 time.sleep(0.1)
             all_online("/sys")
             try:
-                wait_until(lambda: _consistent(ht, cpus), 2.0)
+                wait_until(lambda: _consistent(hts, cpus), 2.0)
             except AssertionError:
                 raise AssertionError("per-CPU threads did not come back after "
-                                     "stress-ng" + _seen()) from None
-            events = hprecord.hotplug_stats()["events"]
-            kproc.smpboot_unregister_percpu_thread(ht)
+                                     "the run" + _seen()) from None
+            time.sleep(0.3)                 # the last uevents reach both listeners
+            assert not counter.lost, "the test's own uevent listener overran"
+            for cpu in cpus:
+                want = {"ap_up": counter.count(cpu, True) + 1,
+                        "ap_down": counter.count(cpu, False),
+                        "bp_up": counter.count(cpu, True) + 1,
+                        "bp_down": counter.count(cpu, False)}
+                wait_until(lambda: _counts(str(tmp_path), cpu) == want, 3.0,
+                           message=lambda: f"CPU {cpu}: callbacks {_counts(str(tmp_path), cpu)}"
+                           f", real changes (+1 startup at setup) {want}" + _seen())
+            changes = len(counter.notes)
+            for ht in hts:
+                kproc.smpboot_unregister_percpu_thread(ht)
     finally:
-        if stress is not None and stress.poll() is None:
-            stress.kill()
-            stress.wait()
+        if counter is not None:
+            counter.close()
         all_online("/sys")
     wrong = {name: (tmp_path / name).read_text() for name in os.listdir(tmp_path)
              if name.startswith("wrong-")}
     assert wrong == {}, f"runs off their CPU: {wrong}"
     runs = {cpu: int((tmp_path / f"runs-{cpu}").read_text()) for cpu in cpus}
     assert all(n > 0 for n in runs.values()), runs
-    assert events >= 2 and samples > 0
+    assert changes >= 4 and samples > 0
+
+
+@pytest.mark.skipif(shutil.which("stress-ng") is None,
+                    reason="stress-ng is not installed (make stress-ng)")
+def test_stress_ng_cpu_online_runs_each_callback_once_per_change(tmp_path, monkeypatch,
+                                                                 foreign_hotplug):
+    procs = []
+
+    def drive():
+        procs.append(subprocess.Popen(
+            ["stress-ng", "--pathological", "--cpu-online", "1", "--timeout",
+             f"{SECONDS:g}s", "--quiet"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        return lambda: procs[0].poll() is not None
+    try:
+        _soak(tmp_path, monkeypatch, drive)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        all_online("/sys")
+
+
+def test_echo_loop_runs_each_callback_once_per_change(tmp_path, monkeypatch, foreign_hotplug):
+    cpu = real_hotplug_cpu()
+    threads = []
+
+    def drive():
+        t = threading.Thread(target=_echo_loop, args=(cpu, SECONDS), daemon=True)
+        t.start()
+        threads.append(t)
+        return lambda: not t.is_alive()
+    try:
+        _soak(tmp_path, monkeypatch, drive)
+    finally:
+        for t in threads:
+            t.join(SECONDS + 10)
+        all_online("/sys")

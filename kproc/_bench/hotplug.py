@@ -123,8 +123,13 @@ def hotplug_raw(n: int) -> dict[str, list[int]]:
     return out
 
 
+def _ok(cpu: int) -> int:
+    return 0
+
+
 def hotplug_kproc(n: int) -> Any:
-    """``n`` cycles of cpu_down/cpu_up (``cycle_experiment``)."""
+    """``n`` cycles of cpu_down/cpu_up (``cycle_experiment``), beside an AP state
+    (CPUHP_AP_ONLINE_DYN: its callbacks run on the CPU, in cpuhp/N)."""
     cpu = hotplug_cpu()
     assert cpu is not None
     progress = Progress(n)
@@ -135,6 +140,7 @@ def hotplug_kproc(n: int) -> Any:
         progress(done[0])
     try:
         with report_dir(), kproc.start():
+            kproc.cpuhp_setup_state(kproc.CPUHP_AP_ONLINE_DYN, "bench:online", _ok, _ok)
             res = cycle_experiment(cpu, n, threads=4, preferred=4, settle=SETTLE,
                                    progress=tick)
             kproc.cpu_up(cpu)
@@ -220,7 +226,7 @@ def suite(run: Run) -> None:
         b.update()
         det = run.case("hotplug_detect", n, b)
         b.update()
-    what = "4 smpboot registrations + 4 preferred-affine kthreads"
+    what = "4 smpboot registrations + an AP state + 4 preferred-affine kthreads"
     down = Table("hotplug_down", f"CPU {cpu} offline: cpu_down with {what}, against the raw "
                  "sysfs write", LOWER, "kproc", unit="ms", scale=1e6)
     down.rows += [run.dist("raw", "raw sysfs write 0", raw["down"]),

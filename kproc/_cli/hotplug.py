@@ -133,9 +133,13 @@ def _status(args: Namespace, topology: Topology) -> int:
 def _single(args: Namespace, restore: _Restore) -> int:
     down = args.action == "down"
     restore.touch(args.cpu)
+    # cpu_down/cpu_up of a CPU already there return 0 (cpu.c): look first
+    already = (args.cpu in kproc.cpu_online_mask()) != down
     t0 = time.monotonic_ns()
     rc = kproc.cpu_down(args.cpu) if down else kproc.cpu_up(args.cpu)
     elapsed = time.monotonic_ns() - t0
+    if rc == 0 and already:
+        rc = 1
     st = hotplug_stats()
     out = {"cpu": args.cpu, "action": args.action, "result": rc, "ms": elapsed / 1e6,
            "callbacks_ms": (st["teardown_ns"] if down else st["startup_ns"]) / 1e6,

@@ -102,10 +102,11 @@ class ArenaParams:
         off = L.align(off, 4096)
         self.work_blobs = off
         off += max_works * L.WORK_BLOB
-        self.hotplug = off                    # HOTPLUG, request, reply, SMPBOOT table
+        self.hotplug = off                    # HOTPLUG, request, reply, AP job, SMPBOOT table
         self.hp_req = off + L.HOTPLUG.size
         self.hp_rep = self.hp_req + L.HP_MSG_MAX
-        self.smpboot = L.align(self.hp_rep + L.HP_MSG_MAX, 64)
+        self.hp_ap = self.hp_rep + L.HP_MSG_MAX   # the AP job cpuhp/N runs
+        self.smpboot = L.align(self.hp_ap + L.HP_MSG_MAX, 64)
         off = self.smpboot + L.MAX_SMPBOOT * L.SMPBOOT.size
         self.size = L.align(off, 4096)
 

@@ -43,7 +43,7 @@ __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USER
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 # Bumped whenever a record below changes shape: ``kproc ps`` reads arenas of
 # other runtimes (maybe of another kproc version) only when theirs matches.
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5          # 5: HOTPLUG's AP job fields, SMPBOOT's key/order/selfparking
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
 
 _SIZES: dict[str, int] = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
@@ -330,6 +330,12 @@ HOTPLUG = Record("hotplug", [
     ("req", ("bytes", COMPLETION.size)),      # cpuhp sleeps on it (requests, uevents)
     ("done", ("bytes", COMPLETION.size)),     # the requester sleeps on it
     ("known", ("bytes", CPUMASK_BYTES)),      # CPUs whose startup callbacks have run
+    ("ap_cpu", "I"),           # cpu + 1 whose cpuhp/N is asked to run the AP job, 0 = none
+    ("ap_len", "I"),           # bytes of the AP job in the ap area
+    ("ap_rc", "i"),            # the AP job's result
+    ("ap_off_cpu", "I"),       # 1: cpuhp/N found itself off its CPU and ran nothing
+    ("ap_done", ("bytes", COMPLETION.size)),  # control sleeps on it while cpuhp/N works
+    ("smpboot_seq", "I"),      # registration counter (SMPBOOT.order)
 ], size_align=64)
 HP_NONE, HP_STARTING, HP_RUNNING = range(3)
 HP_MSG_MAX = 8 * 1024          # request and reply areas, each
@@ -344,6 +350,9 @@ SMPBOOT_ENTRY = Record("smpboot_entry", [
 # One registration: its per-CPU store, SMPBOOT_ENTRY.size bytes per CPU.
 SMPBOOT = Record("smpboot", [
     ("gen", "I"), ("inuse", "I"),
+    ("key", "Q"),              # what names the SmpHotplugThread in every process (smpboot)
+    ("order", "I"),            # registration number: hotplug_threads is newest first
+    ("selfparking", "I"),
     ("store", ("bytes", SMPBOOT_CPUS * SMPBOOT_ENTRY.size)),
 ], size_align=64)
 

@@ -8,18 +8,21 @@ Every operation, whichever process asks, is a request in the shared mailbox
 A call checks its arguments here first, so bad input raises before anything
 is posted or changed.
 
-Races prevented: the request lock is a pid in shared memory (``owner``,
-the kernel's ``cpu_add_remove_lock``), taken by compare-and-swap and stolen
-from a dead holder; the holder waits until ``busy`` is clear before it
-writes, so a request abandoned by a killed caller is finished before the
-next one is written.  Two processes starting cpuhp at once agree through
-``state`` (HP_NONE → HP_STARTING by compare-and-swap, by the one whose pid
-is then ``starter``); a starter that died is replaced.  Every wait watches
-the cpuhp kthread: its death ends the wait with ``KthreadError(ESRCH)``,
-and the next call starts a fresh cpuhp (registrations are lost with the
-old one).  A hotplug call made by the cpuhp kthread itself (from a
-callback) would wait for itself: it fails at once with EDEADLK.
-Context: the caller, any process of the runtime but the cpuhp kthread.
+Races prevented: the request lock (the kernel's ``cpu_add_remove_lock``) is a
+``threading.Lock`` of this process, so that threads of one process wait their
+turn, then a pid in shared memory (``owner``), taken by compare-and-swap and
+stolen from a dead holder, so that processes do; the holder waits until
+``busy`` is clear before it writes, so a request abandoned by a killed caller
+is finished before the next one is written. Two processes starting cpuhp at
+once agree through ``state`` (HP_NONE → HP_STARTING by compare-and-swap, by
+the one whose pid is then ``starter``); a starter that died is replaced. Every
+wait watches the cpuhp kthread: its death ends the wait with
+``KthreadError(ESRCH)``, and the next call starts a fresh cpuhp (registrations
+are lost with the old one).
+A hotplug call made from inside a hotplug callback (in the
+cpuhp kthreads, or in a per-CPU thread's smpboot callback) would wait for
+itself: it returns -EDEADLK at once (``callbacks.in_callback``).
+Context: the caller, any thread of any process of the runtime.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import errno
 import os
 import pickle
+import threading
 import time
 
 from .._core import layout as L
@@ -37,6 +41,7 @@ from .._core.syscalls import pid_alive
 from .._kthread.create import kthread_run
 from .._sched.completion import wait_at
 from .._core.funcref import check_callback
+from .callbacks import CPUHP_AP_ONLINE_DYN, CPUHP_BP_PREPARE_DYN, in_callback
 from .cpuhp import cpuhp_thread
 from .record import (H, OP_DOWN, OP_REGISTER, OP_REMOVE, OP_SETUP, OP_UNREGISTER, OP_UP,
                      cpuhp_dead, cpuhp_task_base, get_message, hp_base, put_message)
@@ -48,12 +53,16 @@ if TYPE_CHECKING:
 
     from .._core.runtime import Runtime  # typing only
 
-__all__ = ["cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_remove_state", "request",
-           "ensure_cpuhp"]
+__all__ = ["cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_setup_state_nocalls",
+           "cpuhp_remove_state", "cpuhp_remove_state_nocalls", "request", "ensure_cpuhp",
+           "CPUHP_AP_ONLINE_DYN", "CPUHP_BP_PREPARE_DYN"]
 
 START_TIMEOUT = 10.0       # s: for the cpuhp kthread to be created and serve
 LOCK_TICK = 0.0002         # s: between looks at the request lock and at ``busy``
 START_TICK = 0.0005        # s: between looks at a cpuhp being started
+
+# Threads of this process take it before the shared pid lock.
+_thread_lock = threading.Lock()
 
 
 def ensure_cpuhp(rt: Runtime) -> None:
@@ -99,8 +108,7 @@ def _lock(rt: Runtime) -> None:
                 return
             continue
         if owner == me:
-            raise KthreadError(errno.EDEADLK, "a hotplug call from inside a hotplug "
-                               "call of the same process would wait for itself")
+            return          # left by a thread of ours that died: _thread_lock is ours now
         rt.check_alive()
         # the holder's request lasts as long as its callbacks: polling costs nothing
         time.sleep(LOCK_TICK)
@@ -142,37 +150,38 @@ def _wait_not_busy(rt: Runtime) -> None:
 def request(op: int, args: object) -> Any:
     """Post request ``op`` with ``args`` to cpuhp and wait for the reply.
 
-    Context: any process of the runtime except the cpuhp kthread; blocks.
+    Context: any thread of any process of the runtime; blocks (waits its turn
+    behind every other hotplug call).
     Return: the reply value, unpickled: its type is the one ``op``'s handler
-    in cpuhp returns (the caller names it).  Raises: what cpuhp raised for the request
+    in cpuhp returns (the caller names it); -EDEADLK, with nothing posted,
+    from inside a hotplug callback.  Raises: what cpuhp raised for the request
     (ValueError, PermissionError, OSError); ValueError if the request is
-    larger than the mailbox; KthreadError(ESRCH) if cpuhp or kthreadd died;
-    KthreadError(EDEADLK) from the cpuhp kthread itself.
+    larger than the mailbox; KthreadError(ESRCH) if cpuhp or kthreadd died.
     """
     rt = get_runtime()
-    if rt.self_base is not None and rt.self_base == cpuhp_task_base(rt):
-        raise KthreadError(errno.EDEADLK, "hotplug calls from a hotplug callback (the "
-                           "cpuhp kthread) would wait for themselves")
+    if in_callback() or (rt.self_base is not None and rt.self_base == cpuhp_task_base(rt)):
+        return -errno.EDEADLK
     raw = pickle.dumps((op, args), protocol=pickle.HIGHEST_PROTOCOL)
     if len(raw) > L.HP_MSG_MAX:
         raise ValueError("hotplug request too large")
-    ensure_cpuhp(rt)
-    mem, hp = rt.mem, hp_base(rt)
-    _lock(rt)
-    try:
-        _wait_not_busy(rt)
-        put_message(rt, "req", raw)
-        mem.store32(hp + H.done + L.COMPLETION.done, 0)
-        mem.store32(hp + H.pending, 1)
-        rt.waits.completion_complete(hp + H.req, False)
-        verdict = wait_at(rt, hp + H.done, None, "uninterruptible", _cpuhp_peer(rt),
-                          _hung(rt, op))
-        if verdict:
-            raise KthreadError(errno.ESRCH, "the cpuhp kthread died; hotplug state "
-                               "(registered states, per-CPU threads) is lost")
-        kind, value = pickle.loads(get_message(rt, "rep"))
-    finally:
-        _unlock(rt)
+    with _thread_lock:
+        ensure_cpuhp(rt)
+        mem, hp = rt.mem, hp_base(rt)
+        _lock(rt)
+        try:
+            _wait_not_busy(rt)
+            put_message(rt, "req", raw)
+            mem.store32(hp + H.done + L.COMPLETION.done, 0)
+            mem.store32(hp + H.pending, 1)
+            rt.waits.completion_complete(hp + H.req, False)
+            verdict = wait_at(rt, hp + H.done, None, "uninterruptible", _cpuhp_peer(rt),
+                              _hung(rt, op))
+            if verdict:
+                raise KthreadError(errno.ESRCH, "the cpuhp kthread died; hotplug state "
+                                   "(registered states, per-CPU threads) is lost")
+            kind, value = pickle.loads(get_message(rt, "rep"))
+        finally:
+            _unlock(rt)
     if kind == "raise":
         exc_type, exc_args = value
         raise exc_type(*exc_args)
@@ -187,15 +196,17 @@ def _check_hotplug_cpu(rt: Runtime, cpu: int) -> None:
 def cpu_down(cpu: int) -> int:
     """cpu_down(): take ``cpu`` offline, running the teardown callbacks first.
 
-    Teardowns run in the cpuhp kthread in reverse order of registration
-    (user states, then affinities, then per-CPU threads are parked), then
-    ``0`` is written to ``cpuN/online`` (retried on EBUSY/EAGAIN, read back).
-    A teardown failing rolls back (startups of the states already torn
-    down, in order) and nothing is written.
-    Context: any process of the runtime but cpuhp; blocks.
-    Return: 0 when the CPU went offline; 1 if it already was offline
-    (nothing run); a negative errno after a rollback: the failing callback's
-    return value (-EFAULT if it raised), or the errno of a failed write.
+    In descending state order: the AP teardowns on the CPU, in its cpuhp/N
+    thread (the dynamic AP states, then the per-CPU threads parked), then
+    cpuhp/N parked and ``0`` written to ``cpuN/online`` (retried on
+    EBUSY/EAGAIN, read back), then the BP teardowns in the control cpuhp
+    kthread.  An AP teardown failing rolls back (the startups of the states
+    already torn down, in order) and nothing is written.
+    Context: any thread of any process of the runtime; blocks.
+    Return: 0 when the CPU went offline, or already was (nothing run); a
+    negative errno after a rollback: the failing callback's return value
+    (-EFAULT if it raised), or the errno of a failed write; -EDEADLK from
+    inside a hotplug callback.
     Raises: TypeError (not an int); ValueError (not possible, not
     hot-pluggable, last online CPU); PermissionError (real sysfs without
     root); KthreadError(ESRCH) if cpuhp or kthreadd died.
@@ -208,17 +219,19 @@ def cpu_down(cpu: int) -> int:
 
 
 def cpu_up(cpu: int) -> int:
-    """cpu_up(): bring ``cpu`` online, then run the startup callbacks.
+    """cpu_up(): bring ``cpu`` online, running the startup callbacks.
 
-    ``1`` is written to ``cpuN/online`` (retried on EBUSY/EAGAIN, read back);
-    then in the cpuhp kthread, in order: per-CPU threads are created (parked)
-    where missing, unparked and re-bound; node, preferred and bound
-    affinities are re-applied (kthreads_online_cpu); user states' startups.
-    A startup failing rolls back the ones run (teardowns in reverse) and
-    takes the CPU offline again.
-    Context: any process of the runtime but cpuhp; blocks.
-    Return: 0 when the CPU came online; 1 if it already was online (nothing
-    run); a negative errno after a rollback, as cpu_down().
+    In ascending state order: the BP startups in the control cpuhp kthread
+    (the missing per-CPU threads created, parked; the dynamic BP states),
+    ``1`` written to ``cpuN/online`` (retried on EBUSY/EAGAIN, read back),
+    cpuhp/N unparked and re-bound, then the AP startups on the CPU, in
+    cpuhp/N (per-CPU threads unparked and re-bound, kthreads_online_cpu's
+    affinities, the dynamic AP states).  A startup failing rolls back the
+    ones run (teardowns in reverse) and takes the CPU offline again.
+    Context: any thread of any process of the runtime; blocks.
+    Return: 0 when the CPU came online, or already was (nothing run); a
+    negative errno after a rollback, as cpu_down(); -EDEADLK from inside a
+    hotplug callback.
     Raises: as cpu_down() (but no last-CPU check).
     """
     rt = get_runtime()
@@ -227,36 +240,82 @@ def cpu_up(cpu: int) -> int:
     return rc
 
 
-def cpuhp_setup_state(name: str, startup: Callable[[int], int] | None,
-                      teardown: Callable[[int], int] | None) -> int:
-    """cpuhp_setup_state(CPUHP_AP_ONLINE_DYN, ...): add a dynamic hotplug state.
-
-    @name: a label ("subsys:what").  @startup, @teardown: module-level
-    functions ``f(cpu) -> int`` (0 or a negative errno; None counts as 0), or
-    None.  They run in the cpuhp kthread.  ``startup`` is run at once on
-    every online CPU, in CPU order; if it fails on one, ``teardown`` is run
-    on those already done and the state is not added.
-    Context: any process of the runtime but cpuhp; blocks.
-    Return: the state number (>= 1000, for cpuhp_remove_state()); a negative
-    errno: startup's failure (-EFAULT if it raised) or -ENOSPC when 40
-    dynamic states exist.  Raises: TypeError (bad name, callback not
-    callable or not passable by reference).
-    """
+def _check_setup(state: object, name: object, startup: object, teardown: object) -> None:
+    if isinstance(state, bool) or not isinstance(state, int):
+        raise TypeError(f"state must be an int, not {type(state).__name__}")
+    if state not in (CPUHP_AP_ONLINE_DYN, CPUHP_BP_PREPARE_DYN):
+        raise ValueError(f"state must be CPUHP_AP_ONLINE_DYN ({CPUHP_AP_ONLINE_DYN}) or "
+                         f"CPUHP_BP_PREPARE_DYN ({CPUHP_BP_PREPARE_DYN}), not {state}: "
+                         "kproc has no fixed states to fill")
     if not isinstance(name, str) or not name:
         raise TypeError("name must be a non-empty str")
     check_callback("startup", startup)
     check_callback("teardown", teardown)
-    state: int = request(OP_SETUP, (name, startup, teardown))
-    return state
 
 
-def cpuhp_remove_state(state: int) -> None:
-    """cpuhp_remove_state(): run ``teardown`` on every online CPU (reverse CPU
-    order) and remove the state.
+def cpuhp_setup_state(state: int, name: str, startup: Callable[[int], int] | None,
+                      teardown: Callable[[int], int] | None) -> int:
+    """cpuhp_setup_state(): add a dynamic hotplug state and run ``startup`` on
+    every online CPU.
 
-    Context: any process of the runtime but cpuhp; blocks.
-    Return: None.  Raises: TypeError (not an int); ValueError (no such state).
+    @state: CPUHP_AP_ONLINE_DYN (the callbacks run on the hotplugged CPU, in
+    its cpuhp/N thread: startup once it is online, teardown while it still
+    is) or CPUHP_BP_PREPARE_DYN (they run in the control cpuhp kthread:
+    startup before the CPU is brought up, teardown after it is dead).
+    @name: a label ("subsys:what").  @startup, @teardown: module-level
+    functions ``f(cpu) -> int`` (0 or a negative errno; None counts as 0), or
+    None.  ``startup`` runs at once on every online CPU, in ascending CPU
+    order; if it fails on one, ``teardown`` runs on those already done,
+    ascending (cpuhp_rollback_install), and the state is not added.
+    Context: any thread of any process of the runtime; blocks.
+    Return: the state number (>= ``state``, for cpuhp_remove_state()); a
+    negative errno: startup's failure (-EFAULT if it raised), -ENOSPC when
+    the section's dynamic range is full, -EDEADLK from inside a hotplug
+    callback.  Raises: TypeError (bad state, name, callback not callable or
+    not passable by reference); ValueError (not a dynamic section).
     """
+    _check_setup(state, name, startup, teardown)
+    number: int = request(OP_SETUP, (state, name, startup, teardown, True))
+    return number
+
+
+def cpuhp_setup_state_nocalls(state: int, name: str, startup: Callable[[int], int] | None,
+                              teardown: Callable[[int], int] | None) -> int:
+    """cpuhp_setup_state_nocalls(): as cpuhp_setup_state() without running
+    ``startup`` on the online CPUs now.
+
+    Context: any thread of any process of the runtime; blocks.
+    Return: the state number; -ENOSPC; -EDEADLK from inside a hotplug
+    callback.  Raises: as cpuhp_setup_state().
+    """
+    _check_setup(state, name, startup, teardown)
+    number: int = request(OP_SETUP, (state, name, startup, teardown, False))
+    return number
+
+
+def _remove(state: object, calls: bool) -> int | None:
     if isinstance(state, bool) or not isinstance(state, int):
         raise TypeError(f"state must be an int, not {type(state).__name__}")
-    request(OP_REMOVE, state)
+    rc: int | None = request(OP_REMOVE, (state, calls))
+    return rc
+
+
+def cpuhp_remove_state(state: int) -> int | None:
+    """cpuhp_remove_state(): run the state's ``teardown`` on every online CPU
+    (ascending, where the state runs: an AP state on the CPU) and remove it.
+
+    Context: any thread of any process of the runtime; blocks.
+    Return: None; -EDEADLK (nothing done) from inside a hotplug callback.
+    Raises: TypeError (not an int); ValueError (no such state).
+    """
+    return _remove(state, True)
+
+
+def cpuhp_remove_state_nocalls(state: int) -> int | None:
+    """cpuhp_remove_state_nocalls(): remove the state without running teardown.
+
+    Context: any thread of any process of the runtime; blocks.
+    Return: None; -EDEADLK from inside a hotplug callback.
+    Raises: TypeError (not an int); ValueError (no such state).
+    """
+    return _remove(state, False)

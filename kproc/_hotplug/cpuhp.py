@@ -1,40 +1,33 @@
-"""The cpuhp kthread: the hotplug state machine (kernel: kernel/cpu.c,
-``_cpu_down``, ``_cpu_up``, ``cpuhp_invoke_callback_range``, with
-``cpu_online_mask``; one kthread in place of the kernel's per-CPU ``cpuhp/N``
-threads).
+"""The control cpuhp kthread: the mailbox every hotplug call goes through, and
+the watch for changes made by someone else (kernel: kernel/cpu.c; the
+kernel runs the control side in the caller under ``cpu_add_remove_lock``,
+kproc in one ``cpuhp`` kthread, so that callbacks have one home whichever
+process asked).
 
 One ``cpuhp`` kthread per runtime, started by the first hotplug call of any
-process (``api.ensure_cpuhp``), owns the hotplug state: the registered
-states (``callbacks.States``), the smpboot registrations
-(``hotplug_threads``) and ``known``, the CPUs whose startups have run.  It
-serves the mailbox (``record``): one request at a time, so callbacks always
-run here and operations are serialised (the kernel's ``cpu_add_remove_lock``).
+process (``api.ensure_cpuhp``), owns the hotplug state (``machine.Machine``:
+the states, the smpboot registrations, ``known``, the per-CPU ``cpuhp/N``
+threads).  It serves the mailbox (``record``) one request at a time, so
+operations are serialised.
 
-States, in order: ``smpboot:threads`` (per-CPU threads parked / created and
-unparked), ``kthreads:online`` (kthreads_online_cpu: node, preferred and
-bound affinities re-applied), then the dynamic states.  ``down`` runs the
-teardowns in reverse, then writes ``0`` to ``cpuN/online`` (Topology
-retries EBUSY/EAGAIN and reads it back); ``up`` writes ``1``, then runs the
-startups in order.  A callback failing half way rolls back the ones already
-run; a failed startup also takes the CPU offline again, and a failed
-teardown leaves it online (nothing was written yet).
-
-CPUs changed by someone else: after every wake-up ``sync`` compares
-``known`` with the online mask.  cpuhp wakes on a request, on a CPU uevent
-(``uevent.UeventWatch``) and on a poll tick: 5 ms on a fake tree (no uevents
-there) or without netlink, 100 ms as a safety net beside it.  A CPU that
-vanished gets its teardowns after the fact, one that appeared its startups,
-one that went down and came back between two looks both (the uevent notes
-tell it); so per-CPU threads are parked, re-bound and affinities repaired
-whoever changed the CPU.  ``sync`` failing (a sysfs read failing in the
-middle of someone else's hotplug) must not end cpuhp: it warns once per
-failing streak and is retried at the next short tick.
+Changes made by someone else: the uevent listener (``uevent``) notes each
+CPU online/offline uevent and kicks cpuhp, which replays the notes in
+SEQNUM order (``Machine.replay``).  Without netlink (a fake tree) cpuhp
+polls the online mask every 5 ms.  Beside netlink a 100 ms tick is a safety
+net: a mismatch between the online mask and ``known`` that no uevent
+explains is acted on only once two looks a tick apart agree and
+``uevent_seqnum`` did not move (the kernel has settled), or at once when
+notes were lost (ENOBUFS).  A task's affinity is never a signal: while a CPU
+dies a task bound to it reads back an empty mask for tens of ms.  Catching
+up failing (a sysfs read failing in the middle of someone else's hotplug)
+must not end cpuhp: it warns once per failing streak and retries at the
+next short tick.
 
 Races prevented: a request is taken (``busy`` set, ``pending`` cleared)
 before it is read, and ``done`` is completed only after the reply is whole;
 a requester killed meanwhile leaves a request that is still served, and the
 next requester waits for ``busy`` to clear first (see ``api``).
-Context: the cpuhp kthread only.
+Context: the control cpuhp kthread only.
 """
 
 from __future__ import annotations
@@ -46,17 +39,16 @@ import time
 import traceback
 
 from .._core import layout as L
+from .._core import trace as _trace
 from .._core.errors import KthreadError, warn_on_once
 from .._core.runtime import get_runtime
-from .._kthread.affinity import kthreads_offline_cpu, kthreads_online_cpu
 from .._core.funcref import prepare_main
 from .._kthread.body import kthread_should_stop
 from .._sched.completion import wait_at
-from .callbacks import HotplugState, States
-from .hotplug_threads import HotplugThreads
+from .callbacks import mark_hotplug_process
+from .machine import Machine
 from .record import (H, OP_DOWN, OP_REGISTER, OP_REMOVE, OP_SETUP, OP_UNREGISTER, OP_UP,
-                     get_message, hp_base, put_message, store_known)
-from .uevent import UeventWatch
+                     get_message, hp_base, put_message)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -71,130 +63,64 @@ POLL_SAFETY = 0.1          # s: poll tick beside netlink (a missed uevent)
 
 
 class Cpuhp:
-    """The state the cpuhp kthread owns (kernel: cpuhp_hp_states, cpu_online_mask)."""
+    """The control cpuhp kthread's loop and mailbox."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.hp = hp_base(rt)
-        self.hotplug_threads = HotplugThreads(rt)
-        # kthreads_offline_cpu() runs after the offline write, in down() and
-        # sync(): the CPU must be gone before affinities are narrowed.
-        threads = self.hotplug_threads
-        self.states = States([HotplugState(1, "smpboot:threads", threads.startup,
-                                           threads.teardown),
-                              HotplugState(2, "kthreads:online", self._affine_online, None)])
-        self.known = rt.topology.online()
-        store_known(rt, self.known)
-        self.watch = UeventWatch(rt)
+        self.machine = Machine(rt)
+        self.watch = self.machine.watch
+        # (uevent_seqnum, online mask, when) of a mismatch no note explains yet
+        self._suspect: tuple[int | None, frozenset[int], float] | None = None
 
-    def _affine_online(self, cpu: int) -> int:
-        kthreads_online_cpu(self.rt, cpu, self.hotplug_threads.unparked_pids(cpu))
-        return 0
-
-    # -- operations -----------------------------------------------------------
-
-    def down(self, cpu: int) -> int:
-        """_cpu_down().  Return: 0, 1 if already offline, a negative errno."""
-        topo = self.rt.topology
-        self.sync()
-        if not topo.is_online(cpu):
-            return 1
-        topo.check_not_last(cpu)
-        t0 = time.monotonic_ns()
-        rc = self.states.run_teardowns(cpu)
-        t1 = time.monotonic_ns()
-        if rc < 0:
-            return rc
-        try:
-            topo.set_online(cpu, False)
-        except OSError as exc:
-            self.states.run_startups(cpu)
-            return -(exc.errno or errno.EIO)
-        self.watch.took_offline(cpu)
-        self.known = self.known - {cpu}
-        store_known(self.rt, self.known)
-        t2 = time.monotonic_ns()
-        kthreads_offline_cpu(self.rt, cpu)
-        self._times(t1 - t0, t2 - t1, time.monotonic_ns() - t2)
-        return 0
-
-    def up(self, cpu: int) -> int:
-        """_cpu_up().  Return: 0, 1 if already online, a negative errno."""
-        topo = self.rt.topology
-        self.sync()
-        if topo.is_online(cpu) and cpu in self.known:
-            return 1
-        t0 = time.monotonic_ns()
-        try:
-            topo.set_online(cpu, True)
-        except OSError as exc:
-            return -(exc.errno or errno.EIO)
-        t1 = time.monotonic_ns()
-        rc = self.states.run_startups(cpu)
-        if rc < 0:
-            try:
-                topo.set_online(cpu, False)
-                self.watch.took_offline(cpu)
-            except OSError:
-                pass
-            return rc
-        self.known = self.known | {cpu}
-        store_known(self.rt, self.known)
-        self._times(0, t1 - t0, time.monotonic_ns() - t1)
-        return 0
-
-    def _times(self, teardown: int, write: int, startup: int) -> None:
-        buf, hp = self.rt.buf, self.hp
-        L.pack_field(buf, hp, H, "teardown_ns", teardown)
-        L.pack_field(buf, hp, H, "write_ns", write)
-        L.pack_field(buf, hp, H, "startup_ns", startup)
-
-    def sync(self) -> None:
-        """Run the callbacks for CPUs someone else took down or brought up.
-
-        A CPU that went down and came back between two looks is caught by
-        an offline uevent numbered after cpuhp last saw it offline: it gets
-        its teardowns and then its startups, as if both changes had been
-        seen.  A task's affinity is no such signal: while a CPU dies (and
-        while it comes up) a task bound to it reads back a broken mask for
-        tens of ms although the online mask still lists the CPU, and taking
-        that for a down-and-up stormed the callbacks.
-        """
-        topo = self.rt.topology
+    def sync(self, tick: bool) -> None:
+        """Replay the changes made by someone else (see the module doc).
+        @tick: the wait timed out (a poll tick), so the online mask is looked at."""
+        m, topo = self.machine, self.rt.topology
+        if self.watch.sock is None:
+            m.reconcile(topo.online())
+            return
+        m.replay(self.watch.take())
+        if not tick and not self.watch.lost:
+            return
         seq = self.watch.seqnum()
         online = topo.online()
-        bounced = self.watch.missed_bounces(seq, online, self.known)
-        if online == self.known and not bounced:
+        now = time.monotonic()
+        if online == m.known:
+            self._suspect = None
+            self.watch.lost = False
             return
-        now = time.monotonic_ns()
-        for cpu in sorted((self.known - online) | bounced):
-            self.states.run_teardowns(cpu)
-            self.known = self.known - {cpu}
-            kthreads_offline_cpu(self.rt, cpu)
-        for cpu in sorted(online - self.known):
-            self.known = self.known | {cpu}
-            self.states.run_startups(cpu)
-        store_known(self.rt, self.known)
-        L.pack_field(self.rt.buf, self.hp, H, "event_ns", now)
-        self.rt.mem.fetch_add64(self.hp + H.events, 1)
+        if self.watch.lost or (self._suspect is not None and
+                               self._suspect[:2] == (seq, online) and
+                               now - self._suspect[2] >= POLL_SAFETY):
+            # no own-write marks here: a note still on its way is replayed, and is a
+            # no-op if the mask said it already
+            self.watch.lost = False
+            self._suspect = None
+            m.reconcile(online)
+            return
+        if self._suspect is None or self._suspect[:2] != (seq, online):
+            self._suspect = (seq, online, now)
 
     def serve(self, op: int, args: Any) -> object:
         """Carry out one request (``args`` as the requester pickled them).
         Return: its reply value."""
+        m = self.machine
         if op == OP_DOWN:
-            return self.down(args)
+            return m.down(args)
         if op == OP_UP:
-            return self.up(args)
+            return m.up(args)
         if op == OP_SETUP:
-            name, startup, teardown = args
-            return self.states.add(name, startup, teardown, self.known)
+            section, name, startup, teardown, calls = args
+            return m.setup_state(section, name, startup, teardown, calls)
         if op == OP_REMOVE:
-            self.states.remove(args, self.known)
+            number, calls = args
+            m.remove_state(number, calls)
             return None
         if op == OP_REGISTER:
-            return self.hotplug_threads.register(args, self.known)
+            return m.hotplug_threads.register(args, m.known)
         if op == OP_UNREGISTER:
-            self.hotplug_threads.unregister(args)
+            m.hotplug_threads.unregister(args)
             return None
         warn_on_once(True, f"cpuhp got an unknown request {op!r}")
         return -errno.EINVAL
@@ -228,8 +154,8 @@ class Cpuhp:
         rt.waits.completion_complete(hp + H.done, False)
 
     def loop(self) -> int:
-        """cpuhp_thread_fun(): serve requests and catch up with outside changes
-        until kthread_stop().  Return: 0."""
+        """Serve requests and catch up with outside changes until kthread_stop().
+        Return: 0."""
         rt, mem, hp = self.rt, self.rt.mem, self.hp
         watching = self.watch.start()
         mem.store32(hp + H.netlink, int(watching))
@@ -237,15 +163,17 @@ class Cpuhp:
         tick = POLL_SAFETY if watching else POLL_FAKE
         retry = False
         while not kthread_should_stop():
-            wait_at(rt, hp + H.req, POLL_FAKE if retry else tick, "interruptible")
+            got = wait_at(rt, hp + H.req, POLL_FAKE if retry else tick, "interruptible")
             self.handle_request()
-            retry = not self._sync_or_warn(retry)
+            retry = not self._sync_or_warn(retry, got is None or retry)
+            if _trace.ENABLED:
+                _trace.flush()          # a kthread killed at shutdown loses nothing
         return 0
 
-    def _sync_or_warn(self, retrying: bool) -> bool:
+    def _sync_or_warn(self, retrying: bool, tick: bool) -> bool:
         """sync(), surviving its failure (see the module doc).  Return: success."""
         try:
-            self.sync()
+            self.sync(tick)
             return True
         except Exception:
             if not retrying:
@@ -259,4 +187,5 @@ def cpuhp_thread(_data: object) -> int:
 
     Context: the cpuhp kthread.  Return: 0 when stopped.
     """
+    mark_hotplug_process()
     return Cpuhp(get_runtime()).loop()

@@ -31,6 +31,7 @@ import shutil
 import tempfile
 import time
 
+from .._core.runtime import get_runtime
 from .._kthread.body import kthread_should_stop
 from .._kthread.control import kthread_affine_preferred, kthread_stop, wake_up_process
 from .._kthread.create import kthread_create
@@ -141,10 +142,12 @@ def _timed(action: Callable[[int], int], cpu: int, settle: float, total: list[in
     write to ``write``.  Return: when it began (ns).  Raises: OSError unless it
     changed the CPU."""
     time.sleep(settle)
+    # cpu_down/cpu_up of a CPU already there return 0 (cpu.c): look first
+    already = get_runtime().topology.is_online(cpu) == (action is cpu_up)
     t0 = time.monotonic_ns()
     rc = action(cpu)
     t1 = time.monotonic_ns()
-    if rc == 1:
+    if already:
         state = "offline" if action is cpu_down else "online"
         raise OSError(errno.EBUSY, f"CPU {cpu} was already {state}: something else "
                       "changed it during the experiment")
@@ -185,7 +188,9 @@ def cycle_experiment(cpu: int, count: int | None, threads: int = 1, preferred: i
                         "write_up": [], "back": [], "lost": 0}
     try:
         for _ in range(threads):
-            ht = SmpHotplugThread(_never, _nothing, "hpcycle/%u", unpark=_back)
+            # a park callback too: smpboot calls unpark only after a park callback
+            ht = SmpHotplugThread(_never, _nothing, "hpcycle/%u", park=_nothing,
+                                  unpark=_back)
             rc = smpboot_register_percpu_thread(ht)
             if rc:
                 raise OSError(-rc, f"smpboot_register_percpu_thread: {os.strerror(-rc)}")

@@ -14,9 +14,11 @@ reads a new occupant's store) and the per-CPU store, written here alone.
 As in the kernel, a thread is created with ``kthread_create_on_cpu``, marked
 per-CPU and parked before it ever runs (so that it starts right on its
 CPU), stored, handed to ``create(cpu)``, and unparked once everything is in
-place; kthread_unpark() re-binds it to its CPU.  The ``smpboot:threads``
-hotplug state parks a CPU's threads before it goes down, and creates
-(parked) the missing ones and unparks them after it comes up.
+place; kthread_unpark() re-binds it to its CPU.  ``CPUHP_CREATE_THREADS``
+(here, on the control side) creates the missing threads of a CPU coming up,
+parked; the AP state ``CPUHP_AP_SMPBOOT_THREADS`` (``ap_thread``, on the CPU)
+unparks them, and parks them before the CPU goes down.  The walks there read
+the registrations' order from shared memory (``record.registrations``).
 
 Races prevented: a store entry is filled before ``create(cpu)`` runs, so
 ``ht.task(cpu)`` answers in every process as soon as anyone can hear of the
@@ -33,7 +35,10 @@ from .._core.errors import KthreadError
 from .._kthread.control import kthread_park, kthread_set_per_cpu, kthread_stop, kthread_unpark
 from .._kthread.create import kthread_create_on_cpu
 from .callbacks import invoke
-from .record import store_set
+from .._core import layout as L
+from .._sched.task import Task
+from .record import (find_registration, registrations, smpboot_off, smpboot_set_meta,
+                     store_get, store_set)
 from .smpboot_thread import smpboot_thread_fn
 
 TYPE_CHECKING = False
@@ -52,18 +57,40 @@ class HotplugThreads:
         # (slot, SmpHotplugThread), the newest first
         self.hotplug_threads: list[tuple[int, SmpHotplugThreadLike]] = []
 
+    def reap_stale(self) -> None:
+        """A fresh cpuhp (the last one died): the registrations it left are lost;
+        their threads are stopped and their slots freed."""
+        rt = self.rt
+        for slot, _selfparking in registrations(rt):
+            off = smpboot_off(rt, slot)
+            gen = rt.mem.load32(off + L.SMPBOOT.gen)
+            for cpu in sorted(rt.topology.possible()):
+                idx, tgen = store_get(rt, slot, cpu)
+                if idx:
+                    try:
+                        kthread_stop(Task(rt, idx - 1, tgen))
+                    except KthreadError:
+                        pass
+                    store_set(rt, slot, cpu, None)
+            L.pack_field(rt.buf, off, L.SMPBOOT, "key", 0)
+            rt.arena.smpboot_regs.free(slot, gen)
+
     def register(self, ht: SmpHotplugThreadLike,
                  online: frozenset[int]) -> tuple[int, int] | int:
         """smpboot_register_percpu_thread(), in cpuhp: a slot, then a thread per
         online CPU (created parked, then unparked).
 
-        Return: (slot, generation); -ENOSPC when MAX_SMPBOOT are registered; a
+        Return: (slot, generation); -ENOSPC when MAX_SMPBOOT are registered;
+        -EBUSY if one with the same key is (see smpboot.registration_key); a
         creation's negative errno (the threads made are stopped).
         """
+        if find_registration(self.rt, ht._key) is not None:
+            return -errno.EBUSY
         try:
             slot, gen = self.rt.arena.smpboot_regs.alloc(None)
         except KthreadError:
             return -errno.ENOSPC
+        smpboot_set_meta(self.rt, slot, ht._key, ht.selfparking)
         ht._reg = (self.rt.runtime_id, slot, gen)
         for cpu in sorted(online):
             rc = self._create(slot, ht, cpu)
@@ -97,6 +124,7 @@ class HotplugThreads:
                 except KthreadError:
                     pass
                 store_set(self.rt, slot, cpu, None)
+        L.pack_field(self.rt.buf, smpboot_off(self.rt, slot), L.SMPBOOT, "key", 0)
         self.rt.arena.smpboot_regs.free(slot, gen)
 
     def _create(self, slot: int, ht: SmpHotplugThreadLike, cpu: int) -> int:
@@ -121,29 +149,12 @@ class HotplugThreads:
         if task is not None and not ht.selfparking:
             kthread_unpark(task)
 
-    def unparked_pids(self, cpu: int) -> set[int]:
-        """Pids of the per-CPU threads of ``cpu`` that startup() unparks (and so
-        re-binds), for the affinity pass that follows not to bind them again."""
-        tasks = (ht.task(cpu) for _, ht in self.hotplug_threads if not ht.selfparking)
-        return {task.pid for task in tasks if task is not None}
-
-    def startup(self, cpu: int) -> int:
-        """smpboot_create_threads + smpboot_unpark_threads for ``cpu``, each walking
-        the registrations newest first (list_for_each_entry, as smpboot.c).
-        Return: 0; a creation's negative errno."""
+    def create_threads(self, cpu: int) -> int:
+        """CPUHP_CREATE_THREADS startup (smpboot_create_threads): the missing
+        threads of ``cpu`` created (parked), walking the registrations newest
+        first (list_for_each_entry).  Return: 0; a creation's negative errno."""
         for slot, ht in self.hotplug_threads:
             rc = self._create(slot, ht, cpu)
             if rc < 0:
                 return rc
-        for _, ht in self.hotplug_threads:
-            self._unpark(ht, cpu)
-        return 0
-
-    def teardown(self, cpu: int) -> int:
-        """smpboot_park_threads for ``cpu``, walking the registrations oldest first
-        (list_for_each_entry_reverse, as smpboot.c).  Return: 0."""
-        for _, ht in reversed(self.hotplug_threads):
-            task = ht.task(cpu)
-            if task is not None and not ht.selfparking:
-                kthread_park(task)
         return 0

@@ -39,5 +39,7 @@ class SmpHotplugThreadLike(Protocol):
     unpark: Callable[[int], None] | None
     selfparking: bool
     _reg: tuple[int, int, int] | None
+    _key: int
+    _anywhere: bool
 
     def task(self, cpu: int) -> Task | None: ...

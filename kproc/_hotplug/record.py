@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 __all__ = ["H", "S", "OP_SETUP", "OP_REMOVE", "OP_DOWN", "OP_UP", "OP_REGISTER",
            "OP_UNREGISTER", "hp_base", "cpuhp_task_base", "cpuhp_dead", "kick_cpuhp",
            "put_message", "get_message", "store_known", "read_known", "store_get",
-           "store_set", "smpboot_off", "hotplug_stats"]
+           "store_set", "smpboot_off", "hotplug_stats", "smpboot_set_meta",
+           "registrations", "find_registration"]
 
 H = L.HOTPLUG
 S = L.SMPBOOT
@@ -71,21 +72,23 @@ def kick_cpuhp(rt: Runtime) -> None:
     rt.waits.completion_complete(hp_base(rt) + H.req, False)
 
 
-def _area(rt: Runtime, which: Literal["req", "rep"]) -> tuple[int, int]:
+def _area(rt: Runtime, which: Literal["req", "rep", "ap"]) -> tuple[int, int]:
     params = rt.arena.params
+    if which == "ap":
+        return params.hp_ap, H.ap_len
     return (params.hp_req, H.req_len) if which == "req" else (params.hp_rep, H.rep_len)
 
 
-def put_message(rt: Runtime, which: Literal["req", "rep"], raw: bytes) -> None:
-    """Write ``raw`` (at most HP_MSG_MAX bytes) and its length into the ``"req"``
-    or ``"rep"`` area.  The caller owns the area (see api and cpuhp)."""
+def put_message(rt: Runtime, which: Literal["req", "rep", "ap"], raw: bytes) -> None:
+    """Write ``raw`` (at most HP_MSG_MAX bytes) and its length into the ``"req"``,
+    ``"rep"`` or ``"ap"`` area.  The caller owns the area (see api and cpuhp)."""
     off, len_field = _area(rt, which)
     rt.buf[off:off + len(raw)] = raw
     rt.mem.store32(hp_base(rt) + len_field, len(raw))
 
 
-def get_message(rt: Runtime, which: Literal["req", "rep"]) -> bytes:
-    """The bytes last put into the ``"req"`` or ``"rep"`` area."""
+def get_message(rt: Runtime, which: Literal["req", "rep", "ap"]) -> bytes:
+    """The bytes last put into the ``"req"``, ``"rep"`` or ``"ap"`` area."""
     off, len_field = _area(rt, which)
     n = rt.mem.load32(hp_base(rt) + len_field)
     return bytes(rt.buf[off:off + n])
@@ -120,6 +123,40 @@ def store_set(rt: Runtime, slot: int, cpu: int, task: Task | None) -> None:
     off = smpboot_off(rt, slot) + S.store + cpu * STORE_ENTRY
     rt.mem.store32(off + E.gen, task._gen if task else 0)
     rt.mem.store32(off + E.task, task._idx + 1 if task else 0)
+
+
+def smpboot_set_meta(rt: Runtime, slot: int, key: int, selfparking: bool) -> None:
+    """Name registration ``slot`` by ``key`` and number it after every earlier one
+    (written by cpuhp alone, before the first thread is created)."""
+    off = smpboot_off(rt, slot)
+    order = rt.mem.fetch_add32(hp_base(rt) + H.smpboot_seq, 1) + 1
+    L.pack_field(rt.buf, off, S, "order", order)
+    L.pack_field(rt.buf, off, S, "selfparking", int(selfparking))
+    L.pack_field(rt.buf, off, S, "key", key)
+
+
+def registrations(rt: Runtime) -> list[tuple[int, bool]]:
+    """The live registrations as (slot, selfparking), newest first: the kernel's
+    ``hotplug_threads`` list, which smpboot_register_percpu_thread() ``list_add``s to."""
+    mem, regs = rt.mem, []
+    for slot in range(L.MAX_SMPBOOT):
+        off = smpboot_off(rt, slot)
+        if mem.load32(off + S.inuse) and mem.load64(off + S.key):
+            regs.append((mem.load32(off + S.order), slot, bool(mem.load32(off + S.selfparking))))
+    regs.sort(reverse=True)
+    return [(slot, selfparking) for _order, slot, selfparking in regs]
+
+
+def find_registration(rt: Runtime, key: int) -> tuple[int, int] | None:
+    """(slot, generation) of the live registration named ``key``, or None."""
+    mem = rt.mem
+    for slot in range(L.MAX_SMPBOOT):
+        off = smpboot_off(rt, slot)
+        if mem.load32(off + S.inuse) and mem.load64(off + S.key) == key:
+            gen = mem.load32(off + S.gen)
+            if mem.load32(off + S.inuse) and mem.load64(off + S.key) == key:
+                return slot, gen
+    return None
 
 
 def hotplug_stats() -> dict[str, int | bool]:

@@ -20,6 +20,8 @@ Context: the caller (any process of the runtime but the cpuhp kthread).
 from __future__ import annotations
 
 import errno
+import hashlib
+import pickle
 
 from .._core import layout as L
 from .._core.errors import KthreadError
@@ -27,7 +29,7 @@ from .._core.runtime import current_runtime, get_runtime
 from .._sched.task import Task
 from .api import request
 from .._core.funcref import check_callback
-from .record import OP_REGISTER, OP_UNREGISTER, S, smpboot_off, store_get
+from .record import OP_REGISTER, OP_UNREGISTER, S, find_registration, smpboot_off, store_get
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -36,7 +38,7 @@ if TYPE_CHECKING:
     from .._core.runtime import Runtime  # typing only
 
 __all__ = ["SmpHotplugThread", "smpboot_register_percpu_thread",
-           "smpboot_unregister_percpu_thread"]
+           "smpboot_unregister_percpu_thread", "registration_key"]
 
 
 class SmpHotplugThread:
@@ -80,19 +82,31 @@ class SmpHotplugThread:
         self.selfparking = bool(selfparking)
         # (runtime id, slot, generation) once registered
         self._reg: tuple[int, int, int] | None = None
+        self._key = registration_key(self)
+        self._anywhere = False      # cpuhp/N only: runs its job even off its CPU
 
     def _registration(self) -> tuple[Runtime, int, int] | None:
-        """The runtime, slot and generation this registration is live in, or None."""
-        if self._reg is None:
-            return None
+        """The runtime, slot and generation this registration is live in, or None.
+
+        A copy that never heard of its registration (the module-level
+        SmpHotplugThread of a callback's module, imported afresh in a kthread
+        or in cpuhp) finds it by its key, as the kernel's code finds the one
+        static ``struct smp_hotplug_thread``.
+        """
         rt = current_runtime()
-        rid, slot, gen = self._reg
-        if rt is None or rt.closed or rt.runtime_id != rid:
+        if rt is None or rt.closed:
             return None
-        off = smpboot_off(rt, slot)
-        if rt.mem.load32(off + S.gen) != gen or not rt.mem.load32(off + S.inuse):
+        if self._reg is not None:
+            rid, slot, gen = self._reg
+            off = smpboot_off(rt, slot)
+            if rt.runtime_id == rid and rt.mem.load32(off + S.gen) == gen and \
+                    rt.mem.load32(off + S.inuse) and rt.mem.load64(off + S.key) == self._key:
+                return rt, slot, gen
+        found = find_registration(rt, self._key)
+        if found is None:
             return None
-        return rt, slot, gen
+        self._reg = (rt.runtime_id,) + found
+        return rt, found[0], found[1]
 
     def task(self, cpu: int) -> Task | None:
         """The kthread of ``cpu`` (the kernel's per-CPU ``store``).
@@ -114,6 +128,28 @@ class SmpHotplugThread:
         return f"<SmpHotplugThread {self.thread_comm!r}{' registered' if self._reg else ''}>"
 
 
+# base key -> how many SmpHotplugThreads with that description this process made
+_made: dict[bytes, int] = {}
+
+
+def registration_key(ht: SmpHotplugThread) -> int:
+    """What names ``ht`` in every process: a hash of its name format and callbacks
+    (which travel by reference, so every process's copy hashes alike) and of
+    how many alike this process made before it (module-level ones are made in
+    the same order in every process that imports their module).  Never 0.
+    Context: SmpHotplugThread() only (it counts).
+    """
+    fns = (ht.thread_should_run, ht.thread_fn, ht.create, ht.setup, ht.cleanup, ht.park,
+           ht.unpark)
+    base = hashlib.blake2b(pickle.dumps((ht.thread_comm, ht.selfparking, fns), protocol=4),
+                           digest_size=8).digest()
+    ordinal = _made.get(base, 0)
+    _made[base] = ordinal + 1
+    digest = hashlib.blake2b(base + ordinal.to_bytes(4, "little"), digest_size=8).digest()
+    # 63 bits: the arena's 64-bit loads are signed
+    return (int.from_bytes(digest, "little") >> 1) or 1
+
+
 def _check_ht(ht: object) -> None:
     if not isinstance(ht, SmpHotplugThread):
         raise TypeError(f"ht must be a kproc.SmpHotplugThread, not {type(ht).__name__}")
@@ -128,6 +164,7 @@ def smpboot_register_percpu_thread(ht: SmpHotplugThread) -> int:
     Context: any process of the runtime but cpuhp; blocks.
     Return: 0; a negative errno if a thread could not be created (those
     made are stopped) or -ENOSPC when 32 registrations exist.
+    -EDEADLK from inside a hotplug callback.
     Raises: TypeError (not a SmpHotplugThread); KthreadError(EBUSY) if
     ``ht`` is already registered.
     """
@@ -156,5 +193,6 @@ def smpboot_unregister_percpu_thread(ht: SmpHotplugThread) -> None:
     if live is None:
         raise ValueError(f"{ht!r} is not registered")
     _rt, slot, gen = live
-    request(OP_UNREGISTER, (slot, gen))
+    if request(OP_UNREGISTER, (slot, gen)) == -errno.EDEADLK:
+        return
     ht._reg = None

@@ -11,10 +11,13 @@ between the test and ``schedule()`` is not lost.
 Where the kernel has ``BUG_ON(td->cpu != smp_processor_id())`` the loop
 checks that it runs on its CPU with affinity ``{cpu}``: a CPU taken down by
 someone else (a shell, stress-ng) breaks the binding before cpuhp can park
-the thread, so the thread kicks cpuhp and waits to be parked instead of
-running elsewhere.  A ``thread_fn`` already running when its CPU vanishes is
-migrated by the kernel mid-run: that, user space cannot prevent.  A CPU of
-a fake tree that the host lacks is modelled: its thread runs wherever it may.
+the thread, so the thread waits to be parked instead of running elsewhere
+(cpuhp hears of the change from its uevent, not from the thread: a task's
+affinity reads back empty for tens of ms while its CPU dies, and means
+nothing then).  ``cpuhp/N`` itself (``_anywhere``) checks in its job.  A
+``thread_fn`` already running when its CPU vanishes is migrated by the
+kernel mid-run: that, user space cannot prevent.  A CPU of a fake tree that
+the host lacks is modelled: its thread runs wherever it may.
 Context: the per-CPU threads (``getcpu``: any).
 """
 
@@ -27,7 +30,7 @@ from .._core.runtime import get_runtime
 from .._kthread.body import kthread_parkme, kthread_should_park, kthread_should_stop
 from .._sched.schedule import schedule, schedule_timeout_interruptible, set_current_state
 from .._sched.task import TaskState
-from .record import kick_cpuhp
+from . import callbacks
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -60,6 +63,17 @@ def _on_its_cpu(cpu: int, modelled: bool) -> bool:
     return os.sched_getaffinity(0) == {cpu} and getcpu() == cpu
 
 
+def _call(fn: Callable[..., None] | None, *args: object) -> None:
+    """An smpboot callback, marked as a hotplug callback while it runs (a hotplug
+    call from it would wait for itself: EDEADLK)."""
+    if fn is not None:
+        callbacks.enter()
+        try:
+            fn(*args)
+        finally:
+            callbacks.leave()
+
+
 def smpboot_thread_fn(data: tuple[SmpHotplugThreadLike, int]) -> int:
     """threadfn of every per-CPU thread: the smpboot loop (see the module doc).
 
@@ -68,39 +82,37 @@ def smpboot_thread_fn(data: tuple[SmpHotplugThreadLike, int]) -> int:
     """
     ht, cpu = data
     rt = get_runtime()
-    modelled = cpu not in rt.topology.host_cpus()
+    modelled = ht._anywhere or cpu not in rt.topology.host_cpus()
     status = HP_THREAD_NONE
     while True:
         set_current_state(TaskState.TASK_INTERRUPTIBLE)
         if kthread_should_stop():
             set_current_state(TaskState.TASK_RUNNING)
             if ht.cleanup is not None and status != HP_THREAD_NONE:
-                ht.cleanup(cpu, rt.topology.is_online(cpu))
+                _call(ht.cleanup, cpu, rt.topology.is_online(cpu))
             return 0
         if kthread_should_park():
             set_current_state(TaskState.TASK_RUNNING)
-            if status == HP_THREAD_ACTIVE:
-                if ht.park is not None:
-                    ht.park(cpu)
+            if ht.park is not None and status == HP_THREAD_ACTIVE:
+                # smpboot.c: only a park callback makes the status PARKED, and only
+                # PARKED calls unpark: no unpark without a park
+                _call(ht.park, cpu)
                 status = HP_THREAD_PARKED
             kthread_parkme()
             continue
         if not _on_its_cpu(cpu, modelled):
             # Someone else took our CPU down: wait for cpuhp to park us.
             set_current_state(TaskState.TASK_RUNNING)
-            kick_cpuhp(rt)
             schedule_timeout_interruptible(OFF_CPU_WAIT)
             continue
         if status == HP_THREAD_NONE:
             set_current_state(TaskState.TASK_RUNNING)
-            if ht.setup is not None:
-                ht.setup(cpu)
+            _call(ht.setup, cpu)
             status = HP_THREAD_ACTIVE
             continue
         if status == HP_THREAD_PARKED:
             set_current_state(TaskState.TASK_RUNNING)
-            if ht.unpark is not None:
-                ht.unpark(cpu)
+            _call(ht.unpark, cpu)
             status = HP_THREAD_ACTIVE
             continue
         if not ht.thread_should_run(cpu):

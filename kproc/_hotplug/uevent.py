@@ -9,21 +9,25 @@ the other uevents in the kernel (see ``cpu_uevent_filter``).  There is no
 uevent on a fake tree, nor without netlink: cpuhp then polls (``start()``
 says which).
 
-The race this closes: a CPU taken down and brought back between two looks
-of cpuhp is online both times, and with no per-CPU thread to show the
-broken binding it would go unseen.  Each ``offline@`` uevent is noted with
-its SEQNUM; per CPU, ``seen_offline`` holds ``/sys/kernel/uevent_seqnum`` as
-read when cpuhp last saw the CPU offline (or took it offline itself).  An
-offline uevent numbered after that, for a CPU online now and known to cpuhp,
-is a down-and-up that was missed.  Uevents older than ``start()`` are not
-ours to judge.  The notes are handed from the listener thread to cpuhp
-under a lock.
+Each CPU uevent is noted as (SEQNUM, online?, cpu): the kernel sends it
+once the change is complete (drivers/base/core.c ``device_online`` /
+``device_offline`` send KOBJ_ONLINE / KOBJ_OFFLINE after the bus callback,
+i.e. after kernel/cpu.c's ``cpu_up``/``cpu_down`` returned), so it says
+what happened and when the kernel had settled.  cpuhp replays the notes in
+SEQNUM order: a CPU taken down and brought back between two looks is two
+notes, so it is never missed and never counted twice.  cpuhp's own writes
+make uevents too: ``own_write`` marks, per CPU, the uevent_seqnum read just
+after the write returned (the uevent was sent before that), and notes up to
+that mark are not someone else's.  A receive overrun (ENOBUFS: notes were
+lost) is remembered in ``lost``, for cpuhp to fall back on the online mask.
+The notes are handed from the listener thread to cpuhp under a lock.
 Context: the cpuhp kthread (its main thread and its listener thread).
 """
 
 from __future__ import annotations
 
 import ctypes
+import errno
 import socket
 import struct
 import threading
@@ -36,25 +40,28 @@ if TYPE_CHECKING:
     from .._core.runtime import Runtime  # typing only
 
 __all__ = ["UeventWatch", "cpu_uevent_filter", "attach_cpu_uevent_filter",
-           "parse_offline_uevent"]
+           "parse_cpu_uevent"]
 
 NETLINK_KOBJECT_UEVENT = 15
 UEVENT_SEQNUM = "/sys/kernel/uevent_seqnum"
 CPU_UEVENT_PREFIXES = (b"online@/devices/system/cpu/cpu", b"offline@/devices/system/cpu/cpu")
 SO_ATTACH_FILTER = 26
+SO_RCVBUFFORCE = 33
+RCVBUF = 4 << 20
 
 
 class UeventWatch:
-    """The uevent listener and the offline uevents it has noted for cpuhp."""
+    """The uevent listener and the CPU uevents it has noted for cpuhp."""
 
     def __init__(self, rt: Runtime) -> None:
         self.rt = rt
         self.sock: socket.socket | None = None
         self._lock = threading.Lock()
-        # (SEQNUM, cpu) not looked at yet, from the thread
-        self._offline_events: list[tuple[int, int]] = []
-        # cpu -> uevent_seqnum when cpuhp last saw it offline
-        self._seen_offline: dict[int, int] = {}
+        # (SEQNUM, online, cpu) not looked at yet, from the thread
+        self._events: list[tuple[int, bool, int]] = []
+        # cpu -> uevent_seqnum right after cpuhp's own last write for it
+        self._own: dict[int, int] = {}
+        self.lost = False
 
     def start(self) -> bool:
         """Open the socket and start the listener thread.
@@ -67,6 +74,10 @@ class UeventWatch:
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC,
                                  NETLINK_KOBJECT_UEVENT)
+            try:        # root: past rmem_max, so a burst of changes never overruns it
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+            except OSError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
             sock.bind((0, 1))
         except (OSError, AttributeError):
             return False
@@ -74,7 +85,7 @@ class UeventWatch:
         self.sock = sock
         seq = self.seqnum() or 0
         for cpu in self.rt.topology.possible():
-            self._seen_offline[cpu] = seq
+            self._own[cpu] = seq          # uevents before start() are not ours to judge
         threading.Thread(target=self._listen, args=(sock,), daemon=True,
                          name="cpuhp-uevent").start()
         return True
@@ -88,43 +99,50 @@ class UeventWatch:
         except (OSError, ValueError):
             return None
 
-    def missed_bounces(self, seq: int | None, online: frozenset[int],
-                       known: frozenset[int]) -> set[int]:
-        """CPUs online and known whose offline uevent cpuhp has not seen yet.
-
-        @seq: seqnum() read before ``online`` was: every CPU offline in
-        ``online`` is marked seen offline as of ``seq``.  Consumes the notes.
-        """
+    def take(self) -> list[tuple[int, bool, int]]:
+        """The notes not looked at yet, oldest first, less cpuhp's own writes'.
+        Consumes them."""
         with self._lock:
-            pending, self._offline_events = self._offline_events, []
-        if seq is not None:
-            for cpu in self.rt.topology.possible() - online:
-                self._seen_offline[cpu] = seq
-        return {cpu for number, cpu in pending
-                if number > self._seen_offline.get(cpu, 0) and cpu in online and
-                cpu in known}
+            pending, self._events = self._events, []
+        pending.sort()
+        return [ev for ev in pending if ev[0] > self._own.get(ev[2], 0)]
 
-    def took_offline(self, cpu: int) -> None:
-        """After cpuhp's own offline write: its uevent is not someone else's."""
+    def own_write(self, cpu: int) -> None:
+        """After cpuhp's own write to ``cpu``'s online file (or after it caught up
+        with the CPU from the online mask): uevents so far are not news."""
         seq = self.seqnum()
         if seq is not None:
-            self._seen_offline[cpu] = seq
+            self._own[cpu] = seq
 
     def _listen(self, sock: socket.socket) -> None:
-        """The listener thread: kick cpuhp on every CPU uevent from ``sock``, note
-        the offline ones."""
+        """The listener thread: note every CPU uevent from ``sock``, kick cpuhp."""
         while True:
             try:
                 msg = sock.recv(8192)
             except InterruptedError:
                 continue
-            except OSError:
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.lost = True
+                    kick_cpuhp(self.rt)
+                    continue
                 return
-            if msg.startswith(CPU_UEVENT_PREFIXES):
-                offline = parse_offline_uevent(msg)
-                if offline is not None:
-                    with self._lock:
-                        self._offline_events.append(offline)
+            # everything queued already, in one go: each GIL hand-off of this thread
+            # waits up to a switch interval while cpuhp runs callbacks
+            msgs = [msg]
+            while True:
+                try:
+                    msgs.append(sock.recv(8192, socket.MSG_DONTWAIT))
+                except BlockingIOError:
+                    break
+                except OSError as exc:
+                    if exc.errno == errno.ENOBUFS:
+                        self.lost = True
+                    break
+            notes = [n for n in map(parse_cpu_uevent, msgs) if n is not None]
+            if notes:
+                with self._lock:
+                    self._events.extend(notes)
                 kick_cpuhp(self.rt)
 
 
@@ -162,15 +180,19 @@ def attach_cpu_uevent_filter(sock: socket.socket) -> None:
         pass        # unfiltered: correct, a little slower (the kernel copied prog)
 
 
-def parse_offline_uevent(msg: bytes) -> tuple[int, int] | None:
-    """(SEQNUM, cpu) of an ``offline@/devices/system/cpu/cpuN`` uevent, else None."""
+def parse_cpu_uevent(msg: bytes) -> tuple[int, bool, int] | None:
+    """(SEQNUM, online?, cpu) of an ``online@`` or ``offline@/devices/system/cpu/cpuN``
+    uevent, else None."""
     fields = msg.split(b"\0")
     head = fields[0]
-    if not head.startswith(CPU_UEVENT_PREFIXES[1]):
+    for online, prefix in ((True, CPU_UEVENT_PREFIXES[0]), (False, CPU_UEVENT_PREFIXES[1])):
+        if head.startswith(prefix):
+            break
+    else:
         return None
     try:
-        cpu = int(head[len(CPU_UEVENT_PREFIXES[1]):])
+        cpu = int(head[len(prefix):])
         number = next(int(f[7:]) for f in fields if f.startswith(b"SEQNUM="))
     except (ValueError, StopIteration):
         return None
-    return number, cpu
+    return number, online, cpu

@@ -39,7 +39,7 @@ from .._core.runtime import Runtime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Callable, Iterable, Set
     from typing import Any
 
     from .._sched.task import ThreadFn  # typing only
@@ -48,7 +48,7 @@ __all__ = ["wake_up_process", "kthread_bind", "kthread_bind_mask",
            "kthread_affine_preferred", "kthread_stop", "kthread_stop_put", "kthread_park",
            "kthread_unpark", "kthread_set_per_cpu", "kthread_is_per_cpu", "kthread_data",
            "kthread_probe_data", "kthread_func", "get_kthread_comm", "get_task_struct",
-           "put_task_struct", "task_state"]
+           "put_task_struct", "task_state", "__kthread_should_park", "kthread_unpark_usable"]
 
 T = L.TASK
 INACTIVE_TIMEOUT = 1.0
@@ -160,6 +160,18 @@ def kthread_set_per_cpu(task: Task, cpu: int) -> None:
     mem.fetch_or32(base + T.flags, L.KF_IS_PER_CPU)
 
 
+def __kthread_should_park(task: Task) -> bool:
+    """__kthread_should_park(): has ``task`` been asked to park (SHOULD_PARK)?
+
+    For callers that hold a kthread's handle rather than being it (kthread.c:
+    exported by kernels before 6.15, static since).
+    Context: any process of the runtime; never blocks.  Return: the bit.
+    Raises: TypeError (not a Task); KthreadError for a stale handle.
+    """
+    rt, base = resolve(task)
+    return bool(rt.mem.load32(base + T.flags) & L.KF_SHOULD_PARK)
+
+
 def kthread_is_per_cpu(task: Task) -> bool:
     """kthread_is_per_cpu(): Return: True if ``task`` is marked per-CPU."""
     rt, base = resolve(task)
@@ -239,7 +251,16 @@ def kthread_unpark(task: Task) -> None:
     _unpark(rt, base)
 
 
-def _unpark(rt: Runtime, base: int) -> None:
+def kthread_unpark_usable(task: Task, usable: Set[int]) -> None:
+    """kthread_unpark() for a caller that read Topology.usable() already (smpboot's
+    walk over a CPU's threads: one sysfs read for all of them).  Context: any."""
+    rt, base = resolve(task)
+    if _trace.ENABLED and rt.mem.load32(base + T.flags) & L.KF_SHOULD_PARK:
+        trace_event(rt, base, task._idx, "unpark")
+    _unpark(rt, base, usable)
+
+
+def _unpark(rt: Runtime, base: int, usable: Set[int] | None = None) -> None:
     mem = rt.mem
     flags = mem.load32(base + T.flags)
     if not flags & L.KF_SHOULD_PARK:
@@ -248,7 +269,7 @@ def _unpark(rt: Runtime, base: int) -> None:
         cpu = L.unpack_field(rt.buf, base, T, "cpu")
         record_mask(rt, base, "bound", frozenset((cpu,)))
         mem.fetch_or32(base + T.flags, L.KF_NO_SETAFFINITY)
-        apply_mask(rt, L.unpack_field(rt.buf, base, T, "pid"), frozenset((cpu,)))
+        apply_mask(rt, L.unpack_field(rt.buf, base, T, "pid"), frozenset((cpu,)), usable)
     mem.fetch_and32(base + T.flags, ~L.KF_SHOULD_PARK & 0xFFFFFFFF)
     # __kthread_parkme() will either see !SHOULD_PARK or get the wake-up.
     _sched.wake_up_state(rt, base, TaskState.TASK_PARKED)

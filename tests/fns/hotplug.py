@@ -161,3 +161,126 @@ def hotplug_forever(cpu):
     while True:
         kproc.cpu_down(cpu)
         kproc.cpu_up(cpu)
+
+
+# -- where callbacks run (AP on their CPU, BP on the control side) ----------------------
+
+def _where():
+    from kproc._hotplug.smpboot_thread import getcpu
+    return getcpu(), ",".join(map(str, sorted(os.sched_getaffinity(0)))), os.getpid()
+
+
+def where(what, cpu):
+    """Log ``what cpu online on=<cpu> aff=<mask> pid=<pid>`` (the where columns)."""
+    on, aff, pid = _where()
+    with open(os.path.join(_dir(), "log"), "a") as f:
+        f.write(f"{what} {cpu} {int(_online_now(cpu))} on={on} aff={aff} pid={pid}\n")
+    if os.path.exists(os.path.join(_dir(), f"fail-{what}-{cpu}")):
+        return -errno.EINVAL
+    return 0
+
+
+def ap_up(cpu):
+    return where("ap_up", cpu)
+
+
+def ap_down(cpu):
+    return where("ap_down", cpu)
+
+
+def bp_up(cpu):
+    return where("bp_up", cpu)
+
+
+def bp_down(cpu):
+    return where("bp_down", cpu)
+
+
+# -- hotplug calls from inside a callback ------------------------------------------------
+
+def nested_down(cpu):
+    """A startup that calls cpu_down(): logs what it got (the kernel would deadlock)."""
+    rc = kproc.cpu_down(1)
+    with open(os.path.join(_dir(), "nested"), "a") as f:
+        f.write(f"{rc}\n")
+    return 0
+
+
+def nested_setup(cpu):
+    rc = kproc.cpuhp_setup_state(kproc.CPUHP_AP_ONLINE_DYN, "nested", up_a, None)
+    with open(os.path.join(_dir(), "nested"), "a") as f:
+        f.write(f"{rc}\n")
+    return 0
+
+
+def nested_park(cpu):
+    """An smpboot park callback that calls cpu_up()."""
+    with open(os.path.join(_dir(), "nested"), "a") as f:
+        f.write(f"{kproc.cpu_up(cpu)}\n")
+
+
+# -- the per-CPU store, from every kind of process ---------------------------------------
+
+def _store_line(who, cpu):
+    task = STORE_HT.task(cpu)
+    with open(os.path.join(_dir(), "store"), "a") as f:
+        f.write(f"{who} {cpu} {task.pid if task is not None else None} {os.getpid()}\n")
+
+
+def store_create(cpu):
+    _store_line("create", cpu)
+
+
+def store_setup(cpu):
+    _store_line("setup", cpu)
+
+
+def store_run(cpu):
+    _store_ran.append(cpu)
+    _store_line("thread_fn", cpu)
+
+
+_store_ran = []
+
+
+def store_once(cpu):
+    """thread_should_run: True the first time only (this process is one thread)."""
+    return not _store_ran
+
+
+def store_startup(cpu):
+    _store_line("cpuhp", cpu)
+    return 0
+
+
+def store_kthread(done):
+    for cpu in sorted(kproc.cpu_online_mask()):
+        _store_line("kthread", cpu)
+    kproc.complete(done)
+    return 0
+
+
+STORE_HT = kproc.SmpHotplugThread(store_once, store_run, "hpstore/%u", create=store_create,
+                                  setup=store_setup)
+
+
+def store_lines(directory):
+    try:
+        with open(os.path.join(directory, "store")) as f:
+            return [line.split() for line in f.read().splitlines()]
+    except FileNotFoundError:
+        return []
+
+
+def hotplug_n_times(args):
+    """threadfn: cycle ``cpu`` down and up ``n`` times; then wait to be stopped.
+    Return: 0, or the first failing call's result."""
+    cpu, n, started = args
+    kproc.complete(started)
+    for _ in range(n):
+        rc = kproc.cpu_down(cpu) or kproc.cpu_up(cpu)
+        if rc:
+            return rc
+    while not kproc.kthread_should_stop():
+        kproc.schedule_timeout_interruptible(1.0)
+    return 0
