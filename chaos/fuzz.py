@@ -49,6 +49,7 @@ BAD = {
     "flags": [-1, 2 ** 40, "0", None, 1.5],
     "state": [12345, -1, "x", None, 2 ** 40],
     "int": [2 ** 200, "0", None, 1.5, object()],
+    "hpstate": [2 ** 200, "0", None, 1.5, object()],
     "str": [5, None, b"x", 1.5, object(), ["a"]],
 }
 # kthread_probe_data() "may be called on any task" (kthread.c): it answers None.
@@ -142,8 +143,9 @@ def _table(good: dict[str, Any]) -> list[tuple[str, Callable[..., Any], list[tup
         ("cpumask_of_node", k.cpumask_of_node, [("node", "node")]),
         ("cpu_down", k.cpu_down, [("cpu", "cpu")]),
         ("cpu_up", k.cpu_up, [("cpu", "cpu")]),
-        ("cpuhp_setup_state", lambda name, startup: k.cpuhp_setup_state(name, startup, None),
-         [("name", "str"), ("startup", "fn?")]),
+        ("cpuhp_setup_state", lambda state, name, startup: k.cpuhp_setup_state(
+            state, name, startup, None),
+         [("state", "hpstate"), ("name", "str"), ("startup", "fn?")]),
         ("cpuhp_remove_state", k.cpuhp_remove_state, [("state", "int")]),
         ("SmpHotplugThread", lambda thread_comm, fn: k.SmpHotplugThread(
             fn, fns.work_noop, thread_comm), [("thread_comm", "namefmt"), ("fn", "fn")]),
@@ -162,6 +164,7 @@ def _good(kind: str, good: dict[str, Any]) -> Any:
             "namefmt": "fz", "namefmt1": "fz/%u", "node": 0, "fn": fns.ret_data,
             "fn?": None, "worker": good["worker"],
             "work": good["dwork"], "c": good["c"], "flags": 0, "state": 0, "int": 1,
+            "hpstate": kproc.CPUHP_AP_ONLINE_DYN,
             "str": "fz:online"}[kind]
 
 

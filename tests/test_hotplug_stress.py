@@ -170,15 +170,23 @@ def _soak(tmp_path, monkeypatch, drive):
                            message=lambda: f"CPU {cpu}: callbacks {_counts(str(tmp_path), cpu)}"
                            f", real changes (+1 startup at setup) {want}" + _seen())
             changes = len(counter.notes)
+            offlines = {cpu: counter.count(cpu, False) for cpu in cpus}
             for ht in hts:
                 kproc.smpboot_unregister_percpu_thread(ht)
     finally:
         if counter is not None:
             counter.close()
         all_online("/sys")
-    wrong = {name: (tmp_path / name).read_text() for name in os.listdir(tmp_path)
+    # smpboot.c has BUG_ON(td->cpu != smp_processor_id()): the loop never *starts* a
+    # thread_fn off its CPU (it waits to be parked), but a CPU taken away from outside
+    # between that check and thread_fn's first line migrates a run already under way:
+    # at most one such run per offline of that CPU, never a stream of them.
+    wrong = {name: (tmp_path / name).read_text().splitlines() for name in os.listdir(tmp_path)
              if name.startswith("wrong-")}
-    assert wrong == {}, f"runs off their CPU: {wrong}"
+    for name, lines in wrong.items():
+        cpu = int(name.partition("-")[2])
+        assert len(lines) <= offlines.get(cpu, 0), \
+            f"runs off CPU {cpu} beyond one per outside offline ({offlines}): {lines}"
     runs = {cpu: int((tmp_path / f"runs-{cpu}").read_text()) for cpu in cpus}
     assert all(n > 0 for n in runs.values()), runs
     assert changes >= 4 and samples > 0
