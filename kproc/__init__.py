@@ -9,7 +9,8 @@ kproc/_core/ is the self-contained base (errors, the layout of every shared reco
 the arena and its slot tables, handles, argument checks, wait backends, the runtime);
 kproc/_sched/ task states, schedule() and completions on top of it;
 kproc/_kthread/ (kthreadd, creation, control) and kproc/_freezer.py use those;
-kproc/_workqueue/ and kproc/_hotplug/ are built from kthreads; this face exports them;
+kproc/_workqueue/ and kproc/_hotplug/ are built from kthreads, kproc/_pool/ (the
+concurrent.futures executor) from their workers; this face exports them;
 kproc/_cli/ is the ``kproc`` command, a user of this face.
 """
 
@@ -58,6 +59,7 @@ from ._freezer import (
     freeze_kthreads, thaw_kthreads, set_freezable, freezing, try_to_freeze,
     kthread_freezable_should_stop,
 )
+from ._pool.executor import KthreadPoolExecutor
 from ._sched.completion import (
     Completion, init_completion, reinit_completion, complete, complete_all,
     wait_for_completion, wait_for_completion_timeout, wait_for_completion_interruptible,
@@ -104,6 +106,7 @@ __all__ = [
     "cpu_to_node", "cpumask_of_node", "fake_sysfs",
     "cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_remove_state", "SmpHotplugThread",
     "smpboot_register_percpu_thread", "smpboot_unregister_percpu_thread",
+    "KthreadPoolExecutor",
     "TASK_RUNNING", "TASK_INTERRUPTIBLE", "TASK_UNINTERRUPTIBLE", "TASK_PARKED",
     "TASK_DEAD", "TASK_NEW", "TASK_FROZEN",
     "KTHREAD_IS_PER_CPU", "KTHREAD_SHOULD_STOP", "KTHREAD_SHOULD_PARK",
