@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 
 from .._core.layout import Record
 from .._core.native import load_mem_class
@@ -41,7 +42,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._core.memlike import MemLike  # typing only
 
-__all__ = ["PoolMemory", "HEADER", "SLOT", "FREE", "QUEUED", "RUNNING", "DONE", "CANCELLED",
+__all__ = ["PoolMemory", "HEADER", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING", "DONE", "CANCELLED",
            "INLINE_MAX", "put_big", "take_big", "close_fd"]
 
 HEADER = Record("POOL_HEADER", [("magic", "Q"), ("nslots", "I"), ("slot_size", "I"),
@@ -50,6 +51,12 @@ HEADER = Record("POOL_HEADER", [("magic", "Q"), ("nslots", "I"), ("slot_size", "
 SLOT = Record("POOL_SLOT", [("state", "I"), ("direct", "I"), ("kind", "I"), ("outcome", "I"),
                             ("length", "Q"), ("big_pid", "I"), ("big_fd", "I"),
                             ("big_ino", "Q"), ("seq", "Q")], stride=64)
+# kind, outcome, length, big_pid, big_fd, big_ino: written and read as one block
+# (the slot is FREE or DONE meanwhile: its state word orders it).
+SLOT_BODY = struct.Struct("=IIQIIQ")
+if (SLOT.kind, SLOT.outcome, SLOT.length, SLOT.big_pid, SLOT.big_fd, SLOT.big_ino) != \
+        (8, 12, 16, 24, 28, 32):
+    raise ImportError("POOL_SLOT's body is not laid out as SLOT_BODY reads it")
 MAGIC = 0x4B504F4F4C303031          # "KPOOL001"
 SLOT_SIZE = 8192
 INLINE_MAX = SLOT_SIZE - SLOT.stride
@@ -122,6 +129,19 @@ class PoolMemory:
     def slot_off(self, slot: int) -> int:
         """Byte offset of slot ``slot``'s record; its inline area follows it."""
         return HEADER.stride + slot * SLOT_SIZE
+
+    def write_body(self, off: int, kind: int, outcome: int, length: int,
+                   big: tuple[int, int, int] | None) -> None:
+        """Write a slot's body (not its state word): what it holds and where."""
+        if big is None:
+            SLOT_BODY.pack_into(self.buf, off + SLOT.kind, kind, outcome, length, 0, 0, 0)
+        else:
+            SLOT_BODY.pack_into(self.buf, off + SLOT.kind, kind, outcome, length, big[0],
+                                big[1], big[2])
+
+    def read_body(self, off: int) -> tuple[int, int, int, int, int, int]:
+        """(kind, outcome, length, big_pid, big_fd, big_ino) of a slot."""
+        return SLOT_BODY.unpack_from(self.buf, off + SLOT.kind)
 
     def write_inline(self, off: int, data: bytes) -> None:
         start = off + SLOT.stride

@@ -34,10 +34,13 @@ import threading
 import time
 
 from .._core import layout as L
+from .._core import trace as _trace
 from .._core.runtime import Runtime
 from .._sched.completion import Completion, complete, complete_all
 from .._workqueue.cancel import kthread_cancel_work_sync
+from .._workqueue.fastpath import fast_paths, lock_spin_ns
 from .._workqueue.handles import KthreadWork, KthreadWorker
+from .._workqueue.lists import wake_worker
 from .._workqueue.queue import kthread_queue_work
 from .channel import (CANCELLED, DONE, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
                       close_fd, put_big, take_big)
@@ -51,9 +54,9 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
     from typing import Any
 
-__all__ = ["Call", "Engine", "TICK"]
+__all__ = ["Call", "Engine"]
 
-TICK = 0.1                      # s: how often a direct wait checks the runtime
+TICK_NS = 100_000_000           # how often a direct wait checks the runtime
 T = L.TASK
 C = L.COMPLETION
 
@@ -98,6 +101,11 @@ class Engine:
         self.slot_worker = [s // per_worker for s in range(n)]
         self.works = [KthreadWork(run_slot, SlotRef(self.pm.key, s, self.comps[s], self.kick))
                       for s in range(n)]
+        self.raw_wait = rt.waits.raw_completion_wait()
+        self.cq = fast_paths(rt)[0]
+        self.wake_in_c = rt.waits.name == "futex"
+        # the C kthread_queue_work()'s arguments per slot, once its work is tied
+        self.fast_args: list[tuple[int, int, int, int, int, int, bool] | None] = [None] * n
         self.free = [list(range(w * per_worker, (w + 1) * per_worker))[::-1]
                      for w in range(len(workers))]
         self.inflight = [0] * len(workers)
@@ -155,31 +163,39 @@ class Engine:
             backlog.popleft()
 
     def _place(self, call: Call, w: int) -> None:
-        pm, mem = self.pm, self.pm.mem
+        pm = self.pm
         slot = self.free[w].pop()
         off = pm.slot_off(slot)
         if call.big is None and len(call.payload) > INLINE_MAX:
             call.big = put_big(call.payload)
             call.payload = b""
-        if call.big is not None:
-            fd, ino, length = call.big
-            mem.store32(off + SLOT.big_pid, os.getpid())
-            mem.store32(off + SLOT.big_fd, fd)
-            mem.store64(off + SLOT.big_ino, ino)
-            mem.store64(off + SLOT.length, length)
+        big = call.big
+        if big is not None:
+            pm.write_body(off, call.kind, 0, big[2], (os.getpid(), big[0], big[1]))
         else:
             pm.write_inline(off, call.payload)
-            mem.store32(off + SLOT.big_pid, 0)
-            mem.store64(off + SLOT.length, len(call.payload))
-        mem.store32(off + SLOT.kind, call.kind)
+            pm.write_body(off, call.kind, 0, len(call.payload), None)
         self.rt.mem.store32(self.comp_off[slot], 0)         # reinit_completion()
-        mem.store32(off + SLOT.state, QUEUED)
+        pm.mem.store32(off + SLOT.state, QUEUED)
         call.slot = slot
         self.slot_call[slot] = call
         self.inflight[w] += 1
-        kthread_queue_work(self.workers[w], self.works[slot])
-        if self.parked(w):
+        self._queue(w, slot)
+        if self.rt.mem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
             complete(self.kick)           # parking began meanwhile: have it moved
+
+    def _queue(self, w: int, slot: int) -> None:
+        """kthread_queue_work(), through its C fast path when it takes it."""
+        args = self.fast_args[slot]
+        r = self.cq(*args) if args is not None and not _trace.ENABLED else -1
+        if r < 0:
+            kthread_queue_work(self.workers[w], self.works[slot])
+            worker, work = self.workers[w], self.works[slot]
+            if self.cq is not None and self.wake_in_c:
+                self.fast_args[slot] = (worker._off, work._off, worker._idx + 1,
+                                        worker._gen, work._gen, lock_spin_ns(), True)
+        elif r == 2 and not self.wake_in_c:
+            wake_worker(self.rt, self.workers[w]._off)
 
     def _free_slot_locked(self, slot: int) -> None:
         mem = self.pm.mem
@@ -207,14 +223,11 @@ class Engine:
         call = self.slot_call[slot]
         if call is None:
             return None
-        pm, mem = self.pm, self.pm.mem
+        pm = self.pm
         off = pm.slot_off(slot)
-        code = mem.load32(off + SLOT.outcome)
-        n = mem.load64(off + SLOT.length)
-        pid = mem.load32(off + SLOT.big_pid)
+        _kind, code, n, pid, fd, ino = pm.read_body(off)
         try:
-            data = take_big(pid, mem.load32(off + SLOT.big_fd), mem.load64(off + SLOT.big_ino),
-                            n) if pid else pm.read_inline(off, n)
+            data = take_big(pid, fd, ino, n) if pid else pm.read_inline(off, n)
         except OSError as exc:
             code, data = -1, repr(exc).encode()
         self._free_slot_locked(slot)
@@ -223,24 +236,28 @@ class Engine:
             self.feed_locked()
         return call, code, data
 
-    def deliver(self, call: Call, code: int, data: bytes) -> None:
-        """Decode an outcome and hand it to the call's future.  Lock not held."""
+    def deliver(self, call: Call, code: int, data: bytes) -> tuple[bool, Any] | None:
+        """Decode an outcome and hand it to the call's future.  Lock not held.
+
+        Return: (is_exception, value) as the future now holds it, or None.
+        """
         if call.kind == KIND_INIT:
             if code == OUT_EXC or code < 0:
                 self.fail(self._init_failed(code, data))
-            return
+            return None
         fut = call.future
         if fut is None:
-            return
+            return None
         if code < 0:
             exc: BaseException = self.broken or OSError(data.decode())
             fut.set_exception(exc)
-            return
-        is_exc, value = decode_outcome(code, data)
-        if is_exc:
-            fut.set_exception(value)
+            return True, exc
+        got = decode_outcome(code, data)
+        if got[0]:
+            fut.set_exception(got[1])
         else:
-            fut.set_result(value)
+            fut.set_result(got[1])
+        return got
 
     def _init_failed(self, code: int, data: bytes) -> BaseException:
         err = BrokenKthreadPool("A worker initializer failed, the pool is not usable anymore")
@@ -264,50 +281,56 @@ class Engine:
                         out.append(got)
         return out
 
-    def wait_direct(self, call: Call, timeout: float | None) -> float | None:
+    def wait_direct(self, call: Call, timeout: float | None
+                    ) -> tuple[float | None, tuple[bool, Any] | None]:
         """Wait in this thread for ``call``'s slot to be DONE, and reap it.
 
-        Return: the seconds of ``timeout`` left (None: no timeout); 0 if it
-        ran out.  The call may be reaped by another thread meanwhile.
+        Return: (the seconds of ``timeout`` left, None for no timeout, 0 if it
+        ran out; the outcome if this thread reaped it, else None: another
+        thread reaps it, or the call is not in a slot).
         """
         slot = call.slot
         if slot < 0 or call.finished:
-            return timeout
+            return timeout, None
         deadline = None if timeout is None else time.monotonic() + timeout
-        pm, mem, amem = self.pm, self.pm.mem, self.rt.mem
+        pm, amem = self.pm, self.rt.mem
+        mem = pm.mem
         off = pm.slot_off(slot)
+        state_off = off + SLOT.state
         coff = self.comp_off[slot]
-        w = self.slot_worker[slot]
+        seq_off = coff + C.seq
         spin = self.rt.waits.spin_ns
-        if _getcpu is not None and _getcpu() == self.cpus[w]:
+        if _getcpu is not None and _getcpu() == self.cpus[self.slot_worker[slot]]:
             spin = 0                     # spinning would only delay the worker
-        wait = self.rt.waits.raw_completion_wait()
+        wait = self.raw_wait
         mem.fetch_add32(off + SLOT.direct, 1)
         reaped = None
         try:
             while self.slot_call[slot] is call and self.broken is None:
-                if mem.load32(off + SLOT.state) == DONE:
+                if mem.load32(state_off) == DONE:
                     with self.lock:
                         if self.slot_call[slot] is call:
                             reaped = self.reap_locked(slot)
                     break
-                snap = amem.load32(coff + C.seq)
+                snap = amem.load32(seq_off)
                 if amem.load32(coff):
                     continue
-                tick = TICK if deadline is None else min(TICK, deadline - time.monotonic())
-                if tick <= 0:
-                    break
-                if wait(coff, snap, int(tick * 1e9), spin, -1, 0) == 0:
+                if deadline is None:
+                    tick = TICK_NS
+                else:
+                    tick = min(TICK_NS, int((deadline - time.monotonic()) * 1e9))
+                    if tick <= 0:
+                        break
+                if wait(coff, snap, tick, spin, -1, 0) == 0:
                     self.rt.check_alive()
         finally:
             mem.fetch_add32(off + SLOT.direct, -1)
             if reaped is None:
                 complete(self.kick)       # a DONE we leave is the collector's again
-        if reaped is not None:
-            self.deliver(*reaped)
+        got = self.deliver(*reaped) if reaped is not None else None
         if deadline is None:
-            return None
-        return max(0.0, deadline - time.monotonic())
+            return None, got
+        return max(0.0, deadline - time.monotonic()), got
 
     # -- cancel, move, break ----------------------------------------------------
 

@@ -80,11 +80,15 @@ class PoolFuture(Future[Any]):
         CancelledError, TimeoutError, BrokenKthreadPool.
         """
         if self._state != FINISHED:
-            timeout = self._engine.wait_direct(self._call, timeout)
+            timeout, got = self._engine.wait_direct(self._call, timeout)
+            if got is not None:               # reaped here: no second look at the state
+                if got[0]:
+                    raise got[1]
+                return got[1]
         return super().result(timeout)
 
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The call's exception or None (as Future.exception())."""
         if self._state != FINISHED:
-            timeout = self._engine.wait_direct(self._call, timeout)
+            timeout = self._engine.wait_direct(self._call, timeout)[0]
         return super().exception(timeout)

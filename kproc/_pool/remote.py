@@ -55,11 +55,17 @@ else:
 class _Attached:
     """A pool's memory as this worker maps it, and the side-channel fds it still holds."""
 
-    __slots__ = ("pm", "held")
+    __slots__ = ("pm", "held", "_complete")
 
     def __init__(self, pm: PoolMemory) -> None:
         self.pm = pm
         self.held: dict[int, tuple[int, int]] = {}     # slot -> (fd, seq)
+        self._complete = get_runtime().waits.completion_complete
+
+    def complete_all(self, comp: Completion) -> None:
+        """complete_all() of a slot's completion, without re-checking the handle each time."""
+        if self._complete(comp._off, True, comp._gen_off, comp._gen) < 0:
+            complete_all(comp)         # stale: raises the right error
 
     def release_taken(self) -> None:
         """Close result payloads whose slot the caller has moved on from."""
@@ -80,12 +86,10 @@ def _pool(key: tuple[int, int, int, int, int]) -> _Attached:
     return att
 
 
-def _read_call(pm: PoolMemory, off: int) -> bytes:
-    mem = pm.mem
-    n = mem.load64(off + SLOT.length)
-    pid = mem.load32(off + SLOT.big_pid)
+def _read_call(pm: PoolMemory, off: int, n: int, pid: int, fd: int, ino: int) -> bytes:
+    """The encoded call of the slot at ``off``, inline or from the side channel."""
     if pid:
-        return take_big(pid, mem.load32(off + SLOT.big_fd), mem.load64(off + SLOT.big_ino), n)
+        return take_big(pid, fd, ino, n)
     return pm.read_inline(off, n)
 
 
@@ -109,26 +113,19 @@ def _execute(raw: bytes) -> tuple[int, bytes]:
     return encode_result(value)
 
 
-def _publish(att: _Attached, slot: int, off: int, code: int, data: bytes) -> None:
+def _publish(att: _Attached, slot: int, off: int, kind: int, code: int, data: bytes) -> None:
     pm = att.pm
-    mem = pm.mem
     if len(data) > INLINE_MAX:
         try:
             fd, ino, n = put_big(data)
         except OSError as exc:
             code, data = encode_exception(exc)
         else:
-            mem.store32(off + SLOT.big_pid, os.getpid())
-            mem.store32(off + SLOT.big_fd, fd)
-            mem.store64(off + SLOT.big_ino, ino)
-            mem.store64(off + SLOT.length, n)
-            mem.store32(off + SLOT.outcome, code)
-            att.held[slot] = (fd, mem.load64(off + SLOT.seq))
+            pm.write_body(off, kind, code, n, (os.getpid(), fd, ino))
+            att.held[slot] = (fd, pm.mem.load64(off + SLOT.seq))
             return
     pm.write_inline(off, data)
-    mem.store32(off + SLOT.big_pid, 0)
-    mem.store64(off + SLOT.length, len(data))
-    mem.store32(off + SLOT.outcome, code)
+    pm.write_body(off, kind, code, len(data), None)
 
 
 def run_slot(work: Any) -> None:
@@ -149,18 +146,18 @@ def run_slot(work: Any) -> None:
     if mem.load32(HEADER.broken) or \
             mem.cmpxchg32(off + SLOT.state, QUEUED, RUNNING) != QUEUED:
         return                        # cancelled, moved, or the pool is broken
-    kind = mem.load32(off + SLOT.kind)
+    kind, _code, n, pid, fd, ino = pm.read_body(off)
     try:
-        raw = _read_call(pm, off)
+        raw = _read_call(pm, off, n, pid, fd, ino)
     except BaseException as exc:
         code, data = encode_exception(exc)
     else:
         code, data = _execute(raw)
-    _publish(att, ref.slot, off, code, data)
+    _publish(att, ref.slot, off, kind, code, data)
     if kind == KIND_INIT and code == OUT_EXC:
         mem.store32(HEADER.broken, 1)
     mem.store32(off + SLOT.state, DONE)
-    complete_all(ref.comp)
+    att.complete_all(ref.comp)
     if mem.load32(HEADER.want) and not mem.load32(off + SLOT.direct):
         if mem.xchg32(HEADER.want, 0):
             complete(ref.kick)
