@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+from ._pool_cases import pool
 from ._stats import plot, progress, summarize, table
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -197,12 +198,13 @@ def main(argv=None):
     parser.add_argument("--png", metavar="PATH", default="benchmarks-latency.png",
                         help="latency CDFs as a PNG where matplotlib is installed "
                              "(default: %(default)s)")
-    parser.add_argument("--only", choices=["pingpong", "cycle", "scale", "workers", "hotplug"],
+    parser.add_argument("--only", choices=["pingpong", "cycle", "scale", "workers", "hotplug",
+                                           "pool"],
                         action="append")
     args = parser.parse_args(argv)
     results = {"quick": args.quick, "cpus": os.cpu_count()}
     for name, fn in (("pingpong", pingpong), ("cycle", cycle), ("scale", scale),
-                     ("workers", workers), ("hotplug", hotplug)):
+                     ("workers", workers), ("hotplug", hotplug), ("pool", pool)):
         if not args.only or name in args.only:
             fn(args.quick, results)
     sections = {"Completion ping-pong round trip": results.get("pingpong"),

@@ -26,6 +26,7 @@ import select
 import signal
 import threading
 
+from .._core.errors import KthreadError
 from .._core.syscalls import pid_alive
 from .._sched.completion import wait_for_completion_timeout
 from .channel import HEADER
@@ -53,19 +54,29 @@ class Collector(threading.Thread):
         eng = self.engine
         mem = eng.pm.mem
         try:
-            while True:
-                mem.store32(HEADER.want, 1)
-                for got in eng.collect():
-                    eng.deliver(*got)
-                if mem.load32(HEADER.broken) and eng.broken is None:
-                    self._broken_by_initializer()
-                eng.move_from_parked()
-                with eng.lock:
-                    if eng.shutting and (eng.live == 0 or eng.broken is not None):
-                        break
-                wait_for_completion_timeout(eng.kick, COLLECT_TICK)
+            self._loop()
+        except KthreadError as exc:         # the runtime (kthreadd) is gone
+            eng.fail(BrokenKthreadPool(f"the pool's kproc runtime is gone: {exc}"))
         finally:
             self.teardown()
+
+    def _loop(self) -> None:
+        eng = self.engine
+        mem = eng.pm.mem
+        while True:
+            mem.store32(HEADER.want, 1)
+            for got in eng.collect():
+                eng.deliver(*got)
+            if mem.load32(HEADER.broken) and eng.broken is None:
+                self._broken_by_initializer()
+            eng.move_from_parked()
+            with eng.lock:
+                # broken: everything failed already; the runtime closing: its waits
+                # are about to go (leave before them)
+                if eng.broken is not None or eng.rt.closed or \
+                        (eng.shutting and eng.live == 0):
+                    return
+            wait_for_completion_timeout(eng.kick, COLLECT_TICK)
 
     def _broken_by_initializer(self) -> None:
         # An initializer failed: its slot holds why; the collect pass above

@@ -35,6 +35,7 @@ import time
 
 from .._core import layout as L
 from .._core import trace as _trace
+from .._core.errors import KthreadError
 from .._core.runtime import Runtime
 from .._sched.completion import Completion, complete, complete_all
 from .._workqueue.cancel import kthread_cancel_work_sync
@@ -114,7 +115,6 @@ class Engine:
         self.live = 0
         self.broken: BaseException | None = None
         self.shutting = False
-        self.on_broken: Callable[[BaseException], None] | None = None
 
     # -- placing calls ----------------------------------------------------------
 
@@ -406,7 +406,7 @@ class Engine:
                 if call is not None:
                     calls.append(call)
                     self.slot_call[slot] = None         # nobody reaps it any more
-                    complete_all(self.comps[slot])      # wakes direct waiters
+                    self._wake(self.comps[slot], True)  # direct waiters
             for call in calls:
                 if not call.finished:
                     self._finished_locked(call)
@@ -416,6 +416,13 @@ class Engine:
                     call.future.set_exception(exc)
                 except Exception:
                     pass          # cancelled meanwhile
-        complete(self.kick)
-        if self.on_broken is not None:
-            self.on_broken(exc)
+        self._wake(self.kick, False)
+
+    def _wake(self, comp: Completion, everyone: bool) -> None:
+        # Not complete(): while the runtime shuts down (closed, kthreadd being
+        # stopped: how a pool learns it) the handles refuse, but the waits are
+        # still there and our threads must leave them before they go.
+        try:
+            self.rt.waits.completion_complete(comp._off, everyone)
+        except Exception:
+            pass                  # the waits are gone: nobody sleeps on them any more

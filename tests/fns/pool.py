@@ -28,7 +28,7 @@ def pid():
     return os.getpid()
 
 
-def affinity():
+def affinity(_ignored=None):
     return sorted(os.sched_getaffinity(0))
 
 
@@ -122,3 +122,26 @@ def initialized():
 
 def init_fail():
     raise Boom("initializer failed")
+
+
+def echo_or_boom(x):
+    if x == "boom":
+        raise Boom("boom")
+    return x
+
+
+def read_lines(path):
+    try:
+        with open(path) as f:
+            return f.read().split()
+    except FileNotFoundError:
+        return []
+
+
+def gone(pid):
+    """True once ``pid`` has exited (a zombie counts as gone)."""
+    import psutil
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
