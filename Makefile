@@ -1,6 +1,7 @@
 # kproc: `make test` sets everything up from scratch (venv, dependencies, the C
 # extension) and runs the whole suite on both wait backends; `make bench` runs
-# the quick benchmark suite.  Needs only python3 (with venv), a C compiler and
+# the quick benchmark suite (installing the bench extra: hdrhistogram, tqdm,
+# matplotlib) and writes its PNG.  Needs only python3 (with venv), a C compiler and
 # make: everything else goes into .venv.  Stamps in .venv keep reruns cheap.
 
 PYTHON ?= python3
@@ -81,8 +82,8 @@ test-futex: venv stress-ng ## the whole suite once, on the futex backend
 test-posix: venv stress-ng ## the whole suite once, on the posix backend
 	KPROC_BACKEND=posix $(PYTEST)
 
-$(BENCH_STAMP): $(DEPS_STAMP)
-	$(PIP) install -q -e '.[bench]'
+$(BENCH_STAMP): $(DEPS_STAMP) pyproject.toml
+	$(PIP) install -q -e '.[test,bench]'
 	touch $@
 
 $(FLOOR): benchmarks/c/futex_floor.c
@@ -90,8 +91,14 @@ $(FLOOR): benchmarks/c/futex_floor.c
 
 floor: $(FLOOR) ## build the C futex floor (benchmarks/c/futex_floor)
 
-bench: venv $(BENCH_STAMP) $(FLOOR) rt-tests ## the quick benchmark suite, printed as tables
-	$(PY) -m benchmarks --quick
+# Where `make bench` writes its JSON, histogram files and PNG.
+BENCH_OUT ?= benchmarks/out
+BENCH_ARGS ?= --quick
+
+bench: venv $(BENCH_STAMP) $(FLOOR) rt-tests ## the quick suite (BENCH_ARGS=--quick): tables, then JSON, histograms and a PNG in BENCH_OUT
+	mkdir -p $(BENCH_OUT)
+	$(PY) -m kproc bench $(BENCH_ARGS) --json $(BENCH_OUT)/bench.json \
+		--histogram $(BENCH_OUT)/histograms --png $(BENCH_OUT)/bench.png
 
 # cyclictest is the floor delayed-work lateness is compared with; installing it
 # needs root and apt, so without them the benchmark says it is missing instead.

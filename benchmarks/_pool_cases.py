@@ -1,6 +1,7 @@
 """KthreadPoolExecutor against ProcessPoolExecutor (and loky if installed), side by side.
 
-``python -m benchmarks --only pool`` runs, each case in a fresh process
+``python -m benchmarks --only pool`` (or ``python -m benchmarks._pool_cases [--quick]``)
+runs, each case in a fresh process
 (``python -m benchmarks._pool_cases CASE N`` prints one JSON line):
 
 * the ``submit(noop).result()`` round trip (p50/p99), kproc's pool on the
@@ -27,7 +28,38 @@ from concurrent.futures import ProcessPoolExecutor
 
 import psutil
 
-from ._stats import progress, summarize, table
+
+
+def summarize(name, samples):
+    s = sorted(samples)
+    pick = (lambda q: s[min(len(s) - 1, int(q / 100 * len(s)))] / 1e3) if s else \
+        (lambda q: float("nan"))
+    return {"name": name, "n": len(s), "p50": pick(50), "p90": pick(90), "p99": pick(99),
+            "max": s[-1] / 1e3 if s else float("nan")}
+
+
+def table(title, rows, ref):
+    print(f"\n{title} (µs, lower is better)")
+    base = next(r for r in rows if r["name"] == ref)["p50"]
+    for r in rows:
+        print(f"  {r['name']:<30} n={r['n']:<7} p50 {r['p50']:>9.2f} p90 {r['p90']:>9.2f} "
+              f"p99 {r['p99']:>9.2f} max {r['max']:>10.2f}  {r['p50'] / base:>7.2f}x")
+
+
+class progress:
+    """No bar (the harness draws its own); the same interface."""
+
+    def __init__(self, total, desc):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def update(self, n=1):
+        pass
 
 BLOCK = 64 * 1024
 
@@ -214,7 +246,9 @@ def pool(quick, results):
                                    for k, v in sha.items()}}
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and len(sys.argv) <= 2:
+    pool(sys.argv[1:] == ["--quick"], {})
+elif __name__ == "__main__":
     # by module name, so the functions travel as benchmarks._pool_cases.*, not __main__.*
     from benchmarks import _pool_cases as _me
     print(json.dumps(_me.CASES[sys.argv[1]](sys.argv[2], int(sys.argv[3]))))

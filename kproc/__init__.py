@@ -9,8 +9,7 @@ kproc/_core/ is the self-contained base (errors, the layout of every shared reco
 the arena and its slot tables, handles, argument checks, wait backends, the runtime);
 kproc/_sched/ task states, schedule() and completions on top of it;
 kproc/_kthread/ (kthreadd, creation, control) and kproc/_freezer.py use those;
-kproc/_workqueue/ and kproc/_hotplug/ are built from kthreads, kproc/_pool/ (the
-concurrent.futures executor) from their workers; this face exports them;
+kproc/_workqueue/ and kproc/_hotplug/ are built from kthreads; this face exports them;
 kproc/_cli/ is the ``kproc`` command, a user of this face.
 """
 
@@ -59,6 +58,11 @@ from ._freezer import (
     freeze_kthreads, thaw_kthreads, set_freezable, freezing, try_to_freeze,
     kthread_freezable_should_stop,
 )
+from ._sched.policy import sched_set_fifo, sched_set_fifo_low, sched_set_normal
+from ._kthread.mm import (
+    Mm, get_task_mm, mmput, kthread_use_mm, kthread_unuse_mm, copy_from_user, copy_to_user,
+)
+from ._kthread.blkcg import kthread_associate_blkcg, kthread_blkcg
 from ._pool.executor import KthreadPoolExecutor
 from ._sched.completion import (
     Completion, init_completion, reinit_completion, complete, complete_all,
@@ -94,6 +98,9 @@ __all__ = [
     "wait_for_completion", "wait_for_completion_timeout",
     "wait_for_completion_interruptible", "wait_for_completion_killable",
     "try_wait_for_completion", "completion_done",
+    "Mm", "get_task_mm", "mmput", "kthread_use_mm", "kthread_unuse_mm", "copy_from_user",
+    "copy_to_user", "kthread_associate_blkcg", "kthread_blkcg",
+    "sched_set_fifo", "sched_set_fifo_low", "sched_set_normal",
     "KthreadWorker", "KthreadWork", "KthreadDelayedWork", "KTW_FREEZABLE",
     "kthread_create_worker", "kthread_create_worker_on_node", "kthread_create_worker_on_cpu",
     "kthread_init_worker", "kthread_worker_fn", "kthread_destroy_worker",

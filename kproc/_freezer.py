@@ -31,6 +31,7 @@ import time
 
 from ._core import layout as L
 from ._core.errors import KthreadError
+from ._core.hung_task import HungTask, task_text
 from ._core.runtime import TICK_NS, Runtime, get_runtime
 from ._sched.schedule import need_current, wake_up_state
 from ._core.blobs import read_name
@@ -179,10 +180,13 @@ def freeze_kthreads(timeout: float = DEFAULT_FREEZE_TIMEOUT) -> None:
                            "for itself")
     rt.mem.store32(H.freezing, 1)
     deadline = time.monotonic() + timeout
+    hung = HungTask("freeze_kthreads", "to freeze (it has not called try_to_freeze())",
+                    lambda: ", ".join(task_text(rt, base)() for base, _ in _not_frozen(rt)))
     while True:
         todo = _not_frozen(rt)
         if not todo:
             return
+        hung.check()
         if time.monotonic() >= deadline:
             names = sorted(read_name(rt.arena, idx, base) for base, idx in todo)
             thaw_kthreads()

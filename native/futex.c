@@ -62,12 +62,12 @@ static int futex_wait_until(uint32_t *word, uint32_t expected, int64_t deadline)
                 return LOAD(word) == expected ? 2 : 1;
             ns_to_ts(deadline, &ts);
         }
-        Py_BEGIN_ALLOW_THREADS
+        KP_BEGIN_ALLOW_THREADS
         /* FUTEX_WAIT_BITSET: the timeout is absolute, on CLOCK_MONOTONIC. */
         rc = futex(word, FUTEX_WAIT_BITSET, expected,
                    deadline != NO_DEADLINE ? &ts : NULL, FUTEX_BITSET_MATCH_ANY);
         err = errno;
-        Py_END_ALLOW_THREADS
+        KP_END_ALLOW_THREADS
         if (rc == 0)
             return 0;
         if (err == EAGAIN)
@@ -124,7 +124,7 @@ static PyObject *Mem_futex_wake(ARGS)
 static int spin_while_equal(uint32_t *word, uint32_t expected, int64_t end)
 {
     int changed = 0;
-    Py_BEGIN_ALLOW_THREADS
+    KP_BEGIN_ALLOW_THREADS
     for (unsigned i = 1;; i++) {
         if (LOAD(word) != expected) {
             changed = 1;
@@ -134,7 +134,7 @@ static int spin_while_equal(uint32_t *word, uint32_t expected, int64_t end)
         if (i % SPIN_CLOCK_EVERY == 0 && mono_ns() >= end)
             break;
     }
-    Py_END_ALLOW_THREADS
+    KP_END_ALLOW_THREADS
     return changed;
 }
 
@@ -161,20 +161,6 @@ static PyObject *Mem_wait_change(KWARGS)
 }
 
 /* -- completions ------------------------------------------------------------ */
-
-/* try_wait_for_completion(): take one count, or pass if complete_all. */
-static int completion_try(struct completion *c)
-{
-    uint32_t v = LOAD(&c->done);
-    for (;;) {
-        if (v == DONE_ALL)
-            return 1;
-        if (v == 0)
-            return 0;
-        if (CAS(&c->done, &v, v - 1))   /* on failure v is reloaded */
-            return 1;
-    }
-}
 
 static struct completion *completion_at(MemObject *m, PyObject *arg)
 {
@@ -230,7 +216,9 @@ static PyObject *Mem_completion_done(ARGS)
  * completion_wait(): done is published first, then seq moves (a waiter about
  * to FUTEX_WAIT on its older seq snapshot gets EAGAIN), then sleepers is read
  * (a waiter that incremented it before our read is woken; one that
- * increments it after re-tries done before sleeping, and sees ours).
+ * increments it after re-tries done before sleeping, and sees ours).  Then
+ * the queue of sleeping waiters (swait.c) gets what is left, head first: a
+ * queued waiter links itself and then reads done, so one side sees the other.
  */
 static PyObject *Mem_completion_complete(KWARGS)
 {
@@ -255,6 +243,7 @@ static PyObject *Mem_completion_complete(KWARGS)
     __atomic_fetch_add(&c->seq, 1, __ATOMIC_SEQ_CST);
     if (LOAD(&c->sleepers) > 0)
         futex_wake_n(&c->seq, all ? INT_MAX : 1);
+    swait_settle(self, c);              /* queued sleepers first in, first out */
     return PyLong_FromLong(0);
 }
 
@@ -265,7 +254,7 @@ static PyObject *Mem_completion_complete(KWARGS)
 static int completion_spin(struct completion *c, uint32_t snap, int64_t end)
 {
     int rc = 0;
-    Py_BEGIN_ALLOW_THREADS
+    KP_BEGIN_ALLOW_THREADS
     for (unsigned i = 1;; i++) {
         if (LOAD(&c->done) != 0 && completion_try(c)) {
             rc = 1;
@@ -279,7 +268,7 @@ static int completion_spin(struct completion *c, uint32_t snap, int64_t end)
         if (i % SPIN_CLOCK_EVERY == 0 && mono_ns() >= end)
             break;
     }
-    Py_END_ALLOW_THREADS
+    KP_END_ALLOW_THREADS
     return rc;
 }
 

@@ -18,7 +18,8 @@
  *
  * Files, one mechanism each: mem.c (the Mem object, bounds-checked
  * addressing, 32/64-bit atomics), args.c (argument parsing), futex.c
- * (futexes, spin-then-wait, completions), mutex.c (the robust process-shared
+ * (futexes, spin-then-wait, completions), swait.c (the FIFO queue of a
+ * completion's sleeping waiters), vm.c (process_vm_readv/writev), mutex.c (the robust process-shared
  * mutex), layout.c (the record layout, by name), worklist.c (the list
  * primitives and the kthread_work fast paths on them), wl_methods.c (the
  * primitives as methods, for Python's slow path), module.c (module init, the
@@ -137,23 +138,63 @@ typedef struct {
     struct wl_list works, timers;       /* work_list and delayed_work_list, from wq[] */
 } MemObject;
 
-/* A completion record, 16 bytes, 8-aligned (kproc/_core/layout.py COMPLETION). */
+/*
+ * A completion record, 32 bytes, 8-aligned (kproc/_core/layout.py COMPLETION).
+ * done/seq/sleepers serve waiters that are not queued (a spin, the legacy
+ * sleep on seq); lock/head/tail are the queue of sleeping waiters (swait.c),
+ * which complete() serves first in, first out.
+ */
 struct completion {
     uint32_t done;                      /* count; DONE_ALL after complete_all */
     uint32_t seq;                       /* the futex word, bumped by every complete */
     uint32_t sleepers;                  /* waiters inside (or about to enter) FUTEX_WAIT */
-    uint32_t reserved;
+    uint32_t lock;                      /* pid holding the queue, 0 = free */
+    uint32_t head, tail;                /* queued swait nodes (arena offsets), 0 = none */
+    uint32_t reserved[2];
+};
+
+/* try_wait_for_completion(): take one count, or pass if complete_all. */
+static inline int completion_try(struct completion *c)
+{
+    uint32_t v = LOAD(&c->done);
+    for (;;) {
+        if (v == DONE_ALL)
+            return 1;
+        if (v == 0)
+            return 0;
+        if (CAS(&c->done, &v, v - 1))   /* on failure v is reloaded */
+            return 1;
+    }
+}
+
+/* A queued waiter, 32 bytes, 8-aligned (layout.py SWAIT): one per sleeping thread. */
+struct swait_node {
+    int32_t owner;                      /* pid of the thread's process, 0 = free */
+    uint32_t wake;                      /* the waiter's futex word, bumped at every wake */
+    uint32_t granted;                   /* 1 once complete() handed it one count */
+    uint32_t next, prev;                /* queue links (arena offsets), 0 = none */
+    uint32_t pad;
+    uint64_t comp;                      /* the completion it is queued on, 0 = none */
 };
 
 /* Method signatures (METH_FASTCALL, with METH_KEYWORDS for KWARGS). */
 #define ARGS MemObject *self, PyObject *const *args, Py_ssize_t nargs
 #define KWARGS ARGS, PyObject *kwnames
 
+/*
+ * Calls of any Mem that sleep or spin with the GIL released: Mem.release()
+ * refuses while one is in flight, so memory is never unmapped under a call.
+ * Changed with the GIL held only.
+ */
+extern long kproc_gil_released;
+#define KP_BEGIN_ALLOW_THREADS { kproc_gil_released++; Py_BEGIN_ALLOW_THREADS
+#define KP_END_ALLOW_THREADS Py_END_ALLOW_THREADS kproc_gil_released--; }
+
 /* Every method but __init__ needs the buffer. */
 #define NEED_BUFFER()                                                         \
     do {                                                                      \
         if (!self->base) {                                                    \
-            PyErr_SetString(PyExc_ValueError, "Mem was not initialised");     \
+            PyErr_SetString(PyExc_ValueError, "Mem was not initialised or was released");     \
             return NULL;                                                      \
         }                                                                     \
     } while (0)
@@ -221,8 +262,9 @@ static inline int get_i64(PyObject *o, int64_t *out)
 /* -- the Mem type, its method tables, addressing (mem.c) ----------------------- */
 
 extern PyTypeObject MemType;
+extern PyTypeObject MutexGuardType;
 extern PyMethodDef atomic_methods[], futex_methods[], mutex_methods[], layout_methods[],
-    worklist_methods[], wl_methods[];
+    worklist_methods[], wl_methods[], swait_methods[];
 
 void *at_len(MemObject *m, PyObject *arg, Py_ssize_t len, int align);
 
@@ -234,6 +276,11 @@ static inline void *at(MemObject *m, PyObject *arg, int width)
 /* -- futexes and mutexes (futex.c, mutex.c) --------------------------------- */
 
 int futex_wake_n(uint32_t *word, int n);
+/* Cross-process copies (vm.c): module functions. */
+PyObject *mod_process_vm_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+PyObject *mod_process_vm_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+/* The queue of sleeping waiters (swait.c): after done moved, hand counts to it. */
+void swait_settle(MemObject *m, struct completion *c);
 int mutex_trylock_spin(pthread_mutex_t *mx, int64_t spin_ns);
 int mutex_acquired(pthread_mutex_t *mx, int rc);
 int mutex_held(pthread_mutex_t *mx, const char *fname);

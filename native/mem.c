@@ -47,6 +47,26 @@ static int Mem_init(MemObject *self, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+long kproc_gil_released;
+
+/*
+ * release() -> True once the buffer export is dropped (every later call raises
+ * ValueError), False (nothing done) while a call of any Mem sleeps or spins
+ * with the GIL released: the owner of the mapping may then unmap it.
+ */
+static PyObject *Mem_release(MemObject *self, PyObject *Py_UNUSED(ignored))
+{
+    if (kproc_gil_released > 0)
+        Py_RETURN_FALSE;
+    if (self->base) {
+        self->base = NULL;
+        self->size = 0;
+        self->wl_set = self->wq_set = 0;
+        PyBuffer_Release(&self->view);
+    }
+    Py_RETURN_TRUE;
+}
+
 static void Mem_dealloc(MemObject *self)
 {
     if (self->base)
@@ -162,6 +182,9 @@ static PyObject *Mem_cmpxchg64(ARGS)
 /* -- the type --------------------------------------------------------------- */
 
 PyMethodDef atomic_methods[] = {
+    {"release", (PyCFunction)Mem_release, METH_NOARGS,
+     "release() -> bool: drop the buffer export (later calls raise ValueError); False "
+     "and nothing done while any Mem call waits with the GIL released"},
     M(load32, "load32(off) -> int: the u32 at off"),
     M(store32, "store32(off, v): store v mod 2**32"),
     M(xchg32, "xchg32(off, v) -> old"),

@@ -12,7 +12,7 @@
 #include <string.h>
 #include <sys/prctl.h>
 
-#define MEM_METHODS_MAX 40
+#define MEM_METHODS_MAX 48
 
 static PyMethodDef mem_methods[MEM_METHODS_MAX + 1];    /* NULL-terminated */
 
@@ -23,7 +23,8 @@ static PyMethodDef mem_methods[MEM_METHODS_MAX + 1];    /* NULL-terminated */
 static int assemble_methods(void)
 {
     PyMethodDef *const tables[] = {atomic_methods, futex_methods, mutex_methods,
-                                   layout_methods, worklist_methods, wl_methods};
+                                   layout_methods, worklist_methods, wl_methods,
+                                   swait_methods};
     size_t n = 0;
     for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++) {
         for (PyMethodDef *d = tables[t]; d->ml_name; d++) {
@@ -85,6 +86,10 @@ static PyMethodDef module_methods[] = {
     {"set_pdeathsig", mod_set_pdeathsig, METH_O, "set_pdeathsig(sig): prctl(PR_SET_PDEATHSIG)"},
     {"set_comm", mod_set_comm, METH_O, "set_comm(name: bytes): prctl(PR_SET_NAME), 15 bytes"},
     {"getcpu", mod_getcpu, METH_NOARGS, "getcpu() -> int: sched_getcpu(), the CPU running us"},
+    {"process_vm_read", (PyCFunction)(void (*)(void))mod_process_vm_read, METH_FASTCALL,
+     "process_vm_read(pid, addr, buffer) -> bytes read (short where unreachable or gone)"},
+    {"process_vm_write", (PyCFunction)(void (*)(void))mod_process_vm_write, METH_FASTCALL,
+     "process_vm_write(pid, addr, data) -> bytes written (short where unreachable or gone)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -98,7 +103,8 @@ PyDoc_STRVAR(module_doc,
 "- 32-bit unsigned and 64-bit signed sequentially consistent atomics;\n"
 "- shared futexes: futex_wait (absolute CLOCK_MONOTONIC deadline),\n"
 "  futex_wake, and wait_change (spin, then futex_wait);\n"
-"- completions (16-byte records: done, seq, sleepers, reserved) with the\n"
+"- completions (32-byte records: done, seq, sleepers, and the lock, head and\n"
+"  tail of their FIFO queue of sleeping waiters) with the\n"
 "  kernel's counting semantics, free of lost wake-ups when the caller passes\n"
 "  a seq snapshot read before it checked its own conditions;\n"
 "- robust process-shared pthread mutexes (MUTEX_SIZE bytes, 8-aligned);\n"
@@ -126,7 +132,8 @@ static struct PyModuleDef moduledef = {
 PyMODINIT_FUNC PyInit__native(void)
 {
     PyObject *m;
-    if (assemble_methods() < 0 || PyType_Ready(&MemType) < 0)
+    if (assemble_methods() < 0 || PyType_Ready(&MemType) < 0 ||
+        PyType_Ready(&MutexGuardType) < 0)
         return NULL;
     m = PyModule_Create(&moduledef);
     if (!m)
@@ -134,6 +141,11 @@ PyMODINIT_FUNC PyInit__native(void)
     Py_INCREF(&MemType);
     if (PyModule_AddObject(m, "Mem", (PyObject *)&MemType) < 0) {
         Py_DECREF(&MemType);
+        goto fail;
+    }
+    Py_INCREF(&MutexGuardType);
+    if (PyModule_AddObject(m, "MutexGuard", (PyObject *)&MutexGuardType) < 0) {
+        Py_DECREF(&MutexGuardType);
         goto fail;
     }
     if (PyModule_AddIntConstant(m, "MUTEX_SIZE", (sizeof(pthread_mutex_t) + 7) & ~(size_t)7) < 0)

@@ -32,6 +32,24 @@ def rt(request):
         runtime.shutdown()
 
 
+@pytest.fixture
+def worker(rt):
+    """A kthread worker named "kw/3" on ``rt``, destroyed afterwards if still alive."""
+    w = kproc.kthread_create_worker(0, "kw/%d", 3)
+    yield w
+    try:
+        if w.task is not None:
+            kproc.kthread_destroy_worker(w)
+    except kproc.KthreadError:
+        pass
+
+
+@pytest.fixture
+def log_path(tmp_path):
+    """A file the works of ``fns.work`` append lines to (read with ``read_lines``)."""
+    return str(tmp_path / "log")
+
+
 def _shm_entries():
     try:
         return set(os.listdir("/dev/shm"))

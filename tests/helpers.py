@@ -9,6 +9,7 @@ import time
 import psutil
 
 import kproc
+from fns import work as work_fns
 
 
 def wait_until(predicate, timeout=2.0, interval=0.002, message=None):
@@ -53,6 +54,19 @@ def run_started(threadfn, args, name, state=None):
         wait_until(lambda: kproc.task_state(task) == state,
                    message=lambda: f"{name} never reached {state!r}")
     return task
+
+
+def blocked(worker):
+    """Queue a work that blocks ``worker``; return the Completion releasing it."""
+    started, release = kproc.Completion(), kproc.Completion()
+    kproc.kthread_queue_work(worker, kproc.KthreadWork(work_fns.block, (started, release)))
+    kproc.wait_for_completion(started)
+    return release
+
+
+def wait_past(t):
+    """Wait until the monotonic clock passes ``t`` (for tests whose property is time)."""
+    wait_until(lambda: time.monotonic() > t, timeout=5.0, interval=0.001)
 
 
 REAL_CPU_DIR = "/sys/devices/system/cpu"

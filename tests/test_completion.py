@@ -68,10 +68,20 @@ def test_stop_interrupts_wait_for_completion_interruptible(rt):
     assert kproc.kthread_stop(task) == -512          # -ERESTARTSYS
 
 
-def test_stop_interrupts_wait_for_completion_killable(rt):
+def test_stop_does_not_end_wait_for_completion_killable(rt):
+    """kthread_stop()'s TIF_NOTIFY_SIGNAL is a pending signal, not a fatal one:
+    completion.c do_wait_for_common() checks signal_pending_state(TASK_KILLABLE),
+    which only fatal_signal_pending() satisfies, so the wait goes on until
+    completed (kthread.c 6.15 kthread_stop(): set_tsk_thread_flag(k,
+    TIF_NOTIFY_SIGNAL))."""
     comp = kproc.Completion()
-    task = run_started(kfuncs.wait_killable, (comp,), "wk", kproc.TASK_INTERRUPTIBLE)
-    assert kproc.kthread_stop(task) == -512
+    task = run_started(kfuncs.wait_killable, (comp,), "wk", kproc.TASK_UNINTERRUPTIBLE)
+    timer = threading.Timer(0.3, kproc.complete, (comp,))
+    timer.start()
+    t0 = time.monotonic()
+    assert kproc.kthread_stop(task) == 0
+    assert time.monotonic() - t0 >= 0.2
+    timer.join()
 
 
 def test_interruptible_wait_that_completes_returns_zero(rt):
@@ -113,11 +123,39 @@ def test_stop_cuts_schedule_timeout_interruptible_short(rt):
     assert kproc.kthread_stop(task) > 8000
 
 
-def test_stop_waits_out_schedule_timeout_uninterruptible(rt):
+def test_stop_ends_schedule_timeout_uninterruptible_with_the_time_left(rt):
+    """kthread_stop() wakes the task with wake_up_process() (kthread.c 6.15
+    kthread_stop()), which ends a schedule_timeout() in TASK_UNINTERRUPTIBLE;
+    schedule_timeout() returns the time left (kernel/time/sleep_timeout.c)."""
     task = run_started(kfuncs.schedule_timeout_state,
-                       (kproc.TASK_UNINTERRUPTIBLE, 0.4), "stu", kproc.TASK_UNINTERRUPTIBLE)
+                       (kproc.TASK_UNINTERRUPTIBLE, 10.0), "stu", kproc.TASK_UNINTERRUPTIBLE)
     t0 = time.monotonic()
-    assert kproc.kthread_stop(task) == 0          # ran out: 0 ms left
+    assert kproc.kthread_stop(task) > 8000
+    assert time.monotonic() - t0 < 2
+
+
+def test_stop_ends_an_untimed_schedule_in_task_uninterruptible(rt):
+    """kthread_stop()'s wake_up_process() ends a schedule() in TASK_UNINTERRUPTIBLE."""
+    task = run_started(kfuncs.schedule_uninterruptible, (), "su", kproc.TASK_UNINTERRUPTIBLE)
+    assert kproc.kthread_stop(task) == 6
+
+
+def test_stop_cuts_schedule_timeout_interruptible_short_with_the_time_left(rt):
+    """schedule_timeout_interruptible() sleeps in TASK_INTERRUPTIBLE: kthread_stop()
+    ends it (signal_pending() through TIF_NOTIFY_SIGNAL) with the time left."""
+    task = run_started(kfuncs.schedule_timeout_interruptible_ret, (10.0,), "stir",
+                       kproc.TASK_INTERRUPTIBLE)
+    assert kproc.kthread_stop(task) > 8000
+
+
+def test_stop_waits_out_wait_for_completion_timeout(rt):
+    """wait_for_completion_timeout() waits in TASK_UNINTERRUPTIBLE and loops until
+    done or timed out (completion.c do_wait_for_common()): stop's wake does not
+    end it."""
+    comp = kproc.Completion()
+    task = run_started(kfuncs.wait_timeout_ret, (comp, 0.4), "wto", kproc.TASK_UNINTERRUPTIBLE)
+    t0 = time.monotonic()
+    assert kproc.kthread_stop(task) == 0            # timed out: 0 left
     assert time.monotonic() - t0 > 0.2
 
 

@@ -82,9 +82,12 @@ def test_the_width_check_sees_the_accesses():
 
 
 def test_fields_know_their_width_and_records_fit_their_strides():
-    """Offsets are ints that carry their format; a record never outgrows its stride."""
-    assert L.TASK.result.width == 64 and L.TASK.pid.width == 32 and L.TASK.done.width == 0
-    assert L.HOTPLUG.events.width == 64
+    """Offsets are plain ints, and fields() carries their formats; a record never
+    outgrows its stride."""
+    task, hotplug = dict(L.TASK.fields()), dict(L.HOTPLUG.fields())
+    assert type(L.TASK.result) is int and task["result"] == L.TASK.result
+    assert task["result"].width == 64 and task["pid"].width == 32 and task["done"].width == 0
+    assert hotplug["events"].width == 64
     for record in RECORDS:
         assert record.size <= record.stride, record
     assert L.TASK_BLOB.stride == L.BLOB_SIZE

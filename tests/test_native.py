@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from helpers import wait_until
 from kproc._core import layout as L
 from kproc._core.arena import ArenaParams
-from kproc._core.layout import COMPLETION
+from kproc._core.layout import COMPLETION, SWAIT
 from kproc._sched.task import TASK_NORMAL
 
 try:
@@ -170,8 +170,49 @@ def test_mem_needs_a_writable_buffer():
 
 
 def test_completion_record_layout_matches_python():
-    assert (COMPLETION.size, COMPLETION.done, COMPLETION.seq, COMPLETION.sleepers) == \
-        (16, 0, 4, 8)
+    """struct completion and struct swait_node of native/kproc_native.h."""
+    assert (COMPLETION.size, COMPLETION.done, COMPLETION.seq, COMPLETION.sleepers,
+            COMPLETION.lock, COMPLETION.head, COMPLETION.tail) == (32, 0, 4, 8, 12, 16, 20)
+    assert (SWAIT.size, SWAIT.owner, SWAIT.wake, SWAIT.granted, SWAIT.next, SWAIT.prev,
+            SWAIT.comp) == (32, 0, 4, 8, 12, 16, 24)
+
+
+NODE1, NODE2, NODE3 = 512, 544, 576     # swait nodes
+
+
+def _node(mem, node):
+    mem.store32(node + SWAIT.owner, os.getpid())
+    return node
+
+
+def test_complete_grants_queued_nodes_first_in_first_out(mem):
+    nodes = [_node(mem, n) for n in (NODE1, NODE2, NODE3)]
+    for n in nodes:
+        assert mem.completion_enqueue(COMP, n) == 0
+    assert (mem.load32(COMP + COMPLETION.head), mem.load32(COMP + COMPLETION.tail)) == \
+        (NODE1, NODE3)
+    for i, n in enumerate(nodes):
+        wake = mem.load32(n + SWAIT.wake)
+        mem.completion_complete(COMP)
+        assert mem.load32(n + SWAIT.granted) == 1 and mem.load32(n + SWAIT.wake) == wake + 1
+        assert all(mem.load32(m + SWAIT.granted) == 0 for m in nodes[i + 1:])
+        assert mem.load32(COMP) == 0                 # the count went to the node
+    assert mem.load32(COMP + COMPLETION.head) == 0 == mem.load32(COMP + COMPLETION.tail)
+
+
+def test_enqueue_takes_a_count_that_is_there_and_dequeue_unlinks(mem):
+    _node(mem, NODE1)
+    _node(mem, NODE2)
+    mem.completion_complete(COMP)
+    assert mem.completion_enqueue(COMP, NODE1) == 1 and mem.load32(COMP) == 0
+    assert mem.completion_enqueue(COMP, NODE1) == 0
+    assert mem.completion_enqueue(COMP, NODE2) == 0
+    assert mem.completion_dequeue(COMP, NODE1) == 0      # not granted: taken off
+    assert mem.load32(COMP + COMPLETION.head) == NODE2
+    mem.completion_complete(COMP)
+    assert mem.completion_dequeue(COMP, NODE2) == 1      # granted: the count is ours
+    mem.completion_complete(COMP, True)
+    assert mem.completion_enqueue(COMP, NODE1) == 1      # complete_all: never queued
 
 
 # -- atomics ------------------------------------------------------------------
@@ -953,8 +994,8 @@ def test_wl_setup_names_a_missing_field_and_refuses_a_list(impl):
 @pytest.mark.parametrize("call, exc, match", [
     (lambda m, k: m.wl_link_before(k, 7, 2, 0), ValueError, "neither ON_WORKLIST"),
     (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 0, 0), ValueError, "0 is not a work slot"),
-    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 9, 0), ValueError, "9 is not a work slot"),
-    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 2, 9), ValueError, "9 is not a work slot"),
+    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 999, 0), ValueError, "999 is not a work slot"),
+    (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 2, 999), ValueError, "999 is not a work slot"),
     (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 1, 0), ValueError, "1 is already on a list"),
     (lambda m, k: m.wl_link_before(k, ON_WORKLIST, 2, 4), ValueError, "4 is not on list 1"),
     (lambda m, k: m.wl_link_before(k, ON_TIMER, 2, 1), ValueError, "1 is not on list 2"),

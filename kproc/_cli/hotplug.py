@@ -1,17 +1,18 @@
-"""``kproc hotplug status | down N | up N | cycle N --count K``: the command
-line of CPU hotplug (SPEC §6): argument checks, printing, and leaving every
-CPU as it was found.
+"""``kproc hotplug status | down N | up N | cycle N --count K | --duration S``:
+the command line of CPU hotplug (SPEC §6): argument checks, printing, a
+progress bar, and leaving every CPU as it was found.
 
 ``cycle`` runs the timed experiment of ``kproc._hotplug.experiment``
 (``--threads`` per-CPU thread registrations and ``--preferred``
 preferred-affine kthreads on CPU N, N taken down and up K times) and prints
 the percentiles of each phase.
 
-Every CPU a command touches is back online when it ends, also on an error,
-Ctrl-C or SIGTERM (``finally``, with SIGTERM/SIGHUP turned into
-KeyboardInterrupt): first through cpu_up() while the runtime lives, so the
-callbacks bring the threads back, then by a raw write if that failed.
-``down N`` alone leaves N offline, as asked, when it succeeds.
+Every CPU a command touches is back in the state it had before the
+command when it ends, also on an error, Ctrl-C or SIGTERM (``finally``, with
+SIGTERM/SIGHUP turned into KeyboardInterrupt): first through cpu_up() or
+cpu_down() while the runtime lives, so the callbacks run, then by a raw
+write if that failed.  ``down N`` and ``up N`` leave N as asked when they
+succeed.  ``cycle`` refuses an offline CPU before changing anything.
 Context: the command-line process, which owns the runtime it starts.
 """
 
@@ -27,6 +28,7 @@ from .._core.runtime import current_runtime
 from .._core.topology import Topology, format_cpulist
 from .._hotplug.experiment import cycle_experiment, report_dir
 from .._hotplug.record import hotplug_stats
+from .._bench.progress import bar
 from .output import print_json
 
 TYPE_CHECKING = False
@@ -45,21 +47,31 @@ __all__ = ["add_parser", "percentiles", "run"]
 # -- helpers -----------------------------------------------------------------------
 
 def percentiles(samples_ns: Iterable[int]) -> dict[str, float | None]:
-    """{p50, p99, n} in milliseconds (p50 and p99 None without samples)."""
+    """{n, min, mean, p50, p99, max} in milliseconds (None but n without samples)."""
     s = sorted(samples_ns)
     if not s:
-        return {"p50": None, "p99": None, "n": 0}
+        return {"n": 0, "min": None, "mean": None, "p50": None, "p99": None, "max": None}
     pick: Callable[[float], float] = lambda q: s[min(len(s) - 1, int(q * len(s)))] / 1e6  # noqa: E731
-    return {"p50": pick(0.50), "p99": pick(0.99), "n": len(s)}
+    return {"n": len(s), "min": s[0] / 1e6, "mean": sum(s) / len(s) / 1e6, "p50": pick(0.50),
+            "p99": pick(0.99), "max": s[-1] / 1e6}
 
 
 class _Restore:
-    """Bring every touched CPU online on exit, whatever ends the command."""
+    """Put every touched CPU back in the state it had before the command,
+    whatever ends it."""
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
-        self.touched: set[int] = set()
+        self.before: dict[int, bool] = {}
         self.old: dict[signal.Signals, SignalHandler] = {}
+
+    def touch(self, cpu: int) -> None:
+        """Note ``cpu``'s state before the command changes it."""
+        self.before.setdefault(cpu, self.topology.is_online(cpu))
+
+    def keep(self, cpu: int) -> None:
+        """The command left ``cpu`` as it was asked to: do not restore it."""
+        self.before.pop(cpu, None)
 
     def __enter__(self) -> _Restore:
         for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -70,20 +82,21 @@ class _Restore:
         self.close()
 
     def close(self) -> None:
-        """Bring the touched CPUs back online and restore the signal handlers.
-        Idempotent: called while the runtime lives, and again on exit."""
+        """Restore the touched CPUs and the signal handlers.  Idempotent:
+        called while the runtime lives (through cpu_up/cpu_down, so the
+        callbacks run), and again on exit (by a raw write if need be)."""
         try:
-            for cpu in sorted(self.touched):
-                if self.topology.is_online(cpu):
+            for cpu, online in sorted(self.before.items()):
+                if self.topology.is_online(cpu) == online:
                     continue
                 rt = current_runtime()
                 if rt is not None and not rt.closed:
                     try:
-                        kproc.cpu_up(cpu)           # callbacks run: threads come back
+                        (kproc.cpu_up if online else kproc.cpu_down)(cpu)
                     except Exception:
                         pass
-                if not self.topology.is_online(cpu):
-                    self.topology.set_online(cpu, True)
+                if self.topology.is_online(cpu) != online:
+                    self.topology.set_online(cpu, online)
         finally:
             for sig, handler in self.old.items():
                 signal.signal(sig, handler)
@@ -119,7 +132,7 @@ def _status(args: Namespace, topology: Topology) -> int:
 
 def _single(args: Namespace, restore: _Restore) -> int:
     down = args.action == "down"
-    restore.touched.add(args.cpu)
+    restore.touch(args.cpu)
     t0 = time.monotonic_ns()
     rc = kproc.cpu_down(args.cpu) if down else kproc.cpu_up(args.cpu)
     elapsed = time.monotonic_ns() - t0
@@ -127,8 +140,8 @@ def _single(args: Namespace, restore: _Restore) -> int:
     out = {"cpu": args.cpu, "action": args.action, "result": rc, "ms": elapsed / 1e6,
            "callbacks_ms": (st["teardown_ns"] if down else st["startup_ns"]) / 1e6,
            "write_ms": st["write_ns"] / 1e6}
-    if rc == 0 and down:
-        restore.touched.discard(args.cpu)     # offline is what was asked for
+    if rc == 0:
+        restore.keep(args.cpu)                # the state asked for
     if args.json:
         print_json(out)
     else:
@@ -139,29 +152,59 @@ def _single(args: Namespace, restore: _Restore) -> int:
     return 0 if rc in (0, 1) else 1
 
 
+_LABELS = [("down", "cpu_down total"), ("park", "  teardown (parking)"),
+           ("write_down", "  sysfs write 0"), ("up", "cpu_up total"),
+           ("write_up", "  sysfs write 1"), ("unpark", "  startup (unpark, re-affine)"),
+           ("back", "per-CPU thread back on its CPU")]
+
+
 def _cycle(args: Namespace, restore: _Restore) -> int:
-    restore.touched.add(args.cpu)
-    res = cycle_experiment(args.cpu, args.count, args.threads, args.preferred,
-                           settle=args.settle / 1000.0)
+    restore.touch(args.cpu)
+    count = args.count if args.count is not None or args.duration is not None else 10
+    total: float = count if args.duration is None else float(args.duration)
+    with bar(total, f"cycling CPU {args.cpu}", unit="cycle" if args.duration is None
+             else "s") as progress:
+        t0 = time.monotonic()
+
+        def tick() -> None:
+            if args.duration is None:
+                progress.update(1)
+            else:
+                progress.update(min(time.monotonic() - t0, total) - progress.n)
+        res = cycle_experiment(args.cpu, count if args.duration is None else args.count,
+                               args.threads, args.preferred, progress=tick,
+                               settle=args.settle / 1000.0, duration=args.duration)
+    cycles = len(res["down"])
     phases = {k: percentiles(v) for k, v in res.items() if isinstance(v, list)}
     if args.json:
-        print_json({"cpu": args.cpu, "count": args.count, "threads": args.threads,
-                    "preferred": args.preferred, "ms": {**phases, "lost": res["lost"]}})
+        print_json({"cpu": args.cpu, "count": cycles, "threads": args.threads,
+                    "preferred": args.preferred, "duration": args.duration,
+                    "ms": {**phases, "lost": res["lost"]},
+                    "samples_ns": {k: v for k, v in res.items() if isinstance(v, list)}})
         return 0
-    print(f"CPU {args.cpu}: {args.count} offline/online cycles, {args.threads} per-CPU "
+    print(f"CPU {args.cpu}: {cycles} offline/online cycles, {args.threads} per-CPU "
           f"thread registration(s), {args.preferred} preferred-affine kthread(s)")
-    labels = [("down", "cpu_down total"), ("park", "  teardown (parking)"),
-              ("write_down", "  sysfs write 0"), ("up", "cpu_up total"),
-              ("write_up", "  sysfs write 1"), ("unpark", "  startup (unpark, re-affine)"),
-              ("back", "per-CPU thread back on its CPU")]
-    print(f"  {'':<32} {'p50 ms':>9} {'p99 ms':>9} {'n':>6}")
-    for key, label in labels:
-        s = phases[key]
-        if s["n"]:
-            print(f"  {label:<32} {s['p50']:>9.3f} {s['p99']:>9.3f} {s['n']:>6}")
+    cols = ("min", "mean", "p50", "p99", "max")
+    print(f"  {'ms':<32} " + " ".join(f"{c:>8}" for c in cols) + f" {'n':>6}")
+    for key, label in _LABELS:
+        st = phases[key]
+        if st["n"]:
+            print(f"  {label:<32} " + " ".join(f"{st[c]:>8.3f}" for c in cols) +
+                  f" {st['n']:>6}")
     if res["lost"]:
         print(f"  {res['lost']} per-CPU thread(s) were not back on CPU {args.cpu} within 2 s")
     return 0
+
+
+def _refuse(args: Namespace, topology: Topology) -> str | None:
+    """Why ``args`` cannot run on this topology, or None (nothing changed yet)."""
+    if args.cpu not in topology.possible():
+        return f"CPU {args.cpu} does not exist here (possible: " \
+               f"{format_cpulist(topology.possible())})"
+    if args.action == "cycle" and not topology.is_online(args.cpu):
+        return (f"CPU {args.cpu} is offline: cycle takes an online CPU down and back up; "
+                f"bring it online first (kproc hotplug up {args.cpu})")
+    return None
 
 
 def run(args: Namespace) -> int:
@@ -170,6 +213,10 @@ def run(args: Namespace) -> int:
     topology = Topology(args.sysfs_root)
     if args.action == "status":
         return _status(args, topology)
+    refusal = _refuse(args, topology)
+    if refusal:
+        print(f"kproc hotplug {args.action}: {refusal}", file=sys.stderr)
+        return 2
     try:
         with report_dir(), _Restore(topology) as restore:
             with kproc.start(sysfs_root=args.sysfs_root):
@@ -180,7 +227,7 @@ def run(args: Namespace) -> int:
                 finally:
                     restore.close()         # while the runtime (and its cpuhp) lives
     except KeyboardInterrupt:
-        print("kproc hotplug: interrupted; every CPU touched is online again",
+        print("kproc hotplug: interrupted; every CPU touched is as it was before",
               file=sys.stderr)
         return 130
     except (ValueError, PermissionError, OSError) as exc:
@@ -193,7 +240,11 @@ def add_parser(sub: _SubParsersAction[ArgumentParser]) -> ArgumentParser:
     p = sub.add_parser("hotplug", help="CPU hotplug: status and timed experiments")
     p.add_argument("action", choices=["status", "down", "up", "cycle"])
     p.add_argument("cpu", nargs="?", type=int, help="CPU number (down, up, cycle)")
-    p.add_argument("--count", type=int, default=10, help="cycles (cycle; default 10)")
+    p.add_argument("--count", type=int, default=None,
+                   help="cycles (cycle; default 10, or as many as --duration allows)")
+    p.add_argument("--duration", type=float, default=None, metavar="S",
+                   help="cycle for S seconds (at least one cycle; with --count, "
+                        "whichever ends first)")
     p.add_argument("--threads", type=int, default=1,
                    help="per-CPU thread registrations during cycle (default 1)")
     p.add_argument("--preferred", type=int, default=0,
@@ -213,9 +264,11 @@ def _checked(args: Namespace) -> int:
     if args.action != "status" and args.cpu is None:
         print(f"kproc hotplug {args.action}: a CPU number is needed", file=sys.stderr)
         return 2
-    if args.count < 1 or args.threads < 0 or args.preferred < 0 or \
-            not 0 <= args.settle <= 10000:
-        print("kproc hotplug: --count must be >= 1, --threads and --preferred >= 0, "
-              "--settle between 0 and 10000 ms", file=sys.stderr)
+    if (args.count is not None and args.count < 1) or args.threads < 0 or \
+            args.preferred < 0 or not 0 <= args.settle <= 10000 or \
+            (args.duration is not None and not 0 < args.duration <= 86400):
+        print("kproc hotplug: --count must be >= 1, --duration between 0 and 86400 s, "
+              "--threads and --preferred >= 0, --settle between 0 and 10000 ms",
+              file=sys.stderr)
         return 2
     return run(args)

@@ -19,7 +19,7 @@ import time
 import psutil
 
 from .._core import layout as L
-from .._core.arena import ArenaParams
+from .._core.arena import ArenaParams, marker_slots
 from .._core.topology import format_cpulist
 from .._sched.task import TASK_STATES
 from .output import print_result
@@ -104,7 +104,7 @@ def snapshot(pid: int, fd: int) -> RuntimeSnapshot:
             raise ValueError(f"process {pid} runs a kproc of another layout version")
         n = L.unpack_field(buf, 0, H, "max_kthreads")
         params = ArenaParams(n, L.unpack_field(buf, 0, H, "max_completions"),
-                             L.unpack_field(buf, 0, H, "max_works"))
+                             L.unpack_field(buf, 0, H, "max_works") - marker_slots(n))
         backend = {1: "futex", 2: "posix"}.get(L.unpack_field(buf, 0, H, "backend"), "?")
         workers = _workers(buf, params)
         tasks: list[TaskRow] = []

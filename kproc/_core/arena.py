@@ -27,24 +27,29 @@ nothing worse than a slot that looks busy.
 
 from __future__ import annotations
 
-import contextlib
 import mmap
 import os
 import secrets
 
 from . import layout as L
 from .errors import KthreadError, stale
-from .native import load_mem_class
-from .pymem import PyMem
+from .native import has, load_mem_class, native
+from .pymem import PyMem, PyMutexGuard
 from .slots import SlotTable, next_gen
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterator
-
     from .memlike import MemLike  # typing only
 
-__all__ = ["Arena", "ArenaParams"]
+__all__ = ["Arena", "ArenaParams", "MutexGuard", "marker_slots"]
+
+# ``with MutexGuard(mem, off, spin_ns):`` holds the robust mutex at ``off``.  The C
+# one takes the lock inside __enter__ and runs no bytecode before the block is
+# entered, so a KeyboardInterrupt cannot fall between the two and leak the lock.
+if TYPE_CHECKING:
+    from .._native import MutexGuard  # typing only
+else:
+    MutexGuard = native.MutexGuard if native is not None and has("MutexGuard") else PyMutexGuard
 
 
 class TableFull(KthreadError):
@@ -55,6 +60,11 @@ class TableFull(KthreadError):
         self.exiting = exiting
 
 
+def swait_nodes(max_kthreads: int) -> int:
+    """How many threads may sleep on completions at once (more poll instead)."""
+    return max(256, 2 * max_kthreads)
+
+
 class ArenaParams:
     """Sizes an arena is built with; offsets of each region derive from them."""
 
@@ -62,10 +72,21 @@ class ArenaParams:
     # (max_works x WORK_BLOB) cost address space, not memory, until used.
 
     def __init__(self, max_kthreads: int, max_completions: int, max_works: int) -> None:
+        # The work table holds the user's ``max_works`` and, past them, flush
+        # markers that only flushes may take (a flush never fails for want of a
+        # slot: kernel markers live on the flusher's stack).  ``max_works`` is
+        # the whole table (list indices and bounds cover markers too).
+        self.user_works = max_works
+        self.markers = marker_slots(max_kthreads)
+        max_works += self.markers
         self.max_kthreads = max_kthreads
         self.max_completions = max_completions
         self.max_works = max_works
         off = L.HEADER.size
+        # Queued waiters' nodes first: a queue links them by u32 arena offset.
+        self.swait = off
+        self.max_swait = swait_nodes(max_kthreads)
+        off = L.align(off + self.max_swait * L.SWAIT.size, 64)
         self.tasks = off
         off += max_kthreads * L.TASK.size
         off = L.align(off, 4096)
@@ -87,6 +108,13 @@ class ArenaParams:
         self.smpboot = L.align(self.hp_rep + L.HP_MSG_MAX, 64)
         off = self.smpboot + L.MAX_SMPBOOT * L.SMPBOOT.size
         self.size = L.align(off, 4096)
+
+
+def marker_slots(max_kthreads: int) -> int:
+    """Flush-marker slots reserved past the user's works: one per kthread (each may
+    flush once at a time) and 64 for the owner's threads.  More flushers at once
+    than that take user slots, then wait for a marker to be freed."""
+    return max_kthreads + 64
 
 
 class Arena:
@@ -133,7 +161,7 @@ class Arena:
         mem.store64(H.runtime_id, secrets.randbits(63))
         mem.store32(H.max_kthreads, max_kthreads)
         mem.store32(H.max_completions, max_completions)
-        mem.store32(H.max_works, max_works)
+        mem.store32(H.max_works, params.max_works)
         mem.store32(H.backend, backend_code)
         mem.store32(H.owner_pid, os.getpid())
         mem.mutex_init(H.lock)
@@ -160,8 +188,9 @@ class Arena:
             del mem
             buf.close()
             raise KthreadError(22, problem)
-        params = ArenaParams(mem.load32(H.max_kthreads), mem.load32(H.max_completions),
-                             mem.load32(H.max_works))
+        max_kthreads = mem.load32(H.max_kthreads)
+        params = ArenaParams(max_kthreads, mem.load32(H.max_completions),
+                             mem.load32(H.max_works) - marker_slots(max_kthreads))
         return cls(fd, buf, mem, params)
 
     @staticmethod
@@ -169,27 +198,30 @@ class Arena:
         native = load_mem_class()
         if native is not None:
             return native(buf)
-        return PyMem(buf, fd)  # type: ignore[no-untyped-call]
+        return PyMem(buf, fd)
 
     def close(self) -> None:
-        """Unmap and close (the memory lives on in other processes)."""
-        del self.mem
-        try:
-            self.buf.close()
-        except BufferError:
-            pass  # a Mem export is still alive somewhere; the mapping dies with us
+        """Unmap and close (the memory lives on in other processes).
+
+        Handles may outlive the runtime and keep the Mem object alive, so its
+        buffer export is dropped explicitly (``Mem.release``): the mapping and
+        mmap's own duplicate of the memfd go now, not with the process.  A
+        call of another thread still sleeping with the GIL released keeps
+        the mapping (it would fault); it then goes with the process.
+        """
+        if self.mem.release():
+            try:
+                self.buf.close()
+            except BufferError:
+                pass  # a memoryview of another thread; the mapping dies with us
         os.close(self.fd)
 
     # -- the arena lock ----------------------------------------------------------
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the arena lock (robust: a dead holder's lock is recovered)."""
-        self.mem.mutex_lock(self.lock_off)
-        try:
-            yield
-        finally:
-            self.mem.mutex_unlock(self.lock_off)
+    def locked(self) -> MutexGuard:
+        """``with arena.locked():`` holds the arena lock (robust: a dead holder's
+        lock is recovered; a KeyboardInterrupt cannot leak it, see MutexGuard)."""
+        return MutexGuard(self.mem, self.lock_off)
 
     # -- header ------------------------------------------------------------------
 
@@ -224,10 +256,11 @@ class Arena:
                 return idx, self._claim_task(idx)
         best, exiting = -1, False
         best_death: int | None = None
+        pinned = self.held_pins()
         for idx in range(n):
             base = self.task_off(idx)
             slot = mem.load32(base + T.slot)
-            if slot == L.SLOT_DEAD and mem.load32(base + T.refs) == 0:
+            if slot == L.SLOT_DEAD and mem.load32(base + T.refs) == 0 and idx not in pinned:
                 death = mem.load64(base + T.death)
                 if best_death is None or death < best_death:
                     best, best_death = idx, death
@@ -237,6 +270,43 @@ class Arena:
             raise TableFull(exiting, f"kthread table full: all {n} slots are live or "
                             "pinned (start the runtime with a larger max_kthreads)")
         return best, self._claim_task(best)
+
+    def held_pins(self) -> set[int]:
+        """Task slots pinned by a kthread_stop() of a live kthread (its HOLD_PIN words)."""
+        mem, T, pinned = self.mem, L.TASK, set()
+        for idx in range(self.params.max_kthreads):
+            base = self.task_off(idx)
+            if mem.load32(base + T.slot) not in (L.SLOT_LIVE, L.SLOT_EXITING):
+                continue
+            for i in range(L.HOLDS):
+                word = mem.load32(base + T.holds + 4 * i)
+                if word >> L.HOLD_SHIFT == L.HOLD_PIN:
+                    pinned.add((word & ((1 << L.HOLD_SHIFT) - 1)) - 1)
+        return pinned
+
+    def take_hold(self, self_base: int | None, kind: int, idx: int) -> int | None:
+        """Record in the calling kthread's slot (``self_base``) that it holds slot
+        ``idx`` (HOLD_PIN, HOLD_CANCEL), so that kthreadd gives it back if the
+        kthread dies holding it.
+
+        Context: a kthread (the owner's death ends the runtime: it records
+        nothing).  Return: the hold word's offset, or None when not recorded
+        (not a kthread, or all HOLDS words in use by its other threads): the
+        caller then holds the plain way.
+        """
+        if self_base is None:
+            return None
+        word = kind << L.HOLD_SHIFT | (idx + 1)
+        for i in range(L.HOLDS):
+            off = self_base + L.TASK.holds + 4 * i
+            if self.mem.cmpxchg32(off, 0, word) == 0:
+                return off
+        return None
+
+    def release_hold(self, off: int | None) -> None:
+        """Drop a hold taken with take_hold() (None: nothing was recorded)."""
+        if off is not None:
+            self.mem.store32(off, 0)
 
     def _claim_task(self, idx: int) -> int:
         base = self.task_off(idx)
@@ -302,23 +372,32 @@ class Arena:
         return self.params.work_blobs + idx * L.WORK_BLOB
 
     def _init_work_stack(self) -> None:
-        mem, W = self.mem, L.WORK
-        n = self.params.max_works
-        for idx in range(n):
-            mem.store32(self.work_off(idx) + W.next, idx + 2 if idx + 1 < n else 0)
-        self.hset("work_free", 1 if n else 0)
+        mem, W, p = self.mem, L.WORK, self.params
+        for first, end, head in ((0, p.user_works, "work_free"),
+                                 (p.user_works, p.max_works, "marker_free")):
+            for idx in range(first, end):
+                mem.store32(self.work_off(idx) + W.next, idx + 2 if idx + 1 < end else 0)
+            self.hset(head, first + 1 if end > first else 0)
+
+    def _pop_free(self, head: str) -> int:
+        top = self.hget(head)
+        if top:
+            self.hset(head, self.mem.load32(self.work_off(top - 1) + L.WORK.next))
+        return top
 
     def alloc_work(self, owner_pid: int, kind: int) -> tuple[int, int] | None:
         """Pop a free work slot.  Return (index, generation) or None when none is free.
 
-        Context: any; takes the arena lock.
+        A flush marker (WK_FLUSH) takes a marker slot, else a user slot; a
+        work or delayed work only a user slot.  Context: any; takes the arena lock.
         """
         W = L.WORK
         with self.locked():
-            top = self.hget("work_free")
+            top = self._pop_free("marker_free") if kind == L.WK_FLUSH else 0
+            if not top:
+                top = self._pop_free("work_free")
             if not top:
                 return None
-            self.hset("work_free", self.mem.load32(self.work_off(top - 1) + W.next))
             gen = self.works.claim(top - 1, owner_pid,
                                    lambda base: self.mem.store32(base + W.kind, kind))
             return top - 1, gen
@@ -331,8 +410,9 @@ class Arena:
         with self.locked():
             if not self.works.release(idx, gen):
                 return False
-            self.mem.store32(self.work_off(idx) + L.WORK.next, self.hget("work_free"))
-            self.hset("work_free", idx + 1)
+            head = "marker_free" if idx >= self.params.user_works else "work_free"
+            self.mem.store32(self.work_off(idx) + L.WORK.next, self.hget(head))
+            self.hset(head, idx + 1)
             return True
 
     def check_work(self, idx: int, gen: int) -> int:

@@ -49,6 +49,10 @@ class Handle:
         """This handle's runtime.  Raises: KthreadError(ESRCH) once it was shut down."""
         rt = self._rt
         if rt.closed:
+            if rt.role.value == "forked":
+                raise KthreadError(errno.ESRCH, f"the {self._what} belongs to the kproc "
+                                   "runtime of the parent process (a forked child inherits "
+                                   "no runtime: start its own)")
             raise KthreadError(errno.ESRCH, f"the {self._what}'s kproc runtime was shut down")
         return rt
 

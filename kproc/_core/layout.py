@@ -11,7 +11,9 @@ Records:
                  lock, the kthread create list (kernel: ``kthread_create_list``).
 * ``TASK``       one per kthread slot: the kernel's ``struct kthread`` plus the
                  parts of ``task_struct`` kproc models (state, flags, pid, cpu).
-* ``COMPLETION`` 16 bytes: ``done`` / ``seq`` (the futex word) / ``sleepers``.
+* ``COMPLETION`` 32 bytes: ``done`` / ``seq`` (the futex word) / ``sleepers``,
+                 and the lock, head and tail of its queue of sleeping waiters.
+* ``SWAIT``      a sleeping waiter's node in that queue (one per thread).
 * ``USERCOMP``   a slot of the user completion pool: generation, owner, and a
                  ``COMPLETION``.
 * ``WORKER``     one per worker slot: ``struct kthread_worker`` (lock, work
@@ -35,13 +37,13 @@ if TYPE_CHECKING:
     Fmt = str | tuple[str, int]
 
 __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USERCOMP",
-           "WORKER", "WORK", "HOTPLUG", "SMPBOOT", "SMPBOOT_ENTRY", "SPARE_MSG", "FN_LEN",
+           "SWAIT", "WORKER", "WORK", "HOTPLUG", "SMPBOOT", "SMPBOOT_ENTRY", "SPARE_MSG", "FN_LEN",
            "CPUMASK_BYTES", "MAGIC", "LAYOUT_VERSION", "align"]
 
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 # Bumped whenever a record below changes shape: ``kproc ps`` reads arenas of
 # other runtimes (maybe of another kproc version) only when theirs matches.
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 4
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
 
 _SIZES: dict[str, int] = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
@@ -53,6 +55,7 @@ class Field(int):
     """A field's byte offset inside its record (an int), knowing its format.
 
     ``width`` is 32 or 64 for scalars (which atomics fit it), 0 for a raw area.
+    :meth:`Record.fields` gives them; the record's attributes are plain ints.
     """
 
     fmt: Fmt
@@ -76,7 +79,10 @@ class Record:
     ``fields`` is a sequence of ``(name, fmt)`` where fmt is a ``struct`` code
     (``I`` u32, ``i`` s32, ``Q`` u64, ``q`` s64) or ``("bytes", n)`` for a raw
     area, aligned to 8.  Attributes named after fields hold their offsets as
-    :class:`Field` ints; ``codes`` maps each scalar field to its ``struct``
+    plain ints (``base + TASK.state`` is on every hot path, and CPython's int
+    fast paths take exact ints only: an int subclass there cost the worker loop
+    5-8 %); :meth:`fields` gives them as :class:`Field`, which knows its format;
+    ``codes`` maps each scalar field to its ``struct``
     format (native byte order).  ``stride`` is the room each record gets in
     its table (default: its size); a record that outgrows it, or a field
     named like one of its own attributes, fails at import.
@@ -97,7 +103,7 @@ class Record:
                 size = al = _SIZES[fmt]
                 self.codes[fname] = "=" + fmt
             off = align(off, al)
-            setattr(self, fname, Field(off, fmt))
+            setattr(self, fname, off)
             self.formats[fname] = fmt
             off += size
         self.size = align(off, size_align)
@@ -108,19 +114,33 @@ class Record:
 
     def fields(self) -> list[tuple[str, Field]]:
         """The (name, Field) pairs, in layout order."""
-        return [(n, getattr(self, n)) for n in self.formats]
+        return [(n, Field(getattr(self, n), fmt)) for n, fmt in self.formats.items()]
 
     def __repr__(self) -> str:
         return f"<Record {self.name} size={self.size}>"
 
     if TYPE_CHECKING:
         # The fields are attributes set from ``fields`` at construction.
-        def __getattr__(self, name: str) -> Field: ...
+        def __getattr__(self, name: str) -> int: ...
 
 
 COMPLETION = Record("completion", [
-    ("done", "I"), ("seq", "I"), ("sleepers", "I"), ("reserved", "I"),
-], size_align=16)
+    ("done", "I"), ("seq", "I"), ("sleepers", "I"),
+    ("lock", "I"),             # pid holding the waiter queue, 0 = free
+    ("head", "I"), ("tail", "I"),   # queued SWAIT nodes (arena offsets), 0 = none
+    ("reserved", "Q"),
+], size_align=32)
+
+# A sleeping waiter's node in a completion's FIFO queue (kernel: struct
+# swait_queue); one per thread that sleeps, in the arena's first 4 GiB.
+SWAIT = Record("swait", [
+    ("owner", "i"),            # pid of the thread's process, 0 = free
+    ("wake", "I"),             # the futex word it sleeps on, bumped at every wake
+    ("granted", "I"),          # 1 once complete() handed it a count
+    ("next", "I"), ("prev", "I"),   # queue links (arena offsets), 0 = none
+    ("pad", "I"),
+    ("comp", "Q"),             # the completion it is queued on, 0 = none
+])
 
 # Mutex size is the host's pthread_mutex_t; 64 bytes covers glibc and musl.
 MUTEX_BYTES = 64
@@ -144,6 +164,7 @@ HEADER = Record("header", [
     ("comp_hint", "I"),
     ("death_clock", "Q"),      # orders dead slots for recycling, oldest first
     ("work_free", "I"),        # free work slots: a stack linked through WORK.next
+    ("marker_free", "I"),      # free flush-marker slots (past the user's max_works), same
     ("worker_hint", "I"),
     ("freezing", "I"),         # pm_freezing: freeze_kthreads() in force
     ("freeze_seq", "I"),       # futex word frozen kthreads sleep on
@@ -175,6 +196,7 @@ TASK = Record("task", [
     ("name_len", "I"),
     ("payload_len", "I"),
     ("tb_len", "I"),
+    ("holds", ("bytes", 4 * 4)),  # HOLD words: what this kthread holds of others, by kind
     ("done", ("bytes", COMPLETION.size)),     # create->done
     ("parked", ("bytes", COMPLETION.size)),
     ("exited", ("bytes", COMPLETION.size)),
@@ -258,6 +280,14 @@ WF_ORPHAN = 1 << 0            # its owning handle is gone: freed once idle
 # TASK.slot values
 SLOT_FREE, SLOT_CREATING, SLOT_LIVE, SLOT_EXITING, SLOT_DEAD = range(5)
 
+# TASK.holds: what a kthread holds of other slots while it waits, so that
+# kthreadd can give it back when the kthread dies mid-wait: HOLDS words, each
+# HOLD_kind << HOLD_SHIFT | (slot index + 1), 0 when free.
+HOLDS = 4
+HOLD_SHIFT = 28
+HOLD_PIN = 1          # a kthread_stop() pin on task slot ``index`` (instead of refs)
+HOLD_CANCEL = 2       # one count of work ``index``'s canceling (cancel_*_sync)
+
 # TASK.handoff values: who owns a pending create (kernel: xchg(&create->done, NULL)).
 # TAKEN: the creator returned with the Task; until then a dead creator's
 # kthread is an orphan that kthreadd stops.
@@ -276,8 +306,6 @@ KF_NO_SETAFFINITY = 1 << 9   # PF_NO_SETAFFINITY (kthread_bind)
 KF_PREFERRED = 1 << 10       # kthread->preferred_affinity != NULL
 KF_EXITING = 1 << 11         # PF_EXITING
 KF_FREEZABLE = 1 << 12       # set_freezable()
-KF_UNTIMED_SLEEP = 1 << 13   # in an untimed schedule(): the only uninterruptible
-                             # sleep kthread_stop() wakes (SPEC §4)
 KF_WORKER = 1 << 14          # runs kthread_worker_fn
 
 

@@ -18,6 +18,8 @@ What C compiles in, the fast paths ``wq_setup``/``work_queue``/``work_pop``,
 is absent here on purpose: kproc feature-detects it.
 """
 
+from __future__ import annotations
+
 import fcntl
 import operator
 import os
@@ -25,7 +27,15 @@ import struct
 import threading
 import time
 
-__all__ = ["PyMem"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import mmap
+    from collections.abc import Callable, Mapping
+    from typing import TypeVar
+
+    R = TypeVar("R")
+
+__all__ = ["PyMem", "PyMutexGuard"]
 
 _U32 = struct.Struct("=I")
 _I64 = struct.Struct("=q")
@@ -33,7 +43,7 @@ _I64 = struct.Struct("=q")
 # The fields the list primitives read: layout name -> (attribute, bound, width).
 # As LIST_FIELDS in native/kproc_native.h: a field of a slot must lie wholly
 # inside it (the slot's size is the bound field), naturally aligned.
-_WL_FIELDS = {
+_WL_FIELDS: dict[str, tuple[str, str | None, int]] = {
     "WORK.base": ("works", None, 0), "WORK.stride": ("stride", None, 0),
     "WORK.count": ("count", None, 0), "WORKER.size": ("ksize", None, 0),
     "WORKER.lock": ("lock", "WORKER.size", 8), "WORKER.head": ("head", "WORKER.size", 4),
@@ -55,7 +65,31 @@ class _Lists:
 
     __slots__ = tuple(attr for attr, _, _ in _WL_FIELDS.values()) + ("by_where",)
 
-    def __init__(self, values):
+    on_none: int
+    on_worklist: int
+    on_timer: int
+    wk_flush: int
+    works: int
+    stride: int
+    count: int
+    ksize: int
+    lock: int
+    head: int
+    tail: int
+    depth: int
+    thead: int
+    ttail: int
+    ndelayed: int
+    kind: int
+    where: int
+    prev: int
+    next: int
+    canceling: int
+    flushers: int
+    expires: int
+    by_where: dict[int, tuple[int, int, int]]
+
+    def __init__(self, values: Mapping[str, int]) -> None:
         for name, (attr, _, _) in _WL_FIELDS.items():
             setattr(self, attr, values[name])
         # where -> (head, tail, counter) fields of WORKER
@@ -68,16 +102,16 @@ class PyMem:
 
     MUTEX_SIZE = 8
 
-    def __init__(self, buf, fd):
+    def __init__(self, buf: mmap.mmap, fd: int) -> None:
         self.buf = buf
         self.fd = fd
         self.size = len(buf)
         self._tlock = threading.Lock()
-        self._mutex_tlocks = {}
-        self._mutex_owner = {}        # mutex offset -> thread ident holding it
-        self._wl = None               # _Lists, once wl_setup() succeeded
+        self._mutex_tlocks: dict[int, threading.Lock] = {}
+        self._mutex_owner: dict[int, int] = {}  # mutex offset -> thread ident holding it
+        self._wl: _Lists | None = None          # once wl_setup() succeeded
 
-    def _locked(self, fn):
+    def _locked(self, fn: Callable[[], R]) -> R:
         with self._tlock:
             fcntl.lockf(self.fd, fcntl.LOCK_EX, 1, 0, os.SEEK_SET)
             try:
@@ -85,63 +119,69 @@ class PyMem:
             finally:
                 fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, 0, os.SEEK_SET)
 
-    def _check(self, off, width):
+    def _check(self, off: int, width: int) -> None:
         if off < 0 or off + width > self.size or off % width:
             raise ValueError(f"offset {off} out of bounds or misaligned")
 
-    def load32(self, off):
+    def load32(self, off: int, /) -> int:
         self._check(off, 4)
-        return _U32.unpack_from(self.buf, off)[0]
+        value: int = _U32.unpack_from(self.buf, off)[0]
+        return value
 
-    def store32(self, off, value):
+    def store32(self, off: int, value: int, /) -> None:
         self._check(off, 4)
         self._locked(lambda: _U32.pack_into(self.buf, off, value & 0xFFFFFFFF))
 
-    def _rmw32(self, off, fn):
+    def _rmw32(self, off: int, fn: Callable[[int], int]) -> int:
         self._check(off, 4)
 
-        def op():
-            old = _U32.unpack_from(self.buf, off)[0]
+        def op() -> int:
+            old: int = _U32.unpack_from(self.buf, off)[0]
             _U32.pack_into(self.buf, off, fn(old) & 0xFFFFFFFF)
             return old
         return self._locked(op)
 
-    def xchg32(self, off, value):
+    def xchg32(self, off: int, value: int, /) -> int:
         return self._rmw32(off, lambda old: value)
 
-    def cmpxchg32(self, off, expected, new):
+    def cmpxchg32(self, off: int, expected: int, new: int, /) -> int:
         return self._rmw32(off, lambda old: new if old == expected else old)
 
-    def fetch_add32(self, off, delta):
+    def fetch_add32(self, off: int, delta: int, /) -> int:
         return self._rmw32(off, lambda old: old + delta)
 
-    def fetch_or32(self, off, mask):
+    def fetch_or32(self, off: int, mask: int, /) -> int:
         return self._rmw32(off, lambda old: old | mask)
 
-    def fetch_and32(self, off, mask):
+    def fetch_and32(self, off: int, mask: int, /) -> int:
         return self._rmw32(off, lambda old: old & mask)
 
-    def load64(self, off):
+    def load64(self, off: int, /) -> int:
         self._check(off, 8)
-        return _I64.unpack_from(self.buf, off)[0]
+        value: int = _I64.unpack_from(self.buf, off)[0]
+        return value
 
-    def store64(self, off, value):
+    def store64(self, off: int, value: int, /) -> None:
         self._check(off, 8)
         self._locked(lambda: _I64.pack_into(self.buf, off, value))
 
-    def fetch_add64(self, off, delta):
+    def fetch_add64(self, off: int, delta: int, /) -> int:
         self._check(off, 8)
 
-        def op():
-            old = _I64.unpack_from(self.buf, off)[0]
+        def op() -> int:
+            old: int = _I64.unpack_from(self.buf, off)[0]
             _I64.pack_into(self.buf, off, old + delta)
             return old
         return self._locked(op)
 
-    def mutex_init(self, off):
+    def release(self) -> bool:
+        """Drop nothing (no buffer export is kept): the mapping may be closed."""
+        return True
+
+    def mutex_init(self, off: int, /) -> None:
         self._check(off, 4)
 
-    def mutex_lock(self, off, timeout_ns=-1, spin_ns=0):
+    def mutex_lock(self, off: int, /, timeout_ns: int = -1, spin_ns: int = 0) -> int:
         deadline = None if timeout_ns < 0 else time.monotonic() + timeout_ns / 1e9
         tlock = self._mutex_tlocks.setdefault(off, threading.Lock())
         wait = -1 if deadline is None else max(0.0, deadline - time.monotonic())
@@ -158,20 +198,20 @@ class PyMem:
                     return 2
                 time.sleep(0.0002)
 
-    def mutex_unlock(self, off):
+    def mutex_unlock(self, off: int, /) -> None:
         self._mutex_owner.pop(off, None)
         fcntl.lockf(self.fd, fcntl.LOCK_UN, 1, off, os.SEEK_SET)
         self._mutex_tlocks[off].release()
 
     # -- the kthread_worker lists (native/worklist.c) ---------------------------------
 
-    def wl_setup(self, layout):
+    def wl_setup(self, layout: Mapping[str, int], /) -> None:
         """Learn where the work lists live from ``layout``, the dict of native_layout()."""
         if not isinstance(layout, dict):
             raise TypeError("wl_setup() needs the dict of kproc/_core/layout.py "
                             f"native_layout(), not {type(layout).__name__}")
         self._wl = None
-        values = {}
+        values: dict[str, int] = {}
         for name in _WL_FIELDS:
             if name not in layout:
                 raise KeyError(f"wl_setup(): the layout has no {name!r} (kproc/_core/"
@@ -182,7 +222,7 @@ class PyMem:
         self._check_fields(values)
         self._wl = _Lists(values)
 
-    def _check_fields(self, v):
+    def _check_fields(self, v: Mapping[str, int]) -> None:
         for name, (_, bound, width) in _WL_FIELDS.items():
             if bound is not None and (v[name] % width or v[name] + width > v[bound]):
                 raise ValueError(f"wl_setup(): {name!r} ({v[name]}) is not a {width}-aligned "
@@ -196,7 +236,7 @@ class PyMem:
             raise ValueError("wl_setup(): ON_NONE must be 0 and ON_WORKLIST, ON_TIMER "
                              "two other values")
 
-    def _worker(self, kbase, fname):
+    def _worker(self, kbase: int, fname: str) -> _Lists:
         """The set-up layout, once ``kbase`` is a worker whose lock this thread holds."""
         wl = self._wl
         if wl is None:
@@ -209,32 +249,32 @@ class PyMem:
                                "(take it with mutex_lock() first)")
         return wl
 
-    def _list(self, wl, where, fname):
+    def _list(self, wl: _Lists, where: int, fname: str) -> tuple[int, int, int]:
         lst = wl.by_where.get(operator.index(where))
         if lst is None:
             raise ValueError(f"{fname}(): list {where} is neither ON_WORKLIST "
                              f"({wl.on_worklist}) nor ON_TIMER ({wl.on_timer})")
         return lst
 
-    def _slot(self, wl, idx, fname):
+    def _slot(self, wl: _Lists, idx: int, fname: str) -> int:
         """Offset of work slot ``idx`` (index + 1).  Raises: ValueError."""
         idx = operator.index(idx)
         if not 1 <= idx <= wl.count:
             raise ValueError(f"{fname}(): {idx} is not a work slot (index + 1, 1..{wl.count})")
         return wl.works + (idx - 1) * wl.stride
 
-    def _link(self, wl, kbase, idx1):
+    def _link(self, wl: _Lists, kbase: int, idx1: int) -> int:
         """Offset of the work a link names, or RuntimeError: the lists are corrupt."""
         if not 1 <= idx1 <= wl.count:
             raise RuntimeError(f"the lists of the worker at offset {kbase} are corrupt "
                                "(a link is not a work slot)")
         return wl.works + (idx1 - 1) * wl.stride
 
-    def _counted(self, wl, where, off):
+    def _counted(self, wl: _Lists, where: int, off: int) -> bool:
         """Counted on list ``where``: all but a flush marker on the work list."""
         return where == wl.on_timer or self.load32(off + wl.kind) != wl.wk_flush
 
-    def wl_link_before(self, kbase, where, idx, before):
+    def wl_link_before(self, kbase: int, where: int, idx: int, before: int, /) -> None:
         """Link work ``idx`` before ``before`` (0: at the tail) of list ``where``."""
         wl = self._worker(kbase, "wl_link_before")
         lst = self._list(wl, where, "wl_link_before")
@@ -249,7 +289,8 @@ class PyMem:
         self._link_before(wl, kbase, lst, where, idx, off, before,
                           self._counted(wl, where, off))
 
-    def _link_before(self, wl, kbase, lst, where, idx, off, before, counted):
+    def _link_before(self, wl: _Lists, kbase: int, lst: tuple[int, int, int], where: int,
+                     idx: int, off: int, before: int, counted: bool) -> None:
         head, tail, count = lst
         if before:
             boff = self._link(wl, kbase, before)
@@ -265,7 +306,7 @@ class PyMem:
         if counted:
             self.fetch_add32(kbase + count, 1)
 
-    def wl_unlink(self, kbase, where, idx):
+    def wl_unlink(self, kbase: int, where: int, idx: int, /) -> None:
         """list_del_init() of work ``idx`` from list ``where``."""
         wl = self._worker(kbase, "wl_unlink")
         lst = self._list(wl, where, "wl_unlink")
@@ -285,7 +326,7 @@ class PyMem:
         if counted:
             self.fetch_add32(kbase + count, -1)
 
-    def wl_pop(self, kbase):
+    def wl_pop(self, kbase: int, /) -> int:
         """The head of the work list, unlinked (index + 1), or 0 if it is empty."""
         wl = self._worker(kbase, "wl_pop")
         head = self.load32(kbase + wl.head)
@@ -295,7 +336,8 @@ class PyMem:
             self._pop_head(wl, kbase, lst, hoff, self._counted(wl, wl.on_worklist, hoff))
         return head
 
-    def _pop_head(self, wl, kbase, lst, hoff, counted):
+    def _pop_head(self, wl: _Lists, kbase: int, lst: tuple[int, int, int], hoff: int,
+                  counted: bool) -> None:
         head, tail, count = lst
         nxt = self.load32(hoff + wl.next)
         noff = self._link(wl, kbase, nxt) if nxt else 0
@@ -306,7 +348,7 @@ class PyMem:
         if counted:
             self.fetch_add32(kbase + count, -1)
 
-    def wl_fire_timers(self, kbase, now):
+    def wl_fire_timers(self, kbase: int, now: int, /) -> tuple[int, int]:
         """Every timer expired by ``now`` onto the work list.  Return (fired, stopped)."""
         wl = self._worker(kbase, "wl_fire_timers")
         now = operator.index(now)
@@ -331,7 +373,8 @@ class PyMem:
             if flushers:
                 self._queue_flushers(wl, kbase, works, toff, flushers)
 
-    def _queue_flushers(self, wl, kbase, works, toff, m):
+    def _queue_flushers(self, wl: _Lists, kbase: int, works: tuple[int, int, int],
+                        toff: int, m: int) -> None:
         self.store32(toff + wl.flushers, 0)
         while m:
             moff = self._link(wl, kbase, m)
@@ -339,3 +382,30 @@ class PyMem:
             self._link_before(wl, kbase, works, wl.on_worklist, m, moff,
                               self.load32(toff + wl.next), False)
             m = older
+
+
+class PyMutexGuard:
+    """``kproc._native.MutexGuard`` without the extension: ``with`` on the mutex at ``off``.
+
+    __exit__ unlocks, then calls ``self._unlocked()`` if a subclass defines
+    it.  Unlike the C guard, a signal handler raising between the lock and
+    the block can leak the lock here (Python code runs in between).
+    """
+
+    __slots__ = ("_mem", "_off", "_spin", "_held", "recovered")
+
+    def __init__(self, mem: PyMem, off: int, spin_ns: int = 0) -> None:
+        self._mem, self._off, self._spin, self._held = mem, off, spin_ns, False
+        self.recovered = False
+
+    def __enter__(self) -> PyMutexGuard:
+        self.recovered = self._mem.mutex_lock(self._off, -1, self._spin) == 1
+        self._held = True
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._held = False
+        self._mem.mutex_unlock(self._off)
+        hook = getattr(self, "_unlocked", None)
+        if hook is not None:
+            hook()

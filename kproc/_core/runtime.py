@@ -25,8 +25,7 @@ import atexit
 import enum
 import errno
 import os
-import pickle
-import subprocess
+import signal
 import sys
 import threading
 
@@ -37,8 +36,8 @@ from .checks import check_int
 from .errors import KthreadError
 from . import trace as _trace
 from .topology import Topology
-from .owner import OwnerHandles, main_preparation, read_ready
-from .wait import FutexWaits, PosixWaits, create_semaphores, default_spin_ns, unlink_semaphores
+from .owner import OwnerHandles, start_kthreadd
+from .wait import FutexWaits, PosixWaits
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,7 +53,6 @@ TICK_NS = 100_000_000          # how often a blocking wait checks its peers
 BACKENDS = {"futex": 1, "posix": 2}
 DEFAULT_MAX_KTHREADS = 1024
 DEFAULT_MAX_WORKS = 4096
-START_TIMEOUT = 30.0
 
 _lock = threading.RLock()
 _runtime: Runtime | None = None
@@ -181,16 +179,24 @@ class Runtime:
         if self.role is not Role.OWNER:
             raise KthreadError(errno.EPERM, "only the process that called kproc.start() "
                                "can shut the runtime down")
-        self.closed = True
+        owner = self.owner
+        assert owner is not None          # set for OWNER
         try:
-            self.owner.stop_kthreadd(timeout)  # type: ignore[union-attr]  # set for OWNER
+            self.closed = True
+            owner.stop_kthreadd(timeout)
             if self.trace:
                 _trace.merge(self.trace)
         finally:
+            # Even when interrupted (a second Ctrl-C in atexit): kthreadd must
+            # be dead before the arena is unmapped, or a lock this process
+            # holds could never be marked abandoned and kthreadd would wait
+            # on it forever.  os.kill inline: no Python call to interrupt first.
+            if owner.status is None:
+                os.kill(owner.pid, signal.SIGKILL)
+            _forget(self)
             self.waits.close()
             os.close(self.wake_fd)
             self.arena.close()
-            _forget(self)
 
     def __enter__(self) -> Runtime:
         return self
@@ -309,62 +315,15 @@ def _check_trace_path(trace: object) -> str:
 
 def _start_owner(max_kthreads: int, max_works: int, backend: str, sysfs_root: str,
                  preload: tuple[str, ...], trace: str | None, topology: Topology) -> Runtime:
+    """Create the arena and start kthreadd (``owner.start_kthreadd``: crash-safe)."""
     arena = Arena.create(max_kthreads, max(1024, max_works), max_works, BACKENDS[backend])
-    sem_names: list[str] = []
-    fds: list[int] = []
-    waits: FutexWaits | PosixWaits
     try:
-        wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        fds.append(wake_fd)
-        alive_r, alive_w = os.pipe2(os.O_CLOEXEC)
-        boot_r, boot_w = os.pipe2(os.O_CLOEXEC)
-        ready_r, ready_w = os.pipe2(os.O_CLOEXEC)
-        fds += [alive_r, alive_w, boot_r, boot_w, ready_r, ready_w]
-        if backend == "posix":
-            waits = PosixWaits(arena.mem, create_semaphores(sem_names), L.HEADER.posix_waiters)
-        else:
-            # The futex backend is only chosen where Mem is the native one (_choose_backend).
-            waits = FutexWaits(arena.mem, default_spin_ns())  # type: ignore[arg-type]
-        arena.mem.store32(L.HEADER.spin_ns, waits.spin_ns)
-        boot = {
-            "sys_path": list(sys.path),
-            "kproc_parent": os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-            "preload": preload,
-            "main": main_preparation(),
-            "backend": backend,
-            "sem_names": sem_names,
-            "sysfs_root": sysfs_root,
-            "trace": trace,
-        }
-        fdargs = dict(arena=arena.fd, wake=wake_fd, alive=alive_r, boot=boot_r, ready=ready_w)
-        code = ("import sys; sys.path.insert(0, {!r}); import kproc._kthread.kthreadd as k; "
-                "k.main()").format(boot["kproc_parent"])
-        argv = [sys.executable, "-c", code] + [f"--{k}={v}" for k, v in fdargs.items()]
-        popen = subprocess.Popen(argv, pass_fds=tuple(fdargs.values()), cwd=os.getcwd(),
-                                 env=dict(os.environ), stdin=subprocess.DEVNULL)
-        for fd in (alive_r, boot_r, ready_w):
-            os.close(fd)
-            fds.remove(fd)
-        with open(boot_w, "wb", closefd=True) as f:
-            fds.remove(boot_w)
-            pickle.dump(boot, f)
-        status = read_ready(ready_r, popen, START_TIMEOUT)
-        os.close(ready_r)
-        fds.remove(ready_r)
-        if status != b"ok":
-            popen.kill()
-            popen.wait()
-            raise KthreadError(errno.ECHILD, "kthreadd failed to start: "
-                               + status.decode(errors="replace"))
+        handles, waits, wake_fd = start_kthreadd(arena, backend, sysfs_root, preload, trace)
     except BaseException:
-        for fd in fds:
-            os.close(fd)
-        unlink_semaphores(sem_names)
         arena.close()
         raise
-    unlink_semaphores(sem_names)
-    rt = Runtime(arena, waits, Role.OWNER, wake_fd, popen.pid, topology, trace)
-    rt.owner = OwnerHandles(popen, alive_w)
+    rt = Runtime(arena, waits, Role.OWNER, wake_fd, handles.pid, topology, trace)
+    rt.owner = handles
     if trace:
         _trace.setup(rt.role.value, trace)
     atexit.register(_atexit_shutdown, rt)
@@ -375,8 +334,8 @@ def _atexit_shutdown(rt: Runtime) -> None:
     if not rt.closed and rt.role is Role.OWNER:
         try:
             rt.shutdown()
-        except Exception:
-            pass
+        except BaseException:
+            pass      # a second Ctrl-C: shutdown() has killed kthreadd anyway
 
 
 def shutdown() -> None:
@@ -390,14 +349,26 @@ def shutdown() -> None:
 
 
 def _after_fork_in_child() -> None:
-    # A plain fork of a runtime process is not part of the runtime: it must not
-    # keep the owner's alive pipe open (kthreadd would outlive the owner).
+    # A plain fork of the owner or of a kthread is not part of the runtime
+    # (docs/design.md, "Faults"): like multiprocessing's child, which inherits
+    # neither its parent's children nor its finalizers, it inherits no
+    # runtime.  It must not keep the owner's alive pipe open (kthreadd would
+    # outlive the owner); its handles raise ESRCH; its first API call (or
+    # start()) makes a runtime of its own.  kthreadd's own forks (kthreads,
+    # spares) happen in Role.KTHREADD and are left alone.
     global _runtime
     rt = _runtime
-    if rt is None or rt.role is not Role.OWNER:
+    if rt is None or rt.role not in (Role.OWNER, Role.KTHREAD):
         return
-    rt.owner.close_alive()  # type: ignore[union-attr]  # set for OWNER
+    if rt.owner is not None:
+        rt.owner.close_alive()
+        if rt.owner.pidfd is not None:
+            os.close(rt.owner.pidfd)
+            rt.owner.pidfd = None
+        rt.owner.status = -1               # not this process's child: never reap or kill it
     rt.role = Role.FORKED
+    rt.closed = True
+    _runtime = None
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -11,10 +11,12 @@ import ctypes
 import ctypes.util
 import os
 import signal
+import threading
 
 from .native import has, native
 
-__all__ = ["set_comm", "set_pdeathsig", "reset_scheduling", "set_timerslack", "TASK_COMM_LEN"]
+__all__ = ["set_comm", "set_pdeathsig", "reset_scheduling", "set_timerslack", "TASK_COMM_LEN",
+           "signal_mask", "block_async_signals", "restore_signal_mask", "ASYNC_SIGNALS"]
 
 TASK_COMM_LEN = 16
 PR_SET_PDEATHSIG = 1
@@ -92,3 +94,38 @@ def pid_alive(pid: int) -> bool:
             return f.read().rpartition(")")[2].split()[0] not in ("Z", "X")
     except OSError:
         return False
+
+
+# Signals a Python handler may turn into an exception (KeyboardInterrupt...):
+# all but those that must stay deliverable.
+ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
+    signal.SIGKILL, signal.SIGSTOP, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE,
+    signal.SIGILL, signal.SIGTRAP, signal.SIGSYS, signal.SIGABRT}
+
+
+def signal_mask() -> set[int | signal.Signals] | None:
+    """This thread's signal mask, to restore later; None outside the main thread
+    (Python runs signal handlers only in the main thread: nothing to defer).
+
+    Read first, outside any try, so that a Ctrl-C there changes nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, ())
+
+
+def block_async_signals(mask: set[int | signal.Signals] | None) -> None:
+    """Defer asynchronous signals in this (main) thread until restore_signal_mask().
+
+    A signal that comes meanwhile stays pending in the kernel; a handler
+    already due runs (and may raise) here.  No-op when ``mask`` is None.
+    """
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
+
+
+def restore_signal_mask(mask: set[int | signal.Signals] | None) -> None:
+    """Restore ``mask``: the handlers of signals deferred meanwhile run (and may
+    raise) here.  No-op when ``mask`` is None."""
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

@@ -18,9 +18,16 @@ publishes itself (``sleepers``/channel count) and then reads the word; the
 waker writes the word and then reads the sleeper count.  Sequentially
 consistent atomics guarantee that at least one side sees the other.
 
+Completions: a waiter first tries and spins on ``done`` (``completion_wait``
+with no sleep), then queues itself (``completion_enqueue``) and sleeps on its
+own node's word until ``complete()`` grants it a count, first in, first out
+(``_core/swait.py``, ``native/swait.c``); ``completion_dequeue`` takes it
+off the queue when it gives up.
+
 Return conventions (shared): ``wait`` -> True (changed or woken) / False
 (timeout); ``completion_wait`` -> 1 acquired, 0 timeout, 2 woken without
-acquiring (re-check and call again).
+acquiring (re-check and call again); ``completion_enqueue`` -> 1 acquired,
+0 queued; ``completion_dequeue`` -> 1 it had been granted, 0 not.
 """
 
 from __future__ import annotations
@@ -29,11 +36,13 @@ import os
 import signal
 
 from .layout import COMPLETION
+from .swait import PySwait
 from .topology import parse_cpulist
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable, Set
+    from typing import Literal
 
     import posix_ipc
 
@@ -45,7 +54,8 @@ if TYPE_CHECKING:
     RawWait = Callable[[int, int, int, int, int, int], int]
 
 __all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns",
-           "create_semaphores", "unlink_semaphores"]
+           "create_semaphores", "open_semaphores", "semaphore_names", "new_semaphore_tag",
+           "unlink_semaphores"]
 
 POSIX_CHANNELS = 64
 UINT_MAX = 0xFFFFFFFF
@@ -83,7 +93,7 @@ def _online_cpus() -> Set[int]:
 class FutexWaits:
     """The futex backend (needs ``kproc._native``)."""
 
-    name = "futex"
+    name: Literal["futex"] = "futex"
 
     def __init__(self, mem: Mem, spin_ns: int) -> None:
         self.mem = mem
@@ -92,6 +102,8 @@ class FutexWaits:
         self.completion_try = mem.completion_try
         self.completion_done = mem.completion_done
         self.completion_complete = mem.completion_complete
+        self.completion_enqueue = mem.completion_enqueue
+        self.completion_dequeue = mem.completion_dequeue
 
     def wait(self, off: int, expected: int, timeout_ns: int, spin: bool = True) -> bool:
         """Sleep while the word at ``off`` equals ``expected``."""
@@ -117,7 +129,7 @@ class FutexWaits:
 class PosixWaits:
     """The POSIX-semaphore backend: hashed wait channels over ``posix_ipc``."""
 
-    name = "posix"
+    name: Literal["posix"] = "posix"
 
     def __init__(self, mem: MemLike, semaphores: list[posix_ipc.Semaphore],
                  waiters_off: int) -> None:
@@ -125,6 +137,10 @@ class PosixWaits:
         self.spin_ns = 0
         self.sems = semaphores
         self.waiters_off = waiters_off
+        swait = PySwait(mem, self.wake)
+        self._settle = swait.settle
+        self.completion_enqueue = swait.enqueue
+        self.completion_dequeue = swait.dequeue
 
     def _channel(self, off: int) -> int:
         return ((off >> 2) * 2654435761 >> 7) % len(self.sems)
@@ -204,6 +220,7 @@ class PosixWaits:
                     break
         mem.fetch_add32(off + COMPLETION.seq, 1)
         self.wake(off + COMPLETION.seq)
+        self._settle(off)
         return 0
 
     def raw_completion_wait(self) -> RawWait:
@@ -235,25 +252,42 @@ class PosixWaits:
                 pass
 
 
-def create_semaphores(names: list[str]) -> list[posix_ipc.Semaphore]:
-    """Create the posix backend's POSIX_CHANNELS semaphores (0600), new names each.
+def semaphore_names(tag: str) -> list[str]:
+    """The names of the posix backend's POSIX_CHANNELS semaphores for ``tag``."""
+    return [f"{tag}-{i}" for i in range(POSIX_CHANNELS)]
 
-    Context: the owner, in start().  Each name is appended to ``names`` as it
-    is created, so that the caller can unlink them all whatever happens.
-    Return: the open semaphores.
+
+def new_semaphore_tag() -> str:
+    """A fresh, unguessable prefix for a runtime's semaphore names."""
+    return f"/kproc-{os.getpid()}-{os.urandom(8).hex()}"
+
+
+def create_semaphores(names: list[str], tag: str) -> list[posix_ipc.Semaphore]:
+    """Create the posix backend's POSIX_CHANNELS semaphores (0600) named after ``tag``.
+
+    Context: kthreadd, at start-up (the process whose death the owner
+    watches and that watches the owner's, so a survivor removes the names).
+    Each name is appended to ``names`` as it is created, so that the caller
+    can unlink them all whatever happens.  Return: the open semaphores.
     """
     import posix_ipc      # only the posix backend needs it
-    tag = f"/kproc-{os.getpid()}-{os.urandom(4).hex()}"
     sems: list[posix_ipc.Semaphore] = []
-    for i in range(POSIX_CHANNELS):
-        name = f"{tag}-{i}"
+    for name in semaphore_names(tag):
         sems.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0))
         names.append(name)
     return sems
 
 
+def open_semaphores(tag: str) -> list[posix_ipc.Semaphore]:
+    """Open the semaphores kthreadd created for ``tag``.  Context: the owner, in start()."""
+    import posix_ipc      # only the posix backend needs it
+    return [posix_ipc.Semaphore(name) for name in semaphore_names(tag)]
+
+
 def unlink_semaphores(names: list[str]) -> None:
     """Remove the semaphores' names: the open ones live on, nothing stays in /dev/shm."""
+    if not names:
+        return
     import posix_ipc      # only the posix backend needs it
     for name in names:
         try:

@@ -31,14 +31,15 @@ import time
 
 from .._core import layout as L
 from .._core.errors import KthreadError
+from .._core.hung_task import HungTask, task_text
 from .._core.runtime import get_runtime
 from .._core.syscalls import pid_alive
 from .._kthread.create import kthread_run
 from .._sched.completion import wait_at
 from .._core.funcref import check_callback
 from .cpuhp import cpuhp_thread
-from .record import (H, OP_DOWN, OP_REMOVE, OP_SETUP, OP_UP, cpuhp_dead, cpuhp_task_base,
-                     get_message, hp_base, put_message)
+from .record import (H, OP_DOWN, OP_REGISTER, OP_REMOVE, OP_SETUP, OP_UNREGISTER, OP_UP,
+                     cpuhp_dead, cpuhp_task_base, get_message, hp_base, put_message)
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -115,6 +116,18 @@ def _cpuhp_peer(rt: Runtime) -> Callable[[], int | None]:
     return check
 
 
+_OP_CALLS = {OP_SETUP: "cpuhp_setup_state", OP_REMOVE: "cpuhp_remove_state",
+             OP_DOWN: "cpu_down", OP_UP: "cpu_up", OP_REGISTER: "smpboot_register_percpu_thread",
+             OP_UNREGISTER: "smpboot_unregister_percpu_thread"}
+
+
+def _hung(rt: Runtime, op: int) -> HungTask:
+    """The hung-task check of a hotplug call waiting for cpuhp's reply."""
+    base = cpuhp_task_base(rt)
+    return HungTask(_OP_CALLS.get(op, "a hotplug call"), "to run the hotplug callbacks",
+                    task_text(rt, base) if base is not None else "the cpuhp kthread")
+
+
 def _wait_not_busy(rt: Runtime) -> None:
     """Wait until cpuhp has finished the request before ours (``busy`` clear): one
     whose requester was killed is still being served.  Watches cpuhp."""
@@ -152,7 +165,8 @@ def request(op: int, args: object) -> Any:
         mem.store32(hp + H.done + L.COMPLETION.done, 0)
         mem.store32(hp + H.pending, 1)
         rt.waits.completion_complete(hp + H.req, False)
-        verdict = wait_at(rt, hp + H.done, None, "uninterruptible", _cpuhp_peer(rt))
+        verdict = wait_at(rt, hp + H.done, None, "uninterruptible", _cpuhp_peer(rt),
+                          _hung(rt, op))
         if verdict:
             raise KthreadError(errno.ESRCH, "the cpuhp kthread died; hotplug state "
                                "(registered states, per-CPU threads) is lost")

@@ -5,7 +5,8 @@ on a real offline/online, timed from user space).
 
 ``cycle_experiment`` registers per-CPU threads (``threads`` registrations of
 an smpboot thread set) and ``preferred`` kthreads preferring the CPU, then
-takes the CPU down and up ``count`` times, timing each cpu_down / cpu_up,
+takes the CPU down and up ``count`` times (or for ``duration`` seconds),
+timing each cpu_down / cpu_up,
 the part cpuhp spent in teardown (parking per-CPU threads) and startup
 (unparking, re-binding, re-affining), its sysfs write, and how long each
 per-CPU thread of the CPU took to be back on it after cpu_up began.
@@ -24,6 +25,7 @@ the preferred kthreads).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import tempfile
@@ -142,8 +144,13 @@ def _timed(action: Callable[[int], int], cpu: int, settle: float, total: list[in
     t0 = time.monotonic_ns()
     rc = action(cpu)
     t1 = time.monotonic_ns()
+    if rc == 1:
+        state = "offline" if action is cpu_down else "online"
+        raise OSError(errno.EBUSY, f"CPU {cpu} was already {state}: something else "
+                      "changed it during the experiment")
     if rc:
-        raise OSError(-rc if rc < 0 else 0, f"{action.__name__}({cpu}) returned {rc}")
+        raise OSError(-rc if rc < 0 else errno.EIO, f"{action.__name__}({cpu}) failed: "
+                      f"{os.strerror(-rc) if rc < 0 else rc}")
     st = hotplug_stats()
     total.append(t1 - t0)
     part.append(st[part_field])
@@ -151,10 +158,12 @@ def _timed(action: Callable[[int], int], cpu: int, settle: float, total: list[in
     return t0
 
 
-def cycle_experiment(cpu: int, count: int, threads: int = 1, preferred: int = 0,
+def cycle_experiment(cpu: int, count: int | None, threads: int = 1, preferred: int = 0,
                      progress: Callable[[], object] | None = None,
-                     settle: float = 0.0) -> CycleResult:
-    """Take ``cpu`` down and up ``count`` times in the current runtime.
+                     settle: float = 0.0, duration: float | None = None) -> CycleResult:
+    """Take ``cpu`` down and up ``count`` times in the current runtime, or
+    for ``duration`` seconds (at least one cycle; with both, whichever
+    comes first ends it).
 
     @threads: SmpHotplugThread registrations (one thread per online CPU
     each); @preferred: kthreads preferring ``cpu`` (kthread_affine_preferred);
@@ -165,8 +174,11 @@ def cycle_experiment(cpu: int, count: int, threads: int = 1, preferred: int = 0,
     Return: {"down", "up", "park", "unpark", "write_down", "write_up", "back"}:
     lists of ns, plus "lost": per-CPU threads that were not back within 2 s.
     Raises: OSError (a registration failed; a cpu_down/cpu_up did not change
-    the CPU).
+    the CPU: EBUSY when something else had changed it); ValueError (neither
+    ``count`` nor ``duration``).
     """
+    if count is None and duration is None:
+        raise ValueError("cycle_experiment: give a count or a duration")
     hts: list[SmpHotplugThread] = []
     tasks: list[Task] = []
     res: CycleResult = {"down": [], "up": [], "park": [], "unpark": [], "write_down": [],
@@ -183,7 +195,11 @@ def cycle_experiment(cpu: int, count: int, threads: int = 1, preferred: int = 0,
             kthread_affine_preferred(task, {cpu})
             wake_up_process(task)
             tasks.append(task)
-        for _ in range(count):
+        end = None if duration is None else time.monotonic() + duration
+        done = 0
+        while done == 0 or ((count is None or done < count) and
+                            (end is None or time.monotonic() < end)):
+            done += 1
             _timed(cpu_down, cpu, settle, res["down"], res["park"], res["write_down"],
                    "teardown_ns")
             t2 = _timed(cpu_up, cpu, settle, res["up"], res["unpark"], res["write_up"],

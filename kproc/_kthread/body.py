@@ -62,6 +62,7 @@ class _KthreadExit(BaseException):
 # -- the kthread body ------------------------------------------------------------
 
 _self_data: tuple[ThreadFn, Any] | None = None    # as this kthread received them
+_kthread_pid = 0       # the kthread's own pid: a child it forks must not publish
 
 
 def after_fork(rt: Runtime, close_fds: Iterable[int]) -> None:
@@ -81,7 +82,8 @@ def kthread_main(rt: Runtime, idx: int, gen: int) -> NoReturn:
 
     Context: a child of kthreadd, after :func:`after_fork`.
     """
-    global _self_data
+    global _self_data, _kthread_pid
+    _kthread_pid = os.getpid()
     try:
         arena = rt.arena
         base = rt.become_kthread(idx, gen)
@@ -149,6 +151,8 @@ def _run(rt: Runtime, base: int, name: str, threadfn: ThreadFn, data: Any) -> No
     except _KthreadExit as ex:
         result, kind = ex.result, L.EXIT_EXITED
     except BaseException:
+        if os.getpid() != _kthread_pid:
+            _forked_child_exit(1)
         text = traceback.format_exc()
         sys.stderr.write(f"kproc: kthread {name!r} (pid {os.getpid()}) died: {text}")
         store_traceback(rt.arena, base, text)
@@ -170,8 +174,12 @@ def _finish(rt: Runtime, base: int, name: str, result: int, kind: int) -> NoRetu
     """kthread_exit(): publish the result, complete ``exited``, leave.
 
     Output is flushed first, so that what the kthread printed is out before
-    kthread_stop() returns.
+    kthread_stop() returns.  Only the kthread's own process publishes: a
+    child it forked that returns from threadfn (or calls kthread_exit) just
+    exits, with 0 (1 if threadfn raised), as a plain process would.
     """
+    if os.getpid() != _kthread_pid:
+        _forked_child_exit(0 if kind != L.EXIT_EXCEPTION else 1)
     _flush_stdio()
     if _trace.ENABLED:
         _trace.lifecycle("exit", os.getpid(), name, result=result)
@@ -184,6 +192,14 @@ def _finish(rt: Runtime, base: int, name: str, result: int, kind: int) -> NoRetu
     mem.store32(base + T.slot, L.SLOT_EXITING)
     rt.waits.completion_complete(base + T.exited, True)
     _exit_now(0)
+
+
+def _forked_child_exit(code: int) -> NoReturn:
+    """A process forked inside threadfn left it: it is not the kthread, so it
+    writes nothing to the slot and just exits (with the exception printed)."""
+    if code:
+        traceback.print_exc()
+    _exit_now(code)
 
 
 def _flush_stdio() -> None:

@@ -31,6 +31,7 @@ from .affinity import apply_mask, fetch_affinity, record_mask
 from .body import self_data
 from .._sched.completion import wait_at
 from .._core.errors import KthreadError, kernel_warn
+from .._core.hung_task import HungTask, task_text
 from .._sched.task import Task, TaskState, resolve
 from .._sched.task import TASK_NORMAL, TASK_STATES
 from .._freezer import kick_frozen
@@ -213,7 +214,9 @@ def kthread_park(task: Task) -> int:
     _sched.wake_up_process_raw(rt, base)
     # Wait for __kthread_parkme() to complete(): it then *will* be in
     # TASK_PARKED and about to sleep; then wait for that sleep itself.
-    verdict = wait_at(rt, base + T.parked, None, "uninterruptible", _dead_peer(rt, base))
+    hung = HungTask("kthread_park", "to park (it has not called kthread_parkme())",
+                    task_text(rt, base))
+    verdict = wait_at(rt, base + T.parked, None, "uninterruptible", _dead_peer(rt, base), hung)
     if verdict:
         return verdict
     if not _wait_inactive(rt, base, TaskState.TASK_PARKED):
@@ -252,27 +255,46 @@ def _unpark(rt: Runtime, base: int) -> None:
 
 
 def request_stop(rt: Runtime, base: int) -> int:
-    mem = rt.mem
-    mem.fetch_add32(base + T.refs, 1)
+    """The body of kthread_stop(): stop the task at ``base``, wait, return its result.
+
+    The target's slot is pinned while waiting (kernel: get_task_struct()).  A
+    kthread pins through a hold word in its own slot (``Arena.take_hold``),
+    which kthreadd clears if the kthread dies mid-stop, so a stopper killed
+    here never leaves the slot pinned; the owner (whose death ends the
+    runtime) and a kthread whose hold words are all in use count in ``refs``.
+    """
+    mem, arena = rt.mem, rt.arena
+    idx = (base - arena.params.tasks) // T.size
+    hung = HungTask("kthread_stop", "to exit (it has not returned from threadfn)",
+                    task_text(rt, base))
+    hold, pinned = None, False
     try:
+        hold = arena.take_hold(rt.self_base, L.HOLD_PIN, idx)
+        if hold is None:
+            pinned = True       # set first: no signal check falls between the two
+            mem.fetch_add32(base + T.refs, 1)
         mem.fetch_or32(base + T.flags, L.KF_SHOULD_STOP)
         _unpark(rt, base)
         _sched.notify_signal(rt, base)
-        _sched.wake_up_state(rt, base, TASK_NORMAL, stop_wake=True)
+        _sched.wake_up_state(rt, base, TASK_NORMAL)
         if mem.load32(base + T.state) == _sched.FROZEN:
             kick_frozen(rt)
-        wait_at(rt, base + T.exited, None, "uninterruptible")
+        wait_at(rt, base + T.exited, None, "uninterruptible", hung=hung)
         return mem.load64(base + T.result)
     finally:
-        mem.fetch_add32(base + T.refs, -1)
+        if pinned:
+            mem.fetch_add32(base + T.refs, -1)
+        arena.release_hold(hold)
 
 
 def kthread_stop(task: Task) -> int:
     """kthread_stop(): ask ``task`` to stop, wake it, and wait for it to exit.
 
-    Ends interruptible kproc sleeps at once; an uninterruptible timed sleep
-    (msleep, wait_for_completion, schedule_timeout in TASK_UNINTERRUPTIBLE)
-    runs to its end first.  A threadfn blocked in a foreign call (time.sleep,
+    Ends interruptible kproc sleeps at once, and its wake ends a schedule() or
+    schedule_timeout() in TASK_UNINTERRUPTIBLE too (with the time left); sleeps
+    that loop until their condition (msleep, wait_for_completion and
+    wait_for_completion_killable: TIF_NOTIFY_SIGNAL is not a fatal signal)
+    run to their end first.  A threadfn blocked in a foreign call (time.sleep,
     a socket) is not interrupted: it sees kthread_should_stop() when it next
     checks.  Context: any process but ``task`` itself; blocks.
     Return: threadfn's return value, the value given to kthread_exit(),

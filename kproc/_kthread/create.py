@@ -22,6 +22,7 @@ import os
 import time
 
 from .._core import layout as L
+from .._core import syscalls as _sys
 from .._core import trace as _trace
 from .._core.arena import TableFull
 from .._core.blobs import read_traceback, write_blob
@@ -112,38 +113,59 @@ def kthread_create_on_node(threadfn: Callable[[D], int | None], data: D, node: i
 
 def _create(rt: Runtime, raw_name: bytes, fn_pickle: bytes, data_pickle: bytes,
             node: int) -> Task:
+    """Queue the request, wake kthreadd, wait for the hand-off and take the Task.
+
+    Asynchronous signals (Ctrl-C) are deferred except during the wait, so a
+    KeyboardInterrupt is raised only where the request can be given up as a
+    whole: before it is queued, in the wait, or once the Task is taken (then
+    the new kthread is stopped).  Whatever interrupts, no kthread is left that
+    nobody holds (the kernel's ``xchg(&create->done, NULL)``).
+    """
     arena, mem = rt.arena, rt.mem
-    with arena.locked():
-        idx, gen = _alloc_task(rt)
-        base = arena.task_off(idx)
-        write_blob(arena, idx, base, raw_name, fn_pickle, data_pickle)
-        L.pack_field(rt.buf, base, T, "node", node)
-        L.pack_field(rt.buf, base, T, "creator", os.getpid())
-        mem.store64(base + T.create_ns, time.monotonic_ns())
-        mem.store32(base + T.state, TaskState.TASK_NEW)
-        mem.store32(base + T.refs, 1)              # the creator's pin until published
-        tail = arena.hget("create_tail")
-        if tail:
-            mem.store32(arena.task_off(tail - 1) + T.next, idx + 1)
-        else:
-            arena.hset("create_head", idx + 1)
-        arena.hset("create_tail", idx + 1)
-    rt.wake_kthreadd()
-    task = Task(rt, idx, gen)
+    mask = _sys.signal_mask()
+    base, pinned = -1, False
     try:
+        _sys.block_async_signals(mask)
+        with arena.locked():
+            idx, gen = _alloc_task(rt)
+            base = arena.task_off(idx)
+            write_blob(arena, idx, base, raw_name, fn_pickle, data_pickle)
+            L.pack_field(rt.buf, base, T, "node", node)
+            L.pack_field(rt.buf, base, T, "creator", os.getpid())
+            mem.store64(base + T.create_ns, time.monotonic_ns())
+            mem.store32(base + T.state, TaskState.TASK_NEW)
+            mem.store32(base + T.refs, 1)              # the creator's pin until published
+            pinned = True
+            tail = arena.hget("create_tail")
+            if tail:
+                mem.store32(arena.task_off(tail - 1) + T.next, idx + 1)
+            else:
+                arena.hset("create_head", idx + 1)
+            arena.hset("create_tail", idx + 1)
+        rt.wake_kthreadd()
+        task = Task(rt, idx, gen)
+        _sys.restore_signal_mask(mask)     # a Ctrl-C deferred so far is raised here
         wait_at(rt, base + T.done, None, "killable")
+        _sys.block_async_signals(mask)
+        mem.fetch_add32(base + T.refs, -1)
+        pinned = False
+        if mem.cmpxchg32(base + T.handoff, L.HANDOFF_PUBLISHED, L.HANDOFF_TAKEN) != \
+                L.HANDOFF_PUBLISHED:
+            base = -1                      # it failed: nothing to give up
+            err = -mem.load64(arena.task_off(idx) + T.result) or errno.EAGAIN
+            text = read_traceback(arena, idx, arena.task_off(idx)) or "kthread creation failed"
+            raise KthreadError(err, text)
+        if _trace.ENABLED:
+            trace_event(rt, arena.task_off(idx), idx, "create", creator=os.getpid())
+        _sys.restore_signal_mask(mask)     # ours now: a Ctrl-C here stops it (below)
+        mask = None
+        return task
     except BaseException:
-        _abandon(rt, base, task)
+        if base >= 0:
+            _abandon(rt, base, pinned)
         raise
-    mem.fetch_add32(base + T.refs, -1)
-    if mem.cmpxchg32(base + T.handoff, L.HANDOFF_PUBLISHED, L.HANDOFF_TAKEN) != \
-            L.HANDOFF_PUBLISHED:
-        err = -mem.load64(base + T.result) or errno.EAGAIN
-        text = read_traceback(arena, idx, base) or "kthread creation failed"
-        raise KthreadError(err, text)
-    if _trace.ENABLED:
-        trace_event(rt, base, idx, "create", creator=os.getpid())
-    return task
+    finally:
+        _sys.restore_signal_mask(mask)
 
 
 def _alloc_task(rt: Runtime) -> tuple[int, int]:
@@ -167,13 +189,18 @@ def _alloc_task(rt: Runtime) -> tuple[int, int]:
             rt.mem.mutex_lock(rt.arena.lock_off)
 
 
-def _abandon(rt: Runtime, base: int, task: Task) -> None:
-    """The creator is leaving (an exception while waiting): give up the request."""
+def _abandon(rt: Runtime, base: int, pinned: bool) -> None:
+    """The creator is leaving with an exception (Ctrl-C): give up the request.
+
+    Not served yet: kthreadd skips it; served, not published: the child exits;
+    published or already taken (the exception came after the hand-off): the
+    kthread exists, asleep and never woken, and is stopped here.
+    """
     mem = rt.mem
     prev = mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_ABANDONED)
-    mem.fetch_add32(base + T.refs, -1)
-    if prev == L.HANDOFF_PUBLISHED:
-        # Too late: the kthread exists, asleep and never woken; stop it.
+    if pinned:
+        mem.fetch_add32(base + T.refs, -1)
+    if prev in (L.HANDOFF_PUBLISHED, L.HANDOFF_TAKEN):
         try:
             request_stop(rt, base)
         except KthreadError:

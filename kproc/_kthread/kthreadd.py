@@ -9,7 +9,7 @@ dirtying it), reports "ok" and serves:
 
 * the create list (``kthread_create_list``): pop every request, fork a
   kthread for each (``create_kthread``);
-* SIGCHLD: reap kthreads and record how each ended (result, exception,
+* SIGCHLD: reap kthreads and record how each ended (``reap``: result, exception,
   signal), complete their ``exited`` and ``parked`` completions so nobody
   waits on a dead task, and abandon pending creates of a dead creator;
 * EOF on the alive pipe (the owner died or shut down): kill every kthread,
@@ -42,14 +42,15 @@ import traceback
 
 from .._core import layout as L
 from .._core.arena import Arena
-from .._core.blobs import read_blob, store_traceback
-from .._core.funcref import prepare_main
+from .._core.blobs import read_blob
+from .._core.funcref import modules_named, prepare_main
+from .._core.owner import BOOT_LEN
 from .._core import runtime as _runtime
 from .._core import trace as _trace
 from .._core.topology import Topology
-from .._core.wait import FutexWaits, PosixWaits, unlink_semaphores
-from .._sched.schedule import wake_up_process_raw
+from .._core.wait import FutexWaits, PosixWaits, create_semaphores, unlink_semaphores
 from . import body as _kthread
+from .reap import Reaper
 from . import affinity as _affinity  # noqa: F401  preloaded: every fork has it
 from .._sched import completion as _completion  # noqa: F401  preloaded
 from . import control as _control  # noqa: F401  preloaded
@@ -68,7 +69,6 @@ IGNORED_SIGNALS = ("SIGHUP", "SIGINT", "SIGQUIT", "SIGTERM", "SIGUSR1", "SIGUSR2
                    "SIGPIPE", "SIGALRM", "SIGTSTP", "SIGTTIN", "SIGTTOU", "SIGVTALRM",
                    "SIGPROF", "SIGXCPU", "SIGXFSZ", "SIGPOLL")
 
-KILLED_RESULT = -errno.EOWNERDEAD
 
 
 def main() -> NoReturn:
@@ -79,15 +79,38 @@ def main() -> NoReturn:
     try:
         daemon = Kthreadd(fds)
     except BaseException as exc:  # report why, then die: start() raises it
+        unlink_semaphores(_sem_names)
         msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         os.write(ready, (msg.replace("\n", " ") + "\n").encode())
         os._exit(1)
-    os.write(ready, b"ok\n")
-    os.close(ready)
+    try:
+        os.write(ready, b"ok\n")
+        os.close(ready)
+    except OSError:               # the owner died in start(): nobody to serve
+        unlink_semaphores(_sem_names)
+        os._exit(1)
+    daemon.await_owner()
     daemon.serve()
 
 
-class Kthreadd:
+# Names of the semaphores this kthreadd created, until they are unlinked.
+_sem_names: list[str] = []
+
+
+def _read_boot(fd: int) -> dict[str, Any]:
+    """The owner's bootstrap: a length, then its pickle (the owner's own data)."""
+    (size,) = read_record(fd, BOOT_LEN)
+    data = b""
+    while len(data) < size:
+        chunk = os.read(fd, size - len(data))
+        if not chunk:
+            raise EOFError("the owner closed the boot pipe early")
+        data += chunk
+    boot: dict[str, Any] = pickle.loads(data)
+    return boot
+
+
+class Kthreadd(Reaper):
     """kthreadd's state: the arena, its children and the descriptors it waits on."""
 
     def __init__(self, fds: dict[str, int]) -> None:
@@ -95,8 +118,8 @@ class Kthreadd:
         for name in IGNORED_SIGNALS:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_IGN)
-        with os.fdopen(fds["boot"], "rb") as f:
-            boot = pickle.load(f)
+        self.boot_fd = fds["boot"]
+        boot = _read_boot(self.boot_fd)
         sys.path[:] = boot["sys_path"]
         if boot["kproc_parent"] not in sys.path:
             sys.path.append(boot["kproc_parent"])
@@ -128,10 +151,8 @@ class Kthreadd:
         mem = self.arena.mem
         waits: FutexWaits | PosixWaits
         if boot["backend"] == "posix":
-            import posix_ipc      # only the posix backend needs it
-            sems = [posix_ipc.Semaphore(n) for n in boot["sem_names"]]
-            unlink_semaphores(boot["sem_names"])
-            waits = PosixWaits(mem, sems, L.HEADER.posix_waiters)
+            waits = PosixWaits(mem, create_semaphores(_sem_names, boot["sem_tag"]),
+                               L.HEADER.posix_waiters)
         else:
             # The owner chose futex, so Mem is the native one here too.
             waits = FutexWaits(mem, mem.load32(L.HEADER.spin_ns))  # type: ignore[arg-type]
@@ -162,6 +183,20 @@ class Kthreadd:
         mask = topo.applicable(self.rt.housekeeping())
         if mask:
             os.sched_setaffinity(0, mask)
+
+    def await_owner(self) -> None:
+        """Wait for the owner to have opened the semaphores, then unlink their names.
+
+        The owner writes one byte on the boot pipe once it has opened them; if
+        it dies first, the read sees EOF.  Either way the names go now, so a
+        SIGKILL of the owner at any point of start() leaves none in /dev/shm.
+        """
+        try:
+            os.read(self.boot_fd, 1)
+        finally:
+            unlink_semaphores(_sem_names)
+            del _sem_names[:]
+            os.close(self.boot_fd)
 
     # -- main loop ---------------------------------------------------------------
 
@@ -271,103 +306,25 @@ class Kthreadd:
         self.spares = []
 
     def _prepare_threadfn(self, idx: int, base: int) -> None:
-        """Import threadfn's module here once, so that every later fork has it."""
+        """Import threadfn's module here once, so that every later fork has it.
+
+        The pickle is *read*, never run (no ``pickle.loads`` here): unpickling
+        runs whatever a ``__reduce__`` names, and kthreadd must not run user
+        code (an ``os._exit`` there would take every kthread down).  Only the
+        kthread itself unpickles its threadfn and data.
+        """
         try:
             _, fn_pickle, data_pickle = read_blob(self.arena, idx, base)
             if b"__main__" in fn_pickle or b"_main__" in data_pickle:
                 prepare_main(self.rt)
-            pickle.loads(fn_pickle)
+            for mod in modules_named(fn_pickle):
+                if mod not in sys.modules and mod != "__main__":
+                    importlib.import_module(mod)
         except BaseException:
             pass  # the kthread itself reports the failure to its creator
 
     def _child_closes(self) -> tuple[int, ...]:
         return (self.alive_fd, self.sig_r, self.sig_w)
-
-    def _fail_create(self, base: int, err: int, text: str) -> None:
-        mem, T = self.arena.mem, L.TASK
-        if mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_FAILED) != \
-                L.HANDOFF_WAITING:
-            return
-        mem.store64(base + T.result, err)
-        store_traceback(self.arena, base, text)
-        self.rt.waits.completion_complete(base + T.done, False)
-
-    # -- reaping -----------------------------------------------------------------
-
-    def reap(self) -> None:
-        """Reap every exited kthread and record how it ended."""
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            entry = self.children.pop(pid, None)
-            if entry is not None:
-                self._record_exit(pid, status, *entry)
-            self._abandon_creates_of(pid)
-
-    def _record_exit(self, pid: int, status: int, idx: int, gen: int) -> None:
-        arena, mem, T = self.arena, self.arena.mem, L.TASK
-        base = arena.task_off(idx)
-        self.inflight.pop(idx, None)
-        if mem.load32(base + T.gen) != gen:
-            return
-        waits = self.rt.waits
-        handoff = mem.load32(base + T.handoff)
-        if handoff == L.HANDOFF_WAITING:
-            self._fail_create(base, -errno.ECHILD,
-                              f"kthread died before it was published (status {status})")
-            handoff = L.HANDOFF_FAILED
-        if mem.load32(base + T.slot) != L.SLOT_EXITING:
-            # Died without writing a result: killed, or left behind kproc's back.
-            sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
-            L.pack_field(arena.buf, base, T, "signal", sig)
-            mem.store64(base + T.result, KILLED_RESULT)
-            mem.store32(base + T.exit_kind, L.EXIT_SIGNALED if sig else L.EXIT_LOST)
-        mem.fetch_or32(base + T.flags, L.KF_EXITING)
-        mem.store32(base + T.state, 0x80)      # TASK_DEAD
-        mem.store32(base + T.sleeping, 0)
-        # Complete before the slot can be recycled: once it is DEAD (or FREE) with no
-        # refs, a creator may claim it, and a late complete would end the new
-        # occupant's kthread_stop() before it ran.
-        waits.completion_complete(base + T.exited, True)
-        waits.completion_complete(base + T.parked, True)
-        with arena.locked():
-            if handoff == L.HANDOFF_ABANDONED:
-                arena.free_task(idx)       # nobody ever held a handle on it
-            else:
-                mem.store64(base + T.death, arena.next_death())
-                mem.store32(base + T.slot, L.SLOT_DEAD)
-
-    def _abandon_creates_of(self, pid: int) -> None:
-        """A creator died: abandon its creates (kernel: xchg(&create->done, NULL)).
-
-        A request not yet served is skipped; a kthread not yet published exits
-        by itself when it sees ABANDONED; one published but never *taken* by
-        its creator (who died first) would sleep forever unseen, so it is
-        stopped here: it exits with -EINTR and its slot is freed.
-        """
-        arena, mem, T = self.arena, self.arena.mem, L.TASK
-        for idx, creator in list(self.inflight.items()):
-            base = arena.task_off(idx)
-            handoff = mem.load32(base + T.handoff)
-            if handoff not in (L.HANDOFF_WAITING, L.HANDOFF_PUBLISHED):
-                del self.inflight[idx]
-            elif creator == pid:
-                if mem.cmpxchg32(base + T.handoff, handoff, L.HANDOFF_ABANDONED) == \
-                        L.HANDOFF_PUBLISHED:
-                    mem.fetch_or32(base + T.flags, L.KF_SHOULD_STOP)
-                    wake_up_process_raw(self.rt, base)
-                del self.inflight[idx]
-        with arena.locked():
-            head = arena.hget("create_head")
-            while head:
-                base = arena.task_off(head - 1)
-                if L.unpack_field(arena.buf, base, T, "creator") == pid:
-                    mem.cmpxchg32(base + T.handoff, L.HANDOFF_WAITING, L.HANDOFF_ABANDONED)
-                head = mem.load32(base + T.next)
 
     def teardown(self) -> NoReturn:
         """The owner is gone: kill every kthread, reap them, and exit."""
@@ -387,7 +344,7 @@ class Kthreadd:
                 break
             entry = self.children.pop(pid, None)
             if entry is not None:
-                self._record_exit(pid, status, *entry)
+                self._record_exit(pid, status, *entry, teardown=True)
         if _trace.ENABLED:
             _trace.flush()
         os._exit(0)

@@ -42,7 +42,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._core.memlike import MemLike  # typing only
 
-__all__ = ["PoolMemory", "HEADER", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING", "DONE", "CANCELLED",
+__all__ = ["PoolMemory", "HEADER", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING", "DONE",
+            "CANCELLED",
            "INLINE_MAX", "put_big", "take_big", "close_fd"]
 
 HEADER = Record("POOL_HEADER", [("magic", "Q"), ("nslots", "I"), ("slot_size", "I"),

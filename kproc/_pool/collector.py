@@ -52,7 +52,6 @@ class Collector(threading.Thread):
 
     def run(self) -> None:
         eng = self.engine
-        mem = eng.pm.mem
         try:
             self._loop()
         except KthreadError as exc:         # the runtime (kthreadd) is gone

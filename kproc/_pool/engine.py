@@ -37,7 +37,8 @@ from .._core import layout as L
 from .._core import trace as _trace
 from .._core.errors import KthreadError
 from .._core.runtime import Runtime
-from .._sched.completion import Completion, complete, complete_all
+from .._sched.task import Task
+from .._sched.completion import Completion, complete
 from .._workqueue.cancel import kthread_cancel_work_sync
 from .._workqueue.fastpath import fast_paths, lock_spin_ns
 from .._workqueue.handles import KthreadWork, KthreadWorker
@@ -55,7 +56,15 @@ if TYPE_CHECKING:
     from concurrent.futures import Future
     from typing import Any
 
-__all__ = ["Call", "Engine"]
+__all__ = ["Call", "Engine", "task_of"]
+
+
+def task_of(worker: KthreadWorker) -> Task:
+    """The kthread serving a pool worker.  Raises: KthreadError(ESRCH) if it has none."""
+    task = worker.task
+    if task is None:
+        raise KthreadError(3, "the pool worker has no kthread")
+    return task
 
 TICK_NS = 100_000_000           # how often a direct wait checks the runtime
 T = L.TASK
@@ -93,7 +102,7 @@ class Engine:
         self.idle = threading.Condition(self.lock)
         self.workers = workers
         self.cpus = cpus
-        self.flags_off = [rt.arena.task_off(w.task._idx) + T.flags for w in workers]
+        self.flags_off = [rt.arena.task_off(task_of(w)._idx) + T.flags for w in workers]
         n = len(workers) * per_worker
         self.pm = PoolMemory.create(n)
         self.kick = Completion()
@@ -187,7 +196,8 @@ class Engine:
     def _queue(self, w: int, slot: int) -> None:
         """kthread_queue_work(), through its C fast path when it takes it."""
         args = self.fast_args[slot]
-        r = self.cq(*args) if args is not None and not _trace.ENABLED else -1
+        cq = self.cq
+        r = cq(*args) if cq is not None and args is not None and not _trace.ENABLED else -1
         if r < 0:
             kthread_queue_work(self.workers[w], self.works[slot])
             worker, work = self.workers[w], self.works[slot]

@@ -38,7 +38,7 @@ from .._workqueue.worker import kthread_create_worker_on_cpu, kthread_destroy_wo
 from . import hotplug
 from .codec import encode_call
 from .collector import Collector, Watcher
-from .engine import Call, Engine
+from .engine import Call, Engine, task_of
 from .errors import BrokenKthreadPool
 from .future import PoolFuture
 from .remote import KIND_CALL, KIND_INIT, run_chunk
@@ -168,7 +168,7 @@ class KthreadPoolExecutor(Executor):
         try:
             for cpu in worker_cpus:
                 workers.append(kthread_create_worker_on_cpu(cpu, 0, name))
-                kthread_set_per_cpu(workers[-1].task, cpu)
+                kthread_set_per_cpu(task_of(workers[-1]), cpu)
             engine = Engine(rt, workers, worker_cpus, SLOTS_PER_WORKER)
         except BaseException:
             for worker in workers:
@@ -180,8 +180,8 @@ class KthreadPoolExecutor(Executor):
         online = rt.topology.online()
         for w, cpu in enumerate(worker_cpus):
             if cpu not in online:
-                kthread_park(workers[w].task)     # per-CPU: parked while its CPU is down
-        tasks = [w.task for w in workers]
+                kthread_park(task_of(workers[w]))     # per-CPU: parked while its CPU is down
+        tasks = [task_of(w) for w in workers]
         pool.watcher = Watcher(engine, [t.pid for t in tasks], [t.name for t in tasks],
                                f"{thread_name_prefix}-watcher")
         pool.collector = Collector(engine, pool.teardown, f"{thread_name_prefix}-collector")

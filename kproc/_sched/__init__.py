@@ -1,3 +1,4 @@
 """Scheduling on shared memory (kernel/sched): ``task`` (Task handles, task
 states), ``schedule`` (set_current_state, schedule(), wake-ups, sleeps),
-``completion`` (completions).  Runs in every process of a runtime."""
+``completion`` (completions), ``policy`` (sched_set_fifo,
+sched_set_fifo_low, sched_set_normal).  Runs in every process of a runtime."""

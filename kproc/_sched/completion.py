@@ -13,9 +13,14 @@ the same slot and raise once it is freed.  Internal completions (a task's
 
 Every blocking wait ticks (``TICK_NS``) to check its peers: the runtime
 (kthreadd alive) and, for internal waits, a caller-supplied ``peer`` check,
-so a dead peer ends the wait instead of hanging it.  Interruptible and
-killable waits in a kthread publish the futex word they sleep on so that
-kthread_stop() can wake them (``_sched.notify_signal``).
+so a dead peer ends the wait instead of hanging it.
+
+A wait that has to sleep queues itself, first in, first out
+(``_core/swait.py``): complete() wakes the waiters one at a time in the order
+they queued, on both backends.  In a kthread every wait publishes its node's
+word (``wait_off``): a wake-up (wake_up_process, kthread_stop) wakes it, and
+the waiter publishes its state again and sleeps on, in its place, unless the
+wait is interruptible and kthread_stop() was called.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from .._core.checks import check_seconds
 from .._core.errors import KthreadError, stale
 from .._core.handle import Handle
 from .._core.runtime import Runtime, get_runtime, TICK_NS
+from .._core.swait import thread_node
 from .task import TaskState
 
 TYPE_CHECKING = False
@@ -36,6 +42,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Literal
 
+    from .._core.hung_task import HungTask  # typing only
     from .._core.wait import RawWait  # typing only
 
     WaitMode = Literal["uninterruptible", "interruptible", "killable"]
@@ -43,10 +50,12 @@ if TYPE_CHECKING:
 __all__ = ["Completion", "init_completion", "reinit_completion", "complete", "complete_all",
            "wait_for_completion", "wait_for_completion_timeout",
            "wait_for_completion_interruptible", "wait_for_completion_killable",
-           "try_wait_for_completion", "completion_done", "wait_at", "ERESTARTSYS"]
+           "try_wait_for_completion", "completion_done", "completion_waiters", "wait_at",
+           "ERESTARTSYS"]
 
 ERESTARTSYS = 512
 C = L.COMPLETION
+N = L.SWAIT
 T = L.TASK
 
 # Slots of completions collected while the arena lock may be held by this very
@@ -119,8 +128,8 @@ def _check(c: object) -> int:
     """Offset of ``c``'s record; raises if ``c`` is not a live Completion."""
     if not isinstance(c, Completion):
         raise TypeError(f"expected a kproc.Completion, not {type(c).__name__}")
-    rt = c._rt
-    if rt.closed or rt.mem.load32(c._gen_off) != c._gen:
+    rt = c._live_runtime()            # ESRCH once shut down (or in a forked child)
+    if rt.mem.load32(c._gen_off) != c._gen:
         raise stale("completion")
     return c._off
 
@@ -218,16 +227,36 @@ def wait_for_completion_interruptible(c: Completion) -> int:
 
 
 def wait_for_completion_killable(c: Completion) -> int:
-    """wait_for_completion_killable(): like the interruptible wait (kthread_stop()
-    is the only "fatal signal" a kthread receives).
+    """wait_for_completion_killable(): wait until ``c`` is completed or a fatal
+    signal comes.
 
-    Return: 0 when completed, -ERESTARTSYS (-512) when interrupted.
+    kthread_stop() does not end it: its TIF_NOTIFY_SIGNAL is a pending signal,
+    not a fatal one (completion.c: the wait checks signal_pending_state(
+    TASK_KILLABLE)).  A kthread's only fatal signal is SIGKILL, which ends
+    its process.  Context: any process of the runtime; blocks.
+    Return: 0 when completed.
     """
     off = _check(c)
     rt = c._rt
     if rt.waits.completion_try(off):
         return 0
     return wait_at(rt, off, None, "killable", _live(c)) or 0  # untimed: never None
+
+
+def completion_waiters(c: Completion) -> list[int]:
+    """The pids of the processes queued on ``c``, head (next to be woken) first.
+
+    A snapshot read without the queue's lock (for ``kproc ps`` and tests).
+    Context: any; never blocks.
+    """
+    off = _check(c)
+    mem = c._rt.mem
+    pids: list[int] = []
+    node = mem.load32(off + C.head)
+    while node and len(pids) < c._rt.arena.params.max_swait:
+        pids.append(mem.load32(node + N.owner))
+        node = mem.load32(node + N.next)
+    return pids
 
 
 def _live(c: Completion) -> Callable[[], None]:
@@ -238,33 +267,107 @@ def _live(c: Completion) -> Callable[[], None]:
 
 
 def wait_at(rt: Runtime, off: int, timeout: float | None, mode: WaitMode,
-            peer: Callable[[], int | None] | None = None) -> int | None:
+            peer: Callable[[], int | None] | None = None,
+            hung: HungTask | None = None) -> int | None:
     """Wait on the completion record at ``off``; the slow path of every wait.
 
+    The waiter queues its thread's node at the tail of the completion's queue
+    and sleeps on the node's own word until complete() grants it a count,
+    first in, first out (``_core/swait.py``).  A wake for another reason (the
+    tick, a stray wake_up_process(), kthread_stop()'s notification) leaves
+    the node where it is: the waiter keeps its place, publishes its state
+    again (completion.c do_wait_for_common() loops back to
+    __set_current_state()) and sleeps on.
+
     @timeout: seconds or None.  @mode: "uninterruptible", "interruptible" or
-    "killable".  @peer: called every tick; raises or returns a value to end
-    the wait early (that value is returned).
+    "killable" (in a kthread, kthread_stop() ends only an interruptible wait:
+    TIF_NOTIFY_SIGNAL is not a fatal signal).  @peer: called every tick;
+    raises or returns a value to end the wait early (that value is returned).
+    @hung: the hung-task check of a control call, ticked with the others.
     Return: 0 when acquired; -ERESTARTSYS when interrupted by kthread_stop();
-    None on timeout; whatever ``peer`` returned if not None.
+    None on timeout; whatever ``peer`` returned if not None.  A count granted
+    while the wait was giving up is taken: the result is then 0.
     """
+    waits = rt.waits
+    node = thread_node(rt.arena, waits.completion_dequeue)
+    if not node:
+        return _wait_unqueued(rt, off, timeout, mode, peer, hung)
+    if waits.completion_enqueue(off, node):
+        return 0
+    mem, me = rt.mem, rt.self_base
+    if me is not None:
+        mem.store32(me + T.wait_off, node + N.wake)
+    try:
+        verdict = _sleep_queued(rt, off, node, timeout, mode, peer, hung)
+    except BaseException:
+        if waits.completion_dequeue(off, node):
+            waits.completion_complete(off, False)     # pass the count on
+        raise
+    finally:
+        if me is not None:
+            mem.store32(me + T.wait_off, 0)
+            mem.store32(me + T.state, TaskState.TASK_RUNNING)
+    if verdict != 0 and waits.completion_dequeue(off, node):
+        return 0
+    return verdict
+
+
+def _sleep_queued(rt: Runtime, off: int, node: int, timeout: float | None, mode: WaitMode,
+                  peer: Callable[[], int | None] | None, hung: HungTask | None) -> int | None:
+    """Sleep with ``node`` queued on the completion at ``off`` until granted or given up."""
+    mem, waits = rt.mem, rt.waits
+    me = rt.self_base
+    interruptible = mode == "interruptible" and me is not None
+    state = TaskState.TASK_INTERRUPTIBLE if interruptible else TaskState.TASK_UNINTERRUPTIBLE
+    wake_off = node + N.wake
+    now = time.monotonic_ns()
+    deadline = None if timeout is None else now + int(timeout * 1e9)
+    next_check = now + TICK_NS
+    while True:
+        if me is not None:
+            mem.store32(me + T.state, state)
+        snap = mem.load32(wake_off)
+        if mem.load32(node + N.granted):
+            mem.store32(node + N.granted, 0)
+            return 0
+        if interruptible and mem.load32(me + T.flags) & L.KF_SHOULD_STOP:  # type: ignore[operator]
+            return -ERESTARTSYS
+        now = time.monotonic_ns()
+        if now >= next_check:
+            next_check = now + TICK_NS
+            rt.check_alive()
+            if peer is not None and (verdict := peer()) is not None:
+                return verdict
+            if hung is not None:
+                hung.check()
+        tick = next_check - now
+        if deadline is not None:
+            if deadline <= now:
+                return None
+            tick = min(tick, deadline - now)
+        waits.wait(wake_off, snap, tick, spin=False)
+
+
+def _wait_unqueued(rt: Runtime, off: int, timeout: float | None, mode: WaitMode,
+                   peer: Callable[[], int | None] | None,
+                   hung: HungTask | None) -> int | None:
+    """wait_at() for a thread that found every swait node taken: it sleeps on
+    the completion's ``seq`` word instead (not first in, first out)."""
     mem, waits = rt.mem, rt.waits
     seq_off = off + C.seq
     me = rt.self_base
-    interruptible = mode != "uninterruptible" and me is not None
+    interruptible = mode == "interruptible" and me is not None
+    state = TaskState.TASK_INTERRUPTIBLE if interruptible else TaskState.TASK_UNINTERRUPTIBLE
     deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
-    if me is not None:
-        mem.store32(me + T.state, TaskState.TASK_INTERRUPTIBLE if interruptible
-                    else TaskState.TASK_UNINTERRUPTIBLE)
-        if interruptible:
-            mem.store32(me + T.wait_off, seq_off)
     try:
         while True:
+            if me is not None:
+                mem.store32(me + T.state, state)
             snap = mem.load32(seq_off)
-            if interruptible and me is not None and mem.load32(me + T.flags) & L.KF_SHOULD_STOP:
+            if interruptible and mem.load32(me + T.flags) & L.KF_SHOULD_STOP:  # type: ignore[operator]
                 return 0 if waits.completion_try(off) else -ERESTARTSYS
-            if deadline is None:
-                tick = TICK_NS
-            else:
+            tick = TICK_NS
+            if deadline is not None:
                 left = deadline - time.monotonic_ns()
                 if left <= 0:
                     return 0 if waits.completion_try(off) else None
@@ -274,12 +377,10 @@ def wait_at(rt: Runtime, off: int, timeout: float | None, mode: WaitMode,
                 return 0
             if result == 0:
                 rt.check_alive()
-                if peer is not None:
-                    verdict = peer()
-                    if verdict is not None:
-                        return verdict
+                if peer is not None and (verdict := peer()) is not None:
+                    return verdict
+                if hung is not None:
+                    hung.check()
     finally:
         if me is not None:
-            if interruptible:
-                mem.store32(me + T.wait_off, 0)
             mem.store32(me + T.state, TaskState.TASK_RUNNING)

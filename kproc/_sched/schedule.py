@@ -15,14 +15,13 @@ futex wait return.
 
 kthread_stop()'s notification (the kernel's TIF_NOTIFY_SIGNAL) is
 ``KTHREAD_SHOULD_STOP`` itself: once set, interruptible sleeps return at once
-(``signal_pending()``).  :func:`notify_signal` also bumps the futex word an
-interruptible wait published in ``wait_off``, so such a wait wakes now.
-Uninterruptible timed sleeps (``msleep``, ``schedule_timeout`` in
-TASK_UNINTERRUPTIBLE) run to their end, as SPEC §4 requires; an untimed
-uninterruptible ``schedule()`` is woken (it could not end otherwise).  The
-untimed sleeper marks itself (KF_UNTIMED_SLEEP) and then checks
-KTHREAD_SHOULD_STOP, while the stopper sets the bit and then looks for the
-mark: one of them always sees the other, so the wake-up cannot be lost.
+(``signal_pending()``).  Its wake-up is wake_up_process()'s: it ends a
+``schedule()`` or ``schedule_timeout()`` in TASK_INTERRUPTIBLE or
+TASK_UNINTERRUPTIBLE (with the time left), so a sleep that loops until its
+condition (``msleep``, ``wait_for_completion``) runs to its end.  A wake-up
+(stop's included) also bumps the word a completion wait published in
+``wait_off``, so the waiter shows its state again at once
+(:func:`notify_signal`).
 """
 
 from __future__ import annotations
@@ -62,19 +61,18 @@ def need_current(fn_name: str) -> tuple[Runtime, int]:
     return rt, rt.self_base
 
 
-def wake_up_state(rt: Runtime, base: int, mask: int, stop_wake: bool = False) -> bool:
+def wake_up_state(rt: Runtime, base: int, mask: int) -> bool:
     """try_to_wake_up(): move a task sleeping in a state of ``mask`` to RUNNING.
 
-    ``stop_wake`` is kthread_stop()'s wake: in TASK_UNINTERRUPTIBLE it wakes
-    only an untimed schedule().  Return: True if the task was woken.
+    A task waiting on a completion is woken too, on its own word (``wait_off``):
+    it publishes its state again and sleeps on, as do_wait_for_common() loops
+    back to __set_current_state() (its place in the queue is kept).
+    Return: True if the task was woken.
     """
     mem = rt.mem
     while True:
         state = mem.load32(base + T.state)
         if not state & mask:
-            return False
-        if stop_wake and state == UNINTERRUPTIBLE and \
-                not mem.load32(base + T.flags) & L.KF_UNTIMED_SLEEP:
             return False
         if mem.cmpxchg32(base + T.state, state, RUNNING) == state:
             break
@@ -84,6 +82,7 @@ def wake_up_state(rt: Runtime, base: int, mask: int, stop_wake: bool = False) ->
     # compare will see the new wake_seq.  Saves the syscall of waking nobody.
     if mem.load32(base + T.sleeping):
         rt.waits.wake(base + T.wake_seq)
+    notify_signal(rt, base)
     return True
 
 
@@ -93,7 +92,8 @@ def wake_up_process_raw(rt: Runtime, base: int) -> bool:
 
 
 def notify_signal(rt: Runtime, base: int) -> None:
-    """Wake the interruptible wait the task published in ``wait_off``, if any."""
+    """Wake the completion wait the task published in ``wait_off``, if any
+    (kthread_stop()'s TIF_NOTIFY_SIGNAL, and every wake-up of the task)."""
     off = rt.mem.load32(base + T.wait_off)
     if off:
         rt.mem.fetch_add32(off, 1)
@@ -125,14 +125,7 @@ def _sleep(rt: Runtime, base: int, deadline_ns: int | None) -> bool:
     Return: True if the deadline passed (the task is then set RUNNING, as the
     kernel's process_timeout() wakes it).
     """
-    mem = rt.mem
-    if deadline_ns is None:
-        mem.fetch_or32(base + T.flags, L.KF_UNTIMED_SLEEP)
-    try:
-        return _sleep_loop(rt, base, deadline_ns)
-    finally:
-        if deadline_ns is None:
-            mem.fetch_and32(base + T.flags, ~L.KF_UNTIMED_SLEEP & 0xFFFFFFFF)
+    return _sleep_loop(rt, base, deadline_ns)
 
 
 def _sleep_loop(rt: Runtime, base: int, deadline_ns: int | None) -> bool:
@@ -143,8 +136,7 @@ def _sleep_loop(rt: Runtime, base: int, deadline_ns: int | None) -> bool:
         state = mem.load32(base + T.state)
         if state == RUNNING:
             return False
-        if (state == INTERRUPTIBLE or (state == UNINTERRUPTIBLE and deadline_ns is None)) \
-                and signal_pending(rt, base):
+        if state == INTERRUPTIBLE and signal_pending(rt, base):
             mem.cmpxchg32(base + T.state, state, RUNNING)
             continue
         if deadline_ns is None:

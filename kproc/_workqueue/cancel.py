@@ -19,10 +19,12 @@ instance.
 Runs in the caller: any process of the runtime.
 """
 
+from __future__ import annotations
+
 from .._core import layout as L
 from .._core.errors import kernel_warn
 from .flush import flush_work_at, own_worker
-from .handles import resolve_work
+from .handles import KthreadDelayedWork, KthreadWork, resolve_work
 from .lists import Locked, cancel_work_locked, free_if_orphan_locked, tied_worker
 from .timers import run_timers
 
@@ -32,36 +34,45 @@ W = L.WORK
 K = L.WORKER
 
 
-def _cancel_sync(work, is_dwork, fn_name):
+def _cancel_sync(work: KthreadWork, is_dwork: bool, fn_name: str) -> bool:
     rt, base = resolve_work(work, delayed=is_dwork)
     kbase = tied_worker(rt, base)
     if kbase is None:
         return False
     mem = rt.mem
     idx = work._idx + 1
-    with Locked(rt, kbase) as lk:
-        run_timers(lk)
-        ret = cancel_work_locked(lk, idx)
-        if mem.load32(kbase + K.current) != idx:
-            free_if_orphan_locked(lk, work._idx)
-            return ret
-        if own_worker(rt, kbase):
-            kernel_warn(f"{fn_name}() called from the work itself would wait for itself "
-                        "forever; not waiting", stacklevel=3)
-            return ret
-        # The work is running: wait with the lock dropped; meanwhile the
-        # canceling counter makes every queueing attempt fail.
-        mem.fetch_add32(base + W.canceling, 1)
+    raised, hold = False, None
     try:
+        with Locked(rt, kbase) as lk:
+            run_timers(lk)
+            ret = cancel_work_locked(lk, idx)
+            if mem.load32(kbase + K.current) != idx:
+                free_if_orphan_locked(lk, work._idx)
+                return ret
+            if own_worker(rt, kbase):
+                kernel_warn(f"{fn_name}() called from the work itself would wait for "
+                            "itself forever; not waiting", stacklevel=3)
+                return ret
+            # The work is running: wait with the lock dropped; meanwhile the
+            # canceling counter makes every queueing attempt fail.  A kthread
+            # records its count in a hold word first: if it dies waiting,
+            # kthreadd drops the count (else the work could never be queued
+            # again).  ``raised`` is set first, and the lock defers signals,
+            # so a Ctrl-C cannot fall between the count and its undoing.
+            hold = rt.arena.take_hold(rt.self_base, L.HOLD_CANCEL, work._idx)
+            raised = True
+            mem.fetch_add32(base + W.canceling, 1)
         flush_work_at(rt, kbase, idx, fn_name)
     finally:
-        with Locked(rt, kbase) as lk:
-            mem.fetch_add32(base + W.canceling, -1)
-            free_if_orphan_locked(lk, work._idx)
+        if raised:
+            with Locked(rt, kbase) as lk:
+                mem.fetch_add32(base + W.canceling, -1)
+                rt.arena.release_hold(hold)
+                free_if_orphan_locked(lk, work._idx)
     return ret
 
 
-def kthread_cancel_work_sync(work):
+def kthread_cancel_work_sync(work: KthreadWork) -> bool:
     """kthread_cancel_work_sync - cancel a work and wait for its execution to finish.
 
     Works also when the work re-queues itself.  On return the work is neither
@@ -77,7 +88,7 @@ def kthread_cancel_work_sync(work):
     return _cancel_sync(work, False, "kthread_cancel_work_sync")
 
 
-def kthread_cancel_delayed_work_sync(dwork):
+def kthread_cancel_delayed_work_sync(dwork: KthreadDelayedWork) -> bool:
     """kthread_cancel_delayed_work_sync - kthread_cancel_work_sync() for delayed works.
 
     Stops the timer (the timer callback runs under the worker lock here, so

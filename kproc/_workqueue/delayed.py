@@ -14,9 +14,11 @@ kernel's 2021 fix: the number of queued works stays the same).
 Runs in the caller: any process of the runtime, a work on the worker included.
 """
 
+from __future__ import annotations
+
 from .._core import layout as L
 from .._core.checks import check_seconds
-from .handles import resolve_queue_args, work_owner_check
+from .handles import KthreadDelayedWork, KthreadWorker, resolve_queue_args, work_owner_check
 from .lists import Locked, cancel_work_locked, insert_work, queuing_blocked, tied_worker
 from .timers import run_timers, arm_timer
 
@@ -26,12 +28,12 @@ W = L.WORK
 K = L.WORKER
 
 
-def check_delay(delay):
+def check_delay(delay: float) -> int:
     """Seconds -> ns.  Raises: TypeError, ValueError (negative, NaN, infinite)."""
     return int(check_seconds("delay", delay) * 1e9)
 
 
-def _queue_delayed_locked(lk, idx, delay_ns):
+def _queue_delayed_locked(lk: Locked, idx: int, delay_ns: int) -> bool:
     """__kthread_queue_delayed_work(): delay 0 queues at once, else arms the timer.
 
     Context: worker lock held.  Return: False if a list sanity check refused it.
@@ -39,7 +41,8 @@ def _queue_delayed_locked(lk, idx, delay_ns):
     return insert_work(lk, idx) if not delay_ns else arm_timer(lk, idx, delay_ns)
 
 
-def kthread_queue_delayed_work(worker, dwork, delay):
+def kthread_queue_delayed_work(worker: KthreadWorker, dwork: KthreadDelayedWork,
+                               delay: float) -> bool:
     """kthread_queue_delayed_work - queue a delayed work after @delay seconds.
 
     If @dwork is not pending, arms its timer; when the timer expires the work
@@ -62,7 +65,8 @@ def kthread_queue_delayed_work(worker, dwork, delay):
         return _queue_delayed_locked(lk, dwork._idx + 1, delay_ns)
 
 
-def kthread_mod_delayed_work(worker, dwork, delay):
+def kthread_mod_delayed_work(worker: KthreadWorker, dwork: KthreadDelayedWork,
+                             delay: float) -> bool:
     """kthread_mod_delayed_work - modify the delay of, or queue, a delayed work.
 
     If @dwork is idle, the same as kthread_queue_delayed_work(); otherwise it

@@ -19,16 +19,29 @@ Runs in whichever process queues or pops: the caller, any kthread, the
 worker's kthread.
 """
 
+from __future__ import annotations
+
 from .._core import layout as L
+from .._core.runtime import Runtime
 from .._core.wait import default_spin_ns
 from .._sched.task import TASK_NORMAL
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    # Mem.work_queue(kbase, wbase, widx1, kgen, wgen, spin_ns, wake) and
+    # Mem.work_pop(kbase, prev_idx1, spin_ns): -1 means "take the Python path".
+    WorkQueueFn = Callable[[int, int, int, int, int, int, bool], int]
+    WorkPopFn = Callable[[int, int, int], int]
+    FastPaths = tuple[WorkQueueFn, WorkPopFn] | tuple[None, None]
+
 __all__ = ["fast_paths", "lock_spin_ns"]
 
-_lock_spin = None
+_lock_spin: int | None = None
 
 
-def lock_spin_ns():
+def lock_spin_ns() -> int:
     """How long a busy worker lock is retried before sleeping (the wait spin budget)."""
     global _lock_spin
     if _lock_spin is None:
@@ -36,7 +49,7 @@ def lock_spin_ns():
     return _lock_spin
 
 
-def fast_paths(rt):
+def fast_paths(rt: Runtime) -> FastPaths:
     """(work_queue, work_pop) of the C extension for ``rt``, or (None, None).
 
     Sets ``Mem`` up for ``rt`` first (``wq_setup``, or ``wl_setup`` without
@@ -48,7 +61,7 @@ def fast_paths(rt):
         return paths
     mem = rt.mem
     layout = L.native_layout(rt.arena.params, TASK_NORMAL)
-    if hasattr(mem, "wq_setup"):
+    if hasattr(mem, "wq_setup") and hasattr(mem, "work_queue") and hasattr(mem, "work_pop"):
         mem.wq_setup(layout)
         paths = (mem.work_queue, mem.work_pop)
     else:

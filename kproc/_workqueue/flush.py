@@ -24,15 +24,25 @@ Races prevented:
 Runs in the caller: any process of the runtime but the worker's own kthread.
 """
 
+from __future__ import annotations
+
 import errno
+import time
 
 from .._core import layout as L
 from .._core.errors import KthreadError, kernel_warn, warn_on_once
+from .._core.hung_task import HungTask, task_text
 from .._sched.completion import wait_at
-from .handles import resolve_work, resolve_worker
+from .._core.runtime import Runtime
+from .handles import KthreadWork, KthreadWorker, resolve_work, resolve_worker
 from .lists import Locked, insert_work, add_flusher, tied_worker
 from .lifetime import alloc_work_slot
 from .timers import run_timers
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Literal
 
 __all__ = ["kthread_flush_work", "kthread_flush_worker", "flush_work_at", "own_worker"]
 
@@ -41,11 +51,23 @@ K = L.WORKER
 T = L.TASK
 
 
-def _alloc_marker(rt):
-    return alloc_work_slot(rt, L.WK_FLUSH, "no slot left for a flush marker")
+def _alloc_marker(rt: Runtime) -> tuple[int, int]:
+    """A slot for a flush marker, never ENOMEM: one of the marker slots reserved past
+    the user's works (``arena.marker_slots``), else a user slot; when every one is
+    taken (more flushers at once than kthreads + 64), wait until one is freed.
+    (The kernel's marker lives on the flusher's stack: a flush cannot fail.)
+    """
+    while True:
+        try:
+            return alloc_work_slot(rt, L.WK_FLUSH, "no slot left for a flush marker")
+        except KthreadError as exc:
+            if exc.errno != errno.ENOMEM:
+                raise
+        rt.check_alive()
+        time.sleep(0.001)
 
 
-def own_worker(rt, kbase):
+def own_worker(rt: Runtime, kbase: int) -> bool:
     """True if the caller is the worker's own kthread (a wait would deadlock)."""
     me = rt.self_base
     if me is None:
@@ -54,13 +76,13 @@ def own_worker(rt, kbase):
     return bool(t) and rt.arena.task_off(t - 1) == me
 
 
-def _worker_dead_check(rt, kbase):
+def _worker_dead_check(rt: Runtime, kbase: int) -> Callable[[], None]:
     """A peer check for waits on a worker: raise once its kthread is gone."""
     mem = rt.mem
     t = mem.load32(kbase + K.task)
     tgen = mem.load32(kbase + K.task_gen)
 
-    def check():
+    def check() -> None:
         if not t:
             return None
         tbase = rt.arena.task_off(t - 1)
@@ -72,11 +94,20 @@ def _worker_dead_check(rt, kbase):
     return check
 
 
-def _wait_marker(rt, kbase, midx, mgen):
+def _hung(rt: Runtime, kbase: int, fn_name: str) -> HungTask:
+    """The hung-task check of a flush waiting on the worker at ``kbase``."""
+    t = rt.mem.load32(kbase + K.task)
+    who = task_text(rt, rt.arena.task_off(t - 1)) if t else "a worker without a kthread"
+    return HungTask(fn_name, "to run the flush marker (the works before it are still "
+                    "running)", who)
+
+
+def _wait_marker(rt: Runtime, kbase: int, midx: int, mgen: int, fn_name: str) -> None:
     """Wait for flush marker ``midx`` to be run, then free it (kthread_flush_work's wait)."""
     mbase = rt.arena.work_off(midx)
     try:
-        wait_at(rt, mbase + W.done, None, "uninterruptible", peer=_worker_dead_check(rt, kbase))
+        wait_at(rt, mbase + W.done, None, "uninterruptible", peer=_worker_dead_check(rt, kbase),
+                hung=_hung(rt, kbase, fn_name))
     except BaseException:
         # The marker may still be linked on a dead worker's list: leave it to
         # destroy (or the owner-death sweep) instead of freeing a linked slot.
@@ -91,7 +122,7 @@ def _wait_marker(rt, kbase, midx, mgen):
     rt.arena.free_work(midx, mgen)
 
 
-def kthread_flush_work(work):
+def kthread_flush_work(work: KthreadWork) -> None:
     """kthread_flush_work - wait for a work's current execution to finish.
 
     If @work is queued, a flush marker goes right behind it; if it is
@@ -111,7 +142,7 @@ def kthread_flush_work(work):
     flush_work_at(rt, kbase, work._idx + 1, "kthread_flush_work")
 
 
-def flush_work_at(rt, kbase, idx, fn_name):
+def flush_work_at(rt: Runtime, kbase: int, idx: int, fn_name: str) -> None:
     """Flush work ``idx`` (index + 1) on the worker at ``kbase``: the body of
     kthread_flush_work(), also the wait of a cancel_sync for a running work.
 
@@ -124,6 +155,7 @@ def flush_work_at(rt, kbase, idx, fn_name):
     with Locked(rt, kbase) as lk:
         run_timers(lk)
         where = mem.load32(base + W.where)
+        pos: int | Literal["timer"] | None      # where the marker goes: before, timer, none
         if where == L.ON_WORKLIST:
             pos = mem.load32(base + W.next) or -1
         elif where == L.ON_TIMER:
@@ -143,10 +175,10 @@ def flush_work_at(rt, kbase, idx, fn_name):
             kernel_warn(f"{fn_name}() called from the worker's own kthread would wait "
                         "for itself forever; not waiting", stacklevel=4)
         return
-    _wait_marker(rt, kbase, midx, mgen)
+    _wait_marker(rt, kbase, midx, mgen, fn_name)
 
 
-def kthread_flush_worker(worker):
+def kthread_flush_worker(worker: KthreadWorker) -> None:
     """kthread_flush_worker - wait for every work queued on @worker so far.
 
     Context: any process of the runtime but the worker's own kthread
@@ -165,4 +197,4 @@ def kthread_flush_worker(worker):
     if not placed:
         rt.arena.free_work(midx, mgen)    # refused (warned): nothing will run it
         return
-    _wait_marker(rt, kbase, midx, mgen)
+    _wait_marker(rt, kbase, midx, mgen, "kthread_flush_worker")

@@ -21,18 +21,27 @@ Also here: the argument checks every work-queue function starts with
 Runs in every process of the runtime (handles travel by pickling).
 """
 
+from __future__ import annotations
+
 import errno
 import os
 
 from .._core import layout as L
 from .._core.errors import KthreadError, kernel_warn
 from .._core.handle import Handle
-from .._core.runtime import get_runtime
+from .._core.runtime import Runtime, get_runtime
 from .._sched.task import Task
 from .lifetime import defer_free, drain_deferred_frees, alloc_work_slot, reinit_work
 from .lists import Locked, tied_worker
 from .payload import pickle_payload, write_payload, read_payload, read_traceback
 from .timers import run_timers
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, Self
+
+    from .payload import WorkFunc  # typing only: an alias
 
 __all__ = ["KthreadWorker", "KthreadWork", "KthreadDelayedWork", "resolve_work",
            "resolve_worker", "same_runtime", "work_owner_check", "work_handle_for_exec",
@@ -61,11 +70,16 @@ class KthreadWork(Handle):
     _kind = L.WK_WORK
     _what = "work"
     __slots__ = ("_off", "_owner", "_func", "_data", "_version", "__weakref__")
+    _off: int
+    _owner: bool
+    _func: WorkFunc | None
+    _data: Any
+    _version: int | None
 
-    def __init__(self, func, data=None):
+    def __init__(self, func: Callable[[Self], object], data: object = None) -> None:
         raw = pickle_payload(func, data)
         rt = get_runtime()
-        got = alloc_work_slot(rt, self._kind, f"all {rt.arena.params.max_works} works "
+        got = alloc_work_slot(rt, self._kind, f"all {rt.arena.params.user_works} works "
                               "are in use")
         self._rt, (self._idx, self._gen) = rt, got
         self._off = rt.arena.work_off(self._idx)
@@ -74,17 +88,17 @@ class KthreadWork(Handle):
         self._func, self._data, self._version = func, data, 0
 
     @classmethod
-    def _attach(cls, rt, idx, gen):
+    def _attach(cls, rt: Runtime, idx: int, gen: int) -> Self:
         self = object.__new__(cls)
         self._rt, self._idx, self._gen, self._owner = rt, idx, gen, False
         self._off = rt.arena.work_off(idx)
         self._func = self._data = self._version = None
         return self
 
-    def _base(self):
+    def _base(self) -> int:
         return self._live_runtime().arena.check_work(self._idx, self._gen)
 
-    def _load(self):
+    def _load(self) -> int:
         base = self._base()
         version = self._rt.mem.load32(base + W.version)
         if self._version != version:
@@ -93,22 +107,22 @@ class KthreadWork(Handle):
         return base
 
     @property
-    def func(self):
+    def func(self) -> WorkFunc:
         self._load()
-        return self._func
+        return self._func  # type: ignore[return-value]  # _load() has set it
 
     @property
-    def data(self):
+    def data(self) -> Any:
         self._load()
         return self._data
 
     @property
-    def work(self):
+    def work(self) -> Self:
         """The embedded ``struct kthread_work`` (``dwork->work``): the handle itself."""
         return self
 
     @property
-    def worker(self):
+    def worker(self) -> KthreadWorker | None:
         base = self._base()
         w = self._rt.mem.load32(base + W.worker)
         if not w:
@@ -116,24 +130,24 @@ class KthreadWork(Handle):
         return KthreadWorker._attach(self._rt, w - 1, self._rt.mem.load32(base + W.worker_gen))
 
     @property
-    def runs(self):
+    def runs(self) -> int:
         return self._rt.mem.load64(self._base() + W.runs)
 
     @property
-    def exception(self):
+    def exception(self) -> str | None:
         return read_traceback(self._rt, self._idx, self._base())
 
-    def _reinit(self, func):
+    def _reinit(self, func: Callable[[Self], object]) -> None:
         """kthread_init_work() on an existing work: new func, no worker."""
         raw = pickle_payload(func, self.data)
         reinit_work(self._rt, self._base(), self._idx, raw)
         self._func, self._version = func, None
 
-    def __del__(self):
+    def __del__(self) -> None:
         if getattr(self, "_owner", False):
             defer_free(self._rt, "work", self._idx, self._gen)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         name = getattr(self._func, "__qualname__", None) or f"slot {self._idx}"
         return f"<{type(self).__name__} {name}>"
 
@@ -145,11 +159,12 @@ class KthreadDelayedWork(KthreadWork):
     __slots__ = ()
 
 
-def _work_class(rt, base):
+def _work_class(rt: Runtime, base: int) -> type[KthreadWork]:
     return KthreadDelayedWork if rt.mem.load32(base + W.kind) == L.WK_DELAYED else KthreadWork
 
 
-def work_handle_for_exec(rt, idx, gen, cache):
+def work_handle_for_exec(rt: Runtime, idx: int, gen: int,
+                         cache: dict[int, KthreadWork]) -> KthreadWork:
     """The handle a worker passes to ``func``, cached per slot and version."""
     base = rt.arena.work_off(idx)
     version = rt.mem.load32(base + W.version)
@@ -173,8 +188,10 @@ class KthreadWorker(Handle):
 
     _what = "worker"
     __slots__ = ("_off", "_owner", "__weakref__")
+    _off: int
+    _owner: bool
 
-    def __init__(self):
+    def __init__(self) -> None:
         rt = get_runtime()
         drain_deferred_frees()
         self._rt = rt
@@ -183,29 +200,29 @@ class KthreadWorker(Handle):
         self._owner = True
 
     @classmethod
-    def _attach(cls, rt, idx, gen):
+    def _attach(cls, rt: Runtime, idx: int, gen: int) -> Self:
         self = object.__new__(cls)
         self._rt, self._idx, self._gen, self._owner = rt, idx, gen, False
         self._off = rt.arena.worker_off(idx)
         return self
 
-    def _base(self):
+    def _base(self) -> int:
         return self._live_runtime().arena.check_worker(self._idx, self._gen)
 
-    def _field(self, name):
+    def _field(self, name: str) -> int:
         return L.unpack_field(self._rt.buf, self._base(), K, name)
 
     @property
-    def task(self):
+    def task(self) -> Task | None:
         base = self._base()
         t = self._rt.mem.load32(base + K.task)
         return Task(self._rt, t - 1, self._rt.mem.load32(base + K.task_gen)) if t else None
 
     @property
-    def flags(self):
+    def flags(self) -> int:
         return self._field("flags")
 
-    def _timers_fired(self):
+    def _timers_fired(self) -> int:
         """Fire due timers first, so counters read as in the kernel (see ``timers``)."""
         base = self._base()
         if self._rt.mem.load32(base + K.thead):
@@ -214,25 +231,25 @@ class KthreadWorker(Handle):
         return base
 
     @property
-    def queued(self):
+    def queued(self) -> int:
         """Works on the work list (due timers included), flush markers excluded."""
         return self._rt.mem.load32(self._timers_fired() + K.depth)
 
     @property
-    def delayed(self):
+    def delayed(self) -> int:
         """Delayed works whose timer has not expired yet."""
         return self._rt.mem.load32(self._timers_fired() + K.ndelayed)
 
     @property
-    def executed(self):
+    def executed(self) -> int:
         return self._field("executed")
 
     @property
-    def errors(self):
+    def errors(self) -> int:
         return self._field("errors")
 
     @property
-    def current_work(self):
+    def current_work(self) -> KthreadWork | None:
         base = self._base()
         cur = self._rt.mem.load32(base + K.current)
         if not cur:
@@ -241,11 +258,11 @@ class KthreadWorker(Handle):
         gen = self._rt.mem.load32(wbase + W.gen)
         return _work_class(self._rt, wbase)._attach(self._rt, cur - 1, gen)
 
-    def __del__(self):
+    def __del__(self) -> None:
         if getattr(self, "_owner", False):
             defer_free(self._rt, "worker", self._idx, self._gen)
 
-    def __repr__(self):
+    def __repr__(self) -> str:
         try:
             task = self.task
             return f"<KthreadWorker {task.name if task else '(no task)'}>"
@@ -255,7 +272,7 @@ class KthreadWorker(Handle):
 
 # -- argument checks ------------------------------------------------------------------
 
-def resolve_work(work, what="work", delayed=False):
+def resolve_work(work: object, what: str = "work", delayed: bool = False) -> tuple[Runtime, int]:
     """Check a work argument; return (runtime, slot offset).
 
     Raises: TypeError (not a work, or not delayed when ``delayed``);
@@ -267,7 +284,7 @@ def resolve_work(work, what="work", delayed=False):
     return work._rt, work._base()
 
 
-def resolve_worker(worker):
+def resolve_worker(worker: object) -> tuple[Runtime, int]:
     """Check a worker argument; return (runtime, slot offset).
 
     Raises: TypeError; KthreadError(ESRCH) for a stale (destroyed) worker.
@@ -283,13 +300,14 @@ def resolve_worker(worker):
         raise
 
 
-def same_runtime(rt, other_rt, what):
+def same_runtime(rt: Runtime, other_rt: Runtime, what: str) -> None:
     """Raises: ValueError if a handle of another runtime was passed as ``what``."""
     if rt is not other_rt:
         raise ValueError(f"the {what} belongs to another kproc runtime")
 
 
-def resolve_queue_args(worker, work, what="work", delayed=False):
+def resolve_queue_args(worker: object, work: object, what: str = "work",
+                       delayed: bool = False) -> tuple[Runtime, int, int]:
     """Check a (worker, work) pair of one runtime: the start of every queueing call.
 
     Return: (runtime, worker offset, work offset).
@@ -302,7 +320,7 @@ def resolve_queue_args(worker, work, what="work", delayed=False):
     return rt, kbase, base
 
 
-def work_owner_check(rt, base, kbase, fn_name):
+def work_owner_check(rt: Runtime, base: int, kbase: int, fn_name: str) -> bool:
     """WARN_ON_ONCE(work->worker && work->worker != worker): True if tied elsewhere.
 
     A work is tied to one worker; using it with another is refused with a

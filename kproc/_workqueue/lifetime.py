@@ -26,6 +26,8 @@ Races prevented:
 Runs in the caller and in every kthread that allocates or drops handles.
 """
 
+from __future__ import annotations
+
 import errno
 import os
 
@@ -36,6 +38,10 @@ from .._core.syscalls import pid_alive
 from .lists import Locked, tied_worker, idle_locked
 from .payload import write_payload
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Literal
+
 __all__ = ["defer_free", "drain_deferred_frees", "alloc_work_slot", "release_work",
            "sweep_works", "reinit_work"]
 
@@ -43,10 +49,10 @@ W = L.WORK
 K = L.WORKER
 
 # (runtime, "work" | "worker", idx, gen) whose owner handle died
-_deferred: list[tuple[Runtime, str, int, int]] = []
+_deferred: list[tuple[Runtime, Literal["work", "worker"], int, int]] = []
 
 
-def defer_free(rt, what, idx, gen):
+def defer_free(rt: Runtime, what: Literal["work", "worker"], idx: int, gen: int) -> None:
     """The owning handle of slot ``idx`` is being collected: free it at the next allocation.
 
     Context: ``__del__``; takes no lock.
@@ -54,7 +60,7 @@ def defer_free(rt, what, idx, gen):
     _deferred.append((rt, what, idx, gen))
 
 
-def drain_deferred_frees():
+def drain_deferred_frees() -> None:
     """Free the slots whose owning handles were collected.  Context: no lock held."""
     while _deferred:
         rt, what, idx, gen = _deferred.pop()
@@ -68,7 +74,7 @@ def drain_deferred_frees():
             release_work(rt, idx, gen)
 
 
-def alloc_work_slot(rt, kind, what):
+def alloc_work_slot(rt: Runtime, kind: int, what: str) -> tuple[int, int]:
     """A free work slot of ``kind`` owned by this process: (index, generation).
 
     Deferred frees are drained first, and a full table is swept once.
@@ -86,7 +92,7 @@ def alloc_work_slot(rt, kind, what):
     return got
 
 
-def release_work(rt, idx, gen):
+def release_work(rt: Runtime, idx: int, gen: int) -> None:
     """The owning handle of work ``idx`` is gone: free it now if idle, else mark it orphan.
 
     Context: no lock held.
@@ -114,14 +120,14 @@ def release_work(rt, idx, gen):
             mem.fetch_or32(base + W.flags, L.WF_ORPHAN)
 
 
-def sweep_works(rt):
+def sweep_works(rt: Runtime) -> None:
     """Reclaim idle work slots whose owner process died (the table is full).
 
     Context: no lock held.  A dead process's works cannot be freed by its
     handles; a work still queued is left to run first.
     """
     mem = rt.mem
-    dead = {}
+    dead: dict[int, bool] = {}
     for idx in range(rt.arena.params.max_works):
         base = rt.arena.work_off(idx)
         if not mem.load32(base + W.inuse):
@@ -133,7 +139,7 @@ def sweep_works(rt):
             release_work(rt, idx, mem.load32(base + W.gen))
 
 
-def reinit_work(rt, base, idx, raw_payload):
+def reinit_work(rt: Runtime, base: int, idx: int, raw_payload: bytes) -> None:
     """kthread_init_work() on a live work: new payload, no worker.
 
     Raises: KthreadError(EBUSY) if the work is pending or running.
@@ -152,7 +158,7 @@ def reinit_work(rt, base, idx, raw_payload):
         _reinit(rt, base, idx, raw_payload)
 
 
-def _reinit(rt, base, idx, raw):
+def _reinit(rt: Runtime, base: int, idx: int, raw: bytes) -> None:
     mem = rt.mem
     mem.store32(base + W.worker, 0)
     mem.store32(base + W.worker_gen, 0)

@@ -42,15 +42,23 @@ Runs in every process of the runtime: the caller, any kthread, the worker's
 kthread.
 """
 
+from __future__ import annotations
+
 import errno
 
 from .._core import layout as L
 from .._core import trace as _trace
+from .._core.arena import MutexGuard
 from .._core.errors import KthreadError, warn_on_once
+from .._core.runtime import Runtime
 from .._sched.schedule import wake_up_state
 from .._sched.task import TaskState
 from .fastpath import fast_paths, lock_spin_ns
 from .tracepoints import trace_queue
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .._core.memlike import MemLike  # typing only (a Protocol)
 
 __all__ = ["Locked", "wake_worker", "refused", "node_off", "link_before", "unlink",
            "insert_sanity_check", "insert_work", "cancel_work_locked", "pop_locked",
@@ -63,33 +71,36 @@ T = L.TASK
 HEADS = {L.ON_WORKLIST: K.head, L.ON_TIMER: K.thead}
 
 
-class Locked:
+class Locked(MutexGuard):
     """``raw_spin_lock(&worker->lock)`` as a context manager: the lock token.
 
     Remembers a wake-up to do (``wake``), done after unlocking, so the worker
     does not wake only to block on the lock its waker still holds.  Making
     one sets up the ``wl_*`` primitives of this process, once per runtime.
+    The lock is taken and released by ``MutexGuard`` (in C), so a
+    KeyboardInterrupt cannot fall between taking it and entering the block.
     """
 
     __slots__ = ("rt", "mem", "kbase", "wake")
+    rt: Runtime
+    mem: MemLike
+    kbase: int
+    wake: bool
 
-    def __init__(self, rt, kbase):
+    def __init__(self, rt: Runtime, kbase: int) -> None:
         if rt.wq_fast is None:
             fast_paths(rt)
+        super().__init__(rt.mem, kbase + K.lock, lock_spin_ns())
         self.rt, self.mem, self.kbase, self.wake = rt, rt.mem, kbase, False
 
-    def __enter__(self):
-        self.mem.mutex_lock(self.kbase + K.lock, -1, lock_spin_ns())
-        self.wake = False
-        return self
-
-    def __exit__(self, *exc):
-        self.mem.mutex_unlock(self.kbase + K.lock)
+    def _unlocked(self) -> None:
+        # MutexGuard.__exit__ calls this once the lock is released.
         if self.wake:
+            self.wake = False
             wake_worker(self.rt, self.kbase)
 
 
-def wake_worker(rt, kbase):
+def wake_worker(rt: Runtime, kbase: int) -> None:
     """wake_up_process(worker->task), if the worker has a live task."""
     mem = rt.mem
     t = mem.load32(kbase + K.task)
@@ -105,20 +116,20 @@ def wake_worker(rt, kbase):
 # A check builds its message only once it has failed: the common case is one
 # load and one compare.
 
-def _broken(message):
+def _broken(message: str) -> bool:
     """A list invariant does not hold: warn_on_once() it.  Return: False (refuse)."""
     warn_on_once(True, message)
     return False
 
 
-def refused(exc):
+def refused(exc: Exception) -> bool:
     """A ``wl_*`` primitive refused (RuntimeError: lock not held, corrupt lists;
     ValueError: not the state it needs): warn_on_once() it.  Return: False.
     """
     return _broken(f"the work lists refused: {exc}")
 
 
-def node_off(lk, idx, what):
+def node_off(lk: Locked, idx: int, what: str) -> int | None:
     """Offset of work ``idx`` (index + 1), or None (warned) if it names no work slot."""
     if 0 < idx <= lk.rt.arena.params.max_works:
         return lk.rt.arena.work_off(idx - 1)
@@ -126,7 +137,7 @@ def node_off(lk, idx, what):
     return None
 
 
-def insert_sanity_check(lk, base, idx):
+def insert_sanity_check(lk: Locked, base: int, idx: int) -> bool:
     """kthread_insert_work_sanity_check(): False (warned) if work ``idx`` is tied to
     another worker; its other two checks (lock held, list_empty) are wl_link_before()'s.
 
@@ -142,7 +153,7 @@ def insert_sanity_check(lk, base, idx):
 
 # -- list primitives ----------------------------------------------------------------
 
-def link_before(lk, where, idx, before):
+def link_before(lk: Locked, where: int, idx: int, before: int) -> bool:
     """list_add_tail(): link work ``idx`` before ``before`` (0: at the tail) of the list
     ``where`` names (ON_WORKLIST, ON_TIMER); records and counts it (``wl_link_before``).
 
@@ -155,7 +166,7 @@ def link_before(lk, where, idx, before):
     return True
 
 
-def unlink(lk, idx, where):
+def unlink(lk: Locked, idx: int, where: int) -> bool:
     """list_del_init() of work ``idx`` from the list ``where`` names (``wl_unlink``).
 
     Context: worker lock held.  Return: False (warned, nothing changed) if it
@@ -168,7 +179,7 @@ def unlink(lk, idx, where):
     return True
 
 
-def insert_work(lk, idx, before=0):
+def insert_work(lk: Locked, idx: int, before: int = 0) -> bool:
     """kthread_insert_work(): put work ``idx`` (index + 1) on the work list.
 
     Links before ``before`` (0: tail), ties the work to the worker, and asks
@@ -189,7 +200,7 @@ def insert_work(lk, idx, before=0):
     return True
 
 
-def cancel_work_locked(lk, idx):
+def cancel_work_locked(lk: Locked, idx: int) -> bool:
     """__kthread_cancel_work(): take work ``idx`` off whichever list it is on.
 
     A timer-pending work's flush markers are completed.  Context: worker lock
@@ -203,7 +214,7 @@ def cancel_work_locked(lk, idx):
     return True
 
 
-def pop_locked(lk, prev_idx):
+def pop_locked(lk: Locked, prev_idx: int) -> int:
     """Finish ``prev_idx``, pop the next work to run and make it current_work.
 
     Flush markers met on the way are completed here, under the lock.  Also
@@ -231,7 +242,7 @@ def pop_locked(lk, prev_idx):
         return idx
 
 
-def drop_all_locked(lk):
+def drop_all_locked(lk: Locked) -> int:
     """Unlink every work and marker of a stopped worker (kthread_destroy_worker's end).
 
     Markers and flushers are completed; orphans are freed.  A corrupt list
@@ -257,7 +268,7 @@ def drop_all_locked(lk):
 
 # -- ties and slot lifetime under the lock --------------------------------------------
 
-def tie_locked(lk, base):
+def tie_locked(lk: Locked, base: int) -> None:
     """work->worker = worker, for the work at ``base`` (stores only when untied:
     insert_sanity_check() has refused a tie to another worker).
 
@@ -269,7 +280,7 @@ def tie_locked(lk, base):
         mem.store32(base + W.worker_gen, mem.load32(lk.kbase + K.gen))
 
 
-def tied_worker(rt, base):
+def tied_worker(rt: Runtime, base: int) -> int | None:
     """The offset of the worker a work was last queued on, or None if never queued.
 
     Context: any; no lock needed (the tie only changes under the lock of the
@@ -288,7 +299,7 @@ def tied_worker(rt, base):
     return kbase
 
 
-def queuing_blocked(lk, base):
+def queuing_blocked(lk: Locked, base: int) -> bool:
     """kthread.c queuing_blocked(): the work at ``base`` is pending or being cancelled.
 
     Context: worker lock held.  Return: True if it may not be queued now.
@@ -297,7 +308,7 @@ def queuing_blocked(lk, base):
     return mem.load32(base + W.where) != L.ON_NONE or bool(mem.load32(base + W.canceling))
 
 
-def idle_locked(lk, base, idx):
+def idle_locked(lk: Locked, base: int, idx: int) -> bool:
     """True if work ``idx`` is on no list, not being cancelled and not running.
 
     Context: worker lock held (of the worker it is tied to).
@@ -305,7 +316,7 @@ def idle_locked(lk, base, idx):
     return not queuing_blocked(lk, base) and lk.mem.load32(lk.kbase + K.current) != idx + 1
 
 
-def free_if_orphan_locked(lk, idx):
+def free_if_orphan_locked(lk: Locked, idx: int) -> None:
     """Free work slot ``idx`` if its owning handle is gone and it has become idle.
 
     Context: worker lock held.
@@ -318,7 +329,7 @@ def free_if_orphan_locked(lk, idx):
 
 # -- flush markers waiting on a timer-pending work ---------------------------------------
 
-def add_flusher(lk, idx, marker):
+def add_flusher(lk: Locked, idx: int, marker: int) -> None:
     """Make flush marker ``marker`` wait for timer-pending work ``idx``.
 
     The markers of a work are chained through their (unused) ``next`` link.
@@ -330,7 +341,7 @@ def add_flusher(lk, idx, marker):
     mem.store32(base + W.flushers, marker)
 
 
-def complete_flushers(lk, idx):
+def complete_flushers(lk: Locked, idx: int) -> None:
     """Timer-pending ``idx`` was cancelled: its flushers have nothing left to wait for.
 
     Context: worker lock held.

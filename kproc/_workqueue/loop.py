@@ -23,6 +23,8 @@ Races prevented:
 Runs in the worker's kthread only.
 """
 
+from __future__ import annotations
+
 import os
 import sys
 import time
@@ -31,13 +33,14 @@ import traceback
 from .._core import layout as L
 from .._core import trace as _trace
 from .._core.errors import warn_on_once
+from .._core.runtime import Runtime
 from .._core.wait import default_spin_ns
 from .._freezer import freezing_at, try_to_freeze_at
 from .._kthread.body import parkme
 from .._sched.schedule import _sleep
 from .._sched.task import TaskState
 from .fastpath import fast_paths, lock_spin_ns
-from .handles import KTW_FREEZABLE, work_handle_for_exec
+from .handles import KTW_FREEZABLE, KthreadWork, work_handle_for_exec
 from .lists import Locked, free_if_orphan_locked, pop_locked
 from .payload import store_traceback
 from .timers import run_timers, next_expiry
@@ -53,7 +56,7 @@ INTERRUPTIBLE = TaskState.TASK_INTERRUPTIBLE
 RUNNING = TaskState.TASK_RUNNING
 
 
-def worker_loop(rt, kbase, tbase, name):
+def worker_loop(rt: Runtime, kbase: int, tbase: int, name: str) -> int:
     """The body of kthread_worker_fn() once the worker is attached to this kthread.
 
     Return: 0 when kthread_stop() ends it.  Context: the worker's kthread.
@@ -62,7 +65,7 @@ def worker_loop(rt, kbase, tbase, name):
     spin = lock_spin_ns()
     lk = Locked(rt, kbase)
     cpop = fast_paths(rt)[1]
-    cache = {}
+    cache: dict[int, KthreadWork] = {}
     idx = 0
     freezable = bool(mem.load32(kbase + K.flags) & KTW_FREEZABLE)
     while True:
@@ -100,7 +103,7 @@ def worker_loop(rt, kbase, tbase, name):
             try_to_freeze_at(rt, tbase)
 
 
-def _pop_slow(lk, idx, cache):
+def _pop_slow(lk: Locked, idx: int, cache: dict[int, KthreadWork]) -> tuple[int, int | None]:
     """Fire due timers, finish ``idx`` and pop the next work, in Python under the lock.
 
     Return: (next work index + 1 or 0, the first timer's expiry in ns or None).
@@ -120,7 +123,7 @@ def _pop_slow(lk, idx, cache):
     return idx, deadline
 
 
-def _detach(lk, idx):
+def _detach(lk: Locked, idx: int) -> None:
     """kthread_stop() ended the loop: finish ``idx`` and clear worker->task."""
     with lk:
         if idx:
@@ -129,10 +132,10 @@ def _detach(lk, idx):
         lk.mem.store32(lk.kbase + K.task, 0)
 
 
-_timer_spin = None
+_timer_spin: int | None = None
 
 
-def timer_spin_ns():
+def timer_spin_ns() -> int:
     """How long before a timer's expiry an idle worker wakes to spin (0: never).
 
     Waking a halted vCPU from a timer costs tens of µs on a VM; waking this
@@ -148,13 +151,13 @@ def timer_spin_ns():
     return _timer_spin
 
 
-def _timer_sleep(rt, tbase, deadline):
+def _timer_sleep(rt: Runtime, tbase: int, deadline: int | None) -> None:
     """schedule() until woken or ``deadline`` (the first timer), waking early to spin."""
-    spin = timer_spin_ns() if deadline is not None and rt.waits.name == "futex" else 0
-    if not spin:
+    if deadline is None or (waits := rt.waits).name != "futex" or \
+            not (spin := timer_spin_ns()):
         _sleep(rt, tbase, deadline)
         return
-    mem = rt.mem
+    mem = waits.mem                 # the native Mem (the futex backend needs it)
     seq = mem.load32(tbase + T.wake_seq)
     if deadline - time.monotonic_ns() > spin and not _sleep(rt, tbase, deadline - spin):
         return                                    # woken before the timer: go look
@@ -164,7 +167,7 @@ def _timer_sleep(rt, tbase, deadline):
         mem.wait_change(tbase + T.wake_seq, seq, 0, left)
 
 
-def _prefetch(rt, idx, gen, cache):
+def _prefetch(rt: Runtime, idx: int, gen: int, cache: dict[int, KthreadWork]) -> None:
     """Unpickle the first timer's work while idle, so it starts sooner at expiry.
 
     A work's payload only changes through kthread_init_work(), which bumps its
@@ -179,7 +182,8 @@ def _prefetch(rt, idx, gen, cache):
         pass                      # _execute reports it when the work runs
 
 
-def _execute(rt, kbase, idx, name, cache):
+def _execute(rt: Runtime, kbase: int, idx: int, name: str,
+             cache: dict[int, KthreadWork]) -> None:
     mem = rt.mem
     base = rt.arena.work_off(idx - 1)
     gen = mem.load32(base)
@@ -195,7 +199,7 @@ def _execute(rt, kbase, idx, name, cache):
         fname = getattr(handle._func, "__qualname__", "?")
         _trace.work_execute_start(work_id(idx - 1, gen), fname, mem.load64(base + W.flow))
     try:
-        handle._func(handle)
+        handle._func(handle)  # type: ignore[misc]  # set by work_handle_for_exec()
     except Exception:
         _report(rt, kbase, idx, name, handle)
     mem.fetch_add64(base + W.runs, 1)
@@ -204,7 +208,7 @@ def _execute(rt, kbase, idx, name, cache):
         _trace.work_execute_end(work_id(idx - 1, gen), fname)
 
 
-def _report(rt, kbase, idx, name, handle):
+def _report(rt: Runtime, kbase: int, idx: int, name: str, handle: KthreadWork | None) -> None:
     """A work raised: print the traceback with the worker's name, keep it, go on."""
     what = getattr(getattr(handle, "_func", None), "__qualname__", "a work")
     text = (f"kproc: work {what} on worker {name!r} (pid {os.getpid()}) raised:\n"

@@ -17,10 +17,21 @@ storing a traceback); no lock: a payload is written only while no other
 process may run the work (a new slot, or under the worker lock while idle).
 """
 
+from __future__ import annotations
+
 import pickle
 
 from .._core import layout as L
 from .._core.funcref import pickle_function, prepare_main
+from .._core.runtime import Runtime
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    # What a work runs: func(work), called with the work's handle; its result is ignored.
+    WorkFunc = Callable[[Any], object]
 
 __all__ = ["pickle_payload", "write_payload", "read_payload", "store_traceback",
            "read_traceback"]
@@ -28,7 +39,7 @@ __all__ = ["pickle_payload", "write_payload", "read_payload", "store_traceback",
 W = L.WORK
 
 
-def pickle_payload(func, data):
+def pickle_payload(func: object, data: object) -> bytes:
     """Encode ``(func, data)`` for a work slot.
 
     Raises: TypeError (func not callable, or not picklable by reference; data
@@ -47,14 +58,14 @@ def pickle_payload(func, data):
     return raw
 
 
-def write_payload(rt, idx, raw):
+def write_payload(rt: Runtime, idx: int, raw: bytes) -> None:
     """Store an encoded payload in work slot ``idx``'s blob."""
     off = rt.arena.work_blob_off(idx)
     rt.buf[off:off + len(raw)] = raw
     rt.mem.store32(rt.arena.work_off(idx) + W.payload_len, len(raw))
 
 
-def read_payload(rt, idx, base):
+def read_payload(rt: Runtime, idx: int, base: int) -> tuple[WorkFunc, Any]:
     """Decode work slot ``idx``'s ``(func, data)``.
 
     A function of the caller's ``__main__`` is found by importing that script
@@ -72,7 +83,7 @@ def read_payload(rt, idx, base):
         return pickle.loads(func_pickle), pickle.loads(data_pickle)
 
 
-def store_traceback(rt, idx, text):
+def store_traceback(rt: Runtime, idx: int, text: str) -> None:
     """Keep the tail of the traceback of a work's last failed run in its blob."""
     raw = text.encode("utf-8", "replace")[-L.WORK_TB_MAX:]
     off = rt.arena.work_blob_off(idx) + L.WORK_PAYLOAD_MAX
@@ -80,7 +91,7 @@ def store_traceback(rt, idx, text):
     rt.mem.store32(rt.arena.work_off(idx) + W.tb_len, len(raw))
 
 
-def read_traceback(rt, idx, base):
+def read_traceback(rt: Runtime, idx: int, base: int) -> str | None:
     """The traceback text of the work's last failed run, or None."""
     n = rt.mem.load32(base + W.tb_len)
     if not n:

@@ -22,24 +22,31 @@ queued.  Runs in the caller: any process of the runtime, including a work
 running on this very worker.
 """
 
+from __future__ import annotations
+
 from .._core import trace as _trace
 from .._core.errors import warn_on_once
+from .._core.runtime import Runtime
 from .fastpath import fast_paths, lock_spin_ns
 from .handles import KthreadWork, KthreadWorker, resolve_queue_args, work_owner_check
 from .lists import Locked, insert_work, queuing_blocked, wake_worker
 from .timers import run_timers
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .fastpath import WorkQueueFn  # typing only: an alias
+
 __all__ = ["kthread_queue_work"]
 
 
 # The runtime the globals below were taken from (this process's last one).
-_fast_rt = None
-_cq = None              # its Mem.work_queue, or None without the C extension
-_spin_ns = 0            # lock_spin_ns()
-_wake_in_c = False      # True: work_queue() wakes the worker itself (futex backend)
+_fast_rt: Runtime | None = None
+_cq: WorkQueueFn | None = None  # its Mem.work_queue, or None without the C extension
+_spin_ns = 0                    # lock_spin_ns()
+_wake_in_c = False              # True: work_queue() wakes the worker itself (futex backend)
 
 
-def _take_fast_path(rt):
+def _take_fast_path(rt: Runtime) -> None:
     global _fast_rt, _cq, _spin_ns, _wake_in_c
     _cq = fast_paths(rt)[0]
     _spin_ns = lock_spin_ns()
@@ -47,7 +54,7 @@ def _take_fast_path(rt):
     _fast_rt = rt
 
 
-def kthread_queue_work(worker, work):
+def kthread_queue_work(worker: KthreadWorker, work: KthreadWork) -> bool:
     """kthread_queue_work - queue a kthread_work.
 
     @worker: target KthreadWorker; @work: KthreadWork (or the ``.work`` of a
@@ -83,7 +90,7 @@ def kthread_queue_work(worker, work):
     return _queue_work_checked(worker, work)
 
 
-def _queue_work_checked(worker, work):
+def _queue_work_checked(worker: KthreadWorker, work: KthreadWork) -> bool:
     rt, kbase, base = resolve_queue_args(worker, work)
     if work_owner_check(rt, base, kbase, "kthread_queue_work"):
         return False

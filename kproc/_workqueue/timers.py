@@ -25,13 +25,19 @@ Runs in every process that touches the worker (the caller, any kthread) and in
 the worker's kthread, always with the worker lock held.
 """
 
+from __future__ import annotations
+
 import time
 
 from .._core import layout as L
 from .._core import trace as _trace
-from .lists import (insert_sanity_check, link_before, unlink, node_off, refused, tie_locked,
-                    complete_flushers)
+from .lists import (Locked, insert_sanity_check, link_before, unlink, node_off, refused,
+                    tie_locked, complete_flushers)
 from .tracepoints import trace_queue
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 __all__ = ["run_timers", "next_expiry", "arm_timer"]
 
@@ -39,7 +45,7 @@ W = L.WORK
 K = L.WORKER
 
 
-def run_timers(lk):
+def run_timers(lk: Locked) -> None:
     """Fire every expired timer of the worker (kthread_delayed_work_timer_fn).
 
     ``wl_fire_timers`` moves each expired work to the tail of the work list
@@ -53,7 +59,7 @@ def run_timers(lk):
     if not mem.load32(kbase + K.thead):
         return
     now = time.monotonic_ns()
-    due = _due(lk, now) if _trace.ENABLED else ()
+    due: Sequence[tuple[int, int]] = _due(lk, now) if _trace.ENABLED else ()
     while True:
         try:
             fired, stopped = mem.wl_fire_timers(kbase, now)
@@ -70,9 +76,10 @@ def run_timers(lk):
             trace_queue(lk.rt, kbase, idx, base)
 
 
-def _due(lk, now):
+def _due(lk: Locked, now: int) -> list[tuple[int, int]]:
     """The expired timers, earliest first, as (index + 1, offset): what to trace."""
-    mem, due = lk.mem, []
+    mem = lk.mem
+    due: list[tuple[int, int]] = []
     idx = mem.load32(lk.kbase + K.thead)
     while idx:
         base = node_off(lk, idx, "timer")
@@ -83,14 +90,14 @@ def _due(lk, now):
     return due
 
 
-def next_expiry(lk):
+def next_expiry(lk: Locked) -> int | None:
     """The earliest timer of the worker (ns), or None.  Context: worker lock held."""
     idx = lk.mem.load32(lk.kbase + K.thead)
     base = node_off(lk, idx, "timer") if idx else None
     return lk.mem.load64(base + W.expires) if base is not None else None
 
 
-def arm_timer(lk, idx, delay_ns):
+def arm_timer(lk: Locked, idx: int, delay_ns: int) -> bool:
     """Put delayed work ``idx`` on the timer list, to expire ``delay_ns`` from now.
 
     Ties the work to the worker, as __kthread_queue_delayed_work() does, after

@@ -12,11 +12,14 @@ kernel does.  Runs in the process that queues (the caller or any kthread) and
 in the worker's kthread (execute events).
 """
 
+from __future__ import annotations
+
 import time
 
 from .._core import layout as L
 from .._core import trace as _trace
 from .._core.blobs import read_name
+from .._core.runtime import Runtime
 from .payload import read_payload
 
 __all__ = ["work_id", "trace_queue"]
@@ -28,12 +31,12 @@ T = L.TASK
 _worker_comms: dict[tuple[int, int], str] = {}      # (task slot + 1, pid) -> comm
 
 
-def work_id(idx, gen):
+def work_id(idx: int, gen: int) -> int:
     """The trace id of work slot ``idx`` at generation ``gen``."""
     return (idx << 32) | gen
 
 
-def _func_name(rt, idx):
+def _func_name(rt: Runtime, idx: int) -> str:
     try:
         func, _ = read_payload(rt, idx - 1, rt.arena.work_off(idx - 1))
         return getattr(func, "__qualname__", repr(func))
@@ -41,7 +44,7 @@ def _func_name(rt, idx):
         return "?"
 
 
-def trace_queue(rt, kbase, idx, base):
+def trace_queue(rt: Runtime, kbase: int, idx: int, base: int) -> None:
     """sched_kthread_work_queue_work for work ``idx`` (index + 1) on the worker at ``kbase``."""
     mem = rt.mem
     flow = (time.monotonic_ns() ^ (idx << 44)) & ((1 << 53) - 1)
@@ -51,8 +54,8 @@ def trace_queue(rt, kbase, idx, base):
     if t:
         tbase = rt.arena.task_off(t - 1)
         pid = L.unpack_field(rt.buf, tbase, T, "pid")
-        comm = _worker_comms.get((t, pid))
-        if comm is None:
-            comm = _worker_comms[(t, pid)] = read_name(rt.arena, t - 1, tbase)
+        if (t, pid) not in _worker_comms:
+            _worker_comms[(t, pid)] = read_name(rt.arena, t - 1, tbase)
+        comm = _worker_comms[(t, pid)]
     _trace.work_queue_work(pid, comm, work_id(idx - 1, mem.load32(base + W.gen)),
                            _func_name(rt, idx), flow)

@@ -20,6 +20,8 @@ Runs in the caller (create, init, destroy, init_work) and in the worker's
 kthread (kthread_worker_fn).
 """
 
+from __future__ import annotations
+
 import errno
 
 from .._core import layout as L
@@ -27,15 +29,24 @@ from .._core import syscalls as _sys
 from .._core.blobs import read_name
 from .._core.checks import check_cpu, check_int
 from .._core.errors import KthreadError, kernel_warn
-from .._core.runtime import get_runtime
+from .._core.runtime import Runtime, get_runtime
 from .._freezer import set_freezable_at
 from .._kthread.control import kthread_bind, kthread_stop, wake_up_process
 from .._kthread.create import NUMA_NO_NODE, kthread_create_on_node
 from .._sched.schedule import need_current
+from .._sched.task import Task
 from .flush import kthread_flush_worker, own_worker
-from .handles import KthreadWorker, KTW_FREEZABLE, resolve_worker, resolve_work, same_runtime
+from .handles import (KthreadDelayedWork, KthreadWork, KthreadWorker, KTW_FREEZABLE,
+                      resolve_worker, resolve_work, same_runtime)
 from .lists import Locked, drop_all_locked
 from .loop import worker_loop
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import TypeVar
+
+    Work = TypeVar("Work", bound=KthreadWork)   # what kthread_init_work()'s func is called with
 
 __all__ = ["kthread_create_worker", "kthread_create_worker_on_node",
            "kthread_create_worker_on_cpu", "kthread_init_worker", "kthread_worker_fn",
@@ -49,13 +60,13 @@ KTW_ALL = KTW_FREEZABLE
 WORKER_TIMERSLACK_NS = 1000    # timers of delayed works fire at most ~1 µs late
 
 
-def _check_flags(flags):
+def _check_flags(flags: int) -> None:
     check_int("flags", flags)
     if flags & ~KTW_ALL or flags < 0:
         raise ValueError(f"unknown worker flags {flags:#x} (only KTW_FREEZABLE is defined)")
 
 
-def kthread_init_worker(worker):
+def kthread_init_worker(worker: KthreadWorker) -> None:
     """kthread_init_worker - (re)initialise a worker: empty lists, no flags, no task.
 
     @worker: a KthreadWorker, typically fresh (``KthreadWorker()``), to be run
@@ -77,7 +88,7 @@ def kthread_init_worker(worker):
         mem.store64(kbase + K.errors, 0)
 
 
-def kthread_worker_fn(worker):
+def kthread_worker_fn(worker: KthreadWorker) -> int:
     """kthread_worker_fn - the threadfn of a worker's kthread: run its works until stopped.
 
     Sleeps while the list is empty (until the first delayed work expires, if
@@ -89,6 +100,9 @@ def kthread_worker_fn(worker):
     Raises: RuntimeError outside a kthread; TypeError.
     """
     rt, tbase = need_current("kthread_worker_fn")
+    me, my_gen = rt.self_idx, rt.self_gen
+    if me is None or my_gen is None:        # set with self_base, which need_current() saw
+        raise RuntimeError("kthread_worker_fn() must be called from a kthread")
     wrt, kbase = resolve_worker(worker)
     same_runtime(rt, wrt, "worker")
     mem = rt.mem
@@ -97,8 +111,8 @@ def kthread_worker_fn(worker):
         if t and rt.arena.task_off(t - 1) != tbase:
             kernel_warn("kthread_worker_fn(): the worker already has another kthread",
                         stacklevel=2)
-        mem.store32(kbase + K.task, rt.self_idx + 1)
-        mem.store32(kbase + K.task_gen, rt.self_gen)
+        mem.store32(kbase + K.task, me + 1)
+        mem.store32(kbase + K.task_gen, my_gen)
     mem.fetch_or32(tbase + T.flags, L.KF_WORKER)
     try:
         _sys.set_timerslack(WORKER_TIMERSLACK_NS)
@@ -106,10 +120,11 @@ def kthread_worker_fn(worker):
         pass
     if mem.load32(kbase + K.flags) & KTW_FREEZABLE:
         set_freezable_at(rt, tbase)
-    return worker_loop(rt, kbase, tbase, read_name(rt.arena, rt.self_idx, tbase))
+    return worker_loop(rt, kbase, tbase, read_name(rt.arena, me, tbase))
 
 
-def kthread_create_worker_on_node(flags, node, namefmt, *args):
+def kthread_create_worker_on_node(flags: int, node: int, namefmt: str,
+                                  *args: object) -> KthreadWorker:
     """kthread_create_worker_on_node - create a worker and its kthread, and wake it.
 
     @flags: 0 or KTW_FREEZABLE; @node: NUMA node for the kthread's affinity
@@ -128,7 +143,7 @@ def kthread_create_worker_on_node(flags, node, namefmt, *args):
     return worker
 
 
-def _attach_task(worker, flags, create):
+def _attach_task(worker: KthreadWorker, flags: int, create: Callable[[], Task]) -> Task:
     """Create the worker's kthread (not woken) and record it as worker->task."""
     rt, kbase = resolve_worker(worker)
     mem = rt.mem
@@ -149,7 +164,7 @@ def _attach_task(worker, flags, create):
     return task
 
 
-def kthread_create_worker(flags, namefmt, *args):
+def kthread_create_worker(flags: int, namefmt: str, *args: object) -> KthreadWorker:
     """kthread_create_worker - kthread_create_worker_on_node(flags, NUMA_NO_NODE, ...).
 
     Context, Return, Raises: as kthread_create_worker_on_node().
@@ -157,10 +172,11 @@ def kthread_create_worker(flags, namefmt, *args):
     return kthread_create_worker_on_node(flags, NUMA_NO_NODE, namefmt, *args)
 
 
-def kthread_create_worker_on_cpu(cpu, flags, namefmt):
+def kthread_create_worker_on_cpu(cpu: int, flags: int, namefmt: str) -> KthreadWorker:
     """kthread_create_worker_on_cpu - create a worker bound to @cpu (and its node).
 
-    @namefmt gets the CPU number as its one argument (e.g. ``"helper/%u"``).
+    @namefmt gets the CPU number as its one argument (e.g. ``"helper/%u"``);
+    a name without a conversion (``"plain"``) is used as it is.
     Context: any process of the runtime; blocks while the kthread is created.
     Return: the KthreadWorker, its kthread bound to @cpu and woken.
     Raises: ValueError (CPU not possible, bad name, bad flags); TypeError;
@@ -170,16 +186,19 @@ def kthread_create_worker_on_cpu(cpu, flags, namefmt):
     rt = get_runtime()
     check_cpu(rt.topology, cpu)
     node = rt.topology.cpu_to_node(cpu)
+    # The kernel's vsnprintf ignores an argument the format does not use
+    # (kthread.c kthread_create_worker_on_cpu: "plain" is a valid name).
+    fmt_args = (cpu,) if isinstance(namefmt, str) and "%" in namefmt.replace("%%", "") else ()
     worker = KthreadWorker()
     task = _attach_task(worker, flags,
                         lambda: kthread_create_on_node(kthread_worker_fn, worker, node,
-                                                       namefmt, cpu))
+                                                       namefmt, *fmt_args))
     kthread_bind(task, cpu)
     wake_up_process(task)
     return worker
 
 
-def kthread_destroy_worker(worker):
+def kthread_destroy_worker(worker: KthreadWorker) -> None:
     """kthread_destroy_worker - flush, stop and free a worker.
 
     Waits for the works queued so far, stops the kthread, and warns
@@ -217,7 +236,7 @@ def kthread_destroy_worker(worker):
     rt.arena.free_worker(worker._idx, worker._gen)
 
 
-def _unlink_all(rt, kbase):
+def _unlink_all(rt: Runtime, kbase: int) -> int:
     with Locked(rt, kbase) as lk:
         left = drop_all_locked(lk)
         rt.mem.store32(kbase + K.task, 0)
@@ -226,7 +245,7 @@ def _unlink_all(rt, kbase):
     return left
 
 
-def kthread_init_work(work, func):
+def kthread_init_work(work: Work, func: Callable[[Work], object]) -> None:
     """kthread_init_work - (re)initialise @work to run @func, tied to no worker.
 
     Context: any process of the runtime.  Return: None.
@@ -237,7 +256,8 @@ def kthread_init_work(work, func):
     work._reinit(func)
 
 
-def kthread_init_delayed_work(dwork, func):
+def kthread_init_delayed_work(dwork: KthreadDelayedWork,
+                              func: Callable[[KthreadDelayedWork], object]) -> None:
     """kthread_init_delayed_work - kthread_init_work() for a KthreadDelayedWork.
 
     Context: any process of the runtime.  Return: None.

@@ -221,3 +221,23 @@ def ping_pong(args):
         kproc.wait_for_completion(ping)
         kproc.complete(pong)
     return rounds
+
+
+def schedule_uninterruptible(args):
+    started, = args
+    kproc.complete(started)
+    kproc.set_current_state(kproc.TASK_UNINTERRUPTIBLE)
+    kproc.schedule()
+    return 6
+
+
+def schedule_timeout_interruptible_ret(args):
+    seconds, started = args
+    kproc.complete(started)
+    return int(kproc.schedule_timeout_interruptible(seconds) * 1000)
+
+
+def wait_timeout_ret(args):
+    comp, seconds, started = args
+    kproc.complete(started)
+    return int(kproc.wait_for_completion_timeout(comp, seconds) * 1000)

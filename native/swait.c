@@ -1,0 +1,208 @@
+/*
+ * kproc._native: the FIFO queue of a completion's sleeping waiters
+ * (kernel: the swait queue of struct completion, kernel/sched/swait.c, and
+ * complete()'s swake_up_locked(): "Threads will be awakened in the same order
+ * in which they were queued").
+ *
+ * A waiter that has to sleep links its own node (struct swait_node, one per
+ * sleeping thread, in the arena) at the tail of the completion's queue and
+ * sleeps on the node's own word.  complete() hands its count to the head
+ * node (granted = 1, its word bumped and woken); complete_all() to every
+ * node.  A waiter woken for another reason (its liveness tick, a stray
+ * wake_up_process(), kthread_stop()'s notification) finds its node still
+ * linked where it was: it keeps its place, which a wait on a shared futex
+ * word (re-queued at the back of the kernel's futex hash bucket at every
+ * re-wait) cannot do.
+ *
+ * The queue is guarded by a lock word in the completion (the holder's pid);
+ * every critical section is a few loads and stores in C, with the GIL held,
+ * so no other thread of the holder's process can be inside, and only the
+ * death of the holder's process can leave it held: a locker that has spun
+ * for a while checks the holder with kill(pid, 0) and takes the lock over
+ * from a dead one.  A node whose owner died while queued is skipped (and
+ * unlinked) by the complete() that reaches it, so its count goes to the next
+ * waiter instead of being lost.
+ *
+ * The race against a lost wake-up: complete() publishes done, then reads
+ * head (swait_settle); a waiter links its node, then reads done under the
+ * lock (in the same settle step).  Both are sequentially consistent: either
+ * complete() sees the node and grants it, or the waiter sees the count.
+ * Waiters that are not queued (spinning on done) may take a count first, as
+ * a newly arriving waiter does in the kernel.
+ */
+#include "kproc_native.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#define LOCK_SPINS_BEFORE_CHECK 256
+
+static struct swait_node *node_at(MemObject *m, uint32_t off)
+{
+    if (off == 0 || off % 8 || (Py_ssize_t)off + (Py_ssize_t)sizeof(struct swait_node) > m->size)
+        return NULL;
+    return (struct swait_node *)(m->base + off);
+}
+
+/* 1 if @pid names no process (a waiter or lock holder that died). */
+static int pid_dead(int32_t pid, int32_t me)
+{
+    return pid > 0 && pid != me && kill(pid, 0) < 0 && errno == ESRCH;
+}
+
+static void cq_lock(struct completion *c, int32_t me)
+{
+    for (unsigned i = 1;; i++) {
+        uint32_t holder = 0;
+        if (CAS(&c->lock, &holder, (uint32_t)me))
+            return;
+        if (i % LOCK_SPINS_BEFORE_CHECK) {
+            cpu_relax();
+            continue;
+        }
+        if (pid_dead((int32_t)holder, me) && CAS(&c->lock, &holder, (uint32_t)me))
+            return;             /* its holder died: the queue is ours (links are checked) */
+        sched_yield();
+    }
+}
+
+static void cq_unlock(struct completion *c)
+{
+    STORE(&c->lock, 0);
+}
+
+static void unlink_node(MemObject *m, struct completion *c, struct swait_node *n)
+{
+    struct swait_node *prev = node_at(m, n->prev), *next = node_at(m, n->next);
+    if (prev)
+        STORE(&prev->next, n->next);
+    else
+        STORE(&c->head, n->next);
+    if (next)
+        STORE(&next->prev, n->prev);
+    else
+        STORE(&c->tail, n->prev);
+    n->next = n->prev = 0;
+    STORE(&n->comp, 0);
+}
+
+/* Hand the available counts to the queue, head first.  The lock is held. */
+static void settle_locked(MemObject *m, struct completion *c, int32_t me)
+{
+    Py_ssize_t bound = m->size / (Py_ssize_t)sizeof(struct swait_node);
+    struct swait_node *n;
+    while ((n = node_at(m, LOAD(&c->head))) != NULL && bound-- > 0) {
+        if (pid_dead(LOAD(&n->owner), me)) {
+            unlink_node(m, c, n);       /* killed while queued: its place is gone */
+            continue;
+        }
+        if (!completion_try(c))
+            return;
+        unlink_node(m, c, n);
+        STORE(&n->granted, 1);
+        __atomic_fetch_add(&n->wake, 1, __ATOMIC_SEQ_CST);
+        futex_wake_n(&n->wake, 1);
+    }
+    if (!n && (LOAD(&c->head) || LOAD(&c->tail))) {
+        STORE(&c->head, 0);             /* a link out of the arena: drop the queue */
+        STORE(&c->tail, 0);
+    }
+}
+
+void swait_settle(MemObject *m, struct completion *c)
+{
+    int32_t me;
+    if (!LOAD(&c->head))
+        return;
+    me = (int32_t)getpid();
+    cq_lock(c, me);
+    settle_locked(m, c, me);
+    cq_unlock(c);
+}
+
+static int parse_pair(MemObject *self, PyObject *const *args, Py_ssize_t nargs,
+                      const char *fname, struct completion **c, struct swait_node **n,
+                      uint32_t *noff)
+{
+    long long off;
+    if (!nargs_ok(nargs, 2, 2, fname) ||
+        !(*c = at_len(self, args[0], sizeof(struct completion), 8)) ||
+        !(*n = at_len(self, args[1], sizeof(struct swait_node), 8)))
+        return 0;
+    off = PyLong_AsLongLong(args[1]);
+    if (off > UINT32_MAX) {
+        PyErr_SetString(PyExc_ValueError, "a swait node must lie in the first 4 GiB");
+        return 0;
+    }
+    *noff = (uint32_t)off;
+    return 1;
+}
+
+/*
+ * completion_enqueue(off, node_off) -> 1 acquired (a count was there: not
+ * queued), 0 queued at the tail (sleep on the node's wake word until granted).
+ */
+static PyObject *Mem_completion_enqueue(ARGS)
+{
+    struct completion *c;
+    struct swait_node *n, *tail;
+    uint32_t noff;
+    int32_t me = (int32_t)getpid();
+    NEED_BUFFER();
+    if (!parse_pair(self, args, nargs, "completion_enqueue", &c, &n, &noff))
+        return NULL;
+    cq_lock(c, me);
+    if (completion_try(c)) {
+        cq_unlock(c);
+        return PyLong_FromLong(1);
+    }
+    STORE(&n->granted, 0);
+    STORE(&n->comp, (uint64_t)((char *)c - self->base));
+    n->next = 0;
+    n->prev = LOAD(&c->tail);
+    if ((tail = node_at(self, n->prev)) != NULL)
+        STORE(&tail->next, noff);
+    else {
+        n->prev = 0;
+        STORE(&c->head, noff);
+    }
+    STORE(&c->tail, noff);
+    settle_locked(self, c, me);         /* a count that came in while we linked */
+    cq_unlock(c);
+    if (LOAD(&n->granted)) {
+        STORE(&n->granted, 0);
+        return PyLong_FromLong(1);
+    }
+    return PyLong_FromLong(0);
+}
+
+/*
+ * completion_dequeue(off, node_off) -> 1 the node had been granted a count
+ * (the caller owns it), 0 it was taken off the queue without one.
+ */
+static PyObject *Mem_completion_dequeue(ARGS)
+{
+    struct completion *c;
+    struct swait_node *n;
+    uint32_t noff;
+    int granted;
+    NEED_BUFFER();
+    if (!parse_pair(self, args, nargs, "completion_dequeue", &c, &n, &noff))
+        return NULL;
+    cq_lock(c, (int32_t)getpid());
+    granted = LOAD(&n->granted) != 0;
+    if (granted)
+        STORE(&n->granted, 0);
+    else if (LOAD(&n->comp) == (uint64_t)((char *)c - self->base))
+        unlink_node(self, c, n);
+    cq_unlock(c);
+    return PyLong_FromLong(granted);
+}
+
+PyMethodDef swait_methods[] = {
+    M(completion_enqueue, "completion_enqueue(off, node_off) -> 1 acquired at once, 0 "
+                          "queued at the tail (sleep on the node's wake word until granted)"),
+    M(completion_dequeue, "completion_dequeue(off, node_off) -> 1 it had been granted a "
+                          "count (now the caller's), 0 taken off the queue without one"),
+    {NULL, NULL, 0, NULL},
+};
