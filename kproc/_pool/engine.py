@@ -72,7 +72,7 @@ C = L.COMPLETION
 
 _getcpu: Callable[[], int] | None
 try:
-    from .._native import getcpu as _getcpu
+    from .._native import getcpu as _getcpu   # optional extension: detected here
 except ImportError:             # no extension: no CPU preference
     _getcpu = None
 
