@@ -51,7 +51,7 @@ HEADER = Record("POOL_HEADER", [("magic", "Q"), ("nslots", "I"), ("slot_size", "
 # outcome: what the inline area (or the big payload) holds once DONE.
 SLOT = Record("POOL_SLOT", [("state", "I"), ("direct", "I"), ("kind", "I"), ("outcome", "I"),
                             ("length", "Q"), ("big_pid", "I"), ("big_fd", "I"),
-                            ("big_ino", "Q"), ("seq", "Q")], stride=64)
+                            ("big_ino", "Q"), ("use_seq", "Q")], stride=64)
 # kind, outcome, length, big_pid, big_fd, big_ino: written and read as one block
 # (the slot is FREE or DONE meanwhile: its state word orders it).
 SLOT_BODY = struct.Struct("=IIQIIQ")

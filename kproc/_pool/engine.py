@@ -210,7 +210,7 @@ class Engine:
     def _free_slot_locked(self, slot: int) -> None:
         mem = self.pm.mem
         off = self.pm.slot_off(slot)
-        mem.fetch_add64(off + SLOT.seq, 1)
+        mem.fetch_add64(off + SLOT.use_seq, 1)
         mem.store32(off + SLOT.state, FREE)
         w = self.slot_worker[slot]
         self.slot_call[slot] = None

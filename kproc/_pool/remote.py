@@ -71,7 +71,7 @@ class _Attached:
         """Close result payloads whose slot the caller has moved on from."""
         mem, pm = self.pm.mem, self.pm
         for slot, (fd, seq) in list(self.held.items()):
-            if mem.load64(pm.slot_off(slot) + SLOT.seq) != seq:
+            if mem.load64(pm.slot_off(slot) + SLOT.use_seq) != seq:
                 close_fd(fd)
                 del self.held[slot]
 
@@ -122,7 +122,7 @@ def _publish(att: _Attached, slot: int, off: int, kind: int, code: int, data: by
             code, data = encode_exception(exc)
         else:
             pm.write_body(off, kind, code, n, (os.getpid(), fd, ino))
-            att.held[slot] = (fd, pm.mem.load64(off + SLOT.seq))
+            att.held[slot] = (fd, pm.mem.load64(off + SLOT.use_seq))
             return
     pm.write_inline(off, data)
     pm.write_body(off, kind, code, len(data), None)
