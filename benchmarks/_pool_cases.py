@@ -84,8 +84,7 @@ def _ncpus():
 
 def _kproc_pool():
     import kproc
-    kproc.start()
-    return kproc.KthreadPoolExecutor()
+    return kproc.KthreadPoolExecutor()     # on the default runtime (_ncpus started it)
 
 
 def _ppe_pool(n):
