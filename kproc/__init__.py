@@ -69,6 +69,7 @@ from ._kthread.mm import (
     Mm, get_task_mm, mmput, kthread_use_mm, kthread_unuse_mm, copy_from_user, copy_to_user,
 )
 from ._kthread.blkcg import kthread_associate_blkcg, kthread_blkcg
+from ._pool.executor import KthreadPoolExecutor
 from ._sched.completion import (
     Completion, init_completion, reinit_completion, complete, complete_all,
     wait_for_completion, wait_for_completion_timeout, wait_for_completion_interruptible,
@@ -120,6 +121,7 @@ __all__ = [
     "cpuhp_remove_state", "cpuhp_remove_state_nocalls", "CPUHP_AP_ONLINE_DYN",
     "CPUHP_BP_PREPARE_DYN", "SmpHotplugThread",
     "smpboot_register_percpu_thread", "smpboot_unregister_percpu_thread",
+    "KthreadPoolExecutor",
     "TASK_RUNNING", "TASK_INTERRUPTIBLE", "TASK_UNINTERRUPTIBLE", "TASK_PARKED",
     "TASK_DEAD", "TASK_NEW", "TASK_FROZEN",
     "KTHREAD_IS_PER_CPU", "KTHREAD_SHOULD_STOP", "KTHREAD_SHOULD_PARK",

@@ -20,6 +20,7 @@ FLOORS = [
     {"kproc._sched"},
     {"kproc._kthread", "kproc._freezer"},
     {"kproc._workqueue", "kproc._hotplug"},
+    {"kproc._pool"},
     {"kproc"},
     {"kproc._cli", "kproc._bench", "kproc.__main__"},
 ]

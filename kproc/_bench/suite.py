@@ -21,6 +21,17 @@ if TYPE_CHECKING:
 
 __all__ = ["FAMILIES", "run_suite"]
 
+def _pool_suite(run: Run) -> None:
+    """KthreadPoolExecutor against ProcessPoolExecutor (benchmarks/_pool_cases.py)."""
+    import importlib      # a checkout's module, not in the wheel
+    try:
+        pool = importlib.import_module("benchmarks._pool_cases").pool
+    except ImportError:
+        run.say("\nPools: not run (benchmarks/_pool_cases.py is in the source checkout)")
+        return
+    pool(run.quick, {})
+
+
 FAMILIES: dict[str, Callable[[Run], None]] = {
     "pingpong": pingpong.suite,
     "cycle": create.cycle_suite,
@@ -28,6 +39,7 @@ FAMILIES: dict[str, Callable[[Run], None]] = {
     "workers": workers.suite,
     "lateness": lateness.suite,
     "hotplug": hotplug.suite,
+    "pool": _pool_suite,
 }
 
 

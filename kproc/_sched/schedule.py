@@ -148,9 +148,15 @@ def _sleep_loop(rt: Runtime, base: int, deadline_ns: int | None) -> bool:
                 if mem.load32(base + T.state) == RUNNING:
                     return True
                 continue
+        spin = waits.spin_ns > 0 and state not in (PARKED, FROZEN)
+        if spin and waits.wait(seq_off, seq, 0, spin=True):
+            continue            # woken while spinning: no waker paid for a futex wake
+        # ``sleeping`` only for the futex wait itself: a waker reads it after
+        # bumping wake_seq, and futex_wait() re-reads wake_seq, so one of the
+        # two always sees the other (a spinning sleeper needs no system call).
         mem.store32(base + T.sleeping, 1)
         try:
-            waits.wait(seq_off, seq, timeout, spin=state not in (PARKED, FROZEN))
+            waits.wait(seq_off, seq, timeout, spin=False)
         finally:
             mem.store32(base + T.sleeping, 0)
 

@@ -1,0 +1,212 @@
+"""The pool's shared memory: call slots in one memfd, large payloads in memfds of their own.
+
+A pool's caller and its workers exchange calls and outcomes through one
+anonymous ``memfd`` (mode 0600) that the pool's creator owns: a header and
+``nslots`` fixed-size slots, each holding one call's state word, the encoded
+call (written by the caller) and then its outcome (written by the worker), in
+the same inline area.  A worker maps it through ``/proc/<creator>/fd/<n>``
+(which needs ptrace rights over the creator, as ``kproc ps`` does for the
+arena) and checks the inode it reached, so a reused descriptor number is
+never mistaken for the pool.
+
+A payload larger than the inline area travels in a memfd of its own (the
+*side channel*): the writer creates it, fills it and publishes (pid, fd,
+inode, length) in the slot; the reader opens it through ``/proc`` and reads
+it; the writer closes its descriptor once the reader cannot need it any more.
+Nothing has a name anywhere, so no fault -- SIGKILL of either side
+included -- can leave anything in ``/dev/shm``: the memory goes with the last
+descriptor or mapping.
+
+Slot states (``SLOT.state``): FREE -> QUEUED (caller, before queueing the
+work) -> RUNNING (worker, compare-and-swap, just before the call) -> DONE
+(worker, once the outcome is whole); QUEUED -> CANCELLED (caller,
+compare-and-swap: the call will never start) -> FREE.  Exactly one of the two
+compare-and-swaps on a QUEUED slot wins, which is what makes a cancel
+succeed exactly until the call starts.
+
+Runs in the caller (create, write calls, read outcomes) and in the pool's
+worker kthreads (attach, read calls, write outcomes).
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+
+from .._core.layout import Record
+from .._core.native import load_mem_class
+from .._core.pymem import PyMem
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from .._core.memlike import MemLike  # typing only
+
+__all__ = ["PoolMemory", "HEADER", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING", "DONE",
+            "CANCELLED",
+           "INLINE_MAX", "put_big", "take_big", "close_fd"]
+
+HEADER = Record("POOL_HEADER", [("magic", "Q"), ("nslots", "I"), ("slot_size", "I"),
+                                ("broken", "I"), ("want", "I")], stride=64)
+# outcome: what the inline area (or the big payload) holds once DONE.
+SLOT = Record("POOL_SLOT", [("state", "I"), ("direct", "I"), ("kind", "I"), ("outcome", "I"),
+                            ("length", "Q"), ("big_pid", "I"), ("big_fd", "I"),
+                            ("big_ino", "Q"), ("use_seq", "Q")], stride=64)
+# kind, outcome, length, big_pid, big_fd, big_ino: written and read as one block
+# (the slot is FREE or DONE meanwhile: its state word orders it).
+SLOT_BODY = struct.Struct("=IIQIIQ")
+if (SLOT.kind, SLOT.outcome, SLOT.length, SLOT.big_pid, SLOT.big_fd, SLOT.big_ino) != \
+        (8, 12, 16, 24, 28, 32):
+    raise ImportError("POOL_SLOT's body is not laid out as SLOT_BODY reads it")
+MAGIC = 0x4B504F4F4C303031          # "KPOOL001"
+SLOT_SIZE = 8192
+INLINE_MAX = SLOT_SIZE - SLOT.stride
+
+FREE, QUEUED, RUNNING, DONE, CANCELLED = 0, 1, 2, 3, 4
+
+
+def _make_mem(buf: mmap.mmap, fd: int) -> MemLike:
+    native = load_mem_class()
+    if native is not None:
+        return native(buf)
+    return PyMem(buf, fd)
+
+
+class PoolMemory:
+    """One pool's slot memory, as mapped by this process.
+
+    ``key`` (creator pid, fd, device, inode, size) names it for the workers.
+    """
+
+    def __init__(self, fd: int, buf: mmap.mmap, key: tuple[int, int, int, int, int],
+                 owner: bool) -> None:
+        self.fd, self.buf, self.key, self.owner = fd, buf, key, owner
+        self.mem = _make_mem(buf, fd)
+        self.view = memoryview(buf)
+        self.nslots = self.mem.load32(HEADER.nslots)
+
+    @classmethod
+    def create(cls, nslots: int) -> PoolMemory:
+        """Create the memfd (caller side).  Raises: OSError."""
+        size = HEADER.stride + nslots * SLOT_SIZE
+        fd = os.memfd_create("kproc-pool", os.MFD_CLOEXEC)
+        try:
+            os.fchmod(fd, 0o600)
+            os.ftruncate(fd, size)
+            buf = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        st = os.fstat(fd)
+        pm = cls.__new__(cls)
+        pm.fd, pm.buf, pm.owner = fd, buf, True
+        pm.key = (os.getpid(), fd, st.st_dev, st.st_ino, size)
+        pm.mem = _make_mem(buf, fd)
+        pm.view = memoryview(buf)
+        pm.mem.store32(HEADER.nslots, nslots)
+        pm.mem.store32(HEADER.slot_size, SLOT_SIZE)
+        pm.mem.store64(HEADER.magic, MAGIC)
+        pm.nslots = nslots
+        return pm
+
+    @classmethod
+    def attach(cls, key: tuple[int, int, int, int, int]) -> PoolMemory:
+        """Map the pool named by ``key`` (worker side).
+
+        Raises: OSError (creator gone, or ENXIO if the descriptor is no longer the pool).
+        """
+        pid, fdnum, dev, ino, size = key
+        fd = os.open(f"/proc/{pid}/fd/{fdnum}", os.O_RDWR | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != (dev, ino) or st.st_size != size:
+                raise OSError(6, "the pool's memory is gone (its descriptor was reused)")
+            buf = mmap.mmap(fd, size, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(fd, buf, key, False)
+
+    def slot_off(self, slot: int) -> int:
+        """Byte offset of slot ``slot``'s record; its inline area follows it."""
+        return HEADER.stride + slot * SLOT_SIZE
+
+    def write_body(self, off: int, kind: int, outcome: int, length: int,
+                   big: tuple[int, int, int] | None) -> None:
+        """Write a slot's body (not its state word): what it holds and where."""
+        if big is None:
+            SLOT_BODY.pack_into(self.buf, off + SLOT.kind, kind, outcome, length, 0, 0, 0)
+        else:
+            SLOT_BODY.pack_into(self.buf, off + SLOT.kind, kind, outcome, length, big[0],
+                                big[1], big[2])
+
+    def read_body(self, off: int) -> tuple[int, int, int, int, int, int]:
+        """(kind, outcome, length, big_pid, big_fd, big_ino) of a slot."""
+        return SLOT_BODY.unpack_from(self.buf, off + SLOT.kind)
+
+    def write_inline(self, off: int, data: bytes) -> None:
+        start = off + SLOT.stride
+        self.view[start:start + len(data)] = data
+
+    def read_inline(self, off: int, n: int) -> bytes:
+        start = off + SLOT.stride
+        return bytes(self.view[start:start + n])
+
+    def close(self) -> None:
+        """Unmap and close (the memory lives on while a worker maps it)."""
+        self.view.release()
+        del self.mem
+        try:
+            self.buf.close()
+        except BufferError:
+            pass        # a Mem export is still alive; the mapping goes with the process
+        os.close(self.fd)
+
+
+def put_big(data: bytes) -> tuple[int, int, int]:
+    """Write ``data`` into a fresh memfd of this process.
+
+    Return: (fd, inode, length); the caller publishes them with its pid and
+    closes ``fd`` with :func:`close_fd` once the reader is done with it.
+    Raises: OSError (out of memory: ENOSPC/ENOMEM).
+    """
+    fd = os.memfd_create("kproc-pool-payload", os.MFD_CLOEXEC)
+    try:
+        os.fchmod(fd, 0o600)
+        view, done = memoryview(data), 0
+        while done < len(data):
+            done += os.write(fd, view[done:])
+        return fd, os.fstat(fd).st_ino, len(data)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def take_big(pid: int, fdnum: int, ino: int, length: int) -> bytes:
+    """Read a payload another process of the runtime published with put_big().
+
+    Raises: OSError (ENOENT once the writer has died or closed it; ENXIO if
+    the descriptor number now names something else).
+    """
+    fd = os.open(f"/proc/{pid}/fd/{fdnum}", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if os.fstat(fd).st_ino != ino:
+            raise OSError(6, "the payload's descriptor was reused")
+        out = bytearray(length)
+        view, done = memoryview(out), 0
+        while done < length:
+            n = os.preadv(fd, [view[done:]], done)
+            if n <= 0:
+                raise OSError(5, "short payload")
+            done += n
+        return bytes(out)
+    finally:
+        os.close(fd)
+
+
+def close_fd(fd: int) -> None:
+    """Close a side-channel descriptor, ignoring one already gone."""
+    try:
+        os.close(fd)
+    except OSError:
+        pass

@@ -1,0 +1,438 @@
+"""The caller's side of a pool: call slots, dispatch, reaping, cancel, moving calls.
+
+A pool has ``S`` call slots per worker (``channel``), each with its own
+``KthreadWork`` (tied to that worker for good) and ``Completion``.  A call
+the caller makes is a :class:`Call`; it waits in ``backlog`` until a slot is
+free on a worker that is not parked, then is written into the slot and its
+work queued (``kthread_queue_work``).  Whichever thread of the caller first
+sees the slot DONE -- a ``result()`` waiting on it (:meth:`Engine.wait_direct`)
+or the collector thread (``collector``) -- reaps it under ``lock``: the
+outcome is read, the slot freed and the next backlog call placed in it; the
+outcome is then decoded and delivered with the lock dropped (a done-callback
+may call the pool again).
+
+Choice of worker: among workers that are not parked and have a free slot,
+the one with the fewest calls in flight; among idle ones, preferably one not
+on the CPU the caller runs on (the caller is about to wait, and a waiter
+spinning on the worker's own CPU only delays it).  A worker whose kthread is
+asked to park (its CPU going down) gets no new call, and the calls queued on
+it are moved to the others (:meth:`Engine.move_from_parked`).
+
+Races prevented: a slot's state word decides between a cancel and the
+worker starting the call (``channel``); a slot is reaped only by the thread
+that finds it still holding its call under ``lock``; the direct waiter
+announces itself (``SLOT.direct``) before it looks at the state, and kicks
+the collector whenever it leaves without reaping, so a DONE slot is never
+left for nobody.  Runs in the caller (any of its threads).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+import time
+
+from .._core import layout as L
+from .._core import trace as _trace
+from .._core.errors import KthreadError
+from .._core.runtime import Runtime
+from .._sched.task import Task
+from .._sched.completion import Completion, complete
+from .._workqueue.cancel import kthread_cancel_work_sync
+from .._workqueue.fastpath import fast_paths, lock_spin_ns
+from .._workqueue.handles import KthreadWork, KthreadWorker
+from .._workqueue.lists import wake_worker
+from .._workqueue.queue import kthread_queue_work
+from .channel import (CANCELLED, DONE, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
+                      close_fd, put_big, take_big)
+from .codec import OUT_EXC, decode_outcome
+from .errors import BrokenKthreadPool
+from .remote import KIND_INIT, SlotRef, run_slot
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from concurrent.futures import Future
+    from typing import Any
+
+__all__ = ["Call", "Engine", "task_of"]
+
+
+def task_of(worker: KthreadWorker) -> Task:
+    """The kthread serving a pool worker.  Raises: KthreadError(ESRCH) if it has none."""
+    task = worker.task
+    if task is None:
+        raise KthreadError(3, "the pool worker has no kthread")
+    return task
+
+TICK_NS = 100_000_000           # how often a direct wait checks the runtime
+T = L.TASK
+C = L.COMPLETION
+
+_getcpu: Callable[[], int] | None
+try:
+    from .._native import getcpu as _getcpu   # optional extension: detected here
+except ImportError:             # no extension: no CPU preference
+    _getcpu = None
+
+
+class Call:
+    """One call of the pool, from submit to its outcome."""
+
+    __slots__ = ("payload", "kind", "future", "slot", "big", "finished", "worker")
+
+    def __init__(self, payload: bytes, kind: int, future: Future[Any] | None) -> None:
+        self.payload = payload
+        self.kind = kind
+        self.future = future
+        self.slot = -1          # its slot while it has one
+        self.big: tuple[int, int, int] | None = None   # our side-channel fd, inode, length
+        self.finished = False
+        self.worker = -1        # for KIND_INIT: the worker it must run on
+
+
+class Engine:
+    """The shared state of one pool in the process that created it."""
+
+    def __init__(self, rt: Runtime, workers: list[KthreadWorker], cpus: list[int],
+                 per_worker: int) -> None:
+        self.rt = rt
+        self.lock = threading.Lock()
+        self.idle = threading.Condition(self.lock)
+        self.workers = workers
+        self.cpus = cpus
+        self.flags_off = [rt.arena.task_off(task_of(w)._idx) + T.flags for w in workers]
+        n = len(workers) * per_worker
+        self.pm = PoolMemory.create(n)
+        self.kick = Completion()
+        self.comps = [Completion() for _ in range(n)]
+        self.comp_off = [c._off for c in self.comps]
+        self.slot_worker = [s // per_worker for s in range(n)]
+        self.works = [KthreadWork(run_slot, SlotRef(self.pm.key, s, self.comps[s], self.kick))
+                      for s in range(n)]
+        self.raw_wait = rt.waits.raw_completion_wait()
+        self.cq = fast_paths(rt)[0]
+        self.wake_in_c = rt.waits.name == "futex"
+        # the C kthread_queue_work()'s arguments per slot, once its work is tied
+        self.fast_args: list[tuple[int, int, int, int, int, int, bool] | None] = [None] * n
+        self.free = [list(range(w * per_worker, (w + 1) * per_worker))[::-1]
+                     for w in range(len(workers))]
+        self.inflight = [0] * len(workers)
+        self.slot_call: list[Call | None] = [None] * n
+        self.backlog: collections.deque[Call] = collections.deque()
+        self.live = 0
+        self.broken: BaseException | None = None
+        self.shutting = False
+
+    # -- placing calls ----------------------------------------------------------
+
+    def parked(self, w: int) -> bool:
+        return bool(self.rt.mem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK)
+
+    def _pick(self) -> int:
+        best, here = -1, -1
+        if _getcpu is not None:
+            here = _getcpu()
+        for w in range(len(self.workers)):
+            if not self.free[w] or self.parked(w):
+                continue
+            if best < 0 or self.inflight[w] < self.inflight[best] or \
+                    (self.inflight[w] == self.inflight[best] == 0 and
+                     self.cpus[best] == here and self.cpus[w] != here):
+                best = w
+        return best
+
+    def submit_locked(self, call: Call) -> None:
+        """Count ``call`` live and place it, or queue it behind the backlog.  Lock held."""
+        self.live += 1
+        if call.kind == KIND_INIT:
+            self._place(call, call.worker)
+        elif self.backlog or not self._feed_one(call):
+            self.backlog.append(call)
+
+    def _feed_one(self, call: Call) -> bool:
+        w = self._pick()
+        if w < 0:
+            return False
+        self._place(call, w)
+        return True
+
+    def feed_locked(self) -> None:
+        """Place backlog calls while a worker has room.  Lock held."""
+        backlog = self.backlog
+        while backlog:
+            call = backlog[0]
+            if call.future is not None and call.future.cancelled():
+                backlog.popleft()
+                self._finished_locked(call)
+                continue
+            if not self._feed_one(call):
+                return
+            backlog.popleft()
+
+    def _place(self, call: Call, w: int) -> None:
+        pm = self.pm
+        slot = self.free[w].pop()
+        off = pm.slot_off(slot)
+        if call.big is None and len(call.payload) > INLINE_MAX:
+            call.big = put_big(call.payload)
+            call.payload = b""
+        big = call.big
+        if big is not None:
+            pm.write_body(off, call.kind, 0, big[2], (os.getpid(), big[0], big[1]))
+        else:
+            pm.write_inline(off, call.payload)
+            pm.write_body(off, call.kind, 0, len(call.payload), None)
+        self.rt.mem.store32(self.comp_off[slot], 0)         # reinit_completion()
+        pm.mem.store32(off + SLOT.state, QUEUED)
+        call.slot = slot
+        self.slot_call[slot] = call
+        self.inflight[w] += 1
+        self._queue(w, slot)
+        if self.rt.mem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
+            complete(self.kick)           # parking began meanwhile: have it moved
+
+    def _queue(self, w: int, slot: int) -> None:
+        """kthread_queue_work(), through its C fast path when it takes it."""
+        args = self.fast_args[slot]
+        cq = self.cq
+        r = cq(*args) if cq is not None and args is not None and not _trace.ENABLED else -1
+        if r < 0:
+            kthread_queue_work(self.workers[w], self.works[slot])
+            worker, work = self.workers[w], self.works[slot]
+            if self.cq is not None and self.wake_in_c:
+                self.fast_args[slot] = (worker._off, work._off, worker._idx + 1,
+                                        worker._gen, work._gen, lock_spin_ns(), True)
+        elif r == 2 and not self.wake_in_c:
+            wake_worker(self.rt, self.workers[w]._off)
+
+    def _free_slot_locked(self, slot: int) -> None:
+        mem = self.pm.mem
+        off = self.pm.slot_off(slot)
+        mem.fetch_add64(off + SLOT.use_seq, 1)
+        mem.store32(off + SLOT.state, FREE)
+        w = self.slot_worker[slot]
+        self.slot_call[slot] = None
+        self.free[w].append(slot)
+        self.inflight[w] -= 1
+
+    def _finished_locked(self, call: Call) -> None:
+        if call.big is not None:
+            close_fd(call.big[0])
+            call.big = None
+        call.finished = True
+        self.live -= 1
+        if self.live == 0:
+            self.idle.notify_all()
+
+    # -- reaping ----------------------------------------------------------------
+
+    def reap_locked(self, slot: int) -> tuple[Call, int, bytes] | None:
+        """Take a DONE slot's outcome, free it and feed the backlog.  Lock held."""
+        call = self.slot_call[slot]
+        if call is None:
+            return None
+        pm = self.pm
+        off = pm.slot_off(slot)
+        _kind, code, n, pid, fd, ino = pm.read_body(off)
+        try:
+            data = take_big(pid, fd, ino, n) if pid else pm.read_inline(off, n)
+        except OSError as exc:
+            code, data = -1, repr(exc).encode()
+        self._free_slot_locked(slot)
+        self._finished_locked(call)
+        if self.backlog:
+            self.feed_locked()
+        return call, code, data
+
+    def deliver(self, call: Call, code: int, data: bytes) -> tuple[bool, Any] | None:
+        """Decode an outcome and hand it to the call's future.  Lock not held.
+
+        Return: (is_exception, value) as the future now holds it, or None.
+        """
+        if call.kind == KIND_INIT:
+            if code == OUT_EXC or code < 0:
+                self.fail(self._init_failed(code, data))
+            return None
+        fut = call.future
+        if fut is None:
+            return None
+        if code < 0:
+            exc: BaseException = self.broken or OSError(data.decode())
+            fut.set_exception(exc)
+            return True, exc
+        got = decode_outcome(code, data)
+        if got[0]:
+            fut.set_exception(got[1])
+        else:
+            fut.set_result(got[1])
+        return got
+
+    def _init_failed(self, code: int, data: bytes) -> BaseException:
+        err = BrokenKthreadPool("A worker initializer failed, the pool is not usable anymore")
+        if code == OUT_EXC:
+            err.__cause__ = decode_outcome(code, data)[1]
+        return err
+
+    def collect(self) -> list[tuple[Call, int, bytes]]:
+        """Reap every DONE slot nobody waits on directly (the collector's pass)."""
+        pm, mem = self.pm, self.pm.mem
+        out = []
+        with self.lock:
+            for slot, call in enumerate(self.slot_call):
+                if call is None:
+                    continue
+                off = pm.slot_off(slot)
+                if mem.load32(off + SLOT.state) == DONE and \
+                        (not mem.load32(off + SLOT.direct) or call.kind == KIND_INIT):
+                    got = self.reap_locked(slot)
+                    if got is not None:
+                        out.append(got)
+        return out
+
+    def wait_direct(self, call: Call, timeout: float | None
+                    ) -> tuple[float | None, tuple[bool, Any] | None]:
+        """Wait in this thread for ``call``'s slot to be DONE, and reap it.
+
+        Return: (the seconds of ``timeout`` left, None for no timeout, 0 if it
+        ran out; the outcome if this thread reaped it, else None: another
+        thread reaps it, or the call is not in a slot).
+        """
+        slot = call.slot
+        if slot < 0 or call.finished:
+            return timeout, None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pm, amem = self.pm, self.rt.mem
+        mem = pm.mem
+        off = pm.slot_off(slot)
+        state_off = off + SLOT.state
+        coff = self.comp_off[slot]
+        seq_off = coff + C.seq
+        spin = self.rt.waits.spin_ns
+        if _getcpu is not None and _getcpu() == self.cpus[self.slot_worker[slot]]:
+            spin = 0                     # spinning would only delay the worker
+        wait = self.raw_wait
+        mem.fetch_add32(off + SLOT.direct, 1)
+        reaped = None
+        try:
+            while self.slot_call[slot] is call and self.broken is None:
+                if mem.load32(state_off) == DONE:
+                    with self.lock:
+                        if self.slot_call[slot] is call:
+                            reaped = self.reap_locked(slot)
+                    break
+                snap = amem.load32(seq_off)
+                if amem.load32(coff):
+                    continue
+                if deadline is None:
+                    tick = TICK_NS
+                else:
+                    tick = min(TICK_NS, int((deadline - time.monotonic()) * 1e9))
+                    if tick <= 0:
+                        break
+                if wait(coff, snap, tick, spin, -1, 0) == 0:
+                    self.rt.check_alive()
+        finally:
+            mem.fetch_add32(off + SLOT.direct, -1)
+            if reaped is None:
+                complete(self.kick)       # a DONE we leave is the collector's again
+        got = self.deliver(*reaped) if reaped is not None else None
+        if deadline is None:
+            return None, got
+        return max(0.0, deadline - time.monotonic()), got
+
+    # -- cancel, move, break ----------------------------------------------------
+
+    def cancel(self, call: Call) -> bool:
+        """Make sure ``call`` never starts.  Return: True if it will not, False if it started."""
+        with self.lock:
+            if call.finished:
+                return False
+            slot = call.slot
+            if slot < 0:
+                try:
+                    self.backlog.remove(call)
+                except ValueError:
+                    return False
+                self._finished_locked(call)
+                return True
+            off = self.pm.slot_off(slot)
+            if self.pm.mem.cmpxchg32(off + SLOT.state, QUEUED, CANCELLED) != QUEUED:
+                return False
+            work = self.works[slot]
+        self._unqueue(slot, work)
+        with self.lock:
+            self._free_slot_locked(slot)
+            self._finished_locked(call)
+            call.slot = -1
+            self.feed_locked()
+        return True
+
+    def _unqueue(self, slot: int, work: KthreadWork) -> None:
+        # Off the worker's list, or waits for a run_slot() that sees CANCELLED and returns.
+        try:
+            kthread_cancel_work_sync(work)
+        except Exception:
+            if self.broken is None:
+                raise
+
+    def move_from_parked(self) -> int:
+        """Move the calls queued on parked workers back to the backlog's head, then feed.
+
+        Return: how many calls were moved.
+        """
+        moved: list[Call] = []
+        with self.lock:
+            todo = []
+            for slot, call in enumerate(self.slot_call):
+                if call is None or call.kind == KIND_INIT or \
+                        not self.parked(self.slot_worker[slot]):
+                    continue
+                off = self.pm.slot_off(slot)
+                if self.pm.mem.cmpxchg32(off + SLOT.state, QUEUED, CANCELLED) == QUEUED:
+                    todo.append((slot, call))
+        for slot, call in todo:
+            self._unqueue(slot, self.works[slot])
+            with self.lock:
+                self._free_slot_locked(slot)
+                call.slot = -1
+                moved.append(call)
+        with self.lock:
+            self.backlog.extendleft(reversed(moved))
+            self.feed_locked()
+        return len(moved)
+
+    def fail(self, exc: BaseException) -> None:
+        """Break the pool: every call not finished fails with ``exc``, now and later."""
+        with self.lock:
+            if self.broken is not None:
+                return
+            self.broken = exc
+            self.pm.mem.store32(HEADER.broken, 1)
+            calls = list(self.backlog)
+            self.backlog.clear()
+            for slot, call in enumerate(self.slot_call):
+                if call is not None:
+                    calls.append(call)
+                    self.slot_call[slot] = None         # nobody reaps it any more
+                    self._wake(self.comps[slot], True)  # direct waiters
+            for call in calls:
+                if not call.finished:
+                    self._finished_locked(call)
+        for call in calls:
+            if call.future is not None and not call.future.done():
+                try:
+                    call.future.set_exception(exc)
+                except Exception:
+                    pass          # cancelled meanwhile
+        self._wake(self.kick, False)
+
+    def _wake(self, comp: Completion, everyone: bool) -> None:
+        # Not complete(): while the runtime shuts down (closed, kthreadd being
+        # stopped: how a pool learns it) the handles refuse, but the waits are
+        # still there and our threads must leave them before they go.
+        try:
+            self.rt.waits.completion_complete(comp._off, everyone)
+        except Exception:
+            pass                  # the waits are gone: nobody sleeps on them any more

@@ -1,0 +1,163 @@
+"""What a pool worker runs: the work function of every call slot.
+
+Each call slot of a pool is one ``KthreadWork`` on one worker, whose func is
+:func:`run_slot` and whose data is a :class:`SlotRef`.  ``run_slot`` claims
+the slot (QUEUED -> RUNNING by compare-and-swap: a cancel that won first
+leaves it CANCELLED and the call never starts), decodes the call, runs it,
+publishes the outcome (inline, or through the side channel when large),
+marks the slot DONE and completes the slot's completion (``complete_all``:
+the slot has one event per use; the caller re-initialises it before the
+next).  It wakes the pool's collector thread only when the collector asked
+(``HEADER.want``) and no thread of the caller is already waiting on this very
+slot (``SLOT.direct``), so a ``submit(f).result()`` round trip costs one
+wake-up, not two.
+
+Races prevented: the collector publishes ``want`` before it looks at the
+slots and sleeps; a worker publishes DONE before it reads ``want``: one of
+the two always sees the other (sequentially consistent atomics).  A result
+in the side channel stays reachable (this process keeps its descriptor)
+until the caller has moved the slot on (its ``seq`` changed), checked at
+every later call of the pool on this worker.
+
+Runs in the pool's worker kthreads only.
+"""
+
+from __future__ import annotations
+
+import os
+
+from .._core.runtime import get_runtime
+from .._sched.completion import Completion, complete, complete_all
+from .channel import (DONE, HEADER, QUEUED, RUNNING, SLOT, INLINE_MAX, PoolMemory, close_fd,
+                      put_big, take_big)
+from .codec import OUT_EXC, decode_call, encode_exception, encode_result
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, NamedTuple
+
+__all__ = ["SlotRef", "run_slot", "run_chunk", "KIND_CALL", "KIND_INIT"]
+
+KIND_CALL, KIND_INIT = 0, 2
+
+if TYPE_CHECKING:
+    class SlotRef(NamedTuple):
+        key: tuple[int, int, int, int, int]
+        slot: int
+        comp: Completion
+        kick: Completion
+else:
+    from collections import namedtuple
+    SlotRef = namedtuple("SlotRef", "key slot comp kick")
+    SlotRef.__module__ = __name__
+
+
+class _Attached:
+    """A pool's memory as this worker maps it, and the side-channel fds it still holds."""
+
+    __slots__ = ("pm", "held", "_complete")
+
+    def __init__(self, pm: PoolMemory) -> None:
+        self.pm = pm
+        self.held: dict[int, tuple[int, int]] = {}     # slot -> (fd, seq)
+        self._complete = get_runtime().waits.completion_complete
+
+    def complete_all(self, comp: Completion) -> None:
+        """complete_all() of a slot's completion, without re-checking the handle each time."""
+        if self._complete(comp._off, True, comp._gen_off, comp._gen) < 0:
+            complete_all(comp)         # stale: raises the right error
+
+    def release_taken(self) -> None:
+        """Close result payloads whose slot the caller has moved on from."""
+        mem, pm = self.pm.mem, self.pm
+        for slot, (fd, seq) in list(self.held.items()):
+            if mem.load64(pm.slot_off(slot) + SLOT.use_seq) != seq:
+                close_fd(fd)
+                del self.held[slot]
+
+
+_attached: dict[tuple[int, int, int, int, int], _Attached] = {}
+
+
+def _pool(key: tuple[int, int, int, int, int]) -> _Attached:
+    att = _attached.get(key)
+    if att is None:
+        att = _attached[key] = _Attached(PoolMemory.attach(key))
+    return att
+
+
+def _read_call(pm: PoolMemory, off: int, n: int, pid: int, fd: int, ino: int) -> bytes:
+    """The encoded call of the slot at ``off``, inline or from the side channel."""
+    if pid:
+        return take_big(pid, fd, ino, n)
+    return pm.read_inline(off, n)
+
+
+def run_chunk(fn: Any, chunk: tuple[tuple[Any, ...], ...]) -> list[Any]:
+    """map(chunksize > 1)'s call: ``fn`` over one chunk of argument tuples, in order.
+
+    Context: a pool worker.  Return: the results.  Raises: the first call's exception.
+    """
+    return [fn(*args) for args in chunk]
+
+
+def _execute(raw: bytes) -> tuple[int, bytes]:
+    try:
+        fn, args, kwargs = decode_call(get_runtime(), raw)
+    except BaseException as exc:
+        return encode_exception(exc)
+    try:
+        value = fn(*args, **kwargs)
+    except BaseException as exc:
+        return encode_exception(exc)
+    return encode_result(value)
+
+
+def _publish(att: _Attached, slot: int, off: int, kind: int, code: int, data: bytes) -> None:
+    pm = att.pm
+    if len(data) > INLINE_MAX:
+        try:
+            fd, ino, n = put_big(data)
+        except OSError as exc:
+            code, data = encode_exception(exc)
+        else:
+            pm.write_body(off, kind, code, n, (os.getpid(), fd, ino))
+            att.held[slot] = (fd, pm.mem.load64(off + SLOT.use_seq))
+            return
+    pm.write_inline(off, data)
+    pm.write_body(off, kind, code, len(data), None)
+
+
+def run_slot(work: Any) -> None:
+    """The work function of a pool call slot: run the call queued in it, if still queued.
+
+    @work: the slot's KthreadWork; its data is a SlotRef.
+    Context: a pool worker kthread (called by kthread_worker_fn).  Return: None.
+    An initializer that raises marks the pool broken here, so the calls
+    queued behind it on this worker never start.
+    """
+    ref = work._data
+    att = _pool(ref.key)
+    if att.held:
+        att.release_taken()
+    pm = att.pm
+    mem = pm.mem
+    off = pm.slot_off(ref.slot)
+    if mem.load32(HEADER.broken) or \
+            mem.cmpxchg32(off + SLOT.state, QUEUED, RUNNING) != QUEUED:
+        return                        # cancelled, moved, or the pool is broken
+    kind, _code, n, pid, fd, ino = pm.read_body(off)
+    try:
+        raw = _read_call(pm, off, n, pid, fd, ino)
+    except BaseException as exc:
+        code, data = encode_exception(exc)
+    else:
+        code, data = _execute(raw)
+    _publish(att, ref.slot, off, kind, code, data)
+    if kind == KIND_INIT and code == OUT_EXC:
+        mem.store32(HEADER.broken, 1)
+    mem.store32(off + SLOT.state, DONE)
+    att.complete_all(ref.comp)
+    if mem.load32(HEADER.want) and not mem.load32(off + SLOT.direct):
+        if mem.xchg32(HEADER.want, 0):
+            complete(ref.kick)
