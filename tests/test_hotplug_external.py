@@ -117,12 +117,15 @@ def test_ap_teardown_after_the_fact_runs_on_a_cpu_still_online(tmp_path, monkeyp
     trace = tmp_path / "run.json"
     all_online("/sys")
     try:
-        with kproc.start(trace=str(trace)):
+        with kproc.start(trace=str(trace)) as rt:
             kproc.cpuhp_setup_state(kproc.CPUHP_AP_ONLINE_DYN, "test:ap", hpfuncs.ap_up,
                                     hpfuncs.ap_down)
             with open(f"{REAL_CPU_DIR}/cpu{cpu}/online", "w") as f:
                 f.write("0")
             wait_until(lambda: any(e[0] == "ap_down" for e in hpfuncs.read_log(str(tmp_path))))
+            # the trace event follows the callback; cpuhp marks the CPU gone after both
+            # (a shutdown before that would lose the event)
+            wait_until(lambda: cpu not in hprecord.read_known(rt))
             [entry] = [e for e in hpfuncs.read_log(str(tmp_path)) if e[0] == "ap_down"]
             on = int(dict(f.split("=") for f in entry[3:])["on"])
             assert entry[1] == str(cpu) and on != cpu
