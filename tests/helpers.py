@@ -9,6 +9,7 @@ import ctypes
 import os
 import re
 import select
+import socket
 import struct
 import threading
 import time
@@ -17,6 +18,8 @@ import psutil
 import pytest
 
 import kproc
+from kproc._hotplug.uevent import (NETLINK_KOBJECT_UEVENT, attach_cpu_uevent_filter,
+                                  parse_cpu_uevent)
 from fns import work as work_fns
 
 
@@ -328,3 +331,43 @@ def hotplug_env(request, tmp_path, monkeypatch):
             runtime.shutdown()
         finally:
             all_online(root)
+
+
+# -- the test's own uevent listener -------------------------------------------------
+
+class UeventCounter:
+    """The test's own uevent listener: (SEQNUM, online, cpu) of every CPU change."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
+                                  NETLINK_KOBJECT_UEVENT)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind((0, 1))
+        attach_cpu_uevent_filter(self.sock)
+        self.sock.settimeout(0.2)
+        self.notes, self.lost, self._stop = [], False, False
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop:
+            try:
+                msg = self.sock.recv(8192)
+            except socket.timeout:
+                continue
+            except OSError:
+                self.lost = True
+                continue
+            note = parse_cpu_uevent(msg)
+            if note is not None:
+                self.notes.append(note)
+
+    def count(self, cpu, online):
+        return sum(1 for _s, on, c in self.notes if c == cpu and on == online)
+
+    def close(self, settle=0.0):
+        """Stop listening, after ``settle`` seconds for the last uevents of a final write."""
+        time.sleep(settle)
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()

@@ -16,11 +16,10 @@ import pytest
 
 import kproc
 from kproc._hotplug import record as hprecord
-from kproc._hotplug.uevent import (CPU_UEVENT_PREFIXES, NETLINK_KOBJECT_UEVENT,
-                                   attach_cpu_uevent_filter, parse_cpu_uevent)
+from kproc._hotplug.uevent import (CPU_UEVENT_PREFIXES, attach_cpu_uevent_filter, parse_cpu_uevent)
 from fns import hotplug as hpfuncs
-from helpers import (HP_MODES, REAL_CPU_DIR, all_online, hotplug_env, real_hotplug_cpu,
-                     wait_until)
+from helpers import (HP_MODES, REAL_CPU_DIR, UeventCounter, all_online, hotplug_env,
+                     real_hotplug_cpu, wait_until)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -37,43 +36,6 @@ def _ht():
     return kproc.SmpHotplugThread(hpfuncs.never, hpfuncs.nothing, "hptest/%u",
                                   setup=hpfuncs.setup, cleanup=hpfuncs.cleanup,
                                   park=hpfuncs.park, unpark=hpfuncs.unpark)
-
-
-class UeventCounter:
-    """The test's own NETLINK_KOBJECT_UEVENT listener: the real changes of CPUs."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
-                                  NETLINK_KOBJECT_UEVENT)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
-        self.sock.bind((0, 1))
-        attach_cpu_uevent_filter(self.sock)
-        self.sock.settimeout(0.2)
-        self.notes = []
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop:
-            try:
-                msg = self.sock.recv(8192)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            note = parse_cpu_uevent(msg)
-            if note is not None:
-                self.notes.append(note)
-
-    def count(self, cpu, online):
-        return sum(1 for _seq, on, c in self.notes if c == cpu and on == online)
-
-    def close(self):
-        time.sleep(0.1)       # the last uevents of the final write
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
 
 
 def test_external_offline_parks_and_online_rebinds(hp):
@@ -168,7 +130,7 @@ def test_back_to_back_outside_cycles_run_each_callback_once_per_change(tmp_path,
                 for value in ("0", "1"):
                     with open(path, "w") as f:
                         f.write(value)
-            counter.close()
+            counter.close(settle=0.1)
             downs, ups = counter.count(cpu, False), counter.count(cpu, True)
             assert downs == ups == 5
 

@@ -20,7 +20,6 @@ stress-ng``).
 
 import os
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -29,10 +28,8 @@ import pytest
 
 import kproc
 from kproc._hotplug import record as hprecord
-from kproc._hotplug.uevent import (NETLINK_KOBJECT_UEVENT, attach_cpu_uevent_filter,
-                                   parse_cpu_uevent)
 from fns import hotplug as hpfuncs
-from helpers import REAL_CPU_DIR, all_online, real_hotplug_cpu, wait_until
+from helpers import UeventCounter, REAL_CPU_DIR, all_online, real_hotplug_cpu, wait_until
 
 SECONDS = float(os.environ.get("KPROC_HP_STRESS_SECONDS", "30"))
 
@@ -50,42 +47,6 @@ pytestmark = [
 POSIX_REPLAY_LAGS = pytest.mark.xfail(
     os.environ.get("KPROC_BACKEND") == "posix", strict=False,
     reason="known: cpuhp's replay of outside changes lags on the posix backend (issue #10)")
-
-
-class UeventCounter:
-    """The test's own uevent listener: (SEQNUM, online, cpu) of every CPU change."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM,
-                                  NETLINK_KOBJECT_UEVENT)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        self.sock.bind((0, 1))
-        attach_cpu_uevent_filter(self.sock)
-        self.sock.settimeout(0.2)
-        self.notes, self.lost, self._stop = [], False, False
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self):
-        while not self._stop:
-            try:
-                msg = self.sock.recv(8192)
-            except socket.timeout:
-                continue
-            except OSError:
-                self.lost = True
-                continue
-            note = parse_cpu_uevent(msg)
-            if note is not None:
-                self.notes.append(note)
-
-    def count(self, cpu, online):
-        return sum(1 for _s, on, c in self.notes if c == cpu and on == online)
-
-    def close(self):
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()
 
 
 _last_seen = []
