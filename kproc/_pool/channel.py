@@ -140,6 +140,21 @@ class PoolMemory:
             SLOT_BODY.pack_into(self.buf, off + SLOT.kind, kind, outcome, length, big[0],
                                 big[1], big[2])
 
+    def write_call(self, off: int, kind: int, data: bytes) -> None:
+        """Write an inline call (body and bytes; not the state word)."""
+        start = off + SLOT.stride
+        self.view[start:start + len(data)] = data
+        SLOT_BODY.pack_into(self.buf, off + SLOT.kind, kind, 0, len(data), 0, 0, 0)
+
+    def read_outcome(self, off: int) -> tuple[int, bytes, tuple[int, int, int, int] | None]:
+        """(outcome code, inline bytes, None) of a DONE slot, or (code, b"", (pid, fd,
+        inode, length)) when the outcome is in the side channel."""
+        _kind, code, n, pid, fd, ino = SLOT_BODY.unpack_from(self.buf, off + SLOT.kind)
+        if pid:
+            return code, b"", (pid, fd, ino, n)
+        start = off + SLOT.stride
+        return code, self.buf[start:start + n], None
+
     def read_body(self, off: int) -> tuple[int, int, int, int, int, int]:
         """(kind, outcome, length, big_pid, big_fd, big_ino) of a slot."""
         return SLOT_BODY.unpack_from(self.buf, off + SLOT.kind)

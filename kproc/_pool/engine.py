@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import collections
 import os
+from concurrent.futures import CancelledError
 import threading
 import time
+from typing import Any, Protocol
 
 from .._core import layout as L
 from .._core import trace as _trace
@@ -48,15 +50,13 @@ from .channel import (CANCELLED, DONE, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, P
                       close_fd, put_big, take_big)
 from .codec import OUT_EXC, decode_outcome
 from .errors import BrokenKthreadPool
-from .remote import KIND_INIT, SlotRef, run_slot
+from .remote import KIND_INIT, KIND_MAP, SlotRef, run_slot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from concurrent.futures import Future
-    from typing import Any
 
-__all__ = ["Call", "Engine", "task_of"]
+__all__ = ["Call", "Engine", "MapRun", "task_of"]
 
 
 def task_of(worker: KthreadWorker) -> Task:
@@ -67,6 +67,7 @@ def task_of(worker: KthreadWorker) -> Task:
     return task
 
 TICK_NS = 100_000_000           # how often a direct wait checks the runtime
+ACTIVE_S = 0.002                # a map's iterator seen this recently reaps its own calls
 T = L.TASK
 C = L.COMPLETION
 
@@ -77,12 +78,41 @@ except ImportError:             # no extension: no CPU preference
     _getcpu = None
 
 
+class CallFuture(Protocol):
+    """What the engine uses of a call's future (``future.PoolFuture``)."""
+
+    def finish(self, got: tuple[bool, Any]) -> None: ...
+
+    def cancel(self) -> bool: ...
+
+    def cancelled(self) -> bool: ...
+
+    def done(self) -> bool: ...
+
+    def set_exception(self, exception: BaseException | None) -> None: ...
+
+
+class MapRun:
+    """What the calls of one ``map()`` share: when their consumer last looked."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = time.monotonic()
+
+    def active(self, now: float) -> bool:
+        """True while the map's iterator reaps its calls itself (seen within ACTIVE_S)."""
+        return now - self.seen < ACTIVE_S
+
+
 class Call:
     """One call of the pool, from submit to its outcome."""
 
-    __slots__ = ("payload", "kind", "future", "slot", "big", "finished", "worker")
+    __slots__ = ("payload", "kind", "future", "slot", "big", "finished", "worker", "result",
+                 "run")
 
-    def __init__(self, payload: bytes, kind: int, future: Future[Any] | None) -> None:
+    def __init__(self, payload: bytes, kind: int, future: CallFuture | None,
+                 run: MapRun | None = None) -> None:
         self.payload = payload
         self.kind = kind
         self.future = future
@@ -90,6 +120,8 @@ class Call:
         self.big: tuple[int, int, int] | None = None   # our side-channel fd, inode, length
         self.finished = False
         self.worker = -1        # for KIND_INIT: the worker it must run on
+        self.result: tuple[bool, Any] | None = None     # KIND_MAP: its outcome, once reaped
+        self.run = run          # KIND_MAP: its map
 
 
 class Engine:
@@ -99,7 +131,9 @@ class Engine:
                  per_worker: int) -> None:
         self.rt = rt
         self.lock = threading.Lock()
-        self.idle = threading.Condition(self.lock)
+        # a map's iterator whose next call waits in the backlog sleeps here
+        self.placed = threading.Condition(self.lock)
+        self.place_waiters = 0
         self.workers = workers
         self.cpus = cpus
         self.flags_off = [rt.arena.task_off(task_of(w)._idx) + T.flags for w in workers]
@@ -122,6 +156,7 @@ class Engine:
         self.slot_call: list[Call | None] = [None] * n
         self.backlog: collections.deque[Call] = collections.deque()
         self.live = 0
+        self.quiet = 0          # KIND_MAP calls in slots (the collector polls for them)
         self.broken: BaseException | None = None
         self.shutting = False
 
@@ -134,12 +169,14 @@ class Engine:
         best, here = -1, -1
         if _getcpu is not None:
             here = _getcpu()
-        for w in range(len(self.workers)):
-            if not self.free[w] or self.parked(w):
+        load32, flags_off, free, inflight, cpus = (self.rt.mem.load32, self.flags_off,
+                                                   self.free, self.inflight, self.cpus)
+        for w in range(len(flags_off)):
+            if not free[w] or load32(flags_off[w]) & L.KF_SHOULD_PARK:
                 continue
-            if best < 0 or self.inflight[w] < self.inflight[best] or \
-                    (self.inflight[w] == self.inflight[best] == 0 and
-                     self.cpus[best] == here and self.cpus[w] != here):
+            if best < 0 or inflight[w] < inflight[best] or \
+                    (inflight[w] == inflight[best] == 0 and
+                     cpus[best] == here and cpus[w] != here):
                 best = w
         return best
 
@@ -150,6 +187,17 @@ class Engine:
             self._place(call, call.worker)
         elif self.backlog or not self._feed_one(call):
             self.backlog.append(call)
+
+    def submit_many_locked(self, calls: list[Call]) -> None:
+        """submit_locked() of each of ``calls``, in order.  Lock held."""
+        self.live += len(calls)
+        backlog = self.backlog
+        i, n = 0, len(calls)
+        if not backlog:
+            while i < n and self._feed_one(calls[i]):
+                i += 1
+        if i < n:
+            backlog.extend(calls[i:] if i else calls)
 
     def _feed_one(self, call: Call) -> bool:
         w = self._pick()
@@ -163,34 +211,40 @@ class Engine:
         backlog = self.backlog
         while backlog:
             call = backlog[0]
-            if call.future is not None and call.future.cancelled():
+            if call.finished or (call.future is not None and call.future.cancelled()):
                 backlog.popleft()
-                self._finished_locked(call)
+                if not call.finished:
+                    self._finished_locked(call)
                 continue
             if not self._feed_one(call):
                 return
             backlog.popleft()
+            if call.kind == KIND_MAP and self.place_waiters:
+                self.placed.notify_all()
 
     def _place(self, call: Call, w: int) -> None:
         pm = self.pm
         slot = self.free[w].pop()
         off = pm.slot_off(slot)
-        if call.big is None and len(call.payload) > INLINE_MAX:
-            call.big = put_big(call.payload)
+        payload = call.payload
+        if call.big is None and len(payload) > INLINE_MAX:
+            call.big = put_big(payload)
             call.payload = b""
         big = call.big
         if big is not None:
             pm.write_body(off, call.kind, 0, big[2], (os.getpid(), big[0], big[1]))
         else:
-            pm.write_inline(off, call.payload)
-            pm.write_body(off, call.kind, 0, len(call.payload), None)
-        self.rt.mem.store32(self.comp_off[slot], 0)         # reinit_completion()
+            pm.write_call(off, call.kind, payload)
+        amem = self.rt.mem
+        amem.store32(self.comp_off[slot], 0)         # reinit_completion()
         pm.mem.store32(off + SLOT.state, QUEUED)
         call.slot = slot
         self.slot_call[slot] = call
         self.inflight[w] += 1
+        if call.kind == KIND_MAP:
+            self.quiet += 1
         self._queue(w, slot)
-        if self.rt.mem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
+        if amem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
             complete(self.kick)           # parking began meanwhile: have it moved
 
     def _queue(self, w: int, slot: int) -> None:
@@ -213,6 +267,9 @@ class Engine:
         mem.fetch_add64(off + SLOT.use_seq, 1)
         mem.store32(off + SLOT.state, FREE)
         w = self.slot_worker[slot]
+        call = self.slot_call[slot]
+        if call is not None and call.kind == KIND_MAP:
+            self.quiet -= 1
         self.slot_call[slot] = None
         self.free[w].append(slot)
         self.inflight[w] -= 1
@@ -223,8 +280,6 @@ class Engine:
             call.big = None
         call.finished = True
         self.live -= 1
-        if self.live == 0:
-            self.idle.notify_all()
 
     # -- reaping ----------------------------------------------------------------
 
@@ -235,11 +290,12 @@ class Engine:
             return None
         pm = self.pm
         off = pm.slot_off(slot)
-        _kind, code, n, pid, fd, ino = pm.read_body(off)
-        try:
-            data = take_big(pid, fd, ino, n) if pid else pm.read_inline(off, n)
-        except OSError as exc:
-            code, data = -1, repr(exc).encode()
+        code, data, big = pm.read_outcome(off)
+        if big is not None:
+            try:
+                data = take_big(*big)
+            except OSError as exc:
+                code, data = -1, repr(exc).encode()
         self._free_slot_locked(slot)
         self._finished_locked(call)
         if self.backlog:
@@ -255,18 +311,15 @@ class Engine:
             if code == OUT_EXC or code < 0:
                 self.fail(self._init_failed(code, data))
             return None
+        if code < 0:
+            got: tuple[bool, Any] = (True, self.broken or OSError(data.decode()))
+        else:
+            got = decode_outcome(code, data)
         fut = call.future
         if fut is None:
-            return None
-        if code < 0:
-            exc: BaseException = self.broken or OSError(data.decode())
-            fut.set_exception(exc)
-            return True, exc
-        got = decode_outcome(code, data)
-        if got[0]:
-            fut.set_exception(got[1])
+            call.result = got           # a map's call: its iterator takes it from here
         else:
-            fut.set_result(got[1])
+            fut.finish(got)
         return got
 
     def _init_failed(self, code: int, data: bytes) -> BaseException:
@@ -279,9 +332,10 @@ class Engine:
         """Reap every DONE slot nobody waits on directly (the collector's pass)."""
         pm, mem = self.pm, self.pm.mem
         out = []
+        now = time.monotonic()
         with self.lock:
             for slot, call in enumerate(self.slot_call):
-                if call is None:
+                if call is None or (call.run is not None and call.run.active(now)):
                     continue
                 off = pm.slot_off(slot)
                 if mem.load32(off + SLOT.state) == DONE and \
@@ -302,11 +356,16 @@ class Engine:
         slot = call.slot
         if slot < 0 or call.finished:
             return timeout, None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pm, amem = self.pm, self.rt.mem
+        pm = self.pm
         mem = pm.mem
         off = pm.slot_off(slot)
         state_off = off + SLOT.state
+        if mem.load32(state_off) == DONE:        # no wait at all: reap it now
+            with self.lock:
+                reaped = self.reap_locked(slot) if self.slot_call[slot] is call else None
+            return timeout, (self.deliver(*reaped) if reaped is not None else None)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        amem = self.rt.mem
         coff = self.comp_off[slot]
         seq_off = coff + C.seq
         spin = self.rt.waits.spin_ns
@@ -345,7 +404,10 @@ class Engine:
     # -- cancel, move, break ----------------------------------------------------
 
     def cancel(self, call: Call) -> bool:
-        """Make sure ``call`` never starts.  Return: True if it will not, False if it started."""
+        """Make sure ``call`` never starts.  Return: True if it will not, False if it started.
+
+        A map's call cancelled gets CancelledError as its outcome.
+        """
         with self.lock:
             if call.finished:
                 return False
@@ -355,7 +417,7 @@ class Engine:
                     self.backlog.remove(call)
                 except ValueError:
                     return False
-                self._finished_locked(call)
+                self._cancelled_locked(call)
                 return True
             off = self.pm.slot_off(slot)
             if self.pm.mem.cmpxchg32(off + SLOT.state, QUEUED, CANCELLED) != QUEUED:
@@ -364,10 +426,19 @@ class Engine:
         self._unqueue(slot, work)
         with self.lock:
             self._free_slot_locked(slot)
-            self._finished_locked(call)
+            self._cancelled_locked(call)
             call.slot = -1
             self.feed_locked()
         return True
+
+    def _cancelled_locked(self, call: Call) -> None:
+        self._finished_locked(call)
+        if call.kind == KIND_MAP:
+            call.result = (True, CancelledError())
+
+    def drop_backlog_call_locked(self, call: Call) -> None:
+        """Cancel a call still in the backlog (it is skipped there).  Lock held."""
+        self._cancelled_locked(call)
 
     def _unqueue(self, slot: int, work: KthreadWork) -> None:
         # Off the worker's list, or waits for a run_slot() that sees CANCELLED and returns.
@@ -420,6 +491,9 @@ class Engine:
             for call in calls:
                 if not call.finished:
                     self._finished_locked(call)
+                    if call.kind == KIND_MAP:
+                        call.result = (True, exc)
+            self.placed.notify_all()
         for call in calls:
             if call.future is not None and not call.future.done():
                 try:

@@ -41,7 +41,8 @@ from .collector import Collector, Watcher
 from .engine import Call, Engine, task_of
 from .errors import BrokenKthreadPool
 from .future import PoolFuture
-from .remote import KIND_CALL, KIND_INIT, run_chunk
+from .mapping import map_calls
+from .remote import KIND_CALL, KIND_INIT, KIND_MAP, run_chunk
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -214,13 +215,14 @@ class KthreadPoolExecutor(Executor):
         Raises: TypeError (fn cannot travel by reference, arguments not
         picklable); RuntimeError after shutdown(); BrokenKthreadPool.
         """
-        eng = self._check_open()
-        call = Call(encode_call(fn, args, kwargs), KIND_CALL, None)
-        fut = PoolFuture()
-        fut._engine, fut._call = eng, call
-        call.future = fut
-        with eng.lock:
+        eng = self._pool.engine
+        if eng.broken is not None or eng.shutting or _exiting:
             self._check_open()
+        call = Call(encode_call(fn, args, kwargs), KIND_CALL, None)
+        fut = call.future = PoolFuture(eng, call)
+        with eng.lock:
+            if eng.broken is not None or eng.shutting:
+                self._check_open()
             eng.submit_locked(call)
         return fut
 
@@ -237,11 +239,18 @@ class KthreadPoolExecutor(Executor):
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        eng = self._check_open()
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        it = zip(*iterables)
-        chunks = iter(lambda: tuple(itertools.islice(it, chunksize)), ())
-        results = super().map(run_chunk, itertools.repeat(fn), chunks, timeout=timeout)
+            head = encode_call(fn, (), None)
+            payloads = [encode_call(fn, args, None, head) for args in zip(*iterables)]
+        else:
+            it = zip(*iterables)
+            chunks = iter(lambda: tuple(itertools.islice(it, chunksize)), ())
+            head = encode_call(run_chunk, (), None)
+            payloads = [encode_call(run_chunk, (fn, chunk), None, head) for chunk in chunks]
+        results = map_calls(eng, payloads, timeout, self._check_open)
+        if chunksize == 1:
+            return results
         return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -259,8 +268,12 @@ class KthreadPoolExecutor(Executor):
             pending = list(eng.backlog) + [c for c in eng.slot_call if c is not None]
         if cancel_futures:
             for call in pending:
+                if call.finished:
+                    continue
                 if call.future is not None:
                     call.future.cancel()
+                elif call.kind == KIND_MAP:
+                    eng.cancel(call)
         pool.begin_shutdown()
         if wait:
             pool.join()

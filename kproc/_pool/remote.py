@@ -36,9 +36,10 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NamedTuple
 
-__all__ = ["SlotRef", "run_slot", "run_chunk", "KIND_CALL", "KIND_INIT"]
+__all__ = ["SlotRef", "run_slot", "run_chunk", "KIND_CALL", "KIND_MAP", "KIND_INIT"]
 
-KIND_CALL, KIND_INIT = 0, 2
+# KIND_MAP: a call of map(); its iterator reaps it, so it never wakes the collector
+KIND_CALL, KIND_MAP, KIND_INIT = 0, 1, 2
 
 if TYPE_CHECKING:
     class SlotRef(NamedTuple):
@@ -158,6 +159,6 @@ def run_slot(work: Any) -> None:
         mem.store32(HEADER.broken, 1)
     mem.store32(off + SLOT.state, DONE)
     att.complete_all(ref.comp)
-    if mem.load32(HEADER.want) and not mem.load32(off + SLOT.direct):
+    if kind != KIND_MAP and mem.load32(HEADER.want) and not mem.load32(off + SLOT.direct):
         if mem.xchg32(HEADER.want, 0):
             complete(ref.kick)
