@@ -428,6 +428,7 @@ class Engine:
             self._free_slot_locked(slot)
             self._cancelled_locked(call)
             call.slot = -1
+            self._wake(self.comps[slot], True)   # a result() waiting on it leaves now
             self.feed_locked()
         return True
 

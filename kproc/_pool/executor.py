@@ -22,14 +22,14 @@ Runs in the caller: any process of the runtime, any of its threads.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
-import warnings
 import weakref
 from concurrent.futures import Executor
 
 from .._core.checks import check_mask
-from .._core.errors import KernelWarning, KthreadError
+from .._core.errors import KthreadError, kernel_warnings_dropped
 from .._core.runtime import get_runtime
 from .._kthread.control import kthread_park, kthread_set_per_cpu, kthread_unpark
 from .._sched.completion import complete
@@ -90,9 +90,9 @@ class _Pool:
             if self.watcher.is_alive():
                 self.watcher.join()
         if not eng.rt.closed:
-            with warnings.catch_warnings():
-                if eng.broken is not None:     # works still queued are dropped on purpose
-                    warnings.simplefilter("ignore", KernelWarning)
+            # works still queued on a broken pool are dropped on purpose
+            with kernel_warnings_dropped() if eng.broken is not None else \
+                    contextlib.nullcontext():
                 for w, worker in enumerate(eng.workers):
                     _destroy(eng, w, worker)
             if self.state >= 0:
