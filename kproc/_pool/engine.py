@@ -5,7 +5,7 @@ A pool has ``S`` call slots per worker (``channel``), each with its own
 the caller makes is a :class:`Call`; it waits in ``backlog`` until a slot is
 free on a worker that is not parked, then is written into the slot and its
 work queued (``kthread_queue_work``).  Whichever thread of the caller first
-sees the slot DONE -- a ``result()`` waiting on it (:meth:`Engine.wait_direct`)
+sees the slot DONE -- a ``result()`` waiting on it (``direct.wait_direct``)
 or the collector thread (``collector``) -- reaps it under ``lock``: the
 outcome is read, the slot freed and the next backlog call placed in it; the
 outcome is then decoded and delivered with the lock dropped (a done-callback
@@ -33,7 +33,7 @@ import os
 from concurrent.futures import CancelledError
 import threading
 import time
-from typing import Any, Protocol
+from typing import Any
 
 from .._core import layout as L
 from .._core import trace as _trace
@@ -48,6 +48,7 @@ from .._workqueue.lists import wake_worker
 from .._workqueue.queue import kthread_queue_work
 from .channel import (CANCELLED, DONE, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
                       close_fd, put_big, take_big)
+from .call import Call
 from .codec import OUT_EXC, decode_outcome
 from .errors import BrokenKthreadPool
 from .remote import KIND_INIT, KIND_MAP, SlotRef, run_slot
@@ -56,7 +57,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Call", "Engine", "MapRun", "task_of"]
+__all__ = ["Engine", "TICK_NS", "current_cpu", "task_of"]
 
 
 def task_of(worker: KthreadWorker) -> Task:
@@ -67,7 +68,6 @@ def task_of(worker: KthreadWorker) -> Task:
     return task
 
 TICK_NS = 100_000_000           # how often a direct wait checks the runtime
-ACTIVE_S = 0.002                # a map's iterator seen this recently reaps its own calls
 T = L.TASK
 C = L.COMPLETION
 
@@ -78,50 +78,9 @@ except ImportError:             # no extension: no CPU preference
     _getcpu = None
 
 
-class CallFuture(Protocol):
-    """What the engine uses of a call's future (``future.PoolFuture``)."""
-
-    def finish(self, got: tuple[bool, Any]) -> None: ...
-
-    def cancel(self) -> bool: ...
-
-    def cancelled(self) -> bool: ...
-
-    def done(self) -> bool: ...
-
-    def set_exception(self, exception: BaseException | None) -> None: ...
-
-
-class MapRun:
-    """What the calls of one ``map()`` share: when their consumer last looked."""
-
-    __slots__ = ("seen",)
-
-    def __init__(self) -> None:
-        self.seen = time.monotonic()
-
-    def active(self, now: float) -> bool:
-        """True while the map's iterator reaps its calls itself (seen within ACTIVE_S)."""
-        return now - self.seen < ACTIVE_S
-
-
-class Call:
-    """One call of the pool, from submit to its outcome."""
-
-    __slots__ = ("payload", "kind", "future", "slot", "big", "finished", "worker", "result",
-                 "run")
-
-    def __init__(self, payload: bytes, kind: int, future: CallFuture | None,
-                 run: MapRun | None = None) -> None:
-        self.payload = payload
-        self.kind = kind
-        self.future = future
-        self.slot = -1          # its slot while it has one
-        self.big: tuple[int, int, int] | None = None   # our side-channel fd, inode, length
-        self.finished = False
-        self.worker = -1        # for KIND_INIT: the worker it must run on
-        self.result: tuple[bool, Any] | None = None     # KIND_MAP: its outcome, once reaped
-        self.run = run          # KIND_MAP: its map
+def current_cpu() -> int:
+    """The CPU this thread runs on, or -1 where the extension is not built."""
+    return _getcpu() if _getcpu is not None else -1
 
 
 class Engine:
@@ -344,62 +303,6 @@ class Engine:
                     if got is not None:
                         out.append(got)
         return out
-
-    def wait_direct(self, call: Call, timeout: float | None
-                    ) -> tuple[float | None, tuple[bool, Any] | None]:
-        """Wait in this thread for ``call``'s slot to be DONE, and reap it.
-
-        Return: (the seconds of ``timeout`` left, None for no timeout, 0 if it
-        ran out; the outcome if this thread reaped it, else None: another
-        thread reaps it, or the call is not in a slot).
-        """
-        slot = call.slot
-        if slot < 0 or call.finished:
-            return timeout, None
-        pm = self.pm
-        mem = pm.mem
-        off = pm.slot_off(slot)
-        state_off = off + SLOT.state
-        if mem.load32(state_off) == DONE:        # no wait at all: reap it now
-            with self.lock:
-                reaped = self.reap_locked(slot) if self.slot_call[slot] is call else None
-            return timeout, (self.deliver(*reaped) if reaped is not None else None)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        amem = self.rt.mem
-        coff = self.comp_off[slot]
-        seq_off = coff + C.seq
-        spin = self.rt.waits.spin_ns
-        if _getcpu is not None and _getcpu() == self.cpus[self.slot_worker[slot]]:
-            spin = 0                     # spinning would only delay the worker
-        wait = self.raw_wait
-        mem.fetch_add32(off + SLOT.direct, 1)
-        reaped = None
-        try:
-            while self.slot_call[slot] is call and self.broken is None:
-                if mem.load32(state_off) == DONE:
-                    with self.lock:
-                        if self.slot_call[slot] is call:
-                            reaped = self.reap_locked(slot)
-                    break
-                snap = amem.load32(seq_off)
-                if amem.load32(coff):
-                    continue
-                if deadline is None:
-                    tick = TICK_NS
-                else:
-                    tick = min(TICK_NS, int((deadline - time.monotonic()) * 1e9))
-                    if tick <= 0:
-                        break
-                if wait(coff, snap, tick, spin, -1, 0) == 0:
-                    self.rt.check_alive()
-        finally:
-            mem.fetch_add32(off + SLOT.direct, -1)
-            if reaped is None:
-                complete(self.kick)       # a DONE we leave is the collector's again
-        got = self.deliver(*reaped) if reaped is not None else None
-        if deadline is None:
-            return None, got
-        return max(0.0, deadline - time.monotonic()), got
 
     # -- cancel, move, break ----------------------------------------------------
 

@@ -38,7 +38,8 @@ from .._workqueue.worker import kthread_create_worker_on_cpu, kthread_destroy_wo
 from . import hotplug
 from .codec import encode_call
 from .collector import Collector, Watcher
-from .engine import Call, Engine, task_of
+from .call import Call
+from .engine import Engine, task_of
 from .errors import BrokenKthreadPool
 from .future import PoolFuture
 from .mapping import map_calls

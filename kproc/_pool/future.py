@@ -33,7 +33,9 @@ from typing import Any
 from concurrent.futures._base import PENDING, RUNNING, FINISHED
 
 from .channel import RUNNING as SLOT_RUNNING, SLOT
-from .engine import Call, Engine
+from .call import Call
+from .direct import wait_direct
+from .engine import Engine
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -131,7 +133,7 @@ class PoolFuture(Future[Any]):
         CancelledError, TimeoutError, BrokenKthreadPool.
         """
         if self._state != FINISHED:
-            timeout, got = self._engine.wait_direct(self._call, timeout)
+            timeout, got = wait_direct(self._engine, self._call, timeout)
             if got is not None:               # reaped here: no second look at the state
                 if got[0]:
                     raise got[1]
@@ -141,5 +143,5 @@ class PoolFuture(Future[Any]):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The call's exception or None (as Future.exception())."""
         if self._state != FINISHED:
-            timeout = self._engine.wait_direct(self._call, timeout)[0]
+            timeout = wait_direct(self._engine, self._call, timeout)[0]
         return super().exception(timeout)

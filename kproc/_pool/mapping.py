@@ -26,7 +26,9 @@ from __future__ import annotations
 
 import time
 
-from .engine import Call, Engine, MapRun
+from .call import Call, MapRun
+from .direct import wait_direct
+from .engine import Engine
 from .remote import KIND_MAP
 
 TYPE_CHECKING = False
@@ -87,7 +89,7 @@ def _wait(eng: Engine, call: Call, run: MapRun, end: float | None) -> tuple[bool
             raise TimeoutError()
         left = None if end is None else end - now
         if call.slot >= 0:
-            got = eng.wait_direct(call, left)[1]
+            got = wait_direct(eng, call, left)[1]
             if got is not None:
                 return got
             continue                      # reaped elsewhere, moved, or out of time
