@@ -46,12 +46,12 @@ from .._workqueue.fastpath import fast_paths, lock_spin_ns
 from .._workqueue.handles import KthreadWork, KthreadWorker
 from .._workqueue.lists import wake_worker
 from .._workqueue.queue import kthread_queue_work
-from .channel import (CANCELLED, DONE, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
+from .channel import (CANCELLED, DONE, DRAIN, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
                       close_fd, put_big, take_big)
 from .call import Call
 from .codec import OUT_EXC, decode_outcome
 from .errors import BrokenKthreadPool
-from .remote import KIND_INIT, KIND_MAP, SlotRef, run_slot
+from .remote import KIND_INIT, KIND_MAP, DrainRef, SlotRef, run_drain, run_slot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -97,20 +97,30 @@ class Engine:
         self.cpus = cpus
         self.flags_off = [rt.arena.task_off(task_of(w)._idx) + T.flags for w in workers]
         n = len(workers) * per_worker
-        self.pm = PoolMemory.create(n)
+        self.per = per_worker
+        self.pm = PoolMemory.create(n, len(workers))
         self.kick = Completion()
         self.comps = [Completion() for _ in range(n)]
         self.comp_off = [c._off for c in self.comps]
         self.slot_worker = [s // per_worker for s in range(n)]
+        # a work per slot, then one drain work per worker (its map calls: remote.run_drain)
         self.works = [KthreadWork(run_slot, SlotRef(self.pm.key, s, self.comps[s], self.kick))
                       for s in range(n)]
+        self.works += [KthreadWork(run_drain, DrainRef(self.pm.key, w, w * per_worker,
+                                                       tuple(self.comps[w * per_worker:
+                                                                        (w + 1) * per_worker]),
+                                                       workers[w]))
+                       for w in range(len(workers))]
+        self.nslots = n
+        self.active_off = [PoolMemory.drain_off(w) + DRAIN.active for w in range(len(workers))]
         self.raw_wait = rt.waits.raw_completion_wait()
         self.cq = fast_paths(rt)[0]
         self.wake_in_c = rt.waits.name == "futex"
         # the C kthread_queue_work()'s arguments per slot, once its work is tied
-        self.fast_args: list[tuple[int, int, int, int, int, int, bool] | None] = [None] * n
-        self.free = [list(range(w * per_worker, (w + 1) * per_worker))[::-1]
-                     for w in range(len(workers))]
+        self.fast_args: list[tuple[int, int, int, int, int, int, bool] | None] = \
+            [None] * len(self.works)
+        # each worker's slots are used in ring order; tail: the ticket of its next call
+        self.tail = [1] * len(workers)
         self.inflight = [0] * len(workers)
         self.slot_call: list[Call | None] = [None] * n
         self.backlog: collections.deque[Call] = collections.deque()
@@ -128,10 +138,12 @@ class Engine:
         best, here = -1, -1
         if _getcpu is not None:
             here = _getcpu()
-        load32, flags_off, free, inflight, cpus = (self.rt.mem.load32, self.flags_off,
-                                                   self.free, self.inflight, self.cpus)
+        load32, flags_off, slot_call, inflight, cpus = (self.rt.mem.load32, self.flags_off,
+                                                        self.slot_call, self.inflight, self.cpus)
+        per, tail = self.per, self.tail
         for w in range(len(flags_off)):
-            if not free[w] or load32(flags_off[w]) & L.KF_SHOULD_PARK:
+            if slot_call[w * per + tail[w] % per] is not None or \
+                    load32(flags_off[w]) & L.KF_SHOULD_PARK:
                 continue
             if best < 0 or inflight[w] < inflight[best] or \
                     (inflight[w] == inflight[best] == 0 and
@@ -183,7 +195,9 @@ class Engine:
 
     def _place(self, call: Call, w: int) -> None:
         pm = self.pm
-        slot = self.free[w].pop()
+        ticket = self.tail[w]
+        self.tail[w] = ticket + 1
+        slot = w * self.per + ticket % self.per
         off = pm.slot_off(slot)
         payload = call.payload
         if call.big is None and len(payload) > INLINE_MAX:
@@ -196,27 +210,32 @@ class Engine:
             pm.write_call(off, call.kind, payload)
         amem = self.rt.mem
         amem.store32(self.comp_off[slot], 0)         # reinit_completion()
-        pm.mem.store32(off + SLOT.state, QUEUED)
+        mem = pm.mem
+        mem.store32(off + SLOT.state, QUEUED)
+        mem.store64(off + SLOT.ticket, ticket)         # after QUEUED: see remote.run_drain
         call.slot = slot
         self.slot_call[slot] = call
         self.inflight[w] += 1
         if call.kind == KIND_MAP:
             self.quiet += 1
-        self._queue(w, slot)
+            if mem.xchg32(self.active_off[w], 1) == 0:
+                self._queue(w, self.nslots + w)     # the worker's drain work
+        else:
+            self._queue(w, slot)
         if amem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
             complete(self.kick)           # parking began meanwhile: have it moved
 
-    def _queue(self, w: int, slot: int) -> None:
-        """kthread_queue_work(), through its C fast path when it takes it."""
-        args = self.fast_args[slot]
+    def _queue(self, w: int, i: int) -> None:
+        """kthread_queue_work() of ``works[i]``, through its C fast path when it takes it."""
+        args = self.fast_args[i]
         cq = self.cq
         r = cq(*args) if cq is not None and args is not None and not _trace.ENABLED else -1
         if r < 0:
-            kthread_queue_work(self.workers[w], self.works[slot])
-            worker, work = self.workers[w], self.works[slot]
+            kthread_queue_work(self.workers[w], self.works[i])
+            worker, work = self.workers[w], self.works[i]
             if self.cq is not None and self.wake_in_c:
-                self.fast_args[slot] = (worker._off, work._off, worker._idx + 1,
-                                        worker._gen, work._gen, lock_spin_ns(), True)
+                self.fast_args[i] = (worker._off, work._off, worker._idx + 1,
+                                     worker._gen, work._gen, lock_spin_ns(), True)
         elif r == 2 and not self.wake_in_c:
             wake_worker(self.rt, self.workers[w]._off)
 
@@ -230,7 +249,6 @@ class Engine:
         if call is not None and call.kind == KIND_MAP:
             self.quiet -= 1
         self.slot_call[slot] = None
-        self.free[w].append(slot)
         self.inflight[w] -= 1
 
     def _finished_locked(self, call: Call) -> None:
@@ -326,7 +344,8 @@ class Engine:
             if self.pm.mem.cmpxchg32(off + SLOT.state, QUEUED, CANCELLED) != QUEUED:
                 return False
             work = self.works[slot]
-        self._unqueue(slot, work)
+        if call.kind != KIND_MAP:             # a map's call has no work: its drain skips it
+            self._unqueue(slot, work)
         with self.lock:
             self._free_slot_locked(slot)
             self._cancelled_locked(call)
@@ -368,7 +387,8 @@ class Engine:
                 if self.pm.mem.cmpxchg32(off + SLOT.state, QUEUED, CANCELLED) == QUEUED:
                     todo.append((slot, call))
         for slot, call in todo:
-            self._unqueue(slot, self.works[slot])
+            if call.kind != KIND_MAP:
+                self._unqueue(slot, self.works[slot])
             with self.lock:
                 self._free_slot_locked(slot)
                 call.slot = -1
