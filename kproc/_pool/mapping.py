@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 
 from .call import Call, MapRun
+from .channel import DONE, SLOT
 from .direct import wait_direct
 from .engine import Engine
 from .remote import KIND_MAP
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["map_calls"]
 
 BACKLOG_TICK = 0.1          # s: how often an iterator waiting on the backlog re-checks
+REAP_AHEAD = 32             # calls an iterator reaps at most past the one it waited for
 
 
 def map_calls(eng: Engine, payloads: list[bytes], timeout: float | None,
@@ -66,6 +68,8 @@ def _results(eng: Engine, calls: list[Call], run: MapRun,
             got = call.result
             if got is None:
                 got = _wait(eng, call, run, end)
+                if len(calls) > 1:
+                    _reap_ahead(eng, calls)
             calls.pop()
             if got[0]:
                 raise got[1]
@@ -73,6 +77,26 @@ def _results(eng: Engine, calls: list[Call], run: MapRun,
     finally:
         run.seen = float("-inf")          # the collector reaps what is left
         _cancel_rest(eng, calls)
+
+
+def _reap_ahead(eng: Engine, calls: list[Call]) -> None:
+    """Reap the calls after the next one (``calls`` is reversed) that are DONE already,
+    in order, under one hold of the lock: their results wait on them."""
+    pm = eng.pm
+    load32, slot_off, slot_call = pm.mem.load32, pm.slot_off, eng.slot_call
+    reaped = []
+    with eng.lock:
+        for j in range(len(calls) - 2, max(-1, len(calls) - 2 - REAP_AHEAD), -1):
+            call = calls[j]
+            slot = call.slot
+            if call.finished or slot < 0 or slot_call[slot] is not call or \
+                    load32(slot_off(slot) + SLOT.state) != DONE:
+                break
+            got = eng.reap_locked(slot)
+            if got is not None:
+                reaped.append(got)
+    for got in reaped:
+        eng.deliver(*got)
 
 
 def _wait(eng: Engine, call: Call, run: MapRun, end: float | None) -> tuple[bool, Any]:
