@@ -121,7 +121,9 @@ def _python_exit() -> None:
         p.join()
 
 
-threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+# as concurrent.futures does: run before the interpreter joins non-daemon threads
+_register_atexit: Callable[[Callable[[], None]], None] = getattr(threading, "_register_atexit")
+_register_atexit(_python_exit)
 
 
 def _check_max_workers(max_workers: object, ncpus: int) -> int:
