@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import threading
+import time
 import weakref
 from concurrent.futures import Executor
 
@@ -242,6 +243,7 @@ class KthreadPoolExecutor(Executor):
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else timeout + time.monotonic()   # from the call
         eng = self._check_open()
         if chunksize == 1:
             head = encode_call(fn, (), None)
@@ -251,7 +253,7 @@ class KthreadPoolExecutor(Executor):
             chunks = iter(lambda: tuple(itertools.islice(it, chunksize)), ())
             head = encode_call(run_chunk, (), None)
             payloads = [encode_call(run_chunk, (fn, chunk), None, head) for chunk in chunks]
-        results = map_calls(eng, payloads, timeout, self._check_open)
+        results = map_calls(eng, payloads, end, self._check_open)
         if chunksize == 1:
             return results
         return itertools.chain.from_iterable(results)

@@ -43,14 +43,14 @@ BACKLOG_TICK = 0.1          # s: how often an iterator waiting on the backlog re
 REAP_AHEAD = 32             # calls an iterator reaps at most past the one it waited for
 
 
-def map_calls(eng: Engine, payloads: list[bytes], timeout: float | None,
+def map_calls(eng: Engine, payloads: list[bytes], end: float | None,
               check_open: Callable[[], object]) -> Iterator[Any]:
     """Submit one call per payload; return the iterator of their results, in order.
 
+    @end: the deadline (time.monotonic()) of the whole map, None for none;
     @check_open: raises if the pool takes no calls (called under the engine's lock).
     Context: any thread of the caller.  Raises: what @check_open raises.
     """
-    end = None if timeout is None else timeout + time.monotonic()
     run = MapRun()
     calls = [Call(p, KIND_MAP, None, run) for p in payloads]
     with eng.lock:
