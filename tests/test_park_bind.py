@@ -145,13 +145,18 @@ def test_set_per_cpu_on_unbound_kthread_warns(rt):
 
 
 def test_unpark_rebinds_a_per_cpu_kthread(rt):
-    task = kproc.kthread_create_on_cpu(kfuncs.park_loop, None, 0, "rebind/%u")
+    """kthread.c 6.15 ``kthread_unpark``: a per-CPU kthread is bound to its CPU
+    again (``__kthread_bind``) before it is woken.  The kthread parks before its
+    threadfn ran and then runs ``park_loop``, which stays alive until stopped."""
+    started = kproc.Completion()
+    task = kproc.kthread_create_on_cpu(kfuncs.park_loop, (started,), 0, "rebind/%u")
     kproc.kthread_set_per_cpu(task, 0)
     assert kproc.kthread_park(task) == 0
     os.sched_setaffinity(task.pid, rt.topology.applicable(rt.housekeeping()))
     kproc.kthread_unpark(task)
+    kproc.wait_for_completion(started)
     assert os.sched_getaffinity(task.pid) == {0}
-    kproc.kthread_stop(task)
+    assert kproc.kthread_stop(task) == 3
 
 
 def test_affine_preferred_before_wake(rt):
