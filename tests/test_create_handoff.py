@@ -69,10 +69,18 @@ def _freeze_creation(rt, kind):
     """SIGSTOP whoever would serve the next create: kthreadd and every spare
     (waiting until each forked spare has renamed itself).  Return: their pids."""
     if kind == "spare":
-        wait_until(lambda: len(_spares(rt)) >= len(_ready(rt)) > 0, 5.0)
-    pids = [rt.kthreadd_pid] + (_spares(rt) if kind == "spare" else [])
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
+        wait_until(lambda: _ready(rt), 5.0)
+    os.kill(rt.kthreadd_pid, signal.SIGSTOP)      # no spare is forked or discarded now
+    pids = [rt.kthreadd_pid]
+    if kind == "spare":
+        mem = rt.arena.mem
+        wait_until(lambda: all(mem.load32(off) != L.SPARE_FORKING for off in POOL), 5.0)
+        for pid in _spares(rt):
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                pids.append(pid)
+            except ProcessLookupError:
+                pass                               # a discarded one, exiting
     return pids
 
 

@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USERCOMP",
            "SWAIT", "WORKER", "WORK", "HOTPLUG", "SMPBOOT", "SMPBOOT_ENTRY", "FN_LEN",
            "SPARE_POOL", "SPARE_EMPTY", "SPARE_READY", "SPARE_DISCARD", "SPARE_CLAIMED",
-           "SPARE_ACK",
+           "SPARE_FORKING", "SPARE_ACK",
            "CPUMASK_BYTES", "MAGIC", "LAYOUT_VERSION", "align"]
 
 MAGIC = 0x4B50524F43303031  # "KPROC001"
@@ -221,11 +221,12 @@ TASK_BLOB = Record("task_blob", [
 FN_LEN = struct.Struct("<I")          # length of the threadfn pickle in the payload
 
 # The spare pool (HEADER.spares, kproc._kthread.spares): one word per entry, the
-# futex word its spare child sleeps on.  EMPTY: no spare; READY: a spare waits;
+# futex word its spare child sleeps on.  EMPTY: no spare; FORKING: kthreadd is
+# forking one (it turns the word READY once it waits); READY: a spare waits;
 # DISCARD: kthreadd tells it to exit; CLAIMED + i: a creator gave it task slot i;
 # | ACK once the spare has read that (kthreadd may then reuse the entry).
 SPARE_POOL = 16
-SPARE_EMPTY, SPARE_READY, SPARE_DISCARD, SPARE_CLAIMED = 0, 1, 2, 3
+SPARE_EMPTY, SPARE_READY, SPARE_DISCARD, SPARE_FORKING, SPARE_CLAIMED = 0, 1, 2, 3, 4
 SPARE_ACK = 1 << 31
 
 USERCOMP = Record("usercomp", [

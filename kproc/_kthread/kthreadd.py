@@ -312,12 +312,9 @@ class Kthreadd(Reaper):
         self.pool.open(entry)
         try:
             pid = os.fork()
-        except OSError as exc:
+        except OSError:
             self.pool.target = self.pool.base = 0    # out of processes: stop trying
-            idx = self.pool.unopen(entry)
-            if idx is not None:
-                self._fail_create(self.arena.task_off(idx), -(exc.errno or errno.EAGAIN),
-                                  f"fork failed: {exc}")
+            self.pool.unopen(entry)
             return
         if pid == 0:
             _kthread.after_fork(self.rt, self._child_closes())

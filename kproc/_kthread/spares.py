@@ -8,14 +8,16 @@ The pool is ``HEADER.spares``: ``SPARE_POOL`` words, each the futex word one
 spare child sleeps on.  A word is
 
 * ``SPARE_EMPTY``: no spare (kthreadd may fork one onto the entry);
+* ``SPARE_FORKING``: kthreadd is forking one; the child turns it READY once
+  it is set up and about to sleep (a creator never waits for a fork);
 * ``SPARE_READY``: a spare sleeps on it, with no Python running;
 * ``SPARE_DISCARD``: kthreadd tells the spare to exit (it lacks a module);
 * ``SPARE_CLAIMED + i``: a creator CASed READY to it, giving the spare task
   slot ``i``; the spare ORs in ``SPARE_ACK`` once it has read it.
 
-Who writes what: kthreadd alone turns EMPTY into READY (just before the fork:
-the child inherits the word, claimed or not), READY into DISCARD, and an
-ACKed or dead spare's entry back into EMPTY; a creator (or kthreadd serving
+Who writes what: kthreadd alone turns EMPTY into FORKING (just before the
+fork), FORKING or READY into DISCARD, and an ACKed or dead spare's entry back
+into EMPTY; the spare alone turns FORKING into READY; a creator (or kthreadd serving
 the create list) alone turns READY into CLAIMED, under the arena lock with
 the slot already written, so the claim is the last step of a create's
 critical section and a creator killed at any point leaves either no claim or
@@ -68,6 +70,7 @@ def spare_wait(rt: Runtime, off: int) -> int | None:
     or None when kthreadd discarded it (or the entry is no longer its own).
     """
     mem, wait = rt.mem, rt.waits.wait
+    mem.cmpxchg32(off, L.SPARE_FORKING, L.SPARE_READY)   # fails only if discarded
     while True:
         word = mem.load32(off)
         if word == L.SPARE_READY:
@@ -96,10 +99,10 @@ class SparePool:
         self.recorded = [False] * L.SPARE_POOL  # its claim is known to kthreadd
 
     def ready(self) -> int:
-        """How many spares wait unclaimed."""
+        """How many spares wait unclaimed (or are about to)."""
         mem = self.rt.mem
         return sum(1 for e, pid in enumerate(self.pids)
-                   if pid and mem.load32(_OFFS[e]) == L.SPARE_READY)
+                   if pid and mem.load32(_OFFS[e]) in (L.SPARE_READY, L.SPARE_FORKING))
 
     def short(self) -> bool:
         """Fewer spares on their entries than the target (counting claimed ones
@@ -114,21 +117,18 @@ class SparePool:
             return -1
 
     def open(self, entry: int) -> None:
-        """kthreadd is about to fork a spare for ``entry``: creators may claim it
-        from now on (the child inherits the word as it is at the fork)."""
+        """kthreadd is about to fork a spare for ``entry`` (FORKING: the child makes
+        it READY, claimable, once it is about to sleep)."""
         self.recorded[entry] = False
-        self.rt.mem.store32(_OFFS[entry], L.SPARE_READY)
+        self.rt.mem.store32(_OFFS[entry], L.SPARE_FORKING)
 
     def add(self, entry: int, pid: int) -> None:
         """kthreadd forked spare ``pid`` for ``entry``."""
         self.pids[entry] = pid
 
-    def unopen(self, entry: int) -> int | None:
-        """The fork for ``entry`` failed.  Return: the slot a creator claimed it
-        for meanwhile (whose create must then fail), or None."""
-        mem, off = self.rt.mem, _OFFS[entry]
-        word = mem.xchg32(off, L.SPARE_EMPTY)
-        return None if word < L.SPARE_CLAIMED else (word & ~L.SPARE_ACK) - L.SPARE_CLAIMED
+    def unopen(self, entry: int) -> None:
+        """The fork for ``entry`` failed (nobody could claim it yet)."""
+        self.rt.mem.store32(_OFFS[entry], L.SPARE_EMPTY)
 
     def missed(self) -> None:
         """A create found no spare ready: keep one more from now on."""
@@ -174,7 +174,7 @@ class SparePool:
         mem, off = self.rt.mem, _OFFS[e]
         claim = None
         if mem.cmpxchg32(off, L.SPARE_READY, L.SPARE_EMPTY) != L.SPARE_READY:
-            word = mem.load32(off)
+            word = mem.load32(off)    # claimed, discarded, or it died while FORKING
             if word >= L.SPARE_CLAIMED and not self.recorded[e]:
                 claim = (pid, (word & ~L.SPARE_ACK) - L.SPARE_CLAIMED)
         self._free(e)
@@ -189,11 +189,11 @@ class SparePool:
         """Tell all ready spares but ``keep`` to exit (they are reaped as usual)."""
         mem = self.rt.mem
         for e, pid in enumerate(self.pids):
-            if pid and mem.load32(_OFFS[e]) == L.SPARE_READY:
+            word = mem.load32(_OFFS[e])
+            if pid and word in (L.SPARE_READY, L.SPARE_FORKING):
                 if keep:
                     keep -= 1
-                elif mem.cmpxchg32(_OFFS[e], L.SPARE_READY, L.SPARE_DISCARD) == \
-                        L.SPARE_READY:
+                elif mem.cmpxchg32(_OFFS[e], word, L.SPARE_DISCARD) == word:
                     self.rt.waits.wake(_OFFS[e])
 
     def shrink(self) -> None:
