@@ -1,4 +1,5 @@
-"""Faults: SIGKILL of a kthread, of kthreadd, of the owner; abandoned creates (SPEC §5)."""
+"""Faults: SIGKILL of a kthread, of kthreadd, of the owner (SPEC §5); abandoned creates
+are in test_create_handoff.py, for each hand-off."""
 
 import errno
 import os
@@ -14,7 +15,7 @@ import pytest
 
 import kproc
 from fns import kthread as kfuncs
-from helpers import kproc_shm_entries, live_kthreads, run_started, wait_until
+from helpers import kproc_shm_entries, run_started, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -136,40 +137,3 @@ def test_sigkill_of_owner_leaves_no_process_and_no_shm(backend):
         owner.wait()
         owner.stdin.close()
         owner.stdout.close()
-
-
-def test_interrupted_create_is_abandoned_and_leaves_no_orphan(rt):
-    os.kill(rt.kthreadd_pid, signal.SIGSTOP)
-
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGALRM, handler)
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
-        with pytest.raises(KeyboardInterrupt):
-            kproc.kthread_create(kfuncs.ret_value, 0, "abandoned")
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        os.kill(rt.kthreadd_pid, signal.SIGCONT)
-    wait_until(lambda: not live_kthreads(rt), 2.0)
-    t = kproc.kthread_create(kfuncs.ret_value, 0, "next")     # the runtime still works
-    assert kproc.kthread_stop(t) == -errno.EINTR
-
-
-def test_creator_killed_while_waiting_leaves_no_orphan(rt):
-    # kthreadd is stopped *before* the creator asks, so the request is certainly
-    # still queued when the creator dies (kthreadd serves a create in ~0.2 ms).
-    go = kproc.Completion()
-    creator = kproc.kthread_run(kfuncs.create_and_hang, (go,), "creator")
-    os.kill(rt.kthreadd_pid, signal.SIGSTOP)
-    try:
-        kproc.complete(go)
-        wait_until(lambda: rt.arena.hget("create_head") != 0, 2.0)
-        os.kill(creator.pid, signal.SIGKILL)
-    finally:
-        os.kill(rt.kthreadd_pid, signal.SIGCONT)
-    assert kproc.kthread_stop(creator) == -errno.EOWNERDEAD
-    wait_until(lambda: not live_kthreads(rt), 2.0,
-               message="an abandoned create produced an orphan kthread")

@@ -37,13 +37,15 @@ if TYPE_CHECKING:
     Fmt = str | tuple[str, int]
 
 __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USERCOMP",
-           "SWAIT", "WORKER", "WORK", "HOTPLUG", "SMPBOOT", "SMPBOOT_ENTRY", "SPARE_MSG", "FN_LEN",
+           "SWAIT", "WORKER", "WORK", "HOTPLUG", "SMPBOOT", "SMPBOOT_ENTRY", "FN_LEN",
+           "SPARE_POOL", "SPARE_EMPTY", "SPARE_READY", "SPARE_DISCARD", "SPARE_CLAIMED",
+           "SPARE_FORKING", "SPARE_ACK",
            "CPUMASK_BYTES", "MAGIC", "LAYOUT_VERSION", "align"]
 
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 # Bumped whenever a record below changes shape: ``kproc ps`` reads arenas of
 # other runtimes (maybe of another kproc version) only when theirs matches.
-LAYOUT_VERSION = 5          # 5: HOTPLUG's AP job fields, SMPBOOT's key/order/selfparking
+LAYOUT_VERSION = 6          # 6: HEADER's spare pool; 5: HOTPLUG's AP job fields, SMPBOOT's ...
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
 
 _SIZES: dict[str, int] = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
@@ -168,6 +170,7 @@ HEADER = Record("header", [
     ("worker_hint", "I"),
     ("freezing", "I"),         # pm_freezing: freeze_kthreads() in force
     ("freeze_seq", "I"),       # futex word frozen kthreads sleep on
+    ("spares", ("bytes", 4 * 16)),             # the spare pool: SPARE_POOL words, SPARE_*
     ("lock", ("bytes", MUTEX_BYTES)),          # kthread_create_lock + table lock
     ("posix_waiters", ("bytes", 4 * 64)),      # posix backend: waiters, wake gen per channel
     ("allowed", ("bytes", CPUMASK_BYTES)),  # CPUs kthreadd may use (cpuset)
@@ -217,8 +220,14 @@ TASK_BLOB = Record("task_blob", [
 ], stride=BLOB_SIZE)
 FN_LEN = struct.Struct("<I")          # length of the threadfn pickle in the payload
 
-# kthreadd -> spare hand-off over the spare's pipe: (task slot index, generation).
-SPARE_MSG = struct.Struct("=II")
+# The spare pool (HEADER.spares, kproc._kthread.spares): one word per entry, the
+# futex word its spare child sleeps on.  EMPTY: no spare; FORKING: kthreadd is
+# forking one (it turns the word READY once it waits); READY: a spare waits;
+# DISCARD: kthreadd tells it to exit; CLAIMED + i: a creator gave it task slot i;
+# | ACK once the spare has read that (kthreadd may then reuse the entry).
+SPARE_POOL = 16
+SPARE_EMPTY, SPARE_READY, SPARE_DISCARD, SPARE_FORKING, SPARE_CLAIMED = 0, 1, 2, 3, 4
+SPARE_ACK = 1 << 31
 
 USERCOMP = Record("usercomp", [
     ("gen", "I"), ("inuse", "I"), ("owner", "i"), ("pad", "I"),

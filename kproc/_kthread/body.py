@@ -28,6 +28,7 @@ import traceback
 
 from .._core import layout as L
 from .._core.blobs import read_blob, store_traceback
+from .._core.funcref import prepare_main
 from .._core import syscalls as _sys
 from .._core.runtime import Runtime, current_runtime, install
 from .._sched.completion import Completion, complete
@@ -95,6 +96,8 @@ def kthread_main(rt: Runtime, idx: int, gen: int) -> NoReturn:
             _trace.after_fork()
             _trace.name_process(name)
         try:
+            if b"__main__" in fn_pickle or b"_main__" in data_pickle:
+                prepare_main(rt)        # a spare forked before kthreadd imported it
             threadfn = pickle.loads(fn_pickle)
             data = pickle.loads(data_pickle)
         except BaseException as exc:

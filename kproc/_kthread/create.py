@@ -1,10 +1,13 @@
 """Creating kthreads from any process (kernel: kthread.c kthread_create_on_node()).
 
 The caller checks every argument, takes a free task slot, writes the name and
-the pickled threadfn and data into its blob, queues the slot on the create
-list (``kthread_create_list``), wakes kthreadd and waits on the slot's
-``done`` completion.  kthreadd forks; the child publishes itself and sleeps
-in TASK_UNINTERRUPTIBLE until its first ``wake_up_process``.
+the pickled threadfn and data into its blob, then, in the same critical
+section, claims a ready spare child of kthreadd (``spares``: the spare
+becomes the kthread, one hop) or, with none ready, queues the slot on the
+create list (``kthread_create_list``) for kthreadd; it wakes the one or the
+other and waits on the slot's ``done`` completion.  The child publishes
+itself and sleeps in TASK_UNINTERRUPTIBLE until its first ``wake_up_process``;
+kthreadd is woken after a claim to replenish the pool.
 
 The race this prevents (``__kthread_create_on_node``): a caller interrupted
 (or killed) while waiting abandons the request through the hand-off word
@@ -33,6 +36,7 @@ from .._core.runtime import Runtime, get_runtime
 from .._sched.completion import wait_at
 from .._sched.task import Task, TaskState
 from .control import kthread_bind, request_stop, trace_event, wake_up_process
+from .spares import claim_spare
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -128,7 +132,7 @@ def _create(rt: Runtime, raw_name: bytes, fn_pickle: bytes, data_pickle: bytes,
     """
     arena, mem = rt.arena, rt.mem
     mask = _sys.signal_mask()
-    base, pinned = -1, False
+    base, pinned, spare = -1, False, -1
     try:
         _sys.block_async_signals(mask)
         with arena.locked():
@@ -141,17 +145,24 @@ def _create(rt: Runtime, raw_name: bytes, fn_pickle: bytes, data_pickle: bytes,
             mem.store32(base + T.state, TaskState.TASK_NEW)
             mem.store32(base + T.refs, 1)              # the creator's pin until published
             pinned = True
-            tail = arena.hget("create_tail")
-            if tail:
-                mem.store32(arena.task_off(tail - 1) + T.next, idx + 1)
-            else:
-                arena.hset("create_head", idx + 1)
-            arena.hset("create_tail", idx + 1)
-        rt.wake_kthreadd()
+            spare = claim_spare(rt, idx)
+            if spare < 0:
+                tail = arena.hget("create_tail")
+                if tail:
+                    mem.store32(arena.task_off(tail - 1) + T.next, idx + 1)
+                else:
+                    arena.hset("create_head", idx + 1)
+                arena.hset("create_tail", idx + 1)
+        if spare < 0:
+            rt.wake_kthreadd()
+        else:
+            rt.waits.wake(spare)
         task = Task(rt, idx, gen)
         _sys.restore_signal_mask(mask)     # a Ctrl-C deferred so far is raised here
         wait_at(rt, base + T.done, None, "killable")
         _sys.block_async_signals(mask)
+        if spare >= 0:
+            rt.wake_kthreadd()             # to replenish the pool, off the critical path
         mem.fetch_add32(base + T.refs, -1)
         pinned = False
         if mem.cmpxchg32(base + T.handoff, L.HANDOFF_PUBLISHED, L.HANDOFF_TAKEN) != \

@@ -15,14 +15,18 @@ dirtying it), reports "ok" and serves:
 * EOF on the alive pipe (the owner died or shut down): kill every kthread,
   reap them and exit.
 
-Spare children.  A fork costs kthreadd ~1-1.5 ms; to keep it off the
-creator's path kthreadd keeps ``KPROC_SPARES`` (default 2) children forked in
-advance, each blocked reading its own pipe.  A create hands a spare its slot
-(8 bytes: index, generation) and the spare becomes the kthread; kthreadd forks
-a replacement when no request is pending.  Spares forked before kthreadd
-imported a new module (threadfn's module, ``__main__``) lack it, so they are
-discarded when that happens.  Spares are named ``kproc-spare`` and die with
-kthreadd like kthreads.
+Spare children (``spares``).  A fork costs kthreadd ~0.5-1.5 ms; to keep it
+off the creator's path kthreadd keeps ``KPROC_SPARES`` (default 2, more while
+creates come fast) children forked in advance, each asleep on its word of the
+arena's spare pool.  A creator claims one itself (it gives it its slot) and
+the spare becomes the kthread; kthreadd learns the claim on its next wake-up
+(before it reaps anything), imports the threadfn's module for later forks, and
+forks a replacement when no request is pending.  A request that found no
+spare ready comes through the create list as before, and kthreadd claims a
+spare for it or forks.  Spares forked before kthreadd imported a new module
+(threadfn's module, ``__main__``) lack it, so they are discarded when that
+happens (a claimed one imports it itself).  Spares are named ``kproc-spare``
+and die with kthreadd like kthreads.
 
 It waits in ``select`` on three descriptors (eventfd, alive pipe, SIGCHLD
 wake-up pipe), so it is single-threaded and forking is safe.
@@ -52,6 +56,7 @@ from .._core.topology import Topology
 from .._core.wait import FutexWaits, PosixWaits, create_semaphores, unlink_semaphores
 from . import body as _kthread
 from .reap import Reaper
+from .spares import SparePool, spare_wait
 from . import affinity as _affinity  # noqa: F401  preloaded: every fork has it
 from .._sched import completion as _completion  # noqa: F401  preloaded
 from . import control as _control  # noqa: F401  preloaded
@@ -132,10 +137,10 @@ class Kthreadd(Reaper):
         # pid -> (slot index, generation); None for a spare at teardown
         self.children: dict[int, tuple[int, int] | None] = {}
         self.inflight: dict[int, int] = {}  # slot index -> creator pid, until published
-        self.spares: list[tuple[int, int]] = []  # (pid, write end of its assignment pipe)
         spares = env_number("KPROC_SPARES")
-        self.spare_target = 2 if spares is None else int(spares)
+        self.pool = SparePool(self.rt, 2 if spares is None else int(spares))
         self.spare_modules = len(sys.modules)
+        self.prepared: set[bytes] = set()   # threadfn pickles whose modules are imported
         _sys.reset_scheduling()
         self._set_allowed_and_affinity()
         for mod in boot["preload"]:
@@ -204,15 +209,20 @@ class Kthreadd(Reaper):
 
     def serve(self) -> NoReturn:
         """Serve creates and reap until the owner goes away; never returns."""
+        pool = self.pool
         while True:
-            short = len(self.spares) < self.spare_target
+            short = pool.short()
+            idle = None if pool.target <= pool.base else IDLE_S
             try:
                 ready, _, _ = select.select([self.wake_fd, self.alive_fd, self.sig_r], [], [],
-                                            0 if short else None)
+                                            0 if short else idle)
             except InterruptedError:
                 continue
-            if not ready and short:
-                self.fork_spare()      # only when no request is pending
+            if not ready:
+                if short:
+                    self.fork_spare()      # only when no request is pending
+                else:
+                    pool.shrink()
                 continue
             if self.alive_fd in ready and not os.read(self.alive_fd, 4096):
                 self.teardown()
@@ -223,7 +233,35 @@ class Kthreadd(Reaper):
                 self.reap()
             if self.wake_fd in ready:
                 _drain(self.wake_fd)
+                self.collect_claims()
                 self.serve_creates()
+
+    def collect_claims(self) -> None:
+        """Record every spare a creator claimed since last time as the kthread of
+        its slot (kthreadd's children and inflight), and import its threadfn's
+        module for the forks to come.  Called before anything is reaped."""
+        for pid, idx in self.pool.collect():
+            self._record_claim(pid, idx)
+        if len(sys.modules) != self.spare_modules:
+            self.pool.discard()
+            self.spare_modules = len(sys.modules)
+
+    def _record_claim(self, pid: int, idx: int) -> None:
+        arena, T = self.arena, L.TASK
+        base = arena.task_off(idx)
+        self.children[pid] = (idx, arena.mem.load32(base + T.gen))
+        self.inflight[idx] = L.unpack_field(arena.buf, base, T, "creator")
+        self._prepare_threadfn(idx, base)
+
+    def reap(self) -> None:
+        """Reap every exited child, after recording the claims made so far."""
+        self.collect_claims()
+        super().reap()
+
+    def reaped_spare(self, pid: int) -> None:
+        claim = self.pool.reaped(pid)
+        if claim is not None:
+            self._record_claim(*claim)
 
     def serve_creates(self) -> None:
         """Pop every pending create request and fork a kthread for each."""
@@ -240,6 +278,7 @@ class Kthreadd(Reaper):
                 with arena.locked():
                     arena.free_task(idx)
                 continue
+            self.pool.missed()
             self.create_kthread(idx, base)
 
     def create_kthread(self, idx: int, base: int) -> None:
@@ -249,8 +288,9 @@ class Kthreadd(Reaper):
         gen = mem.load32(base + T.gen)
         self._prepare_threadfn(idx, base)
         if len(sys.modules) != self.spare_modules:
-            self.discard_spares()
-        pid = self._assign_spare(idx, gen)
+            self.pool.discard()
+            self.spare_modules = len(sys.modules)
+        pid = self.pool.claim(idx)
         if pid is None:
             try:
                 pid = os.fork()
@@ -264,48 +304,28 @@ class Kthreadd(Reaper):
         self.children[pid] = (idx, gen)
         self.inflight[idx] = L.unpack_field(arena.buf, base, T, "creator")
 
-    def _assign_spare(self, idx: int, gen: int) -> int | None:
-        while self.spares:
-            pid, wfd = self.spares.pop(0)
-            try:
-                os.write(wfd, L.SPARE_MSG.pack(idx, gen))
-                return pid
-            except OSError:
-                continue            # that spare died: try the next one
-            finally:
-                os.close(wfd)
-        return None
-
     def fork_spare(self) -> None:
-        """Fork one spare child, blocked until it is handed a slot."""
-        r, w = os.pipe2(os.O_CLOEXEC)
+        """Fork one spare child onto a free pool entry, asleep until claimed."""
+        entry = self.pool.free_entry()
+        if entry < 0:
+            return
+        self.pool.open(entry)
         try:
             pid = os.fork()
         except OSError:
-            os.close(r)
-            os.close(w)
-            self.spare_target = len(self.spares)   # out of processes: stop trying
+            self.pool.target = self.pool.base = 0    # out of processes: stop trying
+            self.pool.unopen(entry)
             return
         if pid == 0:
-            _kthread.after_fork(self.rt, self._child_closes() + (w,) +
-                                tuple(fd for _, fd in self.spares))
+            _kthread.after_fork(self.rt, self._child_closes())
             _sys.set_comm("kproc-spare")
-            try:
-                idx, gen = read_record(r, L.SPARE_MSG)
-            except EOFError:
+            idx = spare_wait(self.rt, self.pool.offset(entry))
+            if idx is None:
                 os._exit(0)                         # discarded
-            os.close(r)
-            _kthread.kthread_main(self.rt, idx, gen)
+            base = self.arena.task_off(idx)
+            _kthread.kthread_main(self.rt, idx, self.arena.mem.load32(base + L.TASK.gen))
             os._exit(1)
-        os.close(r)
-        self.spares.append((pid, w))
-        self.spare_modules = len(sys.modules)
-
-    def discard_spares(self) -> None:
-        """Let every spare exit (they read EOF); they are reaped as usual."""
-        for _, wfd in self.spares:
-            os.close(wfd)
-        self.spares = []
+        self.pool.add(entry, pid)
 
     def _prepare_threadfn(self, idx: int, base: int) -> None:
         """Import threadfn's module here once, so that every later fork has it.
@@ -317,6 +337,10 @@ class Kthreadd(Reaper):
         """
         try:
             _, fn_pickle, data_pickle = read_blob(self.arena, idx, base)
+            if fn_pickle in self.prepared and b"_main__" not in data_pickle:
+                return
+            if len(self.prepared) < 256:
+                self.prepared.add(fn_pickle)
             if b"__main__" in fn_pickle or b"_main__" in data_pickle:
                 prepare_main(self.rt)
             for mod in modules_named(fn_pickle):
@@ -331,9 +355,11 @@ class Kthreadd(Reaper):
     def teardown(self) -> NoReturn:
         """The owner is gone: kill every kthread, reap them, and exit."""
         self.arena.mem.store32(L.HEADER.alive, 0)
-        for pid, _ in self.spares:
+        for pid, idx in self.pool.collect():
+            base = self.arena.task_off(idx)
+            self.children[pid] = (idx, self.arena.mem.load32(base + L.TASK.gen))
+        for pid in self.pool.live():
             self.children.setdefault(pid, None)
-        self.discard_spares()
         for pid in list(self.children):
             try:
                 os.kill(pid, signal.SIGKILL)
@@ -350,6 +376,9 @@ class Kthreadd(Reaper):
         if _trace.ENABLED:
             _trace.flush()
         os._exit(0)
+
+
+IDLE_S = 2.0       # kthreadd idle this long with extra spares: back to the base count
 
 
 def _noop(signum: int, frame: FrameType | None) -> None:

@@ -52,6 +52,9 @@ class Reaper:
         store_traceback(self.arena, base, text)
         self.rt.waits.completion_complete(base + T.done, False)
 
+    def reaped_spare(self, pid: int) -> None:
+        """Child ``pid``, not a known kthread, exited (kthreadd: a spare's entry is freed)."""
+
     # -- reaping -----------------------------------------------------------------
 
     def reap(self) -> None:
@@ -64,6 +67,9 @@ class Reaper:
             if pid == 0:
                 return
             entry = self.children.pop(pid, None)
+            if entry is None:
+                self.reaped_spare(pid)       # a spare: claimed just before it died?
+                entry = self.children.pop(pid, None)
             if entry is not None:
                 self._record_exit(pid, status, *entry)
             self._abandon_creates_of(pid)

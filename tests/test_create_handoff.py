@@ -1,0 +1,310 @@
+"""The two create hand-offs, each under faults: a spare claimed by the creator
+through the arena's spare pool, and the create list served by kthreadd.
+
+Kernel rules (kernel/kthread.c, 6.15): a creator that gives up or dies leaves
+no kthread nobody holds (``__kthread_create_on_node``: ``xchg(&create->done,
+NULL)`` and the kthread's own check in ``kthread()``); a create that cannot
+be served ends its creator's wait (``-EINTR``/``-ENOMEM``).
+"""
+
+import errno
+import os
+import signal
+import sys
+import textwrap
+import threading
+import time
+
+import psutil
+import pytest
+
+import kproc
+from kproc._core import layout as L
+from kproc._core.blobs import write_blob
+from kproc._core.funcref import pickle_data, pickle_function
+from kproc._kthread.spares import claim_spare
+from fns import kthread as kfuncs
+from helpers import live_kthreads, run_started, wait_until
+
+pytestmark = pytest.mark.timeout(40)
+
+POOL = [L.HEADER.spares + 4 * e for e in range(L.SPARE_POOL)]
+
+
+@pytest.fixture(params=["spare", "list"])
+def handoff(request, monkeypatch):
+    """(runtime, hand-off): "spare" keeps the default spares (a create claims one),
+    "list" runs with KPROC_SPARES=0 (every create goes through kthreadd)."""
+    if request.param == "list":
+        monkeypatch.setenv("KPROC_SPARES", "0")
+    rt = kproc.start()
+    try:
+        if request.param == "spare":
+            wait_until(lambda: _ready(rt), 5.0, message="no spare became ready")
+        yield rt, request.param
+    finally:
+        rt.shutdown()
+
+
+def _ready(rt):
+    return [off for off in POOL if rt.arena.mem.load32(off) == L.SPARE_READY]
+
+
+def _claimed(rt):
+    return [off for off in POOL if rt.arena.mem.load32(off) >= L.SPARE_CLAIMED]
+
+
+def _spares(rt):
+    out = []
+    for p in psutil.Process(rt.kthreadd_pid).children():
+        try:
+            if p.name() == "kproc-spare":
+                out.append(p.pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def _freeze_creation(rt, kind):
+    """SIGSTOP whoever would serve the next create: kthreadd and every spare
+    (waiting until each forked spare has renamed itself).  Return: their pids."""
+    if kind == "spare":
+        wait_until(lambda: _ready(rt), 5.0)
+    os.kill(rt.kthreadd_pid, signal.SIGSTOP)      # no spare is forked or discarded now
+    pids = [rt.kthreadd_pid]
+    if kind == "spare":
+        mem = rt.arena.mem
+        wait_until(lambda: all(mem.load32(off) != L.SPARE_FORKING for off in POOL), 5.0)
+        for pid in _spares(rt):
+            try:
+                os.kill(pid, signal.SIGSTOP)
+                pids.append(pid)
+            except ProcessLookupError:
+                pass                               # a discarded one, exiting
+    return pids
+
+
+def _thaw(pids):
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def _asked(rt, kind):
+    return _claimed(rt) if kind == "spare" else rt.arena.hget("create_head") != 0
+
+
+def _held_slots(rt):
+    """Task slots neither free nor dead-and-unpinned: held by a lost create."""
+    mem, T, out = rt.arena.mem, L.TASK, []
+    for idx in range(rt.arena.params.max_kthreads):
+        base = rt.arena.task_off(idx)
+        slot = mem.load32(base + T.slot)
+        if slot not in (L.SLOT_FREE, L.SLOT_DEAD) or \
+                slot == L.SLOT_DEAD and mem.load32(base + T.refs):   # a free slot is zeroed
+            out.append((idx, slot, mem.load32(base + T.refs), mem.load32(base + T.handoff),
+                        mem.load32(base + T.state)))
+    return out
+
+
+def _wait_no_slot_held(rt):
+    try:
+        wait_until(lambda: not _held_slots(rt), 2.0)
+    except AssertionError:
+        assert _held_slots(rt) == [], "(index, slot, refs, handoff, state) of slots held"
+
+
+def test_a_create_with_a_spare_ready_is_served_by_that_spare(handoff):
+    rt, kind = handoff
+    if kind != "spare":
+        pytest.skip("the spare hand-off only")
+    spares = set(_spares(rt))
+    wait_until(lambda: spares and len(_ready(rt)) >= 1, 5.0)
+    os.kill(rt.kthreadd_pid, signal.SIGSTOP)       # kthreadd takes no part in it
+    try:
+        started = kproc.Completion()
+        t = kproc.kthread_create(kfuncs.time_sleep, (0, started), "from-spare")
+        assert t.pid in spares
+        kproc.wake_up_process(t)
+        kproc.wait_for_completion(started)
+        assert kproc.kthread_stop(t) == 9
+    finally:
+        os.kill(rt.kthreadd_pid, signal.SIGCONT)
+    assert psutil.Process(t.pid).ppid() == rt.kthreadd_pid if psutil.pid_exists(t.pid) \
+        else True
+
+
+def test_interrupted_create_is_abandoned_and_leaves_no_orphan(handoff):
+    rt, kind = handoff
+    frozen = _freeze_creation(rt, kind)
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGALRM, handler)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(KeyboardInterrupt):
+            kproc.kthread_create(kfuncs.ret_value, 0, "abandoned")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        _thaw(frozen)
+    wait_until(lambda: not live_kthreads(rt), 2.0)
+    _wait_no_slot_held(rt)
+    t = kproc.kthread_create(kfuncs.ret_value, 0, "next")     # the runtime still works
+    assert kproc.kthread_stop(t) == -errno.EINTR
+
+
+def test_creator_killed_while_waiting_leaves_no_orphan(handoff):
+    """kthreadd (and the spares) are stopped *before* the creator asks, so its
+    request is certainly unserved when the creator dies."""
+    rt, kind = handoff
+    go = kproc.Completion()
+    creator = kproc.kthread_run(kfuncs.create_and_hang, (go,), "creator")
+    wait_until(lambda: kind == "list" or _ready(rt), 5.0)
+    frozen = _freeze_creation(rt, kind)
+    try:
+        kproc.complete(go)
+        wait_until(lambda: _asked(rt, kind), 2.0)
+        os.kill(creator.pid, signal.SIGKILL)
+    finally:
+        _thaw(frozen)
+    assert kproc.kthread_stop(creator) == -errno.EOWNERDEAD
+    wait_until(lambda: not live_kthreads(rt), 2.0,
+               message="an abandoned create produced an orphan kthread")
+    _wait_no_slot_held(rt)
+
+
+def test_creator_killed_after_its_claim_before_the_wake(handoff):
+    """A claim whose wake-up never came (the creator died between its CAS and
+    its futex wake) is still seen by the spare (its tick), and, the creator
+    being gone, kthreadd stops the new kthread: no orphan, no pinned slot."""
+    rt, kind = handoff
+    if kind != "spare":
+        pytest.skip("the spare hand-off only")
+    creator = run_started(kfuncs.time_sleep, (30,), "creator")
+    wait_until(lambda: creator.pid and _ready(rt), 5.0)
+    mem, T = rt.arena.mem, L.TASK
+    with rt.arena.locked():          # what _create() writes, then the claim, no wake
+        idx, _ = rt.arena.alloc_task()
+        base = rt.arena.task_off(idx)
+        write_blob(rt.arena, idx, base, b"nowake", pickle_function(kfuncs.ret_value),
+                   pickle_data(3))
+        L.pack_field(rt.buf, base, T, "node", -1)
+        L.pack_field(rt.buf, base, T, "creator", creator.pid)
+        mem.store32(base + T.state, kproc.TASK_NEW)
+        mem.store32(base + T.refs, 1)
+    # (kthreadd may be replacing its spares: claim whichever is ready.)
+    wait_until(lambda: claim_spare(rt, idx) >= 0, 5.0, message="no spare to claim")
+    wait_until(lambda: mem.load32(base + T.handoff) == L.HANDOFF_PUBLISHED, 2.0,
+               message="a claimed spare never woke up")
+    os.kill(creator.pid, signal.SIGKILL)
+    assert kproc.kthread_stop(creator) == -errno.EOWNERDEAD
+    wait_until(lambda: not live_kthreads(rt), 3.0,
+               message="a claim of a dead creator left an orphan kthread")
+    _wait_no_slot_held(rt)
+
+
+def test_spare_killed_after_its_claim_fails_the_create_at_once(handoff):
+    rt, kind = handoff
+    if kind != "spare":
+        pytest.skip("the spare hand-off only")
+    frozen = _freeze_creation(rt, kind)
+    victims = frozen[1:]
+    errors = []
+
+    def create():
+        try:
+            kproc.kthread_create(kfuncs.ret_value, 0, "victim")
+        except kproc.KthreadError as exc:
+            errors.append(exc.errno)
+    th = threading.Thread(target=create)
+    th.start()
+    try:
+        wait_until(lambda: _claimed(rt), 2.0)
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        _thaw(frozen)
+    t0 = time.monotonic()
+    th.join(5)
+    assert errors == [errno.ECHILD]
+    assert time.monotonic() - t0 < 1.5
+    _wait_no_slot_held(rt)
+    t = kproc.kthread_create(kfuncs.ret_value, 0, "next")
+    assert kproc.kthread_stop(t) == -errno.EINTR
+
+
+def test_kthreadd_killed_mid_create_ends_the_wait_within_a_second(handoff):
+    rt, kind = handoff
+    frozen = _freeze_creation(rt, kind)
+    errors = []
+
+    def create():
+        try:
+            kproc.kthread_create(kfuncs.ret_value, 0, "orphan?")
+        except kproc.KthreadError as exc:
+            errors.append(exc.errno)
+    th = threading.Thread(target=create)
+    th.start()
+    wait_until(lambda: _asked(rt, kind), 2.0)
+    t0 = time.monotonic()
+    os.kill(rt.kthreadd_pid, signal.SIGKILL)
+    _thaw(frozen[1:])
+    th.join(5)
+    assert errors == [errno.ESRCH]
+    assert time.monotonic() - t0 < 1.0
+    wait_until(lambda: not [p for p in frozen[1:] if psutil.pid_exists(p) and
+                            psutil.Process(p).status() != psutil.STATUS_ZOMBIE], 2.0,
+               message="a spare outlived kthreadd")
+
+
+LATE_MODULE = textwrap.dedent("""
+    import kproc
+
+    def answer(args):
+        x, started = args
+        kproc.complete(started)
+        return x + 1
+""")
+
+
+def test_threadfn_of_a_module_imported_after_the_spares_were_forked(tmp_path, monkeypatch):
+    """A spare forked before threadfn's module existed imports it itself."""
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with kproc.start() as rt:
+        wait_until(lambda: len(_spares(rt)) >= 1 and _ready(rt), 5.0)
+        spares = set(_spares(rt))
+        (tmp_path / "late_mod_kproc.py").write_text(LATE_MODULE)
+        import late_mod_kproc
+        try:
+            t = run_started(late_mod_kproc.answer, (41,), "late")
+            assert t.pid in spares
+            assert kproc.kthread_stop(t) == 42
+            t = run_started(late_mod_kproc.answer, (1,), "late2")   # and later forks
+            assert kproc.kthread_stop(t) == 2
+        finally:
+            sys.modules.pop("late_mod_kproc", None)
+
+
+@pytest.mark.parametrize("spares", ["2", "0"])
+def test_full_table_is_enomem_with_or_without_spares(spares, monkeypatch):
+    monkeypatch.setenv("KPROC_SPARES", spares)
+    started = []
+    with kproc.start(max_kthreads=2) as rt:
+        if spares != "0":
+            wait_until(lambda: _ready(rt), 5.0)
+        for name in ("a", "b"):
+            s = kproc.Completion()
+            started.append((kproc.kthread_run(kfuncs.loop_until_stop, s, name), s))
+        for _, s in started:
+            kproc.wait_for_completion(s)
+        with pytest.raises(kproc.KthreadError) as ei:
+            kproc.kthread_create(kfuncs.ret_value, 0, "c")
+        assert ei.value.errno == errno.ENOMEM
+        assert [kproc.kthread_stop(t) for t, _ in started] == [7, 7]
+        t = kproc.kthread_create(kfuncs.ret_value, 0, "after")      # harmed nothing
+        assert kproc.kthread_stop(t) == -errno.EINTR
