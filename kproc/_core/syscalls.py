@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib
 import os
 import signal
 import threading
 
 from .native import has, native
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable
 
 __all__ = ["set_comm", "set_pdeathsig", "reset_scheduling", "set_timerslack", "TASK_COMM_LEN",
            "signal_mask", "block_async_signals", "restore_signal_mask", "ASYNC_SIGNALS"]
@@ -102,8 +107,16 @@ ASYNC_SIGNALS = frozenset(signal.valid_signals()) - {
     signal.SIGKILL, signal.SIGSTOP, signal.SIGSEGV, signal.SIGBUS, signal.SIGFPE,
     signal.SIGILL, signal.SIGTRAP, signal.SIGSYS, signal.SIGABRT}
 
+# signal.pthread_sigmask() turns the old mask it returns into Signals members,
+# an enum lookup per signal: ~25 us for a mask of all ASYNC_SIGNALS, returned
+# by every restore below (each kthread_create() restores twice).  The C
+# function it wraps (the _signal module's, always there in CPython) returns
+# the same set as plain ints in ~1 us.
+_sigmask: Callable[[int, Iterable[int]], set[int]] = getattr(
+    importlib.import_module("_signal"), "pthread_sigmask", signal.pthread_sigmask)
 
-def signal_mask() -> set[int | signal.Signals] | None:
+
+def signal_mask() -> set[int] | None:
     """This thread's signal mask, to restore later; None outside the main thread
     (Python runs signal handlers only in the main thread: nothing to defer).
 
@@ -111,21 +124,21 @@ def signal_mask() -> set[int | signal.Signals] | None:
     """
     if threading.current_thread() is not threading.main_thread():
         return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, ())
+    return _sigmask(signal.SIG_BLOCK, ())
 
 
-def block_async_signals(mask: set[int | signal.Signals] | None) -> None:
+def block_async_signals(mask: set[int] | None) -> None:
     """Defer asynchronous signals in this (main) thread until restore_signal_mask().
 
     A signal that comes meanwhile stays pending in the kernel; a handler
     already due runs (and may raise) here.  No-op when ``mask`` is None.
     """
     if mask is not None:
-        signal.pthread_sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
+        _sigmask(signal.SIG_BLOCK, ASYNC_SIGNALS)
 
 
-def restore_signal_mask(mask: set[int | signal.Signals] | None) -> None:
+def restore_signal_mask(mask: set[int] | None) -> None:
     """Restore ``mask``: the handlers of signals deferred meanwhile run (and may
     raise) here.  No-op when ``mask`` is None."""
     if mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _sigmask(signal.SIG_SETMASK, mask)

@@ -63,22 +63,29 @@ def worker_loop(rt: Runtime, kbase: int, tbase: int, name: str) -> int:
     Return: 0 when kthread_stop() ends it.  Context: the worker's kthread.
     """
     mem = rt.mem
+    # The per-work path below (publish the state, look at the flags, pop, run)
+    # uses only locals: bound methods, offsets and constants taken once here.
+    store32, load32 = mem.store32, mem.load32
+    state_off, flags_off = tbase + T.state, tbase + T.flags
+    interruptible, running = int(INTERRUPTIBLE), int(RUNNING)
+    stop_or_park = L.KF_SHOULD_STOP | L.KF_SHOULD_PARK
+    works, stride = rt.arena.params.works, W.stride
     spin = lock_spin_ns()
     lk = Locked(rt, kbase)
     cpop = fast_paths(rt)[1]
     cache: dict[int, KthreadWork] = {}
     idx = 0
-    freezable = bool(mem.load32(kbase + K.flags) & KTW_FREEZABLE)
+    freezable = bool(load32(kbase + K.flags) & KTW_FREEZABLE)
     while True:
-        mem.store32(tbase + T.state, INTERRUPTIBLE)      # pairs with wake_worker()
-        flags = mem.load32(tbase + T.flags)
-        if flags & L.KF_SHOULD_PARK and not flags & L.KF_SHOULD_STOP:
-            # Not in the kernel's kthread_worker_fn (kthread_park() on a worker
-            # would hang there): parked between works, works wait on the list.
-            parkme(rt, tbase)
-            continue
-        if flags & L.KF_SHOULD_STOP:
-            mem.store32(tbase + T.state, RUNNING)
+        store32(state_off, interruptible)       # pairs with wake_worker()
+        flags = load32(flags_off)
+        if flags & stop_or_park:
+            if not flags & L.KF_SHOULD_STOP:
+                # Not in the kernel's kthread_worker_fn (kthread_park() on a worker
+                # would hang there): parked between works, works wait on the list.
+                parkme(rt, tbase)
+                continue
+            store32(state_off, running)
             _detach(lk, idx)
             return 0
         nxt = -1
@@ -87,19 +94,26 @@ def worker_loop(rt: Runtime, kbase: int, tbase: int, name: str) -> int:
                 nxt = cpop(kbase, idx, spin)
             except (RuntimeError, ValueError) as exc:
                 warn_on_once(True, f"the C work_pop() of worker {name!r} failed: {exc}")
-        if nxt >= 0:
-            idx, deadline = nxt, None
+            if nxt > 0:                 # the common case: the next work, popped in C
+                idx = nxt
+                store32(state_off, running)
+                _execute(rt, kbase, idx, works + (idx - 1) * stride, name, cache)
+                if freezable:
+                    try_to_freeze_at(rt, tbase)
+                continue
+        if nxt == 0:
+            idx, deadline = 0, None
         else:
             idx, deadline = _pop_slow(lk, idx, cache)
         if idx:
-            mem.store32(tbase + T.state, RUNNING)
-            _execute(rt, kbase, idx, name, cache)
+            store32(state_off, running)
+            _execute(rt, kbase, idx, works + (idx - 1) * stride, name, cache)
         elif not (freezable and freezing_at(rt, tbase)):
             if _trace.ENABLED:
                 _trace.flush()          # idle: a kthread killed at shutdown loses nothing
             _timer_sleep(rt, tbase, deadline)
         else:
-            mem.store32(tbase + T.state, RUNNING)
+            store32(state_off, running)
         if freezable:
             try_to_freeze_at(rt, tbase)
 
@@ -183,10 +197,10 @@ def _prefetch(rt: Runtime, idx: int, gen: int, cache: dict[int, KthreadWork]) ->
         pass                      # _execute reports it when the work runs
 
 
-def _execute(rt: Runtime, kbase: int, idx: int, name: str,
+def _execute(rt: Runtime, kbase: int, idx: int, base: int, name: str,
              cache: dict[int, KthreadWork]) -> None:
+    """Run work ``idx`` (slot index + 1, its record at ``base``) and count it."""
     mem = rt.mem
-    base = rt.arena.work_off(idx - 1)
     gen = mem.load32(base)
     handle = cache.get(idx)
     if handle is None or handle._gen != gen or handle._version != mem.load32(base + W.version):
