@@ -208,7 +208,8 @@ static PyObject *Mem_completion_done(ARGS)
     NEED_BUFFER();
     if (!nargs_ok(nargs, 1, 1, "completion_done") || !(c = completion_at(self, args[0])))
         return NULL;
-    return PyBool_FromLong(LOAD(&c->done) != 0);
+    /* done, then granted: a count in flight to a queued waiter counts (swait.c) */
+    return PyBool_FromLong(LOAD(&c->done) != 0 || LOAD(&c->granted) != 0);
 }
 
 /*
@@ -327,7 +328,8 @@ PyMethodDef futex_methods[] = {
                     "differs from expected or a wake-up came, 2 timed out; the spin runs "
                     "in full, the timeout bounds the sleep after it"),
     M(completion_try, "completion_try(off) -> bool: try_wait_for_completion"),
-    M(completion_done, "completion_done(off) -> bool: done != 0"),
+    M(completion_done, "completion_done(off) -> bool: done != 0, or a count granted to a "
+                      "queued waiter not yet taken"),
     MK(completion_complete, "completion_complete(off, all=False, gen_off=-1, gen=0) -> 0; "
                            "-1 (nothing done) if the u32 at gen_off is not gen"),
     MK(completion_wait, "completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, "

@@ -150,8 +150,12 @@ struct completion {
     uint32_t sleepers;                  /* waiters inside (or about to enter) FUTEX_WAIT */
     uint32_t lock;                      /* pid holding the queue, 0 = free */
     uint32_t head, tail;                /* queued swait nodes (arena offsets), 0 = none */
-    uint32_t reserved[2];
+    uint32_t granted;                   /* counts handed to queued waiters, not yet taken */
+    uint32_t reserved;
 };
+
+#define GRANT_COUNT 1                   /* swait_node.granted: one count, in c->granted */
+#define GRANT_ALL 2                     /* swait_node.granted: from complete_all */
 
 /* try_wait_for_completion(): take one count, or pass if complete_all. */
 static inline int completion_try(struct completion *c)
@@ -281,6 +285,7 @@ PyObject *mod_process_vm_read(PyObject *mod, PyObject *const *args, Py_ssize_t n
 PyObject *mod_process_vm_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 /* The queue of sleeping waiters (swait.c): after done moved, hand counts to it. */
 void swait_settle(MemObject *m, struct completion *c);
+int swait_take_grant(struct completion *c, struct swait_node *n);
 int mutex_trylock_spin(pthread_mutex_t *mx, int64_t spin_ns);
 int mutex_acquired(pthread_mutex_t *mx, int rc);
 int mutex_held(pthread_mutex_t *mx, const char *fname);

@@ -86,20 +86,53 @@ static void unlink_node(MemObject *m, struct completion *c, struct swait_node *n
     STORE(&n->comp, 0);
 }
 
-/* Hand the available counts to the queue, head first.  The lock is held. */
+/*
+ * The waiter takes the count complete() granted its node, if it did (the
+ * kernel waiter's own x->done-- in do_wait_for_common()).  Return 1 if there
+ * was one.  Called by the node's thread, or by one taking a dead one's node.
+ */
+int swait_take_grant(struct completion *c, struct swait_node *n)
+{
+    uint32_t how = LOAD(&n->granted);
+    if (!how)
+        return 0;
+    STORE(&n->granted, 0);
+    STORE(&n->comp, 0);
+    if (how == GRANT_COUNT)
+        __atomic_fetch_sub(&c->granted, 1, __ATOMIC_SEQ_CST);
+    return 1;
+}
+
+/*
+ * Hand the available counts to the queue, head first.  The lock is held.
+ * A counted grant stays in c->granted until its waiter takes it, so that
+ * completion_done() (done, then granted) reads true from complete() until
+ * then, as the kernel's done does; granted goes up before done goes down.
+ */
 static void settle_locked(MemObject *m, struct completion *c, int32_t me)
 {
     Py_ssize_t bound = m->size / (Py_ssize_t)sizeof(struct swait_node);
     struct swait_node *n;
     while ((n = node_at(m, LOAD(&c->head))) != NULL && bound-- > 0) {
+        uint32_t done, how;
         if (pid_dead(LOAD(&n->owner), me)) {
             unlink_node(m, c, n);       /* killed while queued: its place is gone */
             continue;
         }
-        if (!completion_try(c))
+        done = LOAD(&c->done);
+        if (done == 0)
             return;
+        how = done == DONE_ALL ? GRANT_ALL : GRANT_COUNT;
+        if (how == GRANT_COUNT)
+            __atomic_fetch_add(&c->granted, 1, __ATOMIC_SEQ_CST);
+        if (!completion_try(c)) {
+            if (how == GRANT_COUNT)
+                __atomic_fetch_sub(&c->granted, 1, __ATOMIC_SEQ_CST);
+            return;
+        }
         unlink_node(m, c, n);
-        STORE(&n->granted, 1);
+        STORE(&n->comp, (uint64_t)((char *)c - m->base));  /* until taken */
+        STORE(&n->granted, how);
         __atomic_fetch_add(&n->wake, 1, __ATOMIC_SEQ_CST);
         futex_wake_n(&n->wake, 1);
     }
@@ -169,11 +202,7 @@ static PyObject *Mem_completion_enqueue(ARGS)
     STORE(&c->tail, noff);
     settle_locked(self, c, me);         /* a count that came in while we linked */
     cq_unlock(c);
-    if (LOAD(&n->granted)) {
-        STORE(&n->granted, 0);
-        return PyLong_FromLong(1);
-    }
-    return PyLong_FromLong(0);
+    return PyLong_FromLong(swait_take_grant(c, n));
 }
 
 /*
@@ -190,10 +219,8 @@ static PyObject *Mem_completion_dequeue(ARGS)
     if (!parse_pair(self, args, nargs, "completion_dequeue", &c, &n, &noff))
         return NULL;
     cq_lock(c, (int32_t)getpid());
-    granted = LOAD(&n->granted) != 0;
-    if (granted)
-        STORE(&n->granted, 0);
-    else if (LOAD(&n->comp) == (uint64_t)((char *)c - self->base))
+    granted = swait_take_grant(c, n);
+    if (!granted && LOAD(&n->comp) == (uint64_t)((char *)c - self->base))
         unlink_node(self, c, n);
     cq_unlock(c);
     return PyLong_FromLong(granted);

@@ -43,7 +43,7 @@ __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USER
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 # Bumped whenever a record below changes shape: ``kproc ps`` reads arenas of
 # other runtimes (maybe of another kproc version) only when theirs matches.
-LAYOUT_VERSION = 5          # 5: HOTPLUG's AP job fields, SMPBOOT's key/order/selfparking
+LAYOUT_VERSION = 6          # 6: COMPLETION.granted, a SWAIT node per thread id
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
 
 _SIZES: dict[str, int] = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
@@ -128,7 +128,8 @@ COMPLETION = Record("completion", [
     ("done", "I"), ("seq", "I"), ("sleepers", "I"),
     ("lock", "I"),             # pid holding the waiter queue, 0 = free
     ("head", "I"), ("tail", "I"),   # queued SWAIT nodes (arena offsets), 0 = none
-    ("reserved", "Q"),
+    ("granted", "I"),          # counts handed to queued waiters, not yet taken
+    ("reserved", "I"),
 ], size_align=32)
 
 # A sleeping waiter's node in a completion's FIFO queue (kernel: struct
