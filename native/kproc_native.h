@@ -285,6 +285,7 @@ PyObject *mod_process_vm_read(PyObject *mod, PyObject *const *args, Py_ssize_t n
 PyObject *mod_process_vm_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 /* The queue of sleeping waiters (swait.c): after done moved, hand counts to it. */
 void swait_settle(MemObject *m, struct completion *c);
+int swait_settle_wake(MemObject *m, struct completion *c, PyObject *wake);
 int swait_take_grant(struct completion *c, struct swait_node *n);
 int mutex_trylock_spin(pthread_mutex_t *mx, int64_t spin_ns);
 int mutex_acquired(pthread_mutex_t *mx, int rc);

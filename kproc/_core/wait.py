@@ -38,7 +38,7 @@ import time
 
 from .checks import env_number
 from .layout import COMPLETION, HEADER
-from .swait import PySwait
+from .swait import PySwait, sigmask
 from .topology import parse_cpulist
 
 TYPE_CHECKING = False
@@ -155,10 +155,25 @@ class PosixWaits:
             getattr(mem, "wait_change", None)
         self._c_spin_comp: Callable[[int, int, int, int], int] | None = \
             getattr(mem, "completion_wait", None)
+        # The queue: in C under the GIL where the extension is built (no signal
+        # mask to set: no Python code runs inside; the granted nodes are posted
+        # through ``wake`` after the lock is let go), else PySwait.
+        self._c_complete: Callable[..., int] | None = getattr(mem, "completion_complete", None)
+        c_enqueue: Callable[[int, int, Callable[[int], None]], int] | None = \
+            getattr(mem, "completion_enqueue", None)
         swait = PySwait(mem, self.wake)
         self._settle = swait.settle
-        self.completion_enqueue = swait.enqueue
-        self.completion_dequeue = swait.dequeue
+        if c_enqueue is not None:
+            wake = self.wake
+
+            def enqueue(off: int, node: int) -> int:
+                return c_enqueue(off, node, wake)
+            self.completion_enqueue: Callable[[int, int], int] = enqueue
+            self.completion_dequeue: Callable[[int, int], int] = \
+                mem.completion_dequeue  # type: ignore[attr-defined]
+        else:
+            self.completion_enqueue = swait.enqueue
+            self.completion_dequeue = swait.dequeue
 
     def _channel(self, off: int) -> int:
         return ((off >> 2) * 2654435761 >> 7) % len(self.sems)
@@ -217,13 +232,13 @@ class PosixWaits:
                 return True
             sliced = timeout_ns < 0 or timeout_ns > SIGNAL_SLICE_NS
             timeout = SIGNAL_SLICE_NS / 1e9 if sliced else timeout_ns / 1e9
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+            old = sigmask(signal.SIG_BLOCK, _BLOCKED)
             try:
                 self.sems[ch].acquire(timeout)
             except self._busy:
                 return sliced or mem.load32(off) != expected
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                sigmask(signal.SIG_SETMASK, old)
             return True
         finally:
             mem.fetch_add32(count_off, -1)
@@ -262,6 +277,11 @@ class PosixWaits:
         Return: 0; -1 (nothing done) if the u32 at ``gen_off`` is not ``gen``.
         """
         mem = self.mem
+        if self._c_complete is not None:
+            if self._c_complete(off, all, gen_off, gen, self.wake) < 0:
+                return -1
+            self.wake(off + COMPLETION.seq)
+            return 0
         if gen_off >= 0 and mem.load32(gen_off) != gen:
             return -1
         if all:
