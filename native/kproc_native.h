@@ -175,7 +175,7 @@ static inline int completion_try(struct completion *c)
 struct swait_node {
     int32_t owner;                      /* pid of the thread's process, 0 = free */
     uint32_t wake;                      /* the waiter's futex word, bumped at every wake */
-    uint32_t granted;                   /* 1 once complete() handed it one count */
+    uint32_t granted;                   /* GRANT_COUNT / GRANT_ALL until taken, 0 */
     uint32_t next, prev;                /* queue links (arena offsets), 0 = none */
     uint32_t pad;
     uint64_t comp;                      /* the completion it is queued on, 0 = none */

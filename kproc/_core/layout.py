@@ -13,7 +13,7 @@ Records:
                  parts of ``task_struct`` kproc models (state, flags, pid, cpu).
 * ``COMPLETION`` 32 bytes: ``done`` / ``seq`` (the futex word) / ``sleepers``,
                  and the lock, head and tail of its queue of sleeping waiters.
-* ``SWAIT``      a sleeping waiter's node in that queue (one per thread).
+* ``SWAIT``      a sleeping waiter's node in that queue (one per thread id).
 * ``USERCOMP``   a slot of the user completion pool: generation, owner, and a
                  ``COMPLETION``.
 * ``WORKER``     one per worker slot: ``struct kthread_worker`` (lock, work
@@ -133,11 +133,11 @@ COMPLETION = Record("completion", [
 ], size_align=32)
 
 # A sleeping waiter's node in a completion's FIFO queue (kernel: struct
-# swait_queue); one per thread that sleeps, in the arena's first 4 GiB.
+# swait_queue); one per possible thread id, in the arena's first 4 GiB.
 SWAIT = Record("swait", [
     ("owner", "i"),            # pid of the thread's process, 0 = free
     ("wake", "I"),             # the futex word it sleeps on, bumped at every wake
-    ("granted", "I"),          # 1 once complete() handed it a count
+    ("granted", "I"),          # 1 a count from complete(), 2 complete_all(); 0 once taken
     ("next", "I"), ("prev", "I"),   # queue links (arena offsets), 0 = none
     ("pad", "I"),
     ("comp", "Q"),             # the completion it is queued on, 0 = none

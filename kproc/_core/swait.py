@@ -2,7 +2,7 @@
 
 complete() wakes waiters "in the same order in which they were queued"
 (completion.c).  A thread that has to sleep on a completion links its own
-node (:data:`layout.SWAIT`, one per thread, in the arena's node table) at the
+node (:data:`layout.SWAIT`, one per thread id, in the arena's node table) at the
 tail of the completion's queue and sleeps on the node's own ``wake`` word;
 complete() hands its count to the head node (``granted``) and wakes that
 word only.  A waiter woken for another reason (its liveness tick, a stray
@@ -12,14 +12,16 @@ takes the node off the queue (``dequeue``), and a count granted meanwhile is
 the waiter's (or, after an exception, passed on).
 
 This module holds what both backends share: the node table (a node per
-thread, claimed on the thread's first sleep and given back when the thread
-ends; nodes of dead processes are taken over, unlinked first if they were
-still queued) and :class:`PySwait`, the queue operations over any
-:class:`MemLike` for the posix backend.  The futex backend runs the same
-operations in C (native/swait.c, documented there, with the lost-wake-up
-argument); both use the completion's ``lock`` word the same way: the holder's
-pid, taken over from a dead holder.  The Python critical sections run with
-signals blocked, so a handler's exception cannot leave a queue half linked.
+possible thread id, so every thread that can sleep has one: see
+:func:`thread_node`), :func:`take_grant` (the waiter's own decrement of
+``done``: until then completion_done() stays true, as in the kernel) and
+:class:`PySwait`, the queue operations over any :class:`MemLike` for the
+posix backend without the C extension.  Where it is built, both backends run
+the same operations in C (native/swait.c, documented there, with the
+lost-wake-up argument); both use the completion's ``lock`` word the same way:
+the holder's pid, taken over from a dead holder.  The Python critical
+sections run with signals blocked, so a handler's exception cannot leave a
+queue half linked.
 
 Runs in every process of a runtime.
 """
