@@ -36,7 +36,6 @@ from .errors import KthreadError, stale
 from .native import has, load_mem_class, native
 from .pymem import PyMem, PyMutexGuard
 from .slots import SlotTable, next_gen
-from .swait import PID_MAX_LIMIT
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -67,7 +66,7 @@ def swait_nodes(max_kthreads: int) -> int:
     Address space only: a page of the memfd is allocated when a thread with an
     id in it first sleeps (4 KiB per 128 ids).
     """
-    return PID_MAX_LIMIT
+    return L.PID_MAX_LIMIT
 
 
 class ArenaParams:

@@ -38,13 +38,16 @@ if TYPE_CHECKING:
 
 __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USERCOMP",
            "SWAIT", "WORKER", "WORK", "HOTPLUG", "SMPBOOT", "SMPBOOT_ENTRY", "SPARE_MSG", "FN_LEN",
-           "CPUMASK_BYTES", "MAGIC", "LAYOUT_VERSION", "align"]
+           "CPUMASK_BYTES", "MAGIC", "LAYOUT_VERSION", "PID_MAX_LIMIT", "align"]
 
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 # Bumped whenever a record below changes shape: ``kproc ps`` reads arenas of
 # other runtimes (maybe of another kproc version) only when theirs matches.
 LAYOUT_VERSION = 6          # 6: COMPLETION.granted, a SWAIT node per thread id
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
+# include/linux/threads.h PID_MAX_LIMIT on 64-bit: no thread id reaches it, so a
+# SWAIT node per possible thread id is enough by construction (swait.thread_node).
+PID_MAX_LIMIT = 1 << 22
 
 _SIZES: dict[str, int] = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
 # Attributes of a Record itself: a field named so would hide (or be hidden by) one.

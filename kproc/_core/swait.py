@@ -43,16 +43,13 @@ if TYPE_CHECKING:
     from .arena import Arena  # typing only
     from .memlike import MemLike  # typing only
 
-__all__ = ["PySwait", "thread_node", "take_grant", "pid_dead", "sigmask", "PID_MAX_LIMIT"]
+__all__ = ["PySwait", "thread_node", "take_grant", "pid_dead", "sigmask"]
 
 C = L.COMPLETION
 N = L.SWAIT
 DONE_ALL = 0xFFFFFFFF
 GRANT_COUNT = 1         # node.granted: one count of ``done``, accounted in comp.granted
 GRANT_ALL = 2           # node.granted: passed by complete_all (``done`` stays UINT_MAX)
-# include/linux/threads.h PID_MAX_LIMIT on 64-bit: no thread id reaches it, so a
-# node per possible thread id is enough by construction.
-PID_MAX_LIMIT = 1 << 22
 LOCK_SPINS = 64
 _ALL_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
 
