@@ -255,3 +255,21 @@ def test_a_case_past_its_timeout_is_ended_cleanly():
     run = Run(quick=True, out=io.StringIO())
     with pytest.raises(CaseError, match="took over 2 s"):
         run.case("pingpong_kproc_futex", 10**8, timeout=2)
+
+
+@pytest.mark.timeout(90)
+def test_park_suite_measures_park_and_resume_beside_sigstop():
+    """SPEC §7's park/unpark round trip: both rows and their halves hold every
+    round.  The kthread's park ends in kthread_parkme() (kthread.c 6.15
+    ``kthread_parkme``/``kthread_park``: it completes ``parked`` itself), so a
+    round only ends when the kthread ran again after its unpark."""
+    from kproc._bench import parking
+    run = Run(quick=True, out=io.StringIO())
+    parking.suite(run)
+    table = run.tables[-1]
+    keys = [r.key for r in table.rows]
+    assert keys == ["kproc", "kproc_park", "kproc_resume",
+                    "signals", "signals_park", "signals_resume"]
+    for row in table.rows:
+        assert row.stats()["n"] == 2000, row.key
+    assert "SIGSTOP" in run.out.getvalue()

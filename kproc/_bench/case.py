@@ -10,12 +10,12 @@ import json
 import sys
 from typing import Any
 
-from . import create, hotplug, lateness, pingpong, workers
+from . import create, hotplug, lateness, parking, pingpong, workers
 
 __all__ = ["CASES", "main"]
 
 CASES: dict[str, Any] = {}
-for _family in (pingpong, create, workers, lateness, hotplug):
+for _family in (pingpong, create, workers, parking, lateness, hotplug):
     CASES.update(_family.CASES)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from . import create, deps, hotplug, lateness, pingpong, workers
+from . import create, deps, hotplug, lateness, parking, pingpong, workers
 from .harness import CaseError, Run
 from .meta import machine
 from .plot import write_png
@@ -37,6 +37,7 @@ FAMILIES: dict[str, Callable[[Run], None]] = {
     "cycle": create.cycle_suite,
     "scale": create.scale_suite,
     "workers": workers.suite,
+    "park": parking.suite,
     "lateness": lateness.suite,
     "hotplug": hotplug.suite,
     "pool": _pool_suite,

@@ -173,7 +173,7 @@ HEADER = Record("header", [
     ("freezing", "I"),         # pm_freezing: freeze_kthreads() in force
     ("freeze_seq", "I"),       # futex word frozen kthreads sleep on
     ("lock", ("bytes", MUTEX_BYTES)),          # kthread_create_lock + table lock
-    ("posix_waiters", ("bytes", 4 * 64)),      # posix backend: waiters per channel
+    ("posix_waiters", ("bytes", 4 * 64)),      # posix backend: waiters, wake gen per channel
     ("allowed", ("bytes", CPUMASK_BYTES)),  # CPUs kthreadd may use (cpuset)
 ], size_align=4096)
 

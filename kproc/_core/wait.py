@@ -11,7 +11,14 @@ layer under ``schedule()`` and ``wait_for_completion()``):
   wait-queue table.  A waiter registers in its channel, re-checks the word and
   sleeps on the channel's semaphore; a waker changes the word first, then
   posts once per registered waiter.  Waiters of other words sharing a channel
-  wake spuriously and sleep again.
+  wake spuriously and sleep again.  A post is not addressed, so a waiter
+  arriving after a wake could take the post made for one asleep before it,
+  and that one slept on to its next slice (100 ms): each channel word
+  therefore holds the waiter count (low 16 bits) and a wake generation (high
+  16 bits), moved together atomically, and a waiter leaving its channel
+  keeps exactly the posts of the wakes that counted it: it gives back one
+  it took uncounted and takes the ones it was counted for but did not
+  consume (kernel analogue: futex_wake() wakes only waiters of its key).
 
 Both are free of lost wake-ups by the same Dekker pairing: the sleeper
 publishes itself (``sleepers``/channel count) and then reads the word; the
@@ -60,6 +67,10 @@ __all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns",
            "unlink_semaphores"]
 
 POSIX_CHANNELS = 64
+COUNT_BITS = 16                 # a posix channel word: waiters | wake generation << 16
+COUNT_MASK = (1 << COUNT_BITS) - 1
+GEN_ONE = 1 << COUNT_BITS
+OWED_POST_NS = 100_000_000      # a waker posts right after counting: wait this long at most
 UINT_MAX = 0xFFFFFFFF
 SIGNAL_SLICE_NS = 100_000_000
 _BLOCKED = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP, signal.SIGSEGV,
@@ -226,7 +237,8 @@ class PosixWaits:
             return mem.load32(off) != expected
         ch = self._channel(off)
         count_off = self.waiters_off + 4 * ch
-        mem.fetch_add32(count_off, 1)
+        gen = mem.fetch_add32(count_off, 1) >> COUNT_BITS
+        took = 0
         try:
             if mem.load32(off) != expected:
                 return True
@@ -235,22 +247,47 @@ class PosixWaits:
             old = sigmask(signal.SIG_BLOCK, _BLOCKED)
             try:
                 self.sems[ch].acquire(timeout)
+                took = 1
             except self._busy:
                 return sliced or mem.load32(off) != expected
             finally:
                 sigmask(signal.SIG_SETMASK, old)
             return True
         finally:
-            mem.fetch_add32(count_off, -1)
+            counted = ((mem.fetch_add32(count_off, -1) >> COUNT_BITS) - gen) & COUNT_MASK
+            if counted != took:
+                self._settle_posts(ch, counted - took)
+
+    def _settle_posts(self, ch: int, owed: int) -> None:
+        """A waiter leaving channel ``ch`` keeps the posts of the wakes that counted
+        it: ``owed`` < 0 gives back one taken that was someone else's (and lets
+        them run), ``owed`` > 0 takes those made for it that it did not consume
+        (so none is left for a waiter that no wake counted)."""
+        sem = self.sems[ch]
+        if owed < 0:
+            sem.release()
+            os.sched_yield()
+            return
+        old = sigmask(signal.SIG_BLOCK, _BLOCKED)
+        try:
+            for _ in range(owed):
+                sem.acquire(OWED_POST_NS / 1e9)
+        except self._busy:
+            pass              # its waker died between counting and posting
+        finally:
+            sigmask(signal.SIG_SETMASK, old)
 
     def wake(self, off: int, n: int = 0x7FFFFFFF) -> None:
         """Post once per sleeper registered in ``off``'s channel (none: no system call)."""
+        mem = self.mem
         ch = self._channel(off)
-        waiters = self.mem.load32(self.waiters_off + 4 * ch)
-        if waiters:
-            release = self.sems[ch].release
-            for _ in range(waiters):
-                release()
+        count_off = self.waiters_off + 4 * ch
+        if not mem.load32(count_off) & COUNT_MASK:
+            return            # a waiter registering now sees the word changed
+        waiters = mem.fetch_add32(count_off, GEN_ONE) & COUNT_MASK
+        release = self.sems[ch].release
+        for _ in range(waiters):
+            release()
 
     def completion_try(self, off: int) -> bool:
         """try_wait_for_completion on the record at ``off``."""

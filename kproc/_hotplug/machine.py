@@ -32,6 +32,7 @@ import errno
 import time
 
 from .._core import layout as L
+from .._core import trace as _trace
 from .._core.errors import warn_on_once
 from .._kthread.affinity import kthreads_offline_cpu
 from .._kthread.control import kthread_park, kthread_unpark
@@ -128,6 +129,10 @@ class Machine:
             kthread_unpark(task)
 
     def _set_known(self, cpu: int, online: bool) -> None:
+        if _trace.ENABLED:
+            # the callbacks' trace events reach the file before anyone can see the
+            # CPU's new state: a runtime ended just then kills cpuhp unflushed
+            _trace.flush()
         self.known = self.known | {cpu} if online else self.known - {cpu}
         store_known(self.rt, self.known)
 

@@ -52,6 +52,12 @@ def slow_up(cpu):
     return 0
 
 
+def slow_down(cpu):
+    """A teardown that keeps cpuhp busy for 0.3 s."""
+    time.sleep(0.3)
+    return 0
+
+
 def down_a(cpu):
     return log("down_a", cpu)
 
