@@ -119,7 +119,7 @@ def test_targets_print_pass_miss_and_not_run():
 def test_every_target_names_a_known_kind_and_a_table_of_the_suite():
     known = {"pingpong", "create", "sustained", "scale", "scale_one", "dispatch", "dispatch_rt",
              "throughput", "lateness_other", "lateness_fifo", "hotplug_down", "hotplug_up",
-             "external_down", "external_up"}
+             "external_down", "external_up", "pool_rt", "pool_map"}
     for t in T.TARGETS:
         assert t.kind in {"ratio<=", "within", "plus<=", "<=", ">="}
         assert t.row.split("/")[0] in known and (t.ref is None or t.ref.split("/")[0] in known)

@@ -353,3 +353,38 @@ def test_pool_calls_are_traced_on_the_worker_tracks(tmp_path):
     names = {e.get("args", {}).get("name") for e in events if e.get("ph") == "M"}
     assert "kpool/0" in names
     assert any(e.get("name") == "run_slot" and e.get("ph") == "B" for e in events)
+
+
+# -- map's calls (no Future each; a worker's drain runs them in ticket order) ----------
+
+def test_map_calls_run_in_order_on_one_worker_and_many_at_once(rt, tmp_path):
+    """One worker runs a map's calls in the order they were submitted (FIFO, as a
+    worker runs its works: kthread.c kthread_worker_fn), well past its slot count."""
+    log = str(tmp_path / "log")
+    with kproc.KthreadPoolExecutor(1, cpus=[0]) as ex:
+        tags = [f"t{i}" for i in range(300)]
+        assert list(ex.map(pf.log_call, [log] * 300, tags)) == tags
+    assert [line.split(":")[0] for line in pf.read_lines(log)] == tags
+
+
+def test_map_cancelled_by_its_timeout_never_runs_the_rest(ex, tmp_path):
+    """As Executor.map: the call that timed out and every later one not started are
+    cancelled; none of them ever runs."""
+    log = str(tmp_path / "log")
+    futs, releases = fill(ex)
+    it = ex.map(pf.log_call, [log] * 50, [f"m{i}" for i in range(50)], timeout=0.1)
+    with pytest.raises(cf.TimeoutError):
+        next(it)
+    for r in releases:
+        kproc.complete(r)
+    assert [f.result(timeout=5) for f in futs] == ["released"] * len(futs)
+    ex.shutdown(wait=True)
+    assert pf.read_lines(log) == []
+
+
+def test_map_results_wait_for_a_slow_consumer(ex):
+    """The calls keep running while nobody iterates; the results come in order."""
+    it = ex.map(pf.square, range(500))
+    assert next(it) == 0
+    wait_until(lambda: ex._pool.engine.live == 0, 10)
+    assert list(it) == [i * i for i in range(1, 500)]

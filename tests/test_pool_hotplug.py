@@ -86,6 +86,32 @@ def test_cpu_down_parks_the_worker_and_moves_its_queued_calls(hp):
                    {(other,), (cpu,)}, 10)
 
 
+def test_a_maps_calls_queued_on_a_cpu_going_down_move_to_the_other(hp):
+    """A map's calls (run by the worker's drain, not a work each) move as well: the drain
+    stops between two calls when its worker is asked to park (kthread.c: parked between
+    works), the calls not started run on the other worker, in order of results."""
+    rt, cpu = hp
+    other = min(kproc.cpu_online_mask() - {cpu})
+    with kproc.KthreadPoolExecutor(cpus=[other, cpu]) as ex:
+        blocked = _block_all(ex)
+        it = ex.map(pf.affinity, range(40))
+        res = []
+        down = threading.Thread(target=lambda: res.append(kproc.cpu_down(cpu)))
+        try:
+            down.start()
+            wait_until(lambda: ex._pool.engine.parked(1), 10)
+            for _fut, release in blocked:
+                kproc.complete(release)
+            down.join(20)
+            assert res == [0]
+            assert list(it) == [[other]] * 40
+        finally:
+            down.join(20)
+            kproc.cpu_up(cpu)
+        assert sorted(set(map(tuple, ex.map(pf.affinity, range(200))))) in \
+            ([(other,)], sorted([(other,), (cpu,)]))
+
+
 def test_calls_wait_while_every_worker_is_parked(hp):
     rt, cpu = hp
     with kproc.KthreadPoolExecutor(cpus=[cpu]) as ex:

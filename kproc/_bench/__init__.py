@@ -12,6 +12,6 @@ runs), ``meta`` (what a run ran on), ``plot`` (the PNG), ``progress``
 (bars), ``harness`` (cases in their own process, the run), ``case`` (the
 child's entry point), ``common`` (what cases share), and one case module
 per family: ``pingpong``, ``create``, ``workers``, ``lateness``,
-``hotplug``.
+``hotplug``, ``pool``.
 Context: the command-line process; each case runs in a process of its own.
 """

@@ -10,12 +10,12 @@ import json
 import sys
 from typing import Any
 
-from . import create, hotplug, lateness, parking, pingpong, workers
+from . import create, hotplug, lateness, parking, pingpong, pool, workers
 
 __all__ = ["CASES", "main"]
 
 CASES: dict[str, Any] = {}
-for _family in (pingpong, create, workers, parking, lateness, hotplug):
+for _family in (pingpong, create, workers, parking, lateness, hotplug, pool):
     CASES.update(_family.CASES)
 
 

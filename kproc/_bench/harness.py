@@ -5,7 +5,7 @@ A case runs as ``python -m kproc._bench.case NAME ROUNDS`` so that cases stay
 independent (no runtime, page cache or heap left over from another); its
 progress lines move the family's bar, its last line is its result.  The
 family modules (``pingpong``, ``create``, ``workers``, ``lateness``,
-``hotplug``) say what to run and build their tables through ``Run``.
+``hotplug``, ``pool``) say what to run and build their tables through ``Run``.
 Context: the command-line process.
 """
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 
-from . import create, deps, hotplug, lateness, parking, pingpong, workers
+from . import create, deps, hotplug, lateness, parking, pingpong, pool, workers
 from .harness import CaseError, Run
 from .meta import machine
 from .plot import write_png
@@ -21,17 +21,6 @@ if TYPE_CHECKING:
 
 __all__ = ["FAMILIES", "run_suite"]
 
-def _pool_suite(run: Run) -> None:
-    """KthreadPoolExecutor against ProcessPoolExecutor (benchmarks/_pool_cases.py)."""
-    import importlib      # a checkout's module, not in the wheel
-    try:
-        pool = importlib.import_module("benchmarks._pool_cases").pool
-    except ImportError:
-        run.say("\nPools: not run (benchmarks/_pool_cases.py is in the source checkout)")
-        return
-    pool(run.quick, {})
-
-
 FAMILIES: dict[str, Callable[[Run], None]] = {
     "pingpong": pingpong.suite,
     "cycle": create.cycle_suite,
@@ -40,7 +29,7 @@ FAMILIES: dict[str, Callable[[Run], None]] = {
     "park": parking.suite,
     "lateness": lateness.suite,
     "hotplug": hotplug.suite,
-    "pool": _pool_suite,
+    "pool": pool.suite,
 }
 
 

@@ -74,6 +74,12 @@ TARGETS: tuple[Target, ...] = (
            "external_down/noticed", "p50", "<=", 20 * MS, unit="ms", scale=MS),
     Target(10, "external online noticed ≤ 20 ms p50 after the write returned",
            "external_up/noticed", "p50", "<=", 20 * MS, unit="ms", scale=MS),
+    Target(14, "pool submit(noop).result() p50 ≤ 1/30 of ProcessPoolExecutor's",
+           "pool_rt/kproc", "p50", "ratio<=", 1 / 30, "pool_rt/ppe"),
+    # ProcessPoolExecutor's rate ÷ kproc's ≤ 1/20, i.e. kproc ≥ 20× (one kind of ratio)
+    Target(14, "pool map(chunksize=1) of 20,000 no-ops ≥ 20× ProcessPoolExecutor's calls/s "
+           "(shown: PPE ÷ kproc)", "pool_map/ppe", "calls_per_s", "ratio<=", 1 / 20,
+           "pool_map/kproc"),
 )
 
 

@@ -9,11 +9,18 @@ broken invariant fails a test instead of scrolling by.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import threading
 import warnings
 
-__all__ = ["KthreadError", "KernelWarning", "warn_on_once", "kernel_warn"]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = ["KthreadError", "KernelWarning", "warn_on_once", "kernel_warn",
+           "kernel_warnings_dropped"]
 
 
 class KthreadError(OSError):
@@ -33,8 +40,30 @@ class KernelWarning(UserWarning):
 _warned_once: set[str] = set()
 
 
+_dropping = threading.local()
+
+
+@contextlib.contextmanager
+def kernel_warnings_dropped() -> Iterator[None]:
+    """Drop the kernel_warn() warnings of the calling thread only, while inside.
+
+    The thread-safe stand-in for ``warnings.catch_warnings()`` + ``simplefilter
+    ("ignore", KernelWarning)``, which swaps the process-wide filters (other
+    threads lose their warnings meanwhile, and their filter changes at its exit).
+    Context: any thread.
+    """
+    depth = getattr(_dropping, "depth", 0)
+    _dropping.depth = depth + 1
+    try:
+        yield
+    finally:
+        _dropping.depth = depth
+
+
 def kernel_warn(message: str, stacklevel: int = 3) -> None:
     """Report API misuse the way WARN_ON does: a :class:`KernelWarning`."""
+    if getattr(_dropping, "depth", 0):
+        return                    # inside kernel_warnings_dropped() in this thread
     warnings.warn(message, KernelWarning, stacklevel=stacklevel)
 
 

@@ -85,12 +85,31 @@ _TRANSIENT = (errno.EPERM, errno.EBUSY, errno.EAGAIN, errno.EINTR)
 READ_RETRIES = 20
 
 
+READ_CHUNK = 1 << 16
+
+
+def _read_once(path: str) -> str:
+    """The file's text from one read(2) at offset 0 while it fits READ_CHUNK.
+
+    ``nodeN/cpulist`` is a binary attribute (drivers/base/node.c): each read
+    formats the mask anew, so reading on to EOF, as ``f.read()`` does, joined
+    "0\n" and the tail "1\n" of "0-1\n" when CPU 1 came up in between.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = [os.read(fd, READ_CHUNK)]
+        while len(chunks[-1]) == READ_CHUNK:
+            chunks.append(os.read(fd, READ_CHUNK))
+    finally:
+        os.close(fd)
+    return b"".join(chunks).decode()
+
+
 def _read(path: str, default: str | None = None) -> str:
     attempts = 0
     while True:
         try:
-            with open(path) as f:
-                return f.read()
+            return _read_once(path)
         except FileNotFoundError:
             if default is None:
                 raise

@@ -29,7 +29,9 @@ Context: the control cpuhp kthread only.
 from __future__ import annotations
 
 import errno
+import sys
 import time
+import traceback
 
 from .._core import layout as L
 from .._core import trace as _trace
@@ -228,7 +230,11 @@ class Machine:
                       after_the_fact=True, on_cpu=here)
             self._park_cpuhp_n(cpu)
             self._set_known(cpu, False)
-            kthreads_offline_cpu(self.rt, cpu)
+            try:
+                kthreads_offline_cpu(self.rt, cpu)
+            except Exception:      # a sysfs read failing mid-storm: still run the BP teardowns
+                sys.stderr.write(f"kproc: cpuhp: re-affining after CPU {cpu} went offline "
+                                 "failed:\n" + traceback.format_exc())
             run_steps(cpu, self._bp_down_steps(), False, rollback=False,
                       after_the_fact=True, on_cpu=here)
         L.pack_field(self.rt.buf, self.hp, H, "event_ns", noticed)
@@ -237,9 +243,13 @@ class Machine:
     def replay(self, notes: list[tuple[int, bool, int]]) -> None:
         """The uevent notes (SEQNUM order), each change replayed once."""
         possible = self.rt.topology.possible()
-        for _seq, online, cpu in notes:
+        for n, (_seq, online, cpu) in enumerate(notes):
             if cpu in possible:
-                self.external(cpu, online)
+                try:
+                    self.external(cpu, online)
+                except BaseException:
+                    self.watch.put_back(notes[n + 1:])     # replayed at the retry
+                    raise
 
     def reconcile(self, online: frozenset[int]) -> None:
         """Catch up with the online mask (read once the kernel settled): the CPUs

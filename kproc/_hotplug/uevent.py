@@ -107,6 +107,13 @@ class UeventWatch:
         pending.sort()
         return [ev for ev in pending if ev[0] > self._own.get(ev[2], 0)]
 
+    def put_back(self, notes: list[tuple[int, bool, int]]) -> None:
+        """Notes taken but not replayed (a replay failed half way): taken again
+        next time, in SEQNUM order with the newer ones."""
+        if notes:
+            with self._lock:
+                self._events[:0] = notes
+
     def own_write(self, cpu: int) -> None:
         """After cpuhp's own write to ``cpu``'s online file (or after it caught up
         with the CPU from the online mask): uevents so far are not news."""

@@ -17,6 +17,11 @@ Nothing has a name anywhere, so no fault -- SIGKILL of either side
 included -- can leave anything in ``/dev/shm``: the memory goes with the last
 descriptor or mapping.
 
+A slot also holds its *ticket* (``SLOT.ticket``): the caller fills a
+worker's slots in ring order and numbers the calls it places on that
+worker 1, 2, 3...; a worker's drain work (``remote.run_drain``) runs its
+map calls in ticket order (see ``remote``).
+
 Slot states (``SLOT.state``): FREE -> QUEUED (caller, before queueing the
 work) -> RUNNING (worker, compare-and-swap, just before the call) -> DONE
 (worker, once the outcome is whole); QUEUED -> CANCELLED (caller,
@@ -42,16 +47,18 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._core.memlike import MemLike  # typing only
 
-__all__ = ["PoolMemory", "HEADER", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING", "DONE",
-            "CANCELLED",
-           "INLINE_MAX", "put_big", "take_big", "close_fd"]
+__all__ = ["PoolMemory", "HEADER", "DRAIN", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING",
+           "DONE", "CANCELLED", "INLINE_MAX", "put_big", "take_big", "close_fd"]
 
 HEADER = Record("POOL_HEADER", [("magic", "Q"), ("nslots", "I"), ("slot_size", "I"),
-                                ("broken", "I"), ("want", "I")], stride=64)
+                                ("broken", "I"), ("want", "I"), ("nworkers", "I")], stride=64)
+# one per worker, after the header: 1 while its drain work (remote.run_drain) is queued
+# or running
+DRAIN = Record("POOL_DRAIN", [("active", "I")], stride=64)
 # outcome: what the inline area (or the big payload) holds once DONE.
 SLOT = Record("POOL_SLOT", [("state", "I"), ("direct", "I"), ("kind", "I"), ("outcome", "I"),
                             ("length", "Q"), ("big_pid", "I"), ("big_fd", "I"),
-                            ("big_ino", "Q"), ("use_seq", "Q")], stride=64)
+                            ("big_ino", "Q"), ("use_seq", "Q"), ("ticket", "Q")], stride=64)
 # kind, outcome, length, big_pid, big_fd, big_ino: written and read as one block
 # (the slot is FREE or DONE meanwhile: its state word orders it).
 SLOT_BODY = struct.Struct("=IIQIIQ")
@@ -84,11 +91,13 @@ class PoolMemory:
         self.mem = _make_mem(buf, fd)
         self.view = memoryview(buf)
         self.nslots = self.mem.load32(HEADER.nslots)
+        self.slots_base = HEADER.stride + self.mem.load32(HEADER.nworkers) * DRAIN.stride
 
     @classmethod
-    def create(cls, nslots: int) -> PoolMemory:
+    def create(cls, nslots: int, nworkers: int) -> PoolMemory:
         """Create the memfd (caller side).  Raises: OSError."""
-        size = HEADER.stride + nslots * SLOT_SIZE
+        base = HEADER.stride + nworkers * DRAIN.stride
+        size = base + nslots * SLOT_SIZE
         fd = os.memfd_create("kproc-pool", os.MFD_CLOEXEC)
         try:
             os.fchmod(fd, 0o600)
@@ -105,8 +114,9 @@ class PoolMemory:
         pm.view = memoryview(buf)
         pm.mem.store32(HEADER.nslots, nslots)
         pm.mem.store32(HEADER.slot_size, SLOT_SIZE)
+        pm.mem.store32(HEADER.nworkers, nworkers)
         pm.mem.store64(HEADER.magic, MAGIC)
-        pm.nslots = nslots
+        pm.nslots, pm.slots_base = nslots, base
         return pm
 
     @classmethod
@@ -129,7 +139,12 @@ class PoolMemory:
 
     def slot_off(self, slot: int) -> int:
         """Byte offset of slot ``slot``'s record; its inline area follows it."""
-        return HEADER.stride + slot * SLOT_SIZE
+        return self.slots_base + slot * SLOT_SIZE
+
+    @staticmethod
+    def drain_off(w: int) -> int:
+        """Byte offset of worker ``w``'s DRAIN record."""
+        return HEADER.stride + w * DRAIN.stride
 
     def write_body(self, off: int, kind: int, outcome: int, length: int,
                    big: tuple[int, int, int] | None) -> None:
@@ -139,6 +154,21 @@ class PoolMemory:
         else:
             SLOT_BODY.pack_into(self.buf, off + SLOT.kind, kind, outcome, length, big[0],
                                 big[1], big[2])
+
+    def write_call(self, off: int, kind: int, data: bytes) -> None:
+        """Write an inline call (body and bytes; not the state word)."""
+        start = off + SLOT.stride
+        self.view[start:start + len(data)] = data
+        SLOT_BODY.pack_into(self.buf, off + SLOT.kind, kind, 0, len(data), 0, 0, 0)
+
+    def read_outcome(self, off: int) -> tuple[int, bytes, tuple[int, int, int, int] | None]:
+        """(outcome code, inline bytes, None) of a DONE slot, or (code, b"", (pid, fd,
+        inode, length)) when the outcome is in the side channel."""
+        _kind, code, n, pid, fd, ino = SLOT_BODY.unpack_from(self.buf, off + SLOT.kind)
+        if pid:
+            return code, b"", (pid, fd, ino, n)
+        start = off + SLOT.stride
+        return code, self.buf[start:start + n], None
 
     def read_body(self, off: int) -> tuple[int, int, int, int, int, int]:
         """(kind, outcome, length, big_pid, big_fd, big_ino) of a slot."""

@@ -57,14 +57,16 @@ def _fn_pickle(fn: Callable[..., Any]) -> bytes:
 
 
 def encode_call(fn: Callable[..., Any], args: tuple[Any, ...],
-                kwargs: dict[str, Any] | None) -> bytes:
+                kwargs: dict[str, Any] | None, head: bytes | None = None) -> bytes:
     """Encode one call.  Context: the caller.
 
+    @head: ``encode_call(fn, (), None)``, when the caller has it already (a map).
     Raises: TypeError if ``fn`` cannot travel by reference or an argument
     cannot be pickled (before anything is queued).
     """
-    raw = _fn_pickle(fn)
-    head = _LEN.pack(len(raw)) + raw
+    if head is None:
+        raw = _fn_pickle(fn)
+        head = _LEN.pack(len(raw)) + raw
     if not args and not kwargs:
         return head
     try:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 __all__ = ["Collector", "Watcher"]
 
 COLLECT_TICK = 1.0        # s: a collector pass even without a kick (a safety net)
+POLL_TICK = 0.002         # s: the same while a map's calls are in slots
 
 
 class Collector(threading.Thread):
@@ -75,7 +76,8 @@ class Collector(threading.Thread):
                 if eng.broken is not None or eng.rt.closed or \
                         (eng.shutting and eng.live == 0):
                     return
-            wait_for_completion_timeout(eng.kick, COLLECT_TICK)
+            # a map's calls wake nobody when done: look for them every POLL_TICK
+            wait_for_completion_timeout(eng.kick, POLL_TICK if eng.quiet else COLLECT_TICK)
 
     def _broken_by_initializer(self) -> None:
         # An initializer failed: its slot holds why; the collect pass above

@@ -5,7 +5,7 @@ A pool has ``S`` call slots per worker (``channel``), each with its own
 the caller makes is a :class:`Call`; it waits in ``backlog`` until a slot is
 free on a worker that is not parked, then is written into the slot and its
 work queued (``kthread_queue_work``).  Whichever thread of the caller first
-sees the slot DONE -- a ``result()`` waiting on it (:meth:`Engine.wait_direct`)
+sees the slot DONE -- a ``result()`` waiting on it (``direct.wait_direct``)
 or the collector thread (``collector``) -- reaps it under ``lock``: the
 outcome is read, the slot freed and the next backlog call placed in it; the
 outcome is then decoded and delivered with the lock dropped (a done-callback
@@ -30,8 +30,10 @@ from __future__ import annotations
 
 import collections
 import os
+from concurrent.futures import CancelledError
 import threading
 import time
+from typing import Any
 
 from .._core import layout as L
 from .._core import trace as _trace
@@ -44,19 +46,18 @@ from .._workqueue.fastpath import fast_paths, lock_spin_ns
 from .._workqueue.handles import KthreadWork, KthreadWorker
 from .._workqueue.lists import wake_worker
 from .._workqueue.queue import kthread_queue_work
-from .channel import (CANCELLED, DONE, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
+from .channel import (CANCELLED, DONE, DRAIN, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
                       close_fd, put_big, take_big)
+from .call import Call
 from .codec import OUT_EXC, decode_outcome
 from .errors import BrokenKthreadPool
-from .remote import KIND_INIT, SlotRef, run_slot
+from .remote import KIND_INIT, KIND_MAP, DrainRef, SlotRef, run_drain, run_slot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
-    from concurrent.futures import Future
-    from typing import Any
 
-__all__ = ["Call", "Engine", "task_of"]
+__all__ = ["Engine", "TICK_NS", "current_cpu", "task_of"]
 
 
 def task_of(worker: KthreadWorker) -> Task:
@@ -77,19 +78,9 @@ except ImportError:             # no extension: no CPU preference
     _getcpu = None
 
 
-class Call:
-    """One call of the pool, from submit to its outcome."""
-
-    __slots__ = ("payload", "kind", "future", "slot", "big", "finished", "worker")
-
-    def __init__(self, payload: bytes, kind: int, future: Future[Any] | None) -> None:
-        self.payload = payload
-        self.kind = kind
-        self.future = future
-        self.slot = -1          # its slot while it has one
-        self.big: tuple[int, int, int] | None = None   # our side-channel fd, inode, length
-        self.finished = False
-        self.worker = -1        # for KIND_INIT: the worker it must run on
+def current_cpu() -> int:
+    """The CPU this thread runs on, or -1 where the extension is not built."""
+    return _getcpu() if _getcpu is not None else -1
 
 
 class Engine:
@@ -99,29 +90,42 @@ class Engine:
                  per_worker: int) -> None:
         self.rt = rt
         self.lock = threading.Lock()
-        self.idle = threading.Condition(self.lock)
+        # a map's iterator whose next call waits in the backlog sleeps here
+        self.placed = threading.Condition(self.lock)
+        self.place_waiters = 0
         self.workers = workers
         self.cpus = cpus
         self.flags_off = [rt.arena.task_off(task_of(w)._idx) + T.flags for w in workers]
         n = len(workers) * per_worker
-        self.pm = PoolMemory.create(n)
+        self.per = per_worker
+        self.pm = PoolMemory.create(n, len(workers))
         self.kick = Completion()
         self.comps = [Completion() for _ in range(n)]
         self.comp_off = [c._off for c in self.comps]
         self.slot_worker = [s // per_worker for s in range(n)]
+        # a work per slot, then one drain work per worker (its map calls: remote.run_drain)
         self.works = [KthreadWork(run_slot, SlotRef(self.pm.key, s, self.comps[s], self.kick))
                       for s in range(n)]
+        self.works += [KthreadWork(run_drain, DrainRef(self.pm.key, w, w * per_worker,
+                                                       tuple(self.comps[w * per_worker:
+                                                                        (w + 1) * per_worker]),
+                                                       workers[w]))
+                       for w in range(len(workers))]
+        self.nslots = n
+        self.active_off = [PoolMemory.drain_off(w) + DRAIN.active for w in range(len(workers))]
         self.raw_wait = rt.waits.raw_completion_wait()
         self.cq = fast_paths(rt)[0]
         self.wake_in_c = rt.waits.name == "futex"
         # the C kthread_queue_work()'s arguments per slot, once its work is tied
-        self.fast_args: list[tuple[int, int, int, int, int, int, bool] | None] = [None] * n
-        self.free = [list(range(w * per_worker, (w + 1) * per_worker))[::-1]
-                     for w in range(len(workers))]
+        self.fast_args: list[tuple[int, int, int, int, int, int, bool] | None] = \
+            [None] * len(self.works)
+        # each worker's slots are used in ring order; tail: the ticket of its next call
+        self.tail = [1] * len(workers)
         self.inflight = [0] * len(workers)
         self.slot_call: list[Call | None] = [None] * n
         self.backlog: collections.deque[Call] = collections.deque()
         self.live = 0
+        self.quiet = 0          # KIND_MAP calls in slots (the collector polls for them)
         self.broken: BaseException | None = None
         self.shutting = False
 
@@ -134,12 +138,16 @@ class Engine:
         best, here = -1, -1
         if _getcpu is not None:
             here = _getcpu()
-        for w in range(len(self.workers)):
-            if not self.free[w] or self.parked(w):
+        load32, flags_off, slot_call, inflight, cpus = (self.rt.mem.load32, self.flags_off,
+                                                        self.slot_call, self.inflight, self.cpus)
+        per, tail = self.per, self.tail
+        for w in range(len(flags_off)):
+            if slot_call[w * per + tail[w] % per] is not None or \
+                    load32(flags_off[w]) & L.KF_SHOULD_PARK:
                 continue
-            if best < 0 or self.inflight[w] < self.inflight[best] or \
-                    (self.inflight[w] == self.inflight[best] == 0 and
-                     self.cpus[best] == here and self.cpus[w] != here):
+            if best < 0 or inflight[w] < inflight[best] or \
+                    (inflight[w] == inflight[best] == 0 and
+                     cpus[best] == here and cpus[w] != here):
                 best = w
         return best
 
@@ -150,6 +158,17 @@ class Engine:
             self._place(call, call.worker)
         elif self.backlog or not self._feed_one(call):
             self.backlog.append(call)
+
+    def submit_many_locked(self, calls: list[Call]) -> None:
+        """submit_locked() of each of ``calls``, in order.  Lock held."""
+        self.live += len(calls)
+        backlog = self.backlog
+        i, n = 0, len(calls)
+        if not backlog:
+            while i < n and self._feed_one(calls[i]):
+                i += 1
+        if i < n:
+            backlog.extend(calls[i:] if i else calls)
 
     def _feed_one(self, call: Call) -> bool:
         w = self._pick()
@@ -163,47 +182,60 @@ class Engine:
         backlog = self.backlog
         while backlog:
             call = backlog[0]
-            if call.future is not None and call.future.cancelled():
+            if call.finished or (call.future is not None and call.future.cancelled()):
                 backlog.popleft()
-                self._finished_locked(call)
+                if not call.finished:
+                    self._finished_locked(call)
                 continue
             if not self._feed_one(call):
                 return
             backlog.popleft()
+            if call.kind == KIND_MAP and self.place_waiters:
+                self.placed.notify_all()
 
     def _place(self, call: Call, w: int) -> None:
         pm = self.pm
-        slot = self.free[w].pop()
+        ticket = self.tail[w]
+        self.tail[w] = ticket + 1
+        slot = w * self.per + ticket % self.per
         off = pm.slot_off(slot)
-        if call.big is None and len(call.payload) > INLINE_MAX:
-            call.big = put_big(call.payload)
+        payload = call.payload
+        if call.big is None and len(payload) > INLINE_MAX:
+            call.big = put_big(payload)
             call.payload = b""
         big = call.big
         if big is not None:
             pm.write_body(off, call.kind, 0, big[2], (os.getpid(), big[0], big[1]))
         else:
-            pm.write_inline(off, call.payload)
-            pm.write_body(off, call.kind, 0, len(call.payload), None)
-        self.rt.mem.store32(self.comp_off[slot], 0)         # reinit_completion()
-        pm.mem.store32(off + SLOT.state, QUEUED)
+            pm.write_call(off, call.kind, payload)
+        amem = self.rt.mem
+        amem.store32(self.comp_off[slot], 0)         # reinit_completion()
+        mem = pm.mem
+        mem.store32(off + SLOT.state, QUEUED)
+        mem.store64(off + SLOT.ticket, ticket)         # after QUEUED: see remote.run_drain
         call.slot = slot
         self.slot_call[slot] = call
         self.inflight[w] += 1
-        self._queue(w, slot)
-        if self.rt.mem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
+        if call.kind == KIND_MAP:
+            self.quiet += 1
+            if mem.xchg32(self.active_off[w], 1) == 0:
+                self._queue(w, self.nslots + w)     # the worker's drain work
+        else:
+            self._queue(w, slot)
+        if amem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
             complete(self.kick)           # parking began meanwhile: have it moved
 
-    def _queue(self, w: int, slot: int) -> None:
-        """kthread_queue_work(), through its C fast path when it takes it."""
-        args = self.fast_args[slot]
+    def _queue(self, w: int, i: int) -> None:
+        """kthread_queue_work() of ``works[i]``, through its C fast path when it takes it."""
+        args = self.fast_args[i]
         cq = self.cq
         r = cq(*args) if cq is not None and args is not None and not _trace.ENABLED else -1
         if r < 0:
-            kthread_queue_work(self.workers[w], self.works[slot])
-            worker, work = self.workers[w], self.works[slot]
+            kthread_queue_work(self.workers[w], self.works[i])
+            worker, work = self.workers[w], self.works[i]
             if self.cq is not None and self.wake_in_c:
-                self.fast_args[slot] = (worker._off, work._off, worker._idx + 1,
-                                        worker._gen, work._gen, lock_spin_ns(), True)
+                self.fast_args[i] = (worker._off, work._off, worker._idx + 1,
+                                     worker._gen, work._gen, lock_spin_ns(), True)
         elif r == 2 and not self.wake_in_c:
             wake_worker(self.rt, self.workers[w]._off)
 
@@ -213,8 +245,10 @@ class Engine:
         mem.fetch_add64(off + SLOT.use_seq, 1)
         mem.store32(off + SLOT.state, FREE)
         w = self.slot_worker[slot]
+        call = self.slot_call[slot]
+        if call is not None and call.kind == KIND_MAP:
+            self.quiet -= 1
         self.slot_call[slot] = None
-        self.free[w].append(slot)
         self.inflight[w] -= 1
 
     def _finished_locked(self, call: Call) -> None:
@@ -223,8 +257,6 @@ class Engine:
             call.big = None
         call.finished = True
         self.live -= 1
-        if self.live == 0:
-            self.idle.notify_all()
 
     # -- reaping ----------------------------------------------------------------
 
@@ -235,11 +267,12 @@ class Engine:
             return None
         pm = self.pm
         off = pm.slot_off(slot)
-        _kind, code, n, pid, fd, ino = pm.read_body(off)
-        try:
-            data = take_big(pid, fd, ino, n) if pid else pm.read_inline(off, n)
-        except OSError as exc:
-            code, data = -1, repr(exc).encode()
+        code, data, big = pm.read_outcome(off)
+        if big is not None:
+            try:
+                data = take_big(*big)
+            except OSError as exc:
+                code, data = -1, repr(exc).encode()
         self._free_slot_locked(slot)
         self._finished_locked(call)
         if self.backlog:
@@ -255,18 +288,15 @@ class Engine:
             if code == OUT_EXC or code < 0:
                 self.fail(self._init_failed(code, data))
             return None
+        if code < 0:
+            got: tuple[bool, Any] = (True, self.broken or OSError(data.decode()))
+        else:
+            got = decode_outcome(code, data)
         fut = call.future
         if fut is None:
-            return None
-        if code < 0:
-            exc: BaseException = self.broken or OSError(data.decode())
-            fut.set_exception(exc)
-            return True, exc
-        got = decode_outcome(code, data)
-        if got[0]:
-            fut.set_exception(got[1])
+            call.result = got           # a map's call: its iterator takes it from here
         else:
-            fut.set_result(got[1])
+            fut.finish(got)
         return got
 
     def _init_failed(self, code: int, data: bytes) -> BaseException:
@@ -279,9 +309,10 @@ class Engine:
         """Reap every DONE slot nobody waits on directly (the collector's pass)."""
         pm, mem = self.pm, self.pm.mem
         out = []
+        now = time.monotonic()
         with self.lock:
             for slot, call in enumerate(self.slot_call):
-                if call is None:
+                if call is None or (call.run is not None and call.run.active(now)):
                     continue
                 off = pm.slot_off(slot)
                 if mem.load32(off + SLOT.state) == DONE and \
@@ -291,61 +322,13 @@ class Engine:
                         out.append(got)
         return out
 
-    def wait_direct(self, call: Call, timeout: float | None
-                    ) -> tuple[float | None, tuple[bool, Any] | None]:
-        """Wait in this thread for ``call``'s slot to be DONE, and reap it.
-
-        Return: (the seconds of ``timeout`` left, None for no timeout, 0 if it
-        ran out; the outcome if this thread reaped it, else None: another
-        thread reaps it, or the call is not in a slot).
-        """
-        slot = call.slot
-        if slot < 0 or call.finished:
-            return timeout, None
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pm, amem = self.pm, self.rt.mem
-        mem = pm.mem
-        off = pm.slot_off(slot)
-        state_off = off + SLOT.state
-        coff = self.comp_off[slot]
-        seq_off = coff + C.seq
-        spin = self.rt.waits.spin_ns
-        if _getcpu is not None and _getcpu() == self.cpus[self.slot_worker[slot]]:
-            spin = 0                     # spinning would only delay the worker
-        wait = self.raw_wait
-        mem.fetch_add32(off + SLOT.direct, 1)
-        reaped = None
-        try:
-            while self.slot_call[slot] is call and self.broken is None:
-                if mem.load32(state_off) == DONE:
-                    with self.lock:
-                        if self.slot_call[slot] is call:
-                            reaped = self.reap_locked(slot)
-                    break
-                snap = amem.load32(seq_off)
-                if amem.load32(coff):
-                    continue
-                if deadline is None:
-                    tick = TICK_NS
-                else:
-                    tick = min(TICK_NS, int((deadline - time.monotonic()) * 1e9))
-                    if tick <= 0:
-                        break
-                if wait(coff, snap, tick, spin, -1, 0) == 0:
-                    self.rt.check_alive()
-        finally:
-            mem.fetch_add32(off + SLOT.direct, -1)
-            if reaped is None:
-                complete(self.kick)       # a DONE we leave is the collector's again
-        got = self.deliver(*reaped) if reaped is not None else None
-        if deadline is None:
-            return None, got
-        return max(0.0, deadline - time.monotonic()), got
-
     # -- cancel, move, break ----------------------------------------------------
 
     def cancel(self, call: Call) -> bool:
-        """Make sure ``call`` never starts.  Return: True if it will not, False if it started."""
+        """Make sure ``call`` never starts.  Return: True if it will not, False if it started.
+
+        A map's call cancelled gets CancelledError as its outcome.
+        """
         with self.lock:
             if call.finished:
                 return False
@@ -355,19 +338,30 @@ class Engine:
                     self.backlog.remove(call)
                 except ValueError:
                     return False
-                self._finished_locked(call)
+                self._cancelled_locked(call)
                 return True
             off = self.pm.slot_off(slot)
             if self.pm.mem.cmpxchg32(off + SLOT.state, QUEUED, CANCELLED) != QUEUED:
                 return False
             work = self.works[slot]
-        self._unqueue(slot, work)
+        if call.kind != KIND_MAP:             # a map's call has no work: its drain skips it
+            self._unqueue(slot, work)
         with self.lock:
             self._free_slot_locked(slot)
-            self._finished_locked(call)
+            self._cancelled_locked(call)
             call.slot = -1
+            self._wake(self.comps[slot], True)   # a result() waiting on it leaves now
             self.feed_locked()
         return True
+
+    def _cancelled_locked(self, call: Call) -> None:
+        self._finished_locked(call)
+        if call.kind == KIND_MAP:
+            call.result = (True, CancelledError())
+
+    def drop_backlog_call_locked(self, call: Call) -> None:
+        """Cancel a call still in the backlog (it is skipped there).  Lock held."""
+        self._cancelled_locked(call)
 
     def _unqueue(self, slot: int, work: KthreadWork) -> None:
         # Off the worker's list, or waits for a run_slot() that sees CANCELLED and returns.
@@ -393,7 +387,8 @@ class Engine:
                 if self.pm.mem.cmpxchg32(off + SLOT.state, QUEUED, CANCELLED) == QUEUED:
                     todo.append((slot, call))
         for slot, call in todo:
-            self._unqueue(slot, self.works[slot])
+            if call.kind != KIND_MAP:
+                self._unqueue(slot, self.works[slot])
             with self.lock:
                 self._free_slot_locked(slot)
                 call.slot = -1
@@ -420,6 +415,9 @@ class Engine:
             for call in calls:
                 if not call.finished:
                     self._finished_locked(call)
+                    if call.kind == KIND_MAP:
+                        call.result = (True, exc)
+            self.placed.notify_all()
         for call in calls:
             if call.future is not None and not call.future.done():
                 try:

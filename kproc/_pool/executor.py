@@ -22,14 +22,15 @@ Runs in the caller: any process of the runtime, any of its threads.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
-import warnings
+import time
 import weakref
 from concurrent.futures import Executor
 
 from .._core.checks import check_mask
-from .._core.errors import KernelWarning, KthreadError
+from .._core.errors import KthreadError, kernel_warnings_dropped
 from .._core.runtime import get_runtime
 from .._kthread.control import kthread_park, kthread_set_per_cpu, kthread_unpark
 from .._sched.completion import complete
@@ -38,10 +39,12 @@ from .._workqueue.worker import kthread_create_worker_on_cpu, kthread_destroy_wo
 from . import hotplug
 from .codec import encode_call
 from .collector import Collector, Watcher
-from .engine import Call, Engine, task_of
+from .call import Call
+from .engine import Engine, task_of
 from .errors import BrokenKthreadPool
 from .future import PoolFuture
-from .remote import KIND_CALL, KIND_INIT, run_chunk
+from .mapping import map_calls
+from .remote import KIND_CALL, KIND_INIT, KIND_MAP, run_chunk
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -89,9 +92,9 @@ class _Pool:
             if self.watcher.is_alive():
                 self.watcher.join()
         if not eng.rt.closed:
-            with warnings.catch_warnings():
-                if eng.broken is not None:     # works still queued are dropped on purpose
-                    warnings.simplefilter("ignore", KernelWarning)
+            # works still queued on a broken pool are dropped on purpose
+            with kernel_warnings_dropped() if eng.broken is not None else \
+                    contextlib.nullcontext():
                 for w, worker in enumerate(eng.workers):
                     _destroy(eng, w, worker)
             if self.state >= 0:
@@ -119,7 +122,9 @@ def _python_exit() -> None:
         p.join()
 
 
-threading._register_atexit(_python_exit)  # type: ignore[attr-defined]
+# as concurrent.futures does: run before the interpreter joins non-daemon threads
+_register_atexit: Callable[[Callable[[], None]], None] = getattr(threading, "_register_atexit")
+_register_atexit(_python_exit)
 
 
 def _check_max_workers(max_workers: object, ncpus: int) -> int:
@@ -214,13 +219,14 @@ class KthreadPoolExecutor(Executor):
         Raises: TypeError (fn cannot travel by reference, arguments not
         picklable); RuntimeError after shutdown(); BrokenKthreadPool.
         """
-        eng = self._check_open()
-        call = Call(encode_call(fn, args, kwargs), KIND_CALL, None)
-        fut = PoolFuture()
-        fut._engine, fut._call = eng, call
-        call.future = fut
-        with eng.lock:
+        eng = self._pool.engine
+        if eng.broken is not None or eng.shutting or _exiting:
             self._check_open()
+        call = Call(encode_call(fn, args, kwargs), KIND_CALL, None)
+        fut = call.future = PoolFuture(eng, call)
+        with eng.lock:
+            if eng.broken is not None or eng.shutting:
+                self._check_open()
             eng.submit_locked(call)
         return fut
 
@@ -237,11 +243,19 @@ class KthreadPoolExecutor(Executor):
         """
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
+        end = None if timeout is None else timeout + time.monotonic()   # from the call
+        eng = self._check_open()
         if chunksize == 1:
-            return super().map(fn, *iterables, timeout=timeout)
-        it = zip(*iterables)
-        chunks = iter(lambda: tuple(itertools.islice(it, chunksize)), ())
-        results = super().map(run_chunk, itertools.repeat(fn), chunks, timeout=timeout)
+            head = encode_call(fn, (), None)
+            payloads = [encode_call(fn, args, None, head) for args in zip(*iterables)]
+        else:
+            it = zip(*iterables)
+            chunks = iter(lambda: tuple(itertools.islice(it, chunksize)), ())
+            head = encode_call(run_chunk, (), None)
+            payloads = [encode_call(run_chunk, (fn, chunk), None, head) for chunk in chunks]
+        results = map_calls(eng, payloads, end, self._check_open)
+        if chunksize == 1:
+            return results
         return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
@@ -259,8 +273,12 @@ class KthreadPoolExecutor(Executor):
             pending = list(eng.backlog) + [c for c in eng.slot_call if c is not None]
         if cancel_futures:
             for call in pending:
+                if call.finished:
+                    continue
                 if call.future is not None:
                     call.future.cancel()
+                elif call.kind == KIND_MAP:
+                    eng.cancel(call)
         pool.begin_shutdown()
         if wait:
             pool.join()

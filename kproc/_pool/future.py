@@ -15,26 +15,79 @@ do more than the base class:
   starts in the worker (ProcessPoolExecutor marks it RUNNING once it is
   handed to its call queue).
 
+Its ``threading.Condition`` is made on first use only (a waiter, a
+callback, a cancel): a call whose ``result()`` reaps it in the waiting
+thread, the common case, never needs one.  Races prevented: the condition
+is made under ``_made``, and the waiting thread's direct finish
+(``finish``) checks for it under ``_made`` too, so a thread that starts
+waiting on the condition meanwhile is always notified.
+
 Runs in the caller, in any of its threads.
 """
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 from typing import Any
 from concurrent.futures._base import PENDING, RUNNING, FINISHED
 
 from .channel import RUNNING as SLOT_RUNNING, SLOT
-from .engine import Call, Engine
+from .call import Call
+from .direct import wait_direct
+from .engine import Engine
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 __all__ = ["PoolFuture"]
+
+_made = threading.Lock()        # orders making a future's condition against finish()
 
 
 class PoolFuture(Future[Any]):
     """A Future of a KthreadPoolExecutor call."""
 
-    _engine: Engine
-    _call: Call
+    def __init__(self, engine: Engine, call: Call) -> None:
+        # Future.__init__'s state, but the condition (see the module's doc)
+        self._cond: threading.Condition | None = None
+        self._state = PENDING
+        self._result = None
+        self._exception = None
+        self._waiters = []
+        self._done_callbacks: list[Callable[[Future[Any]], object]] = []
+        self._engine = engine
+        self._call = call
+
+    @property
+    def _condition(self) -> threading.Condition:
+        cond = self._cond
+        if cond is None:
+            with _made:
+                cond = self._cond
+                if cond is None:
+                    cond = self._cond = threading.Condition()
+        return cond
+
+    @_condition.setter
+    def _condition(self, cond: threading.Condition) -> None:
+        self._cond = cond
+
+    def finish(self, got: tuple[bool, Any]) -> None:
+        """Set the outcome (exception or value) reaped for this future.  Context: the caller."""
+        with _made:
+            if self._cond is None:        # nobody waits, no callback: no notify needed
+                if got[0]:
+                    self._exception = got[1]
+                else:
+                    self._result = got[1]
+                self._state = FINISHED
+                return
+        if got[0]:
+            self.set_exception(got[1])
+        else:
+            self.set_result(got[1])
 
     def _started(self) -> bool:
         slot = self._call.slot
@@ -80,7 +133,7 @@ class PoolFuture(Future[Any]):
         CancelledError, TimeoutError, BrokenKthreadPool.
         """
         if self._state != FINISHED:
-            timeout, got = self._engine.wait_direct(self._call, timeout)
+            timeout, got = wait_direct(self._engine, self._call, timeout)
             if got is not None:               # reaped here: no second look at the state
                 if got[0]:
                     raise got[1]
@@ -90,5 +143,5 @@ class PoolFuture(Future[Any]):
     def exception(self, timeout: float | None = None) -> BaseException | None:
         """The call's exception or None (as Future.exception())."""
         if self._state != FINISHED:
-            timeout = self._engine.wait_direct(self._call, timeout)[0]
+            timeout = wait_direct(self._engine, self._call, timeout)[0]
         return super().exception(timeout)

@@ -34,6 +34,10 @@ from .._kthread.control import kthread_park, kthread_unpark
 from .._sched.completion import Completion, complete
 from .._workqueue.handles import KthreadWorker
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 __all__ = ["install", "remove", "pool_cpu_online", "pool_cpu_offline"]
 
 
@@ -76,10 +80,9 @@ def pool_cpu_online(workers: tuple[tuple[int, KthreadWorker], ...], kick: Comple
     return 0
 
 
-def _setup(name: str, startup: object, teardown: object) -> int:
+def _setup(name: str, startup: Callable[[int], int], teardown: Callable[[int], int]) -> int:
     # _nocalls: the workers were just created on online CPUs, nothing to start
-    return int(_api.cpuhp_setup_state_nocalls(_api.CPUHP_AP_ONLINE_DYN, name,
-                                              startup, teardown))  # type: ignore[arg-type]
+    return _api.cpuhp_setup_state_nocalls(_api.CPUHP_AP_ONLINE_DYN, name, startup, teardown)
 
 
 def install(workers: list[KthreadWorker], cpus: list[int], kick: Completion,

@@ -12,6 +12,17 @@ next).  It wakes the pool's collector thread only when the collector asked
 slot (``SLOT.direct``), so a ``submit(f).result()`` round trip costs one
 wake-up, not two.
 
+A map's calls (KIND_MAP) have no work each: the caller numbers the calls it
+places on a worker (``SLOT.ticket``, in the ring order of the worker's
+slots) and makes sure the worker's one *drain work* (:func:`run_drain`, its
+data a :class:`DrainRef`) is queued; the drain runs the worker's map calls
+in ticket order, many per wake-up, skipping tickets whose call was
+cancelled or moved.  ``DRAIN.active`` is 1 while the drain is queued or
+running: the caller publishes a ticket, then swaps ``active`` to 1 and
+queues the drain if it was 0; the drain, finding no next ticket, stores 0
+and looks once more (and takes ``active`` back if a ticket appeared), so a
+ticket is never left without a drain.
+
 Races prevented: the collector publishes ``want`` before it looks at the
 slots and sleeps; a worker publishes DONE before it reads ``want``: one of
 the two always sees the other (sequentially consistent atomics).  A result
@@ -28,17 +39,23 @@ import os
 
 from .._core.runtime import get_runtime
 from .._sched.completion import Completion, complete, complete_all
-from .channel import (DONE, HEADER, QUEUED, RUNNING, SLOT, INLINE_MAX, PoolMemory, close_fd,
-                      put_big, take_big)
+from .._core import layout as L
+from .._workqueue.handles import KthreadWorker
+from .._workqueue.queue import kthread_queue_work
+from .channel import (DONE, DRAIN, HEADER, QUEUED, RUNNING, SLOT, INLINE_MAX, PoolMemory,
+                      close_fd, put_big, take_big)
 from .codec import OUT_EXC, decode_call, encode_exception, encode_result
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NamedTuple
 
-__all__ = ["SlotRef", "run_slot", "run_chunk", "KIND_CALL", "KIND_INIT"]
+__all__ = ["SlotRef", "DrainRef", "run_slot", "run_drain", "run_chunk", "KIND_CALL", "KIND_MAP",
+           "KIND_INIT"]
 
-KIND_CALL, KIND_INIT = 0, 2
+# KIND_MAP: a call of map(); its iterator reaps it, so it never wakes the collector
+KIND_CALL, KIND_MAP, KIND_INIT = 0, 1, 2
+T = L.TASK
 
 if TYPE_CHECKING:
     class SlotRef(NamedTuple):
@@ -46,20 +63,30 @@ if TYPE_CHECKING:
         slot: int
         comp: Completion
         kick: Completion
+
+    class DrainRef(NamedTuple):
+        key: tuple[int, int, int, int, int]
+        w: int                          # the worker's index in the pool
+        first: int                      # its first slot
+        comps: tuple[Completion, ...]   # its slots' completions
+        worker: KthreadWorker
 else:
     from collections import namedtuple
     SlotRef = namedtuple("SlotRef", "key slot comp kick")
     SlotRef.__module__ = __name__
+    DrainRef = namedtuple("DrainRef", "key w first comps worker")
+    DrainRef.__module__ = __name__
 
 
 class _Attached:
     """A pool's memory as this worker maps it, and the side-channel fds it still holds."""
 
-    __slots__ = ("pm", "held", "_complete")
+    __slots__ = ("pm", "held", "_complete", "heads")
 
     def __init__(self, pm: PoolMemory) -> None:
         self.pm = pm
         self.held: dict[int, tuple[int, int]] = {}     # slot -> (fd, seq)
+        self.heads: dict[int, int] = {}                # worker index -> next ticket
         self._complete = get_runtime().waits.completion_complete
 
     def complete_all(self, comp: Completion) -> None:
@@ -146,6 +173,20 @@ def run_slot(work: Any) -> None:
     if mem.load32(HEADER.broken) or \
             mem.cmpxchg32(off + SLOT.state, QUEUED, RUNNING) != QUEUED:
         return                        # cancelled, moved, or the pool is broken
+    kind = _run_claimed(att, ref.slot, off)
+    att.complete_all(ref.comp)
+    if kind != KIND_MAP and mem.load32(HEADER.want) and not mem.load32(off + SLOT.direct):
+        if mem.xchg32(HEADER.want, 0):
+            complete(ref.kick)
+
+
+def _run_claimed(att: _Attached, slot: int, off: int) -> int:
+    """Run the call of a slot this worker has just claimed (RUNNING); mark it DONE.
+
+    Return: the slot's kind.
+    """
+    pm = att.pm
+    mem = pm.mem
     kind, _code, n, pid, fd, ino = pm.read_body(off)
     try:
         raw = _read_call(pm, off, n, pid, fd, ino)
@@ -153,11 +194,57 @@ def run_slot(work: Any) -> None:
         code, data = encode_exception(exc)
     else:
         code, data = _execute(raw)
-    _publish(att, ref.slot, off, kind, code, data)
+    _publish(att, slot, off, kind, code, data)
     if kind == KIND_INIT and code == OUT_EXC:
         mem.store32(HEADER.broken, 1)
     mem.store32(off + SLOT.state, DONE)
-    att.complete_all(ref.comp)
-    if mem.load32(HEADER.want) and not mem.load32(off + SLOT.direct):
-        if mem.xchg32(HEADER.want, 0):
-            complete(ref.kick)
+    return kind
+
+
+def run_drain(work: Any) -> None:
+    """The drain work of a pool worker: run its queued map calls in ticket order.
+
+    @work: the worker's drain KthreadWork; its data is a DrainRef.
+    Context: a pool worker kthread (called by kthread_worker_fn).  Return: None.
+    Runs until no ticket is left (then clears DRAIN.active: see the module's
+    doc), the pool is broken, or the worker is asked to park (it then queues
+    itself again and returns, so the worker parks between two calls and goes
+    on where it was once unparked).
+    """
+    ref = work._data
+    att = _pool(ref.key)
+    pm = att.pm
+    mem = pm.mem
+    rt = get_runtime()
+    flags_off = (rt.self_base or 0) + T.flags
+    amem = rt.mem
+    act = pm.drain_off(ref.w) + DRAIN.active
+    nslots = len(ref.comps)
+    h = att.heads.get(ref.w, 1)
+    try:
+        while True:
+            if mem.load32(HEADER.broken):
+                mem.store32(act, 0)
+                return
+            if amem.load32(flags_off) & L.KF_SHOULD_PARK:
+                kthread_queue_work(ref.worker, work)
+                return
+            slot = ref.first + h % nslots
+            off = pm.slot_off(slot)
+            t = mem.load64(off + SLOT.ticket)
+            if t < h:                     # ticket h not placed yet: done, unless it is now
+                mem.store32(act, 0)
+                if mem.load64(off + SLOT.ticket) < h or mem.xchg32(act, 1):
+                    return
+                continue
+            h += 1
+            if t > h - 1 or mem.load32(off + SLOT.kind) != KIND_MAP or \
+                    mem.cmpxchg32(off + SLOT.state, QUEUED, RUNNING) != QUEUED:
+                continue                  # cancelled or moved; not a map call
+            if att.held:
+                att.release_taken()
+            _run_claimed(att, slot, off)
+            if mem.load32(off + SLOT.direct):
+                att.complete_all(ref.comps[slot - ref.first])
+    finally:
+        att.heads[ref.w] = h
