@@ -208,7 +208,8 @@ static PyObject *Mem_completion_done(ARGS)
     NEED_BUFFER();
     if (!nargs_ok(nargs, 1, 1, "completion_done") || !(c = completion_at(self, args[0])))
         return NULL;
-    return PyBool_FromLong(LOAD(&c->done) != 0);
+    /* done, then granted: a count in flight to a queued waiter counts (swait.c) */
+    return PyBool_FromLong(LOAD(&c->done) != 0 || LOAD(&c->granted) != 0);
 }
 
 /*
@@ -222,12 +223,12 @@ static PyObject *Mem_completion_done(ARGS)
  */
 static PyObject *Mem_completion_complete(KWARGS)
 {
-    static const char *const names[] = {"off", "all", "gen_off", "gen"};
-    PyObject *a[4];
+    static const char *const names[] = {"off", "all", "gen_off", "gen", "wake"};
+    PyObject *a[5];
     struct completion *c;
     int all = 0, ok;
     NEED_BUFFER();
-    if (!parse_args(args, nargs, kwnames, "completion_complete", names, 1, 4, a) ||
+    if (!parse_args(args, nargs, kwnames, "completion_complete", names, 1, 5, a) ||
         !(c = completion_at(self, a[0])) || (a[1] && (all = PyObject_IsTrue(a[1])) < 0))
         return NULL;
     if ((ok = gen_ok(self, a[2], a[3])) <= 0)
@@ -243,7 +244,9 @@ static PyObject *Mem_completion_complete(KWARGS)
     __atomic_fetch_add(&c->seq, 1, __ATOMIC_SEQ_CST);
     if (LOAD(&c->sleepers) > 0)
         futex_wake_n(&c->seq, all ? INT_MAX : 1);
-    swait_settle(self, c);              /* queued sleepers first in, first out */
+    /* queued sleepers first in, first out */
+    if (swait_settle_wake(self, c, a[4]) < 0)
+        return NULL;
     return PyLong_FromLong(0);
 }
 
@@ -327,9 +330,12 @@ PyMethodDef futex_methods[] = {
                     "differs from expected or a wake-up came, 2 timed out; the spin runs "
                     "in full, the timeout bounds the sleep after it"),
     M(completion_try, "completion_try(off) -> bool: try_wait_for_completion"),
-    M(completion_done, "completion_done(off) -> bool: done != 0"),
-    MK(completion_complete, "completion_complete(off, all=False, gen_off=-1, gen=0) -> 0; "
-                           "-1 (nothing done) if the u32 at gen_off is not gen"),
+    M(completion_done, "completion_done(off) -> bool: done != 0, or a count granted to a "
+                      "queued waiter not yet taken"),
+    MK(completion_complete, "completion_complete(off, all=False, gen_off=-1, gen=0, "
+                           "wake=None) -> 0; -1 (nothing done) if the u32 at gen_off is not "
+                           "gen; wake(word_off) wakes each queued node granted a count "
+                           "(default: FUTEX_WAKE)"),
     MK(completion_wait, "completion_wait(off, seq_snapshot, timeout_ns=-1, spin_ns=0, "
                        "gen_off=-1, gen=0) -> 1 acquired, 0 timed out, 2 woken or seq "
                        "moved without acquiring, -1 stale generation; seq_snapshot < 0: "

@@ -150,8 +150,12 @@ struct completion {
     uint32_t sleepers;                  /* waiters inside (or about to enter) FUTEX_WAIT */
     uint32_t lock;                      /* pid holding the queue, 0 = free */
     uint32_t head, tail;                /* queued swait nodes (arena offsets), 0 = none */
-    uint32_t reserved[2];
+    uint32_t granted;                   /* counts handed to queued waiters, not yet taken */
+    uint32_t reserved;
 };
+
+#define GRANT_COUNT 1                   /* swait_node.granted: one count, in c->granted */
+#define GRANT_ALL 2                     /* swait_node.granted: from complete_all */
 
 /* try_wait_for_completion(): take one count, or pass if complete_all. */
 static inline int completion_try(struct completion *c)
@@ -171,7 +175,7 @@ static inline int completion_try(struct completion *c)
 struct swait_node {
     int32_t owner;                      /* pid of the thread's process, 0 = free */
     uint32_t wake;                      /* the waiter's futex word, bumped at every wake */
-    uint32_t granted;                   /* 1 once complete() handed it one count */
+    uint32_t granted;                   /* GRANT_COUNT / GRANT_ALL until taken, 0 */
     uint32_t next, prev;                /* queue links (arena offsets), 0 = none */
     uint32_t pad;
     uint64_t comp;                      /* the completion it is queued on, 0 = none */
@@ -281,6 +285,8 @@ PyObject *mod_process_vm_read(PyObject *mod, PyObject *const *args, Py_ssize_t n
 PyObject *mod_process_vm_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 /* The queue of sleeping waiters (swait.c): after done moved, hand counts to it. */
 void swait_settle(MemObject *m, struct completion *c);
+int swait_settle_wake(MemObject *m, struct completion *c, PyObject *wake);
+int swait_take_grant(struct completion *c, struct swait_node *n);
 int mutex_trylock_spin(pthread_mutex_t *mx, int64_t spin_ns);
 int mutex_acquired(pthread_mutex_t *mx, int rc);
 int mutex_held(pthread_mutex_t *mx, const char *fname);

@@ -147,3 +147,60 @@ def test_caller_threads_are_woken_in_queue_order(rt):
     for th in threads:
         th.join()
     assert order == [0, 1, 2]
+
+
+def test_completion_done_stays_true_until_the_woken_waiter_takes_the_count(rt):
+    """kernel/sched/completion.c: complete() does x->done++ and wakes the head waiter;
+    the waiter decrements done itself when it runs (do_wait_for_common(): x->done--),
+    so completion_done() ("return false if there are waiters ... done == 0") is true
+    from the complete() until then.  The queued waiter is stopped (SIGSTOP) so it
+    cannot run in between."""
+    comp = kproc.Completion()
+    task, = _queue_waiters(comp, 1)
+    os.kill(task.pid, signal.SIGSTOP)
+    try:
+        kproc.complete(comp)
+        assert kproc.completion_done(comp) is True
+        assert completion_waiters(comp) == []           # no longer queued: woken
+    finally:
+        os.kill(task.pid, signal.SIGCONT)
+    assert kproc.kthread_stop(task) == 42
+    assert kproc.completion_done(comp) is False         # the waiter took it
+
+
+def test_complete_all_keeps_completion_done_after_a_woken_waiter_passes(rt):
+    """complete_all() sets done to UINT_MAX, which a waiter never decrements
+    (completion.c: ``if (x->done != UINT_MAX) x->done--``); reinit makes it 0."""
+    comp = kproc.Completion()
+    task, = _queue_waiters(comp, 1)
+    kproc.complete_all(comp)
+    assert kproc.kthread_stop(task) == 42
+    assert kproc.completion_done(comp) is True
+    kproc.reinit_completion(comp)
+    assert kproc.completion_done(comp) is False
+
+
+@pytest.mark.timeout(120)
+def test_more_sleeping_threads_than_the_old_node_table_keep_fifo_order(rt):
+    """Every thread that can sleep has a queue node (one per thread id), so 300
+    sleepers (the node table used to hold 256 and let the rest wait unqueued, in
+    no order) are all queued and woken in order: completion.c complete() "Threads
+    will be awakened in the same order in which they were queued"."""
+    n = 300
+    comp = kproc.Completion()
+    me = os.getpid()
+    order, threads = [], []
+    for i in range(n):
+        th = threading.Thread(target=lambda i=i: (kproc.wait_for_completion(comp),
+                                                  order.append(i)), daemon=True)
+        th.start()
+        threads.append(th)
+        wait_until(lambda: len(completion_waiters(comp)) == i + 1, 10,
+                   message=lambda: f"waiter {i} is not queued")
+    assert completion_waiters(comp) == [me] * n
+    for i in range(n):
+        kproc.complete(comp)
+        wait_until(lambda: len(order) == i + 1, 10)
+    for th in threads:
+        th.join(10)
+    assert order == list(range(n))

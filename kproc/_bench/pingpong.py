@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["CASES", "suite", "floor_path"]
 
 WARM = 200
+SPIN_NS = 50_000              # kproc's default spin (KPROC_SPIN_US), for the raw spin row
 
 
 def kproc_pong(args: tuple[kproc.Completion, kproc.Completion, int]) -> int:
@@ -40,8 +41,15 @@ def kproc_pong(args: tuple[kproc.Completion, kproc.Completion, int]) -> int:
     return 0
 
 
-def pingpong_kproc(rounds: int, backend: Literal["futex", "posix"]) -> list[int]:
-    """Round trips (ns) of complete(ping) → wait(pong) with a kthread on CPU 1."""
+def pingpong_kproc(rounds: int, backend: Literal["futex", "posix"],
+                   spin: bool = True) -> list[int]:
+    """Round trips (ns) of complete(ping) → wait(pong) with a kthread on CPU 1.
+
+    @spin: False runs with ``KPROC_SPIN_US=0`` (every wait that finds the
+    completion not done sleeps at once), to set beside the raw semaphores.
+    """
+    if not spin:
+        os.environ["KPROC_SPIN_US"] = "0"     # this case's own process: read at start()
     pin(CALLER_CPU)
     progress = Progress(rounds)
     with kproc.start(backend=backend):
@@ -91,8 +99,13 @@ def pingpong_mp_event(rounds: int) -> list[int]:
     return out
 
 
-def pingpong_posix_ipc(rounds: int) -> list[int]:
-    """Round trips (ns) through two raw posix_ipc semaphores."""
+def pingpong_posix_ipc(rounds: int, spin_ns: int = 0) -> list[int]:
+    """Round trips (ns) through two raw posix_ipc semaphores, between a parent on
+    CPU 0 and its forked child on CPU 1 (kproc's rows: the caller and a kthread).
+
+    @spin_ns: > 0 tries the semaphore (``acquire(0)``) for that long before
+    the blocking ``acquire()``, as kproc's waits spin before they sleep.
+    """
     import posix_ipc
     pin(CALLER_CPU)
     tag = f"/kproc-bench-{os.getpid()}"
@@ -104,17 +117,29 @@ def pingpong_posix_ipc(rounds: int) -> list[int]:
     if pid == 0:
         pin(PEER_CPU)
         for _ in range(rounds):
-            a.acquire()
+            _sem_wait(a, spin_ns, posix_ipc.BusyError)
             b.release()
         os._exit(0)
     out = []
     for _ in range(rounds):
         t0 = time.perf_counter_ns()
         a.release()
-        b.acquire()
+        _sem_wait(b, spin_ns, posix_ipc.BusyError)
         out.append(time.perf_counter_ns() - t0)
     os.waitpid(pid, 0)
     return out
+
+
+def _sem_wait(sem: Any, spin_ns: int, busy: type[BaseException]) -> None:
+    if spin_ns > 0:
+        end = time.monotonic_ns() + spin_ns
+        while time.monotonic_ns() < end:
+            try:
+                sem.acquire(0)
+                return
+            except busy:
+                pass
+    sem.acquire()
 
 
 def pingpong_pipe(rounds: int) -> list[int]:
@@ -158,8 +183,10 @@ def _c_floor(path: str, n: int, spin_ns: int) -> list[int]:
 CASES: dict[str, Any] = {
     "pingpong_kproc_futex": lambda n: pingpong_kproc(n, "futex"),
     "pingpong_kproc_posix": lambda n: pingpong_kproc(n, "posix"),
+    "pingpong_kproc_posix_nospin": lambda n: pingpong_kproc(n, "posix", spin=False),
     "pingpong_mp_event": pingpong_mp_event,
     "pingpong_posix_ipc": pingpong_posix_ipc,
+    "pingpong_posix_ipc_spin": lambda n: pingpong_posix_ipc(n, SPIN_NS),
     "pingpong_pipe": pingpong_pipe,
 }
 
@@ -169,8 +196,12 @@ def suite(run: Run) -> None:
     n = 5000 if run.quick else 50000
     cases = [("kproc_futex", "kproc futex backend", "pingpong_kproc_futex", n),
              ("kproc_posix", "kproc posix backend", "pingpong_kproc_posix", n // 5),
+             ("kproc_posix_nospin", "kproc posix backend, no spin", "pingpong_kproc_posix_nospin",
+              n // 5),
              ("mp_event", "multiprocessing.Event", "pingpong_mp_event", n // 5),
              ("posix_ipc", "posix_ipc semaphores (raw)", "pingpong_posix_ipc", n // 5),
+             ("posix_ipc_spin", "posix_ipc semaphores, try 50 µs first", "pingpong_posix_ipc_spin",
+              n // 5),
              ("pipe", "os.pipe", "pingpong_pipe", n // 5)]
     table = Table("pingpong", "Completion ping-pong round trip (caller CPU 0, peer CPU 1)",
                   LOWER, "kproc_futex")

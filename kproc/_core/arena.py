@@ -61,8 +61,12 @@ class TableFull(KthreadError):
 
 
 def swait_nodes(max_kthreads: int) -> int:
-    """How many threads may sleep on completions at once (more poll instead)."""
-    return max(256, 2 * max_kthreads)
+    """Completion waiters' nodes: one per possible thread id (``swait.thread_node``).
+
+    Address space only: a page of the memfd is allocated when a thread with an
+    id in it first sleeps (4 KiB per 128 ids).
+    """
+    return L.PID_MAX_LIMIT
 
 
 class ArenaParams:

@@ -13,7 +13,7 @@ Records:
                  parts of ``task_struct`` kproc models (state, flags, pid, cpu).
 * ``COMPLETION`` 32 bytes: ``done`` / ``seq`` (the futex word) / ``sleepers``,
                  and the lock, head and tail of its queue of sleeping waiters.
-* ``SWAIT``      a sleeping waiter's node in that queue (one per thread).
+* ``SWAIT``      a sleeping waiter's node in that queue (one per thread id).
 * ``USERCOMP``   a slot of the user completion pool: generation, owner, and a
                  ``COMPLETION``.
 * ``WORKER``     one per worker slot: ``struct kthread_worker`` (lock, work
@@ -40,13 +40,17 @@ __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USER
            "SWAIT", "WORKER", "WORK", "HOTPLUG", "SMPBOOT", "SMPBOOT_ENTRY", "FN_LEN",
            "SPARE_POOL", "SPARE_EMPTY", "SPARE_READY", "SPARE_DISCARD", "SPARE_CLAIMED",
            "SPARE_FORKING", "SPARE_ACK",
-           "CPUMASK_BYTES", "MAGIC", "LAYOUT_VERSION", "align"]
+           "CPUMASK_BYTES", "MAGIC", "LAYOUT_VERSION", "PID_MAX_LIMIT", "align"]
 
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 # Bumped whenever a record below changes shape: ``kproc ps`` reads arenas of
 # other runtimes (maybe of another kproc version) only when theirs matches.
-LAYOUT_VERSION = 6          # 6: HEADER's spare pool; 5: HOTPLUG's AP job fields, SMPBOOT's ...
+LAYOUT_VERSION = 7          # 7: COMPLETION.granted, a SWAIT node per thread id;
+#                             6: HEADER's spare pool; 5: HOTPLUG's AP job fields, ...
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
+# include/linux/threads.h PID_MAX_LIMIT on 64-bit: no thread id reaches it, so a
+# SWAIT node per possible thread id is enough by construction (swait.thread_node).
+PID_MAX_LIMIT = 1 << 22
 
 _SIZES: dict[str, int] = {"I": 4, "i": 4, "Q": 8, "q": 8, "H": 2}
 # Attributes of a Record itself: a field named so would hide (or be hidden by) one.
@@ -130,15 +134,16 @@ COMPLETION = Record("completion", [
     ("done", "I"), ("seq", "I"), ("sleepers", "I"),
     ("lock", "I"),             # pid holding the waiter queue, 0 = free
     ("head", "I"), ("tail", "I"),   # queued SWAIT nodes (arena offsets), 0 = none
-    ("reserved", "Q"),
+    ("granted", "I"),          # counts handed to queued waiters, not yet taken
+    ("reserved", "I"),
 ], size_align=32)
 
 # A sleeping waiter's node in a completion's FIFO queue (kernel: struct
-# swait_queue); one per thread that sleeps, in the arena's first 4 GiB.
+# swait_queue); one per possible thread id, in the arena's first 4 GiB.
 SWAIT = Record("swait", [
     ("owner", "i"),            # pid of the thread's process, 0 = free
     ("wake", "I"),             # the futex word it sleeps on, bumped at every wake
-    ("granted", "I"),          # 1 once complete() handed it a count
+    ("granted", "I"),          # 1 a count from complete(), 2 complete_all(); 0 once taken
     ("next", "I"), ("prev", "I"),   # queue links (arena offsets), 0 = none
     ("pad", "I"),
     ("comp", "Q"),             # the completion it is queued on, 0 = none

@@ -194,7 +194,7 @@ def start_kthreadd(arena: Arena, backend: str, sysfs_root: str, preload: tuple[s
     handles: OwnerHandles | None = None
     waits: FutexWaits | PosixWaits
     try:
-        spin_ns = default_spin_ns() if backend == "futex" else 0
+        spin_ns = default_spin_ns()      # both backends spin before they sleep
         arena.mem.store32(L.HEADER.spin_ns, spin_ns)
         wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         fds.append(wake_fd)

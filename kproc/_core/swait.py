@@ -2,7 +2,7 @@
 
 complete() wakes waiters "in the same order in which they were queued"
 (completion.c).  A thread that has to sleep on a completion links its own
-node (:data:`layout.SWAIT`, one per thread, in the arena's node table) at the
+node (:data:`layout.SWAIT`, one per thread id, in the arena's node table) at the
 tail of the completion's queue and sleeps on the node's own ``wake`` word;
 complete() hands its count to the head node (``granted``) and wakes that
 word only.  A waiter woken for another reason (its liveness tick, a stray
@@ -12,20 +12,23 @@ takes the node off the queue (``dequeue``), and a count granted meanwhile is
 the waiter's (or, after an exception, passed on).
 
 This module holds what both backends share: the node table (a node per
-thread, claimed on the thread's first sleep and given back when the thread
-ends; nodes of dead processes are taken over, unlinked first if they were
-still queued) and :class:`PySwait`, the queue operations over any
-:class:`MemLike` for the posix backend.  The futex backend runs the same
-operations in C (native/swait.c, documented there, with the lost-wake-up
-argument); both use the completion's ``lock`` word the same way: the holder's
-pid, taken over from a dead holder.  The Python critical sections run with
-signals blocked, so a handler's exception cannot leave a queue half linked.
+possible thread id, so every thread that can sleep has one: see
+:func:`thread_node`), :func:`take_grant` (the waiter's own decrement of
+``done``: until then completion_done() stays true, as in the kernel) and
+:class:`PySwait`, the queue operations over any :class:`MemLike` for the
+posix backend without the C extension.  Where it is built, both backends run
+the same operations in C (native/swait.c, documented there, with the
+lost-wake-up argument); both use the completion's ``lock`` word the same way:
+the holder's pid, taken over from a dead holder.  The Python critical
+sections run with signals blocked, so a handler's exception cannot leave a
+queue half linked.
 
 Runs in every process of a runtime.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import threading
@@ -35,18 +38,39 @@ from . import layout as L
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
 
     from .arena import Arena  # typing only
     from .memlike import MemLike  # typing only
 
-__all__ = ["PySwait", "thread_node", "pid_dead"]
+__all__ = ["PySwait", "thread_node", "take_grant", "pid_dead", "sigmask"]
 
 C = L.COMPLETION
 N = L.SWAIT
 DONE_ALL = 0xFFFFFFFF
+GRANT_COUNT = 1         # node.granted: one count of ``done``, accounted in comp.granted
+GRANT_ALL = 2           # node.granted: passed by complete_all (``done`` stays UINT_MAX)
 LOCK_SPINS = 64
 _ALL_SIGNALS = signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP}
+
+
+def _raw_sigmask() -> Callable[[int, Iterable[int]], set[int]]:
+    """pthread_sigmask() without the enums.
+
+    signal.pthread_sigmask() wraps CPython's C function (module ``_signal``)
+    only to turn the old mask it returns into a set of Signals enums: ~35 µs
+    for a full mask on this VM, and the posix backend blocks and restores
+    around every sleep.  The C function returns plain ints: ~1 µs the pair.
+    """
+    try:
+        fn: Callable[[int, Iterable[int]], set[int]] = \
+            importlib.import_module("_signal").pthread_sigmask
+    except (ImportError, AttributeError):
+        return signal.pthread_sigmask
+    return fn
+
+
+sigmask = _raw_sigmask()
 
 
 def pid_dead(pid: int, me: int) -> bool:
@@ -60,6 +84,23 @@ def pid_dead(pid: int, me: int) -> bool:
     except PermissionError:
         return False
     return False
+
+
+def take_grant(mem: MemLike, off: int, node: int) -> bool:
+    """Take the count complete() granted to ``node`` (queued on the completion at
+    ``off``), if it did: the waiter's own decrement of ``done`` in the kernel.
+
+    Context: the node's thread (or, for a dead one, the thread taking its node over).
+    Return: True if a grant was there (now taken), False if not.
+    """
+    how = mem.load32(node + N.granted)
+    if not how:
+        return False
+    mem.store32(node + N.granted, 0)
+    mem.store64(node + N.comp, 0)
+    if how == GRANT_COUNT:
+        mem.fetch_add32(off + C.granted, -1)
+    return True
 
 
 class PySwait:
@@ -106,7 +147,15 @@ class PySwait:
                 return True
 
     def _settle_locked(self, off: int, me: int) -> int:
-        """Grant the available counts to the queue, head first; the lock is held."""
+        """Grant the available counts to the queue, head first; the lock is held.
+
+        A counted grant is kept in the completion's ``granted`` until its
+        waiter takes it (``take_grant``), so completion_done() stays true in
+        between, as the kernel's ``done`` stays up until the woken waiter
+        decrements it (completion.c do_wait_for_common()).  ``granted`` goes
+        up before ``done`` goes down: a reader of ``done`` then ``granted``
+        never sees both zero while the count is in flight.
+        """
         mem = self.mem
         bound = 1 << 20
         while (node := mem.load32(off + C.head)) and bound > 0:
@@ -114,17 +163,26 @@ class PySwait:
             if pid_dead(mem.load32(node + N.owner), me):
                 self._unlink(off, node)
                 continue
+            done = mem.load32(off + C.done)
+            if done == 0:
+                return 0
+            how = GRANT_ALL if done == DONE_ALL else GRANT_COUNT
+            if how == GRANT_COUNT:
+                mem.fetch_add32(off + C.granted, 1)
             if not self._take(off):
+                if how == GRANT_COUNT:
+                    mem.fetch_add32(off + C.granted, -1)
                 return 0
             self._unlink(off, node)
-            mem.store32(node + N.granted, 1)
+            mem.store64(node + N.comp, off)         # until taken: a takeover passes it on
+            mem.store32(node + N.granted, how)
             mem.fetch_add32(node + N.wake, 1)
             self.wake(node + N.wake)
         return 0
 
     def _critical(self, off: int, fn: Callable[[int], int]) -> int:
         me = os.getpid()
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+        old = sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
         try:
             self._lock(off, me)
             try:
@@ -132,7 +190,7 @@ class PySwait:
             finally:
                 self.mem.store32(off + C.lock, 0)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            sigmask(signal.SIG_SETMASK, old)
 
     def settle(self, off: int) -> None:
         """After ``done`` moved: hand what is there to the queue, head first."""
@@ -154,10 +212,7 @@ class PySwait:
             mem.store32((tail + N.next) if tail else (off + C.head), node)
             mem.store32(off + C.tail, node)
             self._settle_locked(off, me)
-            if mem.load32(node + N.granted):
-                mem.store32(node + N.granted, 0)
-                return 1
-            return 0
+            return 1 if take_grant(mem, off, node) else 0
         return self._critical(off, link)
 
     def dequeue(self, off: int, node: int) -> int:
@@ -165,8 +220,7 @@ class PySwait:
         mem = self.mem
 
         def unlink(me: int) -> int:
-            if mem.load32(node + N.granted):
-                mem.store32(node + N.granted, 0)
+            if take_grant(mem, off, node):
                 return 1
             if mem.load64(node + N.comp) == off:
                 self._unlink(off, node)
@@ -174,10 +228,10 @@ class PySwait:
         return self._critical(off, unlink)
 
 
-# -- the node table: one node per sleeping thread ------------------------------------
+# -- the node table: one node per possible thread id -------------------------------
 
 class _Node:
-    """This thread's node; given back when the thread (or its runtime) ends."""
+    """This thread's node; marked free when the thread (or its runtime) ends."""
 
     __slots__ = ("arena", "off", "pid")
 
@@ -197,37 +251,30 @@ class _Node:
 _local = threading.local()
 
 
-def thread_node(arena: Arena, dequeue: Callable[[int, int], int]) -> int:
-    """The calling thread's node (its arena offset), claimed on first use.
+def thread_node(arena: Arena, dequeue: Callable[[int, int], int],
+                complete: Callable[[int, bool], int]) -> int:
+    """The calling thread's node (its arena offset): the node of its thread id.
 
-    @dequeue: the backend's completion_dequeue, to unlink a dead process's
-    node that was still queued before taking it over.
-    Context: any thread of a runtime process.  Return: the offset, or 0 when
-    every node is taken by a live thread (the caller then polls).
+    Thread ids are unique among live threads and below PID_MAX_LIMIT, so every
+    thread that can sleep has a node and no two live threads share one.  A
+    node whose earlier thread (same id) belonged to a process that died while
+    queued is unlinked first (``dequeue``); a count granted to it and never
+    taken is passed on (``complete``).
+    Context: any thread of a runtime process.  Return: the offset.
+    Raises: RuntimeError for a thread id at or above PID_MAX_LIMIT (none exists).
     """
     mine: _Node | None = getattr(_local, "node", None)
     if mine is not None and mine.arena is arena and mine.pid == os.getpid():
         return mine.off
-    off = _claim(arena, dequeue)
-    _local.node = _Node(arena, off) if off else None
+    tid = threading.get_native_id()
+    if not 0 < tid < arena.params.max_swait:
+        raise RuntimeError(f"thread id {tid} is outside 1..{arena.params.max_swait - 1}")
+    off = arena.params.swait + tid * N.size
+    mem = arena.mem
+    comp = mem.load64(off + N.comp)
+    if comp and dequeue(comp, off):
+        complete(comp, False)
+    mem.store32(off + N.granted, 0)
+    mem.store32(off + N.owner, os.getpid())
+    _local.node = _Node(arena, off)
     return off
-
-
-def _claim(arena: Arena, dequeue: Callable[[int, int], int]) -> int:
-    mem, params = arena.mem, arena.params
-    me = os.getpid()
-    count = params.max_swait
-    start = (me * 7919 + threading.get_ident()) % count
-    offs = [params.swait + ((start + i) % count) * N.size for i in range(count)]
-    for off in offs:
-        if mem.load32(off + N.owner) == 0 and mem.cmpxchg32(off + N.owner, 0, me) == 0:
-            return off
-    for off in offs:
-        owner = mem.load32(off + N.owner)
-        if pid_dead(owner, me) and mem.cmpxchg32(off + N.owner, owner, me) == owner:
-            comp = mem.load64(off + N.comp)
-            if comp:
-                dequeue(comp, off)
-            mem.store32(off + N.granted, 0)
-            return off
-    return 0

@@ -41,10 +41,11 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 from .checks import env_number
-from .layout import COMPLETION
-from .swait import PySwait
+from .layout import COMPLETION, HEADER
+from .swait import PySwait, sigmask
 from .topology import parse_cpulist
 
 TYPE_CHECKING = False
@@ -139,27 +140,89 @@ class FutexWaits:
 
 
 class PosixWaits:
-    """The POSIX-semaphore backend: hashed wait channels over ``posix_ipc``."""
+    """The POSIX-semaphore backend: hashed wait channels over ``posix_ipc``.
+
+    The hot path makes no system call the raw semaphore does not: a wait
+    tries, then spins on the word for ``spin_ns`` (the futex backend's
+    budget, read from the arena header; in C with the GIL released where
+    ``kproc._native`` is built, else in Python), and only then registers in
+    its channel and sleeps; a waker posts only when its channel has a
+    registered sleeper.  A zero timeout never touches the semaphore.
+    """
 
     name: Literal["posix"] = "posix"
 
     def __init__(self, mem: MemLike, semaphores: list[posix_ipc.Semaphore],
-                 waiters_off: int) -> None:
+                 waiters_off: int, spin_ns: int | None = None) -> None:
+        import posix_ipc      # only the posix backend needs it; cached for the hot path
         self.mem = mem
-        self.spin_ns = 0
+        self.spin_ns = mem.load32(HEADER.spin_ns) if spin_ns is None else spin_ns
         self.sems = semaphores
         self.waiters_off = waiters_off
+        self._busy = posix_ipc.BusyError
+        # The C spins of the futex backend, where the extension is built: they
+        # only read the arena (timeout 0: spin, never sleep, no system call).
+        self._c_spin_word: Callable[[int, int, int, int], int] | None = \
+            getattr(mem, "wait_change", None)
+        self._c_spin_comp: Callable[[int, int, int, int], int] | None = \
+            getattr(mem, "completion_wait", None)
+        # The queue: in C under the GIL where the extension is built (no signal
+        # mask to set: no Python code runs inside; the granted nodes are posted
+        # through ``wake`` after the lock is let go), else PySwait.
+        self._c_complete: Callable[..., int] | None = getattr(mem, "completion_complete", None)
+        c_enqueue: Callable[[int, int, Callable[[int], None]], int] | None = \
+            getattr(mem, "completion_enqueue", None)
         swait = PySwait(mem, self.wake)
         self._settle = swait.settle
-        self.completion_enqueue = swait.enqueue
-        self.completion_dequeue = swait.dequeue
+        if c_enqueue is not None:
+            wake = self.wake
+
+            def enqueue(off: int, node: int) -> int:
+                return c_enqueue(off, node, wake)
+            self.completion_enqueue: Callable[[int, int], int] = enqueue
+            self.completion_dequeue: Callable[[int, int], int] = \
+                mem.completion_dequeue  # type: ignore[attr-defined]
+        else:
+            self.completion_enqueue = swait.enqueue
+            self.completion_dequeue = swait.dequeue
 
     def _channel(self, off: int) -> int:
         return ((off >> 2) * 2654435761 >> 7) % len(self.sems)
 
+    def _spin_word(self, off: int, expected: int, spin_ns: int) -> bool:
+        """Spin up to ``spin_ns`` while the word equals ``expected``: True if it changed."""
+        if self._c_spin_word is not None:
+            return self._c_spin_word(off, expected, 0, spin_ns) == 0
+        load, clock = self.mem.load32, time.monotonic_ns
+        end = clock() + spin_ns
+        while True:
+            for _ in range(16):
+                if load(off) != expected:
+                    return True
+            if clock() >= end:
+                return False
+
+    def _spin_completion(self, off: int, snap: int, spin_ns: int) -> int:
+        """Spin up to ``spin_ns`` on the completion: 1 acquired, 2 seq moved, 0 neither."""
+        if self._c_spin_comp is not None:
+            return self._c_spin_comp(off, snap, 0, spin_ns)
+        load, clock = self.mem.load32, time.monotonic_ns
+        seq_off = off + COMPLETION.seq
+        end = clock() + spin_ns
+        while True:
+            for _ in range(16):
+                if load(off) and self.completion_try(off):
+                    return 1
+                if load(seq_off) != snap:
+                    return 1 if self.completion_try(off) else 2
+            if clock() >= end:
+                return 0
+
     def wait(self, off: int, expected: int, timeout_ns: int, spin: bool = True) -> bool:
         """Sleep while the word at ``off`` equals ``expected``.
 
+        With ``spin`` the wait first spins for ``spin_ns`` (in full; the
+        timeout bounds the sleep after it, as on the futex backend).
         posix_ipc runs Python signal handlers itself on EINTR and replaces any
         exception they raise (but KeyboardInterrupt) with its SignalError, so
         a handler's exception would be lost.  Signals are therefore blocked
@@ -167,8 +230,11 @@ class PosixWaits:
         SIGNAL_SLICE_NS: handlers run in Python, at most one slice late.
         A slice that ends reports a wake-up (callers re-check).
         """
-        import posix_ipc      # only the posix backend needs it
         mem = self.mem
+        if spin and self.spin_ns > 0 and self._spin_word(off, expected, self.spin_ns):
+            return True
+        if timeout_ns == 0:
+            return mem.load32(off) != expected
         ch = self._channel(off)
         count_off = self.waiters_off + 4 * ch
         gen = mem.fetch_add32(count_off, 1) >> COUNT_BITS
@@ -178,14 +244,14 @@ class PosixWaits:
                 return True
             sliced = timeout_ns < 0 or timeout_ns > SIGNAL_SLICE_NS
             timeout = SIGNAL_SLICE_NS / 1e9 if sliced else timeout_ns / 1e9
-            old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+            old = sigmask(signal.SIG_BLOCK, _BLOCKED)
             try:
                 self.sems[ch].acquire(timeout)
                 took = 1
-            except posix_ipc.BusyError:
+            except self._busy:
                 return sliced or mem.load32(off) != expected
             finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, old)
+                sigmask(signal.SIG_SETMASK, old)
             return True
         finally:
             counted = ((mem.fetch_add32(count_off, -1) >> COUNT_BITS) - gen) & COUNT_MASK
@@ -197,32 +263,31 @@ class PosixWaits:
         it: ``owed`` < 0 gives back one taken that was someone else's (and lets
         them run), ``owed`` > 0 takes those made for it that it did not consume
         (so none is left for a waiter that no wake counted)."""
-        import posix_ipc      # only the posix backend needs it
         sem = self.sems[ch]
         if owed < 0:
             sem.release()
             os.sched_yield()
             return
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, _BLOCKED)
+        old = sigmask(signal.SIG_BLOCK, _BLOCKED)
         try:
             for _ in range(owed):
                 sem.acquire(OWED_POST_NS / 1e9)
-        except posix_ipc.BusyError:
+        except self._busy:
             pass              # its waker died between counting and posting
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+            sigmask(signal.SIG_SETMASK, old)
 
     def wake(self, off: int, n: int = 0x7FFFFFFF) -> None:
-        """Post once per sleeper registered in ``off``'s channel."""
+        """Post once per sleeper registered in ``off``'s channel (none: no system call)."""
         mem = self.mem
         ch = self._channel(off)
         count_off = self.waiters_off + 4 * ch
         if not mem.load32(count_off) & COUNT_MASK:
             return            # a waiter registering now sees the word changed
         waiters = mem.fetch_add32(count_off, GEN_ONE) & COUNT_MASK
-        sem = self.sems[ch]
+        release = self.sems[ch].release
         for _ in range(waiters):
-            sem.release()
+            release()
 
     def completion_try(self, off: int) -> bool:
         """try_wait_for_completion on the record at ``off``."""
@@ -237,8 +302,10 @@ class PosixWaits:
                 return True
 
     def completion_done(self, off: int) -> bool:
-        """completion_done on the record at ``off``."""
-        return self.mem.load32(off) != 0
+        """completion_done on the record at ``off``: a count is there, or granted to a
+        queued waiter that has not taken it yet (the kernel's ``done`` until it runs)."""
+        mem = self.mem
+        return mem.load32(off) != 0 or mem.load32(off + COMPLETION.granted) != 0
 
     def completion_complete(self, off: int, all: bool = False, gen_off: int = -1,
                             gen: int = 0) -> int:
@@ -247,6 +314,11 @@ class PosixWaits:
         Return: 0; -1 (nothing done) if the u32 at ``gen_off`` is not ``gen``.
         """
         mem = self.mem
+        if self._c_complete is not None:
+            if self._c_complete(off, all, gen_off, gen, self.wake) < 0:
+                return -1
+            self.wake(off + COMPLETION.seq)
+            return 0
         if gen_off >= 0 and mem.load32(gen_off) != gen:
             return -1
         if all:
@@ -260,7 +332,8 @@ class PosixWaits:
                     break
         mem.fetch_add32(off + COMPLETION.seq, 1)
         self.wake(off + COMPLETION.seq)
-        self._settle(off)
+        if mem.load32(off + COMPLETION.head):
+            self._settle(off)
         return 0
 
     def raw_completion_wait(self) -> RawWait:
@@ -269,17 +342,24 @@ class PosixWaits:
 
     def _checked_wait(self, off: int, snap: int, timeout_ns: int, spin_ns: int = 0,
                       gen_off: int = -1, gen: int = 0) -> int:
-        if gen_off >= 0 and self.mem.load32(gen_off) != gen:
+        mem = self.mem
+        if gen_off >= 0 and mem.load32(gen_off) != gen:
             return -1
         if snap < 0:
-            snap = self.mem.load32(off + COMPLETION.seq)
+            snap = mem.load32(off + COMPLETION.seq)
+        if self.completion_try(off):
+            return 1
+        if spin_ns > 0 and (rc := self._spin_completion(off, snap, spin_ns)) != 0:
+            return rc
+        if timeout_ns == 0:
+            return 2 if mem.load32(off + COMPLETION.seq) != snap else 0
         return self.completion_wait(off, snap, timeout_ns)
 
     def completion_wait(self, off: int, snap: int, timeout_ns: int) -> int:
         """One attempt at acquiring the completion at ``off`` (see module doc)."""
         if self.completion_try(off):
             return 1
-        woken = self.wait(off + COMPLETION.seq, snap, timeout_ns)
+        woken = self.wait(off + COMPLETION.seq, snap, timeout_ns, spin=False)
         if self.completion_try(off):
             return 1
         return 2 if woken else 0

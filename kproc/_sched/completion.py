@@ -35,7 +35,7 @@ from .._core.checks import check_seconds
 from .._core.errors import KthreadError, stale
 from .._core.handle import Handle
 from .._core.runtime import Runtime, get_runtime, TICK_NS
-from .._core.swait import thread_node
+from .._core.swait import take_grant, thread_node
 from .task import TaskState
 
 TYPE_CHECKING = False
@@ -291,9 +291,7 @@ def wait_at(rt: Runtime, off: int, timeout: float | None, mode: WaitMode,
     while the wait was giving up is taken: the result is then 0.
     """
     waits = rt.waits
-    node = thread_node(rt.arena, waits.completion_dequeue)
-    if not node:
-        return _wait_unqueued(rt, off, timeout, mode, peer, hung)
+    node = thread_node(rt.arena, waits.completion_dequeue, waits.completion_complete)
     if waits.completion_enqueue(off, node):
         return 0
     mem, me = rt.mem, rt.self_base
@@ -329,8 +327,7 @@ def _sleep_queued(rt: Runtime, off: int, node: int, timeout: float | None, mode:
         if me is not None:
             mem.store32(me + T.state, state)
         snap = mem.load32(wake_off)
-        if mem.load32(node + N.granted):
-            mem.store32(node + N.granted, 0)
+        if take_grant(mem, off, node):
             return 0
         if interruptible and mem.load32(me + T.flags) & L.KF_SHOULD_STOP:  # type: ignore[operator]
             return -ERESTARTSYS
@@ -348,41 +345,3 @@ def _sleep_queued(rt: Runtime, off: int, node: int, timeout: float | None, mode:
                 return None
             tick = min(tick, deadline - now)
         waits.wait(wake_off, snap, tick, spin=False)
-
-
-def _wait_unqueued(rt: Runtime, off: int, timeout: float | None, mode: WaitMode,
-                   peer: Callable[[], int | None] | None,
-                   hung: HungTask | None) -> int | None:
-    """wait_at() for a thread that found every swait node taken: it sleeps on
-    the completion's ``seq`` word instead (not first in, first out)."""
-    mem, waits = rt.mem, rt.waits
-    seq_off = off + C.seq
-    me = rt.self_base
-    interruptible = mode == "interruptible" and me is not None
-    state = TaskState.TASK_INTERRUPTIBLE if interruptible else TaskState.TASK_UNINTERRUPTIBLE
-    deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
-    try:
-        while True:
-            if me is not None:
-                mem.store32(me + T.state, state)
-            snap = mem.load32(seq_off)
-            if interruptible and mem.load32(me + T.flags) & L.KF_SHOULD_STOP:  # type: ignore[operator]
-                return 0 if waits.completion_try(off) else -ERESTARTSYS
-            tick = TICK_NS
-            if deadline is not None:
-                left = deadline - time.monotonic_ns()
-                if left <= 0:
-                    return 0 if waits.completion_try(off) else None
-                tick = min(left, TICK_NS)
-            result = waits.completion_wait(off, snap, tick)
-            if result == 1:
-                return 0
-            if result == 0:
-                rt.check_alive()
-                if peer is not None and (verdict := peer()) is not None:
-                    return verdict
-                if hung is not None:
-                    hung.check()
-    finally:
-        if me is not None:
-            mem.store32(me + T.state, TaskState.TASK_RUNNING)
