@@ -109,6 +109,21 @@ def _held_slots(rt):
     return out
 
 
+def _create_in_thread(name):
+    """Start a kthread_create() in a thread; return the thread and the list
+    that collects the errno of the KthreadError it ends with."""
+    errors = []
+
+    def create():
+        try:
+            kproc.kthread_create(kfuncs.ret_value, 0, name)
+        except kproc.KthreadError as exc:
+            errors.append(exc.errno)
+    th = threading.Thread(target=create)
+    th.start()
+    return th, errors
+
+
 def _wait_no_slot_held(rt):
     try:
         wait_until(lambda: not _held_slots(rt), 2.0)
@@ -214,15 +229,7 @@ def test_spare_killed_after_its_claim_fails_the_create_at_once(handoff):
         pytest.skip("the spare hand-off only")
     frozen = _freeze_creation(rt, kind)
     victims = frozen[1:]
-    errors = []
-
-    def create():
-        try:
-            kproc.kthread_create(kfuncs.ret_value, 0, "victim")
-        except kproc.KthreadError as exc:
-            errors.append(exc.errno)
-    th = threading.Thread(target=create)
-    th.start()
+    th, errors = _create_in_thread("victim")
     try:
         wait_until(lambda: _claimed(rt), 2.0)
         for pid in victims:
@@ -241,15 +248,7 @@ def test_spare_killed_after_its_claim_fails_the_create_at_once(handoff):
 def test_kthreadd_killed_mid_create_ends_the_wait_within_a_second(handoff):
     rt, kind = handoff
     frozen = _freeze_creation(rt, kind)
-    errors = []
-
-    def create():
-        try:
-            kproc.kthread_create(kfuncs.ret_value, 0, "orphan?")
-        except kproc.KthreadError as exc:
-            errors.append(exc.errno)
-    th = threading.Thread(target=create)
-    th.start()
+    th, errors = _create_in_thread("orphan?")
     wait_until(lambda: _asked(rt, kind), 2.0)
     t0 = time.monotonic()
     os.kill(rt.kthreadd_pid, signal.SIGKILL)

@@ -60,15 +60,6 @@ class TableFull(KthreadError):
         self.exiting = exiting
 
 
-def swait_nodes(max_kthreads: int) -> int:
-    """Completion waiters' nodes: one per possible thread id (``swait.thread_node``).
-
-    Address space only: a page of the memfd is allocated when a thread with an
-    id in it first sleeps (4 KiB per 128 ids).
-    """
-    return L.PID_MAX_LIMIT
-
-
 class ArenaParams:
     """Sizes an arena is built with; offsets of each region derive from them."""
 
@@ -87,9 +78,11 @@ class ArenaParams:
         self.max_completions = max_completions
         self.max_works = max_works
         off = L.HEADER.size
-        # Queued waiters' nodes first: a queue links them by u32 arena offset.
+        # Queued waiters' nodes first (a queue links them by u32 arena offset), one
+        # per possible thread id (swait.thread_node): address space only, a page is
+        # allocated when a thread with an id in it first sleeps (4 KiB per 128 ids).
         self.swait = off
-        self.max_swait = swait_nodes(max_kthreads)
+        self.max_swait = L.PID_MAX_LIMIT
         off = L.align(off + self.max_swait * L.SWAIT.size, 64)
         self.tasks = off
         off += max_kthreads * L.TASK.size
