@@ -29,6 +29,8 @@ from helpers import live_kthreads, run_started, wait_until
 pytestmark = pytest.mark.timeout(40)
 
 POOL = [L.HEADER.spares + 4 * e for e in range(L.SPARE_POOL)]
+# Tests of the spare hand-off alone run with the "spare" form of the fixture only.
+SPARE_ONLY = pytest.mark.parametrize("handoff", ["spare"], indirect=True)
 
 
 @pytest.fixture(params=["spare", "list"])
@@ -131,10 +133,9 @@ def _wait_no_slot_held(rt):
         assert _held_slots(rt) == [], "(index, slot, refs, handoff, state) of slots held"
 
 
+@SPARE_ONLY
 def test_a_create_with_a_spare_ready_is_served_by_that_spare(handoff):
     rt, kind = handoff
-    if kind != "spare":
-        pytest.skip("the spare hand-off only")
     spares = set(_spares(rt))
     wait_until(lambda: spares and len(_ready(rt)) >= 1, 5.0)
     os.kill(rt.kthreadd_pid, signal.SIGSTOP)       # kthreadd takes no part in it
@@ -193,13 +194,12 @@ def test_creator_killed_while_waiting_leaves_no_orphan(handoff):
     _wait_no_slot_held(rt)
 
 
+@SPARE_ONLY
 def test_creator_killed_after_its_claim_before_the_wake(handoff):
     """A claim whose wake-up never came (the creator died between its CAS and
     its futex wake) is still seen by the spare (its tick), and, the creator
     being gone, kthreadd stops the new kthread: no orphan, no pinned slot."""
     rt, kind = handoff
-    if kind != "spare":
-        pytest.skip("the spare hand-off only")
     creator = run_started(kfuncs.time_sleep, (30,), "creator")
     wait_until(lambda: creator.pid and _ready(rt), 5.0)
     mem, T = rt.arena.mem, L.TASK
@@ -223,10 +223,9 @@ def test_creator_killed_after_its_claim_before_the_wake(handoff):
     _wait_no_slot_held(rt)
 
 
+@SPARE_ONLY
 def test_spare_killed_after_its_claim_fails_the_create_at_once(handoff):
     rt, kind = handoff
-    if kind != "spare":
-        pytest.skip("the spare hand-off only")
     frozen = _freeze_creation(rt, kind)
     victims = frozen[1:]
     th, errors = _create_in_thread("victim")
