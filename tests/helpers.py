@@ -172,6 +172,7 @@ class ForeignHotplugWatch:
         self.foreign = []                   # "cpu1/online written by pid 123 (sh)"
         self.active = False
         self._me = os.getpid()
+        self._ours_seen = set()             # writers found to be this test's processes
         self._names = {}                    # event fd's target -> "cpuN/online"
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         libc = ctypes.CDLL(None, use_errno=True)
@@ -190,12 +191,17 @@ class ForeignHotplugWatch:
             self._thread.start()
 
     def _ours(self, pid):
-        if pid == self._me:
+        # A writer once found to be ours stays ours: stress-ng's worker writes
+        # many times, and the event of its last write may arrive after it exited.
+        if pid == self._me or pid in self._ours_seen:
             return True
         try:
-            return any(p.pid == self._me for p in psutil.Process(pid).parents())
+            ours = any(p.pid == self._me for p in psutil.Process(pid).parents())
         except psutil.Error:
             return False
+        if ours:
+            self._ours_seen.add(pid)
+        return ours
 
     def _describe(self, pid, fd):
         try:
