@@ -111,6 +111,14 @@ def _held_slots(rt):
     return out
 
 
+def _assert_abandoned_cleanly(rt, creator, orphan_message):
+    """The killed creator kthread ended with EOWNERDEAD, and its abandoned create
+    left no live kthread and no held slot."""
+    assert kproc.kthread_stop(creator) == -errno.EOWNERDEAD
+    wait_until(lambda: not live_kthreads(rt), 3.0, message=orphan_message)
+    _wait_no_slot_held(rt)
+
+
 def _create_in_thread(name):
     """Start a kthread_create() in a thread; return the thread and the list
     that collects the errno of the KthreadError it ends with."""
@@ -188,10 +196,7 @@ def test_creator_killed_while_waiting_leaves_no_orphan(handoff):
         os.kill(creator.pid, signal.SIGKILL)
     finally:
         _thaw(frozen)
-    assert kproc.kthread_stop(creator) == -errno.EOWNERDEAD
-    wait_until(lambda: not live_kthreads(rt), 2.0,
-               message="an abandoned create produced an orphan kthread")
-    _wait_no_slot_held(rt)
+    _assert_abandoned_cleanly(rt, creator, "an abandoned create produced an orphan kthread")
 
 
 @SPARE_ONLY
@@ -217,10 +222,7 @@ def test_creator_killed_after_its_claim_before_the_wake(handoff):
     wait_until(lambda: mem.load32(base + T.handoff) == L.HANDOFF_PUBLISHED, 2.0,
                message="a claimed spare never woke up")
     os.kill(creator.pid, signal.SIGKILL)
-    assert kproc.kthread_stop(creator) == -errno.EOWNERDEAD
-    wait_until(lambda: not live_kthreads(rt), 3.0,
-               message="a claim of a dead creator left an orphan kthread")
-    _wait_no_slot_held(rt)
+    _assert_abandoned_cleanly(rt, creator, "a claim of a dead creator left an orphan kthread")
 
 
 @SPARE_ONLY
