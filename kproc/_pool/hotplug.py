@@ -37,19 +37,21 @@ from .._workqueue.handles import KthreadWorker
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from .._sched.task import Task  # typing only
 
 __all__ = ["install", "remove", "pool_cpu_online", "pool_cpu_offline"]
 
 
-def pool_cpu_offline(workers: tuple[tuple[int, KthreadWorker], ...], kick: Completion,
-                     cpu: int) -> int:
-    """Teardown: park the pool's workers of ``cpu``.  Context: cpuhp.  Return: 0."""
+def _for_workers_of(workers: tuple[tuple[int, KthreadWorker], ...], kick: Completion,
+                    cpu: int, op: Callable[[Task], object]) -> int:
+    """Apply ``op`` to the task of each of the pool's workers of ``cpu``, then kick
+    the collector; a pool going away (KthreadError) is no failure.  Return: 0."""
     for wcpu, worker in workers:
         if wcpu == cpu:
             try:
                 task = worker.task
                 if task is not None:
-                    kthread_park(task)
+                    op(task)
             except KthreadError:
                 pass              # the pool is going away
     try:
@@ -59,25 +61,19 @@ def pool_cpu_offline(workers: tuple[tuple[int, KthreadWorker], ...], kick: Compl
     return 0
 
 
+def pool_cpu_offline(workers: tuple[tuple[int, KthreadWorker], ...], kick: Completion,
+                     cpu: int) -> int:
+    """Teardown: park the pool's workers of ``cpu``.  Context: cpuhp.  Return: 0."""
+    return _for_workers_of(workers, kick, cpu, kthread_park)
+
+
 def pool_cpu_online(workers: tuple[tuple[int, KthreadWorker], ...], kick: Completion,
                     cpu: int) -> int:
     """Startup: unpark (and so re-bind) the pool's workers of ``cpu``.  Context: cpuhp.
 
     Return: 0.
     """
-    for wcpu, worker in workers:
-        if wcpu == cpu:
-            try:
-                task = worker.task
-                if task is not None:
-                    kthread_unpark(task)
-            except KthreadError:
-                pass
-    try:
-        complete(kick)
-    except KthreadError:
-        pass
-    return 0
+    return _for_workers_of(workers, kick, cpu, kthread_unpark)
 
 
 def _setup(name: str, startup: Callable[[int], int], teardown: Callable[[int], int]) -> int:
