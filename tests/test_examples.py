@@ -37,7 +37,9 @@ def test_pinned_workers(tmp_path):
 
 def test_work_queue(tmp_path):
     lines = [line.strip() for line in _run("work_queue.py", tmp_path)]
-    assert lines[0] == "cancelled before its timer: True"
+    # The worker prints from its own process, so its lines and the caller's may
+    # reach the pipe in either order: look for the caller's line, not its place.
+    assert "cancelled before its timer: True" in lines
     ran = [line.split(" ran in")[0].strip() for line in lines if " ran in the worker" in line]
     assert ran == ["queued at once", "delayed 0.2 s", "delayed 5 s, moved to 0.4 s"]
     assert "nothing left to cancel: False" in lines and lines[-1] == "works executed: 3"
@@ -61,7 +63,7 @@ def test_hotplug_fake(tmp_path):
     assert lines[0] == "online: [0, 1, 2, 3] threads: ['demo/0', 'demo/1', 'demo/2', 'demo/3']"
     assert "demo/1: parking, CPU 1 is going down" in lines
     assert "online: [0, 2, 3]" in lines and "demo/1 is TASK_PARKED" in lines
-    assert lines[-1] == "demo/1 runs on CPUs {1}"
+    assert "demo/1 runs on CPUs {1}" in lines          # kthreads print from their own processes
 
 
 def test_runtime_basics(tmp_path):
