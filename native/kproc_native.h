@@ -268,7 +268,7 @@ static inline int get_i64(PyObject *o, int64_t *out)
 extern PyTypeObject MemType;
 extern PyTypeObject MutexGuardType;
 extern PyMethodDef atomic_methods[], futex_methods[], mutex_methods[], layout_methods[],
-    worklist_methods[], wl_methods[], swait_methods[];
+    worklist_methods[], wl_methods[], swait_methods[], pool_methods[];
 
 void *at_len(MemObject *m, PyObject *arg, Py_ssize_t len, int align);
 
@@ -283,6 +283,8 @@ int futex_wake_n(uint32_t *word, int n);
 /* Cross-process copies (vm.c): module functions. */
 PyObject *mod_process_vm_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_process_vm_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+/* The pool's slot layout as pool.c assumes it (a module function). */
+PyObject *mod_pool_layout(PyObject *mod, PyObject *noargs);
 /* The queue of sleeping waiters (swait.c): after done moved, hand counts to it. */
 void swait_settle(MemObject *m, struct completion *c);
 int swait_settle_wake(MemObject *m, struct completion *c, PyObject *wake);

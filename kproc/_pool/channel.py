@@ -40,7 +40,7 @@ import os
 import struct
 
 from .._core.layout import Record
-from .._core.native import load_mem_class
+from .._core.native import load_mem_class, native
 from .._core.pymem import PyMem
 
 TYPE_CHECKING = False
@@ -50,11 +50,15 @@ if TYPE_CHECKING:
 __all__ = ["PoolMemory", "HEADER", "DRAIN", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING",
            "DONE", "CANCELLED", "INLINE_MAX", "put_big", "take_big", "close_fd"]
 
+# caller_cpu: the CPU the caller last placed a call from, + 1 (0: not known); a drain
+# on that CPU does not spin for the next ticket (it would only delay the caller)
 HEADER = Record("POOL_HEADER", [("magic", "Q"), ("nslots", "I"), ("slot_size", "I"),
-                                ("broken", "I"), ("want", "I"), ("nworkers", "I")], stride=64)
-# one per worker, after the header: 1 while its drain work (remote.run_drain) is queued
-# or running
-DRAIN = Record("POOL_DRAIN", [("active", "I")], stride=64)
+                                ("broken", "I"), ("want", "I"), ("nworkers", "I"),
+                                ("caller_cpu", "I")], stride=64)
+# one per worker, after the header: active is 1 while its drain work (remote.run_drain)
+# is queued or running; head: the ticket it runs next; cur: the slot of the call it ran
+# last (written by the worker only)
+DRAIN = Record("POOL_DRAIN", [("active", "I"), ("cur", "I"), ("head", "Q")], stride=64)
 # outcome: what the inline area (or the big payload) holds once DONE.
 SLOT = Record("POOL_SLOT", [("state", "I"), ("direct", "I"), ("kind", "I"), ("outcome", "I"),
                             ("length", "Q"), ("big_pid", "I"), ("big_fd", "I"),
@@ -65,9 +69,28 @@ SLOT_BODY = struct.Struct("=IIQIIQ")
 if (SLOT.kind, SLOT.outcome, SLOT.length, SLOT.big_pid, SLOT.big_fd, SLOT.big_ino) != \
         (8, 12, 16, 24, 28, 32):
     raise ImportError("POOL_SLOT's body is not laid out as SLOT_BODY reads it")
-MAGIC = 0x4B504F4F4C303031          # "KPOOL001"
+MAGIC = 0x4B504F4F4C303032          # "KPOOL002"
 SLOT_SIZE = 8192
 INLINE_MAX = SLOT_SIZE - SLOT.stride
+
+
+def _check_native_layout() -> None:
+    """The C slot operations (native/pool.c) assume this layout: refuse a mismatch."""
+    layout = getattr(native, "pool_layout", None)
+    if layout is None:
+        return
+    ours = {"SLOT_SIZE": SLOT_SIZE, "SLOT.stride": SLOT.stride, "HEADER.broken": HEADER.broken,
+            "HEADER.caller_cpu": HEADER.caller_cpu, "DRAIN.cur": DRAIN.cur,
+            "DRAIN.head": DRAIN.head}
+    ours.update({f"SLOT.{f}": getattr(SLOT, f) for f in
+                 ("state", "direct", "kind", "outcome", "length", "big_pid", "big_fd",
+                  "big_ino", "use_seq", "ticket")})
+    if layout() != ours:
+        raise ImportError("kproc._native's pool layout differs from kproc/_pool/channel.py's "
+                          "(a stale build: rebuild the extension)")
+
+
+_check_native_layout()
 
 FREE, QUEUED, RUNNING, DONE, CANCELLED = 0, 1, 2, 3, 4
 
@@ -89,6 +112,7 @@ class PoolMemory:
                  owner: bool) -> None:
         self.fd, self.buf, self.key, self.owner = fd, buf, key, owner
         self.mem = _make_mem(buf, fd)
+        self.fast = hasattr(self.mem, "pool_place")     # native/pool.c's slot operations
         self.view = memoryview(buf)
         self.nslots = self.mem.load32(HEADER.nslots)
         self.slots_base = HEADER.stride + self.mem.load32(HEADER.nworkers) * DRAIN.stride
@@ -111,10 +135,13 @@ class PoolMemory:
         pm.fd, pm.buf, pm.owner = fd, buf, True
         pm.key = (os.getpid(), fd, st.st_dev, st.st_ino, size)
         pm.mem = _make_mem(buf, fd)
+        pm.fast = hasattr(pm.mem, "pool_place")
         pm.view = memoryview(buf)
         pm.mem.store32(HEADER.nslots, nslots)
         pm.mem.store32(HEADER.slot_size, SLOT_SIZE)
         pm.mem.store32(HEADER.nworkers, nworkers)
+        for w in range(nworkers):
+            pm.mem.store64(cls.drain_off(w) + DRAIN.head, 1)     # tickets start at 1
         pm.mem.store64(HEADER.magic, MAGIC)
         pm.nslots, pm.slots_base = nslots, base
         return pm

@@ -128,6 +128,7 @@ class Engine:
         self.quiet = 0          # KIND_MAP calls in slots (the collector polls for them)
         self.broken: BaseException | None = None
         self.shutting = False
+        self.here = -1          # the CPU last published in HEADER.caller_cpu
 
     # -- placing calls ----------------------------------------------------------
 
@@ -138,6 +139,9 @@ class Engine:
         best, here = -1, -1
         if _getcpu is not None:
             here = _getcpu()
+            if here != self.here:       # for the drains (remote.run_drain)
+                self.here = here
+                self.pm.mem.store32(HEADER.caller_cpu, here + 1)
         load32, flags_off, slot_call, inflight, cpus = (self.rt.mem.load32, self.flags_off,
                                                         self.slot_call, self.inflight, self.cpus)
         per, tail = self.per, self.tail
@@ -204,21 +208,27 @@ class Engine:
             call.big = put_big(payload)
             call.payload = b""
         big = call.big
-        if big is not None:
-            pm.write_body(off, call.kind, 0, big[2], (os.getpid(), big[0], big[1]))
-        else:
-            pm.write_call(off, call.kind, payload)
         amem = self.rt.mem
         amem.store32(self.comp_off[slot], 0)         # reinit_completion()
         mem = pm.mem
-        mem.store32(off + SLOT.state, QUEUED)
-        mem.store64(off + SLOT.ticket, ticket)         # after QUEUED: see remote.run_drain
+        kind = call.kind
+        act = self.active_off[w] if kind == KIND_MAP else -1
+        if big is None and pm.fast:     # body, call, QUEUED, ticket, DRAIN.active: in C
+            was_active = mem.pool_place(off, kind, payload, ticket, act)
+        else:
+            if big is not None:
+                pm.write_body(off, kind, 0, big[2], (os.getpid(), big[0], big[1]))
+            else:
+                pm.write_call(off, kind, payload)
+            mem.store32(off + SLOT.state, QUEUED)
+            mem.store64(off + SLOT.ticket, ticket)     # after QUEUED: see remote.run_drain
+            was_active = mem.xchg32(act, 1) if act >= 0 else 0
         call.slot = slot
         self.slot_call[slot] = call
         self.inflight[w] += 1
-        if call.kind == KIND_MAP:
+        if kind == KIND_MAP:
             self.quiet += 1
-            if mem.xchg32(self.active_off[w], 1) == 0:
+            if was_active == 0:
                 self._queue(w, self.nslots + w)     # the worker's drain work
         else:
             self._queue(w, slot)
@@ -244,6 +254,10 @@ class Engine:
         off = self.pm.slot_off(slot)
         mem.fetch_add64(off + SLOT.use_seq, 1)
         mem.store32(off + SLOT.state, FREE)
+        self._forget_slot_locked(slot)
+
+    def _forget_slot_locked(self, slot: int) -> None:
+        """The caller's side of freeing a slot (its memory is FREE already)."""
         w = self.slot_worker[slot]
         call = self.slot_call[slot]
         if call is not None and call.kind == KIND_MAP:
@@ -267,13 +281,18 @@ class Engine:
             return None
         pm = self.pm
         off = pm.slot_off(slot)
-        code, data, big = pm.read_outcome(off)
-        if big is not None:
-            try:
-                data = take_big(*big)
-            except OSError as exc:
-                code, data = -1, repr(exc).encode()
-        self._free_slot_locked(slot)
+        got = pm.mem.pool_reap(off) if pm.fast else None    # read and FREE: in C
+        if got is not None:
+            code, data = got
+            self._forget_slot_locked(slot)
+        else:
+            code, data, big = pm.read_outcome(off)
+            if big is not None:
+                try:
+                    data = take_big(*big)
+                except OSError as exc:
+                    code, data = -1, repr(exc).encode()
+            self._free_slot_locked(slot)
         self._finished_locked(call)
         if self.backlog:
             self.feed_locked()
