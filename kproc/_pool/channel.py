@@ -38,6 +38,7 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from typing import cast
 
 from .._core.layout import Record
 from .._core.native import load_mem_class, native
@@ -46,6 +47,7 @@ from .._core.pymem import PyMem
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._core.memlike import MemLike  # typing only
+    from .._native import Mem  # typing only: the extension may be missing
 
 __all__ = ["PoolMemory", "HEADER", "DRAIN", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING",
            "DONE", "CANCELLED", "INLINE_MAX", "put_big", "take_big", "close_fd"]
@@ -95,6 +97,11 @@ _check_native_layout()
 FREE, QUEUED, RUNNING, DONE, CANCELLED = 0, 1, 2, 3, 4
 
 
+def _slot_ops(mem: MemLike) -> Mem | None:
+    """``mem`` itself where it has native/pool.c's slot operations (the native Mem)."""
+    return cast("Mem", mem) if hasattr(mem, "pool_place") else None
+
+
 def _make_mem(buf: mmap.mmap, fd: int) -> MemLike:
     native = load_mem_class()
     if native is not None:
@@ -112,7 +119,8 @@ class PoolMemory:
                  owner: bool) -> None:
         self.fd, self.buf, self.key, self.owner = fd, buf, key, owner
         self.mem = _make_mem(buf, fd)
-        self.fast = hasattr(self.mem, "pool_place")     # native/pool.c's slot operations
+        self.cmem = _slot_ops(self.mem)
+        self.fast = self.cmem is not None
         self.view = memoryview(buf)
         self.nslots = self.mem.load32(HEADER.nslots)
         self.slots_base = HEADER.stride + self.mem.load32(HEADER.nworkers) * DRAIN.stride
@@ -135,7 +143,8 @@ class PoolMemory:
         pm.fd, pm.buf, pm.owner = fd, buf, True
         pm.key = (os.getpid(), fd, st.st_dev, st.st_ino, size)
         pm.mem = _make_mem(buf, fd)
-        pm.fast = hasattr(pm.mem, "pool_place")
+        pm.cmem = _slot_ops(pm.mem)
+        pm.fast = pm.cmem is not None
         pm.view = memoryview(buf)
         pm.mem.store32(HEADER.nslots, nslots)
         pm.mem.store32(HEADER.slot_size, SLOT_SIZE)

@@ -39,7 +39,8 @@ OUT_NONE, OUT_VALUE, OUT_EXC = 0, 1, 2
 _LEN = struct.Struct("=I")
 _CACHE_MAX = 256
 _fn_pickles: dict[object, bytes] = {}          # caller: fn -> its pickle
-worker_fns: dict[bytes, Callable[..., Any]] = {}    # worker: pickle -> fn (native/pool.c reads it too)
+# worker: pickle -> fn (native/pool.c looks functions up here too)
+worker_fns: dict[bytes, Callable[..., Any]] = {}
 
 
 def _fn_pickle(fn: Callable[..., Any]) -> bytes:

@@ -29,6 +29,7 @@ left for nobody.  Runs in the caller (any of its threads).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from concurrent.futures import CancelledError
 import threading
@@ -55,7 +56,7 @@ from .remote import KIND_INIT, KIND_MAP, DrainRef, SlotRef, run_drain, run_slot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 __all__ = ["Engine", "TICK_NS", "current_cpu", "task_of"]
 
@@ -122,6 +123,7 @@ class Engine:
         # each worker's slots are used in ring order; tail: the ticket of its next call
         self.tail = [1] * len(workers)
         self.inflight = [0] * len(workers)
+        self.busy = 0           # calls in slots: sum(inflight)
         self.slot_call: list[Call | None] = [None] * n
         self.backlog: collections.deque[Call] = collections.deque()
         self.live = 0
@@ -129,6 +131,8 @@ class Engine:
         self.broken: BaseException | None = None
         self.shutting = False
         self.here = -1          # the CPU last published in HEADER.caller_cpu
+        # inside a batch (batch_locked): the workers whose drain work is still to queue
+        self.deferred: list[int] | None = None
 
     # -- placing calls ----------------------------------------------------------
 
@@ -136,6 +140,9 @@ class Engine:
         return bool(self.rt.mem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK)
 
     def _pick(self) -> int:
+        """The worker for the next call, or -1: none has room (or all are parked)."""
+        if self.busy >= self.nslots:
+            return -1           # every slot holds a call: no ring has room
         best, here = -1, -1
         if _getcpu is not None:
             here = _getcpu()
@@ -145,14 +152,15 @@ class Engine:
         load32, flags_off, slot_call, inflight, cpus = (self.rt.mem.load32, self.flags_off,
                                                         self.slot_call, self.inflight, self.cpus)
         per, tail = self.per, self.tail
+        least = 0
         for w in range(len(flags_off)):
             if slot_call[w * per + tail[w] % per] is not None or \
                     load32(flags_off[w]) & L.KF_SHOULD_PARK:
                 continue
-            if best < 0 or inflight[w] < inflight[best] or \
-                    (inflight[w] == inflight[best] == 0 and
-                     cpus[best] == here and cpus[w] != here):
-                best = w
+            load = inflight[w]
+            if best < 0 or load < least or (load == least and cpus[best] == here and
+                                            cpus[w] != here):
+                best, least = w, load
         return best
 
     def submit_locked(self, call: Call) -> None:
@@ -163,14 +171,34 @@ class Engine:
         elif self.backlog or not self._feed_one(call):
             self.backlog.append(call)
 
+    @contextlib.contextmanager
+    def batch_locked(self) -> Iterator[None]:
+        """Place many map calls, queueing each worker's drain work once, at the end.
+
+        A drain woken for the first of them would otherwise run it alone and
+        end before the next is placed (and a worker on the caller's CPU
+        preempts the caller at each wake-up).  Lock held throughout.
+        """
+        if self.deferred is not None:
+            yield               # nested: the outer batch queues
+            return
+        self.deferred = []
+        try:
+            yield
+        finally:
+            todo, self.deferred = self.deferred, None
+            for w in todo:
+                self._queue(w, self.nslots + w)
+
     def submit_many_locked(self, calls: list[Call]) -> None:
         """submit_locked() of each of ``calls``, in order.  Lock held."""
         self.live += len(calls)
         backlog = self.backlog
         i, n = 0, len(calls)
         if not backlog:
-            while i < n and self._feed_one(calls[i]):
-                i += 1
+            with self.batch_locked():
+                while i < n and self._feed_one(calls[i]):
+                    i += 1
         if i < n:
             backlog.extend(calls[i:] if i else calls)
 
@@ -213,8 +241,9 @@ class Engine:
         mem = pm.mem
         kind = call.kind
         act = self.active_off[w] if kind == KIND_MAP else -1
-        if big is None and pm.fast:     # body, call, QUEUED, ticket, DRAIN.active: in C
-            was_active = mem.pool_place(off, kind, payload, ticket, act)
+        cmem = pm.cmem
+        if big is None and cmem is not None:    # body, call, QUEUED, ticket, active: in C
+            was_active = cmem.pool_place(off, kind, payload, ticket, act)
         else:
             if big is not None:
                 pm.write_body(off, kind, 0, big[2], (os.getpid(), big[0], big[1]))
@@ -226,10 +255,14 @@ class Engine:
         call.slot = slot
         self.slot_call[slot] = call
         self.inflight[w] += 1
+        self.busy += 1
         if kind == KIND_MAP:
             self.quiet += 1
             if was_active == 0:
-                self._queue(w, self.nslots + w)     # the worker's drain work
+                if self.deferred is not None:
+                    self.deferred.append(w)         # queued at the batch's end
+                else:
+                    self._queue(w, self.nslots + w)     # the worker's drain work
         else:
             self._queue(w, slot)
         if amem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
@@ -264,6 +297,7 @@ class Engine:
             self.quiet -= 1
         self.slot_call[slot] = None
         self.inflight[w] -= 1
+        self.busy -= 1
 
     def _finished_locked(self, call: Call) -> None:
         if call.big is not None:
@@ -281,7 +315,8 @@ class Engine:
             return None
         pm = self.pm
         off = pm.slot_off(slot)
-        got = pm.mem.pool_reap(off) if pm.fast else None    # read and FREE: in C
+        cmem = pm.cmem
+        got = cmem.pool_reap(off) if cmem is not None else None    # read and FREE: in C
         if got is not None:
             code, data = got
             self._forget_slot_locked(slot)

@@ -50,6 +50,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NamedTuple
 
+    from .._native import Mem  # typing only: the extension may be missing
+
 __all__ = ["SlotRef", "DrainRef", "run_slot", "run_drain", "run_chunk", "KIND_CALL", "KIND_MAP",
            "KIND_INIT"]
 
@@ -173,9 +175,10 @@ def run_slot(work: Any) -> None:
     pm = att.pm
     mem = pm.mem
     off = pm.slot_off(ref.slot)
-    if pm.fast:
+    cmem = pm.cmem
+    if cmem is not None:
         try:
-            r = mem.pool_run(off, worker_fns)            # claim, run, publish: in C
+            r = cmem.pool_run(off, worker_fns)       # claim, run, publish: in C
         except BaseException as exc:
             r = _finish(att, ref.slot, off, *encode_exception(exc))
         else:
@@ -244,20 +247,21 @@ def run_drain(work: Any) -> None:
     pm = att.pm
     rt = get_runtime()
     flags_off = (rt.self_base or 0) + T.flags
-    if pm.fast:
-        _drain_native(att, work, ref, rt.mem, flags_off)
+    if pm.cmem is not None:
+        _drain_native(att, work, ref, pm.cmem, rt.mem, flags_off)
     else:
         _drain_python(att, work, ref, rt.mem, flags_off)
 
 
-def _drain_native(att: _Attached, work: Any, ref: DrainRef, amem: Any, flags_off: int) -> None:
+def _drain_native(att: _Attached, work: Any, ref: DrainRef, cmem: Mem, amem: Any,
+                  flags_off: int) -> None:
     """run_drain() over native/pool.c's pool_drain(): Python only for what it hands back."""
     pm = att.pm
     mem = pm.mem
     doff = pm.drain_off(ref.w)
     args = (doff, ref.first, len(ref.comps), pm.slots_base, amem, flags_off, L.KF_SHOULD_PARK,
             drain_spin_ns(), worker_fns)
-    drain = mem.pool_drain
+    drain = cmem.pool_drain
     while True:
         if att.held:
             att.release_taken()
