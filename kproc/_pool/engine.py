@@ -16,7 +16,7 @@ the one with the fewest calls in flight; among idle ones, preferably one not
 on the CPU the caller runs on (the caller is about to wait, and a waiter
 spinning on the worker's own CPU only delays it).  A worker whose kthread is
 asked to park (its CPU going down) gets no new call, and the calls queued on
-it are moved to the others (:meth:`Engine.move_from_parked`).
+it are moved to the others (``collector.move_from_parked``).
 
 Races prevented: a slot's state word decides between a cancel and the
 worker starting the call (``channel``); a slot is reaped only by the thread
@@ -33,7 +33,6 @@ import contextlib
 import os
 from concurrent.futures import CancelledError
 import threading
-import time
 from typing import Any
 
 from .._core import layout as L
@@ -47,7 +46,7 @@ from .._workqueue.fastpath import fast_paths, lock_spin_ns
 from .._workqueue.handles import KthreadWork, KthreadWorker
 from .._workqueue.lists import wake_worker
 from .._workqueue.queue import kthread_queue_work
-from .channel import (CANCELLED, DONE, DRAIN, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
+from .channel import (CANCELLED, DRAIN, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
                       close_fd, put_big, take_big)
 from .call import Call
 from .codec import OUT_EXC, decode_outcome
@@ -282,7 +281,7 @@ class Engine:
         elif r == 2 and not self.wake_in_c:
             wake_worker(self.rt, self.workers[w]._off)
 
-    def _free_slot_locked(self, slot: int) -> None:
+    def free_slot_locked(self, slot: int) -> None:
         mem = self.pm.mem
         off = self.pm.slot_off(slot)
         mem.fetch_add64(off + SLOT.use_seq, 1)
@@ -327,7 +326,7 @@ class Engine:
                     data = take_big(*big)
                 except OSError as exc:
                     code, data = -1, repr(exc).encode()
-            self._free_slot_locked(slot)
+            self.free_slot_locked(slot)
         self._finished_locked(call)
         if self.backlog:
             self.feed_locked()
@@ -359,23 +358,6 @@ class Engine:
             err.__cause__ = decode_outcome(code, data)[1]
         return err
 
-    def collect(self) -> list[tuple[Call, int, bytes]]:
-        """Reap every DONE slot nobody waits on directly (the collector's pass)."""
-        pm, mem = self.pm, self.pm.mem
-        out = []
-        now = time.monotonic()
-        with self.lock:
-            for slot, call in enumerate(self.slot_call):
-                if call is None or (call.run is not None and call.run.active(now)):
-                    continue
-                off = pm.slot_off(slot)
-                if mem.load32(off + SLOT.state) == DONE and \
-                        (not mem.load32(off + SLOT.direct) or call.kind == KIND_INIT):
-                    got = self.reap_locked(slot)
-                    if got is not None:
-                        out.append(got)
-        return out
-
     # -- cancel, move, break ----------------------------------------------------
 
     def cancel(self, call: Call) -> bool:
@@ -399,9 +381,9 @@ class Engine:
                 return False
             work = self.works[slot]
         if call.kind != KIND_MAP:             # a map's call has no work: its drain skips it
-            self._unqueue(slot, work)
+            self.unqueue(slot, work)
         with self.lock:
-            self._free_slot_locked(slot)
+            self.free_slot_locked(slot)
             self._cancelled_locked(call)
             call.slot = -1
             self._wake(self.comps[slot], True)   # a result() waiting on it leaves now
@@ -417,40 +399,14 @@ class Engine:
         """Cancel a call still in the backlog (it is skipped there).  Lock held."""
         self._cancelled_locked(call)
 
-    def _unqueue(self, slot: int, work: KthreadWork) -> None:
-        # Off the worker's list, or waits for a run_slot() that sees CANCELLED and returns.
+    def unqueue(self, slot: int, work: KthreadWork) -> None:
+        """Take a cancelled slot's work off its worker's list (or wait for the run_slot()
+        that sees CANCELLED and returns).  Lock not held."""
         try:
             kthread_cancel_work_sync(work)
         except Exception:
             if self.broken is None:
                 raise
-
-    def move_from_parked(self) -> int:
-        """Move the calls queued on parked workers back to the backlog's head, then feed.
-
-        Return: how many calls were moved.
-        """
-        moved: list[Call] = []
-        with self.lock:
-            todo = []
-            for slot, call in enumerate(self.slot_call):
-                if call is None or call.kind == KIND_INIT or \
-                        not self.parked(self.slot_worker[slot]):
-                    continue
-                off = self.pm.slot_off(slot)
-                if self.pm.mem.cmpxchg32(off + SLOT.state, QUEUED, CANCELLED) == QUEUED:
-                    todo.append((slot, call))
-        for slot, call in todo:
-            if call.kind != KIND_MAP:
-                self._unqueue(slot, self.works[slot])
-            with self.lock:
-                self._free_slot_locked(slot)
-                call.slot = -1
-                moved.append(call)
-        with self.lock:
-            self.backlog.extendleft(reversed(moved))
-            self.feed_locked()
-        return len(moved)
 
     def fail(self, exc: BaseException) -> None:
         """Break the pool: every call not finished fails with ``exc``, now and later."""
