@@ -24,7 +24,7 @@
  * for the slot comes back as its pickle for Python to publish through the
  * side channel; an exception of the call propagates with the slot RUNNING,
  * for Python to encode with its traceback.  The drain's current slot and
- * next ticket live in its DRAIN record (``cur``, ``head``), so Python picks
+ * next ticket live in its DRAIN record (``cur``, ``next_ticket``), so Python picks
  * up where C left off.  The atomics are sequentially consistent, as in
  * Python (the orderings are explained in channel.py and remote.py).
  *
@@ -54,7 +54,7 @@
 #define H_CALLER_CPU 28
 #define D_ACTIVE 0
 #define D_CUR 4
-#define D_HEAD 8
+#define D_NEXT 8
 #define ST_FREE 0
 #define ST_QUEUED 1
 #define ST_RUNNING 2
@@ -306,7 +306,7 @@ static int spun_out(int64_t start, int64_t ns, unsigned *round)
 /*
  * pool_drain(drain_off, first, nslots, slots_base, amem, flags_off, park_mask,
  * spin_ns, fns): the drain work's loop (remote.run_drain) over worker slots
- * first..first+nslots-1, from ticket DRAIN.head.  Before giving up on a
+ * first..first+nslots-1, from ticket DRAIN.next_ticket.  Before giving up on a
  * ticket not placed yet it spins up to @spin_ns for it, unless the caller
  * runs on this CPU (HEADER.caller_cpu).  Return: DRAIN_IDLE, DRAIN_PARK
  * (flags at @flags_off of @amem has @park_mask), DRAIN_BROKEN, DRAIN_DIRECT
@@ -346,7 +346,7 @@ static PyObject *Mem_pool_drain(ARGS)
     if (need_pickle() < 0)
         return NULL;
     cur = U32P(self, doff + D_CUR);
-    headp = I64P(self, doff + D_HEAD);
+    headp = I64P(self, doff + D_NEXT);
     h = *headp;
     for (;;) {
         Py_ssize_t slot, off;
@@ -408,7 +408,7 @@ PyObject *mod_pool_layout(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(noargs))
         "SLOT.length", S_LENGTH, "SLOT.big_pid", S_BIG_PID, "SLOT.big_fd", S_BIG_FD,
         "SLOT.big_ino", S_BIG_INO, "SLOT.use_seq", S_USE_SEQ, "SLOT.ticket", S_TICKET,
         "HEADER.broken", H_BROKEN, "HEADER.caller_cpu", H_CALLER_CPU,
-        "DRAIN.cur", D_CUR, "DRAIN.head", D_HEAD);
+        "DRAIN.cur", D_CUR, "DRAIN.next_ticket", D_NEXT);
 }
 
 PyMethodDef pool_methods[] = {

@@ -141,7 +141,8 @@ def test_pool_run_claims_only_a_queued_slot(pm):
 @need_native
 def test_native_layout_is_the_records_layout():
     layout = native.pool_layout()
-    assert layout["SLOT_SIZE"] == SLOT_SIZE and layout["DRAIN.head"] == DRAIN.head
+    assert layout["SLOT_SIZE"] == SLOT_SIZE
+    assert layout["DRAIN.next_ticket"] == DRAIN.next_ticket
     assert layout["HEADER.caller_cpu"] == HEADER.caller_cpu
     assert all(layout[f"SLOT.{f}"] == getattr(SLOT, f) for f in ("state", "ticket", "use_seq"))
 
@@ -150,6 +151,6 @@ def test_unbuilt_extension_means_the_python_slot_path():
     pool = PoolMemory.create(2, 1)
     try:
         assert pool.fast is hasattr(pool.mem, "pool_place")
-        assert pool.mem.load64(pool.drain_off(0) + DRAIN.head) == 1     # tickets start at 1
+        assert pool.mem.load64(pool.drain_off(0) + DRAIN.next_ticket) == 1    # from ticket 1
     finally:
         pool.close()

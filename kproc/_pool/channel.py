@@ -29,6 +29,12 @@ compare-and-swap: the call will never start) -> FREE.  Exactly one of the two
 compare-and-swaps on a QUEUED slot wins, which is what makes a cancel
 succeed exactly until the call starts.
 
+Where the C extension is built, the hot slot operations run whole in C
+(``native/pool.c``: place, reap, and a worker's claim-run-publish; see
+``PoolMemory.cmem``), on this layout, which ``pool_layout()`` lets this
+module check at import; everything else, and everything with
+``KPROC_NATIVE=0``, goes through the Python code here and in ``remote``.
+
 Runs in the caller (create, write calls, read outcomes) and in the pool's
 worker kthreads (attach, read calls, write outcomes).
 """
@@ -58,9 +64,9 @@ HEADER = Record("POOL_HEADER", [("magic", "Q"), ("nslots", "I"), ("slot_size", "
                                 ("broken", "I"), ("want", "I"), ("nworkers", "I"),
                                 ("caller_cpu", "I")], stride=64)
 # one per worker, after the header: active is 1 while its drain work (remote.run_drain)
-# is queued or running; head: the ticket it runs next; cur: the slot of the call it ran
-# last (written by the worker only)
-DRAIN = Record("POOL_DRAIN", [("active", "I"), ("cur", "I"), ("head", "Q")], stride=64)
+# is queued or running; next_ticket: the ticket it runs next; cur: the slot of the call
+# it ran last (both written by the worker only)
+DRAIN = Record("POOL_DRAIN", [("active", "I"), ("cur", "I"), ("next_ticket", "Q")], stride=64)
 # outcome: what the inline area (or the big payload) holds once DONE.
 SLOT = Record("POOL_SLOT", [("state", "I"), ("direct", "I"), ("kind", "I"), ("outcome", "I"),
                             ("length", "Q"), ("big_pid", "I"), ("big_fd", "I"),
@@ -83,7 +89,7 @@ def _check_native_layout() -> None:
         return
     ours = {"SLOT_SIZE": SLOT_SIZE, "SLOT.stride": SLOT.stride, "HEADER.broken": HEADER.broken,
             "HEADER.caller_cpu": HEADER.caller_cpu, "DRAIN.cur": DRAIN.cur,
-            "DRAIN.head": DRAIN.head}
+            "DRAIN.next_ticket": DRAIN.next_ticket}
     ours.update({f"SLOT.{f}": getattr(SLOT, f) for f in
                  ("state", "direct", "kind", "outcome", "length", "big_pid", "big_fd",
                   "big_ino", "use_seq", "ticket")})
@@ -150,7 +156,7 @@ class PoolMemory:
         pm.mem.store32(HEADER.slot_size, SLOT_SIZE)
         pm.mem.store32(HEADER.nworkers, nworkers)
         for w in range(nworkers):
-            pm.mem.store64(cls.drain_off(w) + DRAIN.head, 1)     # tickets start at 1
+            pm.mem.store64(cls.drain_off(w) + DRAIN.next_ticket, 1)     # tickets start at 1
         pm.mem.store64(HEADER.magic, MAGIC)
         pm.nslots, pm.slots_base = nslots, base
         return pm

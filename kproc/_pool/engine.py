@@ -18,6 +18,10 @@ spinning on the worker's own CPU only delays it).  A worker whose kthread is
 asked to park (its CPU going down) gets no new call, and the calls queued on
 it are moved to the others (``collector.move_from_parked``).
 
+A map's calls placed together (``map()``, an iterator reaping several) are
+a batch (``batch_locked``): each worker's drain work is queued once, at its
+end (a drain woken per call ends before the next is placed).
+
 Races prevented: a slot's state word decides between a cancel and the
 worker starting the call (``channel``); a slot is reaped only by the thread
 that finds it still holding its call under ``lock``; the direct waiter

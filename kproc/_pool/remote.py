@@ -23,6 +23,17 @@ queues the drain if it was 0; the drain, finding no next ticket, stores 0
 and looks once more (and takes ``active`` back if a ticket appeared), so a
 ticket is never left without a drain.
 
+Where the extension is built, ``run_slot`` and ``run_drain`` call
+``native/pool.c`` (``pool_run``, ``pool_drain``): the claim, the decoding of
+an inline call whose function this worker has cached, the call, the
+encoding and publishing of an inline outcome and the DONE all in C, many map
+calls per C call; what C hands back (a function seen for the first time, a
+call or result in the side channel, an exception, a ticket with a direct
+waiter) is done here, on the Python path that ``KPROC_NATIVE=0`` uses for
+everything.  A drain out of tickets first spins up to ``DRAIN_SPIN_NS`` for
+the next one, unless the caller runs on its CPU (``HEADER.caller_cpu``): a
+map's caller then places its next calls without queueing the drain again.
+
 Races prevented: the collector publishes ``want`` before it looks at the
 slots and sleeps; a worker publishes DONE before it reads ``want``: one of
 the two always sees the other (sequentially consistent atomics).  A result
@@ -296,7 +307,7 @@ def _drain_python(att: _Attached, work: Any, ref: DrainRef, amem: Any, flags_off
     doff = pm.drain_off(ref.w)
     act = doff + DRAIN.active
     nslots = len(ref.comps)
-    h = mem.load64(doff + DRAIN.head)
+    h = mem.load64(doff + DRAIN.next_ticket)
     try:
         while True:
             if mem.load32(HEADER.broken):
@@ -323,4 +334,4 @@ def _drain_python(att: _Attached, work: Any, ref: DrainRef, amem: Any, flags_off
             if mem.load32(off + SLOT.direct):
                 att.complete_all(ref.comps[slot - ref.first])
     finally:
-        mem.store64(doff + DRAIN.head, h)
+        mem.store64(doff + DRAIN.next_ticket, h)
