@@ -45,9 +45,8 @@ __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USER
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 # Bumped whenever a record below changes shape: ``kproc ps`` reads arenas of
 # other runtimes (maybe of another kproc version) only when theirs matches.
-LAYOUT_VERSION = 8          # 8: HOTPLUG's AP job number and plan; 7: COMPLETION.granted,
-#                             a SWAIT node per thread id; 6: HEADER's spare pool;
-#                             5: HOTPLUG's AP job fields, ...
+LAYOUT_VERSION = 8          # 8: HOTPLUG.ap_job/ap_plan; 7: COMPLETION.granted, a SWAIT
+#                             node per thread id; 6: HEADER's spare pool; 5: HOTPLUG's AP job
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
 # include/linux/threads.h PID_MAX_LIMIT on 64-bit: no thread id reaches it, so a
 # SWAIT node per possible thread id is enough by construction (swait.thread_node).

@@ -54,7 +54,8 @@ from .._kthread.control import (__kthread_should_park, kthread_park,
 from .._sched.completion import wait_at
 from .._sched.task import Task
 from .callbacks import mark_hotplug_process, run_steps
-from .record import H, get_message, hp_base, put_message, registrations, store_get
+from .record import (H, cpuhp_dead, get_message, hp_base, put_message, registrations,
+                     store_get)
 from .smpboot_thread import getcpu
 
 TYPE_CHECKING = False
@@ -69,12 +70,14 @@ if TYPE_CHECKING:
     Plan = tuple[frozenset[int], list[tuple[int, int]], list[tuple[int, frozenset[int]]]]
 
 __all__ = ["CpuhpThreads", "CPUHP_THREADS_KEY", "cpuhp_should_run", "cpuhp_thread_fun",
-           "post_ap_job", "post_ap_plan", "kick_ap", "wait_ap_job", "make_plan",
+           "post_ap_job", "post_ap_plan", "withdraw_ap_job", "kick_ap", "wait_ap_job",
+           "make_plan",
            "smpboot_unpark_threads", "smpboot_park_threads", "kthreads_online", "on_its_cpu"]
 
 CPUHP_THREADS_KEY = 0x63707568705f4e   # "cpuhp_N": the registration's key, fixed
 PLAN_WAIT_NS = 1_000_000    # cpuhp/N's wait for the plan, per round (it watches the clock)
 PLAN_TIMEOUT_NS = 200_000_000   # then it reads for itself (the control side is stuck)
+COME_UP_WAIT_NS = 500_000   # cpuhp/N's rounds while its CPU is being brought up
 
 _host_cpus: frozenset[int] | None = None
 # cpuhp/N: the steps of each numbered job seen (one process, one cpuhp, for good)
@@ -138,6 +141,31 @@ def _take_plan(rt: Runtime, cpu: int) -> None:
         _plan = (cpu, pickle.loads(bytes(rt.buf[off:off + n])))
 
 
+def _come_up(rt: Runtime, cpu: int) -> bool:
+    """cpuhp/N unparked while its CPU is being brought up (kernel:
+    cpuhp_online_idle(), CPUHP_AP_ONLINE_IDLE): bind to the CPU as soon as it
+    runs tasks, then wait for the plan, which the control side posts once the
+    write returned.  Return: False if the job was withdrawn (the write failed)."""
+    mem, hp = rt.mem, hp_base(rt)
+    bound = False
+    while not mem.load32(hp + H.ap_plan):
+        if not bound:
+            try:
+                os.sched_setaffinity(0, {cpu})
+                bound = True
+            except OSError:         # not active yet (or a CPU the host lacks)
+                pass
+        rt.waits.wait(hp + H.ap_plan, 0, COME_UP_WAIT_NS, False)
+        if cpuhp_dead(rt):
+            return False
+    if not bound:
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass
+    return mem.load32(hp + H.ap_cpu) == cpu + 1
+
+
 def cpuhp_thread_fun(cpu: int) -> None:
     """cpuhp_thread_fun(): run the posted AP job on ``cpu`` and report.
 
@@ -149,11 +177,17 @@ def cpuhp_thread_fun(cpu: int) -> None:
     mem, hp = rt.mem, hp_base(rt)
     if mem.load32(hp + H.ap_cpu) != cpu + 1:
         return
+    job = None
+    if not mem.load32(hp + H.ap_plan):        # unparked before its CPU's write
+        job = _load_job(rt, cpu)              # meanwhile, wherever it runs
+        if not _come_up(rt, cpu):
+            return
     mem.store32(hp + H.ap_cpu, 0)
     off_cpu = not on_its_cpu(rt, cpu)
     rc = 0
     if not off_cpu:
-        job = _load_job(rt, cpu)
+        if job is None:
+            job = _load_job(rt, cpu)
         if job is None:
             rc = -errno.EFAULT
         else:
@@ -229,6 +263,15 @@ def post_ap_plan(rt: Runtime, raw: bytes | None) -> None:
             off = rt.arena.params.hp_ap + n
             rt.buf[off:off + len(raw)] = raw
             mem.store32(hp + H.ap_plan_len, len(raw))
+    mem.store32(hp + H.ap_plan, 1)
+    rt.waits.wake(hp + H.ap_plan)
+
+
+def withdraw_ap_job(rt: Runtime) -> None:
+    """Withdraw a posted job that cpuhp/N may be waiting to run (its CPU's write
+    failed): it returns without running it.  Context: the control cpuhp kthread."""
+    mem, hp = rt.mem, hp_base(rt)
+    mem.store32(hp + H.ap_cpu, 0)
     mem.store32(hp + H.ap_plan, 1)
     rt.waits.wake(hp + H.ap_plan)
 

@@ -41,7 +41,7 @@ from .._kthread.affinity import kthreads_offline_cpu
 from .._kthread.control import kthread_park, kthread_unpark, kthread_unpark_usable
 from .ap_thread import (CpuhpThreads, kick_ap, kthreads_online, make_plan, post_ap_job,
                         post_ap_plan, smpboot_park_threads, smpboot_unpark_threads,
-                        wait_ap_job)
+                        wait_ap_job, withdraw_ap_job)
 from .callbacks import (CPUHP_AP_KTHREADS_ONLINE, CPUHP_AP_SMPBOOT_THREADS,
                         CPUHP_CREATE_THREADS, HotplugState, States, is_ap_state, run_steps)
 from .hotplug_threads import HotplugThreads
@@ -124,24 +124,40 @@ class Machine:
             kick_ap(task)
         return self._finish_ap(cpu, task, steps, up, after_the_fact)
 
-    def _start_ap(self, cpu: int, usable: frozenset[int] | None) -> Task | None:
-        """The AP startups of ``cpu``, which just came up, handed to cpuhp/N: the job
-        posted, cpuhp/N unparked (its unpark is the kick; @usable: the usable CPUs if
-        known, for its re-binding), then the plan made and posted while it wakes up
-        (ap_thread).  Return: cpuhp/N, or None if the CPU has none; finish_ap() waits."""
+    def _start_ap(self, cpu: int) -> Task | None:
+        """The AP startups of ``cpu``, which came up already, handed to cpuhp/N: the
+        job posted, cpuhp/N unparked (re-bound; its unpark is the kick), then the
+        plan made and posted while it wakes up (ap_thread).  Return: cpuhp/N, or
+        None if the CPU has none; finish_ap() waits."""
         task = self.cpuhp_threads.task(cpu)
         if task is None:
             return None
-        rt = self.rt
         raw, number, _steps = self._ap_job(True)
-        post_ap_job(rt, cpu, raw, number, True)
-        kthread_unpark_usable(task, rt.topology.usable() if usable is None else usable)
+        post_ap_job(self.rt, cpu, raw, number, True)
+        kthread_unpark(task)
+        self._post_plan(cpu)
+        return task
+
+    def _early_ap(self, cpu: int) -> Task | None:
+        """Before the write that brings ``cpu`` up: the AP startup job posted and
+        cpuhp/N unparked, as the kernel's AP unparks it at CPUHP_AP_ONLINE_IDLE,
+        long before the online completes.  It binds itself to the CPU once it runs
+        tasks and waits for the plan (_post_plan), the sign that the write
+        returned (ap_thread).  Return: cpuhp/N, or None if the CPU has none."""
+        task = self.cpuhp_threads.task(cpu)
+        if task is None:
+            return None
+        raw, number, _steps = self._ap_job(True)
+        post_ap_job(self.rt, cpu, raw, number, True)
+        kthread_unpark_usable(task, frozenset())     # the CPU is not usable yet
+        return task
+
+    def _post_plan(self, cpu: int) -> None:
         try:
-            plan: bytes | None = make_plan(rt, cpu)
+            plan: bytes | None = make_plan(self.rt, cpu)
         except Exception:      # a sysfs read failing mid-storm: cpuhp/N reads for itself
             plan = None
-        post_ap_plan(rt, plan)
-        return task
+        post_ap_plan(self.rt, plan)
 
     def _finish_ap(self, cpu: int, task: Task | None, steps: list[Step], up: bool,
                    after_the_fact: bool) -> int:
@@ -230,15 +246,19 @@ class Machine:
         rc = run_steps(cpu, self._bp_up_steps(), True, on_cpu=here)
         if rc < 0:
             return rc
+        task = self._early_ap(cpu)
         try:
             topo.set_online(cpu, True)
         except OSError as exc:
+            if task is not None:
+                withdraw_ap_job(self.rt)
+                self._park_cpuhp_n(cpu)
             run_steps(cpu, self._bp_down_steps(), False, rollback=False, on_cpu=here)
             return -(exc.errno or errno.EIO)
         t1 = time.monotonic_ns()
-        # cpuhp/N re-bound to the CPU the write brought up, which is usable
-        task = self._start_ap(cpu, topo.usable() if topo.is_fake else frozenset((cpu,)))
-        self.watch.own_write(cpu)          # while cpuhp/N wakes up
+        if task is not None:
+            self._post_plan(cpu)
+        self.watch.own_write(cpu)          # while cpuhp/N goes on
         _raw, _number, steps = self._ap_job(True)
         rc = self._finish_ap(cpu, task, steps, True, False)
         if rc < 0:
@@ -272,7 +292,7 @@ class Machine:
                 return
             run_steps(cpu, self._bp_up_steps(), True, rollback=False, after_the_fact=True,
                       on_cpu=here)
-            task = self._start_ap(cpu, None)
+            task = self._start_ap(cpu)
             self._finish_ap(cpu, task, self._ap_job(True)[2], True, True)
             self._set_known(cpu, True)
         else:
