@@ -107,3 +107,43 @@ def test_fake_online_file_is_never_missing_while_rewritten(tmp_path):
         wait_until(lambda: not os.path.exists(f"/proc/{pid}"), 5.0)
     assert looks > 100 and missing == 0
     assert sorted(os.listdir(os.path.dirname(path))) == ["online"]
+
+
+def _cpuhp_n(rt, cpu):
+    from kproc._hotplug import record
+    from kproc._hotplug.ap_thread import CPUHP_THREADS_KEY
+    from kproc._sched.task import Task
+    slot, _gen = record.find_registration(rt, CPUHP_THREADS_KEY)
+    idx, gen = record.store_get(rt, slot, cpu)
+    return Task(rt, idx - 1, gen)
+
+
+def test_failed_online_write_runs_no_ap_startup_and_reparks_cpuhp_n(tmp_path, monkeypatch):
+    """cpu.c _cpu_up(): a bringup that fails rolls back to where the CPU was, and
+    no AP state ran.  cpuhp/N is unparked before the write (it binds itself once
+    the CPU runs tasks), so a failed write must withdraw its job and park it
+    again: on a fake tree, a ``cpu1`` folder others may write makes the write
+    refused (safefs) while reads still work."""
+    root = fake_sysfs(tmp_path / "sys", possible=4)
+    logdir = tmp_path / "log"
+    logdir.mkdir()
+    monkeypatch.setenv("KPROC_HP_DIR", str(logdir))
+    monkeypatch.setenv("KPROC_HP_SYSFS", root)
+    cpu_dir = os.path.join(root, "devices/system/cpu/cpu1")
+    with kproc.start(sysfs_root=root) as rt:
+        kproc.cpuhp_setup_state(AP, "test:a", hpfuncs.up_a, hpfuncs.down_a)
+        assert kproc.cpu_down(1) == 0
+        log = os.path.join(str(logdir), "log")
+        os.unlink(log)
+        os.chmod(cpu_dir, 0o777)
+        try:
+            rc = kproc.cpu_up(1)
+        finally:
+            os.chmod(cpu_dir, 0o700)
+        assert rc < 0 and 1 not in kproc.cpu_online_mask()
+        assert not os.path.exists(log)                     # no startup ran
+        cpuhp1 = _cpuhp_n(rt, 1)
+        wait_until(lambda: kproc.task_state(cpuhp1) == kproc.TASK_PARKED, 5.0)
+        assert kproc.cpu_up(1) == 0
+        with open(log) as f:
+            assert [line.split()[0] for line in f] == ["up_a"]

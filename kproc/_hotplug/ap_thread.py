@@ -77,7 +77,8 @@ __all__ = ["CpuhpThreads", "CPUHP_THREADS_KEY", "cpuhp_should_run", "cpuhp_threa
 CPUHP_THREADS_KEY = 0x63707568705f4e   # "cpuhp_N": the registration's key, fixed
 PLAN_WAIT_NS = 1_000_000    # cpuhp/N's wait for the plan, per round (it watches the clock)
 PLAN_TIMEOUT_NS = 200_000_000   # then it reads for itself (the control side is stuck)
-COME_UP_WAIT_NS = 500_000   # cpuhp/N's rounds while its CPU is being brought up
+COME_UP_WAIT_NS = 500_000   # cpuhp/N's rounds while its CPU is being brought up,
+COME_UP_BOUND_NS = 20_000_000  # and once bound to it (the go wakes it)
 
 _host_cpus: frozenset[int] | None = None
 # cpuhp/N: the steps of each numbered job seen (one process, one cpuhp, for good)
@@ -144,8 +145,10 @@ def _take_plan(rt: Runtime, cpu: int) -> None:
 def _come_up(rt: Runtime, cpu: int) -> bool:
     """cpuhp/N unparked while its CPU is being brought up (kernel:
     cpuhp_online_idle(), CPUHP_AP_ONLINE_IDLE): bind to the CPU as soon as it
-    runs tasks, then wait for the plan, which the control side posts once the
-    write returned.  Return: False if the job was withdrawn (the write failed)."""
+    runs tasks, warm up there (the built-in states' reads made once, their
+    values dropped: the first time is the slow one), then wait for the go,
+    which the control side posts once the write returned.
+    Return: False if the job was withdrawn (the write failed)."""
     mem, hp = rt.mem, hp_base(rt)
     bound = False
     while not mem.load32(hp + H.ap_plan):
@@ -155,7 +158,13 @@ def _come_up(rt: Runtime, cpu: int) -> bool:
                 bound = True
             except OSError:         # not active yet (or a CPU the host lacks)
                 pass
-        rt.waits.wait(hp + H.ap_plan, 0, COME_UP_WAIT_NS, False)
+            else:
+                try:
+                    make_plan(rt, cpu)
+                except Exception:   # a read failing mid-bringup: it was only a warm-up
+                    pass
+                continue
+        rt.waits.wait(hp + H.ap_plan, 0, COME_UP_BOUND_NS if bound else COME_UP_WAIT_NS, False)
         if cpuhp_dead(rt):
             return False
     if not bound:

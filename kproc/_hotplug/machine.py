@@ -142,8 +142,9 @@ class Machine:
         """Before the write that brings ``cpu`` up: the AP startup job posted and
         cpuhp/N unparked, as the kernel's AP unparks it at CPUHP_AP_ONLINE_IDLE,
         long before the online completes.  It binds itself to the CPU once it runs
-        tasks and waits for the plan (_post_plan), the sign that the write
-        returned (ap_thread).  Return: cpuhp/N, or None if the CPU has none."""
+        tasks, warms up there and waits for the go (an empty plan, posted once
+        the write returned; ap_thread).  Return: cpuhp/N, or None if the CPU has
+        none."""
         task = self.cpuhp_threads.task(cpu)
         if task is None:
             return None
@@ -257,7 +258,8 @@ class Machine:
             return -(exc.errno or errno.EIO)
         t1 = time.monotonic_ns()
         if task is not None:
-            self._post_plan(cpu)
+            # the go: cpuhp/N, on the CPU and warmed up, reads for itself (ap_thread)
+            post_ap_plan(self.rt, None)
         self.watch.own_write(cpu)          # while cpuhp/N goes on
         _raw, _number, steps = self._ap_job(True)
         rc = self._finish_ap(cpu, task, steps, True, False)
