@@ -44,6 +44,7 @@ import pickle
 import select
 import signal
 import sys
+import time
 import traceback
 
 from .._core import layout as L
@@ -58,7 +59,7 @@ from .._core.topology import Topology
 from .._core.wait import FutexWaits, PosixWaits, create_semaphores, unlink_semaphores
 from . import body as _kthread
 from .reap import Reaper
-from .spares import SparePool, spare_wait
+from .spares import SparePool, spare_wait, warm_up
 from . import affinity as _affinity  # noqa: F401  preloaded: every fork has it
 from .._sched import completion as _completion  # noqa: F401  preloaded
 from . import control as _control  # noqa: F401  preloaded
@@ -212,27 +213,34 @@ class Kthreadd(Reaper):
     def serve(self) -> NoReturn:
         """Serve creates and reap until the owner goes away; never returns."""
         pool = self.pool
+        sweep_at = None          # monotonic time of the sweep a reap by pid owes
         while True:
             wanted = pool.wanted()
-            idle = None if pool.target <= pool.base else IDLE_S
+            timeout = None if pool.target <= pool.base else IDLE_S
+            if sweep_at is not None:
+                left = max(0.0, sweep_at - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
             try:
                 ready, _, _ = select.select([self.wake_fd, self.alive_fd, self.sig_r], [], [],
-                                            0 if wanted else idle)
+                                            0 if wanted else timeout)
             except InterruptedError:
                 continue
+            swept = sweep_at is not None and time.monotonic() >= sweep_at
+            if swept:
+                sweep_at = None
+                self.sweep()
             if not ready:
                 if wanted:
                     self.fork_spares(wanted)      # only when no request is pending
-                else:
-                    pool.shrink()
+                elif not swept:
+                    pool.shrink()                 # idle for IDLE_S
                 continue
             if self.alive_fd in ready and not os.read(self.alive_fd, 4096):
                 self.teardown()
             if self.sig_r in ready:
-                # Only on SIGCHLD: waitpid(-1) walks every child in the kernel,
-                # which costs ~0.2 µs per live kthread.
                 _drain(self.sig_r)
-                self.reap()
+                if self.reap() and sweep_at is None:
+                    sweep_at = time.monotonic() + SWEEP_S
             if self.wake_fd in ready:
                 _drain(self.wake_fd)
                 self.collect_claims()
@@ -255,10 +263,8 @@ class Kthreadd(Reaper):
         self.inflight[idx] = L.unpack_field(arena.buf, base, T, "creator")
         self._prepare_threadfn(idx, base)
 
-    def reap(self) -> None:
-        """Reap every exited child, after recording the claims made so far."""
+    def before_reap(self) -> None:
         self.collect_claims()
-        super().reap()
 
     def reaped_spare(self, pid: int) -> None:
         claim = self.pool.reaped(pid)
@@ -350,6 +356,7 @@ class Kthreadd(Reaper):
         """In a spare child: sleep on ``entry`` until claimed, then become the
         kthread of the slot it was given (discarded: exit)."""
         _kthread.after_fork(self.rt, closes)
+        warm_up(self.rt)
         idx = spare_wait(self.rt, self.pool.offset(entry))
         if idx is None:
             os._exit(0)                         # discarded
@@ -408,6 +415,9 @@ class Kthreadd(Reaper):
 
 
 IDLE_S = 2.0       # kthreadd idle this long with extra spares: back to the base count
+# A reap by pid owes a sweep over every child (a kill may have shared its
+# SIGCHLD) within this many seconds; more SIGCHLDs meanwhile add none.
+SWEEP_S = 0.02
 DEFAULT_SPARES = 4     # KPROC_SPARES unset: spares kept ready (refilled at half)
 
 

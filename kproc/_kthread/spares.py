@@ -34,13 +34,19 @@ kthreadd (:class:`SparePool`).
 
 from __future__ import annotations
 
+import os
+import pickle
+
 from .._core import layout as L
+from .._core.blobs import read_blob
+from .affinity import fetch_affinity
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._core.runtime import Runtime  # typing only
 
-__all__ = ["claim_spare", "spares_low", "wake_spare", "spare_wait", "SparePool", "TICK_NS"]
+__all__ = ["claim_spare", "spares_low", "wake_spare", "warm_up", "spare_wait", "SparePool",
+           "TICK_NS"]
 
 TICK_NS = 100_000_000          # a spare re-reads its word this often, woken or not
 _BASE = L.HEADER.spares
@@ -88,6 +94,30 @@ def wake_spare(rt: Runtime, off: int) -> None:
     Context: any process of the runtime; never blocks.
     """
     rt.waits.wake(off, 1)
+
+
+_WARM_PICKLE = pickle.dumps((os.getpid, None))
+
+
+def warm_up(rt: Runtime) -> None:
+    """In a spare, before it sleeps: run, once and on throwaway data, the code a
+    claimed spare runs before it publishes and at its first wake-up (the blob
+    read, unpickling, the sysfs reads of its node affinity).
+
+    What a fresh child of kthreadd costs is mostly copy-on-write faults of
+    the pages its interpreter writes (reference counts of the objects that
+    code touches); taken here they stay off the creator's path.  Nothing is
+    changed: slot 0 and the topology are only read.
+    Context: a spare child of kthreadd, not yet claimed.
+    """
+    try:
+        base = rt.arena.task_off(0)
+        read_blob(rt.arena, 0, base)
+        pickle.loads(_WARM_PICKLE)
+        fetch_affinity(rt, base)
+        rt.topology.usable()
+    except Exception:
+        pass            # a torn read of a slot being written: it was only a warm-up
 
 
 def spare_wait(rt: Runtime, off: int) -> int | None:
