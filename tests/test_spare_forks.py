@@ -68,7 +68,8 @@ def test_spares_killed_while_waiting_are_reaped_and_replaced(monkeypatch):
             os.kill(pid, signal.SIGKILL)
         # (refilled once half or fewer are ready: more than half are, after)
         wait_until(lambda: len(_ready(rt)) > 2 and not _spares(rt) & first, 5.0,
-                   message=lambda: f"killed spares were not replaced: {[rt.arena.mem.load32(o) for o in POOL]} {_children(rt)} {first}")
+                   message=lambda: f"killed spares {first} not replaced: pool "
+                   f"{[rt.arena.mem.load32(o) for o in POOL]}, children {_children(rt)}")
         assert not _zombies(rt), "a killed spare was left unreaped"
         ran = kproc.Completion()
         t = kproc.kthread_run(kfuncs.complete_then_return, (ran, 7), "after-kills")
