@@ -32,6 +32,9 @@ CASES = {
     "tput2": ("wk", "throughput_kproc(200000, 2)", "tput"),
     "tput3": ("wk", "throughput_kproc(200000, 3)", "tput"),
     "cycle": ("cy", "cycle_kproc(300)", "lat_ms"),
+    "fork": ("cy", "cycle_fork(300)", "lat_ms"),
+    "sustained": ("cy", "sustained(3)", "rate"),
+    "scale": ("cy", "scale_kproc(512)", "scale"),
     "drain": ("ab", "drain(2000, 40)", "drain"),
 }
 MODULES = {
@@ -83,6 +86,13 @@ def figures(kind, r):
                 "round trip p50 µs": _q(rt, .5) / 1e3}
     if kind == "lat_us":
         return {"p50 µs": _q(r, .5) / 1e3, "p99 µs": _q(r, .99) / 1e3}
+    if kind == "rate":
+        return {"cycles/s": r[0]}
+    if kind == "scale":
+        one = r["one_ns"]
+        return {"create all s": r["create_ns"] / 1e9, "USS KiB": r["uss"] / 1024,
+                "stop all s": r["stop_ns"] / 1e9, "one p50 N=100 ms": _q(one[100:200], .5) / 1e6,
+                "one p50 last ms": _q(one[-100:], .5) / 1e6}
     if kind == "lat_ms":
         return {"p50 ms": _q(r, .5) / 1e6, "p90 ms": _q(r, .9) / 1e6}
     return {"ns/work": statistics.median(r)}

@@ -277,7 +277,8 @@ static inline int get_i64(PyObject *o, int64_t *out)
 extern PyTypeObject MemType;
 extern PyTypeObject MutexGuardType;
 extern PyMethodDef atomic_methods[], futex_methods[], mutex_methods[], layout_methods[],
-    worklist_methods[], wl_methods[], swait_methods[], pool_methods[];
+    worklist_methods[], wl_methods[], swait_methods[], pool_methods[],
+    forkloop_methods[];
 
 void *at_len(MemObject *m, PyObject *arg, Py_ssize_t len, int align);
 

@@ -24,7 +24,7 @@ static int assemble_methods(void)
 {
     PyMethodDef *const tables[] = {atomic_methods, futex_methods, mutex_methods,
                                    layout_methods, worklist_methods, wl_methods,
-                                   swait_methods, pool_methods};
+                                   swait_methods, pool_methods, forkloop_methods};
     size_t n = 0;
     for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++) {
         for (PyMethodDef *d = tables[t]; d->ml_name; d++) {

@@ -23,6 +23,15 @@ from kproc._hotplug.uevent import (NETLINK_KOBJECT_UEVENT, attach_cpu_uevent_fil
 from fns import work as work_fns
 
 
+def process_gone(pid):
+    """True once ``pid`` has exited (reaped, or a zombie).  Its parent may reap it
+    between any two looks, so a vanished process counts as gone."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def wait_until(predicate, timeout=2.0, interval=0.002, message=None):
     """Poll ``predicate`` until it returns a truthy value; return that value.
 

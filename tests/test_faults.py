@@ -15,7 +15,7 @@ import pytest
 
 import kproc
 from fns import kthread as kfuncs
-from helpers import kproc_shm_entries, run_started, wait_until
+from helpers import kproc_shm_entries, process_gone, run_started, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -89,8 +89,7 @@ def test_sigkill_kthreadd_ends_every_wait_and_kills_kthreads(rt):
     th.join(2)
     assert errors == [errno.ESRCH]
     assert time.monotonic() - t0 < 1.5
-    wait_until(lambda: not psutil.pid_exists(pid) or
-               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE, 2.0)
+    wait_until(lambda: process_gone(pid), 2.0)
     with pytest.raises(kproc.KthreadError):
         kproc.kthread_create(kfuncs.ret_value, 0, "after")
 

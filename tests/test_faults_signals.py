@@ -85,12 +85,18 @@ def test_ctrl_c_right_after_kthreadd_was_woken_leaves_no_kthread(rt, sigint_rais
     is interrupted lets the child free itself), so no kthread is left asleep that
     nobody holds, and the slot can be used again."""
     from kproc._core.runtime import Runtime
-    real_wake = Runtime.wake_kthreadd
+    from kproc._kthread import create
+    real_wake, real_wake_spare = Runtime.wake_kthreadd, create.wake_spare
 
     def wake_then_ctrl_c(self):
         real_wake(self)
         signal.raise_signal(signal.SIGINT)
+
+    def wake_spare_then_ctrl_c(rt, off):      # the hand-off to a claimed spare
+        real_wake_spare(rt, off)
+        signal.raise_signal(signal.SIGINT)
     monkeypatch.setattr(Runtime, "wake_kthreadd", wake_then_ctrl_c)
+    monkeypatch.setattr(create, "wake_spare", wake_spare_then_ctrl_c)
     for _ in range(5):
         with pytest.raises(KeyboardInterrupt):
             kproc.kthread_create(kfuncs.ret_value, 0, "interrupted")

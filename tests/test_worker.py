@@ -11,7 +11,7 @@ import pytest
 import kproc
 from fns import work as wfuncs
 from fns.work import read_lines
-from helpers import blocked, live_kthreads, wait_until
+from helpers import blocked, live_kthreads, process_gone, wait_until
 
 
 def test_create_worker_runs_a_named_kthread(worker):
@@ -120,8 +120,7 @@ def test_destroy_worker_flushes_stops_and_invalidates(rt, log_path):
     kproc.complete(release)
     kproc.kthread_destroy_worker(w)
     assert read_lines(log_path) == ["flushed"]
-    wait_until(lambda: not psutil.pid_exists(pid) or
-               psutil.Process(pid).status() == psutil.STATUS_ZOMBIE)
+    wait_until(lambda: process_gone(pid))
     with pytest.raises(kproc.KthreadError) as exc:
         kproc.kthread_queue_work(w, kproc.KthreadWork(wfuncs.noop))
     assert exc.value.errno == errno.ESRCH

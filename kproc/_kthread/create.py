@@ -36,7 +36,7 @@ from .._core.runtime import Runtime, get_runtime
 from .._sched.completion import wait_at
 from .._sched.task import Task, TaskState
 from .control import kthread_bind, request_stop, trace_event, wake_up_process
-from .spares import claim_spare
+from .spares import claim_spare, spares_low, wake_spare
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -156,12 +156,12 @@ def _create(rt: Runtime, raw_name: bytes, fn_pickle: bytes, data_pickle: bytes,
         if spare < 0:
             rt.wake_kthreadd()
         else:
-            rt.waits.wake(spare)
+            wake_spare(rt, spare)
         task = Task(rt, idx, gen)
         _sys.restore_signal_mask(mask)     # a Ctrl-C deferred so far is raised here
         wait_at(rt, base + T.done, None, "killable")
         _sys.block_async_signals(mask)
-        if spare >= 0:
+        if spare >= 0 and spares_low(rt):
             rt.wake_kthreadd()             # to replenish the pool, off the critical path
         mem.fetch_add32(base + T.refs, -1)
         pinned = False

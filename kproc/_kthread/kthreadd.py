@@ -16,12 +16,14 @@ dirtying it), reports "ok" and serves:
   reap them and exit.
 
 Spare children (``spares``).  A fork costs kthreadd ~0.5-1.5 ms; to keep it
-off the creator's path kthreadd keeps ``KPROC_SPARES`` (default 2, more while
+off the creator's path kthreadd keeps ``KPROC_SPARES`` (default 4, more while
 creates come fast) children forked in advance, each asleep on its word of the
 arena's spare pool.  A creator claims one itself (it gives it its slot) and
 the spare becomes the kthread; kthreadd learns the claim on its next wake-up
-(before it reaps anything), imports the threadfn's module for later forks, and
-forks a replacement when no request is pending.  A request that found no
+(before it reaps anything), imports the threadfn's module for later forks, and,
+once half the target or fewer are ready and no request is pending, forks the
+missing ones in one batch (from C, with no Python between the forks:
+``Mem.fork_spares`` in native/forkloop.c).  A request that found no
 spare ready comes through the create list as before, and kthreadd claims a
 spare for it or forks.  Spares forked before kthreadd imported a new module
 (threadfn's module, ``__main__``) lack it, so they are discarded when that
@@ -42,6 +44,7 @@ import pickle
 import select
 import signal
 import sys
+import time
 import traceback
 
 from .._core import layout as L
@@ -57,7 +60,7 @@ from .._core.semaphores import create_semaphores, unlink_semaphores
 from .._core.wait import FutexWaits, PosixWaits
 from . import body as _kthread
 from .reap import Reaper
-from .spares import SparePool, spare_wait
+from .spares import SparePool, spare_wait, warm_up
 from . import affinity as _affinity  # noqa: F401  preloaded: every fork has it
 from .._sched import completion as _completion  # noqa: F401  preloaded
 from . import control as _control  # noqa: F401  preloaded
@@ -139,7 +142,7 @@ class Kthreadd(Reaper):
         self.children: dict[int, tuple[int, int] | None] = {}
         self.inflight: dict[int, int] = {}  # slot index -> creator pid, until published
         spares = env_number("KPROC_SPARES")
-        self.pool = SparePool(self.rt, 2 if spares is None else int(spares))
+        self.pool = SparePool(self.rt, DEFAULT_SPARES if spares is None else int(spares))
         self.spare_modules = len(sys.modules)
         self.prepared: set[bytes] = set()   # threadfn pickles whose modules are imported
         _sys.reset_scheduling()
@@ -211,27 +214,34 @@ class Kthreadd(Reaper):
     def serve(self) -> NoReturn:
         """Serve creates and reap until the owner goes away; never returns."""
         pool = self.pool
+        sweep_at = None          # monotonic time of the sweep a reap by pid owes
         while True:
-            short = pool.short()
-            idle = None if pool.target <= pool.base else IDLE_S
+            wanted = pool.wanted()
+            timeout = None if pool.target <= pool.base else IDLE_S
+            if sweep_at is not None:
+                left = max(0.0, sweep_at - time.monotonic())
+                timeout = left if timeout is None else min(timeout, left)
             try:
                 ready, _, _ = select.select([self.wake_fd, self.alive_fd, self.sig_r], [], [],
-                                            0 if short else idle)
+                                            0 if wanted else timeout)
             except InterruptedError:
                 continue
+            swept = sweep_at is not None and time.monotonic() >= sweep_at
+            if swept:
+                sweep_at = None
+                self.sweep()
             if not ready:
-                if short:
-                    self.fork_spare()      # only when no request is pending
-                else:
-                    pool.shrink()
+                if wanted:
+                    self.fork_spares(wanted)      # only when no request is pending
+                elif not swept:
+                    pool.shrink()                 # idle for IDLE_S
                 continue
             if self.alive_fd in ready and not os.read(self.alive_fd, 4096):
                 self.teardown()
             if self.sig_r in ready:
-                # Only on SIGCHLD: waitpid(-1) walks every child in the kernel,
-                # which costs ~0.2 µs per live kthread.
                 _drain(self.sig_r)
-                self.reap()
+                if self.reap() and sweep_at is None:
+                    sweep_at = time.monotonic() + SWEEP_S
             if self.wake_fd in ready:
                 _drain(self.wake_fd)
                 self.collect_claims()
@@ -254,10 +264,8 @@ class Kthreadd(Reaper):
         self.inflight[idx] = L.unpack_field(arena.buf, base, T, "creator")
         self._prepare_threadfn(idx, base)
 
-    def reap(self) -> None:
-        """Reap every exited child, after recording the claims made so far."""
+    def before_reap(self) -> None:
         self.collect_claims()
-        super().reap()
 
     def reaped_spare(self, pid: int) -> None:
         claim = self.pool.reaped(pid)
@@ -305,28 +313,56 @@ class Kthreadd(Reaper):
         self.children[pid] = (idx, gen)
         self.inflight[idx] = L.unpack_field(arena.buf, base, T, "creator")
 
-    def fork_spare(self) -> None:
-        """Fork one spare child onto a free pool entry, asleep until claimed."""
-        entry = self.pool.free_entry()
-        if entry < 0:
+    def fork_spares(self, entries: list[int]) -> None:
+        """Fork a spare child onto each pool entry of ``entries``, each asleep
+        until claimed: in a row from C (``Mem.fork_spares``: no Python runs in
+        kthreadd between the forks) where the C extension is built, else one
+        ``os.fork`` at a time."""
+        pool, mem = self.pool, self.arena.mem
+        for entry in entries:
+            pool.open(entry)
+        if not hasattr(mem, "fork_spares"):
+            for i, entry in enumerate(entries):
+                if not self._fork_spare_py(entry):
+                    for rest in entries[i:]:
+                        pool.unopen(rest)
+                    return
             return
-        self.pool.open(entry)
+        out = bytearray(4 * len(entries))
+        child = mem.fork_spares(len(entries), self._child_closes(), out)
+        if child >= 0:
+            self._spare(entries[child], ())        # C closed the descriptors
+        for entry, pid in zip(entries, memoryview(out).cast("i")):
+            if pid > 0:
+                pool.add(entry, pid)
+            else:
+                pool.unopen(entry)
+                if pid < 0:
+                    pool.target = pool.base = 0      # out of processes: stop trying
+
+    def _fork_spare_py(self, entry: int) -> bool:
+        """The fork loop's pure-Python form, one spare.  Return: False if the fork failed."""
         try:
             pid = os.fork()
         except OSError:
             self.pool.target = self.pool.base = 0    # out of processes: stop trying
-            self.pool.unopen(entry)
-            return
+            return False
         if pid == 0:
-            _kthread.after_fork(self.rt, self._child_closes())
             _sys.set_comm("kproc-spare")
-            idx = spare_wait(self.rt, self.pool.offset(entry))
-            if idx is None:
-                os._exit(0)                         # discarded
-            base = self.arena.task_off(idx)
-            _kthread.kthread_main(self.rt, idx, self.arena.mem.load32(base + L.TASK.gen))
-            os._exit(1)
+            self._spare(entry, self._child_closes())
         self.pool.add(entry, pid)
+        return True
+
+    def _spare(self, entry: int, closes: tuple[int, ...]) -> NoReturn:
+        """In a spare child: sleep on ``entry`` until claimed, then become the
+        kthread of the slot it was given (discarded: exit)."""
+        _kthread.after_fork(self.rt, closes)
+        warm_up(self.rt)
+        idx = spare_wait(self.rt, self.pool.offset(entry))
+        if idx is None:
+            os._exit(0)                         # discarded
+        base = self.arena.task_off(idx)
+        _kthread.kthread_main(self.rt, idx, self.arena.mem.load32(base + L.TASK.gen))
 
     def _prepare_threadfn(self, idx: int, base: int) -> None:
         """Import threadfn's module here once, so that every later fork has it.
@@ -380,6 +416,10 @@ class Kthreadd(Reaper):
 
 
 IDLE_S = 2.0       # kthreadd idle this long with extra spares: back to the base count
+# A reap by pid owes a sweep over every child (a kill may have shared its
+# SIGCHLD) within this many seconds; more SIGCHLDs meanwhile add none.
+SWEEP_S = 0.02
+DEFAULT_SPARES = 4     # KPROC_SPARES unset: spares kept ready (refilled at half)
 
 
 def _noop(signum: int, frame: FrameType | None) -> None:

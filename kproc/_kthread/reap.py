@@ -52,13 +52,34 @@ class Reaper:
         store_traceback(self.arena, base, text)
         self.rt.waits.completion_complete(base + T.done, False)
 
+    def before_reap(self) -> None:
+        """Called before any child is reaped (kthreadd: record the claims made so far)."""
+
     def reaped_spare(self, pid: int) -> None:
         """Child ``pid``, not a known kthread, exited (kthreadd: a spare's entry is freed)."""
 
     # -- reaping -----------------------------------------------------------------
 
-    def reap(self) -> None:
-        """Reap every exited kthread and record how it ended."""
+    def reap(self) -> bool:
+        """Reap exited children and record how each kthread ended.
+
+        ``waitpid(-1)`` walks every child in the kernel (``wait_consider_task``,
+        ~0.2 µs per live kthread), so the kthreads known to be leaving (their
+        slot says SLOT_EXITING) are reaped by pid first, and the sweep over all
+        children (for kthreads killed, spares, anything else) runs only when
+        that found none: a SIGCHLD of a kill alone is handled at once.
+        Return: True when a sweep is still owed (the caller runs
+        :meth:`sweep` soon: a kill may have come with the same SIGCHLD).
+        """
+        self.before_reap()
+        if self._reap_exiting():
+            return True
+        self.sweep()
+        return False
+
+    def sweep(self) -> None:
+        """Reap every exited child (``waitpid(-1, WNOHANG)`` until none is left)."""
+        self.before_reap()
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -66,13 +87,39 @@ class Reaper:
                 return
             if pid == 0:
                 return
+            self._reaped(pid, status)
+
+    def _reaped(self, pid: int, status: int) -> None:
+        entry = self.children.pop(pid, None)
+        if entry is None:
+            self.reaped_spare(pid)       # a spare: claimed just before it died?
             entry = self.children.pop(pid, None)
-            if entry is None:
-                self.reaped_spare(pid)       # a spare: claimed just before it died?
-                entry = self.children.pop(pid, None)
-            if entry is not None:
-                self._record_exit(pid, status, *entry)
-            self._abandon_creates_of(pid)
+        if entry is not None:
+            self._record_exit(pid, status, *entry)
+        self._abandon_creates_of(pid)
+
+    def _reap_exiting(self) -> int:
+        """Reap by pid the kthreads whose slot says SLOT_EXITING.  Return: how many."""
+        arena, T = self.arena, L.TASK
+        n, start = arena.params.max_kthreads, arena.params.tasks
+        words = memoryview(arena.buf)[start:start + n * T.size].cast("I")
+        exiting = [i for i, v in enumerate(words[T.slot // 4::T.size // 4])
+                   if v == L.SLOT_EXITING]
+        words.release()
+        reaped = 0
+        for idx in exiting:
+            pid = L.unpack_field(arena.buf, arena.task_off(idx), T, "pid")
+            entry = self.children.get(pid)
+            if entry is None or entry[0] != idx:
+                continue
+            try:
+                got, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            if got == pid:
+                self._reaped(pid, status)
+                reaped += 1
+        return reaped
 
     def _record_exit(self, pid: int, status: int, idx: int, gen: int,
                      teardown: bool = False) -> None:

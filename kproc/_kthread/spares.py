@@ -34,13 +34,19 @@ kthreadd (:class:`SparePool`).
 
 from __future__ import annotations
 
+import os
+import pickle
+
 from .._core import layout as L
+from .._core.blobs import read_blob
+from .affinity import fetch_affinity
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._core.runtime import Runtime  # typing only
 
-__all__ = ["claim_spare", "spare_wait", "SparePool", "TICK_NS"]
+__all__ = ["claim_spare", "spares_low", "wake_spare", "warm_up", "spare_wait", "SparePool",
+           "TICK_NS"]
 
 TICK_NS = 100_000_000          # a spare re-reads its word this often, woken or not
 _BASE = L.HEADER.spares
@@ -61,6 +67,57 @@ def claim_spare(rt: Runtime, idx: int) -> int:
                 mem.cmpxchg32(off, L.SPARE_READY, claim) == L.SPARE_READY:
             return off
     return -1
+
+
+def spares_low(rt: Runtime) -> bool:
+    """After a claim: are half or fewer of the pool's spares still ready?
+
+    kthreadd replenishes in batches once the pool is down to half its target
+    (:meth:`SparePool.wanted`); a creator wakes it for that only then, so
+    most creates cost kthreadd nothing.  The entries in use (ready, forking,
+    claimed and not yet collected) stand for the target.
+    Context: any process of the runtime.  Return: True when kthreadd should
+    be woken.
+    """
+    mem, ready, used = rt.mem, 0, 0
+    for off in _OFFS:
+        word = mem.load32(off)
+        if word != L.SPARE_EMPTY:
+            used += 1
+            ready += word == L.SPARE_READY
+    return 2 * ready <= used
+
+
+def wake_spare(rt: Runtime, off: int) -> None:
+    """Wake the spare sleeping on pool word ``off`` (one spare per word).
+
+    Context: any process of the runtime; never blocks.
+    """
+    rt.waits.wake(off, 1)
+
+
+_WARM_PICKLE = pickle.dumps((os.getpid, None))
+
+
+def warm_up(rt: Runtime) -> None:
+    """In a spare, before it sleeps: run, once and on throwaway data, the code a
+    claimed spare runs before it publishes and at its first wake-up (the blob
+    read, unpickling, the sysfs reads of its node affinity).
+
+    What a fresh child of kthreadd costs is mostly copy-on-write faults of
+    the pages its interpreter writes (reference counts of the objects that
+    code touches); taken here they stay off the creator's path.  Nothing is
+    changed: slot 0 and the topology are only read.
+    Context: a spare child of kthreadd, not yet claimed.
+    """
+    try:
+        base = rt.arena.task_off(0)
+        read_blob(rt.arena, 0, base)
+        pickle.loads(_WARM_PICKLE)
+        fetch_affinity(rt, base)
+        rt.topology.usable()
+    except Exception:
+        pass            # a torn read of a slot being written: it was only a warm-up
 
 
 def spare_wait(rt: Runtime, off: int) -> int | None:
@@ -104,17 +161,18 @@ class SparePool:
         return sum(1 for e, pid in enumerate(self.pids)
                    if pid and mem.load32(_OFFS[e]) in (L.SPARE_READY, L.SPARE_FORKING))
 
-    def short(self) -> bool:
-        """Fewer spares on their entries than the target (counting claimed ones
-        not yet collected as gone)."""
-        return self.target > 0 and self.ready() < self.target and 0 in self.pids
-
-    def free_entry(self) -> int:
-        """An entry with no spare (-1 if none): where the next fork goes."""
-        try:
-            return self.pids.index(0)
-        except ValueError:
-            return -1
+    def wanted(self) -> list[int]:
+        """The entries to fork spares onto now: none while more than half the
+        target is ready (so forks come in batches, with no Python between
+        them where the C extension is built), else free entries up to the
+        target (counting claimed spares not yet collected as gone)."""
+        if not self.target:
+            return []
+        ready = self.ready()
+        if ready > self.target // 2:
+            return []
+        free = [e for e, pid in enumerate(self.pids) if not pid]
+        return free[:self.target - ready]
 
     def open(self, entry: int) -> None:
         """kthreadd is about to fork a spare for ``entry`` (FORKING: the child makes
@@ -145,7 +203,7 @@ class SparePool:
             return None
         entry = _OFFS.index(off)
         self.recorded[entry] = True
-        self.rt.waits.wake(off)
+        wake_spare(self.rt, off)
         return self.pids[entry]
 
     def collect(self) -> list[tuple[int, int]]:
@@ -194,7 +252,7 @@ class SparePool:
                 if keep:
                     keep -= 1
                 elif mem.cmpxchg32(_OFFS[e], word, L.SPARE_DISCARD) == word:
-                    self.rt.waits.wake(_OFFS[e])
+                    wake_spare(self.rt, _OFFS[e])
 
     def shrink(self) -> None:
         """kthreadd has been idle: back to ``base`` spares."""
