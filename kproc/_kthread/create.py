@@ -7,7 +7,8 @@ becomes the kthread, one hop) or, with none ready, queues the slot on the
 create list (``kthread_create_list``) for kthreadd; it wakes the one or the
 other and waits on the slot's ``done`` completion.  The child publishes
 itself and sleeps in TASK_UNINTERRUPTIBLE until its first ``wake_up_process``;
-kthreadd is woken after a claim to replenish the pool.
+after a claim that left half the pool or less ready, kthreadd is woken to
+replenish it (``spares_low``).
 
 The race this prevents (``__kthread_create_on_node``): a caller interrupted
 (or killed) while waiting abandons the request through the hand-off word

@@ -143,7 +143,7 @@ class SparePool:
     """kthreadd's side of the pool: which spare sits on which entry, replenishing.
 
     Adaptive: the target starts at ``base`` spares (``KPROC_SPARES``, default
-    2); a create that finds no spare ready raises it by one (up to
+    4); a create that finds no spare ready raises it by one (up to
     ``SPARE_POOL``), and :meth:`shrink` (kthreadd idle for a while) drops it
     back to ``base``, discarding the extra spares.
     """
