@@ -16,10 +16,11 @@ for it.  A cpuhp/N that finds itself off its CPU (taken down meanwhile by
 someone else) runs nothing and says so (``ap_off_cpu``): the control side
 then runs the steps itself, after the fact.
 
-Why the job is shaped so (docs/design.md, "CPU hotplug"): on a CPU that has
-just come up every code path and page touched for the first time costs
-tens to hundreds of µs (cold caches and TLB), so cpuhp/N does as little
-there as it can.  The steps of a whole AP section are numbered by the
+Why the job is shaped so (docs/design.md, "CPU hotplug"): on this VM an
+online makes the hypervisor drop its mappings of the guest's memory, a few
+ms before the write returns, so every page touched afterwards (on any CPU,
+by any process, once) costs 10-100 µs; cpuhp/N does as little as it can
+after that.  The steps of a whole AP section are numbered by the
 control side (a new number whenever the states change): cpuhp/N unpickles a
 number once and keeps the steps.  And a CPU coming up gets a *plan*: what
 ``CPUHP_AP_SMPBOOT_THREADS`` and ``CPUHP_AP_KTHREADS_ONLINE`` would read
@@ -142,6 +143,21 @@ def _take_plan(rt: Runtime, cpu: int) -> None:
         _plan = (cpu, pickle.loads(bytes(rt.buf[off:off + n])))
 
 
+def _warm_up(rt: Runtime, cpu: int) -> None:
+    """The reads of the built-in AP states made once, their values dropped, one
+    at a time: the go ends the warm-up.  Made whole it ran into the go by 5-6
+    ms (its pages are taken from under it half way, see the module doc), and
+    every later read is made again on the CPU anyway."""
+    mem, go = rt.mem, hp_base(rt) + H.ap_plan
+    rt.topology.usable()
+    if mem.load32(go):
+        return
+    tasks = _percpu_tasks(rt, cpu)
+    if mem.load32(go):
+        return
+    kthreads_online_moves(rt, cpu, {t.pid for t in tasks})
+
+
 def _come_up(rt: Runtime, cpu: int) -> bool:
     """cpuhp/N unparked while its CPU is being brought up (kernel:
     cpuhp_online_idle(), CPUHP_AP_ONLINE_IDLE): bind to the CPU as soon as it
@@ -160,7 +176,7 @@ def _come_up(rt: Runtime, cpu: int) -> bool:
                 pass
             else:
                 try:
-                    make_plan(rt, cpu)
+                    _warm_up(rt, cpu)
                 except Exception:   # a read failing mid-bringup: it was only a warm-up
                     pass
                 continue
