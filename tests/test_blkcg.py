@@ -53,17 +53,24 @@ def _empty(path):
 
 
 def test_a_kthread_joins_its_blkcg_and_goes_back(rt, child_cgroup):
+    """The kthread waits for ``leave`` before it ends: /proc/PID/cgroup read while it
+    exits fails with ESRCH (ProcessLookupError: the flake seen once)."""
     path, version = child_cgroup
-    joined, go, back = kproc.Completion(), kproc.Completion(), kproc.Completion()
-    task = kproc.kthread_run(mfuncs.blkcg_round_trip, (path, joined, go, back), "blkcg")
-    before = _cgroup_of(os.getpid(), version)
-    kproc.wait_for_completion(joined)
-    assert _cgroup_of(task.pid, version) == "/" + os.path.basename(path)
-    with open(os.path.join(path, "cgroup.procs")) as f:
-        assert str(task.pid) in f.read().split()
-    kproc.complete(go)
-    kproc.wait_for_completion(back)
-    assert _cgroup_of(task.pid, version) == before
+    joined, go, back, leave = (kproc.Completion() for _ in range(4))
+    task = kproc.kthread_run(mfuncs.blkcg_round_trip, (path, joined, go, back, leave),
+                             "blkcg")
+    try:
+        before = _cgroup_of(os.getpid(), version)
+        kproc.wait_for_completion(joined)
+        assert _cgroup_of(task.pid, version) == "/" + os.path.basename(path)
+        with open(os.path.join(path, "cgroup.procs")) as f:
+            assert str(task.pid) in f.read().split()
+        kproc.complete(go)
+        kproc.wait_for_completion(back)
+        assert _cgroup_of(task.pid, version) == before
+    finally:
+        kproc.complete(go)          # a failed check leaves no kthread waiting
+        kproc.complete(leave)
     assert kproc.kthread_stop(task) == 1
 
 

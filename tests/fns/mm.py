@@ -51,8 +51,9 @@ def copy_without_mm(_):
 
 
 def blkcg_round_trip(args):
-    """Join ``css``, report, wait for ``go``, go back, report."""
-    css, joined, go, back = args
+    """Join ``css``, report, wait for ``go``, go back, report, wait for ``leave``
+    (so the caller reads this process's /proc/PID/cgroup while it lives)."""
+    css, joined, go, back, leave = args
     kproc.kthread_associate_blkcg(css)
     assert kproc.kthread_blkcg() == os.path.realpath(css)
     kproc.complete(joined)
@@ -60,6 +61,7 @@ def blkcg_round_trip(args):
     kproc.kthread_associate_blkcg(None)
     ok = kproc.kthread_blkcg() is None
     kproc.complete(back)
+    kproc.wait_for_completion(leave)
     return 1 if ok else 0
 
 
