@@ -19,7 +19,8 @@
  * Files, one mechanism each: mem.c (the Mem object, bounds-checked
  * addressing, 32/64-bit atomics), args.c (argument parsing), futex.c
  * (futexes, spin-then-wait, completions), swait.c (the FIFO queue of a
- * completion's sleeping waiters), vm.c (process_vm_readv/writev), mutex.c (the robust process-shared
+ * completion's sleeping waiters), vm.c (process_vm_readv/writev), fork.c (fork(2) without
+ * Python's fork handlers, for kthreadd's children), mutex.c (the robust process-shared
  * mutex), layout.c (the record layout, by name), worklist.c (the list
  * primitives and the kthread_work fast paths on them), wl_methods.c (the
  * primitives as methods, for Python's slow path), module.c (module init, the
@@ -282,6 +283,8 @@ static inline void *at(MemObject *m, PyObject *arg, int width)
 int futex_wake_n(uint32_t *word, int n);
 /* Cross-process copies (vm.c): module functions. */
 PyObject *mod_process_vm_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+/* fork.c */
+PyObject *kp_fork_bare(PyObject *mod, PyObject *arg);
 PyObject *mod_process_vm_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 /* The queue of sleeping waiters (swait.c): after done moved, hand counts to it. */
 void swait_settle(MemObject *m, struct completion *c);

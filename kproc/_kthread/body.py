@@ -29,6 +29,7 @@ import traceback
 from .._core import layout as L
 from .._core.blobs import read_blob, store_traceback
 from .._core.funcref import prepare_main
+from .._core.native import has, native
 from .._core import syscalls as _sys
 from .._core.runtime import Runtime, current_runtime, install
 from .._sched.completion import Completion, complete
@@ -39,7 +40,7 @@ from .._sched.task import Task, TaskState
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
     from typing import Any, NoReturn
 
     from .._sched.task import ThreadFn  # typing only
@@ -64,18 +65,102 @@ class _KthreadExit(BaseException):
 
 _self_data: tuple[ThreadFn, Any] | None = None    # as this kthread received them
 _kthread_pid = 0       # the kthread's own pid: a child it forks must not publish
+_bare = native if has("fork_bare") else None     # the C extension, with fork_bare
+_unsettled: tuple[int, ...] | None = None   # a bare fork's descriptors, until settled
+# (before, after_in_parent, after_in_child) registered with os.register_at_fork in
+# kthreadd since track_fork_handlers(): the handlers a bare fork still runs.
+_forkers: list[tuple[Callable[[], object] | None, ...]] = []
+_register_at_fork = os.register_at_fork
+
+
+def track_fork_handlers() -> None:
+    """kthreadd, before it imports anything of the user's: note every fork handler
+    registered from now on, so that :func:`fork_child` runs them.
+
+    Context: kthreadd's start-up.
+    """
+    def register_at_fork(**handlers: Callable[[], object]) -> None:
+        _register_at_fork(**handlers)      # checks them; os.fork() runs them
+        _forkers.append((handlers.get("before"), handlers.get("after_in_parent"),
+                         handlers.get("after_in_child")))
+    setattr(os, "register_at_fork", register_at_fork)   # keyword-only, as os's
+
+
+def _run_handlers(which: int, reverse: bool = False) -> None:
+    for handlers in reversed(_forkers) if reverse else _forkers:
+        fn = handlers[which]
+        if fn is not None:
+            try:
+                fn()
+            except Exception:      # as os.fork(): reported, not raised
+                traceback.print_exc()
+
+
+def fork_child() -> int:
+    """fork(2) for kthreadd: a kthread or a spare.
+
+    With the C extension, a bare fork (``_native.fork_bare``, PR_SET_PDEATHSIG
+    armed in C): CPython's own fork handlers (threading's, logging's, the
+    runtime's) do not run in the child: they only repair state that other
+    threads of the parent could have left, and kthreadd has none, and in a
+    child they dirty ~0.5 MiB of pages shared with kthreadd.  Handlers
+    registered since :func:`track_fork_handlers` (modules of the user's) run
+    as os.fork() runs them: ``before`` and ``after_in_parent`` here, and
+    ``after_in_child`` in the child once it becomes a kthread (:func:`_settle`),
+    with ``random`` reseeded.  Context: kthreadd (single-threaded).
+    Return: as os.fork().  Raises: OSError as os.fork().
+    """
+    if _bare is None:
+        return os.fork()
+    _run_handlers(0, reverse=True)
+    pid = 0
+    try:
+        pid = int(_bare.fork_bare(signal.SIGKILL))
+    finally:
+        if pid:
+            _run_handlers(1)
+    return pid
 
 
 def after_fork(rt: Runtime, close_fds: Iterable[int]) -> None:
     """First thing a child of kthreadd does: drop kthreadd's signal plumbing and
-    descriptors, and die with kthreadd (PR_SET_PDEATHSIG)."""
+    descriptors, and die with kthreadd (PR_SET_PDEATHSIG).
+
+    After a bare fork (:func:`fork_child`) the descriptors are only noted and
+    the rest waits for :func:`_settle`, when the child becomes a kthread: a
+    spare runs no Python it does not need before it is claimed.
+    """
+    global _unsettled
+    if _bare is not None:
+        _unsettled = tuple(close_fds)
+        return
+    _settle_signals(rt, close_fds)
+
+
+def _settle_signals(rt: Runtime, close_fds: Iterable[int]) -> None:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _sys.set_pdeathsig(signal.SIGKILL)
-    if os.getppid() != rt.kthreadd_pid:
-        os._exit(0)        # kthreadd died between fork and prctl
+    if _bare is None:
+        _sys.set_pdeathsig(signal.SIGKILL)
+        if os.getppid() != rt.kthreadd_pid:
+            os._exit(0)        # kthreadd died between fork and prctl
     for fd in close_fds:
         os.close(fd)
+
+
+def _settle(rt: Runtime) -> None:
+    """A bare-forked child becomes a kthread: what os.fork() would have run in it
+    that matters here (``random`` reseeded, so kthreads draw different numbers;
+    the user's ``after_in_child`` handlers), then the rest of :func:`after_fork`."""
+    global _unsettled
+    fds, _unsettled = _unsettled, None
+    if fds is None:
+        return
+    rnd = sys.modules.get("random")
+    if rnd is not None:
+        rnd.seed()
+    _run_handlers(2)
+    _settle_signals(rt, fds)
 
 
 def kthread_main(rt: Runtime, idx: int, gen: int) -> NoReturn:
@@ -84,6 +169,7 @@ def kthread_main(rt: Runtime, idx: int, gen: int) -> NoReturn:
     Context: a child of kthreadd, after :func:`after_fork`.
     """
     global _self_data, _kthread_pid
+    _settle(rt)
     _kthread_pid = os.getpid()
     try:
         arena = rt.arena

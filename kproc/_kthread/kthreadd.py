@@ -121,6 +121,7 @@ class Kthreadd(Reaper):
 
     def __init__(self, fds: dict[str, int]) -> None:
         _sys.set_comm("kthreadd")
+        _kthread.track_fork_handlers()
         for name in IGNORED_SIGNALS:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_IGN)
@@ -293,7 +294,7 @@ class Kthreadd(Reaper):
         pid = self.pool.claim(idx)
         if pid is None:
             try:
-                pid = os.fork()
+                pid = _kthread.fork_child()
             except OSError as exc:
                 self._fail_create(base, -(exc.errno or errno.EAGAIN), f"fork failed: {exc}")
                 return
@@ -311,7 +312,7 @@ class Kthreadd(Reaper):
             return
         self.pool.open(entry)
         try:
-            pid = os.fork()
+            pid = _kthread.fork_child()
         except OSError:
             self.pool.target = self.pool.base = 0    # out of processes: stop trying
             self.pool.unopen(entry)
