@@ -21,13 +21,29 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-/* fork_bare(pdeathsig) -> pid in the parent, 0 in the child. */
-PyObject *kp_fork_bare(PyObject *Py_UNUSED(mod), PyObject *arg)
+/* fork_bare(pdeathsig, close_fds) -> pid in the parent, 0 in the child. */
+PyObject *kp_fork_bare(PyObject *Py_UNUSED(mod), PyObject *const *args, Py_ssize_t nargs)
 {
-    long sig = PyLong_AsLong(arg);
+    long sig, fds[8];
+    Py_ssize_t nfds, i;
     pid_t parent, pid;
+    if (nargs != 2 || !PyTuple_Check(args[1])) {
+        PyErr_SetString(PyExc_TypeError, "fork_bare(pdeathsig, close_fds: tuple)");
+        return NULL;
+    }
+    sig = PyLong_AsLong(args[0]);
     if (sig == -1 && PyErr_Occurred())
         return NULL;
+    nfds = PyTuple_GET_SIZE(args[1]);
+    if (nfds > 8) {
+        PyErr_SetString(PyExc_ValueError, "fork_bare: at most 8 descriptors to close");
+        return NULL;
+    }
+    for (i = 0; i < nfds; i++) {
+        fds[i] = PyLong_AsLong(PyTuple_GET_ITEM(args[1], i));
+        if (fds[i] == -1 && PyErr_Occurred())
+            return NULL;
+    }
     parent = getpid();
     pid = fork();
     if (pid < 0)
@@ -36,6 +52,8 @@ PyObject *kp_fork_bare(PyObject *Py_UNUSED(mod), PyObject *arg)
         if (prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0 || getppid() != parent)
             _exit(0);               /* the parent died already: nobody to serve */
         PyThreadState_Get()->native_thread_id = (unsigned long)syscall(SYS_gettid);
+        for (i = 0; i < nfds; i++)
+            close((int)fds[i]);
     }
     return PyLong_FromLong((long)pid);
 }

@@ -284,7 +284,7 @@ int futex_wake_n(uint32_t *word, int n);
 /* Cross-process copies (vm.c): module functions. */
 PyObject *mod_process_vm_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 /* fork.c */
-PyObject *kp_fork_bare(PyObject *mod, PyObject *arg);
+PyObject *kp_fork_bare(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_process_vm_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 /* The queue of sleeping waiters (swait.c): after done moved, hand counts to it. */
 void swait_settle(MemObject *m, struct completion *c);

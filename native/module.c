@@ -86,8 +86,9 @@ static PyMethodDef module_methods[] = {
     {"set_pdeathsig", mod_set_pdeathsig, METH_O, "set_pdeathsig(sig): prctl(PR_SET_PDEATHSIG)"},
     {"set_comm", mod_set_comm, METH_O, "set_comm(name: bytes): prctl(PR_SET_NAME), 15 bytes"},
     {"getcpu", mod_getcpu, METH_NOARGS, "getcpu() -> int: sched_getcpu(), the CPU running us"},
-    {"fork_bare", kp_fork_bare, METH_O,
-     "fork_bare(pdeathsig) -> pid: fork(2) without Python's fork handlers (fork.c)"},
+    {"fork_bare", (PyCFunction)(void (*)(void))kp_fork_bare, METH_FASTCALL,
+     "fork_bare(pdeathsig, close_fds) -> pid: fork(2) without Python's fork handlers "
+     "(fork.c)"},
     {"process_vm_read", (PyCFunction)(void (*)(void))mod_process_vm_read, METH_FASTCALL,
      "process_vm_read(pid, addr, buffer) -> bytes read (short where unreachable or gone)"},
     {"process_vm_write", (PyCFunction)(void (*)(void))mod_process_vm_write, METH_FASTCALL,

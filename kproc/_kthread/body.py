@@ -19,7 +19,9 @@ recorded by kthreadd, with the signal in ``Task.exit_signal``.
 
 from __future__ import annotations
 
+import _random
 import errno
+import importlib
 import os
 import pickle
 import signal
@@ -66,7 +68,11 @@ class _KthreadExit(BaseException):
 _self_data: tuple[ThreadFn, Any] | None = None    # as this kthread received them
 _kthread_pid = 0       # the kthread's own pid: a child it forks must not publish
 _bare = native if has("fork_bare") else None     # the C extension, with fork_bare
-_unsettled: tuple[int, ...] | None = None   # a bare fork's descriptors, until settled
+_unsettled = False          # a bare fork's child, until it becomes a kthread
+# The C functions under signal's wrappers (no enum conversions); the _signal module is
+# always there in CPython (typeshed has no stub for it).
+_csignal = importlib.import_module("_signal")
+_SIG_DFL: int = _csignal.SIG_DFL
 # (before, after_in_parent, after_in_child) registered with os.register_at_fork in
 # kthreadd since track_fork_handlers(): the handlers a bare fork still runs.
 _forkers: list[tuple[Callable[[], object] | None, ...]] = []
@@ -96,26 +102,32 @@ def _run_handlers(which: int, reverse: bool = False) -> None:
                 traceback.print_exc()
 
 
-def fork_child() -> int:
-    """fork(2) for kthreadd: a kthread or a spare.
+def fork_child(close_fds: tuple[int, ...]) -> int:
+    """fork(2) for kthreadd: a kthread or a spare, which closes ``close_fds``.
 
-    With the C extension, a bare fork (``_native.fork_bare``, PR_SET_PDEATHSIG
-    armed in C): CPython's own fork handlers (threading's, logging's, the
-    runtime's) do not run in the child: they only repair state that other
-    threads of the parent could have left, and kthreadd has none, and in a
-    child they dirty ~0.5 MiB of pages shared with kthreadd.  Handlers
-    registered since :func:`track_fork_handlers` (modules of the user's) run
-    as os.fork() runs them: ``before`` and ``after_in_parent`` here, and
-    ``after_in_child`` in the child once it becomes a kthread (:func:`_settle`),
-    with ``random`` reseeded.  Context: kthreadd (single-threaded).
-    Return: as os.fork().  Raises: OSError as os.fork().
+    With the C extension, a bare fork (``_native.fork_bare``, which arms
+    PR_SET_PDEATHSIG and closes the descriptors in C): CPython's own fork
+    handlers do not run in the child.  They only repair what other threads of
+    the parent could have left (kthreadd has none), and in a child they dirty
+    ~0.5 MiB of pages shared with kthreadd.  What a kthread can tell of them
+    still happens: ``random`` is reseeded here, before each fork, so each
+    child has a state of its own; handlers registered since
+    :func:`track_fork_handlers` (the user's modules) run as os.fork() runs
+    them, ``before`` and ``after_in_parent`` here, ``after_in_child`` in the
+    child once it becomes a kthread (:func:`_settle`).
+    Context: kthreadd (single-threaded).  Return: as os.fork().
+    Raises: OSError as os.fork().
     """
     if _bare is None:
         return os.fork()
+    rnd = sys.modules.get("random")
+    inst = getattr(rnd, "_inst", None)
+    if isinstance(inst, _random.Random):
+        _random.Random.seed(inst, None)      # C: no Python-level code in the child
     _run_handlers(0, reverse=True)
     pid = 0
     try:
-        pid = int(_bare.fork_bare(signal.SIGKILL))
+        pid = int(_bare.fork_bare(signal.SIGKILL, close_fds))
     finally:
         if pid:
             _run_handlers(1)
@@ -126,41 +138,34 @@ def after_fork(rt: Runtime, close_fds: Iterable[int]) -> None:
     """First thing a child of kthreadd does: drop kthreadd's signal plumbing and
     descriptors, and die with kthreadd (PR_SET_PDEATHSIG).
 
-    After a bare fork (:func:`fork_child`) the descriptors are only noted and
-    the rest waits for :func:`_settle`, when the child becomes a kthread: a
-    spare runs no Python it does not need before it is claimed.
+    After a bare fork (:func:`fork_child`) C did the descriptors and the
+    prctl, and the rest waits for :func:`_settle`, when the child becomes a
+    kthread: a spare runs no Python it does not need before it is claimed.
     """
     global _unsettled
     if _bare is not None:
-        _unsettled = tuple(close_fds)
+        _unsettled = True
         return
-    _settle_signals(rt, close_fds)
-
-
-def _settle_signals(rt: Runtime, close_fds: Iterable[int]) -> None:
     signal.set_wakeup_fd(-1)
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    if _bare is None:
-        _sys.set_pdeathsig(signal.SIGKILL)
-        if os.getppid() != rt.kthreadd_pid:
-            os._exit(0)        # kthreadd died between fork and prctl
+    _sys.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != rt.kthreadd_pid:
+        os._exit(0)        # kthreadd died between fork and prctl
     for fd in close_fds:
         os.close(fd)
 
 
-def _settle(rt: Runtime) -> None:
-    """A bare-forked child becomes a kthread: what os.fork() would have run in it
-    that matters here (``random`` reseeded, so kthreads draw different numbers;
-    the user's ``after_in_child`` handlers), then the rest of :func:`after_fork`."""
+def _settle() -> None:
+    """A bare-forked child becomes a kthread: kthreadd's SIGCHLD handling goes
+    (through ``_signal``: signal.signal's enum conversions cost ~80 KiB of
+    pages here), and the user's ``after_in_child`` handlers run."""
     global _unsettled
-    fds, _unsettled = _unsettled, None
-    if fds is None:
+    if not _unsettled:
         return
-    rnd = sys.modules.get("random")
-    if rnd is not None:
-        rnd.seed()
+    _unsettled = False
+    _csignal.set_wakeup_fd(-1)
+    _csignal.signal(signal.SIGCHLD, _SIG_DFL)
     _run_handlers(2)
-    _settle_signals(rt, fds)
 
 
 def kthread_main(rt: Runtime, idx: int, gen: int) -> NoReturn:
@@ -169,7 +174,7 @@ def kthread_main(rt: Runtime, idx: int, gen: int) -> NoReturn:
     Context: a child of kthreadd, after :func:`after_fork`.
     """
     global _self_data, _kthread_pid
-    _settle(rt)
+    _settle()
     _kthread_pid = os.getpid()
     try:
         arena = rt.arena

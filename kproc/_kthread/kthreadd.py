@@ -294,7 +294,7 @@ class Kthreadd(Reaper):
         pid = self.pool.claim(idx)
         if pid is None:
             try:
-                pid = _kthread.fork_child()
+                pid = _kthread.fork_child(self._child_closes())
             except OSError as exc:
                 self._fail_create(base, -(exc.errno or errno.EAGAIN), f"fork failed: {exc}")
                 return
@@ -312,7 +312,7 @@ class Kthreadd(Reaper):
             return
         self.pool.open(entry)
         try:
-            pid = _kthread.fork_child()
+            pid = _kthread.fork_child(self._child_closes())
         except OSError:
             self.pool.target = self.pool.base = 0    # out of processes: stop trying
             self.pool.unopen(entry)
