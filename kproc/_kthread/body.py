@@ -15,6 +15,10 @@ An exception escaping threadfn is printed to stderr with the kthread's name
 and kept (``Task.exception``); the result is then ``-EFAULT``.  A kthread
 that dies without a result (a signal, ``os._exit``) gets ``-EOWNERDEAD``,
 recorded by kthreadd, with the signal in ``Task.exit_signal``.
+
+kthreadd forks its children with :func:`fork_child`: bare where the C
+extension is built (no CPython fork handlers in the child; what a kthread can
+tell of them still happens: docs/design.md, "Memory of a kthread").
 """
 
 from __future__ import annotations
