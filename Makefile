@@ -20,7 +20,7 @@ KPROC_HP_STRESS_SECONDS ?= 10
 export KPROC_HP_STRESS_SECONDS
 
 # The test targets make kproc's internal invariants (warn_on_once) raise.
-test test-fast test-futex test-posix: export KPROC_STRICT = 1
+test test-pure test-fast test-futex test-posix: export KPROC_STRICT = 1
 
 DEPS_STAMP := $(VENV)/.stamp-deps
 BENCH_STAMP := $(VENV)/.stamp-bench
@@ -32,7 +32,7 @@ FLOOR := benchmarks/c/futex_floor
 CWARN := -Wall -Wextra
 
 .DEFAULT_GOAL := help
-.PHONY: help venv ext lint test test-fast test-futex test-posix chaos bench floor check-c clean rt-tests stress-ng wheel docs soak FORCE
+.PHONY: help venv ext lint test test-pure test-fast test-futex test-posix chaos bench floor check-c clean rt-tests stress-ng wheel docs soak FORCE
 
 help: ## list the targets (PYTEST_ARGS=... is passed to pytest, BACKEND=... to test-fast, NO_APT=1 installs no Debian package)
 	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
@@ -69,12 +69,25 @@ lint: $(DEPS_STAMP) ## ruff over the package, tests, benchmarks, examples and do
 	$(PY) -m ruff check kproc tests benchmarks chaos examples docs setup.py
 	$(PY) -m mypy
 
-test: venv lint stress-ng ## lint, then the whole suite twice: KPROC_BACKEND=futex, then posix
+# The pure-Python path (no C extension: KPROC_NATIVE=0, the posix backend): make
+# test runs the files that reach its own code (pymem's atomics, locks and lists,
+# the copies, the waits), test-pure the whole suite.
+PURE_TESTS := tests/test_faults_signals.py tests/test_mm.py tests/test_lists.py \
+	tests/test_wait_shared_channel.py tests/test_lifecycle.py tests/test_worker.py \
+	tests/test_completion.py tests/test_swait.py tests/test_pool.py
+
+test: venv lint stress-ng ## lint, then the whole suite twice (KPROC_BACKEND=futex, then posix), then PURE_TESTS without the C extension
 	@rc=0; for backend in futex posix; do \
 		echo "== KPROC_BACKEND=$$backend"; \
 		skip=; [ $$backend = posix ] && skip="--ignore=tests/test_packaging.py"; \
 		KPROC_BACKEND=$$backend $(PYTEST) $$skip || rc=1; \
-	done; exit $$rc
+	done; \
+	echo "== KPROC_NATIVE=0 KPROC_BACKEND=posix (the pure-Python path)"; \
+	KPROC_NATIVE=0 KPROC_BACKEND=posix $(PYTEST) $(PURE_TESTS) || rc=1; \
+	exit $$rc
+
+test-pure: venv stress-ng ## the whole suite once without the C extension (KPROC_NATIVE=0, posix backend)
+	KPROC_NATIVE=0 KPROC_BACKEND=posix $(PYTEST) --ignore=tests/test_packaging.py
 
 test-fast: venv stress-ng ## the whole suite once, on BACKEND (default futex)
 	KPROC_BACKEND=$(BACKEND) $(PYTEST)

@@ -146,3 +146,24 @@ def queue_flush_cancel_loop(args: tuple[kproc.KthreadWorker, str, int]) -> int:
         n += 1
     _append(path, f"{tag} {n} {bad}")
     return 0
+
+
+def sane_workload(backend: str, tag: str) -> bool:
+    """After an experiment: the runtime still does its job, or a fresh one does.
+
+    Starts a runtime on ``backend`` if the experiment left none, then runs a
+    kthread that returns its data, a worker flushing one work, and a completion.
+    Return: True when every step gave the expected result.
+    """
+    from kproc._core import runtime as _rt   # the experiment may have replaced it
+    if _rt._runtime is None or _rt._runtime.closed:
+        kproc.start(backend=backend)
+    t = kproc.kthread_run(ret_data, 7, f"{tag}-sane")
+    w = kproc.kthread_create_worker(0, f"{tag}-sane-w")
+    work = kproc.KthreadWork(work_noop)
+    queued = kproc.kthread_queue_work(w, work)
+    kproc.kthread_flush_work(work)
+    kproc.kthread_destroy_worker(w)
+    c = kproc.Completion()
+    kproc.complete(c)
+    return kproc.kthread_stop(t) == 7 and queued and kproc.try_wait_for_completion(c)

@@ -234,20 +234,7 @@ def _short(v: Any) -> str:
 
 def _sanity(r: Result) -> bool:
     """After the fuzz: the runtime still does its job (or a new one does)."""
-    def workload() -> bool:
-        from kproc._core import runtime as _rt   # a fuzzed start() may have replaced it
-        if _rt._runtime is None or _rt._runtime.closed:
-            kproc.start(backend=r.backend)
-        t = kproc.kthread_run(fns.ret_data, 7, "fz-sane")
-        w = kproc.kthread_create_worker(0, "fz-sane-w")
-        work = kproc.KthreadWork(fns.work_noop)
-        queued = kproc.kthread_queue_work(w, work)
-        kproc.kthread_flush_work(work)
-        kproc.kthread_destroy_worker(w)
-        c = kproc.Completion()
-        kproc.complete(c)
-        return kproc.kthread_stop(t) == 7 and queued and kproc.try_wait_for_completion(c)
-    ok, value, _ = call_with_deadline(workload, 10)
+    ok, value, _ = call_with_deadline(lambda: fns.sane_workload(r.backend, "fz"), 10)
     if not (ok and value is True):
         r.errors += 1
         r.note(f"sanity workload after the fuzz failed: {value!r}")

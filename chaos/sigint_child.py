@@ -74,16 +74,7 @@ def main() -> int:
             print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
         n += 1
     sys.stdin.readline()
-    from kproc._core import runtime as _rt       # the storm may have left no runtime
-    if _rt._runtime is None or _rt._runtime.closed:
-        kproc.start(backend=backend)
-    t = kproc.kthread_run(fns.ret_data, 5, "si-sane")
-    w = kproc.kthread_create_worker(0, "si-sane-w")
-    work = kproc.KthreadWork(fns.work_noop)
-    ok = kproc.kthread_queue_work(w, work)
-    kproc.kthread_flush_work(work)
-    kproc.kthread_destroy_worker(w)
-    ok = ok and kproc.kthread_stop(t) == 5
+    ok = fns.sane_workload(backend, "si")
     kproc.shutdown()
     print("sane" if ok else "not sane", flush=True)
     return 0 if ok else 1

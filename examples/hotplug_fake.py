@@ -12,6 +12,7 @@ Run: python examples/hotplug_fake.py
 
 import os
 import tempfile
+import time
 
 import kproc
 
@@ -40,6 +41,11 @@ def main():
         kproc.smpboot_register_percpu_thread(ht)        # one thread per online CPU
         print("online:", sorted(kproc.cpu_online_mask()),
               "threads:", [ht.task(c).name for c in sorted(kproc.cpu_online_mask())])
+        # smpboot.c calls park() only for a thread that has run once: wait until
+        # each sleeps in its loop (should_run() said no) before taking a CPU down.
+        for c in kproc.cpu_online_mask():
+            while kproc.task_state(ht.task(c)) != kproc.TASK_INTERRUPTIBLE:
+                time.sleep(0.001)
 
         print(f"cpu_down({cpu}) returned", kproc.cpu_down(cpu))  # demo/1 parks, then the write
         print("online:", sorted(kproc.cpu_online_mask()))

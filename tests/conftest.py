@@ -24,6 +24,11 @@ from helpers import foreign_hotplug  # noqa: E402,F401 (a fixture, for every tes
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "runtime(**kwargs): keyword arguments for kproc.start()")
+    if os.environ.get("KPROC_NATIVE") == "0":
+        # The pure-path run (make test-pure): a test that asks for the futex backend
+        # gets the posix path with start()'s one RuntimeWarning, by design.
+        config.addinivalue_line("filterwarnings", "ignore:kproc. the C extension kproc._native "
+                                "is switched off by KPROC_NATIVE=0:RuntimeWarning")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import pytest
 
 import kproc
 from fns import kthread as kfuncs
-from helpers import run_started, wait_until
+from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -128,8 +128,7 @@ def test_interrupted_shutdown_still_kills_kthreadd():
     """Item 5: a Ctrl-C while shutdown() waits for kthreadd (the second Ctrl-C of an
     atexit shutdown) still kills kthreadd before the arena is unmapped."""
     rt = kproc.start()
-    task = run_started(kfuncs.loop_until_stop, (), "victim") if False else \
-        kproc.kthread_run(kfuncs.loop_until_stop, None, "victim")
+    task = kproc.kthread_run(kfuncs.loop_until_stop, None, "victim")
     wait_until(lambda: task.pid)
     kpid, tpid = rt.kthreadd_pid, task.pid
     os.kill(kpid, signal.SIGSTOP)                # kthreadd cannot act on the EOF
@@ -253,3 +252,56 @@ def test_forked_child_can_start_after_parent_shut_down():
     os.close(r)
     os.waitpid(pid, 0)
     assert got == "ok"
+
+
+WAITERS_SCRIPT = textwrap.dedent("""
+    import errno, sys, threading, time
+    sys.path.insert(0, {parent!r})
+    import kproc
+
+    def waiter(c, out):
+        try:
+            kproc.wait_for_completion(c)
+            out.append("returned")
+        except kproc.KthreadError as exc:
+            out.append(exc.errno)
+        except BaseException as exc:
+            out.append(repr(exc))
+
+    def asleep(tid):
+        with open(f"/proc/self/task/{{tid}}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] == "S"
+
+    for _ in range({rounds}):
+        rt = kproc.start()
+        out = []
+        threads = [threading.Thread(target=waiter, args=(kproc.Completion(), out))
+                   for _ in range(3)]
+        for t in threads:
+            t.start()
+        end = time.monotonic() + 5
+        while not all(t.native_id and asleep(t.native_id) for t in threads):
+            assert time.monotonic() < end, "the waiters never slept"
+            time.sleep(0.001)
+        rt.shutdown()
+        for t in threads:
+            t.join(5)
+        assert not any(t.is_alive() for t in threads), "a wait outlived shutdown()"
+        assert out == [errno.ESRCH] * 3, out
+    print("ok")
+""")
+
+
+def test_shutdown_under_threads_asleep_in_waits_ends_each_wait():
+    """shutdown() while other threads of the owner sleep in wait_for_completion():
+    each wait ends with KthreadError(ESRCH) (SPEC §5: a fault ends every wait).
+    Closing a posix semaphore under a thread blocked in sem_timedwait() is
+    undefined (sem_close(3)) and crashed the process, a pool's collector thread
+    tearing down after the runtime had gone: the semaphores now close when the
+    last such thread leaves, and the mapping stays for it.  In a child process,
+    so that a crash fails the test instead of ending the run."""
+    script = WAITERS_SCRIPT.format(parent=KPROC_PARENT, rounds=10)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=50)
+    assert done.returncode == 0 and done.stdout.strip() == "ok", \
+        f"rc {done.returncode}: {done.stdout}{done.stderr[-2000:]}"

@@ -59,6 +59,38 @@ def test_a_copy_stops_at_the_first_unreachable_page(rt):
         area.close()
 
 
+@pytest.mark.parametrize("path", ["native", "pure"])
+def test_both_copy_paths_stop_at_a_protected_page(path):
+    """Without the C extension (``KPROC_NATIVE=0``) the copies take the same system
+    calls through ctypes: a PROT_NONE page ends a read and a read-only one a write
+    (copy_from_user faults there, lib/usercopy.c), where /proc/PID/mem, which
+    forces access as a debugger does, read and wrote through both."""
+    if path == "native" and kmm._vm is None:
+        pytest.skip("the C extension is not built (KPROC_NATIVE=0)")
+    def copy(addr, view, write):
+        if path == "pure":
+            return kmm._proc_mem(os.getpid(), addr, view, write)
+        return kmm._vm.process_vm_write(os.getpid(), addr, view) if write \
+            else kmm._vm.process_vm_read(os.getpid(), addr, view)
+    area = mmap.mmap(-1, 3 * PAGE)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(area))
+    area[:PAGE] = b"a" * PAGE
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mprotect.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int)
+    assert libc.mprotect(addr + PAGE, PAGE, 0) == 0              # PROT_NONE
+    assert libc.mprotect(addr + 2 * PAGE, PAGE, 1) == 0          # PROT_READ
+    try:
+        buf = bytearray(100)
+        assert copy(addr + PAGE - 10, memoryview(buf), False) == 10
+        assert bytes(buf[:10]) == b"a" * 10
+        assert copy(addr + 3 * PAGE - 10, memoryview(b"y" * 10), True) == 0
+        assert copy(addr + PAGE - 4, memoryview(b"zzzz"), True) == 4
+        assert area[PAGE - 4:PAGE] == b"zzzz"
+    finally:
+        libc.mprotect(addr + PAGE, 2 * PAGE, 3)
+        area.close()
+
+
 def test_a_dead_process_gives_a_short_copy_not_a_hang(rt):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:

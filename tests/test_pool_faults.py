@@ -39,7 +39,12 @@ def test_a_dying_worker_breaks_the_pool_at_once(rt, how):
         os.kill(victim, signal.SIGKILL)
     else:
         ex.submit(pf.die, 3)
-    pending = [ex.submit(pf.sleep_for, 0.2, i) for i in range(20)]
+    pending = []
+    for i in range(20):
+        try:
+            pending.append(ex.submit(pf.sleep_for, 0.2, i))
+        except BrokenKthreadPool:
+            break                    # the death was seen already: refused, as PPE does
     with pytest.raises(BrokenKthreadPool):
         running.result(timeout=5)
     assert time.monotonic() - t0 < 2

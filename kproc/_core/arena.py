@@ -198,15 +198,20 @@ class Arena:
             return native(buf)
         return PyMem(buf, fd)
 
-    def close(self) -> None:
+    def close(self, keep_mapping: bool = False) -> None:
         """Unmap and close (the memory lives on in other processes).
 
         Handles may outlive the runtime and keep the Mem object alive, so its
         buffer export is dropped explicitly (``Mem.release``): the mapping and
         mmap's own duplicate of the memfd go now, not with the process.  A
         call of another thread still sleeping with the GIL released keeps
-        the mapping (it would fault); it then goes with the process.
+        the mapping (it would fault); it then goes with the process.  So do
+        the mapping and the descriptor with ``keep_mapping`` (a thread sleeping
+        in a posix semaphore call touches the arena again when it returns, and
+        the pure-Python atomics lock through the descriptor).
         """
+        if keep_mapping:
+            return
         if self.mem.release():
             try:
                 self.buf.close()

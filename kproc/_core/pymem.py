@@ -27,6 +27,8 @@ import struct
 import threading
 import time
 
+from .syscalls import block_async_signals, restore_signal_mask, signal_mask
+
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import mmap
@@ -388,8 +390,11 @@ class PyMutexGuard:
     """``kproc._native.MutexGuard`` without the extension: ``with`` on the mutex at ``off``.
 
     __exit__ unlocks, then calls ``self._unlocked()`` if a subclass defines
-    it.  Unlike the C guard, a signal handler raising between the lock and
-    the block can leak the lock here (Python code runs in between).
+    it.  The C guard takes the lock with no Python in between, so a signal
+    handler that raises (Ctrl-C) cannot leave it held; here Python runs
+    between the lock and the block, so asynchronous signals are deferred
+    while the lock changes hands, and a handler that raises as they are
+    restored, the lock taken, releases it before the exception goes on.
     """
 
     __slots__ = ("_mem", "_off", "_spin", "_held", "recovered")
@@ -399,13 +404,32 @@ class PyMutexGuard:
         self.recovered = False
 
     def __enter__(self) -> PyMutexGuard:
-        self.recovered = self._mem.mutex_lock(self._off, -1, self._spin) == 1
-        self._held = True
+        mask = signal_mask()
+        block_async_signals(mask)          # a handler due now raises with nothing held
+        try:
+            self.recovered = self._mem.mutex_lock(self._off, -1, self._spin) == 1
+            self._held = True
+        finally:
+            if not self._held:
+                restore_signal_mask(mask)
+        try:
+            restore_signal_mask(mask)      # deferred handlers run here, the lock held
+        except BaseException:
+            self._release()
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._held = False
-        self._mem.mutex_unlock(self._off)
+        mask = signal_mask()
+        block_async_signals(mask)
+        try:
+            self._release()
+        finally:
+            restore_signal_mask(mask)      # after the unlock: nothing leaks
         hook = getattr(self, "_unlocked", None)
         if hook is not None:
             hook()
+
+    def _release(self) -> None:
+        self._held = False
+        self._mem.mutex_unlock(self._off)

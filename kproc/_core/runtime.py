@@ -195,9 +195,10 @@ class Runtime:
             if owner.status is None:
                 os.kill(owner.pid, signal.SIGKILL)
             _forget(self)
+            sleeping = self.waits.in_use()      # another thread of ours, in a wait
             self.waits.close()
             os.close(self.wake_fd)
-            self.arena.close()
+            self.arena.close(keep_mapping=sleeping)
 
     def __enter__(self) -> Runtime:
         return self

@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 
 from .checks import env_number
@@ -70,6 +71,7 @@ POSIX_CHANNELS = 64
 COUNT_BITS = 16                 # a posix channel word: waiters | wake generation << 16
 COUNT_MASK = (1 << COUNT_BITS) - 1
 GEN_ONE = 1 << COUNT_BITS
+CLOSED_NAP_S = 0.001            # a wait after close() sleeps this long instead of spinning
 OWED_POST_NS = 100_000_000      # a waker posts right after counting: wait this long at most
 UINT_MAX = 0xFFFFFFFF
 SIGNAL_SLICE_NS = 100_000_000
@@ -138,6 +140,11 @@ class FutexWaits:
     def close(self) -> None:
         pass
 
+    def in_use(self) -> bool:
+        """Whether a thread of this process sleeps outside the Mem's own calls: never
+        here (the native Mem itself keeps its mapping while one of its calls sleeps)."""
+        return False
+
 
 class PosixWaits:
     """The POSIX-semaphore backend: hashed wait channels over ``posix_ipc``.
@@ -158,7 +165,14 @@ class PosixWaits:
         self.mem = mem
         self.spin_ns = mem.load32(HEADER.spin_ns) if spin_ns is None else spin_ns
         self.sems = semaphores
+        self._channels = len(semaphores)
         self.waiters_off = waiters_off
+        # sem_close() under a thread still in sem_timedwait() or sem_post() is undefined
+        # (it crashed: a pool's collector thread outliving shutdown()): threads of
+        # this process inside a semaphore call, and whether close() was asked for.
+        self._using: set[int] = set()
+        self._closing = False
+        self._close_lock = threading.Lock()
         self._busy = posix_ipc.BusyError
         # The C spins of the futex backend, where the extension is built: they
         # only read the arena (timeout 0: spin, never sleep, no system call).
@@ -187,7 +201,7 @@ class PosixWaits:
             self.completion_dequeue = swait.dequeue
 
     def _channel(self, off: int) -> int:
-        return ((off >> 2) * 2654435761 >> 7) % len(self.sems)
+        return ((off >> 2) * 2654435761 >> 7) % self._channels
 
     def _spin_word(self, off: int, expected: int, spin_ns: int) -> bool:
         """Spin up to ``spin_ns`` while the word equals ``expected``: True if it changed."""
@@ -244,6 +258,9 @@ class PosixWaits:
                 return True
             sliced = timeout_ns < 0 or timeout_ns > SIGNAL_SLICE_NS
             timeout = SIGNAL_SLICE_NS / 1e9 if sliced else timeout_ns / 1e9
+            if not self._enter():
+                time.sleep(min(timeout, CLOSED_NAP_S))   # closed: callers re-check, not spin
+                return True
             old = sigmask(signal.SIG_BLOCK, _BLOCKED)
             try:
                 self.sems[ch].acquire(timeout)
@@ -252,6 +269,7 @@ class PosixWaits:
                 return sliced or mem.load32(off) != expected
             finally:
                 sigmask(signal.SIG_SETMASK, old)
+                self._leave()
             return True
         finally:
             counted = ((mem.fetch_add32(count_off, -1) >> COUNT_BITS) - gen) & COUNT_MASK
@@ -263,9 +281,14 @@ class PosixWaits:
         it: ``owed`` < 0 gives back one taken that was someone else's (and lets
         them run), ``owed`` > 0 takes those made for it that it did not consume
         (so none is left for a waiter that no wake counted)."""
+        if not self._enter():
+            return
         sem = self.sems[ch]
         if owed < 0:
-            sem.release()
+            try:
+                sem.release()
+            finally:
+                self._leave()
             os.sched_yield()
             return
         old = sigmask(signal.SIG_BLOCK, _BLOCKED)
@@ -276,6 +299,7 @@ class PosixWaits:
             pass              # its waker died between counting and posting
         finally:
             sigmask(signal.SIG_SETMASK, old)
+            self._leave()
 
     def wake(self, off: int, n: int = 0x7FFFFFFF) -> None:
         """Post once per sleeper registered in ``off``'s channel (none: no system call)."""
@@ -285,9 +309,14 @@ class PosixWaits:
         if not mem.load32(count_off) & COUNT_MASK:
             return            # a waiter registering now sees the word changed
         waiters = mem.fetch_add32(count_off, GEN_ONE) & COUNT_MASK
-        release = self.sems[ch].release
-        for _ in range(waiters):
-            release()
+        if not self._enter():
+            return            # this process's runtime is shut down
+        try:
+            release = self.sems[ch].release
+            for _ in range(waiters):
+                release()
+        finally:
+            self._leave()
 
     def completion_try(self, off: int) -> bool:
         """try_wait_for_completion on the record at ``off``."""
@@ -364,8 +393,36 @@ class PosixWaits:
             return 1
         return 2 if woken else 0
 
+    def _enter(self) -> bool:
+        """This thread is about to call a semaphore: False (stay out) once closing."""
+        tid = threading.get_ident()
+        self._using.add(tid)
+        if self._closing:
+            self._leave(tid)
+            return False
+        return True
+
+    def _leave(self, tid: int | None = None) -> None:
+        self._using.discard(threading.get_ident() if tid is None else tid)
+        if self._closing and not self._using:
+            self._close_now()
+
+    def in_use(self) -> bool:
+        """Whether a thread of this process is inside a semaphore call: it will touch
+        the arena again when the call returns, so the mapping must stay."""
+        return bool(self._using)
+
     def close(self) -> None:
-        for sem in self.sems:
+        """Close the semaphores (shutdown): now, or as the last thread of this process
+        still inside a semaphore call leaves it (each sees ``_closing`` first)."""
+        self._closing = True
+        if not self._using:
+            self._close_now()
+
+    def _close_now(self) -> None:
+        with self._close_lock:
+            sems, self.sems = self.sems, []
+        for sem in sems:
             try:
                 sem.close()
             except Exception:

@@ -8,7 +8,7 @@ io_uring workers do this).  Here an :class:`Mm` names another process's
 address space and the copies are real cross-process copies:
 ``process_vm_readv`` / ``process_vm_writev`` (``native/vm.c``, the remote
 range cut at page boundaries so a copy stops at the first unreachable page),
-or ``/proc/PID/mem`` read and written page by page without the extension.
+or the same calls through ctypes, page by page, without the extension.
 
 An :class:`Mm` is picklable: a caller may take one (``get_task_mm()`` of
 itself or of any process it may ptrace) and hand it to a kthread.  It names
@@ -26,6 +26,7 @@ kthread.  Runs in the caller (``get_task_mm``, ``mmput``) and in kthreads.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 
@@ -33,6 +34,10 @@ from .._core.errors import KthreadError, kernel_warn
 from .._core.native import has, native
 from .._sched.schedule import need_current
 from .._sched.task import Task
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 __all__ = ["Mm", "get_task_mm", "mmput", "kthread_use_mm", "kthread_unuse_mm",
            "copy_from_user", "copy_to_user"]
@@ -231,30 +236,50 @@ def _transfer(pid: int, addr: int, view: memoryview, write: bool) -> int:
                               "/proc/sys/kernel/yama/ptrace_scope)") from None
 
 
+_libc_vm: tuple[Any, Any, Any] | None = None
+
+
+def _libc_calls() -> tuple[Any, Any, Any]:
+    """libc's process_vm_readv and process_vm_writev through ctypes, and the iovec
+    type (built on the first copy of the pure path)."""
+    global _libc_vm
+    if _libc_vm is None:
+        class Iovec(ctypes.Structure):
+            _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        readv, writev = libc.process_vm_readv, libc.process_vm_writev
+        for call in (readv, writev):
+            call.restype = ctypes.c_ssize_t
+            call.argtypes = (ctypes.c_int, ctypes.POINTER(Iovec), ctypes.c_ulong,
+                             ctypes.POINTER(Iovec), ctypes.c_ulong, ctypes.c_ulong)
+        _libc_vm = (readv, writev, Iovec)
+    return _libc_vm
+
+
 def _proc_mem(pid: int, addr: int, view: memoryview, write: bool) -> int:
-    """The pure-Python path: /proc/PID/mem, one page at a time."""
-    try:
-        fd = os.open(f"/proc/{pid}/mem", os.O_RDWR if write else os.O_RDONLY)
-    except (FileNotFoundError, ProcessLookupError):
-        return 0
+    """The pure-Python path: the same system calls through ctypes, one page at a time.
+
+    Not ``/proc/PID/mem``: that file writes through a read-only mapping and
+    reads a ``PROT_NONE`` page (it forces access, as a debugger does), where
+    ``copy_from_user`` would fault; ``process_vm_readv`` honours protections.
+    """
+    readv, writev, iovec = _libc_calls()
+    n = view.nbytes
+    local = (ctypes.c_char * n).from_buffer_copy(view) if write or view.readonly \
+        else (ctypes.c_char * n).from_buffer(view)
+    base = ctypes.addressof(local)
     done = 0
-    try:
-        while done < view.nbytes:
-            chunk = min(PAGE - (addr + done) % PAGE, view.nbytes - done)
-            try:
-                if write:
-                    got = os.pwrite(fd, view[done:done + chunk], addr + done)
-                else:
-                    data = os.pread(fd, chunk, addr + done)
-                    view[done:done + len(data)] = data
-                    got = len(data)
-            except OSError as exc:
-                if exc.errno in (errno.EIO, errno.EFAULT, errno.ESRCH, errno.ENOMEM):
-                    break
-                raise
-            done += got
-            if got < chunk:
+    while done < n:
+        chunk = min(PAGE - (addr + done) % PAGE, n - done)
+        liov, riov = iovec(base + done, chunk), iovec(addr + done, chunk)
+        got = (writev if write else readv)(pid, ctypes.byref(liov), 1, ctypes.byref(riov), 1, 0)
+        if got < 0:
+            err = ctypes.get_errno()
+            if err in (errno.EFAULT, errno.ESRCH, errno.ENOMEM):
                 break
-    finally:
-        os.close(fd)
+            raise OSError(err, os.strerror(err))
+        done += got
+        if got < chunk:
+            break
     return done
