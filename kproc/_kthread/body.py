@@ -129,11 +129,11 @@ def fork_child(close_fds: tuple[int, ...]) -> int:
     if isinstance(inst, _random.Random):
         _random.Random.seed(inst, None)      # C: no Python-level code in the child
     _run_handlers(0, reverse=True)
-    pid = 0
+    pid = -1
     try:
         pid = int(_bare.fork_bare(signal.SIGKILL, close_fds))
     finally:
-        if pid:
+        if pid:             # the parent, the fork failed included (as os.fork())
             _run_handlers(1)
     return pid
 
