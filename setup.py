@@ -41,7 +41,7 @@ setup(
             "kproc._native",
             sources=[f"native/{name}.c" for name in
                      ("module", "mem", "args", "futex", "mutex", "layout", "worklist",
-                      "wl_methods", "swait", "vm", "fork")],
+                      "wl_methods", "swait", "vm", "pool", "fork")],
             depends=["setup.py", "native/kproc_native.h"],
             # Hidden: the files call each other directly, not through the PLT
             # (PyMODINIT_FUNC keeps PyInit__native visible).

@@ -16,12 +16,21 @@
  * records it learns once, by field name, from kproc/_core/layout.py's
  * native_layout() (layout.c); no offset is typed twice.
  *
+ * The second exception is the pool's call slots (pool.c): placing a call,
+ * reaping an outcome, and a worker's claim-run-publish of a call run in C
+ * (the pool's memory is its own memfd, not the arena; its layout is written
+ * in pool.c and checked against kproc/_pool/channel.py's records at import,
+ * through pool_layout()).  Everything they do not handle (side channel,
+ * uncached functions, exceptions) they hand back to Python, which keeps the
+ * whole path too, for KPROC_NATIVE=0.
+ *
  * Files, one mechanism each: mem.c (the Mem object, bounds-checked
  * addressing, 32/64-bit atomics), args.c (argument parsing), futex.c
  * (futexes, spin-then-wait, completions), swait.c (the FIFO queue of a
- * completion's sleeping waiters), vm.c (process_vm_readv/writev), fork.c (fork(2) without
- * Python's fork handlers, for kthreadd's children), mutex.c (the robust process-shared
- * mutex), layout.c (the record layout, by name), worklist.c (the list
+ * completion's sleeping waiters), vm.c (process_vm_readv/writev), fork.c (fork(2)
+ * without Python's fork handlers, for kthreadd's children), mutex.c (the robust
+ * process-shared mutex), pool.c (the pool's call slots), layout.c (the record layout,
+ * by name), worklist.c (the list
  * primitives and the kthread_work fast paths on them), wl_methods.c (the
  * primitives as methods, for Python's slow path), module.c (module init, the
  * method table, clock and prctl helpers).
@@ -269,7 +278,7 @@ static inline int get_i64(PyObject *o, int64_t *out)
 extern PyTypeObject MemType;
 extern PyTypeObject MutexGuardType;
 extern PyMethodDef atomic_methods[], futex_methods[], mutex_methods[], layout_methods[],
-    worklist_methods[], wl_methods[], swait_methods[];
+    worklist_methods[], wl_methods[], swait_methods[], pool_methods[];
 
 void *at_len(MemObject *m, PyObject *arg, Py_ssize_t len, int align);
 
@@ -283,9 +292,11 @@ static inline void *at(MemObject *m, PyObject *arg, int width)
 int futex_wake_n(uint32_t *word, int n);
 /* Cross-process copies (vm.c): module functions. */
 PyObject *mod_process_vm_read(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
-/* fork.c */
-PyObject *kp_fork_bare(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
 PyObject *mod_process_vm_write(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+/* The bare fork of kthreadd's children (fork.c): a module function. */
+PyObject *kp_fork_bare(PyObject *mod, PyObject *const *args, Py_ssize_t nargs);
+/* The pool's slot layout as pool.c assumes it (a module function). */
+PyObject *mod_pool_layout(PyObject *mod, PyObject *noargs);
 /* The queue of sleeping waiters (swait.c): after done moved, hand counts to it. */
 void swait_settle(MemObject *m, struct completion *c);
 int swait_settle_wake(MemObject *m, struct completion *c, PyObject *wake);

@@ -24,7 +24,7 @@ static int assemble_methods(void)
 {
     PyMethodDef *const tables[] = {atomic_methods, futex_methods, mutex_methods,
                                    layout_methods, worklist_methods, wl_methods,
-                                   swait_methods};
+                                   swait_methods, pool_methods};
     size_t n = 0;
     for (size_t t = 0; t < sizeof(tables) / sizeof(tables[0]); t++) {
         for (PyMethodDef *d = tables[t]; d->ml_name; d++) {
@@ -93,6 +93,8 @@ static PyMethodDef module_methods[] = {
      "process_vm_read(pid, addr, buffer) -> bytes read (short where unreachable or gone)"},
     {"process_vm_write", (PyCFunction)(void (*)(void))mod_process_vm_write, METH_FASTCALL,
      "process_vm_write(pid, addr, data) -> bytes written (short where unreachable or gone)"},
+    {"pool_layout", mod_pool_layout, METH_NOARGS,
+     "pool_layout() -> {name: offset}: the pool slot layout native/pool.c assumes"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -21,8 +21,8 @@ import pytest
 
 from kproc._core.memlike import MemLike
 from kproc._core.pymem import PyMem
-from kproc._core.wait import (POSIX_CHANNELS, PosixWaits, create_semaphores,
-                              new_semaphore_tag, unlink_semaphores)
+from kproc._core.semaphores import create_semaphores, new_semaphore_tag, unlink_semaphores
+from kproc._core.wait import POSIX_CHANNELS, PosixWaits
 
 posix_ipc = pytest.importorskip("posix_ipc")
 

@@ -201,14 +201,12 @@ class Arena:
     def close(self, keep_mapping: bool = False) -> None:
         """Unmap and close (the memory lives on in other processes).
 
-        Handles may outlive the runtime and keep the Mem object alive, so its
-        buffer export is dropped explicitly (``Mem.release``): the mapping and
-        mmap's own duplicate of the memfd go now, not with the process.  A
-        call of another thread still sleeping with the GIL released keeps
-        the mapping (it would fault); it then goes with the process.  So do
-        the mapping and the descriptor with ``keep_mapping`` (a thread sleeping
-        in a posix semaphore call touches the arena again when it returns, and
-        the pure-Python atomics lock through the descriptor).
+        Handles may outlive the runtime and keep the Mem alive, so its buffer
+        export is dropped explicitly (``Mem.release``): mapping and descriptor
+        go now.  A C call sleeping in another thread keeps the mapping, and
+        ``keep_mapping`` both (a thread in a posix semaphore call, which
+        touches the arena and, on the pure path, locks through the
+        descriptor as it returns): they then go with the process.
         """
         if keep_mapping:
             return

@@ -45,8 +45,8 @@ __all__ = ["Record", "Field", "HEADER", "TASK", "TASK_BLOB", "COMPLETION", "USER
 MAGIC = 0x4B50524F43303031  # "KPROC001"
 # Bumped whenever a record below changes shape: ``kproc ps`` reads arenas of
 # other runtimes (maybe of another kproc version) only when theirs matches.
-LAYOUT_VERSION = 7          # 7: COMPLETION.granted, a SWAIT node per thread id;
-#                             6: HEADER's spare pool; 5: HOTPLUG's AP job fields, ...
+LAYOUT_VERSION = 8          # 8: HOTPLUG.ap_job/ap_plan; 7: COMPLETION.granted, a SWAIT
+#                             node per thread id; 6: HEADER's spare pool; 5: HOTPLUG's AP job
 CPUMASK_BYTES = 128          # 1024 CPUs, like CONFIG_NR_CPUS=1024 / CPU_SETSIZE
 # include/linux/threads.h PID_MAX_LIMIT on 64-bit: no thread id reaches it, so a
 # SWAIT node per possible thread id is enough by construction (swait.thread_node).
@@ -350,6 +350,9 @@ HOTPLUG = Record("hotplug", [
     ("ap_off_cpu", "I"),       # 1: cpuhp/N found itself off its CPU and ran nothing
     ("ap_done", ("bytes", COMPLETION.size)),  # control sleeps on it while cpuhp/N works
     ("smpboot_seq", "I"),      # registration counter (SMPBOOT.order)
+    ("ap_job", "I"),           # the AP job's steps by number (cached in cpuhp/N), 0 = none
+    ("ap_plan", "I"),          # 1 once the AP job's plan is in the ap area (cpuhp/N waits)
+    ("ap_plan_len", "I"),      # bytes of the plan, after the steps; 0 = none
 ], size_align=64)
 HP_NONE, HP_STARTING, HP_RUNNING = range(3)
 HP_MSG_MAX = 8 * 1024          # request and reply areas, each

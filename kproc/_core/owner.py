@@ -31,8 +31,8 @@ import time
 
 from . import layout as L
 from .errors import KthreadError
-from .wait import (FutexWaits, PosixWaits, default_spin_ns, new_semaphore_tag,
-                   open_semaphores, semaphore_names, unlink_semaphores)
+from .semaphores import new_semaphore_tag, open_semaphores, semaphore_names, unlink_semaphores
+from .wait import FutexWaits, PosixWaits, default_spin_ns
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:

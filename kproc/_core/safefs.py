@@ -14,8 +14,10 @@ running as root that follows it overwrites whatever the link names.  So:
   nobody else (group write only for this user's own group; created 0700 when
   missing), so once checked nobody else can
   put anything in them;
-* files are created anew (``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600) after
-  unlinking the old name, never opened for writing where they stand.
+* files are created anew (``O_CREAT | O_EXCL | O_NOFOLLOW``, mode 0600) under
+  a temporary name and renamed over the old one (which is never followed and
+  never missing for a reader: a fake ``cpuN/online`` rewritten by ``cpuhp``
+  while a caller looks at it), never opened for writing where they stand.
 
 Errors are ``PermissionError`` naming the path and what is wrong with it.
 Runs in whichever process writes (the owner, kthreadd, kthreads, ``cpuhp``).
@@ -26,6 +28,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 
 __all__ = ["open_component", "open_own_dir", "check_own_dir", "own_dir", "write_new",
            "write_file", "check_own_or_absent"]
@@ -117,22 +120,33 @@ def check_own_or_absent(path: str | os.PathLike[str]) -> None:
 
 def write_new(dir_fd: int, name: str, data: bytes, where: str = "") -> None:
     """Replace file ``name`` of the checked folder ``dir_fd`` by a new one (0600)
-    holding ``data``: the old name is unlinked, the new file made with O_EXCL.
+    holding ``data``: made with O_EXCL under a temporary name, then renamed over
+    the old name (rename(2) replaces a symlink, it does not follow it), so that
+    the name is there for readers at every moment.
 
     Raises: PermissionError if ``name`` is a folder; OSError.
     """
+    tmp = f".{name}.{os.getpid()}.{threading.get_ident()}.new"
     try:
-        os.unlink(name, dir_fd=dir_fd)
+        os.unlink(tmp, dir_fd=dir_fd)         # left by a killed writer of that pid
     except FileNotFoundError:
         pass
-    except IsADirectoryError:
-        raise _refuse(os.path.join(where, name), "it is a folder, not a file") from None
-    fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                  0o600, dir_fd=dir_fd)
     try:
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.rename(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        if isinstance(exc, IsADirectoryError):
+            raise _refuse(os.path.join(where, name), "it is a folder, not a file") from None
+        raise
 
 
 def write_file(path: str | os.PathLike[str], text: str) -> None:

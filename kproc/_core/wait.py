@@ -41,11 +41,11 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 from .checks import env_number
 from .layout import COMPLETION, HEADER
+from .semaphores import POSIX_CHANNELS, SemaphoreUsers
 from .swait import PySwait, sigmask
 from .topology import parse_cpulist
 
@@ -63,11 +63,8 @@ if TYPE_CHECKING:
     # with the generation check (-1: stale), as the hot path calls it.
     RawWait = Callable[[int, int, int, int, int, int], int]
 
-__all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns",
-           "create_semaphores", "open_semaphores", "semaphore_names", "new_semaphore_tag",
-           "unlink_semaphores"]
+__all__ = ["FutexWaits", "PosixWaits", "POSIX_CHANNELS", "default_spin_ns"]
 
-POSIX_CHANNELS = 64
 COUNT_BITS = 16                 # a posix channel word: waiters | wake generation << 16
 COUNT_MASK = (1 << COUNT_BITS) - 1
 GEN_ONE = 1 << COUNT_BITS
@@ -167,12 +164,9 @@ class PosixWaits:
         self.sems = semaphores
         self._channels = len(semaphores)
         self.waiters_off = waiters_off
-        # sem_close() under a thread still in sem_timedwait() or sem_post() is undefined
-        # (it crashed: a pool's collector thread outliving shutdown()): threads of
-        # this process inside a semaphore call, and whether close() was asked for.
-        self._using: set[int] = set()
-        self._closing = False
-        self._close_lock = threading.Lock()
+        users = SemaphoreUsers(semaphores)
+        self._users = users
+        self._enter, self._leave = users.enter, users.leave
         self._busy = posix_ipc.BusyError
         # The C spins of the futex backend, where the extension is built: they
         # only read the arena (timeout 0: spin, never sleep, no system call).
@@ -393,81 +387,11 @@ class PosixWaits:
             return 1
         return 2 if woken else 0
 
-    def _enter(self) -> bool:
-        """This thread is about to call a semaphore: False (stay out) once closing."""
-        tid = threading.get_ident()
-        self._using.add(tid)
-        if self._closing:
-            self._leave(tid)
-            return False
-        return True
-
-    def _leave(self, tid: int | None = None) -> None:
-        self._using.discard(threading.get_ident() if tid is None else tid)
-        if self._closing and not self._using:
-            self._close_now()
-
     def in_use(self) -> bool:
         """Whether a thread of this process is inside a semaphore call: it will touch
         the arena again when the call returns, so the mapping must stay."""
-        return bool(self._using)
+        return self._users.busy()
 
     def close(self) -> None:
-        """Close the semaphores (shutdown): now, or as the last thread of this process
-        still inside a semaphore call leaves it (each sees ``_closing`` first)."""
-        self._closing = True
-        if not self._using:
-            self._close_now()
-
-    def _close_now(self) -> None:
-        with self._close_lock:
-            sems, self.sems = self.sems, []
-        for sem in sems:
-            try:
-                sem.close()
-            except Exception:
-                pass
-
-
-def semaphore_names(tag: str) -> list[str]:
-    """The names of the posix backend's POSIX_CHANNELS semaphores for ``tag``."""
-    return [f"{tag}-{i}" for i in range(POSIX_CHANNELS)]
-
-
-def new_semaphore_tag() -> str:
-    """A fresh, unguessable prefix for a runtime's semaphore names."""
-    return f"/kproc-{os.getpid()}-{os.urandom(8).hex()}"
-
-
-def create_semaphores(names: list[str], tag: str) -> list[posix_ipc.Semaphore]:
-    """Create the posix backend's POSIX_CHANNELS semaphores (0600) named after ``tag``.
-
-    Context: kthreadd, at start-up (the process whose death the owner
-    watches and that watches the owner's, so a survivor removes the names).
-    Each name is appended to ``names`` as it is created, so that the caller
-    can unlink them all whatever happens.  Return: the open semaphores.
-    """
-    import posix_ipc      # only the posix backend needs it
-    sems: list[posix_ipc.Semaphore] = []
-    for name in semaphore_names(tag):
-        sems.append(posix_ipc.Semaphore(name, posix_ipc.O_CREX, mode=0o600, initial_value=0))
-        names.append(name)
-    return sems
-
-
-def open_semaphores(tag: str) -> list[posix_ipc.Semaphore]:
-    """Open the semaphores kthreadd created for ``tag``.  Context: the owner, in start()."""
-    import posix_ipc      # only the posix backend needs it
-    return [posix_ipc.Semaphore(name) for name in semaphore_names(tag)]
-
-
-def unlink_semaphores(names: list[str]) -> None:
-    """Remove the semaphores' names: the open ones live on, nothing stays in /dev/shm."""
-    if not names:
-        return
-    import posix_ipc      # only the posix backend needs it
-    for name in names:
-        try:
-            posix_ipc.unlink_semaphore(name)
-        except posix_ipc.ExistentialError:
-            pass
+        """Close the semaphores (shutdown), now or as the last thread using them leaves."""
+        self._users.close()

@@ -188,6 +188,7 @@ class States:
 
     def __init__(self) -> None:
         self.table: dict[int, HotplugState] = {}
+        self.gen = 0            # bumped at every change (the AP jobs are numbered by it)
 
     def reserve(self, section: int) -> int:
         """cpuhp_reserve_state(): the first free number of ``section``'s range.
@@ -199,6 +200,7 @@ class States:
     def add(self, st: HotplugState) -> None:
         """cpuhp_store_callbacks(): install ``st`` at its number."""
         self.table[st.number] = st
+        self.gen += 1
 
     def get(self, number: int) -> HotplugState:
         """The state ``number``.  Raises: ValueError (no such dynamic state)."""
@@ -211,6 +213,7 @@ class States:
     def remove(self, number: int) -> None:
         """Drop the state ``number`` (it exists: get() was asked first)."""
         del self.table[number]
+        self.gen += 1
 
     def bp(self) -> list[HotplugState]:
         """The BP dynamic states, ascending."""

@@ -29,6 +29,7 @@ Context: the control cpuhp kthread only.
 from __future__ import annotations
 
 import errno
+import pickle
 import sys
 import time
 import traceback
@@ -37,9 +38,10 @@ from .._core import layout as L
 from .._core import trace as _trace
 from .._core.errors import warn_on_once
 from .._kthread.affinity import kthreads_offline_cpu
-from .._kthread.control import kthread_park, kthread_unpark
-from .ap_thread import (CpuhpThreads, kthreads_online, post_ap_job, smpboot_park_threads,
-                        smpboot_unpark_threads)
+from .._kthread.control import kthread_park, kthread_unpark, kthread_unpark_usable
+from .ap_thread import (CpuhpThreads, kick_ap, kthreads_online, make_plan, post_ap_job,
+                        post_ap_plan, smpboot_park_threads, smpboot_unpark_threads,
+                        wait_ap_job, withdraw_ap_job)
 from .callbacks import (CPUHP_AP_KTHREADS_ONLINE, CPUHP_AP_SMPBOOT_THREADS,
                         CPUHP_CREATE_THREADS, HotplugState, States, is_ap_state, run_steps)
 from .hotplug_threads import HotplugThreads
@@ -50,6 +52,7 @@ from .uevent import UeventWatch
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._core.runtime import Runtime  # typing only
+    from .._sched.task import Task  # typing only
     from .callbacks import StateCallback, Step  # typing only
 
 __all__ = ["Machine"]
@@ -67,6 +70,8 @@ class Machine:
         self.known = rt.topology.online()
         store_known(rt, self.known)
         self.watch = UeventWatch(rt)
+        # up -> (states.gen, the pickled AP section, its steps): the AP jobs, numbered
+        self._jobs: dict[bool, tuple[int, bytes, list[Step]]] = {}
         # cpuhp_threads is registered first (the oldest of hotplug_threads)
         self.cpuhp_threads = CpuhpThreads()
         self.hotplug_threads.reap_stale()
@@ -98,19 +103,68 @@ class Machine:
     def _ap_down_steps(self) -> list[Step]:
         return [(n, name, undo, do) for n, name, do, undo in reversed(self._ap_up_steps())]
 
+    def _ap_job(self, up: bool) -> tuple[bytes, int, list[Step]]:
+        """The whole AP section as a job (ascending up, descending down): its pickle,
+        number and steps, made once per generation of the states."""
+        gen = self.states.gen
+        job = self._jobs.get(up)
+        if job is None or job[0] != gen:
+            steps = self._ap_up_steps() if up else self._ap_down_steps()
+            job = (gen, pickle.dumps((steps, up), protocol=pickle.HIGHEST_PROTOCOL), steps)
+            self._jobs[up] = job
+        return job[1], (2 * gen + int(up)) % 0x7FFFFFFF + 1, job[2]
+
     def _ap_section(self, cpu: int, up: bool, after_the_fact: bool) -> int:
         """The AP states of ``cpu`` in order (ascending up, descending down), on the
         CPU in cpuhp/N.  Return: 0 or a negative errno (rolled back there)."""
-        return self._run_ap(cpu, self._ap_up_steps() if up else self._ap_down_steps(), up,
-                            after_the_fact)
-
-    def _run_ap(self, cpu: int, steps: list[Step], up: bool, after_the_fact: bool) -> int:
-        """The AP steps, on ``cpu`` in cpuhp/N; here (after the fact) if cpuhp/N
-        found itself off its CPU.  Return: 0 or a negative errno."""
-        if not steps:
-            return 0
+        raw, number, steps = self._ap_job(up)
         task = self.cpuhp_threads.task(cpu)
-        rc = None if task is None else post_ap_job(self.rt, task, cpu, steps, up)
+        if task is not None:
+            post_ap_job(self.rt, cpu, raw, number, False)
+            kick_ap(task)
+        return self._finish_ap(cpu, task, steps, up, after_the_fact)
+
+    def _start_ap(self, cpu: int) -> Task | None:
+        """The AP startups of ``cpu``, which came up already, handed to cpuhp/N: the
+        job posted, cpuhp/N unparked (re-bound; its unpark is the kick), then the
+        plan made and posted while it wakes up (ap_thread).  Return: cpuhp/N, or
+        None if the CPU has none; finish_ap() waits."""
+        task = self.cpuhp_threads.task(cpu)
+        if task is None:
+            return None
+        raw, number, _steps = self._ap_job(True)
+        post_ap_job(self.rt, cpu, raw, number, True)
+        kthread_unpark(task)
+        self._post_plan(cpu)
+        return task
+
+    def _early_ap(self, cpu: int) -> Task | None:
+        """Before the write that brings ``cpu`` up: the AP startup job posted and
+        cpuhp/N unparked, as the kernel's AP unparks it at CPUHP_AP_ONLINE_IDLE,
+        long before the online completes.  It binds itself to the CPU once it runs
+        tasks and waits for the plan (_post_plan), the sign that the write
+        returned (ap_thread).  Return: cpuhp/N, or None if the CPU has none."""
+        task = self.cpuhp_threads.task(cpu)
+        if task is None:
+            return None
+        raw, number, _steps = self._ap_job(True)
+        post_ap_job(self.rt, cpu, raw, number, True)
+        kthread_unpark_usable(task, frozenset())     # the CPU is not usable yet
+        return task
+
+    def _post_plan(self, cpu: int) -> None:
+        try:
+            plan: bytes | None = make_plan(self.rt, cpu)
+        except Exception:      # a sysfs read failing mid-storm: cpuhp/N reads for itself
+            plan = None
+        post_ap_plan(self.rt, plan)
+
+    def _finish_ap(self, cpu: int, task: Task | None, steps: list[Step], up: bool,
+                   after_the_fact: bool) -> int:
+        """Wait for the job posted to cpuhp/N (``task``); if cpuhp/N found itself off
+        its CPU (or there is none), run ``steps`` here, after the fact; if it died,
+        warn and run them here.  Return: 0 or a negative errno."""
+        rc = None if task is None else wait_ap_job(self.rt, task)
         if rc is None:
             return run_steps(cpu, steps, up, rollback=False, after_the_fact=True,
                              on_cpu=getcpu())
@@ -119,6 +173,18 @@ class Machine:
             return run_steps(cpu, steps, up, rollback=not after_the_fact,
                              after_the_fact=after_the_fact, on_cpu=getcpu())
         return rc
+
+    def _run_ap(self, cpu: int, steps: list[Step], up: bool, after_the_fact: bool) -> int:
+        """``steps`` (an unnumbered job), on ``cpu`` in cpuhp/N; here (after the
+        fact) if cpuhp/N found itself off its CPU.  Return: 0 or a negative errno."""
+        if not steps:
+            return 0
+        task = self.cpuhp_threads.task(cpu)
+        if task is not None:
+            raw = pickle.dumps((steps, up), protocol=pickle.HIGHEST_PROTOCOL)
+            post_ap_job(self.rt, cpu, raw, 0, False)
+            kick_ap(task)
+        return self._finish_ap(cpu, task, steps, up, after_the_fact)
 
     def _park_cpuhp_n(self, cpu: int) -> None:
         task = self.cpuhp_threads.task(cpu)
@@ -180,15 +246,21 @@ class Machine:
         rc = run_steps(cpu, self._bp_up_steps(), True, on_cpu=here)
         if rc < 0:
             return rc
+        task = self._early_ap(cpu)
         try:
             topo.set_online(cpu, True)
         except OSError as exc:
+            if task is not None:
+                withdraw_ap_job(self.rt)
+                self._park_cpuhp_n(cpu)
             run_steps(cpu, self._bp_down_steps(), False, rollback=False, on_cpu=here)
             return -(exc.errno or errno.EIO)
-        self.watch.own_write(cpu)
         t1 = time.monotonic_ns()
-        self._unpark_cpuhp_n(cpu)
-        rc = self._ap_section(cpu, True, False)
+        if task is not None:
+            self._post_plan(cpu)
+        self.watch.own_write(cpu)          # while cpuhp/N goes on
+        _raw, _number, steps = self._ap_job(True)
+        rc = self._finish_ap(cpu, task, steps, True, False)
         if rc < 0:
             self._park_cpuhp_n(cpu)
             try:
@@ -220,8 +292,8 @@ class Machine:
                 return
             run_steps(cpu, self._bp_up_steps(), True, rollback=False, after_the_fact=True,
                       on_cpu=here)
-            self._unpark_cpuhp_n(cpu)
-            self._ap_section(cpu, True, True)
+            task = self._start_ap(cpu)
+            self._finish_ap(cpu, task, self._ap_job(True)[2], True, True)
             self._set_known(cpu, True)
         else:
             if cpu not in self.known:

@@ -113,6 +113,45 @@ class _Snapshot:
         apply_mask(self.rt, pid, mask, self.usable)
 
 
+def kthreads_online_moves(rt: Runtime, cpu: int,
+                          rebound: Set[int] = frozenset()) -> list[tuple[int, frozenset[int]]]:
+    """What kthreads_online_cpu() applies now that ``cpu`` is online, without
+    applying it: (pid, mask restricted to usable CPUs) per kthread, in task
+    table order; a kthread with nothing usable is left out.  Read where the
+    topology reads are cheap, applied elsewhere (cpuhp/N) with apply_moves().
+    Context: any process of the runtime.
+    """
+    mem, snap = rt.mem, _Snapshot(rt)
+    moves = []
+    for base in _live_slots(rt):
+        flags = mem.load32(base + T.flags)
+        pid = L.unpack_field(rt.buf, base, T, "pid")
+        if pid in rebound:
+            continue
+        if flags & L.KF_NO_SETAFFINITY:
+            mask = recorded_mask(rt, base, "bound")
+            if cpu not in mask:
+                continue
+        elif flags & (L.KF_STARTED | L.KF_PREFERRED):
+            mask = snap.fetch(base)
+        else:
+            continue
+        mask &= snap.usable
+        if mask:
+            moves.append((pid, mask))
+    return moves
+
+
+def apply_moves(moves: Iterable[tuple[int, frozenset[int]]]) -> None:
+    """sched_setaffinity() for each (pid, mask) of kthreads_online_moves(); a
+    kthread gone meanwhile is skipped.  Context: any."""
+    for pid, mask in moves:
+        try:
+            os.sched_setaffinity(pid, mask)
+        except OSError:
+            pass
+
+
 def kthreads_online_cpu(rt: Runtime, cpu: int, rebound: Set[int] = frozenset()) -> int:
     """kthreads_online_cpu(): re-apply affinities now that ``cpu`` is online.
 
@@ -123,21 +162,9 @@ def kthreads_online_cpu(rt: Runtime, cpu: int, rebound: Set[int] = frozenset()) 
     unpark has just bound.  Context: the cpuhp kthread.  Return: how many
     kthreads were re-affined.
     """
-    mem, n, snap = rt.mem, 0, _Snapshot(rt)
-    for base in _live_slots(rt):
-        flags = mem.load32(base + T.flags)
-        pid = L.unpack_field(rt.buf, base, T, "pid")
-        if pid in rebound:
-            continue
-        if flags & L.KF_NO_SETAFFINITY:
-            bound = recorded_mask(rt, base, "bound")
-            if cpu in bound:
-                snap.apply(pid, bound)
-                n += 1
-        elif flags & (L.KF_STARTED | L.KF_PREFERRED):
-            snap.apply(pid, snap.fetch(base))
-            n += 1
-    return n
+    moves = kthreads_online_moves(rt, cpu, rebound)
+    apply_moves(moves)
+    return len(moves)
 
 
 def kthreads_offline_cpu(rt: Runtime, cpu: int) -> int:

@@ -53,7 +53,8 @@ from .._core.owner import BOOT_LEN
 from .._core import runtime as _runtime
 from .._core import trace as _trace
 from .._core.topology import Topology
-from .._core.wait import FutexWaits, PosixWaits, create_semaphores, unlink_semaphores
+from .._core.semaphores import create_semaphores, unlink_semaphores
+from .._core.wait import FutexWaits, PosixWaits
 from . import body as _kthread
 from .reap import Reaper
 from .spares import SparePool, spare_wait

@@ -29,6 +29,12 @@ compare-and-swap: the call will never start) -> FREE.  Exactly one of the two
 compare-and-swaps on a QUEUED slot wins, which is what makes a cancel
 succeed exactly until the call starts.
 
+Where the C extension is built, the hot slot operations run whole in C
+(``native/pool.c``: place, reap, and a worker's claim-run-publish; see
+``PoolMemory.cmem``), on this layout, which ``pool_layout()`` lets this
+module check at import; everything else, and everything with
+``KPROC_NATIVE=0``, goes through the Python code here and in ``remote``.
+
 Runs in the caller (create, write calls, read outcomes) and in the pool's
 worker kthreads (attach, read calls, write outcomes).
 """
@@ -38,23 +44,29 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from typing import cast
 
 from .._core.layout import Record
-from .._core.native import load_mem_class
+from .._core.native import load_mem_class, native
 from .._core.pymem import PyMem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from .._core.memlike import MemLike  # typing only
+    from .._native import Mem  # typing only: the extension may be missing
 
 __all__ = ["PoolMemory", "HEADER", "DRAIN", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING",
            "DONE", "CANCELLED", "INLINE_MAX", "put_big", "take_big", "close_fd"]
 
+# caller_cpu: the CPU the caller last placed a call from, + 1 (0: not known); a drain
+# on that CPU does not spin for the next ticket (it would only delay the caller)
 HEADER = Record("POOL_HEADER", [("magic", "Q"), ("nslots", "I"), ("slot_size", "I"),
-                                ("broken", "I"), ("want", "I"), ("nworkers", "I")], stride=64)
-# one per worker, after the header: 1 while its drain work (remote.run_drain) is queued
-# or running
-DRAIN = Record("POOL_DRAIN", [("active", "I")], stride=64)
+                                ("broken", "I"), ("want", "I"), ("nworkers", "I"),
+                                ("caller_cpu", "I")], stride=64)
+# one per worker, after the header: active is 1 while its drain work (remote.run_drain)
+# is queued or running; next_ticket: the ticket it runs next; cur: the slot of the call
+# it ran last (both written by the worker only)
+DRAIN = Record("POOL_DRAIN", [("active", "I"), ("cur", "I"), ("next_ticket", "Q")], stride=64)
 # outcome: what the inline area (or the big payload) holds once DONE.
 SLOT = Record("POOL_SLOT", [("state", "I"), ("direct", "I"), ("kind", "I"), ("outcome", "I"),
                             ("length", "Q"), ("big_pid", "I"), ("big_fd", "I"),
@@ -65,11 +77,35 @@ SLOT_BODY = struct.Struct("=IIQIIQ")
 if (SLOT.kind, SLOT.outcome, SLOT.length, SLOT.big_pid, SLOT.big_fd, SLOT.big_ino) != \
         (8, 12, 16, 24, 28, 32):
     raise ImportError("POOL_SLOT's body is not laid out as SLOT_BODY reads it")
-MAGIC = 0x4B504F4F4C303031          # "KPOOL001"
+MAGIC = 0x4B504F4F4C303032          # "KPOOL002"
 SLOT_SIZE = 8192
 INLINE_MAX = SLOT_SIZE - SLOT.stride
 
+
+def _check_native_layout() -> None:
+    """The C slot operations (native/pool.c) assume this layout: refuse a mismatch."""
+    layout = getattr(native, "pool_layout", None)
+    if layout is None:
+        return
+    ours = {"SLOT_SIZE": SLOT_SIZE, "SLOT.stride": SLOT.stride, "HEADER.broken": HEADER.broken,
+            "HEADER.caller_cpu": HEADER.caller_cpu, "DRAIN.cur": DRAIN.cur,
+            "DRAIN.next_ticket": DRAIN.next_ticket}
+    ours.update({f"SLOT.{f}": getattr(SLOT, f) for f in
+                 ("state", "direct", "kind", "outcome", "length", "big_pid", "big_fd",
+                  "big_ino", "use_seq", "ticket")})
+    if layout() != ours:
+        raise ImportError("kproc._native's pool layout differs from kproc/_pool/channel.py's "
+                          "(a stale build: rebuild the extension)")
+
+
+_check_native_layout()
+
 FREE, QUEUED, RUNNING, DONE, CANCELLED = 0, 1, 2, 3, 4
+
+
+def _slot_ops(mem: MemLike) -> Mem | None:
+    """``mem`` itself where it has native/pool.c's slot operations (the native Mem)."""
+    return cast("Mem", mem) if hasattr(mem, "pool_place") else None
 
 
 def _make_mem(buf: mmap.mmap, fd: int) -> MemLike:
@@ -89,6 +125,8 @@ class PoolMemory:
                  owner: bool) -> None:
         self.fd, self.buf, self.key, self.owner = fd, buf, key, owner
         self.mem = _make_mem(buf, fd)
+        self.cmem = _slot_ops(self.mem)
+        self.fast = self.cmem is not None
         self.view = memoryview(buf)
         self.nslots = self.mem.load32(HEADER.nslots)
         self.slots_base = HEADER.stride + self.mem.load32(HEADER.nworkers) * DRAIN.stride
@@ -111,10 +149,14 @@ class PoolMemory:
         pm.fd, pm.buf, pm.owner = fd, buf, True
         pm.key = (os.getpid(), fd, st.st_dev, st.st_ino, size)
         pm.mem = _make_mem(buf, fd)
+        pm.cmem = _slot_ops(pm.mem)
+        pm.fast = pm.cmem is not None
         pm.view = memoryview(buf)
         pm.mem.store32(HEADER.nslots, nslots)
         pm.mem.store32(HEADER.slot_size, SLOT_SIZE)
         pm.mem.store32(HEADER.nworkers, nworkers)
+        for w in range(nworkers):
+            pm.mem.store64(cls.drain_off(w) + DRAIN.next_ticket, 1)     # tickets start at 1
         pm.mem.store64(HEADER.magic, MAGIC)
         pm.nslots, pm.slots_base = nslots, base
         return pm

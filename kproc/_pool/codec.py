@@ -33,13 +33,14 @@ if TYPE_CHECKING:
     from typing import Any
 
 __all__ = ["encode_call", "decode_call", "encode_result", "encode_exception",
-           "decode_outcome", "OUT_NONE", "OUT_VALUE", "OUT_EXC"]
+           "decode_outcome", "worker_fns", "OUT_NONE", "OUT_VALUE", "OUT_EXC"]
 
 OUT_NONE, OUT_VALUE, OUT_EXC = 0, 1, 2
 _LEN = struct.Struct("=I")
 _CACHE_MAX = 256
 _fn_pickles: dict[object, bytes] = {}          # caller: fn -> its pickle
-_fns: dict[bytes, Callable[..., Any]] = {}    # worker: pickle -> fn
+# worker: pickle -> fn (native/pool.c looks functions up here too)
+worker_fns: dict[bytes, Callable[..., Any]] = {}
 
 
 def _fn_pickle(fn: Callable[..., Any]) -> bytes:
@@ -90,12 +91,12 @@ def decode_call(rt: Runtime, raw: bytes) -> tuple[Callable[..., Any], tuple[Any,
     """Decode a call.  Context: a pool worker.  Raises: what unpickling raises."""
     (n,) = _LEN.unpack_from(raw)
     fraw = raw[4:4 + n]
-    fn = _fns.get(fraw)
+    fn = worker_fns.get(fraw)
     if fn is None:
         fn = _loads_with_main(rt, fraw)
-        if len(_fns) >= _CACHE_MAX:
-            _fns.clear()
-        _fns[fraw] = fn
+        if len(worker_fns) >= _CACHE_MAX:
+            worker_fns.clear()
+        worker_fns[fraw] = fn
     if len(raw) == 4 + n:
         return fn, (), {}
     args, kwargs = _loads_with_main(rt, memoryview(raw)[4 + n:])

@@ -25,22 +25,75 @@ import os
 import select
 import signal
 import threading
+import time
 
 from .._core.errors import KthreadError
 from .._core.syscalls import pid_alive
 from .._sched.completion import wait_for_completion_timeout
 from .channel import HEADER
+from .call import Call
+from .channel import CANCELLED, DONE, QUEUED, SLOT
 from .engine import Engine
+from .remote import KIND_INIT, KIND_MAP
 from .errors import BrokenKthreadPool
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["Collector", "Watcher"]
+__all__ = ["Collector", "Watcher", "collect", "move_from_parked"]
 
 COLLECT_TICK = 1.0        # s: a collector pass even without a kick (a safety net)
 POLL_TICK = 0.002         # s: the same while a map's calls are in slots
+
+
+def collect(eng: Engine) -> list[tuple[Call, int, bytes]]:
+    """Reap every DONE slot nobody waits on directly (the collector's pass).
+
+    Context: the collector thread.  Return: (call, code, bytes) of each, to deliver.
+    """
+    pm, mem = eng.pm, eng.pm.mem
+    out = []
+    now = time.monotonic()
+    with eng.lock:
+        for slot, call in enumerate(eng.slot_call):
+            if call is None or (call.run is not None and call.run.active(now)):
+                continue
+            off = pm.slot_off(slot)
+            if mem.load32(off + SLOT.state) == DONE and \
+                    (not mem.load32(off + SLOT.direct) or call.kind == KIND_INIT):
+                got = eng.reap_locked(slot)
+                if got is not None:
+                    out.append(got)
+    return out
+
+
+def move_from_parked(eng: Engine) -> int:
+    """Move the calls queued on parked workers back to the backlog's head, then feed.
+
+    Context: the collector thread.  Return: how many calls were moved.
+    """
+    moved: list[Call] = []
+    with eng.lock:
+        todo = []
+        for slot, call in enumerate(eng.slot_call):
+            if call is None or call.kind == KIND_INIT or \
+                    not eng.parked(eng.slot_worker[slot]):
+                continue
+            off = eng.pm.slot_off(slot)
+            if eng.pm.mem.cmpxchg32(off + SLOT.state, QUEUED, CANCELLED) == QUEUED:
+                todo.append((slot, call))
+    for slot, call in todo:
+        if call.kind != KIND_MAP:
+            eng.unqueue(slot, eng.works[slot])
+        with eng.lock:
+            eng.free_slot_locked(slot)
+            call.slot = -1
+            moved.append(call)
+    with eng.lock:
+        eng.backlog.extendleft(reversed(moved))
+        eng.feed_locked()
+    return len(moved)
 
 
 class Collector(threading.Thread):
@@ -65,11 +118,11 @@ class Collector(threading.Thread):
         mem = eng.pm.mem
         while True:
             mem.store32(HEADER.want, 1)
-            for got in eng.collect():
+            for got in collect(eng):
                 eng.deliver(*got)
             if mem.load32(HEADER.broken) and eng.broken is None:
                 self._broken_by_initializer()
-            eng.move_from_parked()
+            move_from_parked(eng)
             with eng.lock:
                 # broken: everything failed already; the runtime closing: its waits
                 # are about to go (leave before them)
@@ -83,7 +136,7 @@ class Collector(threading.Thread):
         # An initializer failed: its slot holds why; the collect pass above
         # delivered it (Engine.deliver -> fail).  Anything else is a lost cause.
         eng = self.engine
-        for got in eng.collect():
+        for got in collect(eng):
             eng.deliver(*got)
         if eng.broken is None:
             eng.fail(BrokenKthreadPool("A worker initializer failed, the pool is not "

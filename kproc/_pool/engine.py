@@ -16,7 +16,11 @@ the one with the fewest calls in flight; among idle ones, preferably one not
 on the CPU the caller runs on (the caller is about to wait, and a waiter
 spinning on the worker's own CPU only delays it).  A worker whose kthread is
 asked to park (its CPU going down) gets no new call, and the calls queued on
-it are moved to the others (:meth:`Engine.move_from_parked`).
+it are moved to the others (``collector.move_from_parked``).
+
+A map's calls placed together (``map()``, an iterator reaping several) are
+a batch (``batch_locked``): each worker's drain work is queued once, at its
+end (a drain woken per call ends before the next is placed).
 
 Races prevented: a slot's state word decides between a cancel and the
 worker starting the call (``channel``); a slot is reaped only by the thread
@@ -29,10 +33,10 @@ left for nobody.  Runs in the caller (any of its threads).
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 from concurrent.futures import CancelledError
 import threading
-import time
 from typing import Any
 
 from .._core import layout as L
@@ -46,7 +50,7 @@ from .._workqueue.fastpath import fast_paths, lock_spin_ns
 from .._workqueue.handles import KthreadWork, KthreadWorker
 from .._workqueue.lists import wake_worker
 from .._workqueue.queue import kthread_queue_work
-from .channel import (CANCELLED, DONE, DRAIN, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
+from .channel import (CANCELLED, DRAIN, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
                       close_fd, put_big, take_big)
 from .call import Call
 from .codec import OUT_EXC, decode_outcome
@@ -55,7 +59,7 @@ from .remote import KIND_INIT, KIND_MAP, DrainRef, SlotRef, run_drain, run_slot
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
 
 __all__ = ["Engine", "TICK_NS", "current_cpu", "task_of"]
 
@@ -122,12 +126,16 @@ class Engine:
         # each worker's slots are used in ring order; tail: the ticket of its next call
         self.tail = [1] * len(workers)
         self.inflight = [0] * len(workers)
+        self.busy = 0           # calls in slots: sum(inflight)
         self.slot_call: list[Call | None] = [None] * n
         self.backlog: collections.deque[Call] = collections.deque()
         self.live = 0
         self.quiet = 0          # KIND_MAP calls in slots (the collector polls for them)
         self.broken: BaseException | None = None
         self.shutting = False
+        self.here = -1          # the CPU last published in HEADER.caller_cpu
+        # inside a batch (batch_locked): the workers whose drain work is still to queue
+        self.deferred: list[int] | None = None
 
     # -- placing calls ----------------------------------------------------------
 
@@ -135,20 +143,27 @@ class Engine:
         return bool(self.rt.mem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK)
 
     def _pick(self) -> int:
+        """The worker for the next call, or -1: none has room (or all are parked)."""
+        if self.busy >= self.nslots:
+            return -1           # every slot holds a call: no ring has room
         best, here = -1, -1
         if _getcpu is not None:
             here = _getcpu()
+            if here != self.here:       # for the drains (remote.run_drain)
+                self.here = here
+                self.pm.mem.store32(HEADER.caller_cpu, here + 1)
         load32, flags_off, slot_call, inflight, cpus = (self.rt.mem.load32, self.flags_off,
                                                         self.slot_call, self.inflight, self.cpus)
         per, tail = self.per, self.tail
+        least = 0
         for w in range(len(flags_off)):
             if slot_call[w * per + tail[w] % per] is not None or \
                     load32(flags_off[w]) & L.KF_SHOULD_PARK:
                 continue
-            if best < 0 or inflight[w] < inflight[best] or \
-                    (inflight[w] == inflight[best] == 0 and
-                     cpus[best] == here and cpus[w] != here):
-                best = w
+            load = inflight[w]
+            if best < 0 or load < least or (load == least and cpus[best] == here and
+                                            cpus[w] != here):
+                best, least = w, load
         return best
 
     def submit_locked(self, call: Call) -> None:
@@ -159,14 +174,34 @@ class Engine:
         elif self.backlog or not self._feed_one(call):
             self.backlog.append(call)
 
+    @contextlib.contextmanager
+    def batch_locked(self) -> Iterator[None]:
+        """Place many map calls, queueing each worker's drain work once, at the end.
+
+        A drain woken for the first of them would otherwise run it alone and
+        end before the next is placed (and a worker on the caller's CPU
+        preempts the caller at each wake-up).  Lock held throughout.
+        """
+        if self.deferred is not None:
+            yield               # nested: the outer batch queues
+            return
+        self.deferred = []
+        try:
+            yield
+        finally:
+            todo, self.deferred = self.deferred, None
+            for w in todo:
+                self._queue(w, self.nslots + w)
+
     def submit_many_locked(self, calls: list[Call]) -> None:
         """submit_locked() of each of ``calls``, in order.  Lock held."""
         self.live += len(calls)
         backlog = self.backlog
         i, n = 0, len(calls)
         if not backlog:
-            while i < n and self._feed_one(calls[i]):
-                i += 1
+            with self.batch_locked():
+                while i < n and self._feed_one(calls[i]):
+                    i += 1
         if i < n:
             backlog.extend(calls[i:] if i else calls)
 
@@ -204,22 +239,33 @@ class Engine:
             call.big = put_big(payload)
             call.payload = b""
         big = call.big
-        if big is not None:
-            pm.write_body(off, call.kind, 0, big[2], (os.getpid(), big[0], big[1]))
-        else:
-            pm.write_call(off, call.kind, payload)
         amem = self.rt.mem
         amem.store32(self.comp_off[slot], 0)         # reinit_completion()
         mem = pm.mem
-        mem.store32(off + SLOT.state, QUEUED)
-        mem.store64(off + SLOT.ticket, ticket)         # after QUEUED: see remote.run_drain
+        kind = call.kind
+        act = self.active_off[w] if kind == KIND_MAP else -1
+        cmem = pm.cmem
+        if big is None and cmem is not None:    # body, call, QUEUED, ticket, active: in C
+            was_active = cmem.pool_place(off, kind, payload, ticket, act)
+        else:
+            if big is not None:
+                pm.write_body(off, kind, 0, big[2], (os.getpid(), big[0], big[1]))
+            else:
+                pm.write_call(off, kind, payload)
+            mem.store32(off + SLOT.state, QUEUED)
+            mem.store64(off + SLOT.ticket, ticket)     # after QUEUED: see remote.run_drain
+            was_active = mem.xchg32(act, 1) if act >= 0 else 0
         call.slot = slot
         self.slot_call[slot] = call
         self.inflight[w] += 1
-        if call.kind == KIND_MAP:
+        self.busy += 1
+        if kind == KIND_MAP:
             self.quiet += 1
-            if mem.xchg32(self.active_off[w], 1) == 0:
-                self._queue(w, self.nslots + w)     # the worker's drain work
+            if was_active == 0:
+                if self.deferred is not None:
+                    self.deferred.append(w)         # queued at the batch's end
+                else:
+                    self._queue(w, self.nslots + w)     # the worker's drain work
         else:
             self._queue(w, slot)
         if amem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
@@ -239,17 +285,22 @@ class Engine:
         elif r == 2 and not self.wake_in_c:
             wake_worker(self.rt, self.workers[w]._off)
 
-    def _free_slot_locked(self, slot: int) -> None:
+    def free_slot_locked(self, slot: int) -> None:
         mem = self.pm.mem
         off = self.pm.slot_off(slot)
         mem.fetch_add64(off + SLOT.use_seq, 1)
         mem.store32(off + SLOT.state, FREE)
+        self._forget_slot_locked(slot)
+
+    def _forget_slot_locked(self, slot: int) -> None:
+        """The caller's side of freeing a slot (its memory is FREE already)."""
         w = self.slot_worker[slot]
         call = self.slot_call[slot]
         if call is not None and call.kind == KIND_MAP:
             self.quiet -= 1
         self.slot_call[slot] = None
         self.inflight[w] -= 1
+        self.busy -= 1
 
     def _finished_locked(self, call: Call) -> None:
         if call.big is not None:
@@ -267,13 +318,19 @@ class Engine:
             return None
         pm = self.pm
         off = pm.slot_off(slot)
-        code, data, big = pm.read_outcome(off)
-        if big is not None:
-            try:
-                data = take_big(*big)
-            except OSError as exc:
-                code, data = -1, repr(exc).encode()
-        self._free_slot_locked(slot)
+        cmem = pm.cmem
+        got = cmem.pool_reap(off) if cmem is not None else None    # read and FREE: in C
+        if got is not None:
+            code, data = got
+            self._forget_slot_locked(slot)
+        else:
+            code, data, big = pm.read_outcome(off)
+            if big is not None:
+                try:
+                    data = take_big(*big)
+                except OSError as exc:
+                    code, data = -1, repr(exc).encode()
+            self.free_slot_locked(slot)
         self._finished_locked(call)
         if self.backlog:
             self.feed_locked()
@@ -305,23 +362,6 @@ class Engine:
             err.__cause__ = decode_outcome(code, data)[1]
         return err
 
-    def collect(self) -> list[tuple[Call, int, bytes]]:
-        """Reap every DONE slot nobody waits on directly (the collector's pass)."""
-        pm, mem = self.pm, self.pm.mem
-        out = []
-        now = time.monotonic()
-        with self.lock:
-            for slot, call in enumerate(self.slot_call):
-                if call is None or (call.run is not None and call.run.active(now)):
-                    continue
-                off = pm.slot_off(slot)
-                if mem.load32(off + SLOT.state) == DONE and \
-                        (not mem.load32(off + SLOT.direct) or call.kind == KIND_INIT):
-                    got = self.reap_locked(slot)
-                    if got is not None:
-                        out.append(got)
-        return out
-
     # -- cancel, move, break ----------------------------------------------------
 
     def cancel(self, call: Call) -> bool:
@@ -345,9 +385,9 @@ class Engine:
                 return False
             work = self.works[slot]
         if call.kind != KIND_MAP:             # a map's call has no work: its drain skips it
-            self._unqueue(slot, work)
+            self.unqueue(slot, work)
         with self.lock:
-            self._free_slot_locked(slot)
+            self.free_slot_locked(slot)
             self._cancelled_locked(call)
             call.slot = -1
             self._wake(self.comps[slot], True)   # a result() waiting on it leaves now
@@ -363,40 +403,14 @@ class Engine:
         """Cancel a call still in the backlog (it is skipped there).  Lock held."""
         self._cancelled_locked(call)
 
-    def _unqueue(self, slot: int, work: KthreadWork) -> None:
-        # Off the worker's list, or waits for a run_slot() that sees CANCELLED and returns.
+    def unqueue(self, slot: int, work: KthreadWork) -> None:
+        """Take a cancelled slot's work off its worker's list (or wait for the run_slot()
+        that sees CANCELLED and returns).  Lock not held."""
         try:
             kthread_cancel_work_sync(work)
         except Exception:
             if self.broken is None:
                 raise
-
-    def move_from_parked(self) -> int:
-        """Move the calls queued on parked workers back to the backlog's head, then feed.
-
-        Return: how many calls were moved.
-        """
-        moved: list[Call] = []
-        with self.lock:
-            todo = []
-            for slot, call in enumerate(self.slot_call):
-                if call is None or call.kind == KIND_INIT or \
-                        not self.parked(self.slot_worker[slot]):
-                    continue
-                off = self.pm.slot_off(slot)
-                if self.pm.mem.cmpxchg32(off + SLOT.state, QUEUED, CANCELLED) == QUEUED:
-                    todo.append((slot, call))
-        for slot, call in todo:
-            if call.kind != KIND_MAP:
-                self._unqueue(slot, self.works[slot])
-            with self.lock:
-                self._free_slot_locked(slot)
-                call.slot = -1
-                moved.append(call)
-        with self.lock:
-            self.backlog.extendleft(reversed(moved))
-            self.feed_locked()
-        return len(moved)
 
     def fail(self, exc: BaseException) -> None:
         """Break the pool: every call not finished fails with ``exc``, now and later."""

@@ -8,8 +8,8 @@ one running finishes first, while the CPU is still up) and whose startup
 unparks them (``kthread_unpark`` re-binds a per-CPU kthread to its CPU), as
 the kernel's workqueue does with ``workqueue_offline_cpu`` /
 ``workqueue_online_cpu``.  Both then kick the pool's collector, which moves
-the calls still queued on a parked worker to the others (``Engine
-.move_from_parked``) or, once the CPU is back, feeds the worker again.
+the calls still queued on a parked worker to the others
+(``collector.move_from_parked``) or, once the CPU is back, feeds the worker again.
 
 Why move rather than wait: a pool makes no promise about where a call runs,
 only that it runs; a CPU can stay offline indefinitely (an experiment, a

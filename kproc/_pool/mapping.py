@@ -85,7 +85,7 @@ def _reap_ahead(eng: Engine, calls: list[Call]) -> None:
     pm = eng.pm
     load32, slot_off, slot_call = pm.mem.load32, pm.slot_off, eng.slot_call
     reaped = []
-    with eng.lock:
+    with eng.lock, eng.batch_locked():
         for j in range(len(calls) - 2, max(-1, len(calls) - 2 - REAP_AHEAD), -1):
             call = calls[j]
             slot = call.slot

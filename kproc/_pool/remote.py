@@ -23,6 +23,17 @@ queues the drain if it was 0; the drain, finding no next ticket, stores 0
 and looks once more (and takes ``active`` back if a ticket appeared), so a
 ticket is never left without a drain.
 
+Where the extension is built, ``run_slot`` and ``run_drain`` call
+``native/pool.c`` (``pool_run``, ``pool_drain``): the claim, the decoding of
+an inline call whose function this worker has cached, the call, the
+encoding and publishing of an inline outcome and the DONE all in C, many map
+calls per C call; what C hands back (a function seen for the first time, a
+call or result in the side channel, an exception, a ticket with a direct
+waiter) is done here, on the Python path that ``KPROC_NATIVE=0`` uses for
+everything.  A drain out of tickets first spins up to ``DRAIN_SPIN_NS`` for
+the next one, unless the caller runs on its CPU (``HEADER.caller_cpu``): a
+map's caller then places its next calls without queueing the drain again.
+
 Races prevented: the collector publishes ``want`` before it looks at the
 slots and sleeps; a worker publishes DONE before it reads ``want``: one of
 the two always sees the other (sequentially consistent atomics).  A result
@@ -44,11 +55,13 @@ from .._workqueue.handles import KthreadWorker
 from .._workqueue.queue import kthread_queue_work
 from .channel import (DONE, DRAIN, HEADER, QUEUED, RUNNING, SLOT, INLINE_MAX, PoolMemory,
                       close_fd, put_big, take_big)
-from .codec import OUT_EXC, decode_call, encode_exception, encode_result
+from .codec import OUT_EXC, OUT_VALUE, worker_fns, decode_call, encode_exception, encode_result
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, NamedTuple
+
+    from .._native import Mem  # typing only: the extension may be missing
 
 __all__ = ["SlotRef", "DrainRef", "run_slot", "run_drain", "run_chunk", "KIND_CALL", "KIND_MAP",
            "KIND_INIT"]
@@ -56,6 +69,10 @@ __all__ = ["SlotRef", "DrainRef", "run_slot", "run_drain", "run_chunk", "KIND_CA
 # KIND_MAP: a call of map(); its iterator reaps it, so it never wakes the collector
 KIND_CALL, KIND_MAP, KIND_INIT = 0, 1, 2
 T = L.TASK
+# what native/pool.c's pool_run / pool_drain answer (besides a too-big result's pickle)
+POOL_LOST, POOL_SLOW = -1, -2
+DRAIN_IDLE, DRAIN_PARK, DRAIN_BROKEN, DRAIN_DIRECT = 0, 1, 2, 3
+DRAIN_SPIN_NS = 20_000          # a drain out of tickets spins this long for the next one
 
 if TYPE_CHECKING:
     class SlotRef(NamedTuple):
@@ -81,12 +98,11 @@ else:
 class _Attached:
     """A pool's memory as this worker maps it, and the side-channel fds it still holds."""
 
-    __slots__ = ("pm", "held", "_complete", "heads")
+    __slots__ = ("pm", "held", "_complete")
 
     def __init__(self, pm: PoolMemory) -> None:
         self.pm = pm
         self.held: dict[int, tuple[int, int]] = {}     # slot -> (fd, seq)
-        self.heads: dict[int, int] = {}                # worker index -> next ticket
         self._complete = get_runtime().waits.completion_complete
 
     def complete_all(self, comp: Completion) -> None:
@@ -170,12 +186,27 @@ def run_slot(work: Any) -> None:
     pm = att.pm
     mem = pm.mem
     off = pm.slot_off(ref.slot)
-    if mem.load32(HEADER.broken) or \
+    cmem = pm.cmem
+    if cmem is not None:
+        try:
+            r = cmem.pool_run(off, worker_fns)       # claim, run, publish: in C
+        except BaseException as exc:
+            r = _finish(att, ref.slot, off, *encode_exception(exc))
+        else:
+            if r == POOL_LOST:
+                return                    # cancelled, moved, or the pool is broken
+            if r == POOL_SLOW:
+                _run_claimed(att, ref.slot, off)
+            elif not isinstance(r, int):      # a result too big for the slot
+                _finish(att, ref.slot, off, OUT_VALUE, r)
+    elif mem.load32(HEADER.broken) or \
             mem.cmpxchg32(off + SLOT.state, QUEUED, RUNNING) != QUEUED:
         return                        # cancelled, moved, or the pool is broken
-    kind = _run_claimed(att, ref.slot, off)
+    else:
+        _run_claimed(att, ref.slot, off)
     att.complete_all(ref.comp)
-    if kind != KIND_MAP and mem.load32(HEADER.want) and not mem.load32(off + SLOT.direct):
+    if mem.load32(HEADER.want) and not mem.load32(off + SLOT.direct) and \
+            mem.load32(off + SLOT.kind) != KIND_MAP:
         if mem.xchg32(HEADER.want, 0):
             complete(ref.kick)
 
@@ -186,19 +217,30 @@ def _run_claimed(att: _Attached, slot: int, off: int) -> int:
     Return: the slot's kind.
     """
     pm = att.pm
-    mem = pm.mem
-    kind, _code, n, pid, fd, ino = pm.read_body(off)
+    _kind, _code, n, pid, fd, ino = pm.read_body(off)
     try:
         raw = _read_call(pm, off, n, pid, fd, ino)
     except BaseException as exc:
         code, data = encode_exception(exc)
     else:
         code, data = _execute(raw)
+    return _finish(att, slot, off, code, data)
+
+
+def _finish(att: _Attached, slot: int, off: int, code: int, data: bytes) -> int:
+    """Publish the outcome of a claimed slot's call and mark it DONE.  Return: its kind."""
+    mem = att.pm.mem
+    kind = mem.load32(off + SLOT.kind)
     _publish(att, slot, off, kind, code, data)
     if kind == KIND_INIT and code == OUT_EXC:
         mem.store32(HEADER.broken, 1)
     mem.store32(off + SLOT.state, DONE)
     return kind
+
+
+def drain_spin_ns() -> int:
+    """How long a drain out of tickets spins for the next one before it ends (ns)."""
+    return min(get_runtime().waits.spin_ns, DRAIN_SPIN_NS)
 
 
 def run_drain(work: Any) -> None:
@@ -214,13 +256,58 @@ def run_drain(work: Any) -> None:
     ref = work._data
     att = _pool(ref.key)
     pm = att.pm
-    mem = pm.mem
     rt = get_runtime()
     flags_off = (rt.self_base or 0) + T.flags
-    amem = rt.mem
-    act = pm.drain_off(ref.w) + DRAIN.active
+    if pm.cmem is not None:
+        _drain_native(att, work, ref, pm.cmem, rt.mem, flags_off)
+    else:
+        _drain_python(att, work, ref, rt.mem, flags_off)
+
+
+def _drain_native(att: _Attached, work: Any, ref: DrainRef, cmem: Mem, amem: Any,
+                  flags_off: int) -> None:
+    """run_drain() over native/pool.c's pool_drain(): Python only for what it hands back."""
+    pm = att.pm
+    mem = pm.mem
+    doff = pm.drain_off(ref.w)
+    args = (doff, ref.first, len(ref.comps), pm.slots_base, amem, flags_off, L.KF_SHOULD_PARK,
+            drain_spin_ns(), worker_fns)
+    drain = cmem.pool_drain
+    while True:
+        if att.held:
+            att.release_taken()
+        try:
+            r = drain(*args)
+        except BaseException as exc:              # the call at DRAIN.cur raised
+            slot = mem.load32(doff + DRAIN.cur)
+            off = pm.slot_off(slot)
+            _finish(att, slot, off, *encode_exception(exc))
+            if mem.load32(off + SLOT.direct):
+                att.complete_all(ref.comps[slot - ref.first])
+            continue
+        if r == DRAIN_IDLE or r == DRAIN_BROKEN:
+            return
+        if r == DRAIN_PARK:
+            kthread_queue_work(ref.worker, work)
+            return
+        slot = mem.load32(doff + DRAIN.cur)
+        off = pm.slot_off(slot)
+        if r == POOL_SLOW:
+            _run_claimed(att, slot, off)
+        elif not isinstance(r, int):              # a result too big for the slot
+            _finish(att, slot, off, OUT_VALUE, r)
+        if r == DRAIN_DIRECT or mem.load32(off + SLOT.direct):
+            att.complete_all(ref.comps[slot - ref.first])
+
+
+def _drain_python(att: _Attached, work: Any, ref: DrainRef, amem: Any, flags_off: int) -> None:
+    """run_drain() in Python (no native/pool.c): the same loop, the same DRAIN record."""
+    pm = att.pm
+    mem = pm.mem
+    doff = pm.drain_off(ref.w)
+    act = doff + DRAIN.active
     nslots = len(ref.comps)
-    h = att.heads.get(ref.w, 1)
+    h = mem.load64(doff + DRAIN.next_ticket)
     try:
         while True:
             if mem.load32(HEADER.broken):
@@ -247,4 +334,4 @@ def run_drain(work: Any) -> None:
             if mem.load32(off + SLOT.direct):
                 att.complete_all(ref.comps[slot - ref.first])
     finally:
-        att.heads[ref.w] = h
+        mem.store64(doff + DRAIN.next_ticket, h)
