@@ -185,8 +185,23 @@ def _finish(rt: Runtime, base: int, name: str, result: int, kind: int) -> NoRetu
     mem.fetch_or32(base + T.flags, L.KF_EXITING)
     mem.store32(base + T.state, TaskState.TASK_DEAD)
     mem.store32(base + T.slot, L.SLOT_EXITING)
+    _push_exiting(rt, base)
     rt.waits.completion_complete(base + T.exited, True)
     _exit_now(0)
+
+
+def _push_exiting(rt: Runtime, base: int) -> None:
+    """Put our slot on the arena's stack of exiting kthreads (``HEADER.exiting_head``,
+    linked through ``TASK.next``, free while a slot holds a kthread), so that
+    kthreadd reaps us by pid without looking at every slot (``reap``).  Many
+    push (CAS), only kthreadd takes, and takes the whole stack at once."""
+    mem, head_off = rt.mem, L.HEADER.exiting_head
+    me = (base - rt.arena.params.tasks) // T.size + 1
+    while True:
+        head = mem.load32(head_off)
+        mem.store32(base + T.next, head)
+        if mem.cmpxchg32(head_off, head, me) == head:
+            return
 
 
 def _forked_child_exit(code: int) -> NoReturn:

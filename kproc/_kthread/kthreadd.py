@@ -143,6 +143,7 @@ class Kthreadd(Reaper):
         # pid -> (slot index, generation); None for a spare at teardown
         self.children: dict[int, tuple[int, int] | None] = {}
         self.inflight: dict[int, int] = {}  # slot index -> creator pid, until published
+        self.exiting: dict[int, int] = {}   # pid -> slot index: leaving, not reaped yet
         spares = env_number("KPROC_SPARES")
         self.pool = SparePool(self.rt, DEFAULT_SPARES if spares is None else int(spares))
         self.spare_modules = len(sys.modules)
