@@ -111,8 +111,10 @@ class Reaper:
         (a reaped slot can be recycled and pushed again).
         """
         arena, mem, T = self.arena, self.arena.mem, L.TASK
-        head = mem.xchg32(L.HEADER.exiting_head, 0)
-        while head:
+        head, n = mem.xchg32(L.HEADER.exiting_head, 0), arena.params.max_kthreads
+        for _ in range(n):          # bounded: a scribbled link cannot loop kthreadd
+            if not 0 < head <= n:
+                break               # the end (0), or a scribbled link: the sweep reaps
             idx = head - 1
             base = arena.task_off(idx)
             head = mem.load32(base + T.next)
