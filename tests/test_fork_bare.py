@@ -102,3 +102,18 @@ def test_native_thread_id_is_the_kthreads_own(handoff_rt):
     """threading.get_native_id() in a kthread is its own thread id (its pid), not
     kthreadd's (a check: _thread.get_native_id() asks the kernel each time)."""
     assert _run(atfork.native_id) == 1
+
+
+def test_kthreadd_with_a_thread_of_its_own_forks_as_os_fork(monkeypatch):
+    """A module kthreadd imported started a thread there: a kthread forked since
+    knows only its own thread (fork(2) copies the calling thread alone, and
+    CPython's after-fork handler drops the others' states, Modules/posixmodule.c
+    PyOS_AfterFork_Child; a bare fork would leave the other thread's state in
+    the child's threading module), whether a spare or forked for the list."""
+    for spares in ("4", "0"):
+        monkeypatch.setenv("KPROC_SPARES", spares)
+        with kproc.start(preload=["fns.atfork_thread"]):
+            from fns import atfork_thread
+            # Spares forked before the import finished may be bare: drain them.
+            counts = [_run(atfork_thread.threads_seen) for _ in range(2 * L.SPARE_POOL)]
+            assert counts[-4:] == [1] * 4, (spares, counts)

@@ -25,8 +25,8 @@ kthread can tell of them still happens, each exactly once per kthread:
 CPython's own handlers (threading's, logging's, kproc's runtime's) do not
 run: their state in kthreadd has no other thread to repair for.
 
-Without the C extension (``KPROC_NATIVE=0``) each child is a plain
-``os.fork()``, with every handler run by CPython as usual, and the child
+Without the C extension (``KPROC_NATIVE=0``), or once a module imported in
+kthreadd started a thread there, each child is a plain ``os.fork()``, with every handler run by CPython as usual, and the child
 arms PR_SET_PDEATHSIG and drops kthreadd's descriptors in Python.
 
 Runs in kthreadd and, until it is settled, in each new child.
@@ -35,6 +35,7 @@ Runs in kthreadd and, until it is settled, in each new child.
 from __future__ import annotations
 
 import _random
+import _thread
 import errno
 import importlib
 import os
@@ -102,7 +103,10 @@ def fork_children(mem: MemLike, n: int, close_fds: tuple[int, ...],
     """
     out = bytearray(4 * n)
     fork = getattr(mem, "fork_children", None)     # the C extension's Mem only
-    if fork is None:
+    # A thread in kthreadd (started by a preloaded or threadfn's module) needs
+    # CPython's handlers in the child: its locks and thread states are repaired
+    # there, as after any os.fork().
+    if fork is None or _thread._count():
         return _fork_children_py(n, close_fds, comm, out)
     _run_handlers(0, reverse=True)
     child = -1
