@@ -27,7 +27,8 @@ run: their state in kthreadd has no other thread to repair for.
 
 Without the C extension (``KPROC_NATIVE=0``), or once a module imported in
 kthreadd started a thread there, each child is a plain ``os.fork()``, with
-every handler run by CPython as usual, and the child arms PR_SET_PDEATHSIG and drops kthreadd's descriptors in Python.
+every handler run by CPython as usual, and the child arms PR_SET_PDEATHSIG
+and drops kthreadd's descriptors in Python.
 
 Runs in kthreadd and, until it is settled, in each new child.
 """
