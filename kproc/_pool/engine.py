@@ -20,7 +20,9 @@ it are moved to the others (``collector.move_from_parked``).
 
 A map's calls placed together (``map()``, an iterator reaping several) are
 a batch (``batch_locked``): each worker's drain work is queued once, at its
-end (a drain woken per call ends before the next is placed).
+end (a drain woken per call ends before the next is placed).  A map's
+iterator that reaps feeds its map's calls to the workers off its own CPU
+only (``spare``), until it is about to sleep (``direct.wait_direct``).
 
 Races prevented: a slot's state word decides between a cancel and the
 worker starting the call (``channel``); a slot is reaped only by the thread
@@ -66,14 +68,13 @@ __all__ = ["Engine", "TICK_NS", "current_cpu", "task_of"]
 
 def task_of(worker: KthreadWorker) -> Task:
     """The kthread serving a pool worker.  Raises: KthreadError(ESRCH) if it has none."""
-    task = worker.task
-    if task is None:
+    if (task := worker.task) is None:
         raise KthreadError(3, "the pool worker has no kthread")
     return task
 
+
 TICK_NS = 100_000_000           # how often a direct wait checks the runtime
 T = L.TASK
-C = L.COMPLETION
 
 _getcpu: Callable[[], int] | None
 try:
@@ -142,8 +143,9 @@ class Engine:
     def parked(self, w: int) -> bool:
         return bool(self.rt.mem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK)
 
-    def _pick(self) -> int:
-        """The worker for the next call, or -1: none has room (or all are parked)."""
+    def _pick(self, spare: bool = False) -> int:
+        """The worker for the next call, or -1: none has room, all are parked, or
+        (@spare) only those on the caller's CPU have room."""
         if self.busy >= self.nslots:
             return -1           # every slot holds a call: no ring has room
         best, here = -1, -1
@@ -158,7 +160,7 @@ class Engine:
         least = 0
         for w in range(len(flags_off)):
             if slot_call[w * per + tail[w] % per] is not None or \
-                    load32(flags_off[w]) & L.KF_SHOULD_PARK:
+                    load32(flags_off[w]) & L.KF_SHOULD_PARK or (spare and cpus[w] == here):
                 continue
             load = inflight[w]
             if best < 0 or load < least or (load == least and cpus[best] == here and
@@ -198,22 +200,21 @@ class Engine:
         self.live += len(calls)
         backlog = self.backlog
         i, n = 0, len(calls)
-        if not backlog:
+        if not backlog:             # not spare: map() may be all its caller does
             with self.batch_locked():
                 while i < n and self._feed_one(calls[i]):
                     i += 1
         if i < n:
             backlog.extend(calls[i:] if i else calls)
 
-    def _feed_one(self, call: Call) -> bool:
-        w = self._pick()
-        if w < 0:
+    def _feed_one(self, call: Call, spare: bool = False) -> bool:
+        if (w := self._pick(spare and call.kind == KIND_MAP)) < 0:
             return False
         self._place(call, w)
         return True
 
-    def feed_locked(self) -> None:
-        """Place backlog calls while a worker has room.  Lock held."""
+    def feed_locked(self, spare: bool = False) -> None:
+        """Place backlog calls while a worker has room (@spare: see _pick).  Lock held."""
         backlog = self.backlog
         while backlog:
             call = backlog[0]
@@ -222,7 +223,7 @@ class Engine:
                 if not call.finished:
                     self._finished_locked(call)
                 continue
-            if not self._feed_one(call):
+            if not self._feed_one(call, spare):
                 return
             backlog.popleft()
             if call.kind == KIND_MAP and self.place_waiters:
@@ -286,16 +287,14 @@ class Engine:
             wake_worker(self.rt, self.workers[w]._off)
 
     def free_slot_locked(self, slot: int) -> None:
-        mem = self.pm.mem
         off = self.pm.slot_off(slot)
-        mem.fetch_add64(off + SLOT.use_seq, 1)
-        mem.store32(off + SLOT.state, FREE)
+        self.pm.mem.fetch_add64(off + SLOT.use_seq, 1)
+        self.pm.mem.store32(off + SLOT.state, FREE)
         self._forget_slot_locked(slot)
 
     def _forget_slot_locked(self, slot: int) -> None:
         """The caller's side of freeing a slot (its memory is FREE already)."""
-        w = self.slot_worker[slot]
-        call = self.slot_call[slot]
+        w, call = self.slot_worker[slot], self.slot_call[slot]
         if call is not None and call.kind == KIND_MAP:
             self.quiet -= 1
         self.slot_call[slot] = None
@@ -311,8 +310,9 @@ class Engine:
 
     # -- reaping ----------------------------------------------------------------
 
-    def reap_locked(self, slot: int) -> tuple[Call, int, bytes] | None:
-        """Take a DONE slot's outcome, free it and feed the backlog.  Lock held."""
+    def reap_locked(self, slot: int, spare: bool = False) -> tuple[Call, int, bytes] | None:
+        """Take a DONE slot's outcome, free it and feed the backlog (@spare: see _pick).
+        Lock held."""
         call = self.slot_call[slot]
         if call is None:
             return None
@@ -333,7 +333,7 @@ class Engine:
             self.free_slot_locked(slot)
         self._finished_locked(call)
         if self.backlog:
-            self.feed_locked()
+            self.feed_locked(spare)
         return call, code, data
 
     def deliver(self, call: Call, code: int, data: bytes) -> tuple[bool, Any] | None:
