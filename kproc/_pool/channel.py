@@ -52,6 +52,7 @@ from .._core.pymem import PyMem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from .._core.memlike import MemLike  # typing only
     from .._native import Mem  # typing only: the extension may be missing
 
@@ -108,6 +109,12 @@ def _slot_ops(mem: MemLike) -> Mem | None:
     return cast("Mem", mem) if hasattr(mem, "pool_place") else None
 
 
+def _spin_word(mem: MemLike) -> Callable[[int, int, int, int], int] | None:
+    """The native Mem's ``wait_change(off, expected, timeout_ns, spin_ns)``: a direct
+    waiter spins on its slot's state word with it (``direct``), or None."""
+    return cast("Mem", mem).wait_change if hasattr(mem, "wait_change") else None
+
+
 def _make_mem(buf: mmap.mmap, fd: int) -> MemLike:
     native = load_mem_class()
     if native is not None:
@@ -127,6 +134,7 @@ class PoolMemory:
         self.mem = _make_mem(buf, fd)
         self.cmem = _slot_ops(self.mem)
         self.fast = self.cmem is not None
+        self.spin_word = _spin_word(self.mem)
         self.view = memoryview(buf)
         self.nslots = self.mem.load32(HEADER.nslots)
         self.slots_base = HEADER.stride + self.mem.load32(HEADER.nworkers) * DRAIN.stride
@@ -151,6 +159,7 @@ class PoolMemory:
         pm.mem = _make_mem(buf, fd)
         pm.cmem = _slot_ops(pm.mem)
         pm.fast = pm.cmem is not None
+        pm.spin_word = _spin_word(pm.mem)
         pm.view = memoryview(buf)
         pm.mem.store32(HEADER.nslots, nslots)
         pm.mem.store32(HEADER.slot_size, SLOT_SIZE)
