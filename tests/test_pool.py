@@ -95,7 +95,12 @@ def test_unpicklable_function_or_argument_raises_at_submit(ex):
         ex.submit(lambda: 1)
     with pytest.raises(TypeError, match="pickled"):
         ex.submit(pf.echo, lambda: 1)
+    with pytest.raises(TypeError, match="pickled"):
+        ex.map(pf.echo, [1, lambda: 1, 3])          # map() submits nothing then
+    with pytest.raises(TypeError, match="module level"):
+        ex.map(lambda x: x, [1])
     assert ex.submit(pf.echo, 5).result() == 5
+    assert ex._pool.engine.live == 0
 
 
 # -- results and exceptions ------------------------------------------------------------

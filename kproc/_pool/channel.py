@@ -56,8 +56,8 @@ if TYPE_CHECKING:
     from .._core.memlike import MemLike  # typing only
     from .._native import Mem  # typing only: the extension may be missing
 
-__all__ = ["PoolMemory", "HEADER", "DRAIN", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING",
-           "DONE", "CANCELLED", "INLINE_MAX", "put_big", "take_big", "close_fd"]
+__all__ = ["PoolMemory", "HEADER", "DRAIN", "SLOT", "SLOT_BODY", "SLOT_SIZE", "FREE", "QUEUED",
+           "RUNNING", "DONE", "CANCELLED", "INLINE_MAX", "put_big", "take_big", "close_fd"]
 
 # caller_cpu: the CPU the caller last placed a call from, + 1 (0: not known); a drain
 # on that CPU does not spin for the next ticket (it would only delay the caller)

@@ -52,10 +52,10 @@ from .._workqueue.fastpath import fast_paths, lock_spin_ns
 from .._workqueue.handles import KthreadWork, KthreadWorker
 from .._workqueue.lists import wake_worker
 from .._workqueue.queue import kthread_queue_work
-from .channel import (CANCELLED, DRAIN, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
-                      close_fd, put_big, take_big)
+from .channel import (CANCELLED, DRAIN, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, SLOT_SIZE,
+                      PoolMemory, close_fd, put_big, take_big)
 from .call import Call
-from .codec import OUT_EXC, decode_outcome
+from .codec import OUT_EXC, OUT_NONE, decode_outcome
 from .errors import BrokenKthreadPool
 from .remote import KIND_INIT, KIND_MAP, DrainRef, SlotRef, run_drain, run_slot
 
@@ -75,6 +75,7 @@ def task_of(worker: KthreadWorker) -> Task:
 
 TICK_NS = 100_000_000           # how often a direct wait checks the runtime
 T = L.TASK
+_RETURNED_NONE: tuple[bool, Any] = (False, None)
 
 _getcpu: Callable[[], int] | None
 try:
@@ -216,7 +217,7 @@ class Engine:
     def feed_locked(self, spare: bool = False) -> None:
         """Place backlog calls while a worker has room (@spare: see _pick).  Lock held."""
         backlog = self.backlog
-        while backlog:
+        while backlog and self.busy < self.nslots:
             call = backlog[0]
             if call.finished or (call.future is not None and call.future.cancelled()):
                 backlog.popleft()
@@ -234,42 +235,42 @@ class Engine:
         ticket = self.tail[w]
         self.tail[w] = ticket + 1
         slot = w * self.per + ticket % self.per
-        off = pm.slot_off(slot)
-        payload = call.payload
+        off = pm.slots_base + slot * SLOT_SIZE
+        payload, kind = call.payload, call.kind
         if call.big is None and len(payload) > INLINE_MAX:
             call.big = put_big(payload)
             call.payload = b""
         big = call.big
-        amem = self.rt.mem
-        amem.store32(self.comp_off[slot], 0)         # reinit_completion()
-        mem = pm.mem
-        kind = call.kind
         act = self.active_off[w] if kind == KIND_MAP else -1
-        cmem = pm.cmem
-        if big is None and cmem is not None:    # body, call, QUEUED, ticket, active: in C
-            was_active = cmem.pool_place(off, kind, payload, ticket, act)
+        if big is None and (cmem := pm.cmem) is not None:  # reinit, call, QUEUED...: in C
+            was = cmem.pool_place(off, kind, payload, ticket, act, self.rt.mem,
+                                  self.comp_off[slot], self.flags_off[w], L.KF_SHOULD_PARK)
         else:
+            self.rt.mem.store32(self.comp_off[slot], 0)      # reinit_completion()
+            mem = pm.mem
             if big is not None:
                 pm.write_body(off, kind, 0, big[2], (os.getpid(), big[0], big[1]))
             else:
                 pm.write_call(off, kind, payload)
             mem.store32(off + SLOT.state, QUEUED)
             mem.store64(off + SLOT.ticket, ticket)     # after QUEUED: see remote.run_drain
-            was_active = mem.xchg32(act, 1) if act >= 0 else 0
+            was = mem.xchg32(act, 1) if act >= 0 else 0
+            if self.parked(w):
+                was |= 2
         call.slot = slot
         self.slot_call[slot] = call
         self.inflight[w] += 1
         self.busy += 1
         if kind == KIND_MAP:
             self.quiet += 1
-            if was_active == 0:
+            if not was & 1:
                 if self.deferred is not None:
                     self.deferred.append(w)         # queued at the batch's end
                 else:
                     self._queue(w, self.nslots + w)     # the worker's drain work
         else:
             self._queue(w, slot)
-        if amem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
+        if was & 2:
             complete(self.kick)           # parking began meanwhile: have it moved
 
     def _queue(self, w: int, i: int) -> None:
@@ -316,10 +317,8 @@ class Engine:
         call = self.slot_call[slot]
         if call is None:
             return None
-        pm = self.pm
-        off = pm.slot_off(slot)
-        cmem = pm.cmem
-        got = cmem.pool_reap(off) if cmem is not None else None    # read and FREE: in C
+        pm, off = self.pm, self.pm.slots_base + slot * SLOT_SIZE
+        got = cmem.pool_reap(off) if (cmem := pm.cmem) is not None else None  # read, FREE: C
         if got is not None:
             code, data = got
             self._forget_slot_locked(slot)
@@ -348,7 +347,7 @@ class Engine:
         if code < 0:
             got: tuple[bool, Any] = (True, self.broken or OSError(data.decode()))
         else:
-            got = decode_outcome(code, data)
+            got = _RETURNED_NONE if code == OUT_NONE else decode_outcome(code, data)
         fut = call.future
         if fut is None:
             call.result = got           # a map's call: its iterator takes it from here
