@@ -314,6 +314,35 @@ static PyObject *Mem_pool_run(ARGS)
     return ran(r, big, 1);
 }
 
+/*
+ * pool_spin_done(off, spin_ns) -> the state word of the slot at @off once it is
+ * neither QUEUED nor RUNNING, or as it is after @spin_ns: a direct waiter's
+ * spin (the GIL released), so it sees DONE as the worker publishes it.
+ */
+static PyObject *Mem_pool_spin_done(ARGS)
+{
+    Py_ssize_t off;
+    int64_t spin_ns, end;
+    uint32_t st, *state;
+    NEED_BUFFER();
+    if (!nargs_ok(nargs, 2, 2, "pool_spin_done") || (off = slot_at(self, args[0])) < 0 ||
+        !get_i64(args[1], &spin_ns))
+        return NULL;
+    state = U32P(self, off + S_STATE);
+    st = LOAD(state);
+    if ((st == ST_QUEUED || st == ST_RUNNING) && spin_ns > 0) {
+        KP_BEGIN_ALLOW_THREADS
+        end = mono_ns() + spin_ns;
+        for (unsigned i = 1; (st = LOAD(state)) == ST_QUEUED || st == ST_RUNNING; i++) {
+            cpu_relax();
+            if (i % SPIN_CLOCK_EVERY == 0 && mono_ns() >= end)
+                break;
+        }
+        KP_END_ALLOW_THREADS
+    }
+    return PyLong_FromUnsignedLong(st);
+}
+
 /* 1 once @ns have passed since @start (read every SPIN_CLOCK_EVERY rounds). */
 static int spun_out(int64_t start, int64_t ns, unsigned *round)
 {
@@ -431,6 +460,8 @@ PyObject *mod_pool_layout(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(noargs))
 PyMethodDef pool_methods[] = {
     M(pool_place, "pool_place(off, kind, payload, ticket, act_off[, amem, comp_off, "
                   "flags_off, park_mask]) -> old DRAIN.active, + 2 if asked to park"),
+    M(pool_spin_done, "pool_spin_done(off, spin_ns) -> the slot's state once not QUEUED or "
+                      "RUNNING, or after spin_ns"),
     M(pool_reap, "pool_reap(off) -> (code, bytes) of a DONE slot, freed; None: side channel"),
     M(pool_run, "pool_run(off, fns) -> 1/0 done (direct waiter or not), -1 lost, -2 slow, "
                 "or a too-big result's pickle"),

@@ -129,6 +129,19 @@ def test_place_reinits_the_completion_and_reports_a_park_request(pm):
 
 
 @need_native
+def test_spin_done_returns_the_state_once_the_call_is_over(pm):
+    """A direct waiter's spin ends at DONE (or CANCELLED, FREE), else after its budget."""
+    mem, off = pm.mem, pm.slot_off(0)
+    for state in (0, 3, 4):
+        mem.store32(off + SLOT.state, state)
+        assert mem.pool_spin_done(off, 10**9) == state            # at once
+    mem.store32(off + SLOT.state, 2)
+    assert mem.pool_spin_done(off, 1000) == 2                      # RUNNING: spun out
+    with pytest.raises(ValueError):
+        mem.pool_spin_done(off + 8, 0)
+
+
+@need_native
 def test_c_slot_operations_refuse_bad_input(pm):
     mem = pm.mem
     with pytest.raises(ValueError, match="does not fit"):

@@ -109,10 +109,10 @@ def _slot_ops(mem: MemLike) -> Mem | None:
     return cast("Mem", mem) if hasattr(mem, "pool_place") else None
 
 
-def _spin_word(mem: MemLike) -> Callable[[int, int, int, int], int] | None:
-    """The native Mem's ``wait_change(off, expected, timeout_ns, spin_ns)``: a direct
-    waiter spins on its slot's state word with it (``direct``), or None."""
-    return cast("Mem", mem).wait_change if hasattr(mem, "wait_change") else None
+def _spin_word(mem: MemLike) -> Callable[[int, int], int] | None:
+    """The native Mem's ``pool_spin_done(off, spin_ns)``: a direct waiter spins on its
+    slot's state word with it (``direct``), or None."""
+    return cast("Mem", mem).pool_spin_done if hasattr(mem, "pool_spin_done") else None
 
 
 def _make_mem(buf: mmap.mmap, fd: int) -> MemLike:

@@ -46,7 +46,9 @@ def wait_direct(eng: Engine, call: Call, timeout: float | None, spare: bool = Fa
     if slot < 0 or call.finished:
         return timeout, None
     pm = eng.pm
-    mem = pm.mem
+    mem = getattr(pm, "mem", None)
+    if mem is None:                  # torn down just now: the pool failed the call
+        return timeout, None
     off = pm.slot_off(slot)
     state_off = off + SLOT.state
     if mem.load32(state_off) == DONE:        # no wait at all: reap it now
@@ -61,24 +63,19 @@ def wait_direct(eng: Engine, call: Call, timeout: float | None, spare: bool = Fa
     if current_cpu() == eng.cpus[eng.slot_worker[slot]]:
         spin = 0                     # spinning would only delay the worker
     wait = eng.raw_wait
-    spin_word = pm.spin_word
-    spins = 2 if spin and spin_word is not None else 0     # on QUEUED, then on RUNNING
+    spin_word = pm.spin_word if spin else None
     mem.fetch_add32(off + SLOT.direct, 1)
     reaped = None
     try:
         while eng.slot_call[slot] is call and eng.broken is None:
-            state = mem.load32(state_off)
-            if state == DONE:
+            if mem.load32(state_off) == DONE:
                 with eng.lock:
                     if eng.slot_call[slot] is call:
                         reaped = eng.reap_locked(slot, spare)
                 break
-            if spins:                # spin in C on the state word: DONE is seen at once
-                spins -= 1
-                if spin_word is not None:
-                    spin_word(state_off, state, 0, spin)
-                if not spins:
-                    spin = 0         # spun out: the completion wait sleeps at once
+            if spin_word is not None:    # spin in C on the state word: DONE seen at once
+                spin_word(off, spin)
+                spin_word, spin = None, 0    # spun out: the completion wait sleeps at once
                 continue
             snap = amem.load32(seq_off)
             if amem.load32(coff):
