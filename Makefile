@@ -75,7 +75,8 @@ lint: $(DEPS_STAMP) ## ruff over the package, tests, benchmarks, examples and do
 PURE_TESTS := tests/test_faults_signals.py tests/test_mm.py tests/test_lists.py \
 	tests/test_wait_shared_channel.py tests/test_lifecycle.py tests/test_worker.py \
 	tests/test_completion.py tests/test_swait.py tests/test_pool.py \
-	tests/test_create_handoff.py tests/test_spare_forks.py
+	tests/test_create_handoff.py tests/test_spare_forks.py \
+	tests/test_fork_bare.py
 
 test: venv lint stress-ng ## lint, then the whole suite twice (KPROC_BACKEND=futex, then posix), then PURE_TESTS without the C extension
 	@rc=0; for backend in futex posix; do \

@@ -35,6 +35,9 @@ CASES = {
     "fork": ("cy", "cycle_fork(300)", "lat_ms"),
     "sustained": ("cy", "sustained(3)", "rate"),
     "scale": ("cy", "scale_kproc(512)", "scale"),
+    "scale_fork": ("cy", "scale_fork(512)", "scale"),
+    "scale4k": ("cy", "scale_kproc(4096)", "scale"),
+    "scale_fork4k": ("cy", "scale_fork(4096)", "scale"),
     "drain": ("ab", "drain(2000, 40)", "drain"),
 }
 MODULES = {

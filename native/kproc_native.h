@@ -28,7 +28,7 @@
  * addressing, 32/64-bit atomics), args.c (argument parsing), futex.c
  * (futexes, spin-then-wait, completions), swait.c (the FIFO queue of a
  * completion's sleeping waiters), vm.c (process_vm_readv/writev), mutex.c (the robust
- * process-shared mutex), pool.c (the pool's call slots), layout.c (the record layout,
+ * process-shared mutex), pool.c (the pool's call slots), forkloop.c (kthreadd's bare fork loop), layout.c (the record layout,
  * by name), worklist.c (the list
  * primitives and the kthread_work fast paths on them), wl_methods.c (the
  * primitives as methods, for Python's slow path), module.c (module init, the

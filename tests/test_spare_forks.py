@@ -1,5 +1,5 @@
-"""kthreadd's spare children, forked in batches (``Mem.fork_spares``, native/forkloop.c,
-or one ``os.fork`` at a time without the C extension), and their reaping by pid.
+"""kthreadd's spare children, forked in batches (``fork.fork_children``, native/forkloop.c,
+or one ``os.fork`` at a time without the C extension), and reaping by pid.
 
 Kernel rules (kernel/kthread.c, 6.15): every kthread is a child of kthreadd
 (kthreadd() line 818, create_kthread() line 479: ``kernel_thread()``), so
@@ -18,7 +18,8 @@ import pytest
 import kproc
 from kproc._core import layout as L
 from fns import kthread as kfuncs
-from helpers import live_kthreads, wait_until
+from fns import pool as pool_fns
+from helpers import live_kthreads, run_started, wait_until
 
 pytestmark = pytest.mark.timeout(40)
 
@@ -127,3 +128,49 @@ def test_kthreadd_killed_while_forking_spares_leaves_none_behind(monkeypatch, de
         wait_until(lambda: not alive(), 2.0, message="a spare outlived kthreadd")
     finally:
         rt.shutdown()
+
+
+# threadfn, data, what kthread_stop() returns; "stopped" is never woken
+EXIT_PATHS = {
+    "returned": (kfuncs.ret_value, 5, 5),
+    "kthread_exit": (kfuncs.exit_with, 6, 6),
+    "exception": (kfuncs.raise_error, "expected by the test", -errno.EFAULT),
+    "stopped-before-run": (kfuncs.ret_value, 1, -errno.EINTR),
+    "os._exit": (pool_fns.die, 3, -errno.EOWNERDEAD),
+    "killed": (kfuncs.loop_until_stop, None, -errno.EOWNERDEAD),
+}
+
+
+@pytest.mark.parametrize("path", sorted(EXIT_PATHS))
+def test_every_exit_path_is_reaped_among_live_kthreads(path):
+    """However a kthread ends, kthreadd reaps it (kernel: every kthread is
+    kthreadd's child, kthreadd() line 818; kthread_stop() returns the result
+    once it exited, line 791), with other kthreads alive: those that leave by
+    themselves are reaped by pid from the arena's exiting stack (which is left
+    empty), the others (a kill, os._exit) by the sweep over every child."""
+    threadfn, data, want = EXIT_PATHS[path]
+    with kproc.start() as rt:
+        others = [run_started(kfuncs.park_loop, (), f"parked{i}") for i in range(12)]
+        for t in others:
+            kproc.kthread_park(t)
+        for i in range(3):
+            if path == "stopped-before-run":
+                task = kproc.kthread_create(threadfn, data, f"leaver{i}")
+            else:
+                task = kproc.kthread_run(threadfn, data, f"leaver{i}")
+            if path == "killed":
+                wait_until(lambda: kproc.task_state(task) == kproc.TASK_INTERRUPTIBLE)
+                os.kill(task.pid, signal.SIGKILL)
+            pid = task.pid
+            if path == "stopped-before-run":
+                assert kproc.kthread_stop(task) == want
+            wait_until(lambda: not psutil.pid_exists(pid), 1.0,
+                       message=f"a kthread that ended by {path} was not reaped")
+            if path != "stopped-before-run":
+                assert kproc.kthread_stop(task) == want
+        assert rt.arena.mem.load32(L.HEADER.exiting_head) == 0
+        assert not _zombies(rt)
+        for t in others:
+            assert kproc.kthread_stop(t) == 3
+        wait_until(lambda: not _held_slots(rt), 2.0)
+        assert rt.arena.mem.load32(L.HEADER.exiting_head) == 0

@@ -155,7 +155,7 @@ MUTEX_BYTES = 64
 HEADER = Record("header", [
     ("magic", "Q"),
     ("layout_version", "I"),
-    ("pad", "I"),
+    ("exiting_head", "I"),     # kthreads leaving, to reap by pid: slot + 1, via TASK.next
     ("runtime_id", "Q"),
     ("max_kthreads", "I"),
     ("max_completions", "I"),

@@ -15,6 +15,10 @@ An exception escaping threadfn is printed to stderr with the kthread's name
 and kept (``Task.exception``); the result is then ``-EFAULT``.  A kthread
 that dies without a result (a signal, ``os._exit``) gets ``-EOWNERDEAD``,
 recorded by kthreadd, with the signal in ``Task.exit_signal``.
+
+kthreadd forks its children bare where the C extension is built (``fork``:
+no CPython fork handlers in the child; what a kthread can tell of them still
+happens, the user's ``after_in_child`` handlers at its start here).
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import errno
 import os
 import pickle
-import signal
 import sys
 import traceback
 
@@ -33,13 +36,13 @@ from .._core import syscalls as _sys
 from .._core.runtime import Runtime, current_runtime, install
 from .._sched.completion import Completion, complete
 from .affinity import kthread_affine_node
+from . import fork as _fork
 from .._sched import schedule as _sched
 from .._core import trace as _trace
 from .._sched.task import Task, TaskState
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Iterable
     from typing import Any, NoReturn
 
     from .._sched.task import ThreadFn  # typing only
@@ -66,24 +69,13 @@ _self_data: tuple[ThreadFn, Any] | None = None    # as this kthread received the
 _kthread_pid = 0       # the kthread's own pid: a child it forks must not publish
 
 
-def after_fork(rt: Runtime, close_fds: Iterable[int]) -> None:
-    """First thing a child of kthreadd does: drop kthreadd's signal plumbing and
-    descriptors, and die with kthreadd (PR_SET_PDEATHSIG)."""
-    signal.set_wakeup_fd(-1)
-    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    _sys.set_pdeathsig(signal.SIGKILL)
-    if os.getppid() != rt.kthreadd_pid:
-        os._exit(0)        # kthreadd died between fork and prctl
-    for fd in close_fds:
-        os.close(fd)
-
-
 def kthread_main(rt: Runtime, idx: int, gen: int) -> NoReturn:
     """Body of a kthread, once assigned its slot (kernel: kthread()).  Never returns.
 
-    Context: a child of kthreadd, after :func:`after_fork`.
+    Context: a child of kthreadd (``fork.fork_children``).
     """
     global _self_data, _kthread_pid
+    _fork.settle()
     _kthread_pid = os.getpid()
     try:
         arena = rt.arena
@@ -193,8 +185,23 @@ def _finish(rt: Runtime, base: int, name: str, result: int, kind: int) -> NoRetu
     mem.fetch_or32(base + T.flags, L.KF_EXITING)
     mem.store32(base + T.state, TaskState.TASK_DEAD)
     mem.store32(base + T.slot, L.SLOT_EXITING)
+    _push_exiting(rt, base)
     rt.waits.completion_complete(base + T.exited, True)
     _exit_now(0)
+
+
+def _push_exiting(rt: Runtime, base: int) -> None:
+    """Put our slot on the arena's stack of exiting kthreads (``HEADER.exiting_head``,
+    linked through ``TASK.next``, free while a slot holds a kthread), so that
+    kthreadd reaps us by pid without looking at every slot (``reap``).  Many
+    push (CAS), only kthreadd takes, and takes the whole stack at once."""
+    mem, head_off = rt.mem, L.HEADER.exiting_head
+    me = (base - rt.arena.params.tasks) // T.size + 1
+    while True:
+        head = mem.load32(head_off)
+        mem.store32(base + T.next, head)
+        if mem.cmpxchg32(head_off, head, me) == head:
+            return
 
 
 def _forked_child_exit(code: int) -> NoReturn:

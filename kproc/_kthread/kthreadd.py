@@ -22,8 +22,8 @@ arena's spare pool.  A creator claims one itself (it gives it its slot) and
 the spare becomes the kthread; kthreadd learns the claim on its next wake-up
 (before it reaps anything), imports the threadfn's module for later forks, and,
 once half the target or fewer are ready and no request is pending, forks the
-missing ones in one batch (from C, with no Python between the forks:
-``Mem.fork_spares`` in native/forkloop.c).  A request that found no
+missing ones in one batch (``fork.fork_children``: bare forks from C, with
+no Python between them, native/forkloop.c).  A request that found no
 spare ready comes through the create list as before, and kthreadd claims a
 spare for it or forks.  Spares forked before kthreadd imported a new module
 (threadfn's module, ``__main__``) lack it, so they are discarded when that
@@ -59,6 +59,7 @@ from .._core.topology import Topology
 from .._core.semaphores import create_semaphores, unlink_semaphores
 from .._core.wait import FutexWaits, PosixWaits
 from . import body as _kthread
+from . import fork as _fork
 from .reap import Reaper
 from .spares import SparePool, spare_wait, warm_up
 from . import affinity as _affinity  # noqa: F401  preloaded: every fork has it
@@ -125,6 +126,7 @@ class Kthreadd(Reaper):
 
     def __init__(self, fds: dict[str, int]) -> None:
         _sys.set_comm("kthreadd")
+        _fork.track_fork_handlers()
         for name in IGNORED_SIGNALS:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), signal.SIG_IGN)
@@ -141,6 +143,7 @@ class Kthreadd(Reaper):
         # pid -> (slot index, generation); None for a spare at teardown
         self.children: dict[int, tuple[int, int] | None] = {}
         self.inflight: dict[int, int] = {}  # slot index -> creator pid, until published
+        self.exiting: dict[int, int] = {}   # pid -> slot index: leaving, not reaped yet
         spares = env_number("KPROC_SPARES")
         self.pool = SparePool(self.rt, DEFAULT_SPARES if spares is None else int(spares))
         self.spare_modules = len(sys.modules)
@@ -301,38 +304,29 @@ class Kthreadd(Reaper):
             self.spare_modules = len(sys.modules)
         pid = self.pool.claim(idx)
         if pid is None:
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                self._fail_create(base, -(exc.errno or errno.EAGAIN), f"fork failed: {exc}")
-                return
-            if pid == 0:
-                _kthread.after_fork(self.rt, self._child_closes())
+            child, got = _fork.fork_children(mem, 1, self._child_closes())
+            if child == 0:
                 _kthread.kthread_main(self.rt, idx, gen)   # never returns
-                os._exit(1)
+            pid = got[0]
+            if pid <= 0:
+                err = -pid or errno.EAGAIN
+                self._fail_create(base, -err, f"fork failed: {os.strerror(err)}")
+                return
         self.children[pid] = (idx, gen)
         self.inflight[idx] = L.unpack_field(arena.buf, base, T, "creator")
 
     def fork_spares(self, entries: list[int]) -> None:
         """Fork a spare child onto each pool entry of ``entries``, each asleep
-        until claimed: in a row from C (``Mem.fork_spares``: no Python runs in
-        kthreadd between the forks) where the C extension is built, else one
-        ``os.fork`` at a time."""
-        pool, mem = self.pool, self.arena.mem
+        until claimed: in a row (``fork.fork_children``: bare, from C, no Python
+        in kthreadd between the forks, where the C extension is built)."""
+        pool = self.pool
         for entry in entries:
             pool.open(entry)
-        if not hasattr(mem, "fork_spares"):
-            for i, entry in enumerate(entries):
-                if not self._fork_spare_py(entry):
-                    for rest in entries[i:]:
-                        pool.unopen(rest)
-                    return
-            return
-        out = bytearray(4 * len(entries))
-        child = mem.fork_spares(len(entries), self._child_closes(), out)
+        child, got = _fork.fork_children(self.arena.mem, len(entries), self._child_closes(),
+                                         b"kproc-spare")
         if child >= 0:
-            self._spare(entries[child], ())        # C closed the descriptors
-        for entry, pid in zip(entries, memoryview(out).cast("i")):
+            self._spare(entries[child])
+        for entry, pid in zip(entries, got):
             if pid > 0:
                 pool.add(entry, pid)
             else:
@@ -340,23 +334,9 @@ class Kthreadd(Reaper):
                 if pid < 0:
                     pool.target = pool.base = 0      # out of processes: stop trying
 
-    def _fork_spare_py(self, entry: int) -> bool:
-        """The fork loop's pure-Python form, one spare.  Return: False if the fork failed."""
-        try:
-            pid = os.fork()
-        except OSError:
-            self.pool.target = self.pool.base = 0    # out of processes: stop trying
-            return False
-        if pid == 0:
-            _sys.set_comm("kproc-spare")
-            self._spare(entry, self._child_closes())
-        self.pool.add(entry, pid)
-        return True
-
-    def _spare(self, entry: int, closes: tuple[int, ...]) -> NoReturn:
+    def _spare(self, entry: int) -> NoReturn:
         """In a spare child: sleep on ``entry`` until claimed, then become the
         kthread of the slot it was given (discarded: exit)."""
-        _kthread.after_fork(self.rt, closes)
         warm_up(self.rt)
         idx = spare_wait(self.rt, self.pool.offset(entry))
         if idx is None:

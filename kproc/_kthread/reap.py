@@ -42,6 +42,7 @@ class Reaper:
     rt: Runtime
     children: dict[int, tuple[int, int] | None]   # pid -> (slot index, generation)
     inflight: dict[int, int]                      # slot index -> creator pid
+    exiting: dict[int, int]                       # pid -> slot: said it leaves, unreaped
 
     def _fail_create(self, base: int, err: int, text: str) -> None:
         mem, T = self.arena.mem, L.TASK
@@ -64,10 +65,11 @@ class Reaper:
         """Reap exited children and record how each kthread ended.
 
         ``waitpid(-1)`` walks every child in the kernel (``wait_consider_task``,
-        ~0.2 µs per live kthread), so the kthreads known to be leaving (their
-        slot says SLOT_EXITING) are reaped by pid first, and the sweep over all
-        children (for kthreads killed, spares, anything else) runs only when
-        that found none: a SIGCHLD of a kill alone is handled at once.
+        ~0.2 µs per live kthread), so the kthreads known to be leaving (each
+        pushed its slot on the arena's exiting stack) are reaped by pid first,
+        and the sweep over all children (for kthreads killed, spares, anything
+        else) runs only when that found none: a SIGCHLD of a kill alone is
+        handled at once.
         Return: True when a sweep is still owed (the caller runs
         :meth:`sweep` soon: a kill may have come with the same SIGCHLD).
         """
@@ -80,6 +82,7 @@ class Reaper:
     def sweep(self) -> None:
         """Reap every exited child (``waitpid(-1, WNOHANG)`` until none is left)."""
         self.before_reap()
+        self._take_exiting()
         while True:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
@@ -90,6 +93,7 @@ class Reaper:
             self._reaped(pid, status)
 
     def _reaped(self, pid: int, status: int) -> None:
+        self.exiting.pop(pid, None)
         entry = self.children.pop(pid, None)
         if entry is None:
             self.reaped_spare(pid)       # a spare: claimed just before it died?
@@ -98,23 +102,40 @@ class Reaper:
             self._record_exit(pid, status, *entry)
         self._abandon_creates_of(pid)
 
-    def _reap_exiting(self) -> int:
-        """Reap by pid the kthreads whose slot says SLOT_EXITING.  Return: how many."""
-        arena, T = self.arena, L.TASK
-        n, start = arena.params.max_kthreads, arena.params.tasks
-        words = memoryview(arena.buf)[start:start + n * T.size].cast("I")
-        exiting = [i for i, v in enumerate(words[T.slot // 4::T.size // 4])
-                   if v == L.SLOT_EXITING]
-        words.release()
-        reaped = 0
-        for idx in exiting:
-            pid = L.unpack_field(arena.buf, arena.task_off(idx), T, "pid")
+    def _take_exiting(self) -> None:
+        """Move the arena's stack of exiting kthreads (``HEADER.exiting_head``, each
+        kthread pushed its slot as it left) into :attr:`exiting`, as pid -> slot.
+
+        Called before anything is reaped: a slot stays on the stack only while
+        its kthread is unreaped, so its ``next`` link is not reused meanwhile
+        (a reaped slot can be recycled and pushed again).
+        """
+        arena, mem, T = self.arena, self.arena.mem, L.TASK
+        head, n = mem.xchg32(L.HEADER.exiting_head, 0), arena.params.max_kthreads
+        for _ in range(n):          # bounded: a scribbled link cannot loop kthreadd
+            if not 0 < head <= n:
+                break               # the end (0), or a scribbled link: the sweep reaps
+            idx = head - 1
+            base = arena.task_off(idx)
+            head = mem.load32(base + T.next)
+            pid = L.unpack_field(arena.buf, base, T, "pid")
             entry = self.children.get(pid)
-            if entry is None or entry[0] != idx:
-                continue
+            if entry is not None and entry[0] == idx:
+                self.exiting[pid] = idx
+
+    def _reap_exiting(self) -> int:
+        """Reap by pid the kthreads that said they are leaving.  Return: how many.
+
+        Costs what the exits cost, whatever the number of live kthreads: no
+        slot is looked at but those on the stack (:meth:`_take_exiting`).
+        """
+        self._take_exiting()
+        reaped = 0
+        for pid in list(self.exiting):
             try:
                 got, status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
+                self.exiting.pop(pid, None)
                 continue
             if got == pid:
                 self._reaped(pid, status)
