@@ -3,9 +3,10 @@
 Run under the test lock (``flock /tmp/kproc-test.lock .venv/bin/python
 benchmarks/pool_profile.py cpu``).  Modes, each on a 2-worker KthreadPoolExecutor:
 
-* ``cpu``: three maps of 20,000 no-ops: calls/s, the caller thread's CPU per call
-  (getrusage) and each worker's (``/proc/<pid>/stat``, over all the map's calls), then
-  the p50 of 3,000 ``submit(noop).result()`` round trips;
+* ``cpu``: three maps of 20,000 no-ops: calls/s and wall per call, the caller thread's
+  CPU per call (getrusage: wall above it means the caller waits off its CPU) and each
+  worker's (``/proc/<pid>/stat``, over all the map's calls), then the p50 of 3,000
+  ``submit(noop).result()`` round trips;
 * ``caller``: cProfile of the caller over one map;
 * ``worker``: cProfile inside the workers (enabled and read back by pool calls);
 * ``rtcaller``: cProfile of the caller over 5,000 round trips.
@@ -68,7 +69,9 @@ def main(mode):
                 r1 = resource.getrusage(resource.RUSAGE_THREAD)
                 c1 = [cpu_s(p) for p in pids]
                 cc = r1.ru_utime + r1.ru_stime - r0.ru_utime - r0.ru_stime
-                print(f"map {N / el:,.0f}/s; caller thread {cc / N * 1e6:.2f} us/call; "
+                # wall well above the caller's CPU: it is off its CPU (preempted)
+                print(f"map {N / el:,.0f}/s ({el / N * 1e6:.2f} us/call of wall); caller "
+                      f"thread {cc / N * 1e6:.2f} us/call; "
                       f"workers {[f'{(b - a) / N * 1e6:.2f}' for a, b in zip(c0, c1)]} us/call")
             ts = []
             for _ in range(3000):

@@ -118,22 +118,36 @@ static void write_body(MemObject *m, Py_ssize_t off, uint32_t kind, uint32_t cod
 }
 
 /*
- * pool_place(off, kind, payload, ticket, act_off) -> old DRAIN.active, or 0 if
- * act_off < 0.  The slot at @off is FREE and only this thread (under the
- * engine's lock) writes it.
+ * pool_place(off, kind, payload, ticket, act_off[, amem, comp_off, flags_off,
+ * park_mask]) -> old DRAIN.active (0 if act_off < 0), plus 2 if the flags word
+ * at @flags_off of @amem has @park_mask after the call is published.  With
+ * @amem, the slot's completion at @comp_off is re-initialised (done = 0)
+ * before the call is published.  The slot at @off is FREE and only this
+ * thread (under the engine's lock) writes it.
  */
 static PyObject *Mem_pool_place(ARGS)
 {
     Py_ssize_t off, act = -1;
-    uint32_t kind;
+    uint32_t kind, mask = 0, *comp = NULL, *flags = NULL;
     int64_t ticket;
     char *data;
     Py_ssize_t len;
+    unsigned long was;
     NEED_BUFFER();
-    if (!nargs_ok(nargs, 5, 5, "pool_place") || (off = slot_at(self, args[0])) < 0 ||
+    if (!nargs_ok(nargs, 5, 9, "pool_place") || (off = slot_at(self, args[0])) < 0 ||
         !get_u32(args[1], &kind) || PyBytes_AsStringAndSize(args[2], &data, &len) < 0 ||
         !get_i64(args[3], &ticket))
         return NULL;
+    if (nargs > 5) {
+        MemObject *amem = (MemObject *)args[5];
+        if (nargs != 9)
+            return PyErr_Format(PyExc_TypeError, "pool_place takes 5 or 9 arguments");
+        if (!PyObject_TypeCheck(args[5], &MemType) || !amem->base)
+            return PyErr_Format(PyExc_TypeError, "pool_place: amem must be a set-up Mem");
+        if (!(comp = at(amem, args[6], 4)) || !(flags = at(amem, args[7], 4)) ||
+            !get_u32(args[8], &mask))
+            return NULL;
+    }
     if (len > P_INLINE_MAX)
         return PyErr_Format(PyExc_ValueError, "a %zd-byte call does not fit a slot", len);
     if (PyLong_AsSsize_t(args[4]) >= 0) {
@@ -144,13 +158,16 @@ static PyObject *Mem_pool_place(ARGS)
     } else if (PyErr_Occurred()) {
         return NULL;
     }
+    if (comp)
+        STORE(comp, 0);                             /* reinit_completion() */
     memcpy(self->base + off + P_SLOT_HDR, data, (size_t)len);
     write_body(self, off, kind, 0, len);
     STORE(U32P(self, off + S_STATE), ST_QUEUED);
     STORE(I64P(self, off + S_TICKET), ticket);     /* after QUEUED: see remote.run_drain */
-    if (act < 0)
-        return PyLong_FromLong(0);
-    return PyLong_FromUnsignedLong(__atomic_exchange_n(U32P(self, act), 1, __ATOMIC_SEQ_CST));
+    was = act < 0 ? 0 : __atomic_exchange_n(U32P(self, act), 1, __ATOMIC_SEQ_CST);
+    if (flags && (LOAD(flags) & mask))
+        was |= 2;
+    return PyLong_FromUnsignedLong(was);
 }
 
 /*
@@ -297,6 +314,35 @@ static PyObject *Mem_pool_run(ARGS)
     return ran(r, big, 1);
 }
 
+/*
+ * pool_spin_done(off, spin_ns) -> the state word of the slot at @off once it is
+ * neither QUEUED nor RUNNING, or as it is after @spin_ns: a direct waiter's
+ * spin (the GIL released), so it sees DONE as the worker publishes it.
+ */
+static PyObject *Mem_pool_spin_done(ARGS)
+{
+    Py_ssize_t off;
+    int64_t spin_ns, end;
+    uint32_t st, *state;
+    NEED_BUFFER();
+    if (!nargs_ok(nargs, 2, 2, "pool_spin_done") || (off = slot_at(self, args[0])) < 0 ||
+        !get_i64(args[1], &spin_ns))
+        return NULL;
+    state = U32P(self, off + S_STATE);
+    st = LOAD(state);
+    if ((st == ST_QUEUED || st == ST_RUNNING) && spin_ns > 0) {
+        KP_BEGIN_ALLOW_THREADS
+        end = mono_ns() + spin_ns;
+        for (unsigned i = 1; (st = LOAD(state)) == ST_QUEUED || st == ST_RUNNING; i++) {
+            cpu_relax();
+            if (i % SPIN_CLOCK_EVERY == 0 && mono_ns() >= end)
+                break;
+        }
+        KP_END_ALLOW_THREADS
+    }
+    return PyLong_FromUnsignedLong(st);
+}
+
 /* 1 once @ns have passed since @start (read every SPIN_CLOCK_EVERY rounds). */
 static int spun_out(int64_t start, int64_t ns, unsigned *round)
 {
@@ -412,7 +458,10 @@ PyObject *mod_pool_layout(PyObject *Py_UNUSED(mod), PyObject *Py_UNUSED(noargs))
 }
 
 PyMethodDef pool_methods[] = {
-    M(pool_place, "pool_place(off, kind, payload, ticket, act_off) -> old DRAIN.active"),
+    M(pool_place, "pool_place(off, kind, payload, ticket, act_off[, amem, comp_off, "
+                  "flags_off, park_mask]) -> old DRAIN.active, + 2 if asked to park"),
+    M(pool_spin_done, "pool_spin_done(off, spin_ns) -> the slot's state once not QUEUED or "
+                      "RUNNING, or after spin_ns"),
     M(pool_reap, "pool_reap(off) -> (code, bytes) of a DONE slot, freed; None: side channel"),
     M(pool_run, "pool_run(off, fns) -> 1/0 done (direct waiter or not), -1 lost, -2 slow, "
                 "or a too-big result's pickle"),

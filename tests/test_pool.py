@@ -95,7 +95,12 @@ def test_unpicklable_function_or_argument_raises_at_submit(ex):
         ex.submit(lambda: 1)
     with pytest.raises(TypeError, match="pickled"):
         ex.submit(pf.echo, lambda: 1)
+    with pytest.raises(TypeError, match="pickled"):
+        ex.map(pf.echo, [1, lambda: 1, 3])          # map() submits nothing then
+    with pytest.raises(TypeError, match="module level"):
+        ex.map(lambda x: x, [1])
     assert ex.submit(pf.echo, 5).result() == 5
+    assert ex._pool.engine.live == 0
 
 
 # -- results and exceptions ------------------------------------------------------------
@@ -380,6 +385,24 @@ def test_map_cancelled_by_its_timeout_never_runs_the_rest(ex, tmp_path):
     assert [f.result(timeout=5) for f in futs] == ["released"] * len(futs)
     ex.shutdown(wait=True)
     assert pf.read_lines(log) == []
+
+
+def test_map_of_slow_calls_keeps_every_worker_busy(ex):
+    """A map's iterator feeds its calls to the workers off its own CPU while it reaps
+    (docs/design.md, "Pools": scheduling choices), but every worker, the one on the
+    caller's CPU included, takes calls once the iterator waits: none idles while
+    calls queue (as ProcessPoolExecutor's workers all pull from its call queue)."""
+    if ex._max_workers < 2:
+        pytest.skip("needs two housekeeping CPUs")
+    n = 2 * 32 * ex._max_workers              # twice the slots: most are fed while reaping
+    mask = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {ex._pool.engine.cpus[0]})    # the caller stays on one CPU
+    try:
+        pids = list(ex.map(pf.sleep_pid, [0.0005] * n))
+    finally:
+        os.sched_setaffinity(0, mask)
+    workers = {w.task.pid for w in ex._pool.engine.workers}
+    assert set(pids[n // 2:]) == workers
 
 
 def test_map_results_wait_for_a_slow_consumer(ex):

@@ -106,6 +106,42 @@ def test_place_and_reap_round_trip_in_c(pm):
 
 
 @need_native
+def test_place_reinits_the_completion_and_reports_a_park_request(pm):
+    """With the arena's words (here in a second pool mapping): the slot's completion
+    is re-initialised before the call is published (reinit_completion(),
+    kernel/sched/completion.c), and a park request seen after it adds 2."""
+    mem, other = pm.mem, PoolMemory.create(1, 1)
+    try:
+        amem, comp, flags = other.mem, other.slot_off(0) + 64, other.slot_off(0) + 128
+        amem.store32(comp, 5)
+        off, act = pm.slot_off(0), pm.drain_off(1) + DRAIN.active
+        assert mem.pool_place(off, 1, b"a", 1, act, amem, comp, flags, 4) == 0
+        assert amem.load32(comp) == 0 and mem.load32(off + SLOT.state) == 1
+        amem.store32(flags, 4)
+        assert mem.pool_place(pm.slot_off(1), 1, b"b", 2, act, amem, comp, flags, 4) == 3
+        with pytest.raises(TypeError):
+            mem.pool_place(pm.slot_off(2), 0, b"c", 3, -1, amem)        # 5 or 9 arguments
+        with pytest.raises(TypeError):
+            mem.pool_place(pm.slot_off(2), 0, b"c", 3, -1, "not a Mem", 0, 0, 4)
+        assert mem.load32(pm.slot_off(2) + SLOT.state) == 0             # nothing changed
+    finally:
+        other.close()
+
+
+@need_native
+def test_spin_done_returns_the_state_once_the_call_is_over(pm):
+    """A direct waiter's spin ends at DONE (or CANCELLED, FREE), else after its budget."""
+    mem, off = pm.mem, pm.slot_off(0)
+    for state in (0, 3, 4):
+        mem.store32(off + SLOT.state, state)
+        assert mem.pool_spin_done(off, 10**9) == state            # at once
+    mem.store32(off + SLOT.state, 2)
+    assert mem.pool_spin_done(off, 1000) == 2                      # RUNNING: spun out
+    with pytest.raises(ValueError):
+        mem.pool_spin_done(off + 8, 0)
+
+
+@need_native
 def test_c_slot_operations_refuse_bad_input(pm):
     mem = pm.mem
     with pytest.raises(ValueError, match="does not fit"):

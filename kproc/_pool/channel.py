@@ -52,11 +52,12 @@ from .._core.pymem import PyMem
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from .._core.memlike import MemLike  # typing only
     from .._native import Mem  # typing only: the extension may be missing
 
-__all__ = ["PoolMemory", "HEADER", "DRAIN", "SLOT", "SLOT_BODY", "FREE", "QUEUED", "RUNNING",
-           "DONE", "CANCELLED", "INLINE_MAX", "put_big", "take_big", "close_fd"]
+__all__ = ["PoolMemory", "HEADER", "DRAIN", "SLOT", "SLOT_BODY", "SLOT_SIZE", "FREE", "QUEUED",
+           "RUNNING", "DONE", "CANCELLED", "INLINE_MAX", "put_big", "take_big", "close_fd"]
 
 # caller_cpu: the CPU the caller last placed a call from, + 1 (0: not known); a drain
 # on that CPU does not spin for the next ticket (it would only delay the caller)
@@ -108,6 +109,12 @@ def _slot_ops(mem: MemLike) -> Mem | None:
     return cast("Mem", mem) if hasattr(mem, "pool_place") else None
 
 
+def _spin_word(mem: MemLike) -> Callable[[int, int], int] | None:
+    """The native Mem's ``pool_spin_done(off, spin_ns)``: a direct waiter spins on its
+    slot's state word with it (``direct``), or None."""
+    return cast("Mem", mem).pool_spin_done if hasattr(mem, "pool_spin_done") else None
+
+
 def _make_mem(buf: mmap.mmap, fd: int) -> MemLike:
     native = load_mem_class()
     if native is not None:
@@ -127,6 +134,7 @@ class PoolMemory:
         self.mem = _make_mem(buf, fd)
         self.cmem = _slot_ops(self.mem)
         self.fast = self.cmem is not None
+        self.spin_word = _spin_word(self.mem)
         self.view = memoryview(buf)
         self.nslots = self.mem.load32(HEADER.nslots)
         self.slots_base = HEADER.stride + self.mem.load32(HEADER.nworkers) * DRAIN.stride
@@ -151,6 +159,7 @@ class PoolMemory:
         pm.mem = _make_mem(buf, fd)
         pm.cmem = _slot_ops(pm.mem)
         pm.fast = pm.cmem is not None
+        pm.spin_word = _spin_word(pm.mem)
         pm.view = memoryview(buf)
         pm.mem.store32(HEADER.nslots, nslots)
         pm.mem.store32(HEADER.slot_size, SLOT_SIZE)

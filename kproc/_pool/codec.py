@@ -29,10 +29,10 @@ from .._core.runtime import Runtime
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterable
     from typing import Any
 
-__all__ = ["encode_call", "decode_call", "encode_result", "encode_exception",
+__all__ = ["encode_call", "encode_map_calls", "decode_call", "encode_result", "encode_exception",
            "decode_outcome", "worker_fns", "OUT_NONE", "OUT_VALUE", "OUT_EXC"]
 
 OUT_NONE, OUT_VALUE, OUT_EXC = 0, 1, 2
@@ -75,6 +75,24 @@ def encode_call(fn: Callable[..., Any], args: tuple[Any, ...],
     except Exception as exc:
         raise TypeError(f"the arguments of {getattr(fn, '__qualname__', fn)!r} cannot be "
                         f"pickled for a pool worker: {exc}") from None
+
+
+def encode_map_calls(fn: Callable[..., Any], argss: Iterable[tuple[Any, ...]]) -> list[bytes]:
+    """``encode_call(fn, args, None)`` of each of @argss, in order (a map's calls).
+
+    Context: the caller.  Raises: as encode_call(); what iterating @argss raises.
+    """
+    head = encode_call(fn, (), None)
+    dumps, proto = pickle.dumps, pickle.HIGHEST_PROTOCOL
+    out: list[bytes] = []
+    append = out.append
+    for args in argss:
+        try:
+            append(head + dumps((args, None), protocol=proto))
+        except Exception:
+            encode_call(fn, args, None, head)         # raises the TypeError
+            raise
+    return out
 
 
 def _loads_with_main(rt: Runtime, raw: bytes | memoryview) -> Any:

@@ -108,6 +108,8 @@ class Collector(threading.Thread):
         eng = self.engine
         try:
             self._loop()
+            if eng.rt.closed:               # before teardown: no call is left pending
+                eng.fail(BrokenKthreadPool("the pool's kproc runtime was shut down"))
         except KthreadError as exc:         # the runtime (kthreadd) is gone
             eng.fail(BrokenKthreadPool(f"the pool's kproc runtime is gone: {exc}"))
         finally:

@@ -30,9 +30,13 @@ __all__ = ["wait_direct"]
 C = L.COMPLETION
 
 
-def wait_direct(eng: Engine, call: Call, timeout: float | None
+def wait_direct(eng: Engine, call: Call, timeout: float | None, spare: bool = False
                 ) -> tuple[float | None, tuple[bool, Any] | None]:
     """Wait in this thread for ``call``'s slot to be DONE, and reap it.
+
+    @spare: a map's iterator: its reaps feed the backlog's map calls to the
+    workers off this CPU only (``Engine._pick``), and it feeds every worker
+    once its spin is over, before it sleeps (its CPU is then free).
 
     Return: (the seconds of ``timeout`` left, None for no timeout, 0 if it
     ran out; the outcome if this thread reaped it, else None: another
@@ -42,12 +46,14 @@ def wait_direct(eng: Engine, call: Call, timeout: float | None
     if slot < 0 or call.finished:
         return timeout, None
     pm = eng.pm
-    mem = pm.mem
+    mem = getattr(pm, "mem", None)
+    if mem is None:                  # torn down just now: the pool failed the call
+        return timeout, None
     off = pm.slot_off(slot)
     state_off = off + SLOT.state
     if mem.load32(state_off) == DONE:        # no wait at all: reap it now
         with eng.lock:
-            reaped = eng.reap_locked(slot) if eng.slot_call[slot] is call else None
+            reaped = eng.reap_locked(slot, spare) if eng.slot_call[slot] is call else None
         return timeout, (eng.deliver(*reaped) if reaped is not None else None)
     deadline = None if timeout is None else time.monotonic() + timeout
     amem = eng.rt.mem
@@ -57,6 +63,7 @@ def wait_direct(eng: Engine, call: Call, timeout: float | None
     if current_cpu() == eng.cpus[eng.slot_worker[slot]]:
         spin = 0                     # spinning would only delay the worker
     wait = eng.raw_wait
+    spin_word = pm.spin_word if spin else None
     mem.fetch_add32(off + SLOT.direct, 1)
     reaped = None
     try:
@@ -64,8 +71,12 @@ def wait_direct(eng: Engine, call: Call, timeout: float | None
             if mem.load32(state_off) == DONE:
                 with eng.lock:
                     if eng.slot_call[slot] is call:
-                        reaped = eng.reap_locked(slot)
+                        reaped = eng.reap_locked(slot, spare)
                 break
+            if spin_word is not None:    # spin in C on the state word: DONE seen at once
+                spin_word(off, spin)
+                spin_word, spin = None, 0    # spun out: the completion wait sleeps at once
+                continue
             snap = amem.load32(seq_off)
             if amem.load32(coff):
                 continue
@@ -75,6 +86,14 @@ def wait_direct(eng: Engine, call: Call, timeout: float | None
                 tick = min(TICK_NS, int((deadline - time.monotonic()) * 1e9))
                 if tick <= 0:
                     break
+            if spare:                # about to sleep: the workers here may take calls
+                if spin and wait(coff, snap, 0, spin, -1, 0) != 0:
+                    continue
+                spare, spin = False, 0
+                if eng.backlog:
+                    with eng.lock:
+                        eng.feed_locked()
+                continue
             if wait(coff, snap, tick, spin, -1, 0) == 0:
                 eng.rt.check_alive()
     finally:

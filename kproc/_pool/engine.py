@@ -20,7 +20,9 @@ it are moved to the others (``collector.move_from_parked``).
 
 A map's calls placed together (``map()``, an iterator reaping several) are
 a batch (``batch_locked``): each worker's drain work is queued once, at its
-end (a drain woken per call ends before the next is placed).
+end (a drain woken per call ends before the next is placed).  A map's
+iterator that reaps feeds its map's calls to the workers off its own CPU
+only (``spare``), until it is about to sleep (``direct.wait_direct``).
 
 Races prevented: a slot's state word decides between a cancel and the
 worker starting the call (``channel``); a slot is reaped only by the thread
@@ -50,10 +52,10 @@ from .._workqueue.fastpath import fast_paths, lock_spin_ns
 from .._workqueue.handles import KthreadWork, KthreadWorker
 from .._workqueue.lists import wake_worker
 from .._workqueue.queue import kthread_queue_work
-from .channel import (CANCELLED, DRAIN, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, PoolMemory,
-                      close_fd, put_big, take_big)
+from .channel import (CANCELLED, DRAIN, FREE, HEADER, INLINE_MAX, QUEUED, SLOT, SLOT_SIZE,
+                      PoolMemory, close_fd, put_big, take_big)
 from .call import Call
-from .codec import OUT_EXC, decode_outcome
+from .codec import OUT_EXC, OUT_NONE, decode_outcome
 from .errors import BrokenKthreadPool
 from .remote import KIND_INIT, KIND_MAP, DrainRef, SlotRef, run_drain, run_slot
 
@@ -66,14 +68,14 @@ __all__ = ["Engine", "TICK_NS", "current_cpu", "task_of"]
 
 def task_of(worker: KthreadWorker) -> Task:
     """The kthread serving a pool worker.  Raises: KthreadError(ESRCH) if it has none."""
-    task = worker.task
-    if task is None:
+    if (task := worker.task) is None:
         raise KthreadError(3, "the pool worker has no kthread")
     return task
 
+
 TICK_NS = 100_000_000           # how often a direct wait checks the runtime
 T = L.TASK
-C = L.COMPLETION
+_RETURNED_NONE: tuple[bool, Any] = (False, None)
 
 _getcpu: Callable[[], int] | None
 try:
@@ -142,8 +144,9 @@ class Engine:
     def parked(self, w: int) -> bool:
         return bool(self.rt.mem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK)
 
-    def _pick(self) -> int:
-        """The worker for the next call, or -1: none has room (or all are parked)."""
+    def _pick(self, spare: bool = False) -> int:
+        """The worker for the next call, or -1: none has room, all are parked, or
+        (@spare) only those on the caller's CPU have room."""
         if self.busy >= self.nslots:
             return -1           # every slot holds a call: no ring has room
         best, here = -1, -1
@@ -158,7 +161,7 @@ class Engine:
         least = 0
         for w in range(len(flags_off)):
             if slot_call[w * per + tail[w] % per] is not None or \
-                    load32(flags_off[w]) & L.KF_SHOULD_PARK:
+                    load32(flags_off[w]) & L.KF_SHOULD_PARK or (spare and cpus[w] == here):
                 continue
             load = inflight[w]
             if best < 0 or load < least or (load == least and cpus[best] == here and
@@ -198,31 +201,30 @@ class Engine:
         self.live += len(calls)
         backlog = self.backlog
         i, n = 0, len(calls)
-        if not backlog:
+        if not backlog:             # not spare: map() may be all its caller does
             with self.batch_locked():
                 while i < n and self._feed_one(calls[i]):
                     i += 1
         if i < n:
             backlog.extend(calls[i:] if i else calls)
 
-    def _feed_one(self, call: Call) -> bool:
-        w = self._pick()
-        if w < 0:
+    def _feed_one(self, call: Call, spare: bool = False) -> bool:
+        if (w := self._pick(spare and call.kind == KIND_MAP)) < 0:
             return False
         self._place(call, w)
         return True
 
-    def feed_locked(self) -> None:
-        """Place backlog calls while a worker has room.  Lock held."""
+    def feed_locked(self, spare: bool = False) -> None:
+        """Place backlog calls while a worker has room (@spare: see _pick).  Lock held."""
         backlog = self.backlog
-        while backlog:
+        while backlog and self.busy < self.nslots:
             call = backlog[0]
             if call.finished or (call.future is not None and call.future.cancelled()):
                 backlog.popleft()
                 if not call.finished:
                     self._finished_locked(call)
                 continue
-            if not self._feed_one(call):
+            if not self._feed_one(call, spare):
                 return
             backlog.popleft()
             if call.kind == KIND_MAP and self.place_waiters:
@@ -233,42 +235,42 @@ class Engine:
         ticket = self.tail[w]
         self.tail[w] = ticket + 1
         slot = w * self.per + ticket % self.per
-        off = pm.slot_off(slot)
-        payload = call.payload
+        off = pm.slots_base + slot * SLOT_SIZE
+        payload, kind = call.payload, call.kind
         if call.big is None and len(payload) > INLINE_MAX:
             call.big = put_big(payload)
             call.payload = b""
         big = call.big
-        amem = self.rt.mem
-        amem.store32(self.comp_off[slot], 0)         # reinit_completion()
-        mem = pm.mem
-        kind = call.kind
         act = self.active_off[w] if kind == KIND_MAP else -1
-        cmem = pm.cmem
-        if big is None and cmem is not None:    # body, call, QUEUED, ticket, active: in C
-            was_active = cmem.pool_place(off, kind, payload, ticket, act)
+        if big is None and (cmem := pm.cmem) is not None:  # reinit, call, QUEUED...: in C
+            was = cmem.pool_place(off, kind, payload, ticket, act, self.rt.mem,
+                                  self.comp_off[slot], self.flags_off[w], L.KF_SHOULD_PARK)
         else:
+            self.rt.mem.store32(self.comp_off[slot], 0)      # reinit_completion()
+            mem = pm.mem
             if big is not None:
                 pm.write_body(off, kind, 0, big[2], (os.getpid(), big[0], big[1]))
             else:
                 pm.write_call(off, kind, payload)
             mem.store32(off + SLOT.state, QUEUED)
             mem.store64(off + SLOT.ticket, ticket)     # after QUEUED: see remote.run_drain
-            was_active = mem.xchg32(act, 1) if act >= 0 else 0
+            was = mem.xchg32(act, 1) if act >= 0 else 0
+            if self.parked(w):
+                was |= 2
         call.slot = slot
         self.slot_call[slot] = call
         self.inflight[w] += 1
         self.busy += 1
         if kind == KIND_MAP:
             self.quiet += 1
-            if was_active == 0:
+            if not was & 1:
                 if self.deferred is not None:
                     self.deferred.append(w)         # queued at the batch's end
                 else:
                     self._queue(w, self.nslots + w)     # the worker's drain work
         else:
             self._queue(w, slot)
-        if amem.load32(self.flags_off[w]) & L.KF_SHOULD_PARK:
+        if was & 2:
             complete(self.kick)           # parking began meanwhile: have it moved
 
     def _queue(self, w: int, i: int) -> None:
@@ -286,16 +288,14 @@ class Engine:
             wake_worker(self.rt, self.workers[w]._off)
 
     def free_slot_locked(self, slot: int) -> None:
-        mem = self.pm.mem
         off = self.pm.slot_off(slot)
-        mem.fetch_add64(off + SLOT.use_seq, 1)
-        mem.store32(off + SLOT.state, FREE)
+        self.pm.mem.fetch_add64(off + SLOT.use_seq, 1)
+        self.pm.mem.store32(off + SLOT.state, FREE)
         self._forget_slot_locked(slot)
 
     def _forget_slot_locked(self, slot: int) -> None:
         """The caller's side of freeing a slot (its memory is FREE already)."""
-        w = self.slot_worker[slot]
-        call = self.slot_call[slot]
+        w, call = self.slot_worker[slot], self.slot_call[slot]
         if call is not None and call.kind == KIND_MAP:
             self.quiet -= 1
         self.slot_call[slot] = None
@@ -311,15 +311,14 @@ class Engine:
 
     # -- reaping ----------------------------------------------------------------
 
-    def reap_locked(self, slot: int) -> tuple[Call, int, bytes] | None:
-        """Take a DONE slot's outcome, free it and feed the backlog.  Lock held."""
+    def reap_locked(self, slot: int, spare: bool = False) -> tuple[Call, int, bytes] | None:
+        """Take a DONE slot's outcome, free it and feed the backlog (@spare: see _pick).
+        Lock held."""
         call = self.slot_call[slot]
         if call is None:
             return None
-        pm = self.pm
-        off = pm.slot_off(slot)
-        cmem = pm.cmem
-        got = cmem.pool_reap(off) if cmem is not None else None    # read and FREE: in C
+        pm, off = self.pm, self.pm.slots_base + slot * SLOT_SIZE
+        got = cmem.pool_reap(off) if (cmem := pm.cmem) is not None else None  # read, FREE: C
         if got is not None:
             code, data = got
             self._forget_slot_locked(slot)
@@ -333,7 +332,7 @@ class Engine:
             self.free_slot_locked(slot)
         self._finished_locked(call)
         if self.backlog:
-            self.feed_locked()
+            self.feed_locked(spare)
         return call, code, data
 
     def deliver(self, call: Call, code: int, data: bytes) -> tuple[bool, Any] | None:
@@ -348,7 +347,7 @@ class Engine:
         if code < 0:
             got: tuple[bool, Any] = (True, self.broken or OSError(data.decode()))
         else:
-            got = decode_outcome(code, data)
+            got = _RETURNED_NONE if code == OUT_NONE else decode_outcome(code, data)
         fut = call.future
         if fut is None:
             call.result = got           # a map's call: its iterator takes it from here

@@ -37,7 +37,7 @@ from .._sched.completion import complete
 from .._workqueue.handles import KthreadWorker
 from .._workqueue.worker import kthread_create_worker_on_cpu, kthread_destroy_worker
 from . import hotplug
-from .codec import encode_call
+from .codec import encode_call, encode_map_calls
 from .collector import Collector, Watcher
 from .call import Call
 from .engine import Engine, task_of
@@ -246,8 +246,7 @@ class KthreadPoolExecutor(Executor):
         end = None if timeout is None else timeout + time.monotonic()   # from the call
         eng = self._check_open()
         if chunksize == 1:
-            head = encode_call(fn, (), None)
-            payloads = [encode_call(fn, args, None, head) for args in zip(*iterables)]
+            payloads = encode_map_calls(fn, zip(*iterables))
         else:
             it = zip(*iterables)
             chunks = iter(lambda: tuple(itertools.islice(it, chunksize)), ())

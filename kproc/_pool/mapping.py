@@ -92,7 +92,7 @@ def _reap_ahead(eng: Engine, calls: list[Call]) -> None:
             if call.finished or slot < 0 or slot_call[slot] is not call or \
                     load32(slot_off(slot) + SLOT.state) != DONE:
                 break
-            got = eng.reap_locked(slot)
+            got = eng.reap_locked(slot, True)
             if got is not None:
                 reaped.append(got)
     for got in reaped:
@@ -113,11 +113,13 @@ def _wait(eng: Engine, call: Call, run: MapRun, end: float | None) -> tuple[bool
             raise TimeoutError()
         left = None if end is None else end - now
         if call.slot >= 0:
-            got = wait_direct(eng, call, left)[1]
+            got = wait_direct(eng, call, left, True)[1]
             if got is not None:
                 return got
             continue                      # reaped elsewhere, moved, or out of time
         with eng.lock:
+            if eng.backlog and call.slot < 0:
+                eng.feed_locked()         # on every worker (see wait_direct's spare)
             # finished without a result: being delivered by another thread, just now
             if call.slot < 0 and call.result is None and eng.broken is None and \
                     not call.finished:

@@ -145,3 +145,9 @@ def gone(pid):
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return True
+
+
+def sleep_pid(seconds):
+    """Sleep, then return the worker's pid."""
+    time.sleep(seconds)
+    return os.getpid()
