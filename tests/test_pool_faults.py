@@ -13,6 +13,7 @@ import time
 import pytest
 
 import kproc
+from kproc._pool.collector import Watcher
 from kproc._pool.executor import BrokenKthreadPool
 from fns import pool as pf
 from helpers import wait_until
@@ -55,6 +56,34 @@ def test_a_dying_worker_breaks_the_pool_at_once(rt, how):
     ex.shutdown(wait=True)
     for pid in pids:
         wait_until(lambda: pf.gone(pid))
+
+
+def test_the_watcher_stopped_after_a_death_writes_to_no_reused_descriptor():
+    """The watcher closes its descriptors when it sees a worker die; a stop() after
+    that (the pool's teardown) must not write its byte through the old number, which
+    by then may name a file the program opened since (here: a pipe put on it)."""
+    class Engine:
+        failed = []
+
+        def fail(self, exc):
+            self.failed.append(exc)
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    watcher = Watcher(Engine(), [child.pid], ["victim"], "test-watcher")
+    watcher.start()
+    child.wait(timeout=10)
+    watcher.join(timeout=10)
+    assert not watcher.is_alive() and len(Engine.failed) == 1
+    r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    old_wfd = watcher.wfd
+    try:
+        os.dup2(w, old_wfd)
+        watcher.stop()
+        with pytest.raises(BlockingIOError):
+            os.read(r, 16)
+    finally:
+        for fd in {r, w, old_wfd}:
+            os.close(fd)
 
 
 def test_a_direct_waiter_is_released_when_its_worker_dies(rt):

@@ -83,7 +83,7 @@ def warn_on_once(condition: object, message: str) -> bool:
     return True
 
 
-def stale(what: str) -> KthreadError:
-    """The error raised for a handle whose slot was recycled or freed."""
+def stale(what: str, how: str = "its slot was freed or recycled") -> KthreadError:
+    """The error raised for a handle whose slot was recycled or freed (``how``: which)."""
     return KthreadError(errno.ESRCH, f"stale {what} handle: the object it named is gone "
-                        "(its slot was freed or recycled); nothing was touched")
+                        f"({how}); nothing was touched")

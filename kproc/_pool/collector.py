@@ -155,20 +155,31 @@ class Watcher(threading.Thread):
         self.names = names
         self.rfd, self.wfd = os.pipe2(os.O_CLOEXEC)
         self.pidfds = [os.pidfd_open(pid) for pid in pids]
+        self.fds_lock = threading.Lock()
+        self.closed = False
 
     def stop(self) -> None:
-        """End the thread (it closes its descriptors itself)."""
-        try:
-            os.write(self.wfd, b"x")
-        except OSError:
-            pass
+        """End the thread (it closes its descriptors itself).
+
+        A no-op once the thread has ended by itself (a death): its descriptors are
+        closed then, and their numbers may already name another file.
+        """
+        with self.fds_lock:
+            if self.closed:
+                return
+            try:
+                os.write(self.wfd, b"x")
+            except OSError:
+                pass
 
     def run(self) -> None:
         try:
             self._watch()
         finally:
-            for fd in self.pidfds + [self.rfd, self.wfd]:
-                os.close(fd)
+            with self.fds_lock:
+                self.closed = True
+                for fd in self.pidfds + [self.rfd, self.wfd]:
+                    os.close(fd)
 
     def _watch(self) -> None:
         poller = select.poll()
@@ -185,9 +196,9 @@ class Watcher(threading.Thread):
         self.engine.fail(BrokenKthreadPool(
             f"A worker of the pool terminated abruptly ({names}) while the future was "
             "running or pending; the pool is not usable anymore"))
-        for i, pid in enumerate(self.pids):
+        for i, pidfd in enumerate(self.pidfds):
             if i not in dead:
-                try:
-                    os.kill(pid, signal.SIGKILL)
+                try:       # through the pidfd: never another process that got the pid
+                    signal.pidfd_send_signal(pidfd, signal.SIGKILL)
                 except ProcessLookupError:
                     pass
