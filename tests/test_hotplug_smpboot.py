@@ -59,6 +59,30 @@ def test_percpu_threads_park_on_down_and_come_back_bound(hp):
     wait_until(lambda: _state(task) == kproc.TASK_DEAD)
 
 
+def test_a_percpu_thread_moved_off_its_live_cpu_binds_itself_back(hp):
+    """kthread.c line 607: a bound kthread gets PF_NO_SETAFFINITY, so nobody can move
+    a per-CPU thread off its CPU (sched_setaffinity refuses it).  kproc cannot refuse
+    a move from outside, nor tell it from a binding an outside offline broke (an
+    unpark whose re-bind met its CPU offline again); either way, once the thread runs
+    and finds its CPU up, it takes the binding back instead of waiting unbound for a
+    park no hotplug will bring."""
+    cpu = hp.cpu
+    if cpu not in hp.rt.topology.host_online():
+        pytest.skip("a modelled CPU (not on this host) has no binding to break")
+    ht = kproc.SmpHotplugThread(hpfuncs.always, hpfuncs.where_am_i, "hpbind/%u")
+    assert kproc.smpboot_register_percpu_thread(ht) == 0
+    try:
+        task = ht.task(cpu)
+        wait_until(lambda: os.sched_getaffinity(task.pid) == {cpu})
+        os.sched_setaffinity(task.pid, hp.rt.topology.host_online())
+        kproc.wake_up_process(task)
+        wait_until(lambda: os.sched_getaffinity(task.pid) == {cpu}, 2.0,
+                   message="the thread stayed off its CPU, unbound")
+        assert kproc.task_state(task) != kproc.TASK_PARKED
+    finally:
+        kproc.smpboot_unregister_percpu_thread(ht)
+
+
 def test_unpark_callback_only_after_a_park_callback(hp):
     """smpboot.c smpboot_thread_fn(): "if (ht->unpark && td->status ==
     HP_THREAD_PARKED) ht->unpark(td->cpu)": a thread created for a CPU coming up

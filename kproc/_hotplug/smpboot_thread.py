@@ -36,6 +36,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from .._core.runtime import Runtime  # typing only
     from .htlike import SmpHotplugThreadLike  # typing only: smpboot sits above
 
 __all__ = ["smpboot_thread_fn", "getcpu"]
@@ -61,6 +62,26 @@ def _on_its_cpu(cpu: int, modelled: bool) -> bool:
     if modelled:
         return True
     return os.sched_getaffinity(0) == {cpu} and getcpu() == cpu
+
+
+def _rebind_if_back(rt: Runtime, cpu: int) -> None:
+    """Off our CPU while it is up: take the binding back.
+
+    The binding is lost when the CPU went away under us (an outside offline, or
+    an unpark whose re-bind met the CPU offline again in a storm of changes) or
+    when someone else set our affinity (the kernel refuses that: per-CPU
+    kthreads have PF_NO_SETAFFINITY).  cpuhp re-binds on its replay of the
+    change, which may lag behind a storm; meanwhile, once the CPU is online
+    again, the thread binds itself, so it never waits unbound on a live CPU.
+    While the CPU dies the affinity reads back empty (and ``online`` still lists
+    it): nothing is done then, so no run starts on a CPU on its way out.
+    """
+    allowed = os.sched_getaffinity(0)
+    if allowed and allowed != {cpu} and cpu in rt.topology.usable():
+        try:
+            os.sched_setaffinity(0, {cpu})
+        except OSError:
+            pass            # it went down meanwhile
 
 
 def _call(fn: Callable[..., None] | None, *args: object) -> None:
@@ -103,6 +124,7 @@ def smpboot_thread_fn(data: tuple[SmpHotplugThreadLike, int]) -> int:
         if not _on_its_cpu(cpu, modelled):
             # Someone else took our CPU down: wait for cpuhp to park us.
             set_current_state(TaskState.TASK_RUNNING)
+            _rebind_if_back(rt, cpu)
             schedule_timeout_interruptible(OFF_CPU_WAIT)
             continue
         if status == HP_THREAD_NONE:
