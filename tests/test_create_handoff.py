@@ -67,6 +67,14 @@ def _spares(rt):
     return out
 
 
+def wait_until_or_none(predicate, timeout):
+    """``predicate()`` polled for ``timeout`` s.  Return: its value, or None."""
+    try:
+        return wait_until(predicate, timeout)
+    except AssertionError:
+        return None
+
+
 def _freeze_creation(rt, kind):
     """SIGSTOP whoever would serve the next create: kthreadd and every spare
     (waiting until each forked spare has renamed itself).  Return: their pids."""
@@ -76,7 +84,15 @@ def _freeze_creation(rt, kind):
     pids = [rt.kthreadd_pid]
     if kind == "spare":
         mem = rt.arena.mem
-        wait_until(lambda: all(mem.load32(off) != L.SPARE_FORKING for off in POOL), 5.0)
+        deadline = time.monotonic() + 10.0
+        # A spare already forked turns its FORKING entry READY by itself; an entry of a
+        # batch kthreadd was stopped in the middle of stays FORKING until it goes on.
+        while not wait_until_or_none(
+                lambda: all(mem.load32(off) != L.SPARE_FORKING for off in POOL), 0.5):
+            assert time.monotonic() < deadline, "a spare stayed FORKING for 10 s"
+            os.kill(rt.kthreadd_pid, signal.SIGCONT)
+            time.sleep(0.02)
+            os.kill(rt.kthreadd_pid, signal.SIGSTOP)
         for pid in _spares(rt):
             try:
                 os.kill(pid, signal.SIGSTOP)
