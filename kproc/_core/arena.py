@@ -340,11 +340,10 @@ class Arena:
     def check_task(self, idx: int, gen: int) -> int:
         """Raise if (idx, gen) no longer names the slot's occupant; return its offset."""
         base = self.task_off(idx)
-        now = self.mem.load32(base + L.TASK.gen)
-        if now != gen:
-            raise stale("task", f"slot {idx} was recycled: generation {gen}, now {now}")
-        if self.mem.load32(base + L.TASK.slot) == L.SLOT_FREE:
-            raise stale("task", f"slot {idx}, generation {gen}, was freed")
+        if (now := self.mem.load32(base + L.TASK.gen)) != gen or \
+                self.mem.load32(base + L.TASK.slot) == L.SLOT_FREE:
+            raise stale("task", f"slot {idx}, generation {gen}, " + (
+                f"was recycled (now {now})" if now != gen else "was freed"))
         return base
 
     def next_death(self) -> int:
