@@ -323,8 +323,7 @@ class Arena:
             self.mem.store32(off, 0)
 
     def _claim_task(self, idx: int) -> int:
-        base = self.task_off(idx)
-        mem, T = self.mem, L.TASK
+        mem, T, base = self.mem, L.TASK, self.task_off(idx)
         gen = next_gen(mem.load32(base + T.gen))
         self.buf[base:base + T.size] = bytes(T.size)
         mem.store32(base + T.gen, gen)
