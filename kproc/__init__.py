@@ -40,6 +40,21 @@ from ._sched.schedule import (
     set_current_state, schedule, schedule_timeout, schedule_timeout_interruptible,
     msleep, msleep_interruptible,
 )
+from ._hotplug.cpumask import (
+    cpu_possible_mask, cpu_present_mask, cpu_online_mask, housekeeping_cpumask,
+    cpu_to_node, cpumask_of_node,
+)
+from ._core.fakesys import fake_sysfs
+from ._workqueue.handles import KthreadWorker, KthreadWork, KthreadDelayedWork
+from ._workqueue.worker import (
+    KTW_FREEZABLE, kthread_create_worker, kthread_create_worker_on_node,
+    kthread_create_worker_on_cpu, kthread_init_worker, kthread_worker_fn,
+    kthread_destroy_worker, kthread_init_work, kthread_init_delayed_work,
+)
+from ._workqueue.queue import kthread_queue_work
+from ._workqueue.flush import kthread_flush_work, kthread_flush_worker
+from ._workqueue.cancel import kthread_cancel_work_sync, kthread_cancel_delayed_work_sync
+from ._workqueue.delayed import kthread_queue_delayed_work, kthread_mod_delayed_work
 from ._freezer import (
     freeze_kthreads, thaw_kthreads, set_freezable, freezing, try_to_freeze,
     kthread_freezable_should_stop,
@@ -55,58 +70,32 @@ from ._sched.completion import (
     wait_for_completion_killable, try_wait_for_completion, completion_done,
 )
 
-# Resolved on first use (PEP 562, ``__getattr__`` below), so that ``import kproc`` and
-# kthreadd, which imports this package first, load only the kthread API above: every
-# kthread is a fork of kthreadd, and each page kthreadd maps is a page table entry each
-# fork copies and each exit tears down ("A lean kthreadd" in docs/design.md).
-# The same names as the TYPE_CHECKING imports below (tests/test_surface.py checks it).
+# CPU hotplug and the pool are resolved on first use (PEP 562, ``__getattr__`` below), so
+# that kthreadd, which imports this package first, loads only what kthreads commonly run
+# (the names above: kthreads, completions, schedule, the worker loop): every kthread is a
+# fork of kthreadd, and each page kthreadd maps is a page table entry every fork copies
+# and every exit tears down ("A lean kthreadd" in docs/design.md).  The same names as the
+# TYPE_CHECKING imports below (tests/test_surface.py checks it).
 _LAZY = {
-    "._hotplug.cpumask": ("cpu_possible_mask", "cpu_present_mask", "cpu_online_mask",
-                          "housekeeping_cpumask", "cpu_to_node", "cpumask_of_node"),
-    "._core.fakesys": ("fake_sysfs",),
     "._hotplug.api": ("cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_setup_state_nocalls",
                       "cpuhp_remove_state", "cpuhp_remove_state_nocalls",
                       "CPUHP_AP_ONLINE_DYN", "CPUHP_BP_PREPARE_DYN"),
     "._hotplug.smpboot": ("SmpHotplugThread", "smpboot_register_percpu_thread",
                           "smpboot_unregister_percpu_thread"),
-    "._workqueue.handles": ("KthreadWorker", "KthreadWork", "KthreadDelayedWork"),
-    "._workqueue.worker": ("KTW_FREEZABLE", "kthread_create_worker",
-                           "kthread_create_worker_on_node", "kthread_create_worker_on_cpu",
-                           "kthread_init_worker", "kthread_worker_fn", "kthread_destroy_worker",
-                           "kthread_init_work", "kthread_init_delayed_work"),
-    "._workqueue.queue": ("kthread_queue_work",),
-    "._workqueue.flush": ("kthread_flush_work", "kthread_flush_worker"),
-    "._workqueue.cancel": ("kthread_cancel_work_sync", "kthread_cancel_delayed_work_sync"),
-    "._workqueue.delayed": ("kthread_queue_delayed_work", "kthread_mod_delayed_work"),
     "._pool.executor": ("KthreadPoolExecutor",),
 }
 _LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    from ._hotplug.cpumask import (
-        cpu_possible_mask, cpu_present_mask, cpu_online_mask, housekeeping_cpumask,
-        cpu_to_node, cpumask_of_node,
-    )
-    from ._core.fakesys import fake_sysfs
-    from ._hotplug.api import (
+    from ._hotplug.api import (  # typing only
         cpu_down, cpu_up, cpuhp_setup_state, cpuhp_setup_state_nocalls, cpuhp_remove_state,
         cpuhp_remove_state_nocalls, CPUHP_AP_ONLINE_DYN, CPUHP_BP_PREPARE_DYN,
     )
-    from ._hotplug.smpboot import (
+    from ._hotplug.smpboot import (  # typing only
         SmpHotplugThread, smpboot_register_percpu_thread, smpboot_unregister_percpu_thread,
     )
-    from ._workqueue.handles import KthreadWorker, KthreadWork, KthreadDelayedWork
-    from ._workqueue.worker import (
-        KTW_FREEZABLE, kthread_create_worker, kthread_create_worker_on_node,
-        kthread_create_worker_on_cpu, kthread_init_worker, kthread_worker_fn,
-        kthread_destroy_worker, kthread_init_work, kthread_init_delayed_work,
-    )
-    from ._workqueue.queue import kthread_queue_work
-    from ._workqueue.flush import kthread_flush_work, kthread_flush_worker
-    from ._workqueue.cancel import kthread_cancel_work_sync, kthread_cancel_delayed_work_sync
-    from ._workqueue.delayed import kthread_queue_delayed_work, kthread_mod_delayed_work
-    from ._pool.executor import KthreadPoolExecutor
+    from ._pool.executor import KthreadPoolExecutor  # typing only
 
 
 def __getattr__(name: str) -> object:
