@@ -63,6 +63,17 @@ def test_kthreadd_loads_only_what_kthreads_need(tmp_path, monkeypatch, spares):
     assert sorted(m for m in PRELOADED if m not in mods) == []
 
 
+def test_a_kthread_imports_nothing_for_the_common_api(tmp_path, rt):
+    """A kthread that calls the common API (current, should_stop/park, completions,
+    schedule_timeout, msleep, try_to_freeze, cpu_online_mask) imports no module after
+    its fork: each import there would be pages that kthread alone holds."""
+    path = tmp_path / "new"
+    task = kproc.kthread_run(fns_modules.api_imports, str(path), "lean-api")
+    wait_until(lambda: os.path.exists(path), 10.0, message="the kthread wrote nothing")
+    assert kproc.kthread_stop(task) == 0
+    assert path.read_text() == ""
+
+
 def test_import_kproc_loads_no_hotplug_pool_or_heavy_stdlib():
     """``import kproc`` in a fresh interpreter leaves the lazy subsystems and the
     heavy stdlib modules unloaded; the first use of a lazy name loads its module."""
