@@ -64,18 +64,20 @@ from ._kthread.mm import (
     Mm, get_task_mm, mmput, kthread_use_mm, kthread_unuse_mm, copy_from_user, copy_to_user,
 )
 from ._kthread.blkcg import kthread_associate_blkcg, kthread_blkcg
+from ._pool import remote as _pool_remote  # noqa: F401  the works a pool's workers run
 from ._sched.completion import (
     Completion, init_completion, reinit_completion, complete, complete_all,
     wait_for_completion, wait_for_completion_timeout, wait_for_completion_interruptible,
     wait_for_completion_killable, try_wait_for_completion, completion_done,
 )
 
-# CPU hotplug and the pool are resolved on first use (PEP 562, ``__getattr__`` below), so
-# that kthreadd, which imports this package first, loads only what kthreads commonly run
-# (the names above: kthreads, completions, schedule, the worker loop): every kthread is a
-# fork of kthreadd, and each page kthreadd maps is a page table entry every fork copies
-# and every exit tears down ("A lean kthreadd" in docs/design.md).  The same names as the
-# TYPE_CHECKING imports below (tests/test_surface.py checks it).
+# CPU hotplug and the pool's caller side are resolved on first use (PEP 562,
+# ``__getattr__`` below), so that kthreadd, which imports this package first, loads only
+# what kthreads commonly run (the names above: kthreads, completions, schedule, the worker
+# loop, and the works a pool's workers run): every kthread is a fork of kthreadd, and each
+# page kthreadd maps is a page-table entry every fork copies and every exit tears down
+# ("A lean kthreadd" in docs/design.md).  The same names as the TYPE_CHECKING imports
+# below (tests/test_lean_kthreadd.py checks it).
 _LAZY = {
     "._hotplug.api": ("cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_setup_state_nocalls",
                       "cpuhp_remove_state", "cpuhp_remove_state_nocalls",

@@ -22,21 +22,22 @@ from helpers import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
-# Loaded by the caller, kept out of kthreadd: CPU hotplug, the pool, and the stdlib
-# modules they (or kproc's caller-side code: start(), tracing, a __main__ check) need.
+# Loaded by the caller, kept out of kthreadd: CPU hotplug, the pool's caller side, and the
+# stdlib modules they (or kproc's caller-side code: start(), tracing, a __main__ check) need.
 KEPT_OUT = (
     "kproc._hotplug.api", "kproc._hotplug.smpboot", "kproc._hotplug.machine",
-    "kproc._pool", "kproc._pool.executor",
+    "kproc._pool.executor", "kproc._pool.engine", "kproc._pool.future",
     "ctypes", "ctypes.util", "subprocess", "multiprocessing", "multiprocessing.spawn",
     "tempfile", "shutil", "json", "secrets", "hashlib", "random", "datetime", "ast",
     "traceback", "concurrent.futures", "logging", "typing", "socket", "bz2", "lzma",
 )
-# What kthreads commonly run: preloaded in kthreadd, so no kthread imports it itself.
+# What kthreads commonly run (a pool's workers: the pool's works, ``remote``): preloaded in
+# kthreadd, so no kthread imports it itself.
 PRELOADED = (
     "kproc._kthread.body", "kproc._kthread.control", "kproc._kthread.affinity",
     "kproc._sched.completion", "kproc._sched.schedule", "kproc._freezer",
     "kproc._workqueue.worker", "kproc._workqueue.loop", "kproc._hotplug.cpumask",
-    "pickle",
+    "kproc._pool.remote", "pickle",
 )
 
 
