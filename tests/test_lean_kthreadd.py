@@ -64,6 +64,17 @@ def test_kthreadd_loads_only_what_kthreads_need(tmp_path, monkeypatch, spares):
     assert sorted(m for m in PRELOADED if m not in mods) == []
 
 
+def test_a_pool_worker_lacks_the_pool_caller_side(tmp_path, rt):
+    """A call run by a KthreadPoolExecutor's worker (a kthread worker running the pool's
+    works) finds the pool's worker side preloaded and none of the modules kept out."""
+    path = tmp_path / "mods"
+    with kproc.KthreadPoolExecutor(max_workers=1) as pool:
+        assert pool.submit(fns_modules.write_modules, str(path)).result(timeout=20) == 0
+    mods = set(path.read_text().split("\n"))
+    assert sorted(m for m in KEPT_OUT if m in mods) == []
+    assert "kproc._pool.remote" in mods
+
+
 def test_a_kthread_imports_nothing_for_the_common_api(tmp_path, rt):
     """A kthread that calls the common API (current, should_stop/park, completions,
     schedule_timeout, msleep, try_to_freeze, cpu_online_mask) imports no module after
