@@ -34,10 +34,11 @@ _libc: ctypes.CDLL | None = None
 
 def _prctl(option: int, arg2: int) -> None:
     global _libc
-    import ctypes       # the pure-Python path only: ctypes pulls ~1.7 MB of modules
+    import ctypes       # the pure-Python path only (kthreadd loads it there, at set_comm)
     if _libc is None:
-        import ctypes.util
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own symbols (libc's among them), not ctypes.util.find_library:
+        # that pulls subprocess, tempfile, shutil, bz2 and lzma into kthreadd.
+        _libc = ctypes.CDLL(None, use_errno=True)
         _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
                                 ctypes.c_ulong, ctypes.c_ulong]
     if _libc.prctl(option, arg2, 0, 0, 0) != 0:
