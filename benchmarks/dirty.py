@@ -31,10 +31,7 @@ TAGS = tempfile.NamedTemporaryFile(prefix="kproc-dirty-", delete=False)
 os.environ["KPROC_DIRTY_TAGS"] = TAGS.name
 
 import kproc  # noqa: E402
-
-
-def noop(_):
-    return 0
+from bare_fns import noop  # noqa: E402
 
 
 def kind(path):

@@ -16,6 +16,8 @@ kproc/_cli/ is the ``kproc`` command, a user of this face.
 
 __version__ = "0.1.0"     # the single source: pyproject.toml reads it
 
+from importlib import import_module as _import_module
+
 from ._core.errors import KthreadError, KernelWarning
 from ._core.runtime import Runtime, start, shutdown
 from ._sched.task import Task, TaskState
@@ -43,13 +45,6 @@ from ._hotplug.cpumask import (
     cpu_to_node, cpumask_of_node,
 )
 from ._core.fakesys import fake_sysfs
-from ._hotplug.api import (
-    cpu_down, cpu_up, cpuhp_setup_state, cpuhp_setup_state_nocalls, cpuhp_remove_state,
-    cpuhp_remove_state_nocalls, CPUHP_AP_ONLINE_DYN, CPUHP_BP_PREPARE_DYN,
-)
-from ._hotplug.smpboot import (
-    SmpHotplugThread, smpboot_register_percpu_thread, smpboot_unregister_percpu_thread,
-)
 from ._workqueue.handles import KthreadWorker, KthreadWork, KthreadDelayedWork
 from ._workqueue.worker import (
     KTW_FREEZABLE, kthread_create_worker, kthread_create_worker_on_node,
@@ -69,12 +64,60 @@ from ._kthread.mm import (
     Mm, get_task_mm, mmput, kthread_use_mm, kthread_unuse_mm, copy_from_user, copy_to_user,
 )
 from ._kthread.blkcg import kthread_associate_blkcg, kthread_blkcg
-from ._pool.executor import KthreadPoolExecutor
+from ._pool import remote as _pool_remote  # noqa: F401  the works a pool's workers run
 from ._sched.completion import (
     Completion, init_completion, reinit_completion, complete, complete_all,
     wait_for_completion, wait_for_completion_timeout, wait_for_completion_interruptible,
     wait_for_completion_killable, try_wait_for_completion, completion_done,
 )
+
+# CPU hotplug and the pool's caller side are resolved on first use (PEP 562,
+# ``__getattr__`` below), so that kthreadd, which imports this package first, loads only
+# what kthreads commonly run (the names above: kthreads, completions, schedule, the worker
+# loop, and the works a pool's workers run): every kthread is a fork of kthreadd, and each
+# page kthreadd maps is a page-table entry every fork copies and every exit tears down
+# ("A lean kthreadd" in docs/design.md).  The same names as the TYPE_CHECKING imports
+# below (tests/test_lean_kthreadd.py checks it).
+_LAZY = {
+    "._hotplug.api": ("cpu_down", "cpu_up", "cpuhp_setup_state", "cpuhp_setup_state_nocalls",
+                      "cpuhp_remove_state", "cpuhp_remove_state_nocalls",
+                      "CPUHP_AP_ONLINE_DYN", "CPUHP_BP_PREPARE_DYN"),
+    "._hotplug.smpboot": ("SmpHotplugThread", "smpboot_register_percpu_thread",
+                          "smpboot_unregister_percpu_thread"),
+    "._pool.executor": ("KthreadPoolExecutor",),
+}
+_LAZY_NAMES = {name: module for module, names in _LAZY.items() for name in names}
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._hotplug.api import (  # typing only
+        cpu_down, cpu_up, cpuhp_setup_state, cpuhp_setup_state_nocalls, cpuhp_remove_state,
+        cpuhp_remove_state_nocalls, CPUHP_AP_ONLINE_DYN, CPUHP_BP_PREPARE_DYN,
+    )
+    from ._hotplug.smpboot import (  # typing only
+        SmpHotplugThread, smpboot_register_percpu_thread, smpboot_unregister_percpu_thread,
+    )
+    from ._pool.executor import KthreadPoolExecutor  # typing only
+
+
+def __getattr__(name: str) -> object:
+    """A public name of the lazy table: import its module, bind the name here, return it.
+
+    Context: any process, on the first ``kproc.NAME`` or ``from kproc import NAME`` of
+    a lazy name.  Return: the object.  Raises: AttributeError for any other name.
+    """
+    module = _LAZY_NAMES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(_import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the lazy ones included.  Return: a sorted list."""
+    return sorted(set(globals()) | set(_LAZY_NAMES))
+
 
 TASK_RUNNING = TaskState.TASK_RUNNING
 TASK_INTERRUPTIBLE = TaskState.TASK_INTERRUPTIBLE

@@ -20,6 +20,7 @@ import kproc
 from .common import Progress
 from .progress import bar
 from .report import HIGHER, LOWER, Table
+from .threadfns import creator, noop
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -32,11 +33,6 @@ __all__ = ["CASES", "cycle_suite", "scale_suite", "scale_count"]
 BYTES_PER_KTHREAD = 3 << 20
 EARLY = range(100, 200)
 SAMPLE_LATE = 100
-
-
-def noop(_: object) -> int:
-    """threadfn: return at once."""
-    return 0
 
 
 def _mp_noop() -> None:
@@ -102,21 +98,6 @@ def cycle_mp(rounds: int, method: str) -> list[int]:
         out.append(time.perf_counter_ns() - t0)
         progress(i + 1)
     return out
-
-
-def creator(args: tuple[float, kproc.Completion, kproc.Completion]) -> int:
-    """threadfn: create→wake→stop kthreads for ``seconds`` once ``go`` is
-    complete, then complete ``finished``.  Return: how many."""
-    seconds, go, finished = args
-    kproc.wait_for_completion(go)
-    end, done = time.monotonic() + seconds, 0
-    while time.monotonic() < end:
-        task = kproc.kthread_create(noop, None, "sustain")
-        kproc.wake_up_process(task)
-        kproc.kthread_stop(task)
-        done += 1
-    kproc.complete(finished)
-    return done
 
 
 def sustained(seconds: int, creators: int = 2) -> list[float]:

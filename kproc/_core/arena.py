@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import mmap
 import os
-import secrets
 
 from . import layout as L
 from .errors import KthreadError, stale
@@ -156,7 +155,7 @@ class Arena:
             raise
         mem = cls._make_mem(buf, fd)
         H = L.HEADER
-        mem.store64(H.runtime_id, secrets.randbits(63))
+        mem.store64(H.runtime_id, int.from_bytes(os.urandom(8), "little") >> 1)
         mem.store32(H.max_kthreads, max_kthreads)
         mem.store32(H.max_completions, max_completions)
         mem.store32(H.max_works, params.max_works)

@@ -25,12 +25,15 @@ preparation).
 
 from __future__ import annotations
 
-import ast
 import pickle
 import pickletools
 import sys
 
 from .runtime import Runtime
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import ast
 
 __all__ = ["pickle_function", "pickle_data", "check_callback", "prepare_main", "check_main",
            "modules_named"]
@@ -49,6 +52,7 @@ def _main_problem() -> str | None:
                 "is no file for kthreadd and the kthreads to import it from (as with "
                 "multiprocessing's spawn). Put the function in a module, or the code in "
                 f"a script file with its entry point under {GUARD}")
+    import ast      # here: the caller's check alone parses (kthreadd never does)
     try:
         with open(path, "rb") as f:
             tree = ast.parse(f.read(), path)
@@ -64,6 +68,7 @@ def _main_problem() -> str | None:
 
 def _is_main_guard(node: ast.stmt) -> bool:
     """``if __name__ == "__main__":`` (either side, ``==`` or ``!=``)."""
+    import ast      # loaded by _main_problem, its caller
     if not isinstance(node, ast.If) or not isinstance(node.test, ast.Compare):
         return False
     test = node.test

@@ -18,7 +18,6 @@ Runs in whichever process makes the control call.
 
 from __future__ import annotations
 
-import datetime
 import os
 import time
 
@@ -106,6 +105,7 @@ class HungTask:
             return False
         self.warned = True
         task = self.task() if callable(self.task) else self.task
+        import datetime     # here: only a hung task's report needs it
         since = datetime.datetime.fromtimestamp(self.wall).strftime("%H:%M:%S.%f")[:-3]
         kernel_warn(f"hung task: {self.call}() blocked for more than {self.timeout:g} s "
                     f"({ENV}): waiting for {task} {self.what}, since {since} "

@@ -19,13 +19,11 @@ Runs in the owner (``runtime.start``); the handles stay with it.
 from __future__ import annotations
 
 import errno
-import multiprocessing.spawn
 import os
 import pickle
 import select
 import signal
 import struct
-import subprocess
 import sys
 import time
 
@@ -36,6 +34,7 @@ from .wait import FutexWaits, PosixWaits, default_spin_ns
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import subprocess
     from .arena import Arena  # typing only
 
 __all__ = ["OwnerHandles", "read_ready", "main_preparation", "start_kthreadd", "BOOT_LEN"]
@@ -169,6 +168,7 @@ def main_preparation() -> dict[str, str]:
     Context: the owner.  Return: multiprocessing's preparation data for the
     main module (empty when there is none to import).
     """
+    import multiprocessing.spawn    # here: kthreadd imports this module, and never calls this
     try:
         data = multiprocessing.spawn.get_preparation_data("kthreadd")
     except Exception:
@@ -189,6 +189,7 @@ def start_kthreadd(arena: Arena, backend: str, sysfs_root: str, preload: tuple[s
     and kthreadd's wake eventfd.  Raises: KthreadError(ECHILD) if kthreadd
     did not start; OSError.
     """
+    import subprocess   # here: kthreadd imports this module, and never calls this
     sem_tag = new_semaphore_tag() if backend == "posix" else ""
     fds: list[int] = []
     handles: OwnerHandles | None = None

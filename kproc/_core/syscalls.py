@@ -7,8 +7,6 @@ fork dirty ~0.3 MiB (libffi and ctypes state) and cost ~0.3 ms.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import importlib
 import os
 import signal
@@ -18,6 +16,7 @@ from .native import has, native
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    import ctypes
     from collections.abc import Callable, Iterable
 
 __all__ = ["set_comm", "set_pdeathsig", "reset_scheduling", "set_timerslack", "TASK_COMM_LEN",
@@ -35,8 +34,11 @@ _libc: ctypes.CDLL | None = None
 
 def _prctl(option: int, arg2: int) -> None:
     global _libc
+    import ctypes       # the pure-Python path only (kthreadd loads it there, at set_comm)
     if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        # The process's own symbols (libc's among them), not ctypes.util.find_library:
+        # that pulls subprocess, tempfile, shutil, bz2 and lzma into kthreadd.
+        _libc = ctypes.CDLL(None, use_errno=True)
         _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong,
                                 ctypes.c_ulong, ctypes.c_ulong]
     if _libc.prctl(option, arg2, 0, 0, 0) != 0:
@@ -55,6 +57,7 @@ def set_comm(name: str) -> None:
     if _native is not None:
         _native.set_comm(comm_of(name).encode("utf-8"))
         return
+    import ctypes       # the pure-Python path only
     buf = ctypes.create_string_buffer(comm_of(name).encode("utf-8"), TASK_COMM_LEN)
     _prctl(PR_SET_NAME, ctypes.addressof(buf))
 

@@ -31,9 +31,7 @@ another user planted at ``path`` is replaced, never written through.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 import time
 
 from . import safefs
@@ -74,6 +72,7 @@ def setup(role: str, path: str) -> None:
     Context: the owner (at start) and kthreadd; kthreads inherit it by fork.
     """
     global ENABLED, _dir, _pid
+    import json  # noqa: F401  loaded here, once: an untraced runtime never loads it
     _dir = safefs.own_dir(os.fspath(path) + ".d")
     _pid = os.getpid()
     _buf.clear()
@@ -168,6 +167,7 @@ def flush() -> None:
     """Append this process's buffered events to its file.  Context: any; never raises."""
     if not _buf or _dir is None:
         return
+    import json     # loaded by setup(): kthreads inherit it
     # One JSON array per flush: one call into the C encoder for the whole buffer.
     lines = json.dumps(_buf, separators=(",", ":")) + "\n"
     _buf.clear()
@@ -189,6 +189,8 @@ def merge(path: str) -> int:
     Return: the number of events written.
     """
     global ENABLED, _dir
+    import json
+    import tempfile
     flush()
     d = os.fspath(path) + ".d"
     events: list[Event] = []

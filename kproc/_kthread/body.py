@@ -27,7 +27,6 @@ import errno
 import os
 import pickle
 import sys
-import traceback
 
 from .._core import layout as L
 from .._core.blobs import read_blob, store_traceback
@@ -93,6 +92,7 @@ def kthread_main(rt: Runtime, idx: int, gen: int) -> NoReturn:
             threadfn = pickle.loads(fn_pickle)
             data = pickle.loads(data_pickle)
         except BaseException as exc:
+            import traceback   # an error path: kthreads rarely need it
             _fail_publish(rt, base, f"kthread {name!r}: cannot load threadfn/data: "
                           + "".join(traceback.format_exception_only(type(exc), exc)).strip())
         _self_data = (threadfn, data)
@@ -100,6 +100,7 @@ def kthread_main(rt: Runtime, idx: int, gen: int) -> NoReturn:
     except SystemExit:
         raise
     except BaseException:
+        import traceback   # an error path: kthreads rarely need it
         traceback.print_exc()
         os._exit(1)
     _run(rt, base, name, threadfn, data)
@@ -148,6 +149,7 @@ def _run(rt: Runtime, base: int, name: str, threadfn: ThreadFn, data: Any) -> No
     except BaseException:
         if os.getpid() != _kthread_pid:
             _forked_child_exit(1)
+        import traceback   # an error path: kthreads rarely need it
         text = traceback.format_exc()
         sys.stderr.write(f"kproc: kthread {name!r} (pid {os.getpid()}) died: {text}")
         store_traceback(rt.arena, base, text)
@@ -208,6 +210,7 @@ def _forked_child_exit(code: int) -> NoReturn:
     """A process forked inside threadfn left it: it is not the kthread, so it
     writes nothing to the slot and just exits (with the exception printed)."""
     if code:
+        import traceback   # an error path: kthreads rarely need it
         traceback.print_exc()
     _exit_now(code)
 

@@ -42,7 +42,6 @@ import importlib
 import os
 import signal
 import sys
-import traceback
 
 from .._core import syscalls as _sys
 
@@ -86,6 +85,7 @@ def _run_handlers(which: int, reverse: bool = False) -> None:
             try:
                 fn()
             except Exception:      # as os.fork(): reported, not raised
+                import traceback   # an error path
                 traceback.print_exc()
 
 

@@ -45,7 +45,6 @@ import select
 import signal
 import sys
 import time
-import traceback
 
 from .._core import layout as L
 from .._core.arena import Arena
@@ -91,6 +90,7 @@ def main() -> NoReturn:
         daemon = Kthreadd(fds)
     except BaseException as exc:  # report why, then die: start() raises it
         unlink_semaphores(_sem_names)
+        import traceback   # an error path
         msg = "".join(traceback.format_exception_only(type(exc), exc)).strip()
         os.write(ready, (msg.replace("\n", " ") + "\n").encode())
         os._exit(1)

@@ -26,7 +26,6 @@ kthread.  Runs in the caller (``get_task_mm``, ``mmput``) and in kthreads.
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 
@@ -243,6 +242,7 @@ def _libc_calls() -> tuple[Any, Any, Any]:
     """libc's process_vm_readv and process_vm_writev through ctypes, and the iovec
     type (built on the first copy of the pure path)."""
     global _libc_vm
+    import ctypes       # the pure-Python path only: kthreadd does not load ctypes
     if _libc_vm is None:
         class Iovec(ctypes.Structure):
             _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
@@ -264,6 +264,7 @@ def _proc_mem(pid: int, addr: int, view: memoryview, write: bool) -> int:
     reads a ``PROT_NONE`` page (it forces access, as a debugger does), where
     ``copy_from_user`` would fault; ``process_vm_readv`` honours protections.
     """
+    import ctypes       # loaded by _libc_calls
     readv, writev, iovec = _libc_calls()
     n = view.nbytes
     local = (ctypes.c_char * n).from_buffer_copy(view) if write or view.readonly \

@@ -44,7 +44,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-from typing import cast
 
 from .._core.layout import Record
 from .._core.native import load_mem_class, native
@@ -106,13 +105,14 @@ FREE, QUEUED, RUNNING, DONE, CANCELLED = 0, 1, 2, 3, 4
 
 def _slot_ops(mem: MemLike) -> Mem | None:
     """``mem`` itself where it has native/pool.c's slot operations (the native Mem)."""
-    return cast("Mem", mem) if hasattr(mem, "pool_place") else None
+    # (no typing.cast: this module is preloaded in kthreadd, and typing is 0.5 MB)
+    return mem if hasattr(mem, "pool_place") else None  # type: ignore[return-value]
 
 
 def _spin_word(mem: MemLike) -> Callable[[int, int], int] | None:
     """The native Mem's ``pool_spin_done(off, spin_ns)``: a direct waiter spins on its
     slot's state word with it (``direct``), or None."""
-    return cast("Mem", mem).pool_spin_done if hasattr(mem, "pool_spin_done") else None
+    return mem.pool_spin_done if hasattr(mem, "pool_spin_done") else None
 
 
 def _make_mem(buf: mmap.mmap, fd: int) -> MemLike:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import pickle
 import struct
-import traceback
 
 from .._core.funcref import pickle_function, prepare_main
 from .._core.runtime import Runtime
@@ -126,6 +125,7 @@ def encode_exception(exc: BaseException) -> tuple[int, bytes]:
 
     An exception that cannot be pickled is replaced by the pickling error.
     """
+    import traceback    # here: a worker loads it on its first exception only
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     exc.__traceback__ = None          # its frames hold every local of the call
     tb = f'\n"""\n{text}"""'

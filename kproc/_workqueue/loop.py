@@ -28,7 +28,6 @@ from __future__ import annotations
 import os
 import sys
 import time
-import traceback
 
 from .._core import layout as L
 from .._core import trace as _trace
@@ -225,6 +224,7 @@ def _execute(rt: Runtime, kbase: int, idx: int, base: int, name: str,
 
 def _report(rt: Runtime, kbase: int, idx: int, name: str, handle: KthreadWork | None) -> None:
     """A work raised: print the traceback with the worker's name, keep it, go on."""
+    import traceback   # an error path: a worker rarely needs it
     what = getattr(getattr(handle, "_func", None), "__qualname__", "a work")
     text = (f"kproc: work {what} on worker {name!r} (pid {os.getpid()}) raised:\n"
             + traceback.format_exc())
