@@ -215,6 +215,24 @@ def test_creator_killed_while_waiting_leaves_no_orphan(handoff):
     _assert_abandoned_cleanly(rt, creator, "an abandoned create produced an orphan kthread")
 
 
+@pytest.mark.parametrize("handoff", ["list"], indirect=True)
+def test_creator_killed_between_queueing_and_waking_kthreadd_holds_no_slot(handoff):
+    """A creator SIGKILLed after it queued its request but before it woke
+    kthreadd (kernel __kthread_create_on_node: list_add_tail then
+    wake_up_process(kthreadd_task), a window a fatal signal cannot cut, so
+    kthreadd always sees the request): the reap of the creator serves the list
+    and frees the abandoned slot at once, with no other create to wake kthreadd."""
+    rt, kind = handoff
+    started = kproc.Completion()
+    creator = kproc.kthread_run(kfuncs.create_then_die_before_the_wake, started, "creator")
+    kproc.wait_for_completion(started)
+    assert kproc.kthread_stop(creator) == -errno.EOWNERDEAD
+    assert creator.exit_signal == signal.SIGKILL
+    _wait_no_slot_held(rt)
+    assert not live_kthreads(rt)
+    assert rt.arena.hget("create_head") == 0
+
+
 @SPARE_ONLY
 def test_creator_killed_after_its_claim_before_the_wake(handoff):
     """A claim whose wake-up never came (the creator died between its CAS and
