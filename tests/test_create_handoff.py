@@ -280,6 +280,33 @@ def test_spare_killed_after_its_claim_fails_the_create_at_once(handoff):
     assert kproc.kthread_stop(t) == -errno.EINTR
 
 
+@SPARE_ONLY
+def test_a_claimed_spare_killed_before_it_read_its_claim_frees_its_pool_entry(handoff):
+    """A spare SIGKILLed after kthreadd recorded its claim but before it read it
+    (it never sets SPARE_ACK): its reap frees the pool entry too, which would
+    otherwise stay claimed for ever, naming a dead pid (one a later child of
+    kthreadd may get)."""
+    rt, kind = handoff
+    frozen = _freeze_creation(rt, kind)
+    th, errors = _create_in_thread("victim")
+    try:
+        wait_until(lambda: _claimed(rt), 2.0)
+        claimed = _claimed(rt)
+        os.kill(rt.kthreadd_pid, signal.SIGCONT)
+        rt.wake_kthreadd()                 # it records the claim; the spare is stopped
+        time.sleep(0.3)                    # (recorded later, the reap would free it anyway)
+        for pid in frozen[1:]:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        _thaw(frozen)
+    th.join(5)
+    assert errors == [errno.ECHILD]
+    wait_until(lambda: not set(claimed) & set(_claimed(rt)), 2.0,
+               message=lambda: f"pool entries left claimed: {_claimed(rt)} "
+               f"({[rt.arena.mem.load32(off) for off in POOL]})")
+    _wait_no_slot_held(rt)
+
+
 def test_kthreadd_killed_mid_create_ends_the_wait_within_a_second(handoff):
     rt, kind = handoff
     frozen = _freeze_creation(rt, kind)
