@@ -215,6 +215,24 @@ def test_creator_killed_while_waiting_leaves_no_orphan(handoff):
     _assert_abandoned_cleanly(rt, creator, "an abandoned create produced an orphan kthread")
 
 
+@pytest.mark.parametrize("handoff", ["list"], indirect=True)
+def test_creator_killed_between_queueing_and_waking_kthreadd_holds_no_slot(handoff):
+    """A creator SIGKILLed after it queued its request but before it woke
+    kthreadd (kernel __kthread_create_on_node: list_add_tail then
+    wake_up_process(kthreadd_task), a window a fatal signal cannot cut, so
+    kthreadd always sees the request): the reap of the creator serves the list
+    and frees the abandoned slot at once, with no other create to wake kthreadd."""
+    rt, kind = handoff
+    started = kproc.Completion()
+    creator = kproc.kthread_run(kfuncs.create_then_die_before_the_wake, started, "creator")
+    kproc.wait_for_completion(started)
+    assert kproc.kthread_stop(creator) == -errno.EOWNERDEAD
+    assert creator.exit_signal == signal.SIGKILL
+    _wait_no_slot_held(rt)
+    assert not live_kthreads(rt)
+    assert rt.arena.hget("create_head") == 0
+
+
 @SPARE_ONLY
 def test_creator_killed_after_its_claim_before_the_wake(handoff):
     """A claim whose wake-up never came (the creator died between its CAS and
@@ -260,6 +278,33 @@ def test_spare_killed_after_its_claim_fails_the_create_at_once(handoff):
     _wait_no_slot_held(rt)
     t = kproc.kthread_create(kfuncs.ret_value, 0, "next")
     assert kproc.kthread_stop(t) == -errno.EINTR
+
+
+@SPARE_ONLY
+def test_a_claimed_spare_killed_before_it_read_its_claim_frees_its_pool_entry(handoff):
+    """A spare SIGKILLed after kthreadd recorded its claim but before it read it
+    (it never sets SPARE_ACK): its reap frees the pool entry too, which would
+    otherwise stay claimed for ever, naming a dead pid (one a later child of
+    kthreadd may get)."""
+    rt, kind = handoff
+    frozen = _freeze_creation(rt, kind)
+    th, errors = _create_in_thread("victim")
+    try:
+        wait_until(lambda: _claimed(rt), 2.0)
+        claimed = _claimed(rt)
+        os.kill(rt.kthreadd_pid, signal.SIGCONT)
+        rt.wake_kthreadd()                 # it records the claim; the spare is stopped
+        time.sleep(0.3)                    # (recorded later, the reap would free it anyway)
+        for pid in frozen[1:]:
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        _thaw(frozen)
+    th.join(5)
+    assert errors == [errno.ECHILD]
+    wait_until(lambda: not set(claimed) & set(_claimed(rt)), 2.0,
+               message=lambda: f"pool entries left claimed: {_claimed(rt)} "
+               f"({[rt.arena.mem.load32(off) for off in POOL]})")
+    _wait_no_slot_held(rt)
 
 
 def test_kthreadd_killed_mid_create_ends_the_wait_within_a_second(handoff):

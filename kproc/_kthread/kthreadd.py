@@ -233,6 +233,7 @@ class Kthreadd(Reaper):
             if swept:
                 sweep_at = None
                 self.sweep()
+                self.serve_orphaned_requests()
             if not ready:
                 if wanted:
                     self.fork_spares(wanted)      # only when no request is pending
@@ -245,6 +246,7 @@ class Kthreadd(Reaper):
                 _drain(self.sig_r)
                 if self.reap() and sweep_at is None:
                     sweep_at = time.monotonic() + SWEEP_S
+                self.serve_orphaned_requests()
             if self.wake_fd in ready:
                 _drain(self.wake_fd)
                 self.collect_claims()
@@ -274,6 +276,18 @@ class Kthreadd(Reaper):
         claim = self.pool.reaped(pid)
         if claim is not None:
             self._record_claim(*claim)
+
+    def serve_orphaned_requests(self) -> None:
+        """After a reap: serve the create list if a request is still on it.
+
+        A creator queues its request, then wakes kthreadd; a SIGKILL between the
+        two (the kernel's creator cannot be stopped there) leaves a request
+        nobody woke kthreadd for, abandoned by the reap of its creator
+        (``_abandon_creates_of``): served now, its slot is freed at once
+        instead of at the next create's wake-up.
+        """
+        if self.arena.hget("create_head"):
+            self.serve_creates()
 
     def serve_creates(self) -> None:
         """Pop every pending create request and fork a kthread for each."""

@@ -57,7 +57,8 @@ class Reaper:
         """Called before any child is reaped (kthreadd: record the claims made so far)."""
 
     def reaped_spare(self, pid: int) -> None:
-        """Child ``pid``, not a known kthread, exited (kthreadd: a spare's entry is freed)."""
+        """Child ``pid`` exited (kthreadd: the spare pool entry it still has, if any,
+        is freed, and a claim of it not collected yet is recorded)."""
 
     # -- reaping -----------------------------------------------------------------
 
@@ -94,10 +95,11 @@ class Reaper:
 
     def _reaped(self, pid: int, status: int) -> None:
         self.exiting.pop(pid, None)
+        # A spare, or a kthread that was one: a spare killed after its claim was
+        # recorded but before it acknowledged it still holds its entry, which no
+        # collect frees (kept, its dead pid could name a later child).
+        self.reaped_spare(pid)
         entry = self.children.pop(pid, None)
-        if entry is None:
-            self.reaped_spare(pid)       # a spare: claimed just before it died?
-            entry = self.children.pop(pid, None)
         if entry is not None:
             self._record_exit(pid, status, *entry)
         self._abandon_creates_of(pid)

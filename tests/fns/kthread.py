@@ -1,6 +1,7 @@
 """Module-level threadfns used by the tests (kthreads import them by reference)."""
 
 import os
+import signal
 import time
 
 import kproc
@@ -172,6 +173,20 @@ def create_and_hang(args):
     go, = args
     kproc.wait_for_completion(go)
     kproc.kthread_create(ret_value, 1, "never-born")
+    return 0
+
+
+def create_then_die_before_the_wake(started):
+    """Completes ``started``, queues a create request on the list (no spare:
+    KPROC_SPARES=0), then is SIGKILLed where the creator wakes kthreadd: the
+    request is queued and kthreadd was never woken for it.  Never returns."""
+    from kproc._core.runtime import Runtime
+
+    def die(self):
+        os.kill(os.getpid(), signal.SIGKILL)
+    Runtime.wake_kthreadd = die
+    kproc.complete(started)
+    kproc.kthread_create(ret_value, 1, "never-woken-for")
     return 0
 
 
