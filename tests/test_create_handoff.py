@@ -102,6 +102,14 @@ def _freeze_creation(rt, kind):
     return pids
 
 
+def _dead(pid):
+    """True once ``pid`` has exited (gone, or a zombie not reaped yet)."""
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
 def _thaw(pids):
     for pid in pids:
         try:
@@ -314,6 +322,9 @@ def test_kthreadd_killed_mid_create_ends_the_wait_within_a_second(handoff):
     wait_until(lambda: _asked(rt, kind), 2.0)
     t0 = time.monotonic()
     os.kill(rt.kthreadd_pid, signal.SIGKILL)
+    # Thawed before kthreadd has really exited (its PDEATHSIG not sent yet), a claimed
+    # spare could still publish and the create succeed: thaw once it is dead.
+    wait_until(lambda: _dead(rt.kthreadd_pid), 1.0)
     _thaw(frozen[1:])
     th.join(5)
     assert errors == [errno.ESRCH]
