@@ -75,6 +75,19 @@ def wait_until_or_none(predicate, timeout):
         return None
 
 
+def _stop_kthreadd_with_a_ready_spare(rt):
+    """SIGSTOP kthreadd at a moment a spare is ready (so a create needs no kthreadd,
+    and the spares listed afterwards are all there are until SIGCONT)."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        wait_until(lambda: _ready(rt), 5.0)
+        os.kill(rt.kthreadd_pid, signal.SIGSTOP)
+        if _ready(rt):                  # not discarded just before the stop
+            return
+        os.kill(rt.kthreadd_pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "no spare stayed ready"
+
+
 def _freeze_creation(rt, kind):
     """SIGSTOP whoever would serve the next create: kthreadd and every spare
     (waiting until each forked spare has renamed itself).  Return: their pids."""
@@ -168,10 +181,9 @@ def _wait_no_slot_held(rt):
 @SPARE_ONLY
 def test_a_create_with_a_spare_ready_is_served_by_that_spare(handoff):
     rt, kind = handoff
-    spares = set(_spares(rt))
-    wait_until(lambda: spares and len(_ready(rt)) >= 1, 5.0)
-    os.kill(rt.kthreadd_pid, signal.SIGSTOP)       # kthreadd takes no part in it
+    _stop_kthreadd_with_a_ready_spare(rt)          # kthreadd takes no part in it
     try:
+        spares = set(_spares(rt))
         started = kproc.Completion()
         t = kproc.kthread_create(kfuncs.time_sleep, (0, started), "from-spare")
         assert t.pid in spares
@@ -345,17 +357,21 @@ LATE_MODULE = textwrap.dedent("""
 
 
 def test_threadfn_of_a_module_imported_after_the_spares_were_forked(tmp_path, monkeypatch):
-    """A spare forked before threadfn's module existed imports it itself."""
+    """A spare forked before kthreadd imported threadfn's module (kthreadd stopped
+    from before the create, so it cannot) imports the module itself."""
     monkeypatch.syspath_prepend(str(tmp_path))
     with kproc.start() as rt:
-        wait_until(lambda: len(_spares(rt)) >= 1 and _ready(rt), 5.0)
-        spares = set(_spares(rt))
         (tmp_path / "late_mod_kproc.py").write_text(LATE_MODULE)
         import late_mod_kproc
         try:
-            t = run_started(late_mod_kproc.answer, (41,), "late")
-            assert t.pid in spares
-            assert kproc.kthread_stop(t) == 42
+            _stop_kthreadd_with_a_ready_spare(rt)    # it cannot import the module first
+            try:
+                spares = set(_spares(rt))
+                t = run_started(late_mod_kproc.answer, (41,), "late")
+                assert t.pid in spares
+                assert kproc.kthread_stop(t) == 42
+            finally:
+                os.kill(rt.kthreadd_pid, signal.SIGCONT)
             t = run_started(late_mod_kproc.answer, (1,), "late2")   # and later forks
             assert kproc.kthread_stop(t) == 2
         finally:
