@@ -90,6 +90,15 @@ def test_a_kthread_imports_nothing_for_the_common_api(tmp_path, rt):
     assert path.read_text() == ""
 
 
+def _fresh_python(code):
+    """Run ``code`` in a fresh interpreter that finds this kproc.  Return: its lines."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(kproc.__file__)))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=30, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split("\n")
+
+
 def test_import_kproc_loads_no_hotplug_pool_or_heavy_stdlib():
     """``import kproc`` in a fresh interpreter leaves the lazy subsystems and the
     heavy stdlib modules unloaded; the first use of a lazy name loads its module."""
@@ -97,11 +106,7 @@ def test_import_kproc_loads_no_hotplug_pool_or_heavy_stdlib():
             f"print(sorted(m for m in {KEPT_OUT!r} if m in sys.modules))\n"
             "kproc.KthreadPoolExecutor\n"
             "print('kproc._pool.executor' in sys.modules, 'KthreadPoolExecutor' in vars(kproc))\n")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(kproc.__file__)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30, env=env)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == ["[]", "True True"]
+    assert _fresh_python(code)[:2] == ["[]", "True True"]
 
 
 def test_every_public_name_resolves_in_a_fresh_interpreter():
@@ -119,11 +124,7 @@ def test_every_public_name_resolves_in_a_fresh_interpreter():
             "    kproc.no_such_name\n"
             "except AttributeError as e:\n"
             "    print(e)\n")
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(kproc.__file__)))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         timeout=30, env=env)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.split("\n")[:2] == [
+    assert _fresh_python(code)[:2] == [
         "[] True True", "module 'kproc' has no attribute 'no_such_name'"]
 
 
