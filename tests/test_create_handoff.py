@@ -67,51 +67,45 @@ def _spares(rt):
     return out
 
 
-def wait_until_or_none(predicate, timeout):
-    """``predicate()`` polled for ``timeout`` s.  Return: its value, or None."""
-    try:
-        return wait_until(predicate, timeout)
-    except AssertionError:
-        return None
-
-
 def _stop_kthreadd_with_a_ready_spare(rt):
-    """SIGSTOP kthreadd at a moment a spare is ready (so a create needs no kthreadd,
-    and the spares listed afterwards are all there are until SIGCONT)."""
-    deadline = time.monotonic() + 10.0
+    """SIGSTOP kthreadd at a moment a spare is ready and none is being forked, so a
+    create needs no kthreadd and the spares listed now are all there are until
+    SIGCONT.  A spare already forked turns its FORKING entry READY by itself; an entry
+    of a batch kthreadd was stopped in the middle of stays FORKING until it goes on,
+    and a ready spare may be discarded just before the stop: then kthreadd runs on a
+    moment and is stopped again."""
+    mem, deadline = rt.arena.mem, time.monotonic() + 10.0
+
+    def settled():
+        words = [mem.load32(off) for off in POOL]
+        return L.SPARE_READY in words and L.SPARE_FORKING not in words
+
     while True:
         wait_until(lambda: _ready(rt), 5.0)
         os.kill(rt.kthreadd_pid, signal.SIGSTOP)
-        if _ready(rt):                  # not discarded just before the stop
+        try:
+            wait_until(settled, 0.5)
             return
-        os.kill(rt.kthreadd_pid, signal.SIGCONT)
-        assert time.monotonic() < deadline, "no spare stayed ready"
+        except AssertionError:
+            os.kill(rt.kthreadd_pid, signal.SIGCONT)
+        assert time.monotonic() < deadline, "no moment with a spare ready and none forking"
+        time.sleep(0.02)
 
 
 def _freeze_creation(rt, kind):
-    """SIGSTOP whoever would serve the next create: kthreadd and every spare
-    (waiting until each forked spare has renamed itself).  Return: their pids."""
-    if kind == "spare":
-        wait_until(lambda: _ready(rt), 5.0)
-    os.kill(rt.kthreadd_pid, signal.SIGSTOP)      # no spare is forked or discarded now
+    """SIGSTOP whoever would serve the next create: kthreadd and, for a spare, every
+    spare (once each forked spare has renamed itself).  Return: their pids."""
+    if kind != "spare":
+        os.kill(rt.kthreadd_pid, signal.SIGSTOP)
+        return [rt.kthreadd_pid]
+    _stop_kthreadd_with_a_ready_spare(rt)
     pids = [rt.kthreadd_pid]
-    if kind == "spare":
-        mem = rt.arena.mem
-        deadline = time.monotonic() + 10.0
-        # A spare already forked turns its FORKING entry READY by itself; an entry of a
-        # batch kthreadd was stopped in the middle of stays FORKING until it goes on.
-        while not wait_until_or_none(
-                lambda: all(mem.load32(off) != L.SPARE_FORKING for off in POOL), 0.5):
-            assert time.monotonic() < deadline, "a spare stayed FORKING for 10 s"
-            os.kill(rt.kthreadd_pid, signal.SIGCONT)
-            time.sleep(0.02)
-            os.kill(rt.kthreadd_pid, signal.SIGSTOP)
-        for pid in _spares(rt):
-            try:
-                os.kill(pid, signal.SIGSTOP)
-                pids.append(pid)
-            except ProcessLookupError:
-                pass                               # a discarded one, exiting
+    for pid in _spares(rt):
+        try:
+            os.kill(pid, signal.SIGSTOP)
+            pids.append(pid)
+        except ProcessLookupError:
+            pass                               # a discarded one, exiting
     return pids
 
 
