@@ -137,11 +137,18 @@ def _hung(rt: Runtime, op: int) -> HungTask:
 
 
 def _wait_not_busy(rt: Runtime) -> None:
-    """Wait until cpuhp has finished the request before ours (``busy`` clear): one
-    whose requester was killed is still being served.  Watches cpuhp."""
-    off = hp_base(rt) + H.busy
-    while rt.mem.load32(off):
+    """Wait until cpuhp has finished the request before ours (``pending`` and
+    ``busy`` clear): one whose requester was killed is still served, as the
+    kernel finishes a write already under way, and one posted but not yet taken
+    is served too (cpuhp sets ``busy`` before it clears ``pending``, so the two
+    are never both clear while a request is in flight; without the ``pending``
+    test our message could overwrite one cpuhp is reading, and we would read its
+    reply as ours).  Watches cpuhp."""
+    hp = hp_base(rt)
+    off = hp + H.busy
+    while rt.mem.load32(hp + H.pending) or rt.mem.load32(off):
         if cpuhp_dead(rt):
+            rt.mem.store32(hp + H.pending, 0)
             rt.mem.store32(off, 0)
             raise KthreadError(errno.ESRCH, "the cpuhp kthread died")
         time.sleep(LOCK_TICK)
