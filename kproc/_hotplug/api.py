@@ -12,8 +12,9 @@ Races prevented: the request lock (the kernel's ``cpu_add_remove_lock``) is a
 ``threading.Lock`` of this process, so that threads of one process wait their
 turn, then a pid in shared memory (``owner``), taken by compare-and-swap and
 stolen from a dead holder, so that processes do; the holder waits until
-``busy`` is clear before it writes, so a request abandoned by a killed caller
-is finished before the next one is written. Two processes starting cpuhp at
+``pending`` and ``busy`` are clear before it writes, so a request abandoned by a
+killed caller (taken by cpuhp or not yet) is finished before the next one is
+written. Two processes starting cpuhp at
 once agree through ``state`` (HP_NONE → HP_STARTING by compare-and-swap, by
 the one whose pid is then ``starter``); a starter that died is replaced. Every
 wait watches the cpuhp kthread: its death ends the wait with
